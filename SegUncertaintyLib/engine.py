@@ -1,0 +1,246 @@
+"""Streaming sliding-window inference with uncertainty.
+
+For every window, the T sampled passes run as batches (at most ``max_batch`` samples per forward pass)
+and are reduced at once to linear statistics: E_t[p], E_t[p^2], E_t[H(p_t)]. These are blended across
+overlapping windows with a Gaussian importance weight (sum of w * stat, and sum of w) and the maps are
+derived only after stitching. Blending per-sample probabilities instead would average independent
+dropout draws in overlap zones and shrink their variance (seams).
+
+Per-sample segmentations (needed for volume CV, pairwise Dice, GED) are kept as bits: one bit per sample
+per foreground class and voxel, taken from the window whose importance weight is highest at that voxel.
+Memory: 4 * (2C + 3) bytes per voxel for the statistics plus (C - 1) * ceil(T / 8) bytes for the bits,
+independent of T except for the bits; the naive way needs 4 * T * C bytes per voxel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from torch import nn
+
+from .errors import CancelledError, ResourceError
+from .maps import normalized_entropy, uncertainty_maps
+from .sampling import SampleSpec, set_dropout
+
+log = logging.getLogger(__name__)
+ProgressCallback = Callable[[str, float, str], None]
+
+
+@dataclass
+class EngineConfig:
+    """Sliding-window settings. ``window`` is (z, y, x) voxels of the model grid."""
+
+    window: tuple[int, int, int]
+    overlap: float = 0.5
+    max_batch: int = 8
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EngineResult:
+    """Stitched outputs on the model grid; spatial shape S = (z, y, x).
+
+    mean_p: (C, *S) mean softmax; maps: name -> (*S) float32; sample_bits: (C-1, ceil(T/8), *S) uint8,
+    bit t (little-endian within each byte) set where sample t labels the voxel with that class.
+    """
+
+    mean_p: torch.Tensor
+    maps: dict[str, torch.Tensor]
+    sample_bits: torch.Tensor
+    n_samples: int
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+
+def pick_device(requested: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU -> CPU (the caller is told)."""
+    if requested in ("auto", "cuda", "gpu"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if requested != "auto":
+            log.warning("No CUDA GPU available: running on the CPU")
+    return torch.device("cpu")
+
+
+def scan_slices(shape: Sequence[int], window: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
+    """Window positions covering ``shape`` (each dim >= window), the last flush with the end."""
+    interval = [max(int(w * (1.0 - overlap)), 1) for w in window]
+    interval = [i if s > w else w for i, s, w in zip(interval, shape, window)]
+    return list(dense_patch_slices(tuple(shape), tuple(window), tuple(interval)))
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """(T, ...) bool -> (ceil(T/8), ...) uint8, sample t in bit t % 8 of byte t // 8."""
+    t = mask.shape[0]
+    n_bytes = (t + 7) // 8
+    padded = torch.zeros((n_bytes * 8, *mask.shape[1:]), dtype=torch.uint8, device=mask.device)
+    padded[:t] = mask
+    weights = (2 ** torch.arange(8, device=mask.device, dtype=torch.int32)).view(1, 8, *[1] * (mask.dim() - 1))
+    return (padded.view(n_bytes, 8, *mask.shape[1:]).to(torch.int32) * weights).sum(1).to(torch.uint8)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower() or (
+        "can't allocate memory" in str(exc).lower())
+
+
+class _WindowSampler:
+    """Runs the sample plan on one window, halving the batch (then leaving the GPU) on out-of-memory."""
+
+    def __init__(self, networks: list[nn.Module], plan: list[SampleSpec], config: EngineConfig, notes: list[str]):
+        self.networks, self.plan, self.notes = networks, plan, notes
+        self.device = pick_device(config.device)
+        if config.device in ("cuda", "gpu") and self.device.type == "cpu":
+            notes.append("No CUDA GPU available: ran on the CPU.")
+        self.batch = max(1, config.max_batch)
+        self.amp = config.amp
+        for net in networks:
+            net.to(self.device)
+
+    def _forward(self, x: torch.Tensor, specs: list[SampleSpec]) -> torch.Tensor:
+        net = self.networks[specs[0].member]
+        set_dropout(net, specs[0].dropout)
+        batch = torch.cat([torch.flip(x, [d + 2 for d in s.flip]) if s.flip else x for s in specs])
+        use_amp = self.amp and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            logits = net(batch)
+        logits = logits.float()
+        logits = torch.cat([
+            torch.flip(logits[i:i + 1], [d + 2 for d in s.flip]) if s.flip else logits[i:i + 1]
+            for i, s in enumerate(specs)
+        ])
+        return torch.softmax(logits, dim=1)
+
+    def _chunks(self):
+        """Consecutive runs of the plan sharing member and dropout, cut at the current batch size."""
+        start = 0
+        while start < len(self.plan):
+            first = self.plan[start]
+            stop = start + 1
+            while (stop < len(self.plan) and stop - start < self.batch
+                   and (self.plan[stop].member, self.plan[stop].dropout) == (first.member, first.dropout)):
+                stop += 1
+            yield start, stop
+
+    def run(self, window: torch.Tensor):
+        """Sums over samples of p, p^2 and normalized H(p) for one (1, 1, *w) window, plus labels (T, *w)."""
+        x = window.to(self.device)
+        while True:
+            try:
+                return self._run(x)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if self.batch > 1:
+                    self.batch //= 2
+                    self.notes.append(f"Out of memory: retrying with {self.batch} sample(s) per pass.")
+                elif self.device.type == "cuda":
+                    self.notes.append("Out of GPU memory even with 1 sample per pass: continuing on the CPU.")
+                    self.device = torch.device("cpu")
+                    for net in self.networks:
+                        net.to(self.device)
+                    x = x.cpu()
+                else:
+                    raise ResourceError("Out of memory even with one sample per pass; use a smaller window "
+                                        "(patch size) or a machine with more memory") from exc
+                log.warning(self.notes[-1])
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor):
+        sum_p = sum_p2 = sum_h = None
+        labels = []
+        for start, stop in self._chunks():
+            p = self._forward(x, self.plan[start:stop])
+            if sum_p is None:
+                sum_p, sum_p2 = p.sum(0), (p * p).sum(0)
+                sum_h = normalized_entropy(p, 1).sum(0)
+            else:
+                sum_p += p.sum(0)
+                sum_p2 += (p * p).sum(0)
+                sum_h += normalized_entropy(p, 1).sum(0)
+            labels.append(p.argmax(1).to(torch.uint8))
+        return sum_p, sum_p2, sum_h, torch.cat(labels)
+
+
+def run_engine(
+    volume: np.ndarray,
+    networks: list[nn.Module],
+    plan: list[SampleSpec],
+    n_classes: int,
+    config: EngineConfig,
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> EngineResult:
+    """Segment a preprocessed (z, y, x) float32 volume; return stitched mean, maps and sample bits."""
+    torch.manual_seed(config.seed)
+    notes: list[str] = []
+    sampler = _WindowSampler(networks, plan, config, notes)
+    n_samples, shape = len(plan), tuple(volume.shape)
+    window = tuple(int(w) for w in config.window)
+    padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
+    image = torch.zeros((1, 1, *padded_shape), dtype=torch.float32)
+    image[..., :shape[0], :shape[1], :shape[2]] = torch.from_numpy(np.ascontiguousarray(volume))
+    if padded_shape != shape:  # pad with the background value
+        fill = float(volume.min())
+        image[..., shape[0]:, :, :] = fill
+        image[..., :, shape[1]:, :] = fill
+        image[..., :, :, shape[2]:] = fill
+
+    c, n_bytes = n_classes, (n_samples + 7) // 8
+    sum_p = torch.zeros((c, *padded_shape))
+    sum_p2 = torch.zeros((c, *padded_shape))
+    sum_h = torch.zeros(padded_shape)
+    sum_w = torch.zeros(padded_shape)
+    best_w = torch.zeros(padded_shape)
+    bits = torch.zeros((c - 1, n_bytes, *padded_shape), dtype=torch.uint8)
+    weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu").float()
+
+    slices = scan_slices(padded_shape, window, config.overlap)
+    for i, sl in enumerate(slices):
+        if cancelled is not None and cancelled():
+            raise CancelledError("Cancelled by the user; nothing was written")
+        s_p, s_p2, s_h, labels = sampler.run(image[(slice(None), slice(None), *sl)])
+        inv_t = 1.0 / n_samples
+        sum_p[(slice(None), *sl)] += weight * (s_p.cpu() * inv_t)
+        sum_p2[(slice(None), *sl)] += weight * (s_p2.cpu() * inv_t)
+        sum_h[sl] += weight * (s_h.cpu() * inv_t)
+        sum_w[sl] += weight
+        wins = weight > best_w[sl]
+        best_w[sl] = torch.maximum(best_w[sl], weight)
+        for k in range(1, c):
+            packed = pack_bits(labels == k).cpu()
+            region = bits[(k - 1, slice(None), *sl)]
+            region.copy_(torch.where(wins, packed, region))
+        if progress is not None:
+            progress("inference", (i + 1) / len(slices), f"window {i + 1}/{len(slices)}")
+    del best_w, image
+
+    crop = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+    mean_p = sum_p.div_(sum_w)[(slice(None), *crop)].contiguous()
+    mean_p2 = sum_p2.div_(sum_w)[(slice(None), *crop)]
+    mean_h = sum_h.div_(sum_w)[crop].contiguous()
+    del sum_w
+    maps = _derive_maps(mean_p, mean_p2, mean_h, n_samples)
+    return EngineResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
+                        sampler.device.type, notes)
+
+
+def _derive_maps(mean_p, mean_p2, mean_h, n_samples: int, slab: int = 8) -> dict[str, torch.Tensor]:
+    """uncertainty_maps() computed in z-slabs, so temporaries stay small on large volumes."""
+    out = {name: torch.empty(mean_h.shape) for name in ("entropy", "mutual_information", "variance")}
+    out["expected_entropy"] = mean_h
+    for z in range(0, mean_h.shape[0], slab):
+        zs = slice(z, z + slab)
+        part = uncertainty_maps(mean_p[:, zs], mean_p2[:, zs], mean_h[zs], n_samples)
+        for name in ("entropy", "mutual_information", "variance"):
+            out[name][zs] = part[name]
+    return out

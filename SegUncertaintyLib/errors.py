@@ -1,0 +1,41 @@
+"""Errors a user can act on. Each message names the problem; the CLI maps each class to an exit code."""
+
+
+class SegUncertaintyError(Exception):
+    """Base class: a problem with the user's input, model or environment (not a bug)."""
+
+    exit_code = 1
+
+
+class InputImageError(SegUncertaintyError):
+    """The input volume cannot be read or is unusable (wrong dimension, NaN, constant, ...)."""
+
+    exit_code = 3
+
+
+class ModelError(SegUncertaintyError):
+    """The model cannot be found, read or used with the requested method."""
+
+    exit_code = 4
+
+
+class ChecksumError(ModelError):
+    """A weight file does not match the sha256 written in its model card."""
+
+
+class OutputError(SegUncertaintyError):
+    """The output folder cannot be created or written."""
+
+    exit_code = 5
+
+
+class ResourceError(SegUncertaintyError):
+    """Out of memory even with the smallest batch."""
+
+    exit_code = 6
+
+
+class CancelledError(SegUncertaintyError):
+    """The run was cancelled by the user; nothing was written."""
+
+    exit_code = 130

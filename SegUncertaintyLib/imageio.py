@@ -1,0 +1,145 @@
+"""Reading, validating and atomically writing 3D images (SimpleITK).
+
+Arrays follow SimpleITK's order: ``sitk.GetArrayFromImage`` gives (z, y, x).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError, OutputError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The image extension of ``path`` (``.nii.gz`` counts as one suffix)."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(path).suffix.lower()
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a scalar 3D image as float32 and check it is usable; raise InputImageError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"Input image not found: {path}")
+    if path.is_dir():
+        return _read_dicom_series(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise InputImageError(f"Cannot read {path}: not a readable image or truncated file ({reason})") from exc
+    return validate_image(image, str(path))
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    files = reader.GetGDCMSeriesFileNames(str(folder))
+    if not files:
+        raise InputImageError(f"No DICOM series found in folder {folder}")
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputImageError(f"Cannot read the DICOM series in {folder}: {exc}") from exc
+    return validate_image(image, str(folder))
+
+
+def validate_image(image: sitk.Image, name: str = "input") -> sitk.Image:
+    """Return ``image`` as float32 if it is a finite, non-constant scalar 3D volume; raise otherwise."""
+    dim = image.GetDimension()
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(
+            f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "a scalar (grey-level) 3D volume is needed"
+        )
+    if dim == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise InputImageError(f"{name} is {dim}D (size {image.GetSize()}); a 3D volume is needed")
+    size = image.GetSize()
+    if min(size) < 2:
+        raise InputImageError(f"{name} has size {size}: at least 2 voxels along each axis are needed")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    array = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise InputImageError(f"{name} contains {bad} NaN or infinite voxels; fix or mask them first")
+    lo, hi = float(array.min()), float(array.max())
+    if lo == hi:
+        raise InputImageError(f"{name} is constant (every voxel = {lo:g}): nothing to segment")
+    return image
+
+
+def check_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check a file can be written there; raise OutputError otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"Cannot write to output folder {folder}: {exc.strerror or exc}") from exc
+    return folder
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A hidden folder inside ``out_dir`` for outputs in progress; removed whatever happens.
+
+    Files are moved out of it with :func:`publish` only once everything was written, so a failed or
+    cancelled run leaves no partial file in ``out_dir``.
+    """
+    stage = out_dir / f".staging-{uuid.uuid4().hex[:12]}"
+    try:
+        stage.mkdir()
+    except OSError as exc:
+        raise OutputError(f"Cannot write to output folder {out_dir}: {exc.strerror or exc}") from exc
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, out_dir: Path, names: list[str]) -> None:
+    """Move ``names`` from ``stage`` to ``out_dir`` (atomic renames on one file system)."""
+    try:
+        for name in names:
+            os.replace(stage / name, out_dir / name)
+    except OSError as exc:
+        raise OutputError(f"Cannot move outputs into {out_dir}: {exc.strerror or exc}") from exc
+
+
+def write_image(image: sitk.Image, path: Path, compress: bool = True) -> None:
+    """Write ``image`` to ``path``; the format follows the extension."""
+    try:
+        sitk.WriteImage(image, str(path), compress)
+    except RuntimeError as exc:
+        raise OutputError(f"Cannot write {path}: {exc}") from exc
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Write ``data`` as indented JSON to a temporary name, then rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,45 @@
+"""Voxel-wise uncertainty from per-voxel moments of the sampled softmax outputs.
+
+Conventions (paper 001's public code, paper 003): entropies are normalized by ln(C) so they lie in
+[0, 1]; variance is the unbiased variance over the T samples, maximum over classes ("u-map").
+All functions take the class axis first: ``mean_p`` is (C, ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def entropy(p: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Shannon entropy of distributions along ``dim``, in nats (0 log 0 = 0)."""
+    return -torch.special.xlogy(p, p).sum(dim)
+
+
+def normalized_entropy(p: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Entropy divided by ln(C): 0 for a one-hot distribution, 1 for the uniform one."""
+    return entropy(p, dim) / math.log(p.shape[dim])
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy of a one-vs-rest probability in bits (paper 004's segment-level measure), in [0, 1]."""
+    q = p.clamp(0.0, 1.0)
+    return (entropy(torch.stack([q, 1.0 - q]), 0)) / math.log(2.0)
+
+
+def uncertainty_maps(mean_p: torch.Tensor, mean_p2: torch.Tensor, mean_h: torch.Tensor, n_samples: int):
+    """Maps from the first two moments of the samples and their mean entropy.
+
+    mean_p, mean_p2: (C, ...) E_t[p_t] and E_t[p_t^2]; mean_h: (...) E_t[H(p_t)] normalized by ln C.
+    Returns a dict of (...) tensors: ``entropy`` H(E_t p)/ln C (predictive), ``expected_entropy``
+    (aleatoric part), ``mutual_information`` = entropy - expected_entropy (epistemic part, >= 0) and
+    ``variance`` = max_c of the unbiased variance of p_c over samples (0 when T = 1).
+    """
+    total = normalized_entropy(mean_p, 0)
+    mutual = (total - mean_h).clamp_min(0.0)
+    if n_samples > 1:
+        variance = ((mean_p2 - mean_p * mean_p) * (n_samples / (n_samples - 1))).amax(0).clamp_min(0.0)
+    else:
+        variance = torch.zeros_like(total)
+    return {"entropy": total, "expected_entropy": mean_h, "mutual_information": mutual, "variance": variance}

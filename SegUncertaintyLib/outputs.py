@@ -1,0 +1,66 @@
+"""Write a run's outputs and the manifest that names every file and its meaning.
+
+All files are written into a staging folder and moved into place at the end, the manifest last: a
+folder with ``manifest.json`` holds a complete run, and a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from . import __version__
+from .imageio import check_writable_dir, publish, staging_dir, write_image, write_json
+from .modelcard import ModelCard
+from .overview import save_overview
+from .pipeline import MAP_MEANINGS, SegmentationOutputs
+
+MANIFEST = "manifest.json"
+FORMATS = ("nrrd", "nii.gz")
+
+
+def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: ModelCard, input_name: str,
+                  settings: dict, fmt: str = "nrrd", overview: bool = True) -> Path:
+    """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}")
+    out_dir = check_writable_dir(out_dir)
+    entries: list[dict] = []
+    with staging_dir(out_dir) as stage:
+        def add_image(image, name: str, kind: str, meaning: str, **extra) -> None:
+            filename = f"{name}.{fmt}"
+            write_image(image, stage / filename)
+            entries.append({"file": filename, "kind": kind, "meaning": meaning, **extra})
+
+        add_image(outputs.segmentation, "segmentation", "labelmap",
+                  "Segmentation: argmax of the mean probability", labels={str(k): v for k, v in card.labels.items()})
+        for name, image in outputs.probabilities.items():
+            add_image(image, f"probability_{name}", "probability",
+                      f"Mean probability of '{name}' over samples, 0-1", label=name)
+        for name, image in outputs.maps.items():
+            add_image(image, name, "uncertainty", MAP_MEANINGS[name], map=name)
+        write_json(outputs.scores, stage / "scores.json")
+        entries.append({"file": "scores.json", "kind": "scores",
+                        "meaning": "Subject-level scores per class, with definitions and directions"})
+        if overview:
+            save_overview(outputs, stage / "overview.png", title=f"{input_name} — {card.name} — {outputs.method}")
+            entries.append({"file": "overview.png", "kind": "figure",
+                            "meaning": "Mid-slices: image with segmentation contour and uncertainty maps"})
+        manifest = {
+            "format_version": 1,
+            "tool": f"seguncertainty {__version__}",
+            "python": platform.python_version(),
+            "input": input_name,
+            "model": {"name": card.name, "version": card.version, "folder": str(card.folder),
+                      "members": [{"file": m.path.name, "sha256": m.sha256} for m in card.members]},
+            "method": outputs.method,
+            "n_samples": outputs.n_samples,
+            "device": outputs.device,
+            "settings": settings,
+            "labels": {str(k): v for k, v in card.labels.items()},
+            "notes": outputs.notes,
+            "outputs": entries,
+        }
+        write_json(manifest, stage / MANIFEST)
+        publish(stage, out_dir, [e["file"] for e in entries] + [MANIFEST])
+    return out_dir / MANIFEST

@@ -1,0 +1,112 @@
+"""One volume end to end: preprocess, streaming inference, maps and scores back on the input grid."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .engine import EngineConfig, ProgressCallback, run_engine
+from .errors import ModelError
+from .modelloader import LoadedModel
+from .preprocessing import array_on_grid, to_input_space, to_model_space
+from .sampling import plan_samples, set_dropout
+from .scores import scores_document, subject_scores
+
+MAP_MEANINGS = {
+    "entropy": "Normalized predictive entropy H(mean softmax)/ln C, 0-1 (total uncertainty, e-map)",
+    "mutual_information": "Mutual information = entropy - expected_entropy, 0-1 (epistemic, model uncertainty)",
+    "expected_entropy": "Mean over samples of the normalized entropy, 0-1 (aleatoric, data uncertainty)",
+    "variance": "Maximum over classes of the unbiased softmax variance across samples, 0-0.25+ (u-map)",
+}
+
+
+@dataclass
+class SegmentationOutputs:
+    """Results on the input's exact grid (sitk images) plus the model-grid arrays used for the overview."""
+
+    segmentation: sitk.Image
+    probabilities: dict[str, sitk.Image]
+    maps: dict[str, sitk.Image]
+    scores: dict
+    method: str
+    n_samples: int
+    device: str
+    notes: list[str] = field(default_factory=list)
+    model_grid_image: sitk.Image | None = None
+    model_grid_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    model_grid_labels: np.ndarray | None = None
+
+
+def check_method(model: LoadedModel, method: str) -> None:
+    """Refuse a method the card does not list, or MC dropout on networks without dropout."""
+    for part in method.split("+"):
+        if part not in model.card.methods:
+            raise ModelError(f"Model '{model.card.name}' does not support '{part}' "
+                             f"(its card lists: {', '.join(model.card.methods)})")
+    if "mc_dropout" in method:
+        for i, net in enumerate(model.networks):
+            if set_dropout(net, False) == 0:
+                raise ModelError(f"Model '{model.card.name}' member {i} has no dropout layer: "
+                                 "MC dropout is impossible; use another method")
+
+
+def segment_image(
+    image: sitk.Image,
+    model: LoadedModel,
+    method: str = "mc_dropout",
+    samples: int | None = None,
+    overlap: float = 0.5,
+    device: str = "auto",
+    seed: int = 0,
+    max_batch: int = 8,
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> SegmentationOutputs:
+    """Segment a validated float32 3D image with uncertainty; every output has ``image``'s geometry."""
+    report = progress or (lambda *_: None)
+    card = model.card
+    check_method(model, method)
+    plan = plan_samples(method, len(model.networks), samples)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+
+    report("preprocess", 0.0, "resampling to the model grid")
+    array, grid = to_model_space(image, card)
+    report("preprocess", 1.0, f"model grid {grid.GetSize()} at {card.spacing_mm} mm")
+    config = EngineConfig(window=tuple(reversed(card.patch_size)), overlap=overlap, max_batch=max_batch,
+                          device=device, seed=seed)
+    result = run_engine(array, model.networks, plan, card.n_classes, config, report, cancelled)
+
+    report("postprocess", 0.0, "resampling to the input grid")
+    names = card.labels
+    probs = [sitk.GetArrayFromImage(to_input_space(result.mean_p[k].numpy(), grid, image, float(k == 0)))
+             for k in range(card.n_classes)]
+    labels = np.argmax(np.stack(probs), axis=0).astype(np.uint8)
+    segmentation = array_on_grid(labels, image)
+    probabilities = {names[k]: array_on_grid(probs[k], image) for k in range(1, card.n_classes)}
+    map_names = list(MAP_MEANINGS) if result.n_samples > 1 else ["entropy"]
+    maps = {name: to_input_space(result.maps[name].numpy(), grid, image) for name in map_names}
+    report("postprocess", 0.5, "subject-level scores")
+
+    voxel_ml_input = math.prod(image.GetSpacing()) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=card.n_classes)
+    prediction = result.mean_p.argmax(0)
+    per_class = subject_scores(
+        result.sample_bits, result.mean_p, result.maps["entropy"], prediction,
+        math.prod(card.spacing_mm) / 1000.0, result.n_samples, names,
+        {k: float(counts[k] * voxel_ml_input) for k in range(card.n_classes)},
+    )
+    report("postprocess", 1.0, "done")
+    return SegmentationOutputs(
+        segmentation=segmentation, probabilities=probabilities, maps=maps,
+        scores=scores_document(per_class, method, result.n_samples), method=method,
+        n_samples=result.n_samples, device=result.device, notes=result.notes,
+        model_grid_image=array_on_grid(array, grid),
+        model_grid_maps={k: v.numpy() for k, v in result.maps.items() if k in map_names},
+        model_grid_labels=prediction.to(torch.uint8).numpy(),
+    )
