@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up SegUncertainty on a fresh machine: a virtual environment in .venv with the CPU build of
+# torch that lies on this machine's disk, MONAI, SimpleITK and the package itself (editable, with the
+# test extras). Safe to run again. Usage: bash install.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, pinned, so that nothing else pulls a multi-GB CUDA build.
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+# Optional data for training and evaluating the bundled model (Colin27 + macaque templates, Debian).
+if [ ! -d /usr/share/mricron/templates ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq mricron-data >/dev/null 2>&1 \
+        || echo "note: mricron-data not installed (only needed to retrain or re-evaluate the bundled model)"
+fi
+.venv/bin/seguncertainty models --verify
