@@ -128,6 +128,7 @@ class _WindowSampler:
                    and (self.plan[stop].member, self.plan[stop].dropout) == (first.member, first.dropout)):
                 stop += 1
             yield start, stop
+            start = stop
 
     def run(self, window: torch.Tensor):
         """Sums over samples of p, p^2 and normalized H(p) for one (1, 1, *w) window, plus labels (T, *w)."""

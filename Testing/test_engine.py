@@ -1,0 +1,187 @@
+"""The streaming engine against MONAI's sliding_window_inference, analytic cases and failure modes."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import ThresholdNet
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from SegUncertaintyLib.engine import EngineConfig, run_engine, scan_slices
+from SegUncertaintyLib.errors import CancelledError, ResourceError
+from SegUncertaintyLib.sampling import SampleSpec, plan_samples, set_dropout
+
+
+def smooth_volume(shape=(30, 41, 37), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    return (0.5 + 0.4 * np.sin(6 * x) * np.cos(5 * y) * np.sin(4 * z + 1)
+            + 0.02 * rng.standard_normal(shape)).astype(np.float32)
+
+
+class ContextNet(nn.Module):
+    """A deterministic network with spatial context (3x3x3 convolutions), so windows disagree at borders."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv3d(4, 3, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x) * 3
+
+
+def monai_mean_probability(volume, net, window, overlap):
+    x = torch.from_numpy(volume)[None, None]
+    with torch.no_grad():
+        out = sliding_window_inference(x, window, 1, lambda v: torch.softmax(net(v), 1), overlap=overlap,
+                                       mode="gaussian", sigma_scale=0.125, padding_mode="constant")
+    return out[0]
+
+
+def test_deterministic_mean_probability_matches_monai_sliding_window():
+    volume = smooth_volume()
+    net = ContextNet().eval()
+    config = EngineConfig(window=(16, 16, 16), overlap=0.5)
+    result = run_engine(volume, [net], plan_samples("softmax", 1), 3, config)
+    expected = monai_mean_probability(volume, net, (16, 16, 16), 0.5)
+    assert result.mean_p.shape == (3, *volume.shape)
+    assert torch.allclose(result.mean_p, expected, atol=1e-5)
+    assert torch.allclose(result.mean_p.sum(0), torch.ones(volume.shape), atol=1e-5)
+
+
+def test_ensemble_mean_is_mean_of_members():
+    volume = smooth_volume()
+    nets = [ContextNet(seed=s).eval() for s in range(3)]
+    config = EngineConfig(window=(16, 16, 16), overlap=0.5)
+    result = run_engine(volume, nets, plan_samples("ensemble", 3), 3, config)
+    expected = torch.stack([monai_mean_probability(volume, n, (16, 16, 16), 0.5) for n in nets]).mean(0)
+    assert torch.allclose(result.mean_p, expected, atol=1e-5)
+
+
+def test_volume_smaller_than_window_is_padded_with_its_minimum_at_the_end():
+    volume = smooth_volume(shape=(12, 16, 9))  # one window; z and x padded to 16
+    net = ContextNet().eval()
+    result = run_engine(volume, [net], plan_samples("softmax", 1), 3, EngineConfig(window=(16, 16, 16)))
+    padded = torch.nn.functional.pad(torch.from_numpy(volume)[None, None], (0, 7, 0, 0, 0, 4),
+                                     value=float(volume.min()))
+    with torch.no_grad():
+        expected = torch.softmax(net(padded), 1)[0, :, :12, :16, :9]
+    assert result.mean_p.shape == (3, 12, 16, 9)
+    assert torch.allclose(result.mean_p, expected, atol=1e-6)
+
+
+def test_overlap_zones_keep_their_variance_no_seams():
+    """Pointwise MC dropout: the true per-voxel variance is the same everywhere on a constant input.
+
+    Blending linear statistics keeps it; blending per-sample probabilities (the naive way) averages
+    independent dropout draws where windows overlap and shrinks the variance there.
+    """
+    volume = np.full((16, 16, 40), 0.5, np.float32)
+    net = ThresholdNet(gain=4.0, p=0.5)
+    window, overlap, t = (16, 16, 16), 0.5, 200
+    result = run_engine(volume, [net], plan_samples("mc_dropout", 1, t), 2, EngineConfig(window, overlap, seed=1))
+    variance = result.maps["variance"][8].mean(0).numpy()  # along x, where windows overlap
+
+    starts = sorted({s[2].start for s in scan_slices(volume.shape, window, overlap)})
+    coverage = np.zeros(volume.shape[2])
+    for s in starts:
+        coverage[s:s + window[2]] += 1
+    single, double = variance[coverage == 1].mean(), variance[coverage == 2].mean()
+    assert double == pytest.approx(single, rel=0.1)
+
+    torch.manual_seed(1)
+    set_dropout(net, True)
+    x = torch.from_numpy(volume)[None, None]
+    with torch.no_grad():
+        naive = torch.stack([monai_mean_probability(volume, net, window, overlap)[1] for _ in range(40)])
+    naive_var = naive.var(0, unbiased=True)[8].mean(0).numpy()
+    assert naive_var[coverage == 2].mean() < 0.8 * naive_var[coverage == 1].mean()
+    del x
+
+
+def test_same_seed_same_output_and_other_seed_differs():
+    volume = smooth_volume(shape=(20, 20, 20))
+    net = ThresholdNet(p=0.3)
+    plan = plan_samples("mc_dropout", 1, 6)
+    a = run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), seed=7))
+    b = run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), seed=7))
+    c = run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), seed=8))
+    assert torch.equal(a.mean_p, b.mean_p) and torch.equal(a.sample_bits, b.sample_bits)
+    assert not torch.equal(a.mean_p, c.mean_p)
+
+
+def test_batch_chunking_does_not_change_the_deterministic_result():
+    volume = smooth_volume(shape=(20, 24, 20))
+    nets = [ContextNet(seed=s).eval() for s in range(2)]
+    plan = plan_samples("ensemble+tta", 2, 4)
+    big = run_engine(volume, nets, plan, 3, EngineConfig((16, 16, 16), max_batch=8))
+    small = run_engine(volume, nets, plan, 3, EngineConfig((16, 16, 16), max_batch=1))
+    assert torch.allclose(big.mean_p, small.mean_p, atol=1e-5)
+    assert torch.equal(big.sample_bits, small.sample_bits)
+
+
+def test_tta_undoes_flips():
+    """A network that is exactly flip-equivariant gives the same answer for every flip: no uncertainty."""
+    volume = smooth_volume(shape=(16, 16, 16))
+    net = ThresholdNet(p=0.0).eval()
+    result = run_engine(volume, [net], plan_samples("tta", 1, 8), 2, EngineConfig((16, 16, 16)))
+    assert result.maps["variance"].max() < 1e-6  # float32 round-off of E[p^2] - E[p]^2
+    reference = run_engine(volume, [net], plan_samples("softmax", 1), 2, EngineConfig((16, 16, 16)))
+    assert torch.allclose(result.mean_p, reference.mean_p, atol=1e-6)
+
+
+def test_sample_bits_hold_each_samples_labels():
+    volume = smooth_volume(shape=(16, 16, 16))
+    net = ThresholdNet(p=0.4)
+    result = run_engine(volume, [net], plan_samples("mc_dropout", 1, 10), 2, EngineConfig((16, 16, 16), seed=3))
+    # reproduce the 10 dropout draws of the single window with the same seed
+    torch.manual_seed(3)
+    set_dropout(net, True)
+    with torch.no_grad():
+        x = torch.from_numpy(volume)[None, None].expand(10, 1, 16, 16, 16)
+        labels = net(x).argmax(1).numpy().astype(bool)
+    expected = np.packbits(labels, axis=0, bitorder="little")
+    assert np.array_equal(result.sample_bits[0].numpy(), expected)
+
+
+class FlakyMemoryNet(nn.Module):
+    """Raises an out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.inner, self.limit, self.calls = ThresholdNet(p=0.0).eval(), limit, []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch_then_gives_a_clear_error():
+    volume = smooth_volume(shape=(16, 16, 16))
+    net = FlakyMemoryNet(limit=2)
+    plan = [SampleSpec(0, flip) for flip in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]]
+    result = run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), max_batch=8))
+    assert net.calls[:3] == [8, 4, 2] and max(net.calls[3:]) == 2
+    assert any("retrying with 2" in n for n in result.notes)
+    with pytest.raises(ResourceError, match="Out of memory"):
+        run_engine(volume, [FlakyMemoryNet(limit=0)], plan, 2, EngineConfig((16, 16, 16)))
+
+
+def test_cancel_stops_before_the_next_window():
+    volume = smooth_volume(shape=(16, 16, 40))
+    calls = []
+    with pytest.raises(CancelledError):
+        run_engine(volume, [ThresholdNet()], plan_samples("mc_dropout", 1, 2), 2, EngineConfig((16, 16, 16)),
+                   progress=lambda *a: calls.append(a), cancelled=lambda: len(calls) >= 1)
+    assert len(calls) == 1
+
+
+def test_mc_dropout_keeps_batchnorm_in_eval_mode():
+    net = nn.Sequential(nn.Conv3d(1, 2, 1), nn.BatchNorm3d(2), nn.Dropout(0.3))
+    assert set_dropout(net, True) == 1
+    assert not net[1].training and net[2].training
+    set_dropout(net, False)
+    assert not any(m.training for m in net.modules())
