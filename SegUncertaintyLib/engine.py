@@ -72,7 +72,7 @@ def pick_device(requested: str) -> torch.device:
 def scan_slices(shape: Sequence[int], window: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
     """Window positions covering ``shape`` (each dim >= window), the last flush with the end."""
     interval = [max(int(w * (1.0 - overlap)), 1) for w in window]
-    interval = [i if s > w else w for i, s, w in zip(interval, shape, window)]
+    interval = [i if s > w else w for i, s, w in zip(interval, shape, window, strict=False)]
     return list(dense_patch_slices(tuple(shape), tuple(window), tuple(interval)))
 
 
@@ -187,7 +187,7 @@ def run_engine(
     sampler = _WindowSampler(networks, plan, config, notes)
     n_samples, shape = len(plan), tuple(volume.shape)
     window = tuple(int(w) for w in config.window)
-    padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
+    padded_shape = tuple(max(s, w) for s, w in zip(shape, window, strict=False))
     image = torch.zeros((1, 1, *padded_shape), dtype=torch.float32)
     image[..., :shape[0], :shape[1], :shape[2]] = torch.from_numpy(np.ascontiguousarray(volume))
     if padded_shape != shape:  # pad with the background value

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, OutputError
+from .nifticheck import check_nifti_complete
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -37,6 +38,8 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise InputImageError(f"Input image not found: {path}")
     if path.is_dir():
         return _read_dicom_series(path)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -18,7 +18,7 @@ OUT = Path(__file__).resolve().parents[2] / "SegUncertaintyLib" / "sample" / "co
 
 
 def resample_to_spacing(image: sitk.Image, spacing: float, linear: bool = True) -> sitk.Image:
-    size = [int(round(n * s / spacing)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    size = [int(round(n * s / spacing)) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=False)]
     smooth = sitk.SmoothingRecursiveGaussian(image, spacing / 2.0) if linear else image
     return sitk.Resample(smooth, size, sitk.Transform(), sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
                          image.GetOrigin(), [spacing] * 3, image.GetDirection(), 0.0, image.GetPixelID())
