@@ -43,7 +43,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: Model
         entries.append({"file": "scores.json", "kind": "scores",
                         "meaning": "Subject-level scores per class, with definitions and directions"})
         if overview:
-            save_overview(outputs, stage / "overview.png", title=f"{Path(input_name).name} — {card.name} — {outputs.method}")
+            title = f"{Path(input_name).name} — {card.name} — {outputs.method}"
+            save_overview(outputs, stage / "overview.png", title=title)
             entries.append({"file": "overview.png", "kind": "figure",
                             "meaning": "Mid-slices: image with segmentation contour and uncertainty maps"})
         manifest = {

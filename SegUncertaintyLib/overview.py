@@ -30,7 +30,8 @@ def save_overview(outputs, path: Path, title: str = "") -> None:
             if name in outputs.model_grid_maps]
     aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
     fig, axes = plt.subplots(3, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 9.5), squeeze=False)
-    for row, (img, lab, aspect) in enumerate(zip(_slices(array, centre), _slices(labels, centre), aspects, strict=False)):
+    views = zip(_slices(array, centre), _slices(labels, centre), aspects, strict=True)
+    for row, (img, lab, aspect) in enumerate(views):
         ax = axes[row, 0]
         ax.imshow(img, cmap="gray", origin="lower", aspect=aspect)
         if lab.any():
