@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
     for member in card.members:
         if card.architecture["type"] == "torchscript":
             try:
-                net = torch.jit.load(str(member.path), map_location="cpu")
+                with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13 but still what users have
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    net = torch.jit.load(str(member.path), map_location="cpu")
             except (RuntimeError, ValueError) as exc:
                 raise ModelError(f"Cannot load TorchScript file {member.path}: {exc}") from exc
         else:

@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .engine import EngineConfig, ProgressCallback, run_engine
+from .engine import EngineConfig, ProgressCallback, class_argmax, run_engine
 from .errors import ModelError
 from .modelloader import LoadedModel
 from .preprocessing import array_on_grid, to_input_space, to_model_space
@@ -95,7 +95,7 @@ def segment_image(
 
     voxel_ml_input = math.prod(image.GetSpacing()) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=card.n_classes)
-    prediction = result.mean_p.argmax(0)
+    prediction = class_argmax(result.mean_p, 0)
     per_class = subject_scores(
         result.sample_bits, result.mean_p, result.maps["entropy"], prediction,
         math.prod(card.spacing_mm) / 1000.0, result.n_samples, names,

@@ -7,7 +7,7 @@ from conftest import ThresholdNet
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from SegUncertaintyLib.engine import EngineConfig, run_engine, scan_slices
+from SegUncertaintyLib.engine import EngineConfig, class_argmax, run_engine, scan_slices
 from SegUncertaintyLib.errors import CancelledError, ResourceError
 from SegUncertaintyLib.sampling import SampleSpec, plan_samples, set_dropout
 
@@ -185,3 +185,10 @@ def test_mc_dropout_keeps_batchnorm_in_eval_mode():
     assert not net[1].training and net[2].training
     set_dropout(net, False)
     assert not any(m.training for m in net.modules())
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_class_argmax_matches_torch_including_ties(n_classes):
+    p = torch.randint(0, 4, (3, n_classes, 6, 7, 8)).float()  # many ties: the first maximum must win
+    assert torch.equal(class_argmax(p, 1), p.argmax(1).to(torch.uint8))
+    assert torch.equal(class_argmax(p[0], 0), p[0].argmax(0).to(torch.uint8))
