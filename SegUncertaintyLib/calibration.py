@@ -1,0 +1,101 @@
+"""Calibration of a foreground probability map: ECE, MCE, NLL, Brier and reliability data (papers 001, 003, 004).
+
+Binning follows paper 001's public code: 10 bins with edges ``linspace(0, 1 + 1e-8, 11)``, each bin
+``[a, b)`` (so p = 1 falls in the last bin), empty bins dropped, bin weight = count / N. Per bin,
+*confidence* is the mean foreground probability and *accuracy* the fraction of foreground voxels.
+Statistics are sums per bin, so cases are accumulated one at a time and pooled by adding
+(:meth:`BinStats.__add__`), never by holding every voxel of every case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BINS = 10
+EDGES = np.linspace(0.0, 1.0 + 1e-8, N_BINS + 1)
+EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] for the NLL
+
+
+@dataclass
+class BinStats:
+    """Per-bin voxel counts, sums of probability and of the label, plus NLL and Brier sums (all float64)."""
+
+    count: np.ndarray
+    sum_p: np.ndarray
+    sum_y: np.ndarray
+    sum_nll: float = 0.0
+    sum_brier: float = 0.0
+
+    @classmethod
+    def empty(cls) -> BinStats:
+        return cls(np.zeros(N_BINS), np.zeros(N_BINS), np.zeros(N_BINS))
+
+    @classmethod
+    def from_arrays(cls, prob: np.ndarray, label: np.ndarray, mask: np.ndarray | None = None) -> BinStats:
+        """Statistics of foreground probability ``prob`` (any shape, 0-1) against binary ``label``."""
+        p = np.asarray(prob, dtype=np.float64)
+        y = np.asarray(label).astype(bool)
+        if p.shape != y.shape:
+            raise ValueError(f"probability {p.shape} and label {y.shape} differ in shape")
+        if mask is not None:
+            p, y = p[np.asarray(mask, dtype=bool)], y[np.asarray(mask, dtype=bool)]
+        p, y = p.ravel(), y.ravel()
+        if p.size and (np.nanmin(p) < 0 or np.nanmax(p) > 1 or np.isnan(p).any()):
+            raise ValueError("probabilities must be finite and within [0, 1]")
+        index = np.clip(np.digitize(p, EDGES, right=False) - 1, 0, N_BINS - 1)
+        pc = np.clip(p, EPS, 1 - EPS)
+        return cls(
+            count=np.bincount(index, minlength=N_BINS).astype(np.float64),
+            sum_p=np.bincount(index, weights=p, minlength=N_BINS),
+            sum_y=np.bincount(index, weights=y.astype(np.float64), minlength=N_BINS),
+            sum_nll=float(-(np.log(pc[y]).sum() + np.log(1 - pc[~y]).sum())),
+            sum_brier=float(((p - y) ** 2).sum()),
+        )
+
+    def __add__(self, other: BinStats) -> BinStats:
+        return BinStats(self.count + other.count, self.sum_p + other.sum_p, self.sum_y + other.sum_y,
+                        self.sum_nll + other.sum_nll, self.sum_brier + other.sum_brier)
+
+    @property
+    def n(self) -> float:
+        return float(self.count.sum())
+
+    def reliability(self) -> dict[str, np.ndarray]:
+        """Per non-empty bin: lower edge, upper edge, confidence, accuracy, count."""
+        keep = self.count > 0
+        return {"lower": EDGES[:-1][keep], "upper": EDGES[1:][keep],
+                "confidence": self.sum_p[keep] / self.count[keep],
+                "accuracy": self.sum_y[keep] / self.count[keep], "count": self.count[keep]}
+
+    def ece(self) -> float:
+        """Expected calibration error: sum over bins of count / N * |accuracy - confidence|; NaN if empty."""
+        r = self.reliability()
+        return float((r["count"] / self.n * np.abs(r["accuracy"] - r["confidence"])).sum()) if self.n else np.nan
+
+    def mce(self) -> float:
+        """Maximum calibration error over non-empty bins; NaN if empty."""
+        r = self.reliability()
+        return float(np.abs(r["accuracy"] - r["confidence"]).max()) if self.n else np.nan
+
+    def nll(self) -> float:
+        """Mean binary negative log-likelihood (nats), probabilities clipped to [1e-7, 1 - 1e-7]."""
+        return self.sum_nll / self.n if self.n else np.nan
+
+    def brier(self) -> float:
+        """Mean squared difference between probability and label."""
+        return self.sum_brier / self.n if self.n else np.nan
+
+    def summary(self) -> dict[str, float]:
+        return {"ece": self.ece(), "mce": self.mce(), "nll": self.nll(), "brier": self.brier(), "voxels": self.n}
+
+
+def probability_from_uncertainty(prediction: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
+    """Paper 001's foreground probability for methods with an uncertainty q in [0, 1] but no probability.
+
+    y (1 - q/2) + (1 - y) q/2 for the binary prediction y: certain voxels get 0 or 1, q = 1 gives 0.5.
+    """
+    y = np.asarray(prediction, dtype=bool)
+    q = np.asarray(uncertainty, dtype=np.float64)
+    return np.where(y, 1.0 - 0.5 * q, 0.5 * q)

@@ -1,0 +1,86 @@
+"""Calibration metrics against analytic cases, MONAI's calibration binning and scikit-learn."""
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics.calibration import calibration_binning
+from sklearn.metrics import brier_score_loss, log_loss
+
+from SegUncertaintyLib.calibration import BinStats, probability_from_uncertainty
+
+
+def random_case(seed: int, n: int = 20_000, bias: float = 0.0):
+    rng = np.random.default_rng(seed)
+    p = rng.random(n)
+    y = rng.random(n) < np.clip(p + bias, 0, 1)  # calibrated when bias = 0
+    return p, y
+
+
+def test_perfectly_calibrated_probabilities_have_ece_near_zero():
+    p, y = random_case(0, n=400_000)
+    assert BinStats.from_arrays(p, y).ece() < 0.005
+
+
+def test_constant_shift_gives_ece_equal_to_the_shift():
+    p, y = random_case(1, n=400_000, bias=0.0)
+    # labels drawn from p, probabilities reported 0.1 lower (clipped at 0): ECE close to 0.1
+    shifted = np.clip(p - 0.1, 0, 1)
+    assert BinStats.from_arrays(shifted, y).ece() == pytest.approx(0.1, abs=0.01)
+
+
+def test_hand_built_bins():
+    p = np.array([0.05, 0.05, 0.95, 0.95, 1.0])  # p = 1 belongs to the last bin [0.9, 1 + 1e-8)
+    y = np.array([0, 1, 1, 1, 1])
+    s = BinStats.from_arrays(p, y)
+    # bin 0: conf 0.05, acc 0.5, 2 voxels; bin 9: conf 0.9667, acc 1, 3 voxels
+    assert s.ece() == pytest.approx(2 / 5 * 0.45 + 3 / 5 * (1 - 2.9 / 3))
+    assert s.mce() == pytest.approx(0.45)
+    assert list(s.reliability()["count"]) == [2, 3]
+
+
+def test_matches_monai_calibration_binning_and_expected_error():
+    p, y = random_case(2, bias=0.15)
+    ours = BinStats.from_arrays(p, y)
+    mean_p, mean_y, counts = calibration_binning(torch.tensor(p)[None, None], torch.tensor(y, dtype=torch.float64)
+                                                 [None, None], num_bins=10, right=False)
+    keep = counts[0, 0] > 0
+    r = ours.reliability()
+    assert np.allclose(r["count"], counts[0, 0][keep].numpy())
+    assert np.allclose(r["confidence"], mean_p[0, 0][keep].numpy())
+    assert np.allclose(r["accuracy"], mean_y[0, 0][keep].numpy())
+    from monai.metrics import CalibrationErrorMetric
+
+    metric = CalibrationErrorMetric(num_bins=10, include_background=True)
+    metric(torch.tensor(p)[None, None], torch.tensor(y, dtype=torch.float64)[None, None])
+    assert ours.ece() == pytest.approx(metric.aggregate().item(), rel=1e-6)
+
+
+def test_nll_and_brier_match_scikit_learn():
+    p, y = random_case(3, bias=-0.2)
+    s = BinStats.from_arrays(p, y)
+    assert s.brier() == pytest.approx(brier_score_loss(y, p))
+    assert s.nll() == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)), rel=1e-9)
+
+
+def test_pooled_statistics_equal_one_big_case_and_mask_selects():
+    cases = [random_case(s, n=5000, bias=0.1 * s) for s in range(3)]
+    pooled = sum((BinStats.from_arrays(p, y) for p, y in cases), BinStats.empty())
+    everything = BinStats.from_arrays(np.concatenate([c[0] for c in cases]), np.concatenate([c[1] for c in cases]))
+    assert pooled.summary() == pytest.approx(everything.summary())
+    p, y = cases[0]
+    mask = p > 0.5
+    assert BinStats.from_arrays(p, y, mask).summary() == pytest.approx(BinStats.from_arrays(p[mask], y[mask]).summary())
+
+
+def test_bad_input_and_empty_region():
+    with pytest.raises(ValueError, match="shape"):
+        BinStats.from_arrays(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="within"):
+        BinStats.from_arrays(np.array([0.5, np.nan]), np.zeros(2))
+    assert np.isnan(BinStats.from_arrays(np.zeros(3), np.zeros(3), np.zeros(3, bool)).ece())
+
+
+def test_probability_from_uncertainty_follows_paper_001():
+    pred = np.array([1, 1, 0, 0])
+    q = np.array([0.0, 1.0, 0.0, 0.4])
+    assert np.allclose(probability_from_uncertainty(pred, q), [1.0, 0.5, 0.0, 0.2])
