@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
     seg.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
 
+    ev = sub.add_parser("evaluate", help="compare segment outputs with reference segmentations")
+    ev.add_argument("predictions", nargs="+",
+                    help="folders of case sub-folders written by 'segment' (one folder per method)")
+    ev.add_argument("--references", required=True, help="folder with <case>.nii.gz|.nrrd reference labelmaps")
+    ev.add_argument("--out", required=True, help="report folder")
+    ev.add_argument("--ood", default=None, help="text file naming the out-of-distribution cases, one per line")
+
     models = sub.add_parser("models", help="list the bundled and installed models")
     models.add_argument("--verify", action="store_true", help="also check every weight file's sha256")
     return parser
@@ -115,6 +122,31 @@ def _print_summary(outputs, manifest: Path) -> None:
         print(f"  {name}: " + ", ".join(parts), file=sys.stderr)
 
 
+def cmd_evaluate(args) -> int:
+    from .errors import InputImageError
+    from .evaluation import evaluate_case, find_reference, summarize
+    from .report import write_report
+
+    references = Path(args.references)
+    ood = None
+    if args.ood:
+        ood = {line.strip(): True for line in Path(args.ood).read_text().splitlines() if line.strip()}
+    check_writable_dir(args.out)
+    summaries, rows = {}, []
+    for folder in map(Path, args.predictions):
+        cases = sorted(p.parent for p in folder.glob("*/manifest.json"))
+        if not cases:
+            raise InputImageError(f"No case folders with manifest.json in {folder}")
+        results = []
+        for case_dir in cases:
+            results += evaluate_case(case_dir, find_reference(references, case_dir.name))
+        summaries[folder.name] = summarize(results, ood)
+        rows += [{"method": folder.name, **r.row} for r in results]
+    report = write_report(summaries, rows, args.out)
+    print(f"Wrote {report}", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args) -> int:
     from .modelcard import load_card
 
@@ -133,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="seguncertainty: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        return {"segment": cmd_segment, "models": cmd_models}[args.command](args)
+        return {"segment": cmd_segment, "evaluate": cmd_evaluate, "models": cmd_models}[args.command](args)
     except SegUncertaintyError as exc:
         print(f"seguncertainty: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,155 @@
+"""Evaluate ``seguncertainty segment`` outputs against reference segmentations, case by case.
+
+A prediction folder holds one sub-folder per case with the segment command's ``manifest.json``; the
+reference for case ``NAME`` is ``REFS/NAME.<ext>`` (a labelmap with the model's label values).
+Everything is computed per case and per foreground class, and the dataset summary is built from the
+per-case results and summed calibration bins, so memory stays that of one case.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .calibration import BinStats
+from .cohort import ood_auroc, score_quality_correlation
+from .errors import InputImageError
+from .imageio import IMAGE_SUFFIXES
+from .quality import EMPTY_RULES, dice_hd95, dilated_foreground_box
+from .referral import THRESHOLDS, correction_benefit, referral_curve, ue_dice_curve
+
+REFERRAL_MAPS = ("entropy", "mutual_information", "variance")
+SUBJECT_SCORES = ("cv", "dpw", "ulabelled", "segment_entropy", "diversity")
+FRACTIONS = np.linspace(0, 0.2, 41)  # referral curve: 0-20 % of voxels, in 0.5 % steps
+CONVENTIONS = {
+    "ece_bins": "10 bins, edges linspace(0, 1 + 1e-8, 11), [a, b), empty bins dropped (paper 001's code)",
+    "ue_threshold": "U = u > tau (strict) on the normalized entropy, tau in 0.05..0.95; best tau maximizes "
+                    "the mean U-E Dice over cases",
+    "bnf": "flagged voxels set to background; a case benefits when its Dice increases",
+    "referral": "voxels ranked by decreasing uncertainty; the top fraction is corrected to the reference; "
+                "AUC over 0-20 % referred",
+    "box_region": "reference bounding box dilated 8 mm in-plane and 2 slices out of plane (paper 004)",
+    "empty_masks": EMPTY_RULES,
+}
+
+
+@dataclass
+class CaseResult:
+    case: str
+    label: str
+    row: dict
+    bins: dict[str, BinStats]
+    ue_curve: np.ndarray
+    bnf_condition: np.ndarray  # per threshold: the analytic condition holds
+    dice_after: np.ndarray  # per threshold: Dice after setting flagged voxels to background
+    referral: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _array(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), image
+
+
+def find_reference(refs: Path, case: str) -> Path:
+    for suffix in IMAGE_SUFFIXES:
+        if (refs / f"{case}{suffix}").exists():
+            return refs / f"{case}{suffix}"
+    raise InputImageError(f"No reference segmentation for case '{case}' in {refs}")
+
+
+def evaluate_case(case_dir: Path, reference_path: Path) -> list[CaseResult]:
+    """Every measurement for one case, one result per foreground class."""
+    manifest = json.loads((case_dir / "manifest.json").read_text())
+    files = {e.get("map") or e.get("label") or e["kind"]: case_dir / e["file"] for e in manifest["outputs"]}
+    segmentation, seg_image = _array(files["labelmap"])
+    reference, ref_image = _array(reference_path)
+    if reference.shape != segmentation.shape or not np.allclose(ref_image.GetSpacing(), seg_image.GetSpacing()):
+        raise InputImageError(f"Reference {reference_path} does not match the grid of case '{case_dir.name}'")
+    spacing = tuple(reversed(seg_image.GetSpacing()))  # (z, y, x)
+    scores = json.loads(files["scores"].read_text())["classes"] if "scores" in files else {}
+    maps = {name: _array(files[name])[0] for name in REFERRAL_MAPS if name in files}
+    results = []
+    for value, label in manifest["labels"].items():
+        if int(value) == 0:
+            continue
+        pred, ref = segmentation == int(value), reference == int(value)
+        prob = np.clip(_array(files[label])[0], 0, 1) if label in files else pred.astype(np.float64)
+        box = dilated_foreground_box(ref, spacing)
+        bins = {"volume": BinStats.from_arrays(prob, ref), "box": BinStats.from_arrays(prob, ref, box)}
+        row = {"case": case_dir.name, "label": label, **dice_hd95(pred, ref, spacing),
+               "reference_ml": float(ref.sum() * math.prod(spacing) / 1000),
+               "predicted_ml": float(pred.sum() * math.prod(spacing) / 1000)}
+        for region, stats in bins.items():
+            row |= {f"{k}_{region}": v for k, v in stats.summary().items() if k != "voxels"}
+        row["overconfident"] = bool(_overconfidence(bins["volume"]) > 0)
+        row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
+        entropy = maps.get("entropy", np.zeros(pred.shape))
+        bnf = [correction_benefit(entropy, pred, ref, t) for t in THRESHOLDS]
+        result = CaseResult(case_dir.name, label, row, bins, ue_dice_curve(entropy, pred, ref),
+                            np.array([b["benefits"] for b in bnf]), np.array([b["dice_after"] for b in bnf]))
+        for name, u in maps.items():
+            curve = referral_curve(u, pred, ref, FRACTIONS)
+            result.referral[name] = curve["dice"]
+            row[f"referral_auc_{name}"] = curve["auc"] / (FRACTIONS[-1] - FRACTIONS[0])
+        results.append(result)
+    return results
+
+
+def _overconfidence(stats: BinStats) -> float:
+    """Count-weighted mean of confidence minus accuracy over the bins above 0.5 (foreground side) and
+    accuracy minus confidence below it: > 0 means over-confident."""
+    r = stats.reliability()
+    if not r["count"].size:
+        return 0.0
+    signed = np.where(r["confidence"] >= 0.5, r["confidence"] - r["accuracy"], r["accuracy"] - r["confidence"])
+    return float((signed * r["count"]).sum() / r["count"].sum())
+
+
+def summarize(results: list[CaseResult], ood: dict[str, bool] | None = None) -> dict:
+    """Dataset summary per foreground class; adds the BnF columns at the best threshold to each row."""
+    summary: dict = {"conventions": CONVENTIONS, "classes": {}}
+    for label in sorted({r.label for r in results}):
+        mine = [r for r in results if r.label == label]
+        rows = [r.row for r in mine]
+        ue = np.mean([r.ue_curve for r in mine], axis=0)
+        best = int(np.argmax(ue))
+        tau = float(THRESHOLDS[best])
+        for r in mine:
+            r.row["bnf_condition"] = bool(r.bnf_condition[best])
+            r.row["dice_after_correction"] = float(r.dice_after[best])
+            r.row["bnf_benefits"] = bool(r.dice_after[best] > r.row["dice"])
+        benefit = [r.row["bnf_benefits"] for r in mine]
+        pooled = {region: sum((r.bins[region] for r in mine), BinStats.empty()) for region in ("volume", "box")}
+        block = {
+            "cases": len(mine),
+            "dice_mean": float(np.mean([x["dice"] for x in rows])),
+            "hd95_mm_mean": float(np.nanmean([x["hd95_mm"] for x in rows])) if any(
+                np.isfinite(x["hd95_mm"]) for x in rows) else math.nan,
+            "ue_dice_curve": {f"{t:.2f}": float(v) for t, v in zip(THRESHOLDS, ue, strict=True)},
+            "ue_best_threshold": tau, "ue_dice_best": float(ue[best]),
+            "bnf_fraction": float(np.mean(benefit)),
+            "overconfident_fraction": float(np.mean([x["overconfident"] for x in rows])),
+            "referral_fractions": FRACTIONS.tolist(),
+            "referral_dice_mean": {m: np.mean([r.referral[m] for r in mine], axis=0).tolist()
+                                   for m in REFERRAL_MAPS if all(m in r.referral for r in mine)},
+        }
+        for region, stats in pooled.items():
+            block[f"ece_mean_{region}"] = float(np.nanmean([x[f"ece_{region}"] for x in rows]))
+            block[f"ece_pooled_{region}"] = stats.ece()
+            block[f"reliability_{region}"] = {k: v.tolist() for k, v in stats.reliability().items()}
+            for k in ("mce", "nll", "brier"):
+                block[f"{k}_mean_{region}"] = float(np.nanmean([x[f"{k}_{region}"] for x in rows]))
+        dice = np.array([x["dice"] for x in rows])
+        block["score_vs_dice"] = {s: score_quality_correlation(
+            np.array([np.nan if x[s] is None else x[s] for x in rows], dtype=float), dice) for s in SUBJECT_SCORES}
+        if ood:
+            flags = np.array([ood.get(x["case"], False) for x in rows])
+            block["ood_auroc"] = {s: ood_auroc(np.array([np.nan if x[s] is None else x[s] for x in rows], float)
+                                               * (-1 if s == "dpw" else 1), flags) for s in SUBJECT_SCORES}
+        summary["classes"][label] = block
+    return summary
