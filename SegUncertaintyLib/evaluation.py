@@ -35,6 +35,9 @@ CONVENTIONS = {
                 "AUC over 0-20 % referred",
     "box_region": "reference bounding box dilated 8 mm in-plane and 2 slices out of plane (paper 004)",
     "empty_masks": EMPTY_RULES,
+    "ood_auroc": "every score oriented so that higher = more uncertain (Dpw negated); ties count one half",
+    "overconfident": "a case is over-confident when its count-weighted mean of (confidence - accuracy) on "
+                     "the predicted side of each bin is positive (paper 001's over/under split)",
 }
 
 
