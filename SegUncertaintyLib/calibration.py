@@ -42,7 +42,7 @@ class BinStats:
         if mask is not None:
             p, y = p[np.asarray(mask, dtype=bool)], y[np.asarray(mask, dtype=bool)]
         p, y = p.ravel(), y.ravel()
-        if p.size and (np.nanmin(p) < 0 or np.nanmax(p) > 1 or np.isnan(p).any()):
+        if p.size and (not np.isfinite(p).all() or p.min() < 0 or p.max() > 1):
             raise ValueError("probabilities must be finite and within [0, 1]")
         index = np.clip(np.digitize(p, EDGES, right=False) - 1, 0, N_BINS - 1)
         pc = np.clip(p, EPS, 1 - EPS)

@@ -128,9 +128,7 @@ def cmd_evaluate(args) -> int:
     from .report import write_report
 
     references = Path(args.references)
-    ood = None
-    if args.ood:
-        ood = {line.strip(): True for line in Path(args.ood).read_text().splitlines() if line.strip()}
+    ood = {line.strip() for line in Path(args.ood).read_text().splitlines() if line.strip()} if args.ood else None
     check_writable_dir(args.out)
     summaries, rows = {}, []
     for folder in map(Path, args.predictions):

@@ -21,7 +21,7 @@ from .cohort import ood_auroc, score_quality_correlation
 from .errors import InputImageError
 from .imageio import IMAGE_SUFFIXES
 from .quality import EMPTY_RULES, dice_hd95, dilated_foreground_box
-from .referral import THRESHOLDS, correction_benefit, referral_curve, ue_dice_curve
+from .referral import THRESHOLDS, correction_benefit_curve, referral_curve, ue_dice_curve
 
 REFERRAL_MAPS = ("entropy", "mutual_information", "variance")
 SUBJECT_SCORES = ("cv", "dpw", "ulabelled", "segment_entropy", "diversity")
@@ -92,9 +92,9 @@ def evaluate_case(case_dir: Path, reference_path: Path) -> list[CaseResult]:
         row["overconfident"] = bool(_overconfidence(bins["volume"]) > 0)
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
         entropy = maps.get("entropy", np.zeros(pred.shape))
-        bnf = [correction_benefit(entropy, pred, ref, t) for t in THRESHOLDS]
+        bnf = correction_benefit_curve(entropy, pred, ref)
         result = CaseResult(case_dir.name, label, row, bins, ue_dice_curve(entropy, pred, ref),
-                            np.array([b["benefits"] for b in bnf]), np.array([b["dice_after"] for b in bnf]))
+                            bnf["benefits"], bnf["dice_after"])
         for name, u in maps.items():
             curve = referral_curve(u, pred, ref, FRACTIONS)
             result.referral[name] = curve["dice"]
@@ -113,7 +113,11 @@ def _overconfidence(stats: BinStats) -> float:
     return float((signed * r["count"]).sum() / r["count"].sum())
 
 
-def summarize(results: list[CaseResult], ood: dict[str, bool] | None = None) -> dict:
+def _score_column(rows: list[dict], score: str) -> np.ndarray:
+    return np.array([np.nan if row[score] is None else row[score] for row in rows], dtype=float)
+
+
+def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
     """Dataset summary per foreground class; adds the BnF columns at the best threshold to each row."""
     summary: dict = {"conventions": CONVENTIONS, "classes": {}}
     for label in sorted({r.label for r in results}):
@@ -148,11 +152,10 @@ def summarize(results: list[CaseResult], ood: dict[str, bool] | None = None) -> 
             for k in ("mce", "nll", "brier"):
                 block[f"{k}_mean_{region}"] = float(np.nanmean([x[f"{k}_{region}"] for x in rows]))
         dice = np.array([x["dice"] for x in rows])
-        block["score_vs_dice"] = {s: score_quality_correlation(
-            np.array([np.nan if x[s] is None else x[s] for x in rows], dtype=float), dice) for s in SUBJECT_SCORES}
+        block["score_vs_dice"] = {s: score_quality_correlation(_score_column(rows, s), dice) for s in SUBJECT_SCORES}
         if ood:
-            flags = np.array([ood.get(x["case"], False) for x in rows])
-            block["ood_auroc"] = {s: ood_auroc(np.array([np.nan if x[s] is None else x[s] for x in rows], float)
-                                               * (-1 if s == "dpw" else 1), flags) for s in SUBJECT_SCORES}
+            flags = np.array([x["case"] in ood for x in rows])
+            block["ood_auroc"] = {s: ood_auroc(_score_column(rows, s) * (-1 if s == "dpw" else 1), flags)
+                                  for s in SUBJECT_SCORES}
         summary["classes"][label] = block
     return summary

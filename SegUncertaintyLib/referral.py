@@ -21,14 +21,18 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
 
 
+def count_above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """How many ``values`` are > each threshold (strict), from one sort."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    return ordered.size - np.searchsorted(ordered, thresholds, side="right")
+
+
 def ue_dice_curve(uncertainty: np.ndarray, prediction: np.ndarray, reference: np.ndarray,
                   thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
     """Dice(u > tau, prediction != reference) for every tau, from one sort of u."""
     u = np.asarray(uncertainty, dtype=np.float64).ravel()
     error = (np.asarray(prediction).ravel() != np.asarray(reference).ravel())
-    u_sorted, u_err_sorted = np.sort(u), np.sort(u[error])
-    n_u = u.size - np.searchsorted(u_sorted, thresholds, side="right")  # |{u > tau}|
-    n_ue = u_err_sorted.size - np.searchsorted(u_err_sorted, thresholds, side="right")
+    n_u, n_ue = count_above(u, thresholds), count_above(u[error], thresholds)
     total = n_u + error.sum()
     return np.where(total > 0, 2.0 * n_ue / np.maximum(total, 1), 1.0)
 
@@ -47,6 +51,19 @@ def correction_benefit(uncertainty: np.ndarray, prediction: np.ndarray, referenc
     before, after = dice(pred, ref), dice(pred & ~uncertain, ref)
     return {"threshold": threshold, "benefits": bool(fpu * tp > tpu * (tp + fp + fn)),
             "dice_before": before, "dice_after": after, "tpu": int(tpu), "fpu": int(fpu)}
+
+
+def correction_benefit_curve(uncertainty: np.ndarray, prediction: np.ndarray, reference: np.ndarray,
+                             thresholds: np.ndarray = THRESHOLDS) -> dict[str, np.ndarray]:
+    """:func:`correction_benefit` for every threshold at once, from the uncertain TP / FP counts:
+    after the correction TP' = TP - TPU, FP' = FP - FPU, FN' = FN + TPU."""
+    u = np.asarray(uncertainty, dtype=np.float64)
+    pred, ref = np.asarray(prediction, bool), np.asarray(reference, bool)
+    tp, fp, fn = (pred & ref).sum(), (pred & ~ref).sum(), (~pred & ref).sum()
+    tpu, fpu = count_above(u[pred & ref], thresholds), count_above(u[pred & ~ref], thresholds)
+    denom = 2 * tp + fp + fn - tpu - fpu
+    dice_after = np.where(denom > 0, 2.0 * (tp - tpu) / np.maximum(denom, 1), 1.0)
+    return {"benefits": fpu * tp > tpu * (tp + fp + fn), "dice_after": dice_after}
 
 
 def referral_curve(uncertainty: np.ndarray, prediction: np.ndarray, reference: np.ndarray,

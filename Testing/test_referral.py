@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from SegUncertaintyLib.referral import THRESHOLDS, correction_benefit, dice, referral_curve, ue_dice_curve
+from SegUncertaintyLib.referral import (
+    THRESHOLDS,
+    correction_benefit,
+    correction_benefit_curve,
+    dice,
+    referral_curve,
+    ue_dice_curve,
+)
 
 
 def random_case(seed: int, n: int = 3000):
@@ -37,6 +44,16 @@ def test_bnf_analytic_condition_agrees_with_the_dice_change(seed):
     for t in (0.3, 0.6, 0.9):
         result = correction_benefit(u, pred, ref, t)
         assert result["benefits"] == (result["dice_after"] > result["dice_before"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bnf_curve_equals_the_correction_at_each_threshold(seed):
+    u, pred, ref = random_case(seed, n=800)
+    curve = correction_benefit_curve(u, pred, ref)
+    for i, t in enumerate(THRESHOLDS):
+        single = correction_benefit(u, pred, ref, t)
+        assert curve["benefits"][i] == single["benefits"]
+        assert curve["dice_after"][i] == pytest.approx(single["dice_after"])
 
 
 def test_bnf_hand_built():

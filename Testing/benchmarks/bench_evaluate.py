@@ -7,6 +7,7 @@ per-threshold loop, on a synthetic 128 x 256 x 256 case. Prints a Markdown table
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
 import tempfile
@@ -39,8 +40,7 @@ def synthetic_case(folder: Path, shape) -> Path:
         entry = {"file": f"{name}.nrrd", "kind": kind}
         entry |= {"label": "fg"} if kind == "probability" else {"map": name} if kind == "uncertainty" else {}
         outputs.append(entry)
-    (case / "manifest.json").write_text(__import__("json").dumps({"labels": {"0": "bg", "1": "fg"},
-                                                                  "outputs": outputs}))
+    (case / "manifest.json").write_text(json.dumps({"labels": {"0": "bg", "1": "fg"}, "outputs": outputs}))
     sitk.WriteImage(sitk.GetImageFromArray(ref), str(folder / "case0_ref.nrrd"))
     return case
 
