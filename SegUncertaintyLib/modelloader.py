@@ -11,30 +11,9 @@ import monai.networks.nets as monai_nets
 import torch
 from torch import nn
 
+from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, user_model_dir  # noqa: F401 (re-exported)
 from .errors import ModelError
 from .modelcard import ModelCard, load_card
-
-BUNDLED_DIR = Path(__file__).parent / "models"
-DEFAULT_MODEL = "brainmask-t1"
-
-
-def user_model_dir() -> Path:
-    """Where installed models live: ``$SEGUNCERTAINTY_HOME/models`` or ``~/.seguncertainty/models``."""
-    home = os.environ.get("SEGUNCERTAINTY_HOME") or Path.home() / ".seguncertainty"
-    return Path(home) / "models"
-
-
-def available_models() -> dict[str, Path]:
-    """Model name -> card folder, for the bundled models and those installed for this user."""
-    found: dict[str, Path] = {}
-    for root in (BUNDLED_DIR, user_model_dir()):
-        if root.is_dir():
-            for card in sorted(root.glob("*/card.json")):
-                try:
-                    found.setdefault(load_card(card).name, card.parent)
-                except ModelError:
-                    continue
-    return found
 
 
 def resolve_card(name_or_path: str | os.PathLike) -> ModelCard:

@@ -104,7 +104,7 @@ def segment_image(
     report("postprocess", 1.0, "done")
     return SegmentationOutputs(
         segmentation=segmentation, probabilities=probabilities, maps=maps,
-        scores=scores_document(per_class, method, result.n_samples), method=method,
+        scores=scores_document(per_class, method, result.n_samples, card.info.get("score_reference")), method=method,
         n_samples=result.n_samples, device=result.device, notes=result.notes,
         model_grid_image=array_on_grid(array, grid),
         model_grid_maps={k: v.numpy() for k, v in result.maps.items() if k in map_names},

@@ -119,13 +119,43 @@ def subject_scores(
     return result
 
 
-def scores_document(per_class: dict, method: str, n_samples: int) -> dict:
-    """The scores.json content: values, and each score's definition and direction."""
+WITHIN = "within the model's usual range"
+REVIEW = "review recommended"
+
+
+def read_score(value, bound: dict) -> dict:
+    """Plain-language reading of one score against a model-card bound {"review_above": x} or {"review_below": x}.
+
+    Returns {"reading", "usual_range"}; a missing value (null) reads "not defined".
+    """
+    if "review_above" in bound:
+        limit, outside, usual = bound["review_above"], value is not None and value > bound["review_above"], "<="
+    else:
+        limit, outside, usual = bound["review_below"], value is not None and value < bound["review_below"], ">="
+    reading = "not defined" if value is None else (REVIEW if outside else WITHIN)
+    return {"reading": reading, "usual_range": f"{usual} {limit:g}"}
+
+
+def score_readings(per_class: dict, reference: dict | None) -> dict:
+    """Readings per class and score for the scores a model card's ``score_reference`` bounds.
+
+    reference: {"source": text, "classes": {class name: {score: {"review_above"|"review_below": x}}}}.
+    """
+    bounds = (reference or {}).get("classes", {})
+    return {name: {score: read_score(values.get(score), bound) for score, bound in bounds.get(name, {}).items()}
+            for name, values in per_class.items()}
+
+
+def scores_document(per_class: dict, method: str, n_samples: int, reference: dict | None = None) -> dict:
+    """The scores.json content: values, each score's definition and direction, and readings against the
+    model card's usual ranges where the card gives them."""
     return {
         "method": method,
         "n_samples": n_samples,
         "grid": "model grid (card spacing); volume_ml on the input grid",
         "classes": per_class,
         "definitions": {k: {"definition": d, "direction": r} for k, (d, r) in DEFINITIONS.items()},
+        "readings": score_readings(per_class, reference),
+        "reference_source": (reference or {}).get("source", "none: the model card gives no usual ranges"),
         "missing_values": "null where undefined: a single sample (no spread) or an empty segment",
     }

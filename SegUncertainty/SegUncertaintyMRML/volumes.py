@@ -1,0 +1,75 @@
+"""Volume nodes from and to files and arrays, with their exact voxel-to-RAS geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .files import write_atomically
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    """The node's 4x4 IJK-to-RAS matrix (mm)."""
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def same_grid(a, b, tol_mm: float = 1e-3) -> bool:
+    """True when two volume nodes have the same dimensions and IJK-to-RAS matrix (within ``tol_mm``)."""
+    dims_a = a.GetImageData().GetDimensions() if a.GetImageData() else None
+    dims_b = b.GetImageData().GetDimensions() if b.GetImageData() else None
+    return dims_a == dims_b and bool(np.allclose(ijk_to_ras(a), ijk_to_ras(b), atol=tol_mm))
+
+
+def voxel_volume_ml(node) -> float:
+    """Volume of one voxel in mL (spacing in mm)."""
+    return float(np.prod(node.GetSpacing())) / 1000.0
+
+
+def read_volume(scene, path: str | Path, name: str, node_class: str = "vtkMRMLScalarVolumeNode"):
+    """Read an image file into a new volume node of ``node_class``; raise OSError naming the file."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetSingleFile(True)
+    node = scene.AddNewNodeByClass(node_class, name)
+    if not storage.ReadData(node) or node.GetImageData() is None:
+        scene.RemoveNode(node)
+        raise OSError(f"Could not read image file {path}")
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def write_volume(node, path: str | Path) -> None:
+    """Write a volume node to ``path`` (format from the extension) atomically, without touching the node."""
+    def write(partial: str) -> bool:
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(partial)
+        storage.SetUseCompression(True)
+        return bool(storage.WriteData(node))
+
+    try:
+        write_atomically(write, path)
+    except OSError as exc:
+        raise OSError(f"Could not write '{node.GetName()}' to {path}") from exc
+
+
+def oriented_image(array: np.ndarray, ijk_to_ras_matrix: np.ndarray):
+    """A vtkOrientedImageData that shares the memory of a C-contiguous (k, j, i) uint8 array."""
+    if array.dtype != np.uint8 or not array.flags.c_contiguous:
+        raise ValueError("oriented_image needs a C-contiguous uint8 array")
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(ijk_to_ras_matrix[r, c]))
+    image.SetImageToWorldMatrix(matrix)
+    scalars = numpy_support.numpy_to_vtk(array.reshape(-1), deep=0, array_type=vtk.VTK_UNSIGNED_CHAR)
+    scalars._numpy_reference = array  # keep the buffer alive as long as VTK uses it
+    image.GetPointData().SetScalars(scalars)
+    return image
