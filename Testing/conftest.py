@@ -95,3 +95,11 @@ def threshold_model(tmp_path) -> Path:
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def mrml_scene(tmp_path):
+    """A real MRML scene from slicer-core, set up as Slicer's application does (see slicer_headless)."""
+    import slicer_headless
+
+    return slicer_headless.new_scene(tmp_path / "slicer_home")
