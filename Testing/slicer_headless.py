@@ -53,7 +53,8 @@ def write_color_files(home: Path) -> None:
         (folder / f"{name}.txt").write_text(f"# Color table file {name}\n" + "".join(lines))
     # Labelmap volumes default to Slicer's GenericColors table; a small stand-in (tab10) avoids warnings.
     tab10 = np.round(np.array(colormaps["tab10"].colors) * 255).astype(int)
-    generic = ["0 background 0 0 0 0\n"] + [f"{i + 1} label{i + 1} {r} {g} {b} 255\n" for i, (r, g, b) in enumerate(tab10)]
+    generic = ["0 background 0 0 0 0\n"]
+    generic += [f"{i + 1} label{i + 1} {r} {g} {b} 255\n" for i, (r, g, b) in enumerate(tab10)]
     (folder / "GenericColors.txt").write_text("# Color table file GenericColors\n" + "".join(generic))
 
 
