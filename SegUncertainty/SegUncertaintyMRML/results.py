@@ -163,3 +163,12 @@ def find_runs(scene) -> dict[str, dict]:
         if run and role:
             runs.setdefault(run, {})[role] = node
     return runs
+
+
+def run_from_roles(name: str, roles: dict) -> RunNodes:
+    """Rebuild a RunNodes from the {role: node} dict of ``find_runs`` (after a scene reload)."""
+    return RunNodes(
+        name=name, segmentation=roles["segmentation"], scores=roles.get("scores"),
+        maps={role[4:]: node for role, node in roles.items() if role.startswith("map:")},
+        probabilities={role[12:]: node for role, node in roles.items() if role.startswith("probability:")},
+    )
