@@ -117,6 +117,8 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.opacitySlider.valueChanged.connect(lambda value: overlays.set_overlay_opacity(slicer.mrmlScene, value))
         self.ui.mapComboBox.currentTextChanged.connect(lambda _text: self.onResultsDisplayChanged())
         self.ui.colormapComboBox.currentTextChanged.connect(lambda _text: self.onResultsDisplayChanged())
+        self.ui.regionOrderComboBox.currentTextChanged.connect(lambda _text: self.onRegionSettingsChanged())
+        self.ui.minRegionSpinBox.valueChanged.connect(lambda _value: self.onRegionSettingsChanged())
         self.ui.showCurveButton.clicked.connect(self.onShowCurve)
         self.ui.nextRegionButton.clicked.connect(lambda: self.onStepRegion(1))
         self.ui.previousRegionButton.clicked.connect(lambda: self.onStepRegion(-1))
@@ -248,6 +250,10 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  inside=stats.inside_segmentation)
         self.updateRegionLabels()
 
+    def onRegionSettingsChanged(self) -> None:
+        if self.logic.flagging is not None and self.logic.flagging.threshold is not None:
+            self.onThresholdChanged(self.logic.flagging.threshold)
+
     def onShowCurve(self) -> None:
         chart = self.logic.curveChart()
         if chart is not None:
@@ -274,6 +280,8 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateRegionLabels(self) -> None:
         navigator = self.logic.navigator
         if navigator is None:
+            self.ui.regionLabel.text = _("Press Next region to step through the flagged regions")
+            self.ui.remainingLabel.text = ""
             return
         region = navigator.current
         if region is not None:
@@ -303,7 +311,7 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         self.navigator: regions.RegionNavigator | None = None
         self.labels = None
         self.chart = None
-        self.order = "largest"
+        self.order, self.minRegionMl = "largest", 0.0
         self.editing: corrections.Corrections | None = None
         self._editorNode = None
 
@@ -458,18 +466,24 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         return self.flagging
 
     def setThreshold(self, threshold: float, order: str = "largest", minRegionMl: float = 0.0):
+        """Update the flagged segment and its statistics (fast: no region search, see findRegions)."""
         stats = self.flagging.set_threshold(threshold)
-        self.order = order
-        minVoxels = max(1, int(round(minRegionMl / self.flagging.voxel_ml)))
-        self.labels, found = regions.find_regions(self.flagging.mask, self.flagging.values,
-                                                  volumes.ijk_to_ras(self.inputVolume), self.flagging.voxel_ml,
-                                                  order=order, min_voxels=minVoxels)
-        saved = corrections.load_review_state(self.run.segmentation)
-        same = saved and saved.get("threshold") == threshold and saved.get("order") == order
-        self.navigator = regions.RegionNavigator(found, set(saved["reviewed"]) if same else None)
+        self.order, self.minRegionMl = order, minRegionMl
+        self.navigator = self.labels = None  # regions are found on demand, when the user steps through them
         if self.chart is not None:
             referral.update_curve_marker(self.chart, threshold)
         return stats
+
+    def findRegions(self) -> regions.RegionNavigator:
+        """Connected flagged regions at the current threshold, in review order; restores reviewed marks."""
+        minVoxels = max(1, int(round(self.minRegionMl / self.flagging.voxel_ml)))
+        self.labels, found = regions.find_regions(self.flagging.mask, self.flagging.values,
+                                                  volumes.ijk_to_ras(self.inputVolume), self.flagging.voxel_ml,
+                                                  order=self.order, min_voxels=minVoxels)
+        saved = corrections.load_review_state(self.run.segmentation)
+        same = saved and saved.get("threshold") == self.flagging.threshold and saved.get("order") == self.order
+        self.navigator = regions.RegionNavigator(found, set(saved["reviewed"]) if same else None)
+        return self.navigator
 
     def curveChart(self):
         if self.flagging is None:
@@ -480,6 +494,8 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         return self.chart
 
     def stepRegion(self, direction: int):
+        if self.navigator is None and self.flagging is not None:
+            self.findRegions()
         region = self.navigator.step(direction) if self.navigator else None
         if region is not None:
             regions.centre_views_on(slicer.mrmlScene, region.centre_ras)

@@ -76,7 +76,7 @@ class Referral:
     def count_above(self, threshold: float, inside: bool = False) -> int:
         """Number of voxels with uncertainty > threshold (inside the structure when ``inside``)."""
         values = self._sorted_inside if inside else self._sorted
-        return int(values.size - np.searchsorted(values, threshold, side="right"))
+        return int(values.size - np.searchsorted(values, np.float32(threshold), side="right"))
 
     def stats(self, threshold: float) -> ReferralStats:
         """Statistics at ``threshold`` without touching the segment."""
@@ -90,7 +90,7 @@ class Referral:
 
     def set_threshold(self, threshold: float) -> ReferralStats:
         """Update the "Flagged for review" segment to uncertainty > threshold; return its statistics."""
-        np.greater(self.values, threshold, out=self._mask.view(bool))
+        np.greater(self.values, np.float32(threshold), out=self._mask.view(bool))  # as count_above compares
         self._image.Modified()
         logic = slicer.vtkSlicerSegmentationsModuleLogic
         if not logic.SetBinaryLabelmapToSegment(self._image, self.segmentation_node, self.flagged_segment_id,
@@ -101,7 +101,7 @@ class Referral:
 
     def curve(self, n_points: int = 101) -> tuple[np.ndarray, np.ndarray]:
         """Thresholds from 0 to the map's maximum and the percentage of all voxels flagged at each."""
-        thresholds = np.linspace(0.0, self.maximum, n_points)
+        thresholds = np.linspace(0.0, self.maximum, n_points).astype(np.float32)
         counts = self._sorted.size - np.searchsorted(self._sorted, thresholds, side="right")
         return thresholds, 100.0 * counts / max(self._sorted.size, 1)
 
