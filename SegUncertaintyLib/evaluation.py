@@ -20,7 +20,14 @@ from .calibration import BinStats
 from .cohort import ood_auroc, score_quality_correlation
 from .errors import InputImageError
 from .imageio import IMAGE_SUFFIXES
-from .quality import EMPTY_RULES, dice_hd95, dilated_foreground_box
+from .quality import (
+    CONFUSION_EDGES,
+    EMPTY_RULES,
+    confusion_histograms,
+    dice_hd95,
+    dilated_foreground_box,
+    uncertainty_by_confusion,
+)
 from .referral import THRESHOLDS, correction_benefit_curve, referral_curve, ue_dice_curve
 
 REFERRAL_MAPS = ("entropy", "mutual_information", "variance")
@@ -36,6 +43,8 @@ CONVENTIONS = {
     "box_region": "reference bounding box dilated 8 mm in-plane and 2 slices out of plane (paper 004)",
     "empty_masks": EMPTY_RULES,
     "ood_auroc": "every score oriented so that higher = more uncertain (Dpw negated); ties count one half",
+    "confusion_groups": "normalized entropy in TP / FP / FN / TN voxels inside the dilated reference box "
+                        "(20 bins over 0-1, counts summed over cases; per-case means in cases.csv)",
     "overconfident": "a case is over-confident when its count-weighted mean of (confidence - accuracy) on "
                      "the predicted side of each bin is positive (paper 001's over/under split)",
 }
@@ -51,6 +60,7 @@ class CaseResult:
     bnf_condition: np.ndarray  # per threshold: the analytic condition holds
     dice_after: np.ndarray  # per threshold: Dice after setting flagged voxels to background
     referral: dict[str, np.ndarray] = field(default_factory=dict)
+    confusion: dict[str, np.ndarray] = field(default_factory=dict)  # entropy histogram per TP/FP/FN/TN
 
 
 def _array(path: Path) -> tuple[np.ndarray, sitk.Image]:
@@ -92,9 +102,11 @@ def evaluate_case(case_dir: Path, reference_path: Path) -> list[CaseResult]:
         row["overconfident"] = bool(_overconfidence(bins["volume"]) > 0)
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
         entropy = maps.get("entropy", np.zeros(pred.shape))
+        row |= {f"entropy_mean_{group}_box": v["mean"]
+                for group, v in uncertainty_by_confusion(entropy, pred, ref, box).items()}
         bnf = correction_benefit_curve(entropy, pred, ref)
         result = CaseResult(case_dir.name, label, row, bins, ue_dice_curve(entropy, pred, ref),
-                            bnf["benefits"], bnf["dice_after"])
+                            bnf["benefits"], bnf["dice_after"], confusion=confusion_histograms(entropy, pred, ref, box))
         for name, u in maps.items():
             curve = referral_curve(u, pred, ref, FRACTIONS)
             result.referral[name] = curve["dice"]
@@ -151,7 +163,12 @@ def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
             block[f"reliability_{region}"] = {k: v.tolist() for k, v in stats.reliability().items()}
             for k in ("mce", "nll", "brier"):
                 block[f"{k}_mean_{region}"] = float(np.nanmean([x[f"{k}_{region}"] for x in rows]))
+        counts = {g: np.sum([r.confusion[g] for r in mine], axis=0) for g in ("TP", "FP", "FN", "TN")}
+        block["entropy_by_confusion_box"] = {"edges": CONFUSION_EDGES.tolist(),
+                                             **{g: c.tolist() for g, c in counts.items()}}
         dice = np.array([x["dice"] for x in rows])
+        block["per_case"] = {"case": [x["case"] for x in rows], "dice": dice.tolist(),
+                             **{s: _score_column(rows, s).tolist() for s in SUBJECT_SCORES}}
         block["score_vs_dice"] = {s: score_quality_correlation(_score_column(rows, s), dice) for s in SUBJECT_SCORES}
         if ood:
             flags = np.array([x["case"] in ood for x in rows])

@@ -71,3 +71,21 @@ def uncertainty_by_confusion(uncertainty: np.ndarray, prediction: np.ndarray, re
         else:
             out[name] = {"voxels": 0, "mean": math.nan, "q1": math.nan, "median": math.nan, "q3": math.nan}
     return out
+
+
+CONFUSION_EDGES = np.linspace(0.0, 1.0, 21)  # 20 bins over the normalized entropy's 0-1 range
+
+
+def confusion_histograms(uncertainty: np.ndarray, prediction: np.ndarray, reference: np.ndarray,
+                         region: np.ndarray | None = None,
+                         edges: np.ndarray = CONFUSION_EDGES) -> dict[str, np.ndarray]:
+    """Voxel counts of the uncertainty per bin in TP, FP, FN and TN voxels (within ``region``).
+
+    Values are clipped into the edges' range, so every voxel is counted; counts add over cases, which
+    gives the dataset's distributions (paper 002's figure) with the memory of one case.
+    """
+    u = np.clip(np.asarray(uncertainty, dtype=np.float64), edges[0], edges[-1])
+    pred, ref = np.asarray(prediction, bool), np.asarray(reference, bool)
+    keep = np.ones(u.shape, bool) if region is None else np.asarray(region, bool)
+    groups = {"TP": pred & ref, "FP": pred & ~ref, "FN": ~pred & ref, "TN": ~pred & ~ref}
+    return {name: np.histogram(u[mask & keep], bins=edges)[0] for name, mask in groups.items()}

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -77,8 +78,56 @@ def _figures(summaries: dict[str, dict], folder: Path) -> list[str]:
         name = f"figures_{label}.png"
         fig.savefig(folder / name, dpi=100)
         plt.close(fig)
-        names.append(name)
+        names += [name, _uncertainty_figure(summaries, label, folder), _scores_figure(summaries, label, folder)]
     return names
+
+
+def _uncertainty_figure(summaries: dict[str, dict], label: str, folder: Path) -> str:
+    """Distributions of the normalized entropy in TP / FP / FN / TN voxels (dilated box), per method."""
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), sharex=True)
+    for method, s in summaries.items():
+        hist = s["classes"].get(label, {}).get("entropy_by_confusion_box")
+        if not hist:
+            continue
+        edges = np.array(hist["edges"])
+        for ax, group in zip(axes, ("TP", "FP", "FN", "TN"), strict=True):
+            counts = np.array(hist[group], dtype=float)
+            density = counts / counts.sum() if counts.sum() else counts
+            ax.stairs(density, edges, label=f"{method} (n={int(counts.sum())})")
+            ax.set(title=f"{group} voxels", xlabel="normalized entropy")
+    axes[0].set_ylabel("fraction of voxels")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Uncertainty by outcome inside the dilated reference box ({label})")
+    fig.tight_layout()
+    name = f"uncertainty_by_outcome_{label}.png"
+    fig.savefig(folder / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+def _scores_figure(summaries: dict[str, dict], label: str, folder: Path) -> str:
+    """Each subject score against Dice, one point per case, with Spearman's rho in the legend."""
+    scores = ("cv", "dpw", "ulabelled", "segment_entropy", "diversity")
+    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 3.4), sharey=True)
+    for method, s in summaries.items():
+        block = s["classes"].get(label)
+        if not block:
+            continue
+        for ax, score in zip(axes, scores, strict=True):
+            rho = block["score_vs_dice"].get(score, {}).get("spearman")
+            ax.plot(block["per_case"][score], block["per_case"]["dice"], "o", ms=4,
+                    label=f"{method}: rho {_fmt('{:.2f}', rho)}")
+            ax.set(xlabel=score)
+    axes[0].set_ylabel("Dice")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Subject-level scores against Dice ({label})")
+    fig.tight_layout()
+    name = f"scores_vs_dice_{label}.png"
+    fig.savefig(folder / name, dpi=100)
+    plt.close(fig)
+    return name
 
 
 def jsonable(value):

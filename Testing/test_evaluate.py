@@ -43,7 +43,16 @@ def test_report_numbers_agree_with_the_per_case_csv(evaluated):
     assert (dice > 0.8).all()
     report = (evaluated / "report.md").read_text()
     assert f"{summary['dice_mean']:.3f}" in report and "Conventions" in report and "OOD AUROC" in report
-    assert (evaluated / "figures_sphere.png").stat().st_size > 5000
+    for figure in ("figures_sphere.png", "uncertainty_by_outcome_sphere.png", "scores_vs_dice_sphere.png"):
+        assert (evaluated / figure).stat().st_size > 5000, figure
+    # pooled TP/FP/FN/TN histograms add up the cases; per-case means are weighted back to the pooled mean
+    hist = summary["entropy_by_confusion_box"]
+    centres = (np.array(hist["edges"][1:]) + np.array(hist["edges"][:-1])) / 2
+    tp = np.array(hist["TP"])
+    assert tp.sum() > 0 and summary["per_case"]["dice"] == pytest.approx(dice.tolist())
+    tp_means = np.array([float(r["entropy_mean_TP_box"]) for r in rows])
+    assert np.all((tp_means >= 0) & (tp_means <= 1))
+    assert (tp * centres).sum() / tp.sum() == pytest.approx(tp_means.mean(), abs=0.05)  # bin-centre estimate
     # referral to the reference can only raise the Dice, and ends above where it starts
     for curve in summary["referral_dice_mean"].values():
         assert curve[-1] >= curve[0] and np.all(np.diff(curve) >= -1e-9)

@@ -7,6 +7,8 @@ import pytest
 from scipy import ndimage
 
 from SegUncertaintyLib.quality import (
+    CONFUSION_EDGES,
+    confusion_histograms,
     dice_hd95,
     dilated_foreground_box,
     out_of_plane_axis,
@@ -61,3 +63,17 @@ def test_uncertainty_by_confusion_groups():
     assert out["FP"]["mean"] == 0.9 and out["FN"]["mean"] == 0.7 and out["TN"]["median"] == 0.0
     restricted = uncertainty_by_confusion(u, pred, ref, region=np.array([0, 1, 1, 1, 0], bool))
     assert restricted["TP"]["voxels"] == 0 and math.isnan(restricted["TP"]["mean"])
+
+
+def test_confusion_histograms_count_every_voxel_of_each_group_and_match_numpy():
+    rng = np.random.default_rng(3)
+    u = rng.uniform(-0.1, 1.1, (6, 7, 8))  # out-of-range values are clipped into the end bins
+    pred, ref = rng.random(u.shape) > 0.5, rng.random(u.shape) > 0.4
+    region = rng.random(u.shape) > 0.3
+    hist = confusion_histograms(u, pred, ref, region)
+    groups = {"TP": pred & ref, "FP": pred & ~ref, "FN": ~pred & ref, "TN": ~pred & ~ref}
+    for name, mask in groups.items():
+        assert hist[name].sum() == (mask & region).sum()
+        expected = np.histogram(np.clip(u[mask & region], 0, 1), bins=CONFUSION_EDGES)[0]
+        np.testing.assert_array_equal(hist[name], expected)
+    assert sum(h.sum() for h in hist.values()) == region.sum()
