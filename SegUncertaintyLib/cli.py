@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--references", required=True, help="folder with <case>.nii.gz|.nrrd reference labelmaps")
     ev.add_argument("--out", required=True, help="report folder")
     ev.add_argument("--ood", default=None, help="text file naming the out-of-distribution cases, one per line")
+    ev.add_argument("--labels", type=parse_labels, default=None,
+                    help="label names for case folders of plain volumes without manifest.json, e.g. 1=liver,2=tumour")
 
     models = sub.add_parser("models", help="list the bundled and installed models")
     models.add_argument("--verify", action="store_true", help="also check every weight file's sha256")
@@ -122,22 +124,32 @@ def _print_summary(outputs, manifest: Path) -> None:
         print(f"  {name}: " + ", ".join(parts), file=sys.stderr)
 
 
+def parse_labels(text: str) -> dict[int, str]:
+    """``1=liver,2=tumour`` -> {1: "liver", 2: "tumour"}; argparse error message on bad syntax."""
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        return {int(value): name.strip() for value, name in pairs}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--labels expects VALUE=NAME[,VALUE=NAME...], got '{text}'") from exc
+
+
 def cmd_evaluate(args) -> int:
     from .errors import InputImageError
     from .evaluation import evaluate_case, find_reference, summarize
     from .report import write_report
 
     references = Path(args.references)
+    labels = args.labels
     ood = {line.strip() for line in Path(args.ood).read_text().splitlines() if line.strip()} if args.ood else None
     check_writable_dir(args.out)
     summaries, rows = {}, []
     for folder in map(Path, args.predictions):
-        cases = sorted(p.parent for p in folder.glob("*/manifest.json"))
+        cases = sorted({p.parent for pattern in ("*/manifest.json", "*/segmentation.*") for p in folder.glob(pattern)})
         if not cases:
-            raise InputImageError(f"No case folders with manifest.json in {folder}")
+            raise InputImageError(f"No case folders (with manifest.json or segmentation.<ext>) in {folder}")
         results = []
         for case_dir in cases:
-            results += evaluate_case(case_dir, find_reference(references, case_dir.name))
+            results += evaluate_case(case_dir, find_reference(references, case_dir.name), labels)
         summaries[folder.name] = summarize(results, ood)
         rows += [{"method": folder.name, **r.row} for r in results]
     report = write_report(summaries, rows, args.out)

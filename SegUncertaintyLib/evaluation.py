@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from .calibration import BinStats
 from .cohort import ood_auroc, score_quality_correlation
 from .errors import InputImageError
-from .imageio import IMAGE_SUFFIXES
+from .imageio import IMAGE_SUFFIXES, image_suffix
 from .quality import (
     CONFUSION_EDGES,
     EMPTY_RULES,
@@ -75,9 +75,42 @@ def find_reference(refs: Path, case: str) -> Path:
     raise InputImageError(f"No reference segmentation for case '{case}' in {refs}")
 
 
-def evaluate_case(case_dir: Path, reference_path: Path) -> list[CaseResult]:
-    """Every measurement for one case, one result per foreground class."""
-    manifest = json.loads((case_dir / "manifest.json").read_text())
+MAP_NAMES = (*REFERRAL_MAPS, "expected_entropy")
+
+
+def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
+    """A manifest for a folder of plain volumes from another tool (no manifest.json).
+
+    Expects ``segmentation.<ext>`` (a labelmap) and optionally ``probability_<label name>.<ext>``,
+    ``entropy`` / ``mutual_information`` / ``variance`` / ``expected_entropy.<ext>`` and ``scores.json``
+    (any of .nii.gz, .nii, .nrrd, .mha). ``labels`` maps label values to names; by default the values
+    found in the segmentation, named ``label<value>``.
+    """
+    images = {p.name[: -len(image_suffix(p))]: p.name for p in sorted(case_dir.iterdir())
+              if image_suffix(p) in IMAGE_SUFFIXES}
+    if "segmentation" not in images:
+        raise InputImageError(f"{case_dir} has neither manifest.json nor segmentation.<ext>")
+    if labels is None:
+        values = np.unique(_array(case_dir / images["segmentation"])[0])
+        labels = {int(v): f"label{int(v)}" for v in values if v != 0}
+    outputs = [{"file": images["segmentation"], "kind": "labelmap"}]
+    outputs += [{"file": images[f"probability_{name}"], "kind": "probability", "label": name}
+                for name in labels.values() if f"probability_{name}" in images]
+    outputs += [{"file": images[m], "kind": "uncertainty", "map": m} for m in MAP_NAMES if m in images]
+    if (case_dir / "scores.json").is_file():
+        outputs.append({"file": "scores.json", "kind": "scores"})
+    return {"labels": {"0": "background", **{str(k): v for k, v in labels.items()}}, "outputs": outputs}
+
+
+def case_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
+    """The case's manifest.json (from ``segment``), or one built from its plain volumes."""
+    path = case_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else plain_manifest(case_dir, labels)
+
+
+def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] | None = None) -> list[CaseResult]:
+    """Every measurement for one case, one result per foreground class (see case_manifest for inputs)."""
+    manifest = case_manifest(case_dir, labels)
     files = {e.get("map") or e.get("label") or e["kind"]: case_dir / e["file"] for e in manifest["outputs"]}
     segmentation, seg_image = _array(files["labelmap"])
     reference, ref_image = _array(reference_path)

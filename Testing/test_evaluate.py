@@ -64,3 +64,36 @@ def test_blurrier_cases_are_less_certain_and_scores_track_quality(evaluated):
     assert np.all(np.diff(ulabelled) > 0)
     summary = json.loads((evaluated / "summary.json").read_text())["mc_dropout"]["classes"]["sphere"]
     assert summary["ood_auroc"]["ulabelled"] == 1.0  # the blurriest case is the most uncertain
+
+
+def test_plain_volumes_without_manifest_give_the_same_report(evaluated):
+    """Another tool's volumes (segmentation, probability_<label>, maps; no manifest.json) evaluate to the
+    same per-case numbers as the segment command's folders they were copied from."""
+    import shutil
+
+    root = evaluated.parent
+    plain = root / "preds_plain" / "mc_dropout"
+    for case in sorted((root / "preds" / "mc_dropout").iterdir()):
+        shutil.copytree(case, plain / case.name, ignore=shutil.ignore_patterns("manifest.json", "*.png"))
+    out = root / "report_plain"
+    assert cli.main(["evaluate", str(plain), "--references", str(root / "refs"), "--out", str(out),
+                     "--labels", "1=sphere"]) == 0
+    original = list(csv.DictReader((evaluated / "cases.csv").read_text().splitlines()))
+    again = list(csv.DictReader((out / "cases.csv").read_text().splitlines()))
+    assert [r["case"] for r in again] == [r["case"] for r in original]
+    for a, b in zip(original, again, strict=True):
+        for column in ("dice", "hd95_mm", "ece_volume", "nll_box", "ulabelled", "referral_auc_entropy"):
+            assert float(a[column]) == pytest.approx(float(b[column])), column
+
+
+def test_plain_volumes_need_a_segmentation_and_labels_must_parse(tmp_path):
+    case = tmp_path / "preds" / "case0"
+    case.mkdir(parents=True)
+    sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkFloat32), str(case / "entropy.nrrd"))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    assert cli.main(["evaluate", str(tmp_path / "preds"), "--references", str(refs), "--out",
+                     str(tmp_path / "out")]) != 0
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", str(tmp_path / "preds"), "--references", str(refs), "--out", str(tmp_path / "o"),
+                  "--labels", "one=brain"])
