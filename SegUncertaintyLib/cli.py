@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--max-batch", type=int, default=8, help="samples per forward pass (memory budget)")
     seg.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
     seg.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
+    seg.add_argument("--save-samples", action="store_true",
+                     help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
 
     ev = sub.add_parser("evaluate", help="compare segment outputs with reference segmentations")
     ev.add_argument("predictions", nargs="+",
@@ -103,7 +105,7 @@ def cmd_segment(args) -> int:
         settings = {"overlap": args.overlap, "seed": args.seed, "max_batch": args.max_batch,
                     "device_requested": args.device, "format": args.format}
         manifest = write_outputs(outputs, out, model.card, str(path), settings, args.format,
-                                 overview=not args.no_overview)
+                                 overview=not args.no_overview, samples=args.save_samples)
         reporter("write", 1.0, "done")
     finally:
         reporter.close()

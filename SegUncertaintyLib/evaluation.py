@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .calibration import BinStats
-from .cohort import ood_auroc, score_quality_correlation
+from .cohort import generalized_energy_distance, ood_auroc, score_quality_correlation
 from .errors import InputImageError
 from .imageio import IMAGE_SUFFIXES, image_suffix
 from .quality import (
@@ -45,6 +45,9 @@ CONVENTIONS = {
     "ood_auroc": "every score oriented so that higher = more uncertain (Dpw negated); ties count one half",
     "confusion_groups": "normalized entropy in TP / FP / FN / TN voxels inside the dilated reference box "
                         "(20 bins over 0-1, counts summed over cases; per-case means in cases.csv)",
+    "multi_annotator": "REFS/<case>/ holds one labelmap per annotator; the reference for every other measurement "
+                       "is the per-class majority vote (>= half); GED^2 = 2E[d(S,Y)] - E[d(S,S')] - E[d(Y,Y')] "
+                       "with d = 1 - IoU over all pairs with replacement, from segment --save-samples (paper 002)",
     "overconfident": "a case is over-confident when its count-weighted mean of (confidence - accuracy) on "
                      "the predicted side of each bin is positive (paper 001's over/under split)",
 }
@@ -69,6 +72,9 @@ def _array(path: Path) -> tuple[np.ndarray, sitk.Image]:
 
 
 def find_reference(refs: Path, case: str) -> Path:
+    """``REFS/<case>.<ext>``, or the folder ``REFS/<case>/`` holding one labelmap per annotator."""
+    if (refs / case).is_dir():
+        return refs / case
     for suffix in IMAGE_SUFFIXES:
         if (refs / f"{case}{suffix}").exists():
             return refs / f"{case}{suffix}"
@@ -111,10 +117,11 @@ def case_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
 def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] | None = None) -> list[CaseResult]:
     """Every measurement for one case, one result per foreground class (see case_manifest for inputs)."""
     manifest = case_manifest(case_dir, labels)
-    files = {e.get("map") or e.get("label") or e["kind"]: case_dir / e["file"] for e in manifest["outputs"]}
+    files = {_file_key(e): case_dir / e["file"] for e in manifest["outputs"]}
     segmentation, seg_image = _array(files["labelmap"])
-    reference, ref_image = _array(reference_path)
-    if reference.shape != segmentation.shape or not np.allclose(ref_image.GetSpacing(), seg_image.GetSpacing()):
+    annotations, ref_image = read_annotations(reference_path)
+    reference = annotations[0] if len(annotations) == 1 else None
+    if annotations[0].shape != segmentation.shape or not np.allclose(ref_image.GetSpacing(), seg_image.GetSpacing()):
         raise InputImageError(f"Reference {reference_path} does not match the grid of case '{case_dir.name}'")
     spacing = tuple(reversed(seg_image.GetSpacing()))  # (z, y, x)
     scores = json.loads(files["scores"].read_text())["classes"] if "scores" in files else {}
@@ -123,7 +130,9 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     for value, label in manifest["labels"].items():
         if int(value) == 0:
             continue
-        pred, ref = segmentation == int(value), reference == int(value)
+        pred = segmentation == int(value)
+        votes = np.mean([a == int(value) for a in annotations], axis=0) if reference is None else None
+        ref = reference == int(value) if reference is not None else votes >= 0.5
         prob = np.clip(_array(files[label])[0], 0, 1) if label in files else pred.astype(np.float64)
         box = dilated_foreground_box(ref, spacing)
         bins = {"volume": BinStats.from_arrays(prob, ref), "box": BinStats.from_arrays(prob, ref, box)}
@@ -135,6 +144,9 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         row["overconfident"] = bool(_overconfidence(bins["volume"]) > 0)
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
         entropy = maps.get("entropy", np.zeros(pred.shape))
+        if votes is not None:
+            row |= multi_annotator_row(votes, [a == int(value) for a in annotations], entropy, box,
+                                       files.get(f"samples:{label}"))
         row |= {f"entropy_mean_{group}_box": v["mean"]
                 for group, v in uncertainty_by_confusion(entropy, pred, ref, box).items()}
         bnf = correction_benefit_curve(entropy, pred, ref)
@@ -146,6 +158,51 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
             row[f"referral_auc_{name}"] = curve["auc"] / (FRACTIONS[-1] - FRACTIONS[0])
         results.append(result)
     return results
+
+
+def _file_key(entry: dict) -> str:
+    if entry["kind"] == "samples":
+        return f"samples:{entry['label']}"
+    return entry.get("map") or entry.get("label") or entry["kind"]
+
+
+def read_annotations(reference_path: Path) -> tuple[list[np.ndarray], sitk.Image]:
+    """One labelmap, or every labelmap in a folder (one per annotator, same grid); returns arrays and geometry."""
+    paths = sorted(p for p in reference_path.iterdir() if image_suffix(p) in IMAGE_SUFFIXES) \
+        if reference_path.is_dir() else [reference_path]
+    if not paths:
+        raise InputImageError(f"No annotator labelmaps in {reference_path}")
+    arrays, image = [], None
+    for path in paths:
+        array, image_i = _array(path)
+        if arrays and array.shape != arrays[0].shape:
+            raise InputImageError(f"Annotation {path} is not on the grid of {paths[0]}")
+        arrays.append(array)
+        image = image or image_i
+    return arrays, image
+
+
+def multi_annotator_row(votes: np.ndarray, annotator_masks: list[np.ndarray], entropy: np.ndarray,
+                        box: np.ndarray, samples_file: Path | None) -> dict:
+    """Paper 002 with several annotators: GED between the model's samples and the annotations (1 - IoU),
+    its terms, and the voxel correlation of the model's entropy with the annotators' vote entropy (box)."""
+    row: dict = {"annotators": len(annotator_masks)}
+    p = votes[box]
+    vote_entropy = -(np.where(p > 0, p * np.log2(np.maximum(p, 1e-12)), 0)
+                     + np.where(p < 1, (1 - p) * np.log2(np.maximum(1 - p, 1e-12)), 0))
+    u = entropy[box]
+    defined = u.std() > 0 and vote_entropy.std() > 0
+    row["entropy_vs_vote_entropy_r"] = float(np.corrcoef(u, vote_entropy)[0, 1]) if defined else math.nan
+    if samples_file is not None and samples_file.is_file():
+        with np.load(samples_file) as data:
+            bits, n = data["bits"], int(data["n_samples"])
+        samples = [((bits[t // 8] >> (t % 8)) & 1).astype(bool) for t in range(n)]
+        row |= generalized_energy_distance(samples, annotator_masks)
+    else:
+        disagreement = generalized_energy_distance(annotator_masks[:1], annotator_masks)["annotator_disagreement"]
+        row |= {"ged2": math.nan, "cross": math.nan, "sample_diversity": math.nan,
+                "annotator_disagreement": disagreement}
+    return row
 
 
 def _overconfidence(stats: BinStats) -> float:
@@ -202,6 +259,15 @@ def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
         dice = np.array([x["dice"] for x in rows])
         block["per_case"] = {"case": [x["case"] for x in rows], "dice": dice.tolist(),
                              **{s: _score_column(rows, s).tolist() for s in SUBJECT_SCORES}}
+        if any("annotators" in x for x in rows):
+            disagreement = _score_column(rows, "annotator_disagreement")
+            block["ged2_mean"] = float(np.nanmean(_score_column(rows, "ged2"))) if any(
+                np.isfinite(_score_column(rows, "ged2"))) else math.nan
+            block["annotator_disagreement_mean"] = float(np.nanmean(disagreement))
+            voxel_r = _score_column(rows, "entropy_vs_vote_entropy_r")
+            block["entropy_vs_vote_entropy_r_mean"] = float(np.nanmean(voxel_r))
+            block["scores_vs_disagreement"] = {s: score_quality_correlation(_score_column(rows, s), disagreement)
+                                               for s in SUBJECT_SCORES}
         block["score_vs_dice"] = {s: score_quality_correlation(_score_column(rows, s), dice) for s in SUBJECT_SCORES}
         if ood:
             flags = np.array([x["case"] in ood for x in rows])

@@ -9,19 +9,25 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .imageio import check_writable_dir, publish, staging_dir, write_image, write_json
 from .modelcard import ModelCard
 from .overview import save_overview
-from .pipeline import MAP_MEANINGS, SegmentationOutputs
+from .pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
 
 MANIFEST = "manifest.json"
 FORMATS = ("nrrd", "nii.gz")
 
 
 def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: ModelCard, input_name: str,
-                  settings: dict, fmt: str = "nrrd", overview: bool = True) -> Path:
-    """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest."""
+                  settings: dict, fmt: str = "nrrd", overview: bool = True, samples: bool = False) -> Path:
+    """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest.
+
+    ``samples``: also write each class's per-sample segmentations on the input grid, bit-packed
+    (``samples_<label>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}")
     out_dir = check_writable_dir(out_dir)
@@ -39,6 +45,14 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: Model
                       f"Mean probability of '{name}' over samples, 0-1", label=name)
         for name, image in outputs.maps.items():
             add_image(image, name, "uncertainty", MAP_MEANINGS[name], map=name)
+        if samples and outputs.model_grid_sample_bits is not None:
+            for k, name in enumerate(n for v, n in sorted(card.labels.items()) if v != 0):
+                bits = samples_on_input_grid(outputs.model_grid_sample_bits[k], outputs.n_samples,
+                                             outputs.model_grid_image, outputs.segmentation)
+                np.savez_compressed(stage / f"samples_{name}.npz", bits=bits, n_samples=outputs.n_samples)
+                entries.append({"file": f"samples_{name}.npz", "kind": "samples", "label": name,
+                                "meaning": f"Per-sample segmentations of '{name}' on the input grid, bit-packed: "
+                                           "bits[t // 8] >> (t % 8) & 1 is sample t"})
         write_json(outputs.scores, stage / "scores.json")
         entries.append({"file": "scores.json", "kind": "scores",
                         "meaning": "Subject-level scores per class, with definitions and directions"})

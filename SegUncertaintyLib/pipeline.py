@@ -39,6 +39,7 @@ class SegmentationOutputs:
     notes: list[str] = field(default_factory=list)
     model_grid_image: sitk.Image | None = None
     model_grid_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    model_grid_sample_bits: np.ndarray | None = None  # (C-1, ceil(T/8), *S) uint8, bit t%8 of byte t//8
     model_grid_labels: np.ndarray | None = None
 
 
@@ -109,4 +110,17 @@ def segment_image(
         model_grid_image=array_on_grid(array, grid),
         model_grid_maps={k: v.numpy() for k, v in result.maps.items() if k in map_names},
         model_grid_labels=prediction.to(torch.uint8).numpy(),
+        model_grid_sample_bits=result.sample_bits.cpu().numpy(),
     )
+
+
+def samples_on_input_grid(bits: np.ndarray, n_samples: int, grid: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """One class's per-sample masks, packed (ceil(T/8), *S) on the model grid, resampled onto the input's
+    grid like the probabilities (linear, > 0.5) and packed again: (ceil(T/8), z, y, x) uint8."""
+    shape = reference.GetSize()[::-1]
+    out = np.zeros((bits.shape[0], *shape), np.uint8)
+    for t in range(n_samples):
+        mask = ((bits[t // 8] >> (t % 8)) & 1).astype(np.float32)
+        on_input = sitk.GetArrayFromImage(to_input_space(mask, grid, reference)) > 0.5
+        out[t // 8] |= on_input.astype(np.uint8) << (t % 8)
+    return out

@@ -46,6 +46,17 @@ def markdown(summaries: dict[str, dict]) -> str:
                              f"{_fmt('{:.3g}', c.get('spearman_p'))} | {_fmt('{:.3f}', c.get('pearson_logit'))} "
                              f"| {_fmt('{:.3g}', c.get('pearson_logit_p'))} |")
         for method, s in summaries.items():
+            block = s["classes"].get(label, {})
+            if "annotator_disagreement_mean" in block:
+                rho = ", ".join(f"{k} {_fmt('{:.3f}', v.get('spearman'))}"
+                                for k, v in block["scores_vs_disagreement"].items())
+                lines += ["", f"Several annotators ({method}): GED² {_fmt('{:.4f}', block['ged2_mean'])}, "
+                              "annotator disagreement (1 - IoU) "
+                              f"{_fmt('{:.4f}', block['annotator_disagreement_mean'])}, "
+                              f"voxel r(entropy, annotator vote entropy) "
+                              f"{_fmt('{:.3f}', block['entropy_vs_vote_entropy_r_mean'])}; "
+                              f"Spearman of scores with disagreement: {rho}"]
+        for method, s in summaries.items():
             auroc = s["classes"].get(label, {}).get("ood_auroc")
             if auroc:
                 lines += ["", f"OOD AUROC ({method}): " + ", ".join(f"{k} {_fmt('{:.3f}', v)}"

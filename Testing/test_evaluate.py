@@ -97,3 +97,45 @@ def test_plain_volumes_need_a_segmentation_and_labels_must_parse(tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["evaluate", str(tmp_path / "preds"), "--references", str(refs), "--out", str(tmp_path / "o"),
                   "--labels", "one=brain"])
+
+
+def test_several_annotators_give_ged_from_saved_samples(tmp_path, threshold_model):
+    """REFS/<case>/ with three annotators (spheres of radius 20 +- delta mm): the report's GED and its
+    terms equal cohort.generalized_energy_distance on the saved samples and the annotations, annotator
+    disagreement grows with delta, and the majority vote is the reference for Dice."""
+    from SegUncertaintyLib.cohort import generalized_energy_distance
+
+    refs, preds = tmp_path / "refs", tmp_path / "preds" / "mc"
+    deltas = (0.5, 2.0, 4.0)
+    for i, delta in enumerate(deltas):
+        image = sphere_phantom(blur_mm=2.0 + i, radius_mm=20.0)
+        sitk.WriteImage(image, str(tmp_path / f"case{i}.nrrd"))
+        (refs / f"case{i}").mkdir(parents=True)
+        for j, radius in enumerate((20.0 - delta, 20.0, 20.0 + delta)):
+            truth = sitk.Cast(sphere_phantom(blur_mm=2.0, radius_mm=radius) > 0.5, sitk.sitkUInt8)
+            sitk.WriteImage(truth, str(refs / f"case{i}" / f"rater{j}.nrrd"))
+        assert cli.main(["segment", str(tmp_path / f"case{i}.nrrd"), "--model", str(threshold_model),
+                         "--samples", "6", "--out", str(preds / f"case{i}"), "--progress", "none", "--no-overview",
+                         "--save-samples"]) == 0
+    out = tmp_path / "report"
+    assert cli.main(["evaluate", str(preds), "--references", str(refs), "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "cases.csv").read_text().splitlines()))
+    for i, row in enumerate(rows):
+        with np.load(preds / f"case{i}" / "samples_sphere.npz") as data:
+            bits, n = data["bits"], int(data["n_samples"])
+        samples = [((bits[t // 8] >> (t % 8)) & 1).astype(bool) for t in range(n)]
+        raters = [sitk.GetArrayFromImage(sitk.ReadImage(str(p))) > 0 for p in sorted((refs / f"case{i}").iterdir())]
+        expected = generalized_energy_distance(samples, raters)
+        for key in ("ged2", "cross", "sample_diversity", "annotator_disagreement"):
+            assert float(row[key]) == pytest.approx(expected[key]), key
+        assert row["annotators"] == "3"
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(preds / f"case{i}" / "segmentation.nrrd"))) > 0
+        majority = np.mean(raters, axis=0) >= 0.5
+        assert float(row["dice"]) == pytest.approx(2 * (seg & majority).sum() / (seg.sum() + majority.sum()))
+        # the saved samples agree with the segmentation except near the boundary
+        assert np.mean(np.mean(samples, axis=0) >= 0.5) == pytest.approx(np.mean(seg), abs=0.01)
+    disagreement = [float(r["annotator_disagreement"]) for r in rows]
+    assert np.all(np.diff(disagreement) > 0)
+    summary = json.loads((out / "summary.json").read_text())["mc"]["classes"]["sphere"]
+    assert summary["ged2_mean"] == pytest.approx(np.mean([float(r["ged2"]) for r in rows]))
+    assert "Several annotators" in (out / "report.md").read_text()
