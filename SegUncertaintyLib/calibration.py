@@ -74,6 +74,12 @@ class BinStats:
         r = self.reliability()
         return float((r["count"] / self.n * np.abs(r["accuracy"] - r["confidence"])).sum()) if self.n else np.nan
 
+    def signed_error(self) -> float:
+        """Paper 001's code: unweighted mean over non-empty bins of (accuracy - confidence), in foreground
+        probability space; > 0 under-confident, < 0 over-confident (not an ECE); NaN if empty."""
+        r = self.reliability()
+        return float((r["accuracy"] - r["confidence"]).mean()) if self.n else np.nan
+
     def mce(self) -> float:
         """Maximum calibration error over non-empty bins; NaN if empty."""
         r = self.reliability()
@@ -99,3 +105,19 @@ def probability_from_uncertainty(prediction: np.ndarray, uncertainty: np.ndarray
     y = np.asarray(prediction, dtype=bool)
     q = np.asarray(uncertainty, dtype=np.float64)
     return np.where(y, 1.0 - 0.5 * q, 0.5 * q)
+
+
+def calibration_split(pooled_errors: list[float], subject_errors: np.ndarray) -> dict[str, float]:
+    """Paper 001's split of subjects into under-, over- and well-calibrated.
+
+    pooled_errors: the dataset-level signed error of each method (bins summed over subjects);
+    subject_errors: (subjects, methods) signed errors. The tolerance is the 90th percentile of the pooled
+    errors; a subject's error is its mean over methods; > tolerance under-confident, < -tolerance
+    over-confident, otherwise well calibrated.
+    """
+    tolerance = float(np.percentile(np.asarray(pooled_errors, dtype=float), 90))
+    mean = np.nanmean(np.atleast_2d(np.asarray(subject_errors, dtype=float)), axis=1)
+    return {"tolerance": tolerance, "subjects": int(mean.size),
+            "underconfident": float(np.mean(mean > tolerance)),
+            "overconfident": float(np.mean(mean < -tolerance)),
+            "calibrated": float(np.mean((mean <= tolerance) & (mean >= -tolerance)))}

@@ -137,7 +137,7 @@ def parse_labels(text: str) -> dict[int, str]:
 
 def cmd_evaluate(args) -> int:
     from .errors import InputImageError
-    from .evaluation import evaluate_case, find_reference, summarize
+    from .evaluation import add_calibration_split, evaluate_case, find_reference, summarize
     from .report import write_report
 
     references = Path(args.references)
@@ -154,6 +154,7 @@ def cmd_evaluate(args) -> int:
             results += evaluate_case(case_dir, find_reference(references, case_dir.name), labels)
         summaries[folder.name] = summarize(results, ood)
         rows += [{"method": folder.name, **r.row} for r in results]
+    add_calibration_split(summaries, rows)
     report = write_report(summaries, rows, args.out)
     print(f"Wrote {report}", file=sys.stderr)
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .calibration import BinStats
+from .calibration import BinStats, calibration_split
 from .cohort import generalized_energy_distance, ood_auroc, score_quality_correlation
 from .errors import InputImageError
 from .imageio import IMAGE_SUFFIXES, image_suffix
@@ -48,8 +48,10 @@ CONVENTIONS = {
     "multi_annotator": "REFS/<case>/ holds one labelmap per annotator; the reference for every other measurement "
                        "is the per-class majority vote (>= half); GED^2 = 2E[d(S,Y)] - E[d(S,S')] - E[d(Y,Y')] "
                        "with d = 1 - IoU over all pairs with replacement, from segment --save-samples (paper 002)",
-    "overconfident": "a case is over-confident when its count-weighted mean of (confidence - accuracy) on "
-                     "the predicted side of each bin is positive (paper 001's over/under split)",
+    "calibration_split": "paper 001's code: signed error = unweighted mean over non-empty bins of (fraction "
+                         "foreground - mean probability), > 0 under-confident; tolerance = 90th percentile of the "
+                         "methods' pooled signed errors; a case's error is averaged over the methods evaluated "
+                         "together (per-method fractions use the same tolerance)",
 }
 
 
@@ -141,7 +143,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
                "predicted_ml": float(pred.sum() * math.prod(spacing) / 1000)}
         for region, stats in bins.items():
             row |= {f"{k}_{region}": v for k, v in stats.summary().items() if k != "voxels"}
-        row["overconfident"] = bool(_overconfidence(bins["volume"]) > 0)
+        row["signed_calibration_error"] = bins["volume"].signed_error()
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
         entropy = maps.get("entropy", np.zeros(pred.shape))
         if votes is not None:
@@ -205,14 +207,28 @@ def multi_annotator_row(votes: np.ndarray, annotator_masks: list[np.ndarray], en
     return row
 
 
-def _overconfidence(stats: BinStats) -> float:
-    """Count-weighted mean of confidence minus accuracy over the bins above 0.5 (foreground side) and
-    accuracy minus confidence below it: > 0 means over-confident."""
-    r = stats.reliability()
-    if not r["count"].size:
-        return 0.0
-    signed = np.where(r["confidence"] >= 0.5, r["confidence"] - r["accuracy"], r["accuracy"] - r["confidence"])
-    return float((signed * r["count"]).sum() / r["count"].sum())
+def pooled_signed_error(results: list[CaseResult]) -> float:
+    return sum((r.bins["volume"] for r in results), BinStats.empty()).signed_error()
+
+
+def add_calibration_split(summaries: dict[str, dict], rows: list[dict]) -> None:
+    """Paper 001's under/over/well-calibrated subject fractions over all methods evaluated together, added to
+    each class block as ``calibration_split`` (dataset level) and per-method fractions (same tolerance)."""
+    labels = {label for s in summaries.values() for label in s["classes"]}
+    for label in labels:
+        methods = [m for m, s in summaries.items() if label in s["classes"]]
+        pooled = [summaries[m]["classes"][label]["pooled_signed_calibration_error"] for m in methods]
+        by_case: dict[str, dict[str, float]] = {}
+        for row in rows:
+            if row["label"] == label:
+                by_case.setdefault(row["case"], {})[row["method"]] = row["signed_calibration_error"]
+        table = np.array([[errors.get(m, np.nan) for m in methods] for errors in by_case.values()])
+        split = calibration_split(pooled, table)
+        for j, method in enumerate(methods):
+            own = calibration_split(pooled, table[:, j:j + 1])
+            block = summaries[method]["classes"][label]
+            block["calibration_split"] = split
+            block |= {f"{k}_fraction": own[k] for k in ("underconfident", "overconfident", "calibrated")}
 
 
 def _score_column(rows: list[dict], score: str) -> np.ndarray:
@@ -242,7 +258,7 @@ def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
             "ue_dice_curve": {f"{t:.2f}": float(v) for t, v in zip(THRESHOLDS, ue, strict=True)},
             "ue_best_threshold": tau, "ue_dice_best": float(ue[best]),
             "bnf_fraction": float(np.mean(benefit)),
-            "overconfident_fraction": float(np.mean([x["overconfident"] for x in rows])),
+            "pooled_signed_calibration_error": pooled_signed_error(mine),
             "referral_fractions": FRACTIONS.tolist(),
             "referral_dice_mean": {m: np.mean([r.referral[m] for r in mine], axis=0).tolist()
                                    for m in REFERRAL_MAPS if all(m in r.referral for r in mine)},

@@ -20,7 +20,8 @@ TABLE = [("Dice", "dice_mean", "{:.3f}"), ("HD95 mm", "hd95_mm_mean", "{:.1f}"),
          ("ECE % box", "ece_mean_box", "{:.2%}"), ("NLL box", "nll_mean_box", "{:.3f}"),
          ("Brier box", "brier_mean_box", "{:.4f}"), ("U-E Dice", "ue_dice_best", "{:.3f}"),
          ("best tau", "ue_best_threshold", "{:.2f}"), ("BnF", "bnf_fraction", "{:.0%}"),
-         ("over-confident", "overconfident_fraction", "{:.0%}")]
+         ("under-conf.", "underconfident_fraction", "{:.0%}"),
+         ("over-conf.", "overconfident_fraction", "{:.0%}")]
 
 
 def _fmt(fmt: str, value) -> str:
@@ -38,6 +39,13 @@ def markdown(summaries: dict[str, dict]) -> str:
             if block:
                 cells = [_fmt(fmt, block.get(key)) for _, key, fmt in TABLE]
                 lines.append(f"| {method} | {block['cases']} | " + " | ".join(cells) + " |")
+        split = next((s["classes"][label].get("calibration_split") for s in summaries.values()
+                      if label in s["classes"]), None)
+        if split:
+            lines += ["", f"Subjects, errors averaged over the {len(summaries)} method(s) (paper 001): "
+                          f"{split['underconfident']:.0%} under-confident, {split['overconfident']:.0%} "
+                          f"over-confident, {split['calibrated']:.0%} well calibrated (tolerance "
+                          f"{split['tolerance']:.4f})."]
         lines += ["", "Subject scores against Dice (Spearman rho, Pearson r on logit Dice):", "",
                   "| method | score | n | Spearman | p | Pearson logit | p |", "|---|---|---|---|---|---|---|"]
         for method, s in summaries.items():

@@ -6,7 +6,7 @@ import torch
 from monai.metrics.calibration import calibration_binning
 from sklearn.metrics import brier_score_loss, log_loss
 
-from SegUncertaintyLib.calibration import BinStats, probability_from_uncertainty
+from SegUncertaintyLib.calibration import BinStats, calibration_split, probability_from_uncertainty
 
 
 def random_case(seed: int, n: int = 20_000, bias: float = 0.0):
@@ -84,3 +84,27 @@ def test_probability_from_uncertainty_follows_paper_001():
     pred = np.array([1, 1, 0, 0])
     q = np.array([0.0, 1.0, 0.0, 0.4])
     assert np.allclose(probability_from_uncertainty(pred, q), [1.0, 0.5, 0.0, 0.2])
+
+
+def test_signed_error_is_the_unweighted_bin_mean_of_accuracy_minus_confidence():
+    """Over-confident probabilities (0.8 where 50 % are foreground) give a negative signed error, and the
+    value is the plain mean over non-empty bins, as in paper 001's code (not count-weighted)."""
+    rng = np.random.default_rng(0)
+    p = np.r_[np.full(1000, 0.8), np.full(10, 0.15)]
+    y = np.r_[rng.random(1000) < 0.5, np.ones(10, bool)]
+    stats = BinStats.from_arrays(p, y)
+    expected = ((y[:1000].mean() - 0.8) + (1.0 - 0.15)) / 2
+    assert stats.signed_error() == pytest.approx(expected)
+    assert BinStats.from_arrays(np.full(100, 0.9), rng.random(100) < 0.5).signed_error() < 0
+
+
+def test_calibration_split_follows_paper_001():
+    """Tolerance = 90th percentile of the methods' pooled errors; subjects averaged over methods."""
+    pooled = [-0.01, 0.02]  # percentile 90 of two values: -0.01 + 0.9 * 0.03 = 0.017
+    subjects = np.array([[0.06, 0.04],    # mean 0.05 > 0.017: under-confident
+                         [-0.02, -0.04],  # mean -0.03 < -0.017: over-confident
+                         [0.01, -0.01],   # mean 0: well calibrated
+                         [0.02, 0.015]])  # mean 0.0175 > 0.017: under-confident
+    split = calibration_split(pooled, subjects)
+    assert split["tolerance"] == pytest.approx(0.017)
+    assert (split["underconfident"], split["overconfident"], split["calibrated"]) == (0.5, 0.25, 0.25)

@@ -43,6 +43,10 @@ def test_report_numbers_agree_with_the_per_case_csv(evaluated):
     assert (dice > 0.8).all()
     report = (evaluated / "report.md").read_text()
     assert f"{summary['dice_mean']:.3f}" in report and "Conventions" in report and "OOD AUROC" in report
+    fractions = [summary[f"{k}_fraction"] for k in ("underconfident", "overconfident", "calibrated")]
+    assert sum(fractions) == pytest.approx(1.0) and "well calibrated" in report
+    signed = np.array([float(r["signed_calibration_error"]) for r in rows])
+    assert summary["overconfident_fraction"] == pytest.approx(np.mean(signed < -summary["calibration_split"]["tolerance"]))
     for figure in ("figures_sphere.png", "uncertainty_by_outcome_sphere.png", "scores_vs_dice_sphere.png"):
         assert (evaluated / figure).stat().st_size > 5000, figure
     # pooled TP/FP/FN/TN histograms add up the cases; per-case means are weighted back to the pooled mean
