@@ -49,7 +49,7 @@ CONVENTIONS = {
                        "is the per-class majority vote (>= half); GED^2 = 2E[d(S,Y)] - E[d(S,S')] - E[d(Y,Y')] "
                        "with d = 1 - IoU over all pairs with replacement, from segment --save-samples (paper 002)",
     "calibration_split": "paper 001's code: signed error = unweighted mean over non-empty bins of (fraction "
-                         "foreground - mean probability), > 0 under-confident; tolerance = 90th percentile of the "
+                         "foreground - mean probability), > 0 under-confident; tolerance = |90th percentile| of the "
                          "methods' pooled signed errors; a case's error is averaged over the methods evaluated "
                          "together (per-method fractions use the same tolerance)",
 }

@@ -108,3 +108,6 @@ def test_calibration_split_follows_paper_001():
     split = calibration_split(pooled, subjects)
     assert split["tolerance"] == pytest.approx(0.017)
     assert (split["underconfident"], split["overconfident"], split["calibrated"]) == (0.5, 0.25, 0.25)
+    negative = calibration_split([-0.02], subjects)  # one method, negative pooled error: |tolerance|
+    assert negative["tolerance"] == pytest.approx(0.02)
+    assert negative["underconfident"] + negative["overconfident"] + negative["calibrated"] == pytest.approx(1.0)

@@ -46,7 +46,8 @@ def test_report_numbers_agree_with_the_per_case_csv(evaluated):
     fractions = [summary[f"{k}_fraction"] for k in ("underconfident", "overconfident", "calibrated")]
     assert sum(fractions) == pytest.approx(1.0) and "well calibrated" in report
     signed = np.array([float(r["signed_calibration_error"]) for r in rows])
-    assert summary["overconfident_fraction"] == pytest.approx(np.mean(signed < -summary["calibration_split"]["tolerance"]))
+    tolerance = summary["calibration_split"]["tolerance"]
+    assert summary["overconfident_fraction"] == pytest.approx(np.mean(signed < -tolerance))
     for figure in ("figures_sphere.png", "uncertainty_by_outcome_sphere.png", "scores_vs_dice_sphere.png"):
         assert (evaluated / figure).stat().st_size > 5000, figure
     # pooled TP/FP/FN/TN histograms add up the cases; per-case means are weighted back to the pooled mean
