@@ -113,8 +113,8 @@ def calibration_split(pooled_errors: list[float], subject_errors: np.ndarray) ->
     pooled_errors: the dataset-level signed error of each method (bins summed over subjects);
     subject_errors: (subjects, methods) signed errors. The tolerance is the 90th percentile of the pooled
     errors, taken as an absolute value (with one method it is that method's own pooled error, which can be
-    negative; the authors' code assumes it is not); a subject's error is its mean over methods; > tolerance under-confident, < -tolerance
-    over-confident, otherwise well calibrated.
+    negative; the authors' code assumes it is not); a subject's error is its mean over methods;
+    > tolerance under-confident, < -tolerance over-confident, otherwise well calibrated.
     """
     tolerance = abs(float(np.percentile(np.asarray(pooled_errors, dtype=float), 90)))
     mean = np.nanmean(np.atleast_2d(np.asarray(subject_errors, dtype=float)), axis=1)
