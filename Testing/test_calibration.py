@@ -111,3 +111,22 @@ def test_calibration_split_follows_paper_001():
     negative = calibration_split([-0.02], subjects)  # one method, negative pooled error: |tolerance|
     assert negative["tolerance"] == pytest.approx(0.02)
     assert negative["underconfident"] + negative["overconfident"] + negative["calibrated"] == pytest.approx(1.0)
+
+
+def test_matches_torchmetrics_binary_calibration_error_away_from_bin_edges():
+    """torchmetrics bins (a, b] with edges k/10; paper 001's code bins [a, b) with edges k(1 + 1e-8)/10.
+    On continuous probabilities the ECE is the same; only values in (k/10, k(1 + 1e-8)/10) change bin."""
+    torchmetrics = pytest.importorskip("torchmetrics.functional.classification")
+    rng = np.random.default_rng(5)
+    p = rng.random(50_000)
+    y = rng.random(50_000) < p**1.5
+    ours = BinStats.from_arrays(p, y).ece()
+    theirs = torchmetrics.binary_calibration_error(torch.tensor(p), torch.tensor(y.astype(np.int64)), n_bins=10,
+                                                   norm="l1")
+    assert ours == pytest.approx(float(theirs), abs=1e-12)
+    between = np.r_[np.full(10, 0.3 + 1e-10), np.full(10, 0.25)]  # one bin for us, two for torchmetrics
+    truth = np.r_[np.zeros(10, bool), np.ones(10, bool)]
+    edge_theirs = float(torchmetrics.binary_calibration_error(torch.tensor(between), torch.tensor(truth.astype(int)),
+                                                              n_bins=10, norm="l1"))
+    assert BinStats.from_arrays(between, truth).ece() == pytest.approx(abs(0.5 - (0.3 + 0.25) / 2))
+    assert edge_theirs == pytest.approx(0.5 * (0.3 + 1e-10) + 0.5 * 0.75)
