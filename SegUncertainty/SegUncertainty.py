@@ -26,6 +26,7 @@ from SegUncertaintyMRML import (
     regions,
     results,
     scenario,
+    scores_table,
     volumes,
 )
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -223,10 +224,23 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.stageLabel.text = _("Done: ") + run.name
         self._parameterNode.segmentation = run.segmentation
-        self.ui.scoresTableView.setMRMLTableNode(run.scores)
+        self.showScores(run.scores)
         self.onResultsDisplayChanged()
         self.ui.segmentEditorWidget.setSegmentationNode(run.segmentation)
         self.ui.segmentEditorWidget.setSourceVolumeNode(self._parameterNode.inputVolume)
+
+    def showScores(self, tableNode) -> None:
+        """The scores table with each row's definition as its tooltip (the Definition column hidden)."""
+        view = self.ui.scoresTableView
+        view.setMRMLTableNode(tableNode)
+        definitionColumn = scores_table.COLUMNS.index("Definition")
+        model = view.tableModel()
+        for row, values in enumerate(scores_table.table_rows(tableNode)):
+            for column in range(len(values)):
+                item = model.item(row, column)
+                if item is not None:
+                    item.setToolTip(values[definitionColumn])
+        view.setColumnHidden(definitionColumn, True)
 
     # -- results and referral ------------------------------------------------------------------------
     def onResultsDisplayChanged(self) -> None:
