@@ -124,6 +124,11 @@ def _print_summary(outputs, manifest: Path) -> None:
             if scores[key] is not None:
                 parts.append(f"{key} {scores[key]:.4f}")
         print(f"  {name}: " + ", ".join(parts), file=sys.stderr)
+        readings = outputs.scores.get("readings", {}).get(name, {})
+        review = [f"{k} ({v['usual_range']})" for k, v in readings.items() if v["reading"] == "review recommended"]
+        if readings:
+            print(f"  {name}: " + (f"review recommended, outside the model's usual range: {', '.join(review)}"
+                                   if review else "all scores within the model's usual range"), file=sys.stderr)
 
 
 def parse_labels(text: str) -> dict[int, str]:

@@ -74,3 +74,20 @@ def test_subject_scores_inside_the_predicted_segment():
     q = p1.numpy()[inside]
     assert out["segment_entropy"] == pytest.approx(np.mean(-q * np.log2(q) - (1 - q) * np.log2(1 - q)), rel=1e-5)
     assert out["volume_ml"] == pytest.approx(inside.sum() * 0.5)
+
+
+def test_readings_against_model_card_bounds():
+    """Values beyond a bound on the uncertain side read "review recommended", others "within the model's
+    usual range"; a missing value reads "not defined"; scores without a bound get no reading."""
+    from SegUncertaintyLib.scores import REVIEW, WITHIN, score_readings
+
+    reference = {"classes": {"brain": {"cv": {"review_above": 0.016}, "dpw": {"review_below": 0.975},
+                                       "diversity": {"review_above": 0.048}}}}
+    per_class = {"brain": {"cv": 0.0176, "dpw": 0.9848, "diversity": None, "ulabelled": 0.9}}
+    readings = score_readings(per_class, reference)["brain"]
+    assert readings["cv"] == {"reading": REVIEW, "usual_range": "<= 0.016"}
+    assert readings["dpw"] == {"reading": WITHIN, "usual_range": ">= 0.975"}
+    assert readings["diversity"]["reading"] == "not defined"
+    assert "ulabelled" not in readings
+    assert score_readings({"brain": {"dpw": 0.96}}, reference)["brain"]["dpw"]["reading"] == REVIEW
+    assert score_readings(per_class, None) == {"brain": {}}
