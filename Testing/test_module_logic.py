@@ -1,0 +1,156 @@
+"""SegUncertaintyLogic (the module's logic, usable without the panel) on a real MRML scene.
+
+Only slicer.app and the Qt half of Slicer's Python (ScriptedLoadableModule, parameterNodeWrapper, i18n)
+are stood in for (slicer_app_fakes); the run, the nodes and the edits are real.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer_app_fakes
+import slicer_headless
+
+slicer_app_fakes.install()
+import slicer  # noqa: E402
+from SegUncertaintyMRML import (  # noqa: E402
+    overlays,
+    persistence,
+    process,
+    referral,
+    results,
+    scenario,
+    segments,
+    volumes,
+)
+
+import SegUncertainty as module  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory):
+    """The command line run once on the synthetic head; returns (input file, output folder)."""
+    folder = tmp_path_factory.mktemp("head")
+    slicer_headless.new_scene(folder / "home")
+    volume, _ = scenario.add_head_volume(slicer.mrmlScene)
+    volumes.write_volume(volume, folder / "input.nrrd")
+    scenario.run_command(process.segment_command(sys.executable, str(folder / "input.nrrd"), str(folder / "out"),
+                                                 method="ensemble"))
+    return folder / "input.nrrd", folder / "out"
+
+
+@pytest.fixture
+def logic_with_run(mrml_scene, head_run):
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    logic = module.SegUncertaintyLogic()
+    run = logic.importRun(head_run[1], volume)
+    return logic, run, volume
+
+
+def test_parameter_defaults_are_valid_choices():
+    params = module.SegUncertaintyParameterNode()
+    assert params.method in process.METHODS and params.device in process.DEVICES
+    assert params.uncertaintyMap in module.MAPS and params.colormap in overlays.COLORMAPS
+    assert params.model in module.SegUncertaintyLogic().modelNames()
+
+
+def test_show_map_sets_the_foreground_colormap_and_legend(logic_with_run, mrml_scene):
+    logic, run, volume = logic_with_run
+    flagging = logic.showMap("mutual_information", "Viridis", 0.3)
+    assert flagging.map_node is run.maps["mutual_information"]
+    for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode", mrml_scene):
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundVolumeID() == run.maps["mutual_information"].GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+    display = run.maps["mutual_information"].GetDisplayNode()
+    assert display.GetColorNodeID() == overlays.COLORMAPS["Viridis"]
+    legends = {name: slicer.modules.colors.logic().GetColorLegendDisplayNode(node) for name, node in run.maps.items()}
+    assert legends["mutual_information"].GetVisibility() and not legends["entropy"].GetVisibility()
+
+
+def test_threshold_regions_correction_undo_and_review(logic_with_run, mrml_scene):
+    logic, run, volume = logic_with_run
+    flagging = logic.showMap("entropy", "Inferno", 0.5)
+    threshold = flagging.threshold_for_percent(5.0)
+    stats = logic.setThreshold(threshold, order="largest", minRegionMl=0.1)
+    assert stats.voxels == int((flagging.values > np.float32(threshold)).sum())
+    assert logic.navigator is None  # regions are found on demand
+    region = logic.stepRegion(1)
+    assert region is not None and region.volume_ml >= 0.1 and logic.navigator.regions[0] is region
+    assert all(a.voxels >= b.voxels for a, b in zip(logic.navigator.regions, logic.navigator.regions[1:],
+                                                       strict=False))
+    red = mrml_scene.GetNodeByID("vtkMRMLSliceNodeRed")
+    assert np.allclose([red.GetSliceToRAS().GetElement(i, 3) for i in range(3)], region.centre_ras)
+
+    brain = logic.structureSegmentId()
+    before = segments.segment_mask(run.segmentation, brain, volume)
+    region_mask = logic.labels == region.label
+    added = logic.correctCurrentRegion("add")
+    assert added == int((region_mask & ~before).sum())
+    after = segments.segment_mask(run.segmentation, brain, volume)
+    assert np.array_equal(after, before | region_mask)
+    logic.undo()
+    assert np.array_equal(segments.segment_mask(run.segmentation, brain, volume), before)
+
+    logic.markReviewed()
+    assert logic.navigator.remaining == len(logic.navigator.regions) - 1
+    logic.setThreshold(threshold, order="largest", minRegionMl=0.1)
+    logic.stepRegion(1)
+    assert logic.navigator.reviewed == {region.label}, "reviewed marks come back for the same threshold"
+    logic.setThreshold(threshold * 0.9, order="largest", minRegionMl=0.1)
+    logic.stepRegion(1)
+    assert logic.navigator.reviewed == set(), "a different threshold means different regions"
+
+
+def test_correct_without_a_region_is_a_clear_error(logic_with_run):
+    logic, _, _ = logic_with_run
+    logic.showMap("entropy", "Inferno", 0.5)
+    logic.setThreshold(logic.flagging.maximum + 1.0)  # nothing flagged
+    assert logic.stepRegion(1) is None
+    with pytest.raises(RuntimeError, match="region"):
+        logic.correctCurrentRegion("remove")
+
+
+def test_export_and_restore_after_scene_reload(logic_with_run, mrml_scene, tmp_path):
+    logic, run, volume = logic_with_run
+    logic.showMap("entropy", "Inferno", 0.5)
+    logic.setThreshold(logic.flagging.threshold_for_percent(2.0))
+    written = logic.export(tmp_path / "export")
+    assert {p.name for p in written} >= {"segmentation_corrected.nrrd", "flagged_for_review.nrrd", "scores.tsv"}
+    persistence.save_scene(mrml_scene, tmp_path / "review.mrb")
+
+    scene = slicer_headless.new_scene(tmp_path / "home2")
+    persistence.load_scene(scene, tmp_path / "review.mrb", slicer.app_logic)
+    segmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    restored = module.SegUncertaintyLogic().restoreRun(segmentation)
+    assert restored is not None and restored.name == run.name
+    assert set(restored.maps) == set(run.maps) and restored.scores is not None
+    flagged = segments.segment_id_by_name(restored.segmentation, referral.FLAGGED_SEGMENT)
+    assert flagged is not None
+    assert module.SegUncertaintyLogic().restoreRun(None) is None
+    assert results.find_runs(scene)[run.name]["segmentation"] is segmentation
+
+
+def test_device_warning_estimates_cpu_time(logic_with_run):
+    logic, _, volume = logic_with_run
+    warning = logic.deviceWarning(volume, "brainmask-t1", "ensemble+mc_dropout", 10, "cpu")
+    bounds = [0.0] * 6
+    volume.GetRASBounds(bounds)
+    litres = (bounds[1] - bounds[0]) * (bounds[3] - bounds[2]) * (bounds[5] - bounds[4]) / 1e6
+    expected = process.describe_estimate(process.cpu_estimate_s(litres, 30))  # 3 members x 10 samples
+    assert "CPU" in warning and expected in warning
+    assert logic.deviceWarning(volume, "brainmask-t1", "softmax", 10, "cuda") == ""
+
+
+def test_nothing_is_missing_here_and_cancel_without_a_run_is_harmless():
+    logic = module.SegUncertaintyLogic()
+    assert logic.missingPackages() == []
+    assert not logic.isRunning()
+    logic.cancel()
+
+
+def test_library_dir_holds_the_library():
+    assert (Path(module.library_dir()) / "SegUncertaintyLib" / "cli.py").is_file()
