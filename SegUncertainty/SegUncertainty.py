@@ -512,7 +512,7 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
             self.findRegions()
         region = self.navigator.step(direction) if self.navigator else None
         if region is not None:
-            regions.centre_views_on(slicer.mrmlScene, region.centre_ras)
+            regions.centre_views_on(slicer.mrmlScene, region.focus_ras)
         return region
 
     def markReviewed(self) -> None:

@@ -83,7 +83,10 @@ def test_threshold_regions_correction_undo_and_review(logic_with_run, mrml_scene
     assert all(a.voxels >= b.voxels for a, b in zip(logic.navigator.regions, logic.navigator.regions[1:],
                                                        strict=False))
     red = mrml_scene.GetNodeByID("vtkMRMLSliceNodeRed")
-    assert np.allclose([red.GetSliceToRAS().GetElement(i, 3) for i in range(3)], region.centre_ras)
+    assert np.allclose([red.GetSliceToRAS().GetElement(i, 3) for i in range(3)], region.focus_ras)
+    focus_ijk = np.linalg.solve(volumes.ijk_to_ras(volume), [*region.focus_ras, 1.0])[:3]
+    i, j, k = np.round(focus_ijk).astype(int)
+    assert logic.labels[k, j, i] == region.label, "navigation lands on a voxel of the region"
 
     brain = logic.structureSegmentId()
     before = segments.segment_mask(run.segmentation, brain, volume)

@@ -22,7 +22,7 @@ def colormap_id(scene, name: str) -> str:
 def style_map(map_node, colormap: str = "Inferno", transparent_below: float | None = None) -> None:
     """Color a map volume: fixed window from 0 to its maximum, values below ``transparent_below`` hidden.
 
-    The default hides values under 2 % of the maximum, so certain voxels leave the input visible.
+    The default hides values under 5 % of the maximum, so near-certain voxels leave the input visible.
     """
     display = map_node.GetDisplayNode()
     if display is None:
@@ -36,7 +36,7 @@ def style_map(map_node, colormap: str = "Inferno", transparent_below: float | No
         display.SetAutoWindowLevel(False)
         display.SetWindowLevelMinMax(0.0, top)
         display.SetApplyThreshold(True)
-        display.SetLowerThreshold(0.02 * top if transparent_below is None else transparent_below)
+        display.SetLowerThreshold(0.05 * top if transparent_below is None else transparent_below)
         display.SetUpperThreshold(max(top, 1.0) * 10.0)
         display.SetInterpolate(False)
 
@@ -68,9 +68,15 @@ def add_color_legend(map_node, title: str):
 
 
 def show_only_legend(map_nodes, visible_node) -> None:
-    """Show the color legend of ``visible_node`` and hide the others."""
+    """Show the color legend of ``visible_node`` and hide the others.
+
+    Each legend node is marked modified even when its visibility does not change: the legend's
+    displayable manager re-checks which layer shows the volume only then (a layer set by code, not by
+    the slice controller, would otherwise leave the legend hidden).
+    """
     for node in map_nodes:
         for i in range(node.GetNumberOfDisplayNodes()):
             display = node.GetNthDisplayNode(i)
             if display is not None and display.IsA("vtkMRMLColorLegendDisplayNode"):
                 display.SetVisibility(node is visible_node)
+                display.Modified()

@@ -15,7 +15,8 @@ ORDERS = ("largest", "most_uncertain")
 @dataclass(frozen=True)
 class Region:
     """One connected flagged region (26-connected). label: its value in the label array from find_regions;
-    centre_ras: centroid in RAS (mm); max/mean_uncertainty: over its voxels."""
+    centre_ras: centroid in RAS (mm), which can lie outside a curved region; focus_ras: the region's voxel
+    nearest the centroid, where navigation goes; max/mean_uncertainty: over its voxels."""
 
     label: int
     voxels: int
@@ -23,6 +24,7 @@ class Region:
     max_uncertainty: float
     mean_uncertainty: float
     centre_ras: tuple[float, float, float]
+    focus_ras: tuple[float, float, float]
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -68,10 +70,17 @@ def find_regions(mask: np.ndarray, values: np.ndarray, ijk_to_ras: np.ndarray, v
     k, j, i = np.unravel_index(where, labels.shape)
     centre_ijk = np.stack([np.bincount(ids, weights=c, minlength=n + 1) for c in (i, j, k)], 1)
     centre_ijk = centre_ijk[1:] / counts[1:, None]
-    centre_ras = np.c_[centre_ijk, np.ones(n)] @ ijk_to_ras.T
+    centre_ras = (np.c_[centre_ijk, np.ones(n)] @ ijk_to_ras.T)[:, :3]
+    voxel_ras = (np.c_[i, j, k, np.ones(i.size)] @ ijk_to_ras.T)[:, :3]
+    distance = ((voxel_ras - centre_ras[ids - 1]) ** 2).sum(axis=1)
+    order_in_region = np.lexsort((distance, ids))  # by region, nearest first
+    first = order_in_region[np.r_[True, np.diff(ids[order_in_region]) != 0]]
+    focus_ras = np.empty((n + 1, 3))
+    focus_ras[ids[first]] = voxel_ras[first]
     regions = [Region(label=r, voxels=int(counts[r]), volume_ml=float(counts[r] * voxel_ml),
                       max_uncertainty=float(maxima[r]), mean_uncertainty=float(sums[r] / counts[r]),
-                      centre_ras=tuple(float(x) for x in centre_ras[r - 1, :3]))
+                      centre_ras=tuple(float(x) for x in centre_ras[r - 1]),
+                      focus_ras=tuple(float(x) for x in focus_ras[r]))
                for r in range(1, n + 1) if counts[r] >= min_voxels]
     key = (lambda r: (-r.voxels, -r.max_uncertainty)) if order == "largest" else \
         (lambda r: (-r.max_uncertainty, -r.voxels))

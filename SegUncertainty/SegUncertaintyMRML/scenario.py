@@ -99,7 +99,7 @@ def run_scenario(scene, workdir: str | Path, python: str, env: dict | None = Non
     assert all(a.voxels >= b.voxels for a, b in zip(found, found[1:], strict=False)), "largest region first"
     navigator = regions.RegionNavigator(found)
     region = navigator.step()
-    regions.centre_views_on(scene, region.centre_ras)
+    regions.centre_views_on(scene, region.focus_ras)
     report["regions"] = len(found)
 
     editing = corrections.Corrections(corrections.editor_logic(scene, run.segmentation, volume),
