@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--references", required=True, help="folder with <case>.nii.gz|.nrrd reference labelmaps")
     ev.add_argument("--out", required=True, help="report folder")
     ev.add_argument("--ood", default=None, help="text file naming the out-of-distribution cases, one per line")
+    ev.add_argument("--masks", default=None,
+                    help="folder with <case>.nii.gz|.nrrd region masks: calibration also inside each mask")
     ev.add_argument("--labels", type=parse_labels, default=None,
                     help="label names for case folders of plain volumes without manifest.json, e.g. 1=liver,2=tumour")
 
@@ -156,7 +158,8 @@ def cmd_evaluate(args) -> int:
             raise InputImageError(f"No case folders (with manifest.json or segmentation.<ext>) in {folder}")
         results = []
         for case_dir in cases:
-            results += evaluate_case(case_dir, find_reference(references, case_dir.name), labels)
+            mask = find_reference(Path(args.masks), case_dir.name) if args.masks else None
+            results += evaluate_case(case_dir, find_reference(references, case_dir.name), labels, mask)
         summaries[folder.name] = summarize(results, ood)
         rows += [{"method": folder.name, **r.row} for r in results]
     add_calibration_split(summaries, rows)

@@ -40,6 +40,7 @@ CONVENTIONS = {
     "bnf": "flagged voxels set to background; a case benefits when its Dice increases",
     "referral": "voxels ranked by decreasing uncertainty; the top fraction is corrected to the reference; "
                 "AUC over 0-20 % referred",
+    "mask_region": "optional: --masks DIR/<case>.<ext>, non-zero = inside (columns ending in _mask)",
     "box_region": "reference bounding box dilated 8 mm in-plane and 2 slices out of plane (paper 004)",
     "empty_masks": EMPTY_RULES,
     "ood_auroc": "every score oriented so that higher = more uncertain (Dpw negated); ties count one half",
@@ -116,8 +117,13 @@ def case_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
     return json.loads(path.read_text()) if path.is_file() else plain_manifest(case_dir, labels)
 
 
-def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] | None = None) -> list[CaseResult]:
-    """Every measurement for one case, one result per foreground class (see case_manifest for inputs)."""
+def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] | None = None,
+                  mask_path: Path | None = None) -> list[CaseResult]:
+    """Every measurement for one case, one result per foreground class (see case_manifest for inputs).
+
+    mask_path: an optional region mask (non-zero = inside) on the case's grid; calibration is then also
+    computed inside it (columns and summary keys ending in ``_mask``).
+    """
     manifest = case_manifest(case_dir, labels)
     files = {_file_key(e): case_dir / e["file"] for e in manifest["outputs"]}
     segmentation, seg_image = _array(files["labelmap"])
@@ -126,6 +132,11 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     if annotations[0].shape != segmentation.shape or not np.allclose(ref_image.GetSpacing(), seg_image.GetSpacing()):
         raise InputImageError(f"Reference {reference_path} does not match the grid of case '{case_dir.name}'")
     spacing = tuple(reversed(seg_image.GetSpacing()))  # (z, y, x)
+    mask = None
+    if mask_path is not None:
+        mask = _array(mask_path)[0] != 0
+        if mask.shape != segmentation.shape:
+            raise InputImageError(f"Region mask {mask_path} does not match the grid of case '{case_dir.name}'")
     scores = json.loads(files["scores"].read_text())["classes"] if "scores" in files else {}
     maps = {name: _array(files[name])[0] for name in REFERRAL_MAPS if name in files}
     results = []
@@ -138,6 +149,8 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         prob = np.clip(_array(files[label])[0], 0, 1) if label in files else pred.astype(np.float64)
         box = dilated_foreground_box(ref, spacing)
         bins = {"volume": BinStats.from_arrays(prob, ref), "box": BinStats.from_arrays(prob, ref, box)}
+        if mask is not None:
+            bins["mask"] = BinStats.from_arrays(prob, ref, mask)
         row = {"case": case_dir.name, "label": label, **dice_hd95(pred, ref, spacing),
                "reference_ml": float(ref.sum() * math.prod(spacing) / 1000),
                "predicted_ml": float(pred.sum() * math.prod(spacing) / 1000)}
@@ -249,7 +262,8 @@ def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
             r.row["dice_after_correction"] = float(r.dice_after[best])
             r.row["bnf_benefits"] = bool(r.dice_after[best] > r.row["dice"])
         benefit = [r.row["bnf_benefits"] for r in mine]
-        pooled = {region: sum((r.bins[region] for r in mine), BinStats.empty()) for region in ("volume", "box")}
+        regions = [region for region in ("volume", "box", "mask") if all(region in r.bins for r in mine)]
+        pooled = {region: sum((r.bins[region] for r in mine), BinStats.empty()) for region in regions}
         block = {
             "cases": len(mine),
             "dice_mean": float(np.mean([x["dice"] for x in rows])),

@@ -144,3 +144,33 @@ def test_several_annotators_give_ged_from_saved_samples(tmp_path, threshold_mode
     summary = json.loads((out / "summary.json").read_text())["mc"]["classes"]["sphere"]
     assert summary["ged2_mean"] == pytest.approx(np.mean([float(r["ged2"]) for r in rows]))
     assert "Several annotators" in (out / "report.md").read_text()
+
+
+def test_region_mask_restricts_calibration(evaluated):
+    """--masks: calibration inside each case's mask equals BinStats on the masked voxels, computed directly."""
+    from SegUncertaintyLib.calibration import BinStats
+
+    root = evaluated.parent
+    masks = root / "masks"
+    masks.mkdir()
+    for case in sorted((root / "preds" / "mc_dropout").iterdir()):
+        seg = sitk.ReadImage(str(case / "segmentation.nrrd"))
+        mask = sitk.GetArrayFromImage(seg) * 0
+        mask[: mask.shape[0] // 2] = 1  # the lower half of the slices
+        image = sitk.GetImageFromArray(mask.astype(np.uint8))
+        image.CopyInformation(seg)
+        sitk.WriteImage(image, str(masks / f"{case.name}.nrrd"))
+    out = root / "report_masked"
+    assert cli.main(["evaluate", str(root / "preds" / "mc_dropout"), "--references", str(root / "refs"),
+                     "--out", str(out), "--masks", str(masks)]) == 0
+    rows = list(csv.DictReader((out / "cases.csv").read_text().splitlines()))
+    for row in rows:
+        case = root / "preds" / "mc_dropout" / row["case"]
+        prob = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "probability_sphere.nrrd")))
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "refs" / f"{row['case']}.nrrd"))) > 0
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(masks / f"{row['case']}.nrrd"))) > 0
+        expected = BinStats.from_arrays(np.clip(prob, 0, 1), ref, mask).ece()
+        assert float(row["ece_mask"]) == pytest.approx(expected)
+        assert float(row["ece_mask"]) != pytest.approx(float(row["ece_volume"]))
+    summary = json.loads((out / "summary.json").read_text())["mc_dropout"]["classes"]["sphere"]
+    assert "ece_pooled_mask" in summary
