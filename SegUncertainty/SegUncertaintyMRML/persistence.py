@@ -97,5 +97,5 @@ def _write_array(scene, array: np.ndarray, reference_volume, path: Path) -> Path
         slicer.util.updateVolumeFromArray(node, array)
         volumes.write_volume(node, path)
     finally:
-        scene.RemoveNode(node)
+        volumes.remove_node(scene, node)
     return path

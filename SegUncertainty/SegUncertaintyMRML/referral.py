@@ -106,12 +106,15 @@ class Referral:
         return thresholds, 100.0 * counts / max(self._sorted.size, 1)
 
     def threshold_for_percent(self, percent_of_segmentation: float) -> float:
-        """The threshold that flags about this percentage of the segmented volume (a starting point)."""
+        """A threshold that flags as many voxels as this percentage of the segmented volume (a starting
+        point; ties in the map can flag more or fewer)."""
         k = int(round(self._sorted_inside.size * percent_of_segmentation / 100.0))
-        if k <= 0 or self._sorted.size == 0:
+        n = self._sorted.size
+        if k <= 0 or n == 0:
             return self.maximum
-        k = min(k, self._sorted.size)
-        return float(self._sorted[self._sorted.size - k])
+        if k >= n:
+            return float(np.nextafter(self._sorted[0], np.float32(-np.inf)))
+        return float(self._sorted[n - k - 1])  # flagged = values > threshold: exactly the k largest
 
 
 def add_curve_plot(scene, referral: Referral, name: str):

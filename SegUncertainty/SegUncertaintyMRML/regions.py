@@ -14,9 +14,12 @@ ORDERS = ("largest", "most_uncertain")
 
 @dataclass(frozen=True)
 class Region:
-    """One connected flagged region (26-connected). label: its value in the label array from find_regions;
-    centre_ras: centroid in RAS (mm), which can lie outside a curved region; focus_ras: the region's voxel
-    nearest the centroid, where navigation goes; max/mean_uncertainty: over its voxels."""
+    """One connected flagged region (face-connected, as Slicer's Islands effect).
+
+    label: its value in the label array from find_regions; centre_ras: centroid in RAS (mm), which can lie
+    outside a curved region; focus_ras: the region's voxel nearest the centroid, where navigation goes;
+    max/mean_uncertainty: over its voxels.
+    """
 
     label: int
     voxels: int
@@ -28,9 +31,10 @@ class Region:
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of a (k, j, i) mask: int32 labels 1..n (0 outside) and n.
+    """Face-connected (6-neighbour) components of a (k, j, i) mask: int32 labels 1..n (0 outside) and n.
 
-    Uses VTK's vtkImageConnectivityFilter (in Slicer and slicer-core alike).
+    Uses VTK's vtkImageConnectivityFilter, as Slicer's Islands effect does (in Slicer and slicer-core
+    alike); it has no corner or edge connectivity, so voxels touching only there are separate regions.
     """
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     image = vtk.vtkImageData()

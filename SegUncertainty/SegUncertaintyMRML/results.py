@@ -63,12 +63,13 @@ def import_segmentation(scene, labelmap_path: Path, labels: dict, input_volume, 
         segmentation.SetNodeReferenceID(segmentation.GetReferenceImageGeometryReferenceRole(), input_volume.GetID())
         for value, label in sorted(((int(k), v) for k, v in labels.items() if int(k) != 0)):
             segment_id = segmentation.GetSegmentation().AddEmptySegment(label, label)
+            # the label value first: in a shared labelmap it says which voxels are the segment's
+            segmentation.GetSegmentation().GetSegment(segment_id).SetLabelValue(value)
             segments.set_segment_mask(segmentation, segment_id, slicer.util.arrayFromVolume(labelmap) == value,
                                       input_volume)
-            segmentation.GetSegmentation().GetSegment(segment_id).SetLabelValue(value)
         return segmentation
     finally:
-        scene.RemoveNode(labelmap)
+        volumes.remove_node(scene, labelmap)
 
 
 def place_in_study(scene, nodes, input_volume, folder_name: str) -> int:
@@ -144,7 +145,7 @@ def import_results(scene, out_dir: str | Path, input_volume, colormap: str = "In
         return nodes
     except (ResultsError, OSError, KeyError, ValueError) as exc:
         for node in added:
-            scene.RemoveNode(node)
+            volumes.remove_node(scene, node)
         if isinstance(exc, ResultsError):
             raise
         raise ResultsError(f"Could not import results from {out_dir}: {exc}") from exc

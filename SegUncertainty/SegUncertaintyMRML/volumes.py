@@ -38,10 +38,25 @@ def read_volume(scene, path: str | Path, name: str, node_class: str = "vtkMRMLSc
     storage.SetSingleFile(True)
     node = scene.AddNewNodeByClass(node_class, name)
     if not storage.ReadData(node) or node.GetImageData() is None:
-        scene.RemoveNode(node)
+        remove_node(scene, node)
         raise OSError(f"Could not read image file {path}")
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def remove_node(scene, node) -> None:
+    """Remove a node with its display and storage nodes (scene.RemoveNode leaves those behind)."""
+    if node is None or node.GetScene() is None:
+        return
+    owned = []
+    if hasattr(node, "GetNumberOfDisplayNodes"):
+        owned += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if hasattr(node, "GetNumberOfStorageNodes"):
+        owned += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for other in owned:
+        if other is not None and other.GetScene() is not None:
+            scene.RemoveNode(other)
 
 
 def write_volume(node, path: str | Path) -> None:
