@@ -115,14 +115,8 @@ def _uncertainty_figure(summaries: dict[str, dict], label: str, folder: Path) ->
             ax.stairs(density, edges, label=f"{method} (n={int(counts.sum())})")
             ax.set(title=f"{group} voxels", xlabel="normalized entropy")
     axes[0].set_ylabel("fraction of voxels")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Uncertainty by outcome inside the dilated reference box ({label})")
-    fig.tight_layout()
-    name = f"uncertainty_by_outcome_{label}.png"
-    fig.savefig(folder / name, dpi=100)
-    plt.close(fig)
-    return name
+    return _save_panel(fig, axes, f"Uncertainty by outcome inside the dilated reference box ({label})",
+                       folder / f"uncertainty_by_outcome_{label}.png")
 
 
 def _scores_figure(summaries: dict[str, dict], label: str, folder: Path) -> str:
@@ -139,14 +133,19 @@ def _scores_figure(summaries: dict[str, dict], label: str, folder: Path) -> str:
                     label=f"{method}: rho {_fmt('{:.2f}', rho)}")
             ax.set(xlabel=score)
     axes[0].set_ylabel("Dice")
+    return _save_panel(fig, axes, f"Subject-level scores against Dice ({label})",
+                       folder / f"scores_vs_dice_{label}.png")
+
+
+def _save_panel(fig, axes, title: str, path: Path) -> str:
+    """Legends, title, layout; write the PNG and return its file name."""
     for ax in axes:
         ax.legend(fontsize=7)
-    fig.suptitle(f"Subject-level scores against Dice ({label})")
+    fig.suptitle(title)
     fig.tight_layout()
-    name = f"scores_vs_dice_{label}.png"
-    fig.savefig(folder / name, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return name
+    return path.name
 
 
 def jsonable(value):
