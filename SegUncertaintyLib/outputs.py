@@ -39,7 +39,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: Model
             entries.append({"file": filename, "kind": kind, "meaning": meaning, **extra})
 
         add_image(outputs.segmentation, "segmentation", "labelmap",
-                  "Segmentation: argmax of the mean probability", labels={str(k): v for k, v in card.labels.items()})
+                  "Segmentation: argmax of the mean probability", labels={str(k): v for k, v in card.labels.items()},
+                  terminology=card.info.get("terminology", {}))
         for name, image in outputs.probabilities.items():
             add_image(image, f"probability_{name}", "probability",
                       f"Mean probability of '{name}' over samples, 0-1", label=name)

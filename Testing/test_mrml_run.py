@@ -469,3 +469,24 @@ def test_run_scenario_and_reload_its_scene(mrml_scene, tmp_path):
                           sitk_array(tmp_path / "work" / "out" / "entropy.nrrd"))
     state = json.loads(segmentation.GetAttribute("SegUncertainty.Review"))
     assert state["map"] == "entropy" and state["order"] == "largest" and len(state["reviewed"]) == 1
+
+
+def test_segments_carry_the_model_cards_terminology(mrml_scene, sample_run):
+    """The card's SNOMED codes reach the segment as a Slicer terminology entry that Slicer's own
+    deserializer reads back (category Anatomical Structure, type Brain), with the card's color."""
+    import slicer
+
+    out, _ = sample_run
+    volume, _ = read_input(mrml_scene)
+    run = results.import_results(mrml_scene, out, volume)
+    segment = run.segmentation.GetSegmentation().GetSegment(segments.segment_id_by_name(run.segmentation, "brain"))
+    import vtk
+
+    entry = slicer.vtkSlicerTerminologyEntry()
+    tag = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(str(tag), entry)
+    assert (entry.GetTypeObject().GetCodingSchemeDesignator(), entry.GetTypeObject().GetCodeValue(),
+            entry.GetTypeObject().GetCodeMeaning()) == ("SCT", "12738006", "Brain")
+    assert entry.GetCategoryObject().GetCodeValue() == "123037004"
+    assert np.allclose(segment.GetColor(), [0.98, 0.73, 0.60])

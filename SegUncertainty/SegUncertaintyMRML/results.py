@@ -51,8 +51,24 @@ def read_manifest(out_dir: str | Path) -> dict:
         raise ResultsError(f"Unreadable manifest {path}: {exc}") from exc
 
 
-def import_segmentation(scene, labelmap_path: Path, labels: dict, input_volume, name: str):
-    """A segmentation node with one segment per non-zero label, on the input volume's geometry."""
+def terminology_entry(codes: dict) -> str:
+    """Slicer's serialized terminology entry for a model card's codes: {"category": [scheme, value, meaning],
+    "type": [scheme, value, meaning]} (optional "modifier"), in Slicer's general anatomy context."""
+    def triple(key: str) -> tuple[str, str, str]:
+        scheme, value, meaning = codes.get(key) or ("", "", "")
+        return value, scheme, meaning
+
+    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(
+        "Segmentation category and type - 3D Slicer General Anatomy list", *triple("category"), *triple("type"),
+        *triple("modifier"), "Anatomic codes - DICOM master list", "", "", "", "", "", "")
+
+
+def import_segmentation(scene, labelmap_path: Path, labels: dict, input_volume, name: str,
+                        terminology: dict | None = None):
+    """A segmentation node with one segment per non-zero label, on the input volume's geometry.
+
+    terminology: optional codes per label value (see terminology_entry), with an optional display "color".
+    """
     labelmap = volumes.read_volume(scene, labelmap_path, "__seguncertainty_labels__", "vtkMRMLLabelMapVolumeNode")
     try:
         if not volumes.same_grid(labelmap, input_volume):
@@ -67,6 +83,12 @@ def import_segmentation(scene, labelmap_path: Path, labels: dict, input_volume, 
             segmentation.GetSegmentation().GetSegment(segment_id).SetLabelValue(value)
             segments.set_segment_mask(segmentation, segment_id, slicer.util.arrayFromVolume(labelmap) == value,
                                       input_volume)
+            codes = (terminology or {}).get(str(value))
+            if codes:
+                segment = segmentation.GetSegmentation().GetSegment(segment_id)
+                segment.SetTag(segment.GetTerminologyEntryTagName(), terminology_entry(codes))
+                if codes.get("color"):
+                    segment.SetColor(*codes["color"])
         return segmentation
     finally:
         volumes.remove_node(scene, labelmap)
@@ -111,7 +133,7 @@ def import_results(scene, out_dir: str | Path, input_volume, colormap: str = "In
             raise ResultsError(f"{out_dir}: the manifest lists no segmentation")
         seg_entry = by_kind["labelmap"][0]
         segmentation = import_segmentation(scene, out_dir / seg_entry["file"], seg_entry["labels"], input_volume,
-                                           f"{run} segmentation")
+                                           f"{run} segmentation", seg_entry.get("terminology"))
         added.append(segmentation)
         nodes = RunNodes(run, segmentation, manifest=manifest)
         map_entries = sorted(by_kind.get("uncertainty", []),
