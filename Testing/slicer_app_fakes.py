@@ -3,14 +3,19 @@
 Faked, and nothing else: ``slicer.i18n`` (translation returns the text), ``slicer.ScriptedLoadableModule``
 (base classes without Qt; the logic's parameter node is a real vtkMRMLScriptedModuleNode),
 ``slicer.parameterNodeWrapper`` (the decorator leaves the class as a plain holder of its defaults; the
-Choice / WithinRange annotations are accepted and ignored) and ``slicer.app.temporaryPath``. The logic
-then runs on the real MRML scene from slicer_headless.
+Choice / WithinRange annotations are accepted and ignored), ``slicer.app.temporaryPath`` and
+``slicer.util.launchConsoleProcess(blocking=False)``, whose Slicer version polls the process with a QTimer:
+here a thread reads the real process's output and calls the same callbacks (``wait_for_processes`` joins
+it). The logic then runs on the real MRML scene from slicer_headless.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import tempfile
+import threading
 import types
 
 import slicer
@@ -54,6 +59,32 @@ class _Base:
         self.parent = parent
 
 
+_threads: list[threading.Thread] = []
+
+
+def launch_console_process(args, useStartupEnvironment=True, updateEnvironment=None, cwd=None, blocking=True,
+                           logCallback=None, completedCallback=None):
+    """The non-blocking launchConsoleProcess: output lines to logCallback, then completedCallback(code)."""
+    env = dict(os.environ, **(updateEnvironment or {}))
+    proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def pump() -> None:
+        for line in proc.stdout:
+            logCallback(line.rstrip())
+        completedCallback(proc.wait())
+
+    thread = threading.Thread(target=pump, daemon=True)
+    _threads.append(thread)
+    thread.start()
+    return proc
+
+
+def wait_for_processes(timeout: float = 300.0) -> None:
+    """Wait until every launched process has finished and its callbacks have run."""
+    while _threads:
+        _threads.pop().join(timeout)
+
+
 def install() -> None:
     """Register the stand-ins in sys.modules (idempotent)."""
     if "slicer.ScriptedLoadableModule" in sys.modules:
@@ -64,3 +95,4 @@ def install() -> None:
     _module("slicer.parameterNodeWrapper", parameterNodeWrapper=_parameter_node_wrapper, Choice=_Annotation,
             WithinRange=_Annotation)
     slicer.app = types.SimpleNamespace(temporaryPath=tempfile.gettempdir())
+    slicer.util.launchConsoleProcess = launch_console_process

@@ -157,3 +157,56 @@ def test_nothing_is_missing_here_and_cancel_without_a_run_is_harmless():
 
 def test_library_dir_holds_the_library():
     assert (Path(module.library_dir()) / "SegUncertaintyLib" / "cli.py").is_file()
+
+
+def run_in_background(logic, volume, method, samples, cancel_after_first_progress=False):
+    """logic.start with the stand-in launcher; returns (run, error, stages seen)."""
+    import threading
+
+    seen, finished, first = [], {}, threading.Event()
+
+    def on_progress(progress):
+        seen.append(progress.stage)
+        first.set()
+
+    logic.start(volume, "brainmask-t1", method, samples, "cpu", onProgress=on_progress,
+                onFinished=lambda run, error: finished.update(run=run, error=error))
+    assert logic.isRunning()
+    if cancel_after_first_progress:
+        assert first.wait(120)
+        logic.cancel()
+    slicer_app_fakes.wait_for_processes()
+    return finished["run"], finished["error"], seen
+
+
+def node_ids(scene):
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def test_background_run_imports_new_nodes_and_cleans_up(mrml_scene, head_run, tmp_path):
+    """start(): the real command line in a background process; on success the run's nodes are added and
+    the temporary folder is gone."""
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    slicer.app.temporaryPath = str(temporary)
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    logic = module.SegUncertaintyLogic()
+    run, error, seen = run_in_background(logic, volume, "ensemble", 2)
+    assert error is None and run is logic.run and not logic.isRunning()
+    assert seen[0] == "load" and seen[-1] == "write"
+    assert set(run.maps) >= {"entropy", "mutual_information", "variance"}
+    assert list(temporary.iterdir()) == [], "the temporary input and outputs are removed"
+
+
+def test_cancelled_run_leaves_the_scene_exactly_as_it_was(mrml_scene, head_run, tmp_path):
+    """Cancel after the first progress line: exit 130, 'Cancelled.', not one node added or changed."""
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    slicer.app.temporaryPath = str(temporary)
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    before, modified = node_ids(mrml_scene), volume.GetMTime()
+    logic = module.SegUncertaintyLogic()
+    run, error, _ = run_in_background(logic, volume, "ensemble+mc_dropout", 20, cancel_after_first_progress=True)
+    assert run is None and error == "Cancelled."
+    assert node_ids(mrml_scene) == before and volume.GetMTime() == modified
+    assert logic.run is None and list(temporary.iterdir()) == []
