@@ -326,6 +326,8 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         self.labels = None
         self.chart = None
         self.order, self.minRegionMl = "largest", 0.0
+        self._members: dict[str, int] = {}  # ensemble size per model name (from its card)
+        self._cuda: bool | None = None
         self.editing: corrections.Corrections | None = None
         self._editorNode = None
 
@@ -345,8 +347,10 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         from SegUncertaintyLib.catalog import available_models
         from SegUncertaintyLib.modelcard import load_card
 
-        folder = available_models().get(model)
-        members = len(load_card(folder / "card.json").members) if folder else 1
+        if model not in self._members:
+            folder = available_models().get(model)
+            self._members[model] = len(load_card(folder / "card.json").members) if folder else 1
+        members = self._members[model]
         bounds = [0.0] * 6
         volume.GetRASBounds(bounds)
         litres = (bounds[1] - bounds[0]) * (bounds[3] - bounds[2]) * (bounds[5] - bounds[4]) / 1e6
@@ -354,13 +358,15 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         return _("Runs on the CPU: {estimate} on a 2-core machine; a GPU is much faster.").format(
             estimate=process.describe_estimate(seconds))
 
-    @staticmethod
-    def cudaAvailable() -> bool:
-        if importlib.util.find_spec("torch") is None:
-            return False
-        import torch
+    def cudaAvailable(self) -> bool:
+        """Whether torch sees a GPU (asked once: importing torch takes a moment; False without torch)."""
+        if self._cuda is None:
+            if importlib.util.find_spec("torch") is None:
+                return False
+            import torch
 
-        return bool(torch.cuda.is_available())
+            self._cuda = bool(torch.cuda.is_available())
+        return self._cuda
 
     @staticmethod
     def missingPackages() -> list[str]:
