@@ -285,11 +285,12 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCorrectRegion(self, mode: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("Correction failed."), waitCursor=True):
-            changed = self.logic.correctCurrentRegion(mode)
+            # the embedded Segment Editor keeps the undo history, so its Undo and ours are the same stack
+            changed = self.logic.correctCurrentRegion(mode, saveState=self.ui.segmentEditorWidget.saveStateForUndo)
             self.ui.regionLabel.text = _("{n} voxels changed; Undo reverts").format(n=changed)
 
     def onUndo(self) -> None:
-        self.logic.undo()
+        self.ui.segmentEditorWidget.undo()
 
     def updateRegionLabels(self) -> None:
         navigator = self.logic.navigator
@@ -527,7 +528,9 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
             corrections.save_review_state(self.run.segmentation, self.flagging.map_node.GetAttribute(
                 results.ROLE_ATTRIBUTE), self.flagging.threshold, self.order, self.navigator.reviewed)
 
-    def correctCurrentRegion(self, mode: str) -> int:
+    def correctCurrentRegion(self, mode: str, saveState=None) -> int:
+        """Add or remove the current flagged region; saveState saves for undo (default: the logic's own
+        history, which ``undo`` reverts)."""
         region = self.navigator.current if self.navigator else None
         if region is None:
             raise RuntimeError(_("Select a flagged region first (Next region)."))
@@ -535,7 +538,7 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
             self.editing = corrections.Corrections(
                 corrections.editor_logic(slicer.mrmlScene, self.run.segmentation, self.inputVolume),
                 self.run.segmentation, self.inputVolume)
-        return self.editing.apply(self.structureSegmentId(), self.labels == region.label, mode)
+        return self.editing.apply(self.structureSegmentId(), self.labels == region.label, mode, saveState)
 
     def undo(self) -> None:
         if self.editing is not None:

@@ -261,3 +261,17 @@ def test_export_run_from_run_nodes_with_label_values_of_the_run(setup, mrml_scen
     assert np.array_equal(sitk.GetArrayFromImage(image), expected)
     np.testing.assert_allclose(sitk_ijk_to_ras(image), volumes.ijk_to_ras(volume), atol=1e-4)  # NIfTI: float32
     assert sorted(os.listdir(tmp_path / "export")) == sorted(p.name for p in written)
+
+
+def test_an_external_undo_history_is_used_when_given(setup):
+    """With save_state (the Segment Editor widget's saveStateForUndo in Slicer) the state is saved there,
+    once per edit that changes something, and not in the logic's own history."""
+    volume, seg, ids, brain, _, _, editing = setup
+    calls = []
+    region = box((12, 19), (15, 23), (18, 27))
+    assert editing.apply(ids["brain"], region, "add", save_state=lambda: calls.append(1)) > 0
+    assert calls == [1]
+    assert editing.apply(ids["brain"], region, "add", save_state=lambda: calls.append(1)) == 0
+    assert calls == [1], "no change: nothing saved"
+    editing.undo()  # the logic's own history holds nothing: the edit stays
+    assert np.array_equal(segments.segment_mask(seg, ids["brain"], volume), brain | region)

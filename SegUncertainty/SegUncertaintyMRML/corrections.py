@@ -42,9 +42,11 @@ class Corrections:
         self.segmentation_node = segmentation_node
         self.reference_volume = reference_volume
 
-    def apply(self, segment_id: str, region_mask: np.ndarray, mode: str) -> int:
+    def apply(self, segment_id: str, region_mask: np.ndarray, mode: str, save_state=None) -> int:
         """Set (``add``) or clear (``remove``) the voxels of ``region_mask`` ((k, j, i) bool on the
-        reference grid) in the segment. Saves the state for undo first; returns the voxels changed."""
+        reference grid) in the segment. Saves the state for undo first, through ``save_state`` when given
+        (in Slicer: the embedded Segment Editor's saveStateForUndo, so that its Undo reverts the edit too),
+        else in this logic's own history; returns the voxels changed."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         region = np.ascontiguousarray(region_mask, dtype=np.uint8)
@@ -53,7 +55,10 @@ class Corrections:
         if changed == 0:
             return 0
         self.logic.SetSegmentationNode(self.segmentation_node)
-        self.logic.SaveStateForUndo()
+        if save_state is not None:
+            save_state()
+        else:
+            self.logic.SaveStateForUndo()
         image = volumes.oriented_image(region, volumes.ijk_to_ras(self.reference_volume))
         edit = self.logic.ModificationModeAdd if mode == "add" else self.logic.ModificationModeRemove
         self.logic.ModifySegmentByLabelmap(self.segmentation_node, segment_id, image, edit, False, True)
