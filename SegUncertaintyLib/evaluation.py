@@ -144,7 +144,8 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         if int(value) == 0:
             continue
         pred = segmentation == int(value)
-        votes = np.mean([a == int(value) for a in annotations], axis=0) if reference is None else None
+        raters = [a == int(value) for a in annotations] if reference is None else None
+        votes = np.mean(raters, axis=0) if raters else None
         ref = reference == int(value) if reference is not None else votes >= 0.5
         prob = np.clip(_array(files[label])[0], 0, 1) if label in files else pred.astype(np.float64)
         box = dilated_foreground_box(ref, spacing)
@@ -160,8 +161,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
         entropy = maps.get("entropy", np.zeros(pred.shape))
         if votes is not None:
-            row |= multi_annotator_row(votes, [a == int(value) for a in annotations], entropy, box,
-                                       files.get(f"samples:{label}"))
+            row |= multi_annotator_row(votes, raters, entropy, box, files.get(f"samples:{label}"))
         row |= {f"entropy_mean_{group}_box": v["mean"]
                 for group, v in uncertainty_by_confusion(entropy, pred, ref, box).items()}
         bnf = correction_benefit_curve(entropy, pred, ref)
@@ -291,8 +291,8 @@ def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
                              **{s: _score_column(rows, s).tolist() for s in SUBJECT_SCORES}}
         if any("annotators" in x for x in rows):
             disagreement = _score_column(rows, "annotator_disagreement")
-            block["ged2_mean"] = float(np.nanmean(_score_column(rows, "ged2"))) if any(
-                np.isfinite(_score_column(rows, "ged2"))) else math.nan
+            ged2 = _score_column(rows, "ged2")
+            block["ged2_mean"] = float(np.nanmean(ged2)) if np.isfinite(ged2).any() else math.nan
             block["annotator_disagreement_mean"] = float(np.nanmean(disagreement))
             voxel_r = _score_column(rows, "entropy_vs_vote_entropy_r")
             block["entropy_vs_vote_entropy_r_mean"] = float(np.nanmean(voxel_r))

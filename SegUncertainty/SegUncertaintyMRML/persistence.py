@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import slicer
-import vtk
 
 from . import referral, segments, volumes
 from .files import write_atomically
@@ -32,8 +31,8 @@ def load_scene(scene, path: str | Path, app_logic) -> None:
         raise OSError(f"Could not read scene bundle {path}")
 
 
-def structure_labelmap(segmentation_node, reference_volume, label_values: dict[str, int]) -> np.ndarray:
-    """The structure segments (not the flagged one) as one (k, j, i) uint8 labelmap with the run's values."""
+def structure_labelmap(segmentation_node, reference_volume) -> np.ndarray:
+    """The structure segments (not the flagged one) as one (k, j, i) uint8 labelmap with their label values."""
     labelmap = np.zeros(slicer.util.arrayFromVolume(reference_volume).shape, np.uint8)
     segmentation = segmentation_node.GetSegmentation()
     for index in range(segmentation.GetNumberOfSegments()):
@@ -41,7 +40,7 @@ def structure_labelmap(segmentation_node, reference_volume, label_values: dict[s
         if segment.GetName() == referral.FLAGGED_SEGMENT:
             continue
         mask = segments.segment_mask(segmentation_node, segmentation.GetNthSegmentID(index), reference_volume)
-        labelmap[mask] = label_values.get(segment.GetName(), segment.GetLabelValue())
+        labelmap[mask] = segment.GetLabelValue()
     return labelmap
 
 
@@ -63,10 +62,8 @@ def export_run(scene, run, reference_volume, folder: str | Path, extension: str 
     folder.mkdir(parents=True, exist_ok=True)
     nodes = run if isinstance(run, dict) else _roles(run)
     seg_node = nodes["segmentation"]
-    labels = {seg_node.GetSegmentation().GetNthSegment(i).GetName(): seg_node.GetSegmentation().GetNthSegment(i)
-              .GetLabelValue() for i in range(seg_node.GetSegmentation().GetNumberOfSegments())}
     written = []
-    labelmap = structure_labelmap(seg_node, reference_volume, labels)
+    labelmap = structure_labelmap(seg_node, reference_volume)
     written.append(_write_array(scene, labelmap, reference_volume, folder / f"segmentation_corrected{extension}"))
     flagged_id = segments.segment_id_by_name(seg_node, referral.FLAGGED_SEGMENT)
     if flagged_id is not None:
@@ -91,9 +88,7 @@ def _roles(run) -> dict:
 def _write_array(scene, array: np.ndarray, reference_volume, path: Path) -> Path:
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__seguncertainty_export__")
     try:
-        matrix = vtk.vtkMatrix4x4()
-        reference_volume.GetIJKToRASMatrix(matrix)
-        node.SetIJKToRASMatrix(matrix)
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volumes.ijk_to_ras(reference_volume)))
         slicer.util.updateVolumeFromArray(node, array)
         volumes.write_volume(node, path)
     finally:

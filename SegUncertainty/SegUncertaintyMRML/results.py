@@ -77,12 +77,12 @@ def import_segmentation(scene, labelmap_path: Path, labels: dict, input_volume, 
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(input_volume)
         segmentation.SetNodeReferenceID(segmentation.GetReferenceImageGeometryReferenceRole(), input_volume.GetID())
+        values = slicer.util.arrayFromVolume(labelmap)
         for value, label in sorted(((int(k), v) for k, v in labels.items() if int(k) != 0)):
             segment_id = segmentation.GetSegmentation().AddEmptySegment(label, label)
             # the label value first: in a shared labelmap it says which voxels are the segment's
             segmentation.GetSegmentation().GetSegment(segment_id).SetLabelValue(value)
-            segments.set_segment_mask(segmentation, segment_id, slicer.util.arrayFromVolume(labelmap) == value,
-                                      input_volume)
+            segments.set_segment_mask(segmentation, segment_id, values == value, input_volume)
             codes = (terminology or {}).get(str(value))
             if codes:
                 segment = segmentation.GetSegmentation().GetSegment(segment_id)

@@ -16,7 +16,7 @@ def ijk_to_ras(node) -> np.ndarray:
     """The node's 4x4 IJK-to-RAS matrix (mm)."""
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return slicer.util.arrayFromVTKMatrix(matrix)
 
 
 def same_grid(a, b, tol_mm: float = 1e-3) -> bool:
@@ -79,11 +79,7 @@ def oriented_image(array: np.ndarray, ijk_to_ras_matrix: np.ndarray):
         raise ValueError("oriented_image needs a C-contiguous uint8 array")
     image = slicer.vtkOrientedImageData()
     image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(ijk_to_ras_matrix[r, c]))
-    image.SetImageToWorldMatrix(matrix)
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(np.asarray(ijk_to_ras_matrix, dtype=float)))
     scalars = numpy_support.numpy_to_vtk(array.reshape(-1), deep=0, array_type=vtk.VTK_UNSIGNED_CHAR)
     scalars._numpy_reference = array  # keep the buffer alive as long as VTK uses it
     image.GetPointData().SetScalars(scalars)
