@@ -337,7 +337,7 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
 
     # -- models and dependencies ---------------------------------------------------------------------
     def modelNames(self) -> list[str]:
-        from SegUncertaintyLib.catalog import available_models
+        from SegUncertaintyLib.models.catalog import available_models
 
         return list(available_models())
 
@@ -345,8 +345,8 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         """A warning with a time estimate when the run will use the CPU; empty otherwise."""
         if device == "cuda" or (device == "auto" and self.cudaAvailable()):
             return ""
-        from SegUncertaintyLib.catalog import available_models
-        from SegUncertaintyLib.modelcard import load_card
+        from SegUncertaintyLib.models.card import load_card
+        from SegUncertaintyLib.models.catalog import available_models
 
         if model not in self._members:
             folder = available_models().get(model)

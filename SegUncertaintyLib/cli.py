@@ -14,10 +14,10 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CancelledError, SegUncertaintyError
-from .imageio import check_writable_dir, image_suffix, read_image
-from .modelloader import DEFAULT_MODEL, available_models, load_model
-from .outputs import FORMATS
-from .sampling import METHODS
+from .inference.sampling import METHODS
+from .io.images import check_writable_dir, image_suffix, read_image
+from .io.outputs import FORMATS
+from .models.loader import DEFAULT_MODEL, available_models, load_model
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
@@ -83,8 +83,8 @@ class _CancelFlag:
 
 
 def cmd_segment(args) -> int:
-    from .outputs import write_outputs
-    from .pipeline import segment_image
+    from .inference.pipeline import segment_image
+    from .io.outputs import write_outputs
     from .progress import ProgressReporter
 
     if args.sample == bool(args.input):
@@ -144,8 +144,8 @@ def parse_labels(text: str) -> dict[int, str]:
 
 def cmd_evaluate(args) -> int:
     from .errors import InputImageError
-    from .evaluation import add_calibration_split, evaluate_case, find_reference, summarize
-    from .report import write_report
+    from .evaluation.evaluate import add_calibration_split, evaluate_case, find_reference, summarize
+    from .evaluation.report import write_report
 
     references = Path(args.references)
     labels = args.labels
@@ -169,7 +169,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .modelcard import load_card
+    from .models.card import load_card
 
     for name, folder in available_models().items():
         card = load_card(folder)

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from SegUncertaintyLib.modelcard import write_card
+from SegUncertaintyLib.models.card import write_card
 
 
 def sphere_phantom(size=(40, 36, 32), spacing=(2.0, 2.5, 3.0), radius_mm=25.0, blur_mm=3.0,

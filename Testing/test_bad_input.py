@@ -10,10 +10,10 @@ from conftest import sphere_phantom
 from torch import nn
 
 from SegUncertaintyLib.errors import ChecksumError, InputImageError, ModelError, OutputError
-from SegUncertaintyLib.imageio import check_writable_dir, read_image, validate_image
-from SegUncertaintyLib.modelcard import load_card, write_card
-from SegUncertaintyLib.modelloader import load_model
-from SegUncertaintyLib.pipeline import check_method
+from SegUncertaintyLib.inference.pipeline import check_method
+from SegUncertaintyLib.io.images import check_writable_dir, read_image, validate_image
+from SegUncertaintyLib.models.card import load_card, write_card
+from SegUncertaintyLib.models.loader import load_model
 
 
 def write(image: sitk.Image, path) -> str:

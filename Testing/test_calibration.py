@@ -6,7 +6,7 @@ import torch
 from monai.metrics.calibration import calibration_binning
 from sklearn.metrics import brier_score_loss, log_loss
 
-from SegUncertaintyLib.calibration import BinStats, calibration_split, probability_from_uncertainty
+from SegUncertaintyLib.evaluation.calibration import BinStats, calibration_split, probability_from_uncertainty
 
 
 def random_case(seed: int, n: int = 20_000, bias: float = 0.0):

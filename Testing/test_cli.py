@@ -11,8 +11,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import load_json, sphere_phantom
 
-from SegUncertaintyLib import cli, outputs
+from SegUncertaintyLib import cli
 from SegUncertaintyLib.errors import OutputError
+from SegUncertaintyLib.io import outputs
 
 EXPECTED_MAPS = ["entropy", "expected_entropy", "mutual_information", "variance"]
 

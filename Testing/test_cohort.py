@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from SegUncertaintyLib.cohort import generalized_energy_distance, logit_dice, ood_auroc, score_quality_correlation
-from SegUncertaintyLib.scores import pairwise_iou
+from SegUncertaintyLib.evaluation.cohort_stats import (
+    generalized_energy_distance,
+    logit_dice,
+    ood_auroc,
+    score_quality_correlation,
+)
+from SegUncertaintyLib.inference.scores import pairwise_iou
 
 
 def test_monotone_score_has_spearman_minus_one_and_nans_are_dropped():

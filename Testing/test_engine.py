@@ -7,9 +7,9 @@ from conftest import ThresholdNet
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from SegUncertaintyLib.engine import EngineConfig, class_argmax, run_engine, scan_slices
 from SegUncertaintyLib.errors import CancelledError, ResourceError
-from SegUncertaintyLib.sampling import SampleSpec, plan_samples, set_dropout
+from SegUncertaintyLib.inference.engine import EngineConfig, class_argmax, run_engine, scan_slices
+from SegUncertaintyLib.inference.sampling import SampleSpec, plan_samples, set_dropout
 
 
 def smooth_volume(shape=(30, 41, 37), seed=0) -> np.ndarray:

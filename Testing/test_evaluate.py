@@ -108,7 +108,7 @@ def test_several_annotators_give_ged_from_saved_samples(tmp_path, threshold_mode
     """REFS/<case>/ with three annotators (spheres of radius 20 +- delta mm): the report's GED and its
     terms equal cohort.generalized_energy_distance on the saved samples and the annotations, annotator
     disagreement grows with delta, and the majority vote is the reference for Dice."""
-    from SegUncertaintyLib.cohort import generalized_energy_distance
+    from SegUncertaintyLib.evaluation.cohort_stats import generalized_energy_distance
 
     refs, preds = tmp_path / "refs", tmp_path / "preds" / "mc"
     deltas = (0.5, 2.0, 4.0)
@@ -148,7 +148,7 @@ def test_several_annotators_give_ged_from_saved_samples(tmp_path, threshold_mode
 
 def test_region_mask_restricts_calibration(evaluated):
     """--masks: calibration inside each case's mask equals BinStats on the masked voxels, computed directly."""
-    from SegUncertaintyLib.calibration import BinStats
+    from SegUncertaintyLib.evaluation.calibration import BinStats
 
     root = evaluated.parent
     masks = root / "masks"

@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import sphere_phantom
 
-from SegUncertaintyLib.modelcard import load_card
-from SegUncertaintyLib.modelloader import load_model
-from SegUncertaintyLib.pipeline import segment_image
-from SegUncertaintyLib.preprocessing import model_grid, orientation_direction, to_input_space, to_model_space
+from SegUncertaintyLib.inference.pipeline import segment_image
+from SegUncertaintyLib.inference.preprocessing import model_grid, orientation_direction, to_input_space, to_model_space
+from SegUncertaintyLib.models.card import load_card
+from SegUncertaintyLib.models.loader import load_model
 
 OBLIQUE = tuple(sitk.VersorTransform((0.2, 0.3, 0.9), 0.4).GetMatrix())  # a rotated, non-axis-aligned grid
 LPS_FLIP = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)  # a DICOM-like LPS-axis volume

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import entropy as scipy_entropy
 
-from SegUncertaintyLib.maps import binary_entropy, normalized_entropy, uncertainty_maps
+from SegUncertaintyLib.inference.maps import binary_entropy, normalized_entropy, uncertainty_maps
 
 
 def moments(samples: torch.Tensor):

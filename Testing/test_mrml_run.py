@@ -18,8 +18,8 @@ import slicer_headless
 import vtk
 from SegUncertaintyMRML import persistence, process, results, scenario, scores_table, segments, volumes
 
-from SegUncertaintyLib.sampling import METHODS as LIBRARY_METHODS
-from SegUncertaintyLib.sampling import plan_samples
+from SegUncertaintyLib.inference.sampling import METHODS as LIBRARY_METHODS
+from SegUncertaintyLib.inference.sampling import plan_samples
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "SegUncertaintyLib" / "sample" / "colin27_t1_2mm.nii.gz"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from SegUncertaintyLib.quality import (
+from SegUncertaintyLib.evaluation.quality import (
     CONFUSION_EDGES,
     confusion_histograms,
     dice_hd95,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from SegUncertaintyLib.referral import (
+from SegUncertaintyLib.evaluation.referral import (
     THRESHOLDS,
     correction_benefit,
     correction_benefit_curve,

@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import jaccard_score
 
-from SegUncertaintyLib.engine import pack_bits
-from SegUncertaintyLib.scores import sample_overlaps, subject_scores, volume_scores
+from SegUncertaintyLib.inference.engine import pack_bits
+from SegUncertaintyLib.inference.scores import sample_overlaps, subject_scores, volume_scores
 
 
 def random_samples(t=11, shape=(6, 7, 8), seed=0):
@@ -79,7 +79,7 @@ def test_subject_scores_inside_the_predicted_segment():
 def test_readings_against_model_card_bounds():
     """Values beyond a bound on the uncertain side read "review recommended", others "within the model's
     usual range"; a missing value reads "not defined"; scores without a bound get no reading."""
-    from SegUncertaintyLib.scores import REVIEW, WITHIN, score_readings
+    from SegUncertaintyLib.inference.scores import REVIEW, WITHIN, score_readings
 
     reference = {"classes": {"brain": {"cv": {"review_above": 0.016}, "dpw": {"review_below": 0.975},
                                        "diversity": {"review_above": 0.048}}}}

@@ -28,7 +28,7 @@ WINDOW = (64, 64, 64)
 
 def network(kind: str) -> torch.nn.Module:
     if kind == "unet":  # the bundled model's architecture and weights
-        from SegUncertaintyLib.modelloader import DEFAULT_MODEL, load_model
+        from SegUncertaintyLib.models.loader import DEFAULT_MODEL, load_model
 
         return load_model(DEFAULT_MODEL).networks[0]
     return torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Conv3d(1, 2, 3, padding=1))
@@ -37,9 +37,9 @@ def network(kind: str) -> torch.nn.Module:
 def naive(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batch: int) -> dict:
     from monai.inferers import sliding_window_inference
 
-    from SegUncertaintyLib.engine import class_argmax
-    from SegUncertaintyLib.maps import uncertainty_maps
-    from SegUncertaintyLib.sampling import set_dropout
+    from SegUncertaintyLib.inference.engine import class_argmax
+    from SegUncertaintyLib.inference.maps import uncertainty_maps
+    from SegUncertaintyLib.inference.sampling import set_dropout
 
     set_dropout(net, True)
     x = torch.from_numpy(volume)[None, None]
@@ -55,8 +55,8 @@ def naive(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batc
 
 
 def engine(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batch: int) -> dict:
-    from SegUncertaintyLib.engine import EngineConfig, run_engine
-    from SegUncertaintyLib.sampling import plan_samples
+    from SegUncertaintyLib.inference.engine import EngineConfig, run_engine
+    from SegUncertaintyLib.inference.sampling import plan_samples
 
     result = run_engine(volume, [net], plan_samples("mc_dropout", 1, t), 2,
                         EngineConfig(window=WINDOW, overlap=overlap, max_batch=batch))

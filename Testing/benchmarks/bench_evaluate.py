@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from SegUncertaintyLib.evaluation import evaluate_case
-from SegUncertaintyLib.referral import dice, referral_curve
+from SegUncertaintyLib.evaluation.evaluate import evaluate_case
+from SegUncertaintyLib.evaluation.referral import dice, referral_curve
 
 
 def synthetic_case(folder: Path, shape) -> Path:

@@ -20,8 +20,8 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).parent))
 from brain_data import colin27, epi, macaque, mni152  # noqa: E402
 
-from SegUncertaintyLib.modelloader import DEFAULT_MODEL, load_model  # noqa: E402
-from SegUncertaintyLib.pipeline import segment_image  # noqa: E402
+from SegUncertaintyLib.inference.pipeline import segment_image  # noqa: E402
+from SegUncertaintyLib.models.loader import DEFAULT_MODEL, load_model  # noqa: E402
 
 METHOD, SAMPLES = "ensemble+mc_dropout", 10
 SCORES = ("volume_ml", "cv", "dpw", "ulabelled", "segment_entropy", "diversity")

@@ -1,6 +1,6 @@
 """Train the bundled brain-extraction model (MC-dropout 3D U-Net ensemble) on the offline T1 heads.
 
-    python Testing/scripts/train_brainmask.py --out SegUncertaintyLib/models/brainmask_t1 \
+    python Testing/scripts/train_brainmask.py --out SegUncertaintyLib/models/bundled/brainmask_t1 \
         --members 3 --iterations 900
 
 Each member starts from another seed and sees another stream of heavy augmentation (affine, elastic,
@@ -25,9 +25,9 @@ from monai.losses import DiceCELoss
 sys.path.insert(0, str(Path(__file__).parent))
 from brain_data import labelled_subjects  # noqa: E402
 
-from SegUncertaintyLib.modelcard import write_card  # noqa: E402
-from SegUncertaintyLib.modelloader import build_network  # noqa: E402
-from SegUncertaintyLib.preprocessing import resample_like, to_model_space  # noqa: E402
+from SegUncertaintyLib.inference.preprocessing import resample_like, to_model_space  # noqa: E402
+from SegUncertaintyLib.models.card import write_card  # noqa: E402
+from SegUncertaintyLib.models.loader import build_network  # noqa: E402
 
 SPACING = (3.0, 3.0, 3.0)
 PATCH = (64, 64, 64)

@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .imageio import check_writable_dir, publish, staging_dir, write_json  # noqa: E402
+from ..io.images import check_writable_dir, publish, staging_dir, write_json  # noqa: E402
 
 TABLE = [("Dice", "dice_mean", "{:.3f}"), ("HD95 mm", "hd95_mm_mean", "{:.1f}"),
          ("ECE %", "ece_mean_volume", "{:.2%}"), ("ECE % pooled", "ece_pooled_volume", "{:.2%}"),

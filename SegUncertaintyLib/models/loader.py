@@ -11,9 +11,9 @@ import monai.networks.nets as monai_nets
 import torch
 from torch import nn
 
+from ..errors import ModelError
+from .card import ModelCard, load_card
 from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, user_model_dir  # noqa: F401 (re-exported)
-from .errors import ModelError
-from .modelcard import ModelCard, load_card
 
 
 def resolve_card(name_or_path: str | os.PathLike) -> ModelCard:

@@ -12,7 +12,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 _CHUNK = 1 << 22
 

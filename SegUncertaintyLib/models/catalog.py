@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ModelError
-from .modelcard import load_card
+from ..errors import ModelError
+from .card import load_card
 
-BUNDLED_DIR = Path(__file__).parent / "models"
+BUNDLED_DIR = Path(__file__).parent / "bundled"
 DEFAULT_MODEL = "brainmask-t1"
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..errors import ModelError
+from ..models.loader import LoadedModel
 from .engine import EngineConfig, ProgressCallback, class_argmax, run_engine
-from .errors import ModelError
-from .modelloader import LoadedModel
 from .preprocessing import array_on_grid, to_input_space, to_model_space
 from .sampling import plan_samples, set_dropout
 from .scores import scores_document, subject_scores

@@ -8,7 +8,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from .scores import pairwise_iou, sample_overlaps
+from ..inference.scores import pairwise_iou, sample_overlaps
 
 
 def logit_dice(dice: np.ndarray, eps: float = 1e-3) -> np.ndarray:

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ChecksumError, ModelError
+from ..errors import ChecksumError, ModelError
 
 CARD_FILENAME = "card.json"
 KNOWN_METHODS = ("softmax", "mc_dropout", "ensemble", "tta")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 METHODS = ("softmax", "mc_dropout", "ensemble", "tta", "ensemble+mc_dropout", "ensemble+tta")
 DEFAULT_SAMPLES = {"mc_dropout": 20, "tta": 8}

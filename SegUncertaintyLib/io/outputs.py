@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .imageio import check_writable_dir, publish, staging_dir, write_image, write_json
-from .modelcard import ModelCard
+from .. import __version__
+from ..inference.pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
+from ..models.card import ModelCard
+from .images import check_writable_dir, publish, staging_dir, write_image, write_json
 from .overview import save_overview
-from .pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
 
 MANIFEST = "manifest.json"
 FORMATS = ("nrrd", "nii.gz")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .modelcard import ModelCard
+from ..models.card import ModelCard
 
 
 def orientation_direction(code: str) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
-from .errors import CancelledError, ResourceError
+from ..errors import CancelledError, ResourceError
 from .maps import normalized_entropy, uncertainty_maps
 from .sampling import SampleSpec, set_dropout
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputImageError
+from ..io.images import IMAGE_SUFFIXES, image_suffix
 from .calibration import BinStats, calibration_split
-from .cohort import generalized_energy_distance, ood_auroc, score_quality_correlation
-from .errors import InputImageError
-from .imageio import IMAGE_SUFFIXES, image_suffix
+from .cohort_stats import generalized_energy_distance, ood_auroc, score_quality_correlation
 from .quality import (
     CONFUSION_EDGES,
     EMPTY_RULES,

@@ -1,0 +1,1 @@
+"""Evaluation against references: calibration, referral, quality, cohort statistics, evaluate and report."""

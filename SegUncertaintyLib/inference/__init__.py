@@ -1,0 +1,1 @@
+"""Inference: sampling, the streaming engine, maps, subject scores, preprocessing and the pipeline."""
