@@ -169,6 +169,8 @@ def _describe(error) -> str:
         extra = sorted(k for k in error.instance if k not in allowed)
         where = f"{where}.{extra[0]}" if where else extra[0]
         problem, expected = "is not allowed", "one of: " + ", ".join(allowed)
+    elif error.validator == "pattern":
+        problem = f"{str(error.instance)[:80]!r} has the wrong form"
     else:
         problem = error.message if len(error.message) <= 160 else error.message[:157] + "..."
     text = f"field '{where or '(card)'}' {problem}" if error.validator in ("required", "additionalProperties") \
