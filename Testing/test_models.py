@@ -37,7 +37,8 @@ def test_schema_network_allow_list_matches_monai_and_downloads_nothing():
     for name, spec in networks.items():
         parameters = inspect.signature(getattr(monai_nets, name)).parameters
         assert set(spec["properties"]) <= set(parameters), name  # every allowed argument exists
-        assert not any(re.fullmatch(r"pretrain.*|.*url|weights?|.*checkpoint.*|.*_(file|path)|load_from", a) for a in spec["properties"]), name
+        fetching = r"pretrain.*|.*url|weights?|.*checkpoint.*|.*_(file|path)|load_from"
+        assert not any(re.fullmatch(fetching, a) for a in spec["properties"]), name
     assert "FlexibleUNet" not in networks  # its pretrained backbone downloads weights
 
 
