@@ -44,7 +44,7 @@ from slicer.util import VTKObservationMixin
 MAPS = ["entropy", "mutual_information", "variance"]
 # Installed on first use, after asking (torch itself through the PyTorch extension).
 PIP_REQUIREMENTS = {"monai": "monai>=1.4", "SimpleITK": "SimpleITK>=2.3", "scipy": "scipy>=1.10",
-                    "matplotlib": "matplotlib>=3.7"}
+                    "matplotlib": "matplotlib>=3.7", "jsonschema": "jsonschema>=4.18"}
 
 
 def library_dir() -> str:

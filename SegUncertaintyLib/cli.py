@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 usage, 3 bad input image, 4 model problem, 5 output not
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -17,7 +18,7 @@ from .errors import CancelledError, SegUncertaintyError
 from .inference.sampling import METHODS
 from .io.images import check_writable_dir, image_suffix, read_image
 from .io.outputs import FORMATS
-from .models.loader import DEFAULT_MODEL, available_models, load_model
+from .models.loader import DEFAULT_MODEL, load_model
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
@@ -57,8 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels", type=parse_labels, default=None,
                     help="label names for case folders of plain volumes without manifest.json, e.g. 1=liver,2=tumour")
 
-    models = sub.add_parser("models", help="list the bundled and installed models")
-    models.add_argument("--verify", action="store_true", help="also check every weight file's sha256")
+    _add_models_parser(sub)
     return parser
 
 
@@ -168,17 +168,77 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_models(args) -> int:
-    from .models.card import load_card
+# -- seguncertainty models ------------------------------------------------------------------------------
+class _OneLineParser(argparse.ArgumentParser):
+    """A sub-command parser whose usage errors are one line on stderr (exit 2)."""
 
-    for name, folder in available_models().items():
-        card = load_card(folder)
-        status = ""
-        if args.verify:
-            card.verify()
-            status = "  sha256 ok"
-        print(f"{name}  v{card.version}  {card.task}  methods={','.join(card.methods)}  "
-              f"members={len(card.members)}  {folder}{status}")
+    def error(self, message):
+        self.exit(2, f"seguncertainty: error: {self.prog}: {message}\n")
+
+
+def _model_name(text: str) -> str:
+    from .models.catalog import check_name
+
+    try:
+        return check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_models_parser(sub) -> None:
+    """``models [list] [--verify] [--json]``, ``models add PATH [--name NAME]``, ``models check PATH``,
+    ``models remove NAME``."""
+    models = sub.add_parser("models", help="list, add, check or remove models")
+    models.add_argument("--verify", action="store_true", help="also check every weight file's sha256")
+    models.add_argument("--json", action="store_true", help="list as JSON")
+    actions = models.add_subparsers(dest="models_command", parser_class=_OneLineParser)
+    listing = actions.add_parser("list", help="bundled and installed models, broken ones with their reason")
+    listing.add_argument("--verify", action="store_true", default=argparse.SUPPRESS,
+                         help="also check every weight file's sha256")
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="list as JSON")
+    add = actions.add_parser("add", help="check a model and install a copy in the user's model folder")
+    add.add_argument("path", help="model folder (card.json with its weights)")
+    add.add_argument("--name", type=_model_name, default=None, help="install under this name")
+    check = actions.add_parser("check", help="check a model folder against the model contract")
+    check.add_argument("path", help="model folder")
+    remove = actions.add_parser("remove", help="remove a model installed by 'models add'")
+    remove.add_argument("name", help="installed model name")
+
+
+def cmd_models(args) -> int:
+    from .models import catalog
+
+    command = args.models_command or "list"
+    if command == "add":
+        name, folder = catalog.add_model(args.path, args.name)
+        print(f"Added {name}: {folder}")
+        return 0
+    if command == "check":
+        summary = catalog.check_path(args.path)
+        print(f"{summary.name}: ok ({summary.format}, {summary.members} member(s), "
+              f"methods {','.join(summary.methods)}, labels {', '.join(summary.labels.values())})")
+        return 0
+    if command == "remove":
+        folder, left = catalog.remove_model(args.name)
+        kept = f"; kept {len(left)} file(s) it did not create: {', '.join(left)}" if left else ""
+        print(f"Removed {args.name} ({folder}){kept}")
+        return 0
+    entries = catalog.list_models(verify=args.verify)
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], indent=2))
+    for e in entries if not args.json else []:
+        if e.error:
+            print(f"{e.name}  BROKEN ({e.format or 'unknown format'}): {e.error}  {e.folder}")
+            continue
+        s = e.summary
+        status = "  sha256 ok" if args.verify else ""
+        print(f"{e.name}  v{s.version}  {s.task}  format={e.format}  modality={s.modality}  "
+              f"labels={','.join(s.labels.values())}  methods={','.join(s.methods)}  members={s.members}  "
+              f"{e.folder}{status}")
+    broken = [e.name for e in entries if e.error]
+    if args.verify and broken:
+        print(f"seguncertainty: error: {len(broken)} model(s) failed the check: {', '.join(broken)}", file=sys.stderr)
+        return 4
     return 0
 
 

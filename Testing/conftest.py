@@ -76,6 +76,7 @@ def write_threshold_model(folder: Path, members: int = 2, spacing=(3.0, 3.0, 3.0
         "preprocessing": {"spacing_mm": list(spacing), "orientation": "RAS",
                           "intensity": {"method": "none"}},
         "patch_size": list(patch), "methods": ["softmax", "mc_dropout", "ensemble", "tta"],
+        "tta_flips": ["LR", "AP", "SI"],  # a pointwise network: invariant to every flip
         "architecture": {"type": "torchscript"} if torchscript else {"type": "monai", "name": "UNet"},
         "members": entries,
     }

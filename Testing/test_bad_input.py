@@ -112,7 +112,8 @@ def test_user_torchscript_model_without_dropout_refuses_mc_dropout(tmp_path):
                 "labels": {"0": "bg", "1": "fg"},
                 "preprocessing": {"spacing_mm": [2, 2, 2], "orientation": "LPS", "intensity": {"method": "none"}},
                 "patch_size": [16, 16, 16], "methods": ["softmax", "mc_dropout", "tta"],
-                "architecture": {"type": "torchscript"}, "members": [{"file": "net.pt"}]}, tmp_path)
+                "tta_flips": ["LR"], "architecture": {"type": "torchscript"},
+                "members": [{"file": "net.pt"}]}, tmp_path)
     model = load_model(tmp_path)
     check_method(model, "softmax")
     with pytest.raises(ModelError, match="no dropout"):

@@ -11,10 +11,10 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import ModelError
-from ..models.loader import LoadedModel
+from ..models.loader import LoadedModel, check_mc_dropout
 from .engine import EngineConfig, ProgressCallback, class_argmax, run_engine
 from .preprocessing import array_on_grid, to_input_space, to_model_space
-from .sampling import plan_samples, set_dropout
+from .sampling import plan_samples
 from .scores import scores_document, subject_scores
 
 MAP_MEANINGS = {
@@ -44,16 +44,13 @@ class SegmentationOutputs:
 
 
 def check_method(model: LoadedModel, method: str) -> None:
-    """Refuse a method the card does not list, or MC dropout on networks without dropout."""
+    """Refuse a method the card does not list, or MC dropout on networks without (active) dropout."""
     for part in method.split("+"):
         if part not in model.card.methods:
             raise ModelError(f"Model '{model.card.name}' does not support '{part}' "
                              f"(its card lists: {', '.join(model.card.methods)})")
     if "mc_dropout" in method:
-        for i, net in enumerate(model.networks):
-            if set_dropout(net, False) == 0:
-                raise ModelError(f"Model '{model.card.name}' member {i} has no dropout layer: "
-                                 "MC dropout is impossible; use another method")
+        check_mc_dropout(model, range(len(model.networks)) if "ensemble" in method else [0])
 
 
 def segment_image(
@@ -72,7 +69,7 @@ def segment_image(
     report = progress or (lambda *_: None)
     card = model.card
     check_method(model, method)
-    plan = plan_samples(method, len(model.networks), samples)
+    plan = plan_samples(method, len(model.networks), samples, card.flip_axes)
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
 

@@ -2,8 +2,8 @@
 
 softmax: one deterministic pass (entropy only). mc_dropout: T passes with only the dropout modules in
 train mode (normalization layers stay in eval). ensemble: one pass per member. tta: flips over the
-spatial axes (up to 8 combinations). Combinations: "ensemble+mc_dropout" (T per member) and
-"ensemble+tta" (every member with every flip).
+spatial axes the model declares (its card's tta_flips; up to 8 combinations). Combinations:
+"ensemble+mc_dropout" (T per member) and "ensemble+tta" (every member with every flip).
 """
 
 from __future__ import annotations
@@ -17,9 +17,15 @@ from ..errors import ModelError
 
 METHODS = ("softmax", "mc_dropout", "ensemble", "tta", "ensemble+mc_dropout", "ensemble+tta")
 DEFAULT_SAMPLES = {"mc_dropout": 20, "tta": 8}
-FLIPS: tuple[tuple[int, ...], ...] = tuple(
-    combo for r in range(4) for combo in itertools.combinations((0, 1, 2), r)
-)  # (), (0,), (1,), (2,), (0, 1), ... : spatial axes of a (z, y, x) window
+
+
+def flip_combinations(axes=(0, 1, 2)) -> tuple[tuple[int, ...], ...]:
+    """Every subset of ``axes`` (spatial axes of a (z, y, x) window), identity first: (), (0,), ..., (0, 1, 2)."""
+    axes = tuple(sorted(set(axes)))
+    return tuple(combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r))
+
+
+FLIPS = flip_combinations()
 
 
 @dataclass(frozen=True)
@@ -31,8 +37,12 @@ class SampleSpec:
     dropout: bool = False
 
 
-def plan_samples(method: str, n_members: int, samples: int | None = None) -> list[SampleSpec]:
-    """The list of passes for ``method``; ``samples`` is T per member (MC dropout) or flips (TTA)."""
+def plan_samples(method: str, n_members: int, samples: int | None = None,
+                 flip_axes=(0, 1, 2)) -> list[SampleSpec]:
+    """The list of passes for ``method``; ``samples`` is T per member (MC dropout) or flips (TTA).
+
+    TTA flips only ``flip_axes``, the (z, y, x) axes the model was trained to be invariant to.
+    """
     if method not in METHODS:
         raise ModelError(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}")
     parts = method.split("+")
@@ -45,10 +55,14 @@ def plan_samples(method: str, n_members: int, samples: int | None = None) -> lis
             raise ModelError("MC dropout needs at least 2 samples")
         return [SampleSpec(m, (), True) for m in members for _ in range(t)]
     if "tta" in parts:
-        t = samples or DEFAULT_SAMPLES["tta"]
-        if not 2 <= t <= len(FLIPS):
-            raise ModelError(f"Test-time augmentation uses 2 to {len(FLIPS)} flip combinations, got {t}")
-        return [SampleSpec(m, flip) for m in members for flip in FLIPS[:t]]
+        flips = flip_combinations(flip_axes)
+        if len(flips) < 2:
+            raise ModelError("Test-time augmentation needs flips the model was trained with; the model declares none")
+        t = samples or min(DEFAULT_SAMPLES["tta"], len(flips))
+        if not 2 <= t <= len(flips):
+            raise ModelError(f"Test-time augmentation uses 2 to {len(flips)} flip combinations "
+                             f"(the flips the model declares), got {t}")
+        return [SampleSpec(m, flip) for m in members for flip in flips[:t]]
     return [SampleSpec(m) for m in members]
 
 

@@ -1,9 +1,16 @@
-"""Resolve a model by name or path, verify it and build its networks (MONAI or TorchScript)."""
+"""Resolve a model by name or path, verify it, build its networks and check them against the model contract.
+
+The contract (README "Model contract"): a network takes a float32 tensor (N, 1, z, y, x) on the model grid
+(the card's orientation and spacing; x, y, z point to the orientation's letters) and returns
+(N, C, z, y, x) with C = the card's label count, as logits or, if the card says so, probabilities.
+Networks never touch the network: MONAI networks are built only from the card's allow-listed arguments.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +19,11 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .card import ModelCard, load_card
+from ..inference.sampling import set_dropout
+from .card import ModelCard, allowed_networks, load_card
 from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, user_model_dir  # noqa: F401 (re-exported)
+
+PROBE_SEED = 1234
 
 
 def resolve_card(name_or_path: str | os.PathLike) -> ModelCard:
@@ -30,44 +40,131 @@ def resolve_card(name_or_path: str | os.PathLike) -> ModelCard:
 
 @dataclass
 class LoadedModel:
-    """A verified card and its networks, in eval mode on the CPU."""
+    """A verified card and its networks, in eval mode on the CPU; every network returns logits."""
 
     card: ModelCard
     networks: list[nn.Module]
 
 
+class ProbabilitiesAsLogits(nn.Module):
+    """Wraps a network that ends in softmax: returns log(p), so the engine's softmax gives p back, not softmax(p)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.network(x).float().clamp_min(1e-12))
+
+
 def build_network(architecture: dict) -> nn.Module:
-    """Instantiate a MONAI network from ``{"type": "monai", "name": ..., "kwargs": {...}}``."""
+    """Instantiate an allow-listed MONAI segmentation network from ``{"type": "monai", "name", "kwargs"}``."""
     name = architecture.get("name", "")
-    cls = getattr(monai_nets, name, None)
-    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
-        raise ModelError(f"Unknown MONAI network '{name}' in the model card")
+    allowed = allowed_networks()
+    if name not in allowed:
+        raise ModelError(f"MONAI network '{name}' is not allowed; expected one of {', '.join(allowed)}")
+    kwargs = architecture.get("kwargs", {})
+    extra = sorted(set(kwargs) - set(allowed[name]))
+    if extra:
+        raise ModelError(f"MONAI {name} argument(s) {', '.join(extra)} not allowed; "
+                         f"expected only {', '.join(allowed[name])}")
     try:
-        return cls(**architecture.get("kwargs", {}))
-    except TypeError as exc:
-        raise ModelError(f"Cannot build MONAI {name} from the card's kwargs: {exc}") from exc
+        return getattr(monai_nets, name)(**kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, IndexError) as exc:
+        raise ModelError(f"Cannot build MONAI {name} from the card's kwargs: {str(exc).splitlines()[0]}") from exc
+
+
+def _load_member(card: ModelCard, path: Path) -> nn.Module:
+    if card.architecture["type"] == "torchscript":
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13 but still what users have
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # torch.jit.load raises RuntimeError, ValueError, zip and pickle errors
+            raise ModelError(f"Cannot load TorchScript file {path.name}: {str(exc).splitlines()[0]}") from exc
+    net = build_network(card.architecture)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as exc:  # torch.load raises many types (pickle, zip, shape mismatch)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"Cannot load weights {path.name} into {card.architecture['name']}: {first}") from exc
+    return net
+
+
+def _probe_input(card: ModelCard) -> torch.Tensor:
+    """A fixed random (1, 1, z, y, x) window in [0, 1], drawn without touching torch's global RNG."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    return torch.rand((1, 1, *reversed(card.patch_size)), generator=generator)
+
+
+def _looks_like_probabilities(out: torch.Tensor) -> bool:
+    return bool(out.min() >= 0 and out.max() <= 1 and torch.allclose(out.sum(1), torch.ones(()), atol=1e-3))
+
+
+@torch.no_grad()
+def check_outputs(card: ModelCard, networks: list[nn.Module]) -> None:
+    """Run each network once on a patch-sized window: (1, C, z, y, x) out, finite, logits vs probabilities
+    as the card says. Raises ModelError naming the member and what the contract expects."""
+    x = _probe_input(card)
+    expected = (1, card.n_classes, *x.shape[2:])
+    for i, net in enumerate(networks):
+        raw = net.network if isinstance(net, ProbabilitiesAsLogits) else net
+        where = f"Model '{card.name}' member {i}"
+        set_dropout(raw, False)
+        try:
+            out = raw(x)
+        except Exception as exc:  # a user's network can raise anything on the wrong input
+            raise ModelError(f"{where} fails on a (1, 1, {', '.join(map(str, x.shape[2:]))}) float32 window "
+                             f"(one channel, z y x): {str(exc).strip().splitlines()[0][:200]}") from exc
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"{where} returns {shape}; expected {expected} (one channel per label in the card)")
+        out = out.float()
+        if not torch.isfinite(out).all():
+            raise ModelError(f"{where} returns NaN or infinite values on a test window")
+        probabilities = _looks_like_probabilities(out)
+        if card.output == "logits" and probabilities:
+            raise ModelError(f"{where} returns values that sum to 1 over the classes (it ends in softmax) but the "
+                             "card says 'output': 'logits'; set \"output\": \"probabilities\" (no second softmax)")
+        if card.output == "probabilities" and not probabilities:
+            raise ModelError(f"{where}: the card says 'output': 'probabilities' but the values are not in [0, 1] "
+                             "or do not sum to 1 over the classes; set \"output\": \"logits\"")
+
+
+@torch.no_grad()
+def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
+    """Refuse MC dropout unless each listed member has dropout layers that change its output.
+
+    Two dropout-on passes on the same window must differ; identical samples mean the dropout is inactive
+    (p = 0, or a traced TorchScript that recorded eval mode) and MC dropout would report zero uncertainty.
+    """
+    x = _probe_input(model.card)
+    for i in members:
+        net = model.networks[i]
+        if set_dropout(net, True) == 0:
+            set_dropout(net, False)
+            raise ModelError(f"Model '{model.card.name}' member {i} has no dropout layer: "
+                             "MC dropout is impossible; use another method")
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(PROBE_SEED)
+                first, second = net(x), net(x)
+        finally:
+            set_dropout(net, False)
+        if torch.equal(first, second):
+            raise ModelError(f"Model '{model.card.name}' member {i}: its dropout is inactive (two MC-dropout "
+                             "samples were identical: dropout p = 0, or a traced TorchScript that recorded "
+                             "eval mode), so MC dropout would report no uncertainty; use ensemble or tta")
 
 
 def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
-    """Resolve, verify checksums and load every member network; raise ModelError on any problem."""
+    """Resolve, verify checksums, load every member and check its outputs; raise ModelError on any problem."""
     card = resolve_card(name_or_path)
     card.verify()
     networks = []
     for member in card.members:
-        if card.architecture["type"] == "torchscript":
-            try:
-                with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13 but still what users have
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    net = torch.jit.load(str(member.path), map_location="cpu")
-            except (RuntimeError, ValueError) as exc:
-                raise ModelError(f"Cannot load TorchScript file {member.path}: {exc}") from exc
-        else:
-            net = build_network(card.architecture)
-            try:
-                state = torch.load(member.path, map_location="cpu", weights_only=True)
-                net.load_state_dict(state)
-            except Exception as exc:  # torch.load raises many types (pickle, zip, shape mismatch)
-                raise ModelError(f"Cannot load weights {member.path} into {card.architecture['name']}: "
-                                 f"{str(exc).splitlines()[0]}") from exc
-        networks.append(net.eval())
+        net = _load_member(card, member.path).eval()
+        networks.append(ProbabilitiesAsLogits(net).eval() if card.output == "probabilities" else net)
+    check_outputs(card, networks)
     return LoadedModel(card, networks)

@@ -120,6 +120,8 @@ def main() -> None:
         "preprocessing": {"spacing_mm": list(SPACING), "orientation": "RAS", "intensity": INTENSITY},
         "patch_size": list(PATCH),
         "methods": ["softmax", "mc_dropout", "ensemble", "tta"],
+        "tta_flips": ["LR"],  # RandFlipd(spatial_axis=2): the x axis of the RAS grid, left-right only
+        "output": "logits",
         "architecture": ARCH,
         "members": members,
         "training_data": f"{', '.join(args.subjects)} T1 heads with brain masks (MNI152 2009a template and mask "
