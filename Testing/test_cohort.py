@@ -55,7 +55,7 @@ def test_diversity_term_equals_the_subject_score_definition():
     samples = [rng.random((6, 7)) < 0.5 for _ in range(5)]
     flat = np.stack([s.ravel() for s in samples]).astype(np.int64)
     expected = float((1 - pairwise_iou(flat @ flat.T)).mean())
-    assert generalized_energy_distance(samples, samples[:1])["sample_diversity"] == pytest.approx(expected)
+    assert generalized_energy_distance(samples, samples[:1])["ged_sample_diversity"] == pytest.approx(expected)
 
 
 def test_exact_permutation_p_value_for_three_cases_is_one_third():
@@ -126,3 +126,13 @@ def test_ood_detection_auroc_interval_and_p_value():
     low, high = out["auroc_ci95"]
     assert low <= out["auroc"] <= high <= 1
     assert math.isnan(ood_detection(ood, np.array([]))["auroc"])
+
+
+def test_ood_detection_with_a_single_ood_case_enumerates_its_placements():
+    """One OOD case: scipy's permutation_test needs two per group, so the n + 1 placements are enumerated;
+    the most uncertain of 4 cases being the OOD one has P = 1/4 by chance, two-sided p = 1/2."""
+    from SegUncertaintyLib.evaluation.cohort_stats import ood_detection
+
+    out = ood_detection(np.array([0.9]), np.array([0.1, 0.2, 0.3]))
+    assert out["auroc"] == 1.0 and out["auroc_p"] == pytest.approx(0.5)
+    assert math.isnan(out["auroc_ci95"][0])

@@ -119,11 +119,23 @@ def ood_detection(ood_scores: np.ndarray, in_scores: np.ndarray) -> dict:
     if not a.size or not b.size:
         return out | {"auroc": math.nan, "auroc_p": math.nan, "auroc_ci95": [math.nan, math.nan]}
     value = float(auroc(a, b))
-    test = stats.permutation_test((a, b), lambda x, y, axis=-1: auroc(x, y, axis) - 0.5, vectorized=True,
-                                  permutation_type="independent", n_resamples=N_RESAMPLES,
-                                  alternative="two-sided", random_state=SEED)
-    return out | {"auroc": value, "auroc_p": float(test.pvalue),
+    return out | {"auroc": value, "auroc_p": _auroc_permutation_p(a, b, value),
                   "auroc_ci95": bootstrap_interval((a, b), auroc, paired=False)}
+
+
+def _auroc_permutation_p(a: np.ndarray, b: np.ndarray, value: float) -> float:
+    """Two-sided permutation p of an AUROC (scipy's convention 2 min(P(>=), P(<=)), capped at 1). scipy needs
+    two cases per group; with a single case in a group, its n + 1 placements are enumerated here."""
+    if min(a.size, b.size) >= 2:
+        return float(stats.permutation_test((a, b), lambda x, y, axis=-1: auroc(x, y, axis), vectorized=True,
+                                            permutation_type="independent", n_resamples=N_RESAMPLES,
+                                            alternative="two-sided", random_state=SEED).pvalue)
+    values = np.concatenate([a, b])
+    single = a.size == 1
+    null = np.array([auroc(values[i:i + 1], np.delete(values, i)) if single
+                     else auroc(np.delete(values, i), values[i:i + 1]) for i in range(values.size)])
+    eps = 1e-12 * max(1.0, abs(value))  # scipy's tolerance for ties with the observed statistic
+    return float(min(1.0, 2 * min(np.mean(null >= value - eps), np.mean(null <= value + eps))))
 
 
 def generalized_energy_distance(samples: list[np.ndarray], annotations: list[np.ndarray]) -> dict[str, float]:
@@ -140,6 +152,6 @@ def generalized_energy_distance(samples: list[np.ndarray], annotations: list[np.
     cross = float(distance[:n, n:].mean())
     diversity = sample_diversity(inter[:n, :n])  # the same definition as the subject score
     disagreement = float(distance[n:, n:].mean())
-    return {"ged2": 2 * cross - diversity - disagreement, "cross": cross, "sample_diversity": diversity,
+    return {"ged2": 2 * cross - diversity - disagreement, "cross": cross, "ged_sample_diversity": diversity,
             "annotator_disagreement": disagreement}
 
