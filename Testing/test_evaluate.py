@@ -260,3 +260,19 @@ def test_missing_references_for_every_case_is_one_clear_error(tmp_path, evaluate
     code = cli.main(["evaluate", str(evaluated.parent / "preds" / "mc_dropout"), "--references", str(empty),
                      "--out", str(tmp_path / "o")])
     assert code != 0 and not (tmp_path / "o" / "report.md").exists()
+
+
+def test_curves_stay_distinct_beyond_ten_and_scatter_points_carry_case_names(evaluated, monkeypatch):
+    """Matplotlib's 10-colour cycle repeats: beyond 10 curves the line style changes too. The score
+    scatter names each point by its case (read back from the figure before it is closed)."""
+    from SegUncertaintyLib.evaluation import report
+
+    styles = [report._style(i, 40) for i in range(40)]
+    assert len({(s["color"], s["linestyle"]) for s in styles}) == 40
+    assert {report._style(i, 10)["linestyle"] for i in range(10)} == {"-"}
+    summaries = {"mc_dropout": json.loads((evaluated / "summary.json").read_text())["mc_dropout"]}
+    figures = []
+    monkeypatch.setattr(report.plt, "close", figures.append)
+    report._scores_figure(summaries, "sphere", evaluated.parent)
+    texts = {t.get_text() for ax in figures[0].axes for t in ax.texts}
+    assert texts == {"case0", "case1", "case2", "case3"}  # in-distribution cases only, no OOD point

@@ -44,7 +44,9 @@ from .referral import (
 
 REFERRAL_MAPS = ("entropy", "mutual_information", "variance")
 FRACTIONS = np.linspace(0, 0.2, 41)  # referral curve: 0-20 % of voxels, in 0.5 % steps
-JUNGO, SANDER, MEHRTASH, CZOLBE = (PAPERS[k] for k in ("jungo2019", "sander2019", "mehrtash2020", "czolbe2021"))
+# short citations; the full titles are in PAPERS (summary "papers", the report's Papers section)
+JUNGO, SANDER = "Jungo and Reyes 2019", "Sander et al. 2019"
+MEHRTASH, CZOLBE = "Mehrtash et al. 2020", "Czolbe et al. 2021"
 CONVENTIONS = {
     "ece_bins": f"foreground-probability ECE (columns ece_volume, ece_box, ece_mask; {JUNGO}, their public code): "
                 "10 bins, edges linspace(0, 1 + 1e-8, 11), [a, b), empty bins dropped; binary NLL and Brier",
