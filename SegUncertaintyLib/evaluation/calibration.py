@@ -83,14 +83,13 @@ class BinStats:
         correct = (predicted == y).astype(np.float64)
         index = np.clip(np.digitize(confidence, TOP_LABEL_EDGES, right=True) - 1, 0, N_BINS - 1)
         p_true = np.take_along_axis(p, y[None], 0)[0]
-        onehot = np.zeros_like(p)
-        np.put_along_axis(onehot, y[None], 1.0, 0)
+        brier = ((p * p).sum(0) - 2.0 * p_true + 1.0) / p.shape[0]  # sum_k (p_k - y_k)^2 / K without a one-hot
         return cls(
             count=np.bincount(index, minlength=N_BINS).astype(np.float64),
             sum_p=np.bincount(index, weights=confidence, minlength=N_BINS),
             sum_y=np.bincount(index, weights=correct, minlength=N_BINS),
             sum_nll=float(-np.log(np.clip(p_true, EPS, 1.0)).sum()),
-            sum_brier=float(((p - onehot) ** 2).mean(0).sum()),
+            sum_brier=float(brier.sum()),
         )
 
     def __add__(self, other: BinStats) -> BinStats:
