@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from .errors import CancelledError, SegUncertaintyError
 from .inference.sampling import METHODS
+from .inference.scores import SUBJECT_SCORES
 from .io.images import check_writable_dir, image_suffix, read_image
 from .io.outputs import FORMATS
 from .models.loader import DEFAULT_MODEL, load_model
@@ -122,7 +123,7 @@ def _print_summary(outputs, manifest: Path) -> None:
           file=sys.stderr)
     for name, scores in outputs.scores["classes"].items():
         parts = [f"volume {scores['volume_ml']:.1f} mL"]
-        for key in ("cv", "dpw", "ulabelled", "segment_entropy", "diversity"):
+        for key in SUBJECT_SCORES:
             if scores[key] is not None:
                 parts.append(f"{key} {scores[key]:.4f}")
         print(f"  {name}: " + ", ".join(parts), file=sys.stderr)
@@ -143,8 +144,7 @@ def parse_labels(text: str) -> dict[int, str]:
 
 
 def cmd_evaluate(args) -> int:
-    from .errors import InputImageError
-    from .evaluation.evaluate import add_calibration_split, evaluate_case, find_reference, summarize
+    from .evaluation.evaluate import add_calibration_split, evaluate_folder, summarize
     from .evaluation.report import write_report
 
     references = Path(args.references)
@@ -153,14 +153,11 @@ def cmd_evaluate(args) -> int:
     check_writable_dir(args.out)
     summaries, rows = {}, []
     for folder in map(Path, args.predictions):
-        cases = sorted({p.parent for pattern in ("*/manifest.json", "*/segmentation.*") for p in folder.glob(pattern)})
-        if not cases:
-            raise InputImageError(f"No case folders (with manifest.json or segmentation.<ext>) in {folder}")
-        results = []
-        for case_dir in cases:
-            mask = find_reference(Path(args.masks), case_dir.name) if args.masks else None
-            results += evaluate_case(case_dir, find_reference(references, case_dir.name), labels, mask)
-        summaries[folder.name] = summarize(results, ood)
+        masks = Path(args.masks) if args.masks else None
+        results, ood_scores, notes = evaluate_folder(folder, references, labels, masks, ood)
+        for note in notes:
+            logging.warning(note)
+        summaries[folder.name] = summarize(results, ood_scores, notes)
         rows += [{"method": folder.name, **r.row} for r in results]
     add_calibration_split(summaries, rows)
     report = write_report(summaries, rows, args.out)

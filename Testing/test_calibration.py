@@ -130,3 +130,58 @@ def test_matches_torchmetrics_binary_calibration_error_away_from_bin_edges():
                                                               n_bins=10, norm="l1"))
     assert BinStats.from_arrays(between, truth).ece() == pytest.approx(abs(0.5 - (0.3 + 0.25) / 2))
     assert edge_theirs == pytest.approx(0.5 * (0.3 + 1e-10) + 0.5 * 0.75)
+
+
+def multiclass_case(seed: int, n: int = 5000, k: int = 3):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(k) * 0.5, size=n)  # (N, K)
+    y = np.array([rng.choice(k, p=row) for row in p])  # calibrated by construction
+    return p, y
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_top_label_ece_follows_mehrtash_eq5_by_hand_and_torchmetrics(k):
+    """Eq. 5 computed by hand with numpy (bins ((m-1)/M, m/M], top-label confidence, accuracy of the
+    predicted label) and torchmetrics' multiclass_calibration_error (top label, right-closed bins)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    p, y = multiclass_case(k, k=k)
+    p[:7] = np.eye(k)[0] * 0.4 + 0.6 / k  # some confidences land exactly on bin edges
+    p[7:9] = np.eye(k)[1]  # confidence 1: the last bin (0.9, 1]
+    stats = BinStats.top_label(p.T, y)
+    conf, pred = p.max(1), p.argmax(1)
+    ece = 0.0
+    for m in range(1, 11):
+        inside = (conf > (m - 1) / 10) & (conf <= m / 10)
+        if inside.any():
+            ece += inside.sum() / len(y) * abs((pred[inside] == y[inside]).mean() - conf[inside].mean())
+    assert stats.ece() == pytest.approx(ece, abs=1e-12)
+    # torchmetrics works in float32, which moves values that sit exactly on an edge: compare away from edges
+    rest = BinStats.top_label(p[9:].T, y[9:])
+    reference = multiclass_calibration_error(torch.tensor(p[9:]), torch.tensor(y[9:]), num_classes=k, n_bins=10,
+                                             norm="l1")
+    assert rest.ece() == pytest.approx(float(reference), abs=1e-6)
+
+
+def test_top_label_nll_and_brier_follow_mehrtash_eqs_3_and_4():
+    """NLL against scikit-learn's multi-class log_loss (natural log); Brier eq. 4 (mean over classes too)
+    by hand; pooled cases equal one big case."""
+    p, y = multiclass_case(5, k=4)
+    stats = BinStats.top_label(p.T, y)
+    assert stats.nll() == pytest.approx(log_loss(y, p, labels=range(4)), rel=1e-6)
+    assert stats.brier() == pytest.approx(np.mean(np.mean((p - np.eye(4)[y]) ** 2, axis=1)))
+    halves = BinStats.top_label(p[:2000].T, y[:2000]) + BinStats.top_label(p[2000:].T, y[2000:])
+    assert halves.ece() == pytest.approx(stats.ece()) and halves.nll() == pytest.approx(stats.nll())
+
+
+def test_two_class_top_label_differs_from_foreground_convention():
+    """For two classes the top-label confidence is max(p, 1 - p): a voxel with p = 0.2 and label 0 is 80 %
+    confident and correct, whereas the foreground convention bins it at 0.2 with accuracy 0."""
+    p = np.array([0.2, 0.2, 0.9, 0.9])
+    y = np.array([0, 0, 1, 0])
+    top = BinStats.top_label(np.stack([1 - p, p]), y)
+    assert list(top.reliability()["count"]) == [2, 2]  # bins (0.7, 0.8] and (0.8, 0.9]
+    assert top.ece() == pytest.approx(0.5 * abs(1 - 0.8) + 0.5 * abs(0.5 - 0.9))
+    assert BinStats.from_arrays(p, y).ece() == pytest.approx(0.5 * 0.2 + 0.5 * abs(0.5 - 0.9))
+    with pytest.raises(ValueError):
+        BinStats.top_label(np.stack([1 - p, p]), np.array([0, 2, 1, 0]))

@@ -60,7 +60,7 @@ def test_segment_phantom_writes_every_output_named_in_the_manifest(phantom_file,
     scores = load_json(out / "scores.json")["classes"]["sphere"]
     assert 0 < scores["cv"] < 0.2 and 0.5 < scores["dpw"] < 1
     low, high = scores["volume_ml_interval95"]
-    assert low <= scores["volume_ml_samples_mean"] <= high
+    assert low <= scores["volume_ml"] <= high
     assert "Wrote" in proc.stderr
 
 

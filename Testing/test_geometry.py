@@ -63,7 +63,11 @@ def test_segmentation_on_input_grid_has_the_analytic_volume_and_centre(direction
     labels = sitk.GetArrayFromImage(out.segmentation)
     volume_mm3 = labels.sum() * math.prod(image.GetSpacing())
     assert volume_mm3 == pytest.approx(4 / 3 * math.pi * radius**3, rel=0.05)
-    assert out.scores["classes"]["sphere"]["volume_ml"] == pytest.approx(volume_mm3 / 1000)
+    scores = out.scores["classes"]["sphere"]
+    assert scores["segmentation_volume_ml"] == pytest.approx(volume_mm3 / 1000)
+    # softmax: one sample, so the model-grid estimate is its own interval, near the analytic volume
+    assert scores["volume_ml_interval95"] == [scores["volume_ml"]] * 2
+    assert scores["volume_ml"] == pytest.approx(4 / 3 * math.pi * radius**3 / 1000, rel=0.05)
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(out.segmentation)
     centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])

@@ -27,9 +27,10 @@ def test_entropy_extremes_and_scipy():
     assert np.allclose(normalized_entropy(torch.tensor(p)).numpy(), expected)
 
 
-def test_binary_entropy_in_bits():
+def test_binary_entropy_in_nats():
+    """Mehrtash et al. 2020 eq. 7 uses the natural logarithm: ln 2 at p = 0.5."""
     p = torch.tensor([0.0, 0.5, 1.0, 0.1])
-    expected = [0.0, 1.0, 0.0, scipy_entropy([0.1, 0.9], base=2)]
+    expected = [0.0, math.log(2.0), 0.0, scipy_entropy([0.1, 0.9])]
     assert np.allclose(binary_entropy(p).numpy(), expected)
 
 

@@ -78,3 +78,22 @@ def test_referral_curve_matches_correcting_voxels_one_fraction_at_a_time():
     # errors carry more uncertainty, so this curve beats random referral
     random_u = np.random.default_rng(9).random(u.size)
     assert curve["auc"] > referral_curve(random_u, pred, ref, fractions)["auc"]
+
+
+def test_threshold_referral_matches_correcting_each_threshold_by_hand():
+    """Sander et al. 2019's curve: for each tau, correct u > tau to the reference and recompute Dice."""
+    from SegUncertaintyLib.evaluation.referral import dice, threshold_referral
+
+    rng = np.random.default_rng(7)
+    ref = rng.random((9, 10, 11)) < 0.3
+    pred = ref ^ (rng.random(ref.shape) < 0.15)
+    u = np.where(pred != ref, rng.uniform(0.2, 1, ref.shape), rng.uniform(0, 0.6, ref.shape)).round(2)  # ties
+    thresholds = np.array([0.0, 0.1, 0.2, 0.3, 0.5, 0.59, 0.6, 0.9, 1.0])
+    out = threshold_referral(u, pred, ref, thresholds)
+    for i, tau in enumerate(thresholds):
+        flagged = u > tau
+        corrected = np.where(flagged, ref, pred)
+        assert out["dice"][i] == pytest.approx(dice(corrected, ref))
+        assert out["fraction"][i] == pytest.approx(flagged.mean())
+    assert out["dice"][-1] == pytest.approx(dice(pred, ref))  # nothing above 1
+    assert np.all(np.diff(out["dice"]) <= 1e-12)  # a higher threshold refers fewer voxels

@@ -6,7 +6,15 @@ import torch
 from sklearn.metrics import jaccard_score
 
 from SegUncertaintyLib.inference.engine import pack_bits
-from SegUncertaintyLib.inference.scores import sample_overlaps, subject_scores, volume_scores
+from SegUncertaintyLib.inference.maps import normalized_entropy
+from SegUncertaintyLib.inference.scores import (
+    DEFINITIONS,
+    SUBJECT_SCORES,
+    sample_overlaps,
+    scores_document,
+    subject_scores,
+    volume_scores,
+)
 
 
 def random_samples(t=11, shape=(6, 7, 8), seed=0):
@@ -43,6 +51,23 @@ def test_overlaps_cv_dpw_and_diversity_match_direct_computation():
     assert scores["diversity"] == pytest.approx(np.mean(d))
     lo, hi = scores["volume_ml_interval95"]
     assert lo == pytest.approx(np.percentile(volumes, 2.5)) and hi == pytest.approx(np.percentile(volumes, 97.5))
+    assert scores["volume_ml"] == pytest.approx(np.median(volumes))
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 5, 8, 20, 30])
+def test_volume_estimate_lies_inside_its_interval_in_every_random_run(t):
+    """Estimate and interval come from the same sample volumes and rule (median, 2.5/97.5 percentiles):
+    over many random runs, skewed ones included, the estimate never leaves its interval; with one sample
+    (softmax) the interval is the estimate itself."""
+    rng = np.random.default_rng(t)
+    for _ in range(40):
+        sizes = rng.integers(0, 5000, t) if rng.random() < 0.5 else rng.poisson(3, t) ** 3  # skewed runs too
+        inter = np.diag(sizes)  # only the diagonal (volumes) matters here
+        scores = volume_scores(inter, float(rng.uniform(0.001, 0.03)))
+        lo, hi = scores["volume_ml_interval95"]
+        assert lo <= scores["volume_ml"] <= hi
+        if t == 1:
+            assert lo == hi == scores["volume_ml"]
 
 
 def test_identical_samples_score_as_certain():
@@ -60,20 +85,47 @@ def test_empty_samples_and_single_sample_are_documented_values():
     assert single["cv"] is None and single["dpw"] is None and single["diversity"] is None
 
 
-def test_subject_scores_inside_the_predicted_segment():
-    masks = random_samples(t=8)
-    bits = torch.from_numpy(np.packbits(masks, axis=0, bitorder="little"))[None]
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_subject_scores_follow_the_papers_formulas(n_classes):
+    """ulabelled = mean over the segment of (1/T) sum_t -sum_c p_tc ln p_tc (Hoebel et al. 2019), computed
+    here with scipy from the per-sample softmaxes; segment_entropy = eq. 7 of Mehrtash et al. 2020 in nats
+    by hand. The scores get the engine's normalized expected-entropy map, as the pipeline passes it."""
+    from scipy.stats import entropy as scipy_entropy
+
+    t, shape = 8, (6, 7, 8)
+    masks = random_samples(t=t)
+    bits = torch.from_numpy(np.packbits(masks, axis=0, bitorder="little"))[None].repeat(n_classes - 1, 1, 1, 1, 1)
     rng = np.random.default_rng(3)
-    p1 = torch.tensor(rng.random(masks.shape[1:]), dtype=torch.float32)
-    mean_p = torch.stack([1 - p1, p1])
-    entropy_map = torch.tensor(rng.random(masks.shape[1:]), dtype=torch.float32)
-    prediction = (p1 > 0.5).to(torch.uint8)
-    out = subject_scores(bits, mean_p, entropy_map, prediction, 0.5, 8, {0: "bg", 1: "fg"})["fg"]
-    inside = prediction.numpy() == 1
-    assert out["ulabelled"] == pytest.approx(entropy_map.numpy()[inside].mean(), rel=1e-6)
-    q = p1.numpy()[inside]
-    assert out["segment_entropy"] == pytest.approx(np.mean(-q * np.log2(q) - (1 - q) * np.log2(1 - q)), rel=1e-5)
-    assert out["volume_ml"] == pytest.approx(inside.sum() * 0.5)
+    samples = rng.dirichlet(np.ones(n_classes) * 0.7, size=(t, *shape))  # (T, *S, C)
+    samples_t = torch.tensor(np.moveaxis(samples, -1, 1), dtype=torch.float64)  # (T, C, *S)
+    mean_p = samples_t.mean(0)
+    expected_entropy = normalized_entropy(samples_t, 1).mean(0)  # the engine's map: E_t[H(p_t)] / ln C
+    prediction = mean_p.argmax(0)
+    labels = {k: f"c{k}" for k in range(n_classes)}
+    result = subject_scores(bits, mean_p, expected_entropy, prediction, 0.5, t, labels)
+    per_voxel = scipy_entropy(samples, axis=-1).mean(0)  # nats, mean over samples of each sample's entropy
+    for k in range(1, n_classes):
+        out = result[f"c{k}"]
+        inside = prediction.numpy() == k
+        assert out["ulabelled"] == pytest.approx(per_voxel[inside].mean(), rel=1e-9)
+        predictive = scipy_entropy(mean_p.numpy(), axis=0)[inside].mean()  # H(E_t p): not the paper's measure
+        assert out["ulabelled"] < predictive  # Jensen: expected entropy <= entropy of the mean
+        q = mean_p.numpy()[k][inside]
+        assert out["segment_entropy"] == pytest.approx(np.mean(-q * np.log(q) - (1 - q) * np.log(1 - q)), rel=1e-9)
+        assert out["segmentation_volume_ml"] == pytest.approx(inside.sum() * 0.5)
+        assert list(out) == list(DEFINITIONS)
+
+
+def test_one_list_of_score_names_and_every_convention_named():
+    """The scalar scores are a subset of the defined keys, and scores.json names its conventions and cites
+    the papers by title and year (never by a file name)."""
+    import json
+
+    assert set(SUBJECT_SCORES) <= set(DEFINITIONS)
+    document = scores_document({"fg": {}}, "mc_dropout", 8)
+    assert {"entropy_unit", "ulabelled", "volume", "grid"} <= set(document["conventions"])
+    text = json.dumps(document)
+    assert "2019" in text and "2020" in text and "2021" in text and "seeds" not in text and ".txt" not in text
 
 
 def test_readings_against_model_card_bounds():

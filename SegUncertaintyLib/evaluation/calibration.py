@@ -1,10 +1,17 @@
-"""Calibration of a foreground probability map: ECE, MCE, NLL, Brier and reliability data (papers 001, 003, 004).
+"""Calibration: ECE, MCE, NLL, Brier and reliability data, in two named conventions.
 
-Binning follows paper 001's public code: 10 bins with edges ``linspace(0, 1 + 1e-8, 11)``, each bin
-``[a, b)`` (so p = 1 falls in the last bin), empty bins dropped, bin weight = count / N. Per bin,
-*confidence* is the mean foreground probability and *accuracy* the fraction of foreground voxels.
-Statistics are sums per bin, so cases are accumulated one at a time and pooled by adding
-(:meth:`BinStats.__add__`), never by holding every voxel of every case.
+- Foreground probability (Jungo and Reyes, MICCAI 2019, their public code; :meth:`BinStats.from_arrays`):
+  10 bins with edges ``linspace(0, 1 + 1e-8, 11)``, each bin ``[a, b)`` (so p = 1 falls in the last bin);
+  per bin, *confidence* is the mean foreground probability and *accuracy* the fraction of foreground
+  voxels; binary NLL and Brier of the foreground probability.
+- Top label (Mehrtash et al., IEEE TMI 2020, eqs. 3-5; :meth:`BinStats.top_label`): confidence = the
+  probability of the predicted (argmax) class, accuracy = 1 when the predicted class is the reference
+  class; M = 10 bins ((m-1)/M, m/M]; multi-class NLL -mean ln p(reference class) (eq. 3) and Brier
+  mean over voxels of (1/K) sum_k (p_k - y_k)^2 (eq. 4).
+
+In both, empty bins are dropped and a bin weighs count / N. Statistics are sums per bin, so cases are
+accumulated one at a time and pooled by adding (:meth:`BinStats.__add__`), never by holding every voxel
+of every case.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import numpy as np
 
 N_BINS = 10
 EDGES = np.linspace(0.0, 1.0 + 1e-8, N_BINS + 1)
+TOP_LABEL_EDGES = np.linspace(0.0, 1.0, N_BINS + 1)
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] for the NLL
 
 
@@ -54,6 +62,36 @@ class BinStats:
             sum_brier=float(((p - y) ** 2).sum()),
         )
 
+    @classmethod
+    def top_label(cls, probabilities: np.ndarray, label: np.ndarray, mask: np.ndarray | None = None) -> BinStats:
+        """Mehrtash et al. 2020's top-label statistics: ``probabilities`` (K, ...) per class (summing to 1),
+        ``label`` (...) the reference class index 0..K-1; bins ((m-1)/M, m/M]."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        y = np.asarray(label).astype(np.int64)
+        if p.shape[1:] != y.shape:
+            raise ValueError(f"probabilities {p.shape} and label {y.shape} differ in shape")
+        if mask is not None:
+            keep = np.asarray(mask, dtype=bool)
+            p, y = p[:, keep], y[keep]
+        p, y = p.reshape(p.shape[0], -1), y.ravel()
+        if y.size and (not np.isfinite(p).all() or p.min() < 0 or p.max() > 1):
+            raise ValueError("probabilities must be finite and within [0, 1]")
+        if y.size and (y.min() < 0 or y.max() >= p.shape[0]):
+            raise ValueError(f"reference labels must lie in 0..{p.shape[0] - 1}")
+        predicted = p.argmax(0)
+        confidence = p.max(0)
+        correct = (predicted == y).astype(np.float64)
+        index = np.clip(np.digitize(confidence, TOP_LABEL_EDGES, right=True) - 1, 0, N_BINS - 1)
+        p_true = np.take_along_axis(p, y[None], 0)[0]
+        brier = ((p * p).sum(0) - 2.0 * p_true + 1.0) / p.shape[0]  # sum_k (p_k - y_k)^2 / K without a one-hot
+        return cls(
+            count=np.bincount(index, minlength=N_BINS).astype(np.float64),
+            sum_p=np.bincount(index, weights=confidence, minlength=N_BINS),
+            sum_y=np.bincount(index, weights=correct, minlength=N_BINS),
+            sum_nll=float(-np.log(np.clip(p_true, EPS, 1.0)).sum()),
+            sum_brier=float(brier.sum()),
+        )
+
     def __add__(self, other: BinStats) -> BinStats:
         return BinStats(self.count + other.count, self.sum_p + other.sum_p, self.sum_y + other.sum_y,
                         self.sum_nll + other.sum_nll, self.sum_brier + other.sum_brier)
@@ -86,11 +124,11 @@ class BinStats:
         return float(np.abs(r["accuracy"] - r["confidence"]).max()) if self.n else np.nan
 
     def nll(self) -> float:
-        """Mean binary negative log-likelihood (nats), probabilities clipped to [1e-7, 1 - 1e-7]."""
+        """Mean negative log-likelihood (nats) of the reference label, probabilities clipped at 1e-7."""
         return self.sum_nll / self.n if self.n else np.nan
 
     def brier(self) -> float:
-        """Mean squared difference between probability and label."""
+        """Mean squared difference between probability and label (top label: averaged over the K classes)."""
         return self.sum_brier / self.n if self.n else np.nan
 
     def summary(self) -> dict[str, float]:

@@ -4,6 +4,10 @@ A prediction folder holds one sub-folder per case with the segment command's ``m
 reference for case ``NAME`` is ``REFS/NAME.<ext>`` (a labelmap with the model's label values).
 Everything is computed per case and per foreground class, and the dataset summary is built from the
 per-case results and summed calibration bins, so memory stays that of one case.
+
+Out-of-distribution cases (``--ood``) need no reference: only their subject scores are read, and they
+are reported on their own (AUROC per score); they never enter calibration, threshold selection,
+correlations or the figures. An in-distribution case without a reference is skipped with a note.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError
+from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
 from ..io.images import IMAGE_SUFFIXES, image_suffix
 from .calibration import BinStats, calibration_split
-from .cohort_stats import generalized_energy_distance, ood_auroc, score_quality_correlation
+from .cohort_stats import STATISTICS, generalized_energy_distance, ood_detection, score_quality_correlation
 from .quality import (
     CONFUSION_EDGES,
     EMPTY_RULES,
@@ -28,28 +33,55 @@ from .quality import (
     dilated_foreground_box,
     uncertainty_by_confusion,
 )
-from .referral import THRESHOLDS, correction_benefit_curve, referral_curve, ue_dice_curve
+from .referral import (
+    REFERRAL_THRESHOLDS,
+    THRESHOLDS,
+    correction_benefit_curve,
+    referral_curve,
+    threshold_referral,
+    ue_dice_curve,
+)
 
 REFERRAL_MAPS = ("entropy", "mutual_information", "variance")
-SUBJECT_SCORES = ("cv", "dpw", "ulabelled", "segment_entropy", "diversity")
 FRACTIONS = np.linspace(0, 0.2, 41)  # referral curve: 0-20 % of voxels, in 0.5 % steps
+# short citations; the full titles are in PAPERS (summary "papers", the report's Papers section)
+JUNGO, SANDER = "Jungo and Reyes 2019", "Sander et al. 2019"
+MEHRTASH, CZOLBE = "Mehrtash et al. 2020", "Czolbe et al. 2021"
 CONVENTIONS = {
-    "ece_bins": "10 bins, edges linspace(0, 1 + 1e-8, 11), [a, b), empty bins dropped (paper 001's code)",
-    "ue_threshold": "U = u > tau (strict) on the normalized entropy, tau in 0.05..0.95; best tau maximizes "
-                    "the mean U-E Dice over cases",
-    "bnf": "flagged voxels set to background; a case benefits when its Dice increases",
-    "referral": "voxels ranked by decreasing uncertainty; the top fraction is corrected to the reference; "
-                "AUC over 0-20 % referred",
+    "ece_bins": f"foreground-probability ECE (columns ece_volume, ece_box, ece_mask; {JUNGO}, their public code): "
+                "10 bins, edges linspace(0, 1 + 1e-8, 11), [a, b), empty bins dropped; binary NLL and Brier",
+    "ece_top_label": f"top-label ECE ({MEHRTASH}, eq. 5; columns *_toplabel_*): confidence = probability of the "
+                     "predicted class, accuracy = predicted class equals the reference class, 10 bins "
+                     "((m-1)/M, m/M]; multi-class NLL (eq. 3) and Brier averaged over the classes (eq. 4); "
+                     "computed over all classes of a case (background = 1 - sum of the foreground "
+                     "probabilities), so every class row of a case shows the same value",
+    "ue_threshold": f"U = u > tau (strict) on the normalized entropy, tau in 0.05..0.95; best tau maximizes "
+                    f"the mean U-E Dice over cases ({JUNGO})",
+    "bnf": f"{JUNGO}: flagged voxels (u > tau) set to background; a case benefits when FPU TP > TPU (TP + FP + FN) "
+           "(exactly when its Dice increases); BnF = fraction of cases that benefit, read at its own best "
+           "threshold (bnf_best_threshold), as the authors did for each metric; bnf_fraction_at_ue_threshold "
+           "gives the value at the U-E threshold",
+    "referral": "fixed fraction per case: voxels ranked by decreasing uncertainty, the top fraction corrected to "
+                "the reference, AUC over 0-20 % referred",
+    "referral_threshold": f"{SANDER}: one threshold tau for every case, voxels with u > tau corrected to the "
+                          "reference; x = mean over cases of the % of voxels referred, y = mean Dice",
     "mask_region": "optional: --masks DIR/<case>.<ext>, non-zero = inside (columns ending in _mask)",
-    "box_region": "reference bounding box dilated 8 mm in-plane and 2 slices out of plane (paper 004)",
+    "box_region": f"reference bounding box dilated 8 mm in-plane and 2 slices out of plane ({MEHRTASH}); for "
+                  "the top-label columns the box of all foreground classes together",
     "empty_masks": EMPTY_RULES,
-    "ood_auroc": "every score oriented so that higher = more uncertain (Dpw negated); ties count one half",
-    "confusion_groups": "normalized entropy in TP / FP / FN / TN voxels inside the dilated reference box "
-                        "(20 bins over 0-1, counts summed over cases; per-case means in cases.csv)",
+    "ood": "out-of-distribution cases (--ood) need no reference and are kept apart: AUROC of each score "
+           "(oriented so that higher = more uncertain, dpw negated; ties count one half) for OOD against the "
+           "evaluated in-distribution cases; never in calibration, thresholds, correlations or figures",
+    "statistics": STATISTICS["p_values"] + "; " + STATISTICS["intervals"],
+    "diversity": f"the subject score 'diversity' is scores.json's value (model grid); GED's sample term "
+                 f"(ged_sample_diversity) is the same definition on the saved samples on the reference grid "
+                 f"({CZOLBE})",
+    "confusion_groups": f"normalized entropy in TP / FP / FN / TN voxels inside the dilated reference box "
+                        f"(20 bins over 0-1, counts summed over cases; per-case means in cases.csv; {CZOLBE})",
     "multi_annotator": "REFS/<case>/ holds one labelmap per annotator; the reference for every other measurement "
                        "is the per-class majority vote (>= half); GED^2 = 2E[d(S,Y)] - E[d(S,S')] - E[d(Y,Y')] "
-                       "with d = 1 - IoU over all pairs with replacement, from segment --save-samples (paper 002)",
-    "calibration_split": "paper 001's code: signed error = unweighted mean over non-empty bins of (fraction "
+                       f"with d = 1 - IoU over all pairs with replacement, from segment --save-samples ({CZOLBE})",
+    "calibration_split": f"{JUNGO}, their code: signed error = unweighted mean over non-empty bins of (fraction "
                          "foreground - mean probability), > 0 under-confident; tolerance = |90th percentile| of the "
                          "methods' pooled signed errors; a case's error is averaged over the methods evaluated "
                          "together (per-method fractions use the same tolerance)",
@@ -66,6 +98,7 @@ class CaseResult:
     bnf_condition: np.ndarray  # per threshold: the analytic condition holds
     dice_after: np.ndarray  # per threshold: Dice after setting flagged voxels to background
     referral: dict[str, np.ndarray] = field(default_factory=dict)
+    threshold_referral: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per map: fraction, dice
     confusion: dict[str, np.ndarray] = field(default_factory=dict)  # entropy histogram per TP/FP/FN/TN
 
 
@@ -139,17 +172,20 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
             raise InputImageError(f"Region mask {mask_path} does not match the grid of case '{case_dir.name}'")
     scores = json.loads(files["scores"].read_text())["classes"] if "scores" in files else {}
     maps = {name: _array(files[name])[0] for name in REFERRAL_MAPS if name in files}
+    classes = [(int(v), name) for v, name in manifest["labels"].items() if int(v) != 0]
+    probs = {name: (np.clip(_array(files[name])[0], 0, 1) if name in files else (segmentation == v).astype(np.float64))
+             for v, name in classes}
+    refs = {name: (reference == v if reference is not None else np.mean([a == v for a in annotations], 0) >= 0.5)
+            for v, name in classes}
+    top_label = top_label_bins(probs, refs, spacing)
     results = []
-    for value, label in manifest["labels"].items():
-        if int(value) == 0:
-            continue
-        pred = segmentation == int(value)
-        raters = [a == int(value) for a in annotations] if reference is None else None
+    for value, label in classes:
+        pred = segmentation == value
+        raters = [a == value for a in annotations] if reference is None else None
         votes = np.mean(raters, axis=0) if raters else None
-        ref = reference == int(value) if reference is not None else votes >= 0.5
-        prob = np.clip(_array(files[label])[0], 0, 1) if label in files else pred.astype(np.float64)
+        ref, prob = refs[label], probs[label]
         box = dilated_foreground_box(ref, spacing)
-        bins = {"volume": BinStats.from_arrays(prob, ref), "box": BinStats.from_arrays(prob, ref, box)}
+        bins = {"volume": BinStats.from_arrays(prob, ref), "box": BinStats.from_arrays(prob, ref, box), **top_label}
         if mask is not None:
             bins["mask"] = BinStats.from_arrays(prob, ref, mask)
         row = {"case": case_dir.name, "label": label, **dice_hd95(pred, ref, spacing),
@@ -171,8 +207,25 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
             curve = referral_curve(u, pred, ref, FRACTIONS)
             result.referral[name] = curve["dice"]
             row[f"referral_auc_{name}"] = curve["auc"] / (FRACTIONS[-1] - FRACTIONS[0])
+            result.threshold_referral[name] = threshold_referral(u, pred, ref)
         results.append(result)
     return results
+
+
+def top_label_bins(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray],
+                   spacing: tuple[float, float, float]) -> dict[str, BinStats]:
+    """Mehrtash et al. 2020's top-label statistics over all classes of one case, in the whole volume and in
+    the dilated box of all foreground references. probs/refs: per foreground class, in label order."""
+    foreground = np.stack(list(probs.values()))
+    background = np.clip(1.0 - foreground.sum(0), 0.0, 1.0)
+    everything = np.concatenate([background[None], foreground])
+    everything /= np.maximum(everything.sum(0, keepdims=True), 1e-12)  # rounding in stored probabilities
+    label = np.zeros(background.shape, np.int64)
+    for index, ref in enumerate(refs.values(), start=1):
+        label[ref] = index
+    box = dilated_foreground_box(label > 0, spacing)
+    return {"toplabel_volume": BinStats.top_label(everything, label),
+            "toplabel_box": BinStats.top_label(everything, label, box)}
 
 
 def _file_key(entry: dict) -> str:
@@ -215,7 +268,7 @@ def multi_annotator_row(votes: np.ndarray, annotator_masks: list[np.ndarray], en
         row |= generalized_energy_distance(samples, annotator_masks)
     else:
         disagreement = generalized_energy_distance(annotator_masks[:1], annotator_masks)["annotator_disagreement"]
-        row |= {"ged2": math.nan, "cross": math.nan, "sample_diversity": math.nan,
+        row |= {"ged2": math.nan, "cross": math.nan, "ged_sample_diversity": math.nan,
                 "annotator_disagreement": disagreement}
     return row
 
@@ -245,24 +298,30 @@ def add_calibration_split(summaries: dict[str, dict], rows: list[dict]) -> None:
 
 
 def _score_column(rows: list[dict], score: str) -> np.ndarray:
-    return np.array([np.nan if row[score] is None else row[score] for row in rows], dtype=float)
+    return np.array([np.nan if row.get(score) is None else row[score] for row in rows], dtype=float)
 
 
-def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
-    """Dataset summary per foreground class; adds the BnF columns at the best threshold to each row."""
-    summary: dict = {"conventions": CONVENTIONS, "classes": {}}
+PER_CASE_COLUMNS = ("dice", "hd95_mm", "ece_volume", "ece_toplabel_volume", "reference_ml", "predicted_ml")
+
+
+def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = None,
+              notes: list[str] | None = None) -> dict:
+    """Dataset summary per foreground class from the in-distribution results; adds the BnF columns at BnF's
+    best threshold to each row. ood_scores: {case: {class: {score: value}}} from the OOD cases' scores.json,
+    reported apart (``ood`` block)."""
+    summary: dict = {"conventions": CONVENTIONS, "papers": PAPERS, "notes": list(notes or []), "classes": {}}
+    ood_scores = ood_scores or {}
     for label in sorted({r.label for r in results}):
         mine = [r for r in results if r.label == label]
         rows = [r.row for r in mine]
         ue = np.mean([r.ue_curve for r in mine], axis=0)
         best = int(np.argmax(ue))
-        tau = float(THRESHOLDS[best])
+        bnf_curve = np.mean([r.bnf_condition for r in mine], axis=0)
+        best_bnf = int(np.argmax(bnf_curve))
         for r in mine:
-            r.row["bnf_condition"] = bool(r.bnf_condition[best])
-            r.row["dice_after_correction"] = float(r.dice_after[best])
-            r.row["bnf_benefits"] = bool(r.dice_after[best] > r.row["dice"])
-        benefit = [r.row["bnf_benefits"] for r in mine]
-        regions = [region for region in ("volume", "box", "mask") if all(region in r.bins for r in mine)]
+            r.row["bnf_benefits"] = bool(r.bnf_condition[best_bnf])
+            r.row["dice_after_correction"] = float(r.dice_after[best_bnf])
+        regions = [region for region in mine[0].bins if all(region in r.bins for r in mine)]
         pooled = {region: sum((r.bins[region] for r in mine), BinStats.empty()) for region in regions}
         block = {
             "cases": len(mine),
@@ -270,12 +329,20 @@ def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
             "hd95_mm_mean": float(np.nanmean([x["hd95_mm"] for x in rows])) if any(
                 np.isfinite(x["hd95_mm"]) for x in rows) else math.nan,
             "ue_dice_curve": {f"{t:.2f}": float(v) for t, v in zip(THRESHOLDS, ue, strict=True)},
-            "ue_best_threshold": tau, "ue_dice_best": float(ue[best]),
-            "bnf_fraction": float(np.mean(benefit)),
+            "ue_best_threshold": float(THRESHOLDS[best]), "ue_dice_best": float(ue[best]),
+            "bnf_curve": {f"{t:.2f}": float(v) for t, v in zip(THRESHOLDS, bnf_curve, strict=True)},
+            "bnf_best_threshold": float(THRESHOLDS[best_bnf]), "bnf_fraction": float(bnf_curve[best_bnf]),
+            "bnf_fraction_at_ue_threshold": float(bnf_curve[best]),
             "pooled_signed_calibration_error": pooled_signed_error(mine),
             "referral_fractions": FRACTIONS.tolist(),
             "referral_dice_mean": {m: np.mean([r.referral[m] for r in mine], axis=0).tolist()
                                    for m in REFERRAL_MAPS if all(m in r.referral for r in mine)},
+            "referral_threshold": {
+                m: {"thresholds": REFERRAL_THRESHOLDS.tolist(),
+                    "mean_percent_referred": (100 * np.mean([r.threshold_referral[m]["fraction"] for r in mine],
+                                                            axis=0)).tolist(),
+                    "mean_dice": np.mean([r.threshold_referral[m]["dice"] for r in mine], axis=0).tolist()}
+                for m in REFERRAL_MAPS if all(m in r.threshold_referral for r in mine)},
         }
         for region, stats in pooled.items():
             block[f"ece_mean_{region}"] = float(np.nanmean([x[f"ece_{region}"] for x in rows]))
@@ -287,7 +354,8 @@ def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
         block["entropy_by_confusion_box"] = {"edges": CONFUSION_EDGES.tolist(),
                                              **{g: c.tolist() for g, c in counts.items()}}
         dice = np.array([x["dice"] for x in rows])
-        block["per_case"] = {"case": [x["case"] for x in rows], "dice": dice.tolist(),
+        block["per_case"] = {"case": [x["case"] for x in rows],
+                             **{c: _score_column(rows, c).tolist() for c in PER_CASE_COLUMNS},
                              **{s: _score_column(rows, s).tolist() for s in SUBJECT_SCORES}}
         if any("annotators" in x for x in rows):
             disagreement = _score_column(rows, "annotator_disagreement")
@@ -299,9 +367,54 @@ def summarize(results: list[CaseResult], ood: set[str] | None = None) -> dict:
             block["scores_vs_disagreement"] = {s: score_quality_correlation(_score_column(rows, s), disagreement)
                                                for s in SUBJECT_SCORES}
         block["score_vs_dice"] = {s: score_quality_correlation(_score_column(rows, s), dice) for s in SUBJECT_SCORES}
-        if ood:
-            flags = np.array([x["case"] in ood for x in rows])
-            block["ood_auroc"] = {s: ood_auroc(_score_column(rows, s) * (-1 if s == "dpw" else 1), flags)
-                                  for s in SUBJECT_SCORES}
+        ood_rows = [{"case": case, **classes[label]} for case, classes in sorted(ood_scores.items())
+                    if label in classes]
+        if ood_rows:
+            block["ood"] = {
+                "cases": [x["case"] for x in ood_rows],
+                "scores": {s: _score_column(ood_rows, s).tolist() for s in SUBJECT_SCORES},
+                "auroc": {s: ood_detection(uncertain_side(s, _score_column(ood_rows, s)),
+                                           uncertain_side(s, _score_column(rows, s))) for s in SUBJECT_SCORES},
+            }
         summary["classes"][label] = block
     return summary
+
+
+def ood_case_scores(case_dir: Path, labels: dict[int, str] | None = None) -> dict[str, dict]:
+    """An OOD case's subject scores per class from its scores.json (no reference needed); {} if it has none."""
+    manifest = case_manifest(case_dir, labels)
+    entry = next((e for e in manifest["outputs"] if e["kind"] == "scores"), None)
+    return json.loads((case_dir / entry["file"]).read_text())["classes"] if entry else {}
+
+
+def evaluate_folder(folder: Path, references: Path, labels: dict[int, str] | None = None,
+                    masks: Path | None = None, ood: set[str] | None = None
+                    ) -> tuple[list[CaseResult], dict[str, dict], list[str]]:
+    """Every case of one method's folder: in-distribution results, OOD cases' scores, and notes on the
+    cases left out (no reference; OOD without scores). Raises when no case can be evaluated."""
+    cases = sorted({p.parent for pattern in ("*/manifest.json", "*/segmentation.*") for p in folder.glob(pattern)})
+    if not cases:
+        raise InputImageError(f"No case folders (with manifest.json or segmentation.<ext>) in {folder}")
+    results: list[CaseResult] = []
+    ood_scores: dict[str, dict] = {}
+    notes: list[str] = []
+    for case_dir in cases:
+        if ood and case_dir.name in ood:
+            scores = ood_case_scores(case_dir, labels)
+            if scores:
+                ood_scores[case_dir.name] = scores
+            else:
+                notes.append(f"{folder.name}/{case_dir.name}: out-of-distribution case without scores.json, "
+                             "left out of the OOD AUROC")
+            continue
+        try:
+            reference = find_reference(references, case_dir.name)
+        except InputImageError:
+            notes.append(f"{folder.name}/{case_dir.name}: skipped, no reference {case_dir.name}.<ext> or "
+                         f"{case_dir.name}/ in {references}")
+            continue
+        mask = find_reference(masks, case_dir.name) if masks else None
+        results += evaluate_case(case_dir, reference, labels, mask)
+    if not results:
+        raise InputImageError(f"No case in {folder} could be evaluated: " + "; ".join(notes))
+    return results, ood_scores, notes

@@ -1,11 +1,15 @@
-"""Uncertainty against error for one case: U-E overlap and correction benefit (paper 001), and the
-simulated referral curve (paper 003).
+"""Uncertainty against error for one case: U-E overlap and correction benefit (Jungo and Reyes, MICCAI
+2019), and simulated referral curves (Sander et al., SPIE Medical Imaging 2019).
 
-Conventions (paper 001's public code): U = u > tau (strict), E = prediction != reference, U-E Dice
+Conventions (Jungo and Reyes' public code): U = u > tau (strict), E = prediction != reference, U-E Dice
 = Dice(U, E) and 1 when both are empty; thresholds {0.05, 0.10, ..., 0.95}; the correction sets U to
-background. Referral (paper 003): the voxels are ranked by decreasing uncertainty and the top fraction
-is corrected to the reference; Dice is computed for every fraction from one sort (cumulative error
-counts), not one pass per threshold.
+background. Referral, two forms:
+- by threshold (Sander et al.'s figure 2): one uncertainty threshold for every case, the voxels with
+  u > tau are corrected to the reference; a cohort curve plots mean Dice against the mean % of voxels
+  referred (:func:`threshold_referral`);
+- by fraction: in each case the same fraction of voxels, the most uncertain first, is corrected
+  (:func:`referral_curve`).
+Both are computed for every threshold or fraction from one sort (cumulative error counts).
 """
 
 from __future__ import annotations
@@ -64,6 +68,24 @@ def correction_benefit_curve(uncertainty: np.ndarray, prediction: np.ndarray, re
     denom = 2 * tp + fp + fn - tpu - fpu
     dice_after = np.where(denom > 0, 2.0 * (tp - tpu) / np.maximum(denom, 1), 1.0)
     return {"benefits": fpu * tp > tpu * (tp + fp + fn), "dice_after": dice_after}
+
+
+REFERRAL_THRESHOLDS = np.concatenate([[0.0], np.geomspace(1e-4, 1.0, 120)])  # any map in 0-1 (variance too)
+
+
+def threshold_referral(uncertainty: np.ndarray, prediction: np.ndarray, reference: np.ndarray,
+                       thresholds: np.ndarray = REFERRAL_THRESHOLDS) -> dict[str, np.ndarray]:
+    """Per threshold: the fraction (0-1) of all voxels with u > tau and the Dice after correcting them to
+    the reference (FP flagged become TN, FN flagged become TP)."""
+    u = np.asarray(uncertainty, dtype=np.float64).ravel()
+    pred, ref = np.asarray(prediction, bool).ravel(), np.asarray(reference, bool).ravel()
+    tp, fp, fn = (pred & ref).sum(), (pred & ~ref).sum(), (~pred & ref).sum()
+    fp_flag, fn_flag = count_above(u[pred & ~ref], thresholds), count_above(u[~pred & ref], thresholds)
+    tp_k, fp_k, fn_k = tp + fn_flag, fp - fp_flag, fn - fn_flag
+    denom = 2 * tp_k + fp_k + fn_k
+    return {"threshold": np.asarray(thresholds, dtype=np.float64),
+            "fraction": count_above(u, thresholds) / max(u.size, 1),
+            "dice": np.where(denom > 0, 2.0 * tp_k / np.maximum(denom, 1), 1.0)}
 
 
 def referral_curve(uncertainty: np.ndarray, prediction: np.ndarray, reference: np.ndarray,

@@ -23,9 +23,9 @@ def normalized_entropy(p: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
-    """Entropy of a one-vs-rest probability in bits (paper 004's segment-level measure), in [0, 1]."""
+    """Entropy of a one-vs-rest probability in nats (natural log, as Mehrtash et al. 2020 eq. 7), in [0, ln 2]."""
     q = p.clamp(0.0, 1.0)
-    return (entropy(torch.stack([q, 1.0 - q]), 0)) / math.log(2.0)
+    return entropy(torch.stack([q, 1.0 - q]), 0)
 
 
 def uncertainty_maps(mean_p: torch.Tensor, mean_p2: torch.Tensor, mean_h: torch.Tensor, n_samples: int):

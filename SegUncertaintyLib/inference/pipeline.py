@@ -95,7 +95,7 @@ def segment_image(
     counts = np.bincount(labels.ravel(), minlength=card.n_classes)
     prediction = class_argmax(result.mean_p, 0)
     per_class = subject_scores(
-        result.sample_bits, result.mean_p, result.maps["entropy"], prediction,
+        result.sample_bits, result.mean_p, result.maps["expected_entropy"], prediction,
         math.prod(card.spacing_mm) / 1000.0, result.n_samples, names,
         {k: float(counts[k] * voxel_ml_input) for k in range(card.n_classes)},
     )

@@ -1,38 +1,78 @@
-"""Subject-level uncertainty scores, without ground truth, per foreground class.
+"""Subject-level uncertainty scores, without ground truth, per foreground class: the one definition of
+each score, its name and its convention (everything else imports ``SUBJECT_SCORES`` / ``DEFINITIONS``).
 
 Computed on the model grid from the per-sample segmentations (bits) and the stitched maps:
-- cv: coefficient of variation std/mean (ddof=1) of the segmented volume over samples (paper 000, Roy et al.);
-- dpw: mean Dice over all pairs of distinct samples (1 for a pair of empty masks) (paper 000);
-- ulabelled: mean normalized predictive entropy inside the predicted segment (paper 000);
-- segment_entropy: mean one-vs-rest binary entropy (bits) of the mean probability over the predicted
-  segment (paper 004);
-- volume_ml with the 2.5-97.5 percentile interval of the sample volumes;
-- diversity: E[1 - IoU(s, s')] over all T^2 ordered sample pairs, drawn with replacement as in paper 002
-  (the last term of the generalized energy distance; 0 when all samples agree).
+- cv: coefficient of variation std/mean (ddof=1) of the segmented volume over samples (Hoebel et al. 2019,
+  after Roy et al. 2018);
+- dpw: mean Dice over all pairs of distinct samples (1 for a pair of empty masks) (Hoebel et al. 2019);
+- ulabelled: mean over the predicted segment of the voxel uncertainty U(x) = E_t[H(p_t(x))], the mean over
+  samples of each sample's multi-class entropy, in nats (Hoebel et al. 2019's definition);
+- segment_entropy: mean over the predicted segment of the one-vs-rest binary entropy of the mean
+  probability, in nats (Mehrtash et al. 2020, eq. 7);
+- volume_ml: median of the per-sample segmented volumes, with volume_ml_interval95 their 2.5-97.5
+  percentiles: estimate and interval from the same samples, grid and rule, so the estimate always lies
+  inside its interval (for one sample both are that sample's volume);
+- diversity: E[1 - IoU(s, s')] over all T^2 ordered sample pairs, drawn with replacement (the last term of
+  the generalized energy distance of Czolbe et al. 2021; 0 when all samples agree);
+- segmentation_volume_ml: volume of the delivered labelmap on the input grid (information only).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 from .maps import binary_entropy
 
-DEFINITIONS = {
-    "cv": ("Coefficient of variation of the segmented volume over samples (std / mean, ddof=1)",
-           "higher = more uncertain"),
-    "dpw": ("Mean pairwise Dice between distinct samples", "lower = more uncertain"),
-    "ulabelled": ("Mean normalized predictive entropy (0-1) inside the predicted segment",
-                  "higher = more uncertain"),
-    "segment_entropy": ("Mean binary entropy (bits, 0-1) of the class probability over the predicted segment",
-                        "higher = more uncertain"),
-    "volume_ml": ("Volume of the predicted segment on the input grid, mL", "information"),
-    "volume_ml_samples_mean": ("Mean volume of the per-sample segmentations, mL", "information"),
-    "volume_ml_interval95": ("2.5 and 97.5 percentiles of the per-sample volumes, mL",
-                             "wider = more uncertain"),
-    "diversity": ("Sample diversity: mean 1 - IoU over all sample pairs drawn with replacement "
-                  "(last term of the generalized energy distance)", "higher = more uncertain"),
+PAPERS = {
+    "hoebel2019": "Hoebel et al., Give me (un)certainty - An exploration of parameters that affect segmentation "
+                  "uncertainty, 2019",
+    "jungo2019": "Jungo and Reyes, Assessing Reliability and Challenges of Uncertainty Estimations for Medical "
+                 "Image Segmentation, MICCAI 2019",
+    "czolbe2021": "Czolbe et al., Is segmentation uncertainty useful?, IPMI 2021",
+    "sander2019": "Sander et al., Towards increased trustworthiness of deep learning segmentation methods on "
+                  "cardiac MRI, SPIE Medical Imaging 2019",
+    "mehrtash2020": "Mehrtash et al., Confidence Calibration and Predictive Uncertainty Estimation for Deep Medical "
+                    "Image Segmentation, IEEE TMI 2020",
 }
+
+DEFINITIONS = {
+    "cv": ("Coefficient of variation of the segmented volume over samples (std / mean, ddof=1; "
+           f"{PAPERS['hoebel2019']})", "higher = more uncertain"),
+    "dpw": (f"Mean Dice between all pairs of distinct samples ({PAPERS['hoebel2019']})", "lower = more uncertain"),
+    "ulabelled": ("Mean over the predicted segment of E_t[H(p_t)], each sample's multi-class entropy averaged "
+                  f"over samples, nats (0 to ln C) ({PAPERS['hoebel2019']})", "higher = more uncertain"),
+    "segment_entropy": ("Mean over the predicted segment of the binary (class vs rest) entropy of the mean "
+                        f"probability, nats (0 to ln 2) ({PAPERS['mehrtash2020']}, eq. 7)",
+                        "higher = more uncertain"),
+    "diversity": ("Sample diversity: mean 1 - IoU over all sample pairs drawn with replacement "
+                  f"(last term of the generalized energy distance, {PAPERS['czolbe2021']})",
+                  "higher = more uncertain"),
+    "volume_ml": ("Median of the per-sample segmented volumes on the model grid, mL", "information"),
+    "volume_ml_interval95": ("2.5 and 97.5 percentiles of the same per-sample volumes (same grid), mL",
+                             "wider = more uncertain"),
+    "segmentation_volume_ml": ("Volume of the delivered segmentation (argmax of the mean probability) on the "
+                               "input grid, mL", "information"),
+}
+SUBJECT_SCORES = ("cv", "dpw", "ulabelled", "segment_entropy", "diversity")  # the scalar uncertainty scores
+LOWER_IS_UNCERTAIN = frozenset(k for k in SUBJECT_SCORES if DEFINITIONS[k][1].startswith("lower"))
+CONVENTIONS = {
+    "grid": "scores on the model grid (the card's spacing); segmentation_volume_ml on the input grid",
+    "entropy_unit": "nats (natural logarithm) for ulabelled and segment_entropy; the voxel maps are normalized "
+                    "by ln C to 0-1 (multiply by ln C for nats)",
+    "ulabelled": "E_t[H(p_t)] (mean of each sample's entropy), not H(E_t p), inside the segment predicted "
+                 "by the mean probability",
+    "pairs": "dpw over distinct pairs; diversity over all ordered pairs with replacement (self-pairs included)",
+    "volume": "median and 2.5/97.5 percentiles (numpy linear interpolation) of the T per-sample volumes",
+    "missing_values": "null where undefined: a single sample (no spread) or an empty segment",
+}
+
+
+def uncertain_side(score: str, values: np.ndarray) -> np.ndarray:
+    """Values oriented so that higher = more uncertain (dpw negated)."""
+    return -np.asarray(values, dtype=float) if score in LOWER_IS_UNCERTAIN else np.asarray(values, dtype=float)
 
 
 def sample_overlaps(bits: np.ndarray, n_samples: int, chunk: int = 1 << 20) -> np.ndarray:
@@ -69,12 +109,17 @@ def pairwise_iou(inter: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 1.0)
 
 
+def sample_diversity(inter: np.ndarray) -> float:
+    """Mean 1 - IoU over all ordered pairs (with replacement) of the (T, T) intersection counts."""
+    return float((1.0 - pairwise_iou(inter)).mean())
+
+
 def volume_scores(inter: np.ndarray, voxel_ml: float) -> dict:
-    """cv, dpw, diversity and sample-volume statistics from the (T, T) intersection counts."""
+    """cv, dpw, diversity and the volume estimate with its interval from the (T, T) intersection counts."""
     t = inter.shape[0]
     volumes = np.diag(inter) * voxel_ml
-    out: dict = {"volume_ml_samples_mean": float(volumes.mean()),
-                 "volume_ml_interval95": [float(v) for v in np.percentile(volumes, [2.5, 97.5])]}
+    median, low, high = np.percentile(volumes, [50.0, 2.5, 97.5])
+    out: dict = {"volume_ml": float(median), "volume_ml_interval95": [float(low), float(high)]}
     if t < 2:
         out.update(cv=None, dpw=None, diversity=None)
         return out
@@ -82,14 +127,14 @@ def volume_scores(inter: np.ndarray, voxel_ml: float) -> dict:
     out["cv"] = float(volumes.std(ddof=1) / mean) if mean > 0 else None
     upper = np.triu_indices(t, k=1)
     out["dpw"] = float(pairwise_dice(inter)[upper].mean())
-    out["diversity"] = float((1.0 - pairwise_iou(inter)).mean())
+    out["diversity"] = sample_diversity(inter)
     return out
 
 
 def subject_scores(
     bits: torch.Tensor,
     mean_p: torch.Tensor,
-    entropy_map: torch.Tensor,
+    expected_entropy: torch.Tensor,
     prediction: torch.Tensor,
     voxel_ml: float,
     n_samples: int,
@@ -98,20 +143,20 @@ def subject_scores(
 ) -> dict[str, dict]:
     """Scores per foreground class name.
 
-    bits: (C-1, ceil(T/8), *S) uint8; mean_p: (C, *S); entropy_map, prediction: (*S) on the model grid.
-    input_volumes_ml: volume of each class in the final input-grid labelmap (else the model grid's).
+    bits: (C-1, ceil(T/8), *S) uint8; mean_p: (C, *S); expected_entropy: (*S) the engine's E_t[H(p_t)] / ln C
+    map; prediction: (*S) labels, all on the model grid.
+    input_volumes_ml: volume of each class in the delivered input-grid labelmap (else the model grid's).
     """
+    nats = math.log(mean_p.shape[0])
     result = {}
     for k in range(1, len(labels)):
         inside = prediction == k
         n_inside = int(inside.sum())
         scores = volume_scores(sample_overlaps(bits[k - 1].numpy(), n_samples), voxel_ml)
-        if input_volumes_ml is not None:
-            scores["volume_ml"] = float(input_volumes_ml[k])
-        else:
-            scores["volume_ml"] = float(n_inside * voxel_ml)
+        scores["segmentation_volume_ml"] = float(input_volumes_ml[k] if input_volumes_ml is not None
+                                                 else n_inside * voxel_ml)
         if n_inside:
-            scores["ulabelled"] = float(entropy_map[inside].double().mean())
+            scores["ulabelled"] = float(expected_entropy[inside].double().mean()) * nats
             scores["segment_entropy"] = float(binary_entropy(mean_p[k][inside]).double().mean())
         else:
             scores["ulabelled"] = scores["segment_entropy"] = None
@@ -152,10 +197,12 @@ def scores_document(per_class: dict, method: str, n_samples: int, reference: dic
     return {
         "method": method,
         "n_samples": n_samples,
-        "grid": "model grid (card spacing); volume_ml on the input grid",
+        "grid": CONVENTIONS["grid"],
         "classes": per_class,
         "definitions": {k: {"definition": d, "direction": r} for k, (d, r) in DEFINITIONS.items()},
+        "conventions": CONVENTIONS,
+        "papers": PAPERS,
         "readings": score_readings(per_class, reference),
         "reference_source": (reference or {}).get("source", "none: the model card gives no usual ranges"),
-        "missing_values": "null where undefined: a single sample (no spread) or an empty segment",
+        "missing_values": CONVENTIONS["missing_values"],
     }

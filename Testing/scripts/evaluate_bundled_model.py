@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from brain_data import colin27, epi, macaque, mni152  # noqa: E402
 
 from SegUncertaintyLib.inference.pipeline import segment_image  # noqa: E402
+from SegUncertaintyLib.inference.scores import SUBJECT_SCORES  # noqa: E402
 from SegUncertaintyLib.models.loader import DEFAULT_MODEL, load_model  # noqa: E402
 
 METHOD, SAMPLES = "ensemble+mc_dropout", 10
-SCORES = ("volume_ml", "cv", "dpw", "ulabelled", "segment_entropy", "diversity")
+SCORES = ("segmentation_volume_ml", *SUBJECT_SCORES)
 
 
 def dice(seg: sitk.Image, ref: sitk.Image) -> float:
@@ -43,7 +44,7 @@ def upside_down(image: sitk.Image) -> sitk.Image:
 def row(name: str, outputs, extra: str = "") -> str:
     s = outputs.scores["classes"]["brain"]
     mean_mi = float(sitk.GetArrayFromImage(outputs.maps["mutual_information"]).mean())
-    cells = [f"{s[k]:.1f}" if k == "volume_ml" else f"{s[k]:.4f}" for k in SCORES]
+    cells = [f"{s[k]:.1f}" if k == "segmentation_volume_ml" else f"{s[k]:.4f}" for k in SCORES]
     return f"| {name} | {extra} | " + " | ".join(cells) + f" | {mean_mi:.5f} |"
 
 
@@ -74,7 +75,8 @@ def main() -> None:
                         ("colin27 stored upside down (OOD)", upside_down(heads["colin27"][0]))):
         out = segment_image(image, bundled, METHOD, SAMPLES)
         print(row(name, out, "n/a"))
-    print("\nvolume_ml on the input grid; cv, ulabelled, segment_entropy, diversity: higher = more uncertain; "
+    print("\nsegmentation_volume_ml on the input grid; ulabelled, segment_entropy in nats; "
+          "cv, ulabelled, segment_entropy, diversity: higher = more uncertain; "
           "dpw: lower = more uncertain. np", np.__version__)
 
 
