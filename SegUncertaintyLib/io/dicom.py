@@ -42,8 +42,9 @@ class Series:
         return sum(os.path.getsize(f) for f in self.files)
 
     def describe(self) -> str:
-        return (f"{self.uid} '{self.description}' ({len(self.files)} files, "
-                f"{self.size_bytes / 1e6:.1f} MB)")
+        size = self.size_bytes
+        text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+        return f"{self.uid} '{self.description}' ({len(self.files)} files, {text})"
 
 
 def _is_dicom_file(path: str) -> bool:
