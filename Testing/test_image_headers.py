@@ -75,7 +75,8 @@ def test_voxel_cap_and_memory_budget(tmp_path, monkeypatch):
     sitk.WriteImage(sphere_phantom(), str(small))
     assert read_image(small).GetSize() == (40, 36, 32)
     monkeypatch.setenv(MAX_VOXELS_ENV, "10000")
-    with pytest.raises(InputImageError, match=f"40 x 36 x 32 = 46,080 voxels, more than the limit of 10,000 .*{MAX_VOXELS_ENV}"):
+    limit = f"40 x 36 x 32 = 46,080 voxels, more than the limit of 10,000 .*{MAX_VOXELS_ENV}"
+    with pytest.raises(InputImageError, match=limit):
         read_image(small)
     monkeypatch.setenv(MAX_VOXELS_ENV, "many")
     with pytest.raises(InputImageError, match="not a positive number"):
