@@ -73,3 +73,21 @@ def test_broken_series_is_refused(kind, message, tmp_path):
         victim.write_bytes(victim.read_bytes()[:-40])
     with pytest.raises(InputImageError, match=message):
         read_image(folder)
+
+
+def test_segment_records_the_chosen_series_in_the_manifest(tmp_path, threshold_model):
+    from conftest import load_json, sphere_phantom
+
+    from SegUncertaintyLib import cli
+
+    sphere = sitk.GetArrayFromImage(sphere_phantom(size=(20, 18, 16), spacing=(3.0, 3.0, 3.0)))
+    write_series(tmp_path / "study" / "s1", np.zeros_like(sphere, np.int16) + np.arange(16)[:, None, None], "1.2.3.1",
+                 spacing=(3.0, 3.0, 3.0))
+    write_series(tmp_path / "study" / "s2", (sphere > 0.5).astype(np.int16), "1.2.3.2", spacing=(3.0, 3.0, 3.0))
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(tmp_path / "study"), "--series", "1.2.3.2", "--model", str(threshold_model),
+                     "--method", "softmax", "--out", str(out), "--progress", "none", "--no-overview"]) == 0
+    manifest = load_json(out / "manifest.json")
+    assert manifest["settings"]["dicom_series"] == "1.2.3.2"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nrrd")))
+    assert np.array_equal(labels, (sphere > 0.5).astype(np.uint8))  # the sphere series, not the ramp
