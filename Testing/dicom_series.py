@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import locale
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+
+@contextlib.contextmanager
+def _keep_locale() -> Iterator[None]:
+    """GDCM's writer sets the C library's locale to "C" and leaves it so (Python's open() would then
+    default to ASCII in every later test): restore it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def write_series(folder: Path, array: np.ndarray, uid: str, description: str = "T1",
@@ -39,7 +53,8 @@ def write_series(folder: Path, array: np.ndarray, uid: str, description: str = "
             image.SetMetaData(key, value)
         path = folder / f"{prefix}{k:04d}.dcm"
         writer.SetFileName(str(path))
-        writer.Execute(image)
+        with _keep_locale():
+            writer.Execute(image)
         files.append(path)
     return files
 

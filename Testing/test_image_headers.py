@@ -103,13 +103,13 @@ def test_absurd_spacing_or_origin_is_refused(make, message, tmp_path):
         read_image(make(tmp_path))
 
 
-@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz"])
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".nii.gz", ".nii"])
 def test_sheared_direction_is_refused_in_every_format(suffix, tmp_path):
     """NRRD and MHA store a shear (NRRD rescaled); ITK's NIfTI reader would silently use the orthonormal
     qform instead of the sheared sform: all three are refused alike."""
     path = tmp_path / f"sheared{suffix}"
-    if suffix == ".nii.gz":
-        nifti(path, np.array([[2, 0.6, 0, -10], [0, 2, 0, -20], [0, 0, 3, 5], [0, 0, 0, 1.0]]))
+    if suffix in (".nii.gz", ".nii"):  # with an orthonormal qform (.nii.gz) or none (.nii)
+        nifti(path, np.array([[2, 0.6, 0, -10], [0, 2, 0, -20], [0, 0, 3, 5], [0, 0, 0, 1.0]]), suffix == ".nii.gz")
     else:
         image = sphere_phantom()
         image.SetDirection(SHEAR)

@@ -42,10 +42,10 @@ def read_volume(path: str | os.PathLike, name: str | None = None) -> sitk.Image:
     name = name or str(path)
     if not path.is_file():
         raise InputImageError(f"Image not found: {name}" if not path.exists() else f"{name} is not a file")
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)  # before ITK, which fills truncated files and rejects sheared sforms vaguely
     with quiet_itk():
         reader = read_header(path, name)
-        if image_suffix(path) in (".nii", ".nii.gz"):
-            check_nifti_complete(path)
         try:
             return reader.Execute()
         except RuntimeError as exc:
