@@ -17,6 +17,7 @@ from . import __version__
 from .errors import CancelledError, SegUncertaintyError
 from .inference.sampling import METHODS
 from .inference.scores import SUBJECT_SCORES
+from .io.dicom import SERIES_UID_TAG
 from .io.images import check_writable_dir, image_suffix, read_image
 from .io.outputs import FORMATS
 from .models.loader import DEFAULT_MODEL, load_model
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment one volume with uncertainty maps and scores")
     seg.add_argument("input", nargs="?", help="image file (NIfTI, NRRD, MHA) or DICOM folder")
     seg.add_argument("--sample", action="store_true", help="run on the bundled sample T1 volume")
+    seg.add_argument("--series", default=None, metavar="UID",
+                     help="SeriesInstanceUID to read from a DICOM folder holding several series")
     seg.add_argument("--model", default=DEFAULT_MODEL, help="model name or card path (default: %(default)s)")
     seg.add_argument("--method", default="mc_dropout", choices=METHODS)
     seg.add_argument("--samples", type=int, default=None,
@@ -97,7 +100,7 @@ def cmd_segment(args) -> int:
     cancel = _CancelFlag()
     try:
         reporter("load", 0.0, f"reading {path.name}")
-        image = read_image(path)
+        image = read_image(path, args.series)
         model = load_model(args.model)
         reporter("load", 1.0, f"model {model.card.name} {model.card.version}")
         outputs = segment_image(image, model, args.method, args.samples, args.overlap, args.device, args.seed,
@@ -106,7 +109,8 @@ def cmd_segment(args) -> int:
             raise CancelledError("Cancelled by the user; nothing was written")
         reporter("write", 0.0, f"writing to {out}")
         settings = {"overlap": args.overlap, "seed": args.seed, "max_batch": args.max_batch,
-                    "device_requested": args.device, "format": args.format}
+                    "device_requested": args.device, "format": args.format,
+                    "dicom_series": image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None}
         manifest = write_outputs(outputs, out, model.card, str(path), settings, args.format,
                                  overview=not args.no_overview, samples=args.save_samples)
         reporter("write", 1.0, "done")

@@ -22,7 +22,8 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
-from ..io.images import IMAGE_SUFFIXES, image_suffix
+from ..io.header import describe_grid, read_header, same_grid
+from ..io.images import IMAGE_SUFFIXES, image_suffix, read_volume
 from .calibration import BinStats, calibration_split
 from .cohort_stats import STATISTICS, generalized_energy_distance, ood_detection, score_quality_correlation
 from .quality import (
@@ -103,8 +104,25 @@ class CaseResult:
 
 
 def _array(path: Path) -> tuple[np.ndarray, sitk.Image]:
-    image = sitk.ReadImage(str(path))
+    image = read_volume(path)  # header (geometry, memory) checked before the voxels are read
     return sitk.GetArrayFromImage(image), image
+
+
+def check_case_grids(case_dir: Path, files: dict[str, Path], seg_image: sitk.Image, reference_path: Path,
+                     ref_image: sitk.Image, mask_path: Path | None) -> None:
+    """Geometry guard: the reference, the region mask and every image of the case must be on the grid of
+    the case's segmentation (size, spacing, origin and direction; io.header.same_grid). Another grid is
+    refused with both grids in the message, never scored as if aligned. Only headers are read here."""
+    others = [(f"Reference {reference_path}", ref_image)]
+    if mask_path is not None:
+        others.append((f"Region mask {mask_path}", read_header(mask_path)))
+    others += [(f"{path.name} of case '{case_dir.name}'", read_header(path))
+               for key, path in files.items() if key != "labelmap" and image_suffix(path) in IMAGE_SUFFIXES]
+    for what, grid in others:
+        if not same_grid(grid, seg_image):
+            raise InputImageError(f"{what} is not on the grid of case '{case_dir.name}': {describe_grid(grid)}; "
+                                  f"the case's segmentation has {describe_grid(seg_image)}. Resample it onto the "
+                                  "case's grid first (nearest neighbour for labelmaps)")
 
 
 def find_reference(refs: Path, case: str) -> Path:
@@ -162,14 +180,11 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     segmentation, seg_image = _array(files["labelmap"])
     annotations, ref_image = read_annotations(reference_path)
     reference = annotations[0] if len(annotations) == 1 else None
-    if annotations[0].shape != segmentation.shape or not np.allclose(ref_image.GetSpacing(), seg_image.GetSpacing()):
-        raise InputImageError(f"Reference {reference_path} does not match the grid of case '{case_dir.name}'")
+    check_case_grids(case_dir, files, seg_image, reference_path, ref_image, mask_path)
     spacing = tuple(reversed(seg_image.GetSpacing()))  # (z, y, x)
     mask = None
     if mask_path is not None:
         mask = _array(mask_path)[0] != 0
-        if mask.shape != segmentation.shape:
-            raise InputImageError(f"Region mask {mask_path} does not match the grid of case '{case_dir.name}'")
     scores = json.loads(files["scores"].read_text())["classes"] if "scores" in files else {}
     maps = {name: _array(files[name])[0] for name in REFERRAL_MAPS if name in files}
     classes = [(int(v), name) for v, name in manifest["labels"].items() if int(v) != 0]
@@ -243,8 +258,9 @@ def read_annotations(reference_path: Path) -> tuple[list[np.ndarray], sitk.Image
     arrays, image = [], None
     for path in paths:
         array, image_i = _array(path)
-        if arrays and array.shape != arrays[0].shape:
-            raise InputImageError(f"Annotation {path} is not on the grid of {paths[0]}")
+        if image is not None and not same_grid(image_i, image):
+            raise InputImageError(f"Annotation {path} is not on the grid of {paths[0]}: {describe_grid(image_i)} "
+                                  f"vs {describe_grid(image)}")
         arrays.append(array)
         image = image or image_i
     return arrays, image

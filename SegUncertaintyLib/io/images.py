@@ -1,5 +1,7 @@
 """Reading, validating and atomically writing 3D images (SimpleITK).
 
+Every read checks the header first (io.header: geometry, voxel count, memory), then the voxels.
+
 Arrays follow SimpleITK's order: ``sitk.GetArrayFromImage`` gives (z, y, x).
 """
 
@@ -17,6 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError, OutputError
+from .dicom import SERIES_UID_TAG, read_dicom_folder
+from .header import check_grid, last_line, quiet_itk, read_header
 from .nifticheck import check_nifti_complete
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -31,38 +35,45 @@ def image_suffix(path: str | os.PathLike) -> str:
     return Path(path).suffix.lower()
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read a scalar 3D image as float32 and check it is usable; raise InputImageError otherwise."""
+def read_volume(path: str | os.PathLike, name: str | None = None) -> sitk.Image:
+    """Read an image file as stored (any voxel type) once its header passed header.read_header: geometry,
+    voxel count and memory are checked before any voxel is allocated; raise InputImageError otherwise."""
+    path = Path(path)
+    name = name or str(path)
+    if not path.is_file():
+        raise InputImageError(f"Image not found: {name}" if not path.exists() else f"{name} is not a file")
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)  # before ITK, which fills truncated files and rejects sheared sforms vaguely
+    with quiet_itk():
+        reader = read_header(path, name)
+        try:
+            return reader.Execute()
+        except RuntimeError as exc:
+            raise InputImageError(f"Cannot read {name}: not a readable image or truncated file "
+                                  f"({last_line(exc)})") from exc
+
+
+def read_image(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """Read a scalar 3D image file or DICOM folder as float32 and check it is usable (InputImageError otherwise).
+
+    ``series``: the SeriesInstanceUID to read from a DICOM folder holding several (see io.dicom).
+    """
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"Input image not found: {path}")
     if path.is_dir():
-        return _read_dicom_series(path)
-    if image_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti_complete(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputImageError(f"Cannot read {path}: not a readable image or truncated file ({reason})") from exc
-    return validate_image(image, str(path))
-
-
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    files = reader.GetGDCMSeriesFileNames(str(folder))
-    if not files:
-        raise InputImageError(f"No DICOM series found in folder {folder}")
-    reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputImageError(f"Cannot read the DICOM series in {folder}: {exc}") from exc
-    return validate_image(image, str(folder))
+        raw = read_dicom_folder(path, series)
+        image = validate_image(raw, str(path))
+        image.SetMetaData(SERIES_UID_TAG, raw.GetMetaData(SERIES_UID_TAG))  # recorded in the manifest
+        return image
+    if series is not None:
+        raise ValueError(f"--series applies to DICOM folders; {path} is a file")
+    return validate_image(read_volume(path), str(path))
 
 
 def validate_image(image: sitk.Image, name: str = "input") -> sitk.Image:
-    """Return ``image`` as float32 if it is a finite, non-constant scalar 3D volume; raise otherwise."""
+    """Return ``image`` as float32 if it is a finite, non-constant scalar 3D volume on a sane grid (see
+    io.header.check_geometry); raise InputImageError otherwise."""
     dim = image.GetDimension()
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputImageError(
@@ -74,6 +85,7 @@ def validate_image(image: sitk.Image, name: str = "input") -> sitk.Image:
         dim = 3
     if dim != 3:
         raise InputImageError(f"{name} is {dim}D (size {image.GetSize()}); a 3D volume is needed")
+    check_grid(image, name)
     size = image.GetSize()
     if min(size) < 2:
         raise InputImageError(f"{name} has size {size}: at least 2 voxels along each axis are needed")

@@ -1,7 +1,9 @@
-"""Detect truncated NIfTI files, which ITK's NIfTI reader silently fills with zeros.
+"""Detect what ITK's NIfTI reader hides: truncated files (filled with zeros) and sheared sforms (ITK then
+silently uses the qform, another grid).
 
 The header gives the data offset, the dimensions and the bits per voxel; the file (decompressed, for
-``.nii.gz``) must hold at least offset + product(dims) * bitpix / 8 bytes.
+``.nii.gz``) must hold at least offset + product(dims) * bitpix / 8 bytes. An sform (sform_code > 0) must
+have orthonormal direction columns, as header.check_geometry requires of every format.
 """
 
 from __future__ import annotations
@@ -12,33 +14,56 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputImageError
+from .header import check_geometry
 
 _CHUNK = 1 << 22
 
 
-def _expected_bytes(header: bytes, path: Path) -> int:
-    """Bytes a complete file must hold, from a NIfTI-1 (348-byte) or NIfTI-2 (540-byte) header."""
+def _fields(header: bytes, path: Path) -> tuple[tuple, int, int, int, np.ndarray]:
+    """(dims, bitpix, data offset, sform_code, srow (3, 4)) from a NIfTI-1 (348-byte) or NIfTI-2 header."""
     for endian in "<>":
         if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] == 348 and len(header) >= 348:
             dims = struct.unpack(endian + "8h", header[40:56])
             bitpix = struct.unpack(endian + "h", header[72:74])[0]
             offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            sform_code = struct.unpack(endian + "h", header[254:256])[0]
+            srow = struct.unpack(endian + "12f", header[280:328])
             break
         if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] == 540 and len(header) >= 540:
             dims = struct.unpack(endian + "8q", header[16:80])
             bitpix = struct.unpack(endian + "h", header[14:16])[0]
             offset = struct.unpack(endian + "q", header[168:176])[0]
+            sform_code = struct.unpack(endian + "i", header[348:352])[0]
+            srow = struct.unpack(endian + "12d", header[400:496])
             break
     else:
         raise InputImageError(f"Cannot read {path}: not a NIfTI file (bad header)")
+    return dims, bitpix, offset, sform_code, np.array(srow, dtype=float).reshape(3, 4)
+
+
+def _expected_bytes(dims: tuple, bitpix: int, offset: int) -> int:
+    """Bytes a complete file must hold."""
     n_dims = max(1, min(int(dims[0]), 7))
     voxels = math.prod(max(1, int(d)) for d in dims[1:1 + n_dims])
     return max(offset, 348) + voxels * max(bitpix, 8) // 8
 
 
+def _check_sform(sform_code: int, srow: np.ndarray, path: Path) -> None:
+    """Refuse an sform with absurd spacing or sheared axes (ITK would replace it by the qform)."""
+    if sform_code <= 0:
+        return
+    matrix = srow[:, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    direction = matrix / np.where(spacing > 0, spacing, 1.0)
+    check_geometry(spacing.tolist(), srow[:, 3].tolist(), direction.flatten().tolist(), f"{path} (NIfTI sform)")
+
+
 def check_nifti_complete(path: str | Path) -> None:
-    """Raise InputImageError if a .nii or .nii.gz file is shorter than its header says (or corrupt)."""
+    """Raise InputImageError if a .nii or .nii.gz file is shorter than its header says (or corrupt), or if
+    its sform is sheared or has absurd spacing."""
     path = Path(path)
     try:
         if path.name.lower().endswith(".nii.gz"):
@@ -53,6 +78,8 @@ def check_nifti_complete(path: str | Path) -> None:
             total = path.stat().st_size
     except (OSError, EOFError, zlib.error) as exc:
         raise InputImageError(f"Cannot read {path}: truncated or corrupt compressed file ({exc})") from exc
-    expected = _expected_bytes(header, path)
+    dims, bitpix, offset, sform_code, srow = _fields(header, path)
+    expected = _expected_bytes(dims, bitpix, offset)
     if total < expected:
         raise InputImageError(f"Cannot read {path}: truncated file ({total} of {expected} bytes)")
+    _check_sform(sform_code, srow, path)
