@@ -1,20 +1,23 @@
 """Command line: ``seguncertainty segment`` and ``seguncertainty models``.
 
-Exit codes: 0 success, 2 usage, 3 bad input image, 4 model problem, 5 output not writable,
-6 out of memory, 130 cancelled, 1 unexpected error.
+Exit codes: 0 success, 2 usage, 3 bad input image, 4 model problem, 5 output not writable or not
+ours to replace, 6 out of memory, 130 cancelled (SIGINT/SIGTERM), 1 unexpected error. Every error is
+one line on stderr, ``seguncertainty: error: ...``; no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import CancelledError, SegUncertaintyError
+from .errors import CancelledError, ResourceError, SegUncertaintyError, UsageError
 from .inference.sampling import METHODS
 from .inference.scores import SUBJECT_SCORES
 from .io.dicom import SERIES_UID_TAG
@@ -26,8 +29,15 @@ SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), as every other error of the command line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seguncertainty", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="seguncertainty", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -39,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default=DEFAULT_MODEL, help="model name or card path (default: %(default)s)")
     seg.add_argument("--method", default="mc_dropout", choices=METHODS)
     seg.add_argument("--samples", type=int, default=None,
-                     help="samples per member: MC dropout passes (default 20) or TTA flips (default 8)")
+                     help="samples per member: MC dropout passes (default 20) or TTA flip combinations (default: all the model declares, at most 8)")
     seg.add_argument("--out", default=None, help="output folder (default: ./seguncertainty_out/<input name>)")
     seg.add_argument("--format", default="nrrd", choices=FORMATS)
     seg.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
@@ -71,13 +81,22 @@ def _input_name(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
 
+def default_out(path: Path) -> Path:
+    """``seguncertainty_out/<name>-<hash of the absolute input path>``: same input, same folder; two
+    inputs with one file name in different folders, different folders."""
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
+    return Path("seguncertainty_out") / f"{_input_name(path)}-{digest}"
+
+
 class _CancelFlag:
-    """Set by SIGTERM/SIGINT; the engine polls it between windows."""
+    """Set by SIGTERM/SIGINT (handlers installed for the life of the object, then restored).
+
+    Polled before and after every forward pass, between pipeline stages and between written files.
+    """
 
     def __init__(self):
         self.set = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handler(self, *_):
         self.set = True
@@ -85,37 +104,59 @@ class _CancelFlag:
     def __call__(self) -> bool:
         return self.set
 
+    def check(self) -> None:
+        if self.set:
+            raise CancelledError("Cancelled by the user; nothing was written")
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def check_segment_options(args) -> None:
+    """Refuse options out of range before anything is read (UsageError, exit 2)."""
+    from .inference.sampling import plan_samples
+
+    if args.sample == bool(args.input):
+        raise UsageError("segment: give an INPUT image or --sample (not both)")
+    if args.max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if not 0.0 <= args.overlap < 1.0:  # also refuses NaN
+        raise UsageError(f"--overlap must be in [0, 1), got {args.overlap}")
+    plan_samples(args.method, 2, args.samples)  # sample-count rules (the member count is checked later)
+
 
 def cmd_segment(args) -> int:
     from .inference.pipeline import segment_image
-    from .io.outputs import write_outputs
+    from .io.outputs import output_folder, write_outputs
     from .progress import ProgressReporter
 
-    if args.sample == bool(args.input):
-        raise SystemExit("seguncertainty segment: give an INPUT image or --sample (not both)")
-    path = SAMPLE_IMAGE if args.sample else Path(args.input)
-    out = Path(args.out) if args.out else Path("seguncertainty_out") / _input_name(path)
-    check_writable_dir(out)  # fail before the long part
-    reporter = ProgressReporter(args.progress)
+    check_segment_options(args)
     cancel = _CancelFlag()
+    path = SAMPLE_IMAGE if args.sample else Path(args.input)
+    out = Path(args.out) if args.out else default_out(path)
+    reporter = ProgressReporter(args.progress)
     try:
-        reporter("load", 0.0, f"reading {path.name}")
-        image = read_image(path, args.series)
-        model = load_model(args.model)
-        reporter("load", 1.0, f"model {model.card.name} {model.card.version}")
-        outputs = segment_image(image, model, args.method, args.samples, args.overlap, args.device, args.seed,
-                                args.max_batch, reporter, cancel)
-        if cancel():
-            raise CancelledError("Cancelled by the user; nothing was written")
-        reporter("write", 0.0, f"writing to {out}")
-        settings = {"overlap": args.overlap, "seed": args.seed, "max_batch": args.max_batch,
-                    "device_requested": args.device, "format": args.format,
-                    "dicom_series": image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None}
-        manifest = write_outputs(outputs, out, model.card, str(path), settings, args.format,
-                                 overview=not args.no_overview, samples=args.save_samples)
-        reporter("write", 1.0, "done")
+        with output_folder(out) as folder:  # lock, leftovers of killed runs, refusal: before the long part
+            reporter("load", 0.0, f"reading {path.name}")
+            image = read_image(path, args.series)
+            cancel.check()
+            model = load_model(args.model)
+            reporter("load", 1.0, f"model {model.card.name} {model.card.version}")
+            cancel.check()
+            outputs = segment_image(image, model, args.method, args.samples, args.overlap, args.device,
+                                    args.seed, args.max_batch, reporter, cancel)
+            cancel.check()
+            reporter("write", 0.0, f"writing to {out}")
+            settings = {"overlap": args.overlap, "seed": args.seed, "max_batch": args.max_batch,
+                        "device_requested": args.device, "format": args.format,
+                        "dicom_series": image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None}
+            manifest = write_outputs(outputs, folder, model.card, str(path), settings, args.format,
+                                     overview=not args.no_overview, samples=args.save_samples, cancelled=cancel)
+            reporter("write", 1.0, "done")
     finally:
         reporter.close()
+        cancel.restore()
     for note in outputs.notes:
         logging.warning(note)
     _print_summary(outputs, manifest)
@@ -243,17 +284,26 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "no details"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code. Every failure is one line on stderr, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="seguncertainty: %(message)s")
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         return {"segment": cmd_segment, "evaluate": cmd_evaluate, "models": cmd_models}[args.command](args)
     except SegUncertaintyError as exc:
-        print(f"seguncertainty: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except ValueError as exc:
-        print(f"seguncertainty: error: {exc}", file=sys.stderr)
-        return 2
+        code, message = exc.exit_code, str(exc)
+    except (KeyboardInterrupt, CancelledError):
+        code, message = CancelledError.exit_code, "Cancelled by the user; nothing was written"
+    except MemoryError:
+        code, message = ResourceError.exit_code, str(ResourceError("Out of memory; nothing was written"))
+    except Exception as exc:  # a bug or an unforeseen environment problem: still one line, exit 1
+        code, message = 1, f"unexpected {type(exc).__name__}: {exc} (nothing was written; please report this)"
+    print(f"seguncertainty: error: {_one_line(message)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -39,3 +39,9 @@ class CancelledError(SegUncertaintyError):
     """The run was cancelled by the user; nothing was written."""
 
     exit_code = 130
+
+
+class UsageError(SegUncertaintyError, ValueError):
+    """An option or argument is out of range or inconsistent (also a ValueError for Python callers)."""
+
+    exit_code = 2

@@ -65,7 +65,11 @@ def test_segment_phantom_writes_every_output_named_in_the_manifest(phantom_file,
 
 
 def test_uncertainty_grows_with_boundary_ambiguity(tmp_path, threshold_model):
-    """A blurrier edge (more ambiguous boundary) must give a less certain subject."""
+    """A blurrier edge (more ambiguous boundary) must give a less certain subject.
+
+    The threshold model's dropout acts on the input (each voxel dropped with p = 0.2 independently), so
+    its pairwise Dice (~0.8), volume CV and diversity do not depend on the edge width in expectation:
+    they are compared with a tolerance only; the uncertainty inside the segment must grow."""
     results = {}
     for blur in (1.0, 6.0):
         path = tmp_path / f"blur{blur}.nrrd"
@@ -74,9 +78,9 @@ def test_uncertainty_grows_with_boundary_ambiguity(tmp_path, threshold_model):
         assert cli.main(["segment", str(path), "--model", str(threshold_model), "--samples", "8",
                          "--out", str(out), "--progress", "none", "--no-overview"]) == 0
         results[blur] = load_json(out / "scores.json")["classes"]["sphere"]
-    assert results[6.0]["dpw"] < results[1.0]["dpw"]
-    assert results[6.0]["cv"] > results[1.0]["cv"]
-    assert results[6.0]["diversity"] > results[1.0]["diversity"]
+    assert results[6.0]["ulabelled"] > results[1.0]["ulabelled"] + 0.03
+    assert results[6.0]["segment_entropy"] > results[1.0]["segment_entropy"] + 0.03
+    assert results[6.0]["dpw"] == pytest.approx(results[1.0]["dpw"], abs=0.02)
 
 
 def test_same_seed_gives_identical_files(phantom_file, threshold_model, tmp_path):
@@ -134,10 +138,12 @@ def test_failed_write_keeps_the_previous_run_and_leaves_no_partial_file(phantom_
 def test_cancel_writes_nothing(phantom_file, threshold_model, tmp_path, monkeypatch):
     monkeypatch.setattr(cli._CancelFlag, "__call__", lambda self: True)
     out = tmp_path / "out"
+    before = sorted(p.name for p in tmp_path.iterdir())
     code = cli.main(["segment", str(phantom_file), "--model", str(threshold_model), "--out", str(out),
                      "--progress", "none"])
     assert code == 130
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the folder is only created by publishing a complete run
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no staging folder, no lock file
 
 
 def test_sample_with_bundled_model(tmp_path):

@@ -7,7 +7,7 @@ from conftest import ThresholdNet
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from SegUncertaintyLib.errors import CancelledError, ResourceError
+from SegUncertaintyLib.errors import CancelledError, ResourceError, UsageError
 from SegUncertaintyLib.inference.engine import EngineConfig, class_argmax, run_engine, scan_slices
 from SegUncertaintyLib.inference.sampling import SampleSpec, plan_samples, set_dropout
 
@@ -132,17 +132,49 @@ def test_tta_undoes_flips():
 
 
 def test_sample_bits_hold_each_samples_labels():
+    """ThresholdNet with input dropout: a sample either drops voxel v (p = sigmoid(-g), label 0) or keeps it
+    (p = sigmoid(2g(x/(1-q) - 0.5)), label 1 iff x/(1-q) > 0.5). So the mean probability tells how many
+    samples kept v, and the bits must hold exactly that many ones where the kept label is 1, none elsewhere."""
     volume = smooth_volume(shape=(16, 16, 16))
-    net = ThresholdNet(p=0.4)
-    result = run_engine(volume, [net], plan_samples("mc_dropout", 1, 10), 2, EngineConfig((16, 16, 16), seed=3))
-    # reproduce the 10 dropout draws of the single window with the same seed
-    torch.manual_seed(3)
-    set_dropout(net, True)
-    with torch.no_grad():
-        x = torch.from_numpy(volume)[None, None].expand(10, 1, 16, 16, 16)
-        labels = net(x).argmax(1).numpy().astype(bool)
-    expected = np.packbits(labels, axis=0, bitorder="little")
-    assert np.array_equal(result.sample_bits[0].numpy(), expected)
+    gain, q, t = 8.0, 0.4, 10
+    result = run_engine(volume, [ThresholdNet(gain=gain, p=q)], plan_samples("mc_dropout", 1, t), 2,
+                        EngineConfig((16, 16, 16), seed=3))
+    x = torch.from_numpy(volume).double()
+    dropped, kept = torch.sigmoid(torch.tensor(-gain).double()), torch.sigmoid(2 * gain * (x / (1 - q) - 0.5))
+    n_kept = t * (result.mean_p[1].double() - dropped) / (kept - dropped)
+    ones = torch.from_numpy(np.unpackbits(result.sample_bits[0].numpy(), axis=0, count=t,
+                                          bitorder="little").sum(0).astype(np.int64))
+    usable = (kept - dropped).abs() > 0.2
+    expected = torch.where(x / (1 - q) > 0.5, n_kept.round().long(), torch.zeros_like(ones))
+    assert usable.sum() > 1000 and (n_kept[usable] - n_kept[usable].round()).abs().max() < 1e-3
+    assert torch.equal(ones[usable], expected[usable])
+    assert 0 < ones.float().mean() < t  # samples differ
+
+
+@pytest.mark.parametrize("scripted", [False, True], ids=["eager", "torchscript"])
+def test_results_do_not_depend_on_max_batch(scripted):
+    """Each sample's dropout masks come from (seed, window, sample): batching cannot change the maps."""
+    volume = smooth_volume(shape=(20, 24, 20))
+    net = ThresholdNet(gain=6.0, p=0.3)
+    net = torch.jit.script(net) if scripted else net
+    plan = plan_samples("mc_dropout", 1, 9)
+    runs = [run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), max_batch=b, seed=5)) for b in (1, 3, 8)]
+    for other in runs[1:]:
+        assert torch.equal(runs[0].sample_bits, other.sample_bits)
+        assert torch.equal(runs[0].mean_p, other.mean_p)
+        for name, value in runs[0].maps.items():
+            assert torch.equal(value, other.maps[name]), name
+    assert runs[0].maps["variance"].max() > 0.01  # really stochastic
+
+
+def test_engine_leaves_the_global_random_generator_alone():
+    net = ThresholdNet()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run_engine(smooth_volume(shape=(16, 16, 16)), [net], plan_samples("mc_dropout", 1, 3), 2,
+               EngineConfig((16, 16, 16)))
+    assert torch.equal(torch.rand(3), expected)
 
 
 class FlakyMemoryNet(nn.Module):
@@ -168,6 +200,46 @@ def test_out_of_memory_halves_the_batch_then_gives_a_clear_error():
     assert any("retrying with 2" in n for n in result.notes)
     with pytest.raises(ResourceError, match="Out of memory"):
         run_engine(volume, [FlakyMemoryNet(limit=0)], plan, 2, EngineConfig((16, 16, 16)))
+
+
+class DropoutFlakyNet(nn.Module):
+    """ThresholdNet with dropout that raises out-of-memory for batches larger than ``limit``."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.inner, self.limit = ThresholdNet(p=0.3), limit
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_out_of_memory_fallback_does_not_change_stochastic_results():
+    volume = smooth_volume(shape=(16, 16, 24))
+    plan = plan_samples("mc_dropout", 1, 8)
+    flaky = DropoutFlakyNet(limit=2)
+    fallback = run_engine(volume, [flaky], plan, 2, EngineConfig((16, 16, 16), max_batch=8, seed=2))
+    assert any("retrying with 2" in n for n in fallback.notes)
+    plain = run_engine(volume, [flaky.inner], plan, 2, EngineConfig((16, 16, 16), max_batch=8, seed=2))
+    assert torch.equal(fallback.sample_bits, plain.sample_bits) and torch.equal(fallback.mean_p, plain.mean_p)
+
+
+def test_cancel_is_honoured_inside_a_window_between_forward_passes():
+    """A window of 12 samples in passes of 2: cancel after the 2nd pass stops before the 3rd."""
+    net = FlakyMemoryNet(limit=99)
+    calls = net.calls
+    with pytest.raises(CancelledError):
+        run_engine(smooth_volume(shape=(16, 16, 16)), [net], [SampleSpec(0, f) for f in [()] * 12], 2,
+                   EngineConfig((16, 16, 16), max_batch=2), cancelled=lambda: len(calls) >= 2)
+    assert calls == [2, 2]
+
+
+@pytest.mark.parametrize("overlap", [0.95, 1.0, -0.1, float("nan")])
+def test_overlap_out_of_range_or_with_a_one_voxel_stride_is_a_usage_error(overlap):
+    with pytest.raises(UsageError, match="overlap"):
+        run_engine(smooth_volume(shape=(16, 16, 16)), [ThresholdNet()], plan_samples("softmax", 1), 2,
+                   EngineConfig((16, 16, 16), overlap=overlap))
 
 
 def test_cancel_stops_before_the_next_window():

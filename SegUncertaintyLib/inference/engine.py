@@ -23,9 +23,9 @@ import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
-from ..errors import CancelledError, ResourceError
+from ..errors import CancelledError, ResourceError, UsageError
 from .maps import normalized_entropy, uncertainty_maps
-from .sampling import SampleSpec, set_dropout
+from .sampling import SampleSpec, per_sample_dropout, per_sample_dropout_possible, sample_seed, set_dropout
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, float, str], None]
@@ -69,6 +69,17 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def check_overlap(window: Sequence[int], overlap: float) -> None:
+    """UsageError unless 0 <= overlap < 1 and the stride leaves more than 1 voxel on every axis."""
+    if not 0.0 <= overlap < 1.0:  # also refuses NaN
+        raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
+    strides = [int(w * (1.0 - overlap)) for w in window]
+    if any(w > 1 and st <= 1 for w, st in zip(window, strides, strict=True)):
+        raise UsageError(f"--overlap {overlap} leaves a stride of {min(strides)} voxel for the window "
+                         f"{tuple(window)}: windows would be recomputed thousands of times; use at most "
+                         f"{1 - 2 / min(w for w in window if w > 1):.3g}")
+
+
 def scan_slices(shape: Sequence[int], window: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
     """Window positions covering ``shape`` (each dim >= window), the last flush with the end."""
     interval = [max(int(w * (1.0 - overlap)), 1) for w in window]
@@ -106,21 +117,26 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class _WindowSampler:
-    """Runs the sample plan on one window, halving the batch (then leaving the GPU) on out-of-memory."""
+    """Runs the sample plan on one window, halving the batch (then leaving the GPU) on out-of-memory.
 
-    def __init__(self, networks: list[nn.Module], plan: list[SampleSpec], config: EngineConfig, notes: list[str]):
-        self.networks, self.plan, self.notes = networks, plan, notes
+    Sample t of window w uses the seed ``sample_seed(config.seed, w, t)`` whatever the batch, so a retry
+    with a smaller batch gives the same samples. ``cancelled`` is polled before every forward pass.
+    """
+
+    def __init__(self, networks: list[nn.Module], plan: list[SampleSpec], config: EngineConfig, notes: list[str],
+                 cancelled: Callable[[], bool] | None = None):
+        self.networks, self.plan, self.notes, self.cancelled = networks, plan, notes, cancelled
+        self.seed = config.seed
         self.device = pick_device(config.device)
         if config.device in ("cuda", "gpu") and self.device.type == "cpu":
             notes.append("No CUDA GPU available: ran on the CPU.")
         self.batch = max(1, config.max_batch)
         self.amp = config.amp
+        self.hookable = [per_sample_dropout_possible(net) for net in networks]
         for net in networks:
             net.to(self.device)
 
-    def _forward(self, x: torch.Tensor, specs: list[SampleSpec]) -> torch.Tensor:
-        net = self.networks[specs[0].member]
-        set_dropout(net, specs[0].dropout)
+    def _pass(self, net: nn.Module, x: torch.Tensor, specs: list[SampleSpec]) -> torch.Tensor:
         batch = torch.cat([torch.flip(x, [d + 2 for d in s.flip]) if s.flip else x for s in specs])
         use_amp = self.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
@@ -131,6 +147,30 @@ class _WindowSampler:
             for i, s in enumerate(specs)
         ])
         return torch.softmax(logits, dim=1)
+
+    def _forward(self, x: torch.Tensor, specs: list[SampleSpec], seeds: list[int]) -> torch.Tensor:
+        """(B, C, *w) softmax of the samples ``specs``; dropout masks drawn from each sample's seed."""
+        member = specs[0].member
+        net = self.networks[member]
+        set_dropout(net, specs[0].dropout)
+        if not specs[0].dropout:
+            return self._pass(net, x, specs)
+        if self.hookable[member]:
+            with per_sample_dropout(net, seeds, self.device):
+                return self._pass(net, x, specs)
+        # dropout the hooks cannot reach (TorchScript): one sample per pass, global generator seeded per sample
+        out = []
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        for spec, seed in zip(specs, seeds, strict=True):
+            self._check_cancel()
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                out.append(self._pass(net, x, [spec]))
+        return torch.cat(out)
+
+    def _check_cancel(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise CancelledError("Cancelled by the user; nothing was written")
 
     def _chunks(self):
         """Consecutive runs of the plan sharing member and dropout, cut at the current batch size."""
@@ -144,12 +184,13 @@ class _WindowSampler:
             yield start, stop
             start = stop
 
-    def run(self, window: torch.Tensor):
-        """Sums over samples of p, p^2 and normalized H(p) for one (1, 1, *w) window, plus labels (T, *w)."""
+    def run(self, window: torch.Tensor, index: int, n_classes: int):
+        """For one (1, 1, *w) window (number ``index``): sums over samples of p, p^2 and normalized H(p),
+        and the samples' labels packed as bits, (C-1, ceil(T/8), *w) uint8."""
         x = window.to(self.device)
         while True:
             try:
-                return self._run(x)
+                return self._run(x, index, n_classes)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
                 if not _is_oom(exc):
                     raise
@@ -170,20 +211,25 @@ class _WindowSampler:
                 log.warning(self.notes[-1])
 
     @torch.no_grad()
-    def _run(self, x: torch.Tensor):
+    def _run(self, x: torch.Tensor, index: int, n_classes: int):
         sum_p = sum_p2 = sum_h = None
-        labels = []
+        bits = torch.zeros((n_classes - 1, (len(self.plan) + 7) // 8, *x.shape[2:]), dtype=torch.uint8,
+                           device=x.device)
         for start, stop in self._chunks():
-            p = self._forward(x, self.plan[start:stop])
+            self._check_cancel()
+            seeds = [sample_seed(self.seed, index, t) for t in range(start, stop)]
+            p = self._forward(x, self.plan[start:stop], seeds)
+            h = normalized_entropy(p, 1)
+            labels = class_argmax(p, 1)
             if sum_p is None:
-                sum_p, sum_p2 = p.sum(0), (p * p).sum(0)
-                sum_h = normalized_entropy(p, 1).sum(0)
-            else:
-                sum_p += p.sum(0)
-                sum_p2 += (p * p).sum(0)
-                sum_h += normalized_entropy(p, 1).sum(0)
-            labels.append(class_argmax(p, 1))
-        return sum_p, sum_p2, sum_h, torch.cat(labels)
+                sum_p, sum_p2, sum_h = (torch.zeros_like(p[0]), torch.zeros_like(p[0]), torch.zeros_like(h[0]))
+            for j, t in enumerate(range(start, stop)):  # sample by sample: the same sums whatever the batch
+                sum_p += p[j]
+                sum_p2 += p[j] * p[j]
+                sum_h += h[j]
+                for k in range(1, n_classes):  # packed at once: no (T, *w) label stack
+                    bits[k - 1, t // 8] |= (labels[j] == k).to(torch.uint8) << (t % 8)
+        return sum_p, sum_p2, sum_h, bits
 
 
 def run_engine(
@@ -195,10 +241,14 @@ def run_engine(
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> EngineResult:
-    """Segment a preprocessed (z, y, x) float32 volume; return stitched mean, maps and sample bits."""
-    torch.manual_seed(config.seed)
+    """Segment a preprocessed (z, y, x) float32 volume; return stitched mean, maps and sample bits.
+
+    ``cancelled`` is polled before every forward pass (CancelledError); the result does not depend on
+    ``config.max_batch`` (each sample's randomness comes from the seed, window and sample index).
+    """
+    check_overlap(config.window, config.overlap)
     notes: list[str] = []
-    sampler = _WindowSampler(networks, plan, config, notes)
+    sampler = _WindowSampler(networks, plan, config, notes, cancelled)
     n_samples, shape = len(plan), tuple(volume.shape)
     window = tuple(int(w) for w in config.window)
     padded_shape = tuple(max(s, w) for s, w in zip(shape, window, strict=False))
@@ -223,7 +273,7 @@ def run_engine(
     for i, sl in enumerate(slices):
         if cancelled is not None and cancelled():
             raise CancelledError("Cancelled by the user; nothing was written")
-        s_p, s_p2, s_h, labels = sampler.run(image[(slice(None), slice(None), *sl)])
+        s_p, s_p2, s_h, packed = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
         inv_t = 1.0 / n_samples
         sum_p[(slice(None), *sl)] += weight * (s_p.cpu() * inv_t)
         sum_p2[(slice(None), *sl)] += weight * (s_p2.cpu() * inv_t)
@@ -231,10 +281,8 @@ def run_engine(
         sum_w[sl] += weight
         wins = weight > best_w[sl]
         best_w[sl] = torch.maximum(best_w[sl], weight)
-        for k in range(1, c):
-            packed = pack_bits(labels == k).cpu()
-            region = bits[(k - 1, slice(None), *sl)]
-            region.copy_(torch.where(wins, packed, region))
+        region = bits[(slice(None), slice(None), *sl)]
+        region.copy_(torch.where(wins, packed.cpu(), region))
         if progress is not None:
             progress("inference", (i + 1) / len(slices), f"window {i + 1}/{len(slices)}")
     del best_w, image

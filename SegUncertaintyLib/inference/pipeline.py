@@ -10,9 +10,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import ModelError
+from ..errors import CancelledError, InputImageError, ModelError, UsageError
+from ..io.images import validate_image
 from ..models.loader import LoadedModel, check_mc_dropout
-from .engine import EngineConfig, ProgressCallback, class_argmax, run_engine
+from .engine import EngineConfig, ProgressCallback, check_overlap, class_argmax, run_engine
 from .preprocessing import array_on_grid, to_input_space, to_model_space
 from .sampling import plan_samples
 from .scores import scores_document, subject_scores
@@ -65,20 +66,35 @@ def segment_image(
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> SegmentationOutputs:
-    """Segment a validated float32 3D image with uncertainty; every output has ``image``'s geometry."""
+    """Segment a 3D image with uncertainty; every output has ``image``'s geometry.
+
+    The image is validated as the command line does (InputImageError: not 3D, NaN/inf voxels, constant);
+    options out of range raise UsageError (a ValueError). ``cancelled`` is polled between stages and
+    forward passes (CancelledError).
+    """
     report = progress or (lambda *_: None)
     card = model.card
-    check_method(model, method)
+    if not isinstance(image, sitk.Image):
+        raise InputImageError(f"segment_image needs a SimpleITK image (with its geometry), got {type(image).__name__}")
+    image = validate_image(image, "input image")
     plan = plan_samples(method, len(model.networks), samples, card.flip_axes)
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    check_method(model, method)
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise UsageError(f"--max-batch must be at least 1, got {max_batch!r}")
+    window = tuple(reversed(card.patch_size))
+    check_overlap(window, overlap)
+
+    def check_cancel() -> None:
+        if cancelled is not None and cancelled():
+            raise CancelledError("Cancelled by the user; nothing was written")
 
     report("preprocess", 0.0, "resampling to the model grid")
     array, grid = to_model_space(image, card)
+    check_cancel()
     report("preprocess", 1.0, f"model grid {grid.GetSize()} at {card.spacing_mm} mm")
-    config = EngineConfig(window=tuple(reversed(card.patch_size)), overlap=overlap, max_batch=max_batch,
-                          device=device, seed=seed)
+    config = EngineConfig(window=window, overlap=overlap, max_batch=max_batch, device=device, seed=seed)
     result = run_engine(array, model.networks, plan, card.n_classes, config, report, cancelled)
+    check_cancel()
 
     report("postprocess", 0.0, "resampling to the input grid")
     names = card.labels
@@ -89,6 +105,7 @@ def segment_image(
     probabilities = {names[k]: array_on_grid(probs[k], image) for k in range(1, card.n_classes)}
     map_names = list(MAP_MEANINGS) if result.n_samples > 1 else ["entropy"]
     maps = {name: to_input_space(result.maps[name].numpy(), grid, image) for name in map_names}
+    check_cancel()
     report("postprocess", 0.5, "subject-level scores")
 
     voxel_ml_input = math.prod(image.GetSpacing()) / 1000.0

@@ -4,16 +4,24 @@ softmax: one deterministic pass (entropy only). mc_dropout: T passes with only t
 train mode (normalization layers stay in eval). ensemble: one pass per member. tta: flips over the
 spatial axes the model declares (its card's tta_flips; up to 8 combinations). Combinations:
 "ensemble+mc_dropout" (T per member) and "ensemble+tta" (every member with every flip).
+
+Randomness: sample t of window w draws its dropout masks from its own generator, seeded from
+(seed, w, t) (:func:`sample_seed`), so a result never depends on which samples share a forward pass:
+``--max-batch`` and the out-of-memory fallback that halves it cannot change the maps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, UsageError
 
 METHODS = ("softmax", "mc_dropout", "ensemble", "tta", "ensemble+mc_dropout", "ensemble+tta")
 DEFAULT_SAMPLES = {"mc_dropout": 20, "tta": 8}
@@ -25,7 +33,6 @@ def flip_combinations(axes=(0, 1, 2)) -> tuple[tuple[int, ...], ...]:
     return tuple(combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r))
 
 
-FLIPS = flip_combinations()
 
 
 @dataclass(frozen=True)
@@ -42,26 +49,29 @@ def plan_samples(method: str, n_members: int, samples: int | None = None,
     """The list of passes for ``method``; ``samples`` is T per member (MC dropout) or flips (TTA).
 
     TTA flips only ``flip_axes``, the (z, y, x) axes the model was trained to be invariant to.
+    ``samples`` None means the method's default; a count the method cannot use is a UsageError (exit 2).
     """
     if method not in METHODS:
-        raise ModelError(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise UsageError(f"--samples must be a whole number of at least 1, got {samples!r}")
     parts = method.split("+")
     members = range(n_members) if "ensemble" in parts else range(1)
     if "ensemble" in parts and n_members < 2:
         raise ModelError(f"Method '{method}' needs an ensemble, but the model has only one member")
     if "mc_dropout" in parts:
-        t = samples or DEFAULT_SAMPLES["mc_dropout"]
+        t = DEFAULT_SAMPLES["mc_dropout"] if samples is None else samples
         if t < 2:
-            raise ModelError("MC dropout needs at least 2 samples")
+            raise UsageError(f"MC dropout needs --samples of at least 2, got {t}")
         return [SampleSpec(m, (), True) for m in members for _ in range(t)]
     if "tta" in parts:
         flips = flip_combinations(flip_axes)
         if len(flips) < 2:
             raise ModelError("Test-time augmentation needs flips the model was trained with; the model declares none")
-        t = samples or min(DEFAULT_SAMPLES["tta"], len(flips))
+        t = min(DEFAULT_SAMPLES["tta"], len(flips)) if samples is None else samples
         if not 2 <= t <= len(flips):
-            raise ModelError(f"Test-time augmentation uses 2 to {len(flips)} flip combinations "
-                             f"(the flips the model declares), got {t}")
+            raise UsageError(f"Test-time augmentation uses --samples 2 to {len(flips)} (combinations of the flips "
+                             f"the model declares), got {t}")
         return [SampleSpec(m, flip) for m in members for flip in flips[:t]]
     return [SampleSpec(m) for m in members]
 
@@ -87,3 +97,53 @@ def set_dropout(network: nn.Module, enabled: bool) -> int:
             module.train(enabled)
             count += 1
     return count
+
+
+_HOOKABLE_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+def sample_seed(seed: int, window: int, sample: int) -> int:
+    """The 63-bit seed of one sample of one window, derived from the run's ``seed`` (any int)."""
+    entropy = [seed % 2**64, window, sample]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
+def per_sample_dropout_possible(network: nn.Module) -> bool:
+    """True when every dropout module is torch's own (Dropout, Dropout1d/2d/3d), not TorchScript or alpha
+    dropout: their masks can then be drawn per batch element by :func:`per_sample_dropout`."""
+    return all(type(m) in _HOOKABLE_DROPOUT for m in network.modules() if is_dropout(m))
+
+
+@contextlib.contextmanager
+def per_sample_dropout(network: nn.Module, seeds: Sequence[int], device: torch.device) -> Iterator[None]:
+    """Within the block, the active dropout modules draw batch element b's mask from a generator seeded
+    with ``seeds[b]`` (elementwise for Dropout, per channel for DropoutNd), in module-call order.
+
+    Needs :func:`per_sample_dropout_possible`; the modules are switched to eval (identity) and a forward
+    hook applies the mask, so torch's global generator is not used.
+    """
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        p = float(module.p)
+        if p <= 0.0:
+            return output
+        if p >= 1.0:
+            return torch.zeros_like(output)
+        if output.shape[0] != len(generators):
+            raise RuntimeError(f"dropout input batch {output.shape[0]} != {len(generators)} samples")
+        shape = output.shape[1:] if type(module) is nn.Dropout else (output.shape[1], *[1] * (output.dim() - 2))
+        keep = torch.stack([torch.rand(shape, generator=g, device=output.device) >= p for g in generators])
+        return output * keep.to(output.dtype) * (1.0 / (1.0 - p))
+
+    active = [m for m in network.modules() if is_dropout(m) and m.training]
+    handles = [m.register_forward_hook(hook) for m in active]
+    for m in active:
+        m.eval()
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in active:
+            m.train()

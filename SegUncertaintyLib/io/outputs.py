@@ -1,39 +1,76 @@
 """Write a run's outputs and the manifest that names every file and its meaning.
 
-All files are written into a staging folder and moved into place at the end, the manifest last: a
-folder with ``manifest.json`` holds a complete run, and a failed run leaves nothing half-written.
+The whole run is written into a staging folder and swapped in at the end (:mod:`.publish`): a folder
+with ``manifest.json`` holds one complete run, a failed or cancelled run changes nothing, and an output
+folder is only replaced when every file in it was written by an earlier run (listed in its manifest).
 """
 
 from __future__ import annotations
 
+import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..errors import CancelledError
 from ..inference.pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
 from ..models.card import ModelCard
-from .images import check_writable_dir, publish, staging_dir, write_image, write_json
+from .images import write_image, write_json
 from .overview import save_overview
+from .publish import OutputFolder
 
 MANIFEST = "manifest.json"
 FORMATS = ("nrrd", "nii.gz")
 
 
-def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: ModelCard, input_name: str,
-                  settings: dict, fmt: str = "nrrd", overview: bool = True, samples: bool = False) -> Path:
+def run_files(folder: Path) -> set[str] | None:
+    """The file names an earlier run wrote in ``folder`` (its manifest's outputs and the manifest itself),
+    or None when ``folder`` has no readable manifest written by this tool."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if not str(manifest.get("tool", "")).startswith("seguncertainty "):
+            return None
+        names = {entry["file"] for entry in manifest["outputs"]}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n not in (".", "..")
+               for n in names):
+        return None
+    return names | {MANIFEST}
+
+
+def output_folder(out_dir: str | Path) -> OutputFolder:
+    """The locked, checked output folder of a segmentation run (use as a context manager)."""
+    return OutputFolder(out_dir, run_files)
+
+
+def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, card: ModelCard,
+                  input_name: str, settings: dict, fmt: str = "nrrd", overview: bool = True,
+                  samples: bool = False, cancelled: Callable[[], bool] | None = None) -> Path:
     """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest.
 
-    ``samples``: also write each class's per-sample segmentations on the input grid, bit-packed
-    (``samples_<label>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t).
+    ``out_dir``: a folder path, or an :class:`OutputFolder` already entered (the command line takes it
+    before the long part). ``samples``: also write each class's per-sample segmentations on the input
+    grid, bit-packed (``samples_<label>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of byte
+    t // 8 is sample t). ``cancelled`` is polled between files: CancelledError, nothing published.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}")
-    out_dir = check_writable_dir(out_dir)
+    if not isinstance(out_dir, OutputFolder):
+        with output_folder(out_dir) as folder:
+            return write_outputs(outputs, folder, card, input_name, settings, fmt, overview, samples, cancelled)
+
+    def check_cancel() -> None:
+        if cancelled is not None and cancelled():
+            raise CancelledError("Cancelled by the user; nothing was written")
+
     entries: list[dict] = []
-    with staging_dir(out_dir) as stage:
+    with out_dir.staged(cancelled) as stage:
         def add_image(image, name: str, kind: str, meaning: str, **extra) -> None:
+            check_cancel()
             filename = f"{name}.{fmt}"
             write_image(image, stage / filename)
             entries.append({"file": filename, "kind": kind, "meaning": meaning, **extra})
@@ -48,6 +85,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: Model
             add_image(image, name, "uncertainty", MAP_MEANINGS[name], map=name)
         if samples and outputs.model_grid_sample_bits is not None:
             for k, name in enumerate(n for v, n in sorted(card.labels.items()) if v != 0):
+                check_cancel()
                 bits = samples_on_input_grid(outputs.model_grid_sample_bits[k], outputs.n_samples,
                                              outputs.model_grid_image, outputs.segmentation)
                 np.savez_compressed(stage / f"samples_{name}.npz", bits=bits, n_samples=outputs.n_samples)
@@ -58,6 +96,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: Model
         entries.append({"file": "scores.json", "kind": "scores",
                         "meaning": "Subject-level scores per class, with definitions and directions"})
         if overview:
+            check_cancel()
             title = f"{Path(input_name).name} — {card.name} — {outputs.method}"
             save_overview(outputs, stage / "overview.png", title=title)
             entries.append({"file": "overview.png", "kind": "figure",
@@ -78,5 +117,4 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path, card: Model
             "outputs": entries,
         }
         write_json(manifest, stage / MANIFEST)
-        publish(stage, out_dir, [e["file"] for e in entries] + [MANIFEST])
-    return out_dir / MANIFEST
+    return out_dir.path / MANIFEST
