@@ -49,8 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default=DEFAULT_MODEL, help="model name or card path (default: %(default)s)")
     seg.add_argument("--method", default="mc_dropout", choices=METHODS)
     seg.add_argument("--samples", type=int, default=None,
-                     help="samples per member: MC dropout passes (default 20) or TTA flip combinations (default: all the model declares, at most 8)")
-    seg.add_argument("--out", default=None, help="output folder (default: ./seguncertainty_out/<input name>)")
+                     help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
+                          "(default: all the model declares, at most 8)")
+    seg.add_argument("--out", default=None,
+                     help="output folder (default: ./seguncertainty_out/<input name>-<hash of its path>)")
     seg.add_argument("--format", default="nrrd", choices=FORMATS)
     seg.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     seg.add_argument("--seed", type=int, default=0)
