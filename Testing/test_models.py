@@ -18,7 +18,7 @@ from conftest import ThresholdNet, sphere_phantom, write_threshold_model
 from monai.networks.nets import UNet
 
 from SegUncertaintyLib import cli
-from SegUncertaintyLib.errors import ModelError
+from SegUncertaintyLib.errors import ModelError, UsageError
 from SegUncertaintyLib.inference.pipeline import check_method, segment_image
 from SegUncertaintyLib.inference.sampling import plan_samples
 from SegUncertaintyLib.models import catalog, formats
@@ -73,7 +73,7 @@ def test_tta_plan_uses_only_declared_flips():
     plan = plan_samples("tta", 3, None, card.flip_axes)
     assert [s.flip for s in plan] == [(), (2,)]
     assert {s.flip for s in plan_samples("ensemble+tta", 3, None, card.flip_axes)} == {(), (2,)}
-    with pytest.raises(ModelError, match="2 to 2 flip combinations"):
+    with pytest.raises(UsageError, match=r"2 to 2 \(combinations of the flips"):
         plan_samples("tta", 1, 4, card.flip_axes)
     assert len(plan_samples("tta", 1, None)) == 8  # a model invariant to every flip keeps all 8
 

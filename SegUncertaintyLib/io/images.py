@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError, OutputError
+from ..errors import InputImageError, OutputError, UsageError
 from .dicom import SERIES_UID_TAG, read_dicom_folder
 from .header import check_grid, last_line, quiet_itk, read_header
 from .nifticheck import check_nifti_complete
@@ -67,7 +67,7 @@ def read_image(path: str | os.PathLike, series: str | None = None) -> sitk.Image
         image.SetMetaData(SERIES_UID_TAG, raw.GetMetaData(SERIES_UID_TAG))  # recorded in the manifest
         return image
     if series is not None:
-        raise ValueError(f"--series applies to DICOM folders; {path} is a file")
+        raise UsageError(f"--series applies to DICOM folders; {path} is a file")
     return validate_image(read_volume(path), str(path))
 
 
