@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment one volume with uncertainty maps and scores")
     seg.add_argument("input", nargs="?", help="image file (NIfTI, NRRD, MHA) or DICOM folder")
     seg.add_argument("--sample", action="store_true", help="run on the bundled sample T1 volume")
-    seg.add_argument("--model", default=DEFAULT_MODEL, help="model name or card path (default: %(default)s)")
+    seg.add_argument("--model", default=DEFAULT_MODEL,
+                     help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder "
+                          "(default: %(default)s)")
     seg.add_argument("--method", default="mc_dropout", choices=METHODS)
     seg.add_argument("--samples", type=int, default=None,
                      help="samples per member: MC dropout passes (default 20) or TTA flips (default 8)")

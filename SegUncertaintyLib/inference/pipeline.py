@@ -69,6 +69,10 @@ def segment_image(
     cancelled: Callable[[], bool] | None = None,
 ) -> SegmentationOutputs:
     """Segment a validated float32 3D image with uncertainty; every output has ``image``'s geometry."""
+    if not isinstance(model, LoadedModel):  # a whole-volume format: models/adapters/base.py
+        from .whole_volume import segment_passes
+
+        return segment_passes(image, model, method, samples, device, seed, progress, cancelled)
     report = progress or (lambda *_: None)
     card = model.card
     check_method(model, method)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .adapters.base import WholeVolumeModel, load_whole_volume_model
 from .card import ModelCard, load_card
 from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, user_model_dir  # noqa: F401 (re-exported)
 
@@ -48,8 +49,14 @@ def build_network(architecture: dict) -> nn.Module:
         raise ModelError(f"Cannot build MONAI {name} from the card's kwargs: {exc}") from exc
 
 
-def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
-    """Resolve, verify checksums and load every member network; raise ModelError on any problem."""
+def load_model(name_or_path: str | os.PathLike) -> LoadedModel | WholeVolumeModel:
+    """Resolve, verify checksums and load every member network; raise ModelError on any problem.
+
+    A path holding an nnU-Net v2 folder or a MONAI bundle gives its adapter (models/adapters/) instead.
+    """
+    adapter = load_whole_volume_model(name_or_path)
+    if adapter is not None:
+        return adapter
     card = resolve_card(name_or_path)
     card.verify()
     networks = []
