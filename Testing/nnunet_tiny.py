@@ -19,15 +19,16 @@ CT_PROPERTIES = {"max": 1000.0, "mean": 80.0, "median": 60.0, "min": -1000.0, "p
 
 
 def tiny_plans(spacing=(1.0, 1.0, 1.0), transpose_forward=(0, 1, 2), normalization="CTNormalization",
-               dropout: float | None = None, n_classes: int = 3) -> dict:
+               dropout: float | None = None, patch_size=(16, 16, 16), features=(4, 8, 16)) -> dict:
     """plans.json content; spacing and patch size are in the transposed axis order, as nnU-Net writes them."""
     backward = [int(i) for i in np.argsort(transpose_forward)]
+    n = len(features)
     arch = {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
         "arch_kwargs": {
-            "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-            "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+            "n_stages": n, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * n, "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+            "n_conv_per_stage": [1] * n, "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
             "norm_op_kwargs": {"eps": 1e-05, "affine": True},
             "dropout_op": "torch.nn.modules.dropout.Dropout3d" if dropout else None,
@@ -52,7 +53,7 @@ def tiny_plans(spacing=(1.0, 1.0, 1.0), transpose_forward=(0, 1, 2), normalizati
         "foreground_intensity_properties_per_channel": {"0": CT_PROPERTIES},
         "configurations": {"3d_fullres": {
             "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": [16, 16, 16], "median_image_size_in_voxels": [24, 24, 24],
+            "batch_size": 2, "patch_size": list(patch_size), "median_image_size_in_voxels": [24, 24, 24],
             "spacing": list(spacing), "normalization_schemes": [normalization], "use_mask_for_norm": [False],
             **resampling, "architecture": arch, "batch_dice": False}},
     }
