@@ -11,7 +11,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first, pinned, so that nothing else pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# torch named again so that nothing in the extras (nnunetv2 -> timm -> torchvision) upgrades it.
+.venv/bin/python -m pip install --quiet -e ".[dev]" "torch==2.13.0"
 # Optional data for training and evaluating the bundled model (Colin27 + macaque templates, Debian).
 if [ ! -d /usr/share/mricron/templates ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get install -y -qq mricron-data >/dev/null 2>&1 \
