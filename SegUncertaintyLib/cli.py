@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--sample", action="store_true", help="run on the bundled sample T1 volume")
     seg.add_argument("--series", default=None, metavar="UID",
                      help="SeriesInstanceUID to read from a DICOM folder holding several series")
-    seg.add_argument("--model", default=DEFAULT_MODEL, help="model name or card path (default: %(default)s)")
+    seg.add_argument("--model", default=DEFAULT_MODEL,
+                     help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder "
+                          "(default: %(default)s)")
     seg.add_argument("--method", default="mc_dropout", choices=METHODS)
     seg.add_argument("--samples", type=int, default=None,
                      help="samples per member: MC dropout passes (default 20) or TTA flip combinations "

@@ -72,11 +72,15 @@ def segment_image(
     options out of range raise UsageError (a ValueError). ``cancelled`` is polled between stages and
     forward passes (CancelledError).
     """
-    report = progress or (lambda *_: None)
-    card = model.card
     if not isinstance(image, sitk.Image):
         raise InputImageError(f"segment_image needs a SimpleITK image (with its geometry), got {type(image).__name__}")
     image = validate_image(image, "input image")
+    if not isinstance(model, LoadedModel):  # a whole-volume format: models/adapters/base.py
+        from .whole_volume import segment_passes
+
+        return segment_passes(image, model, method, samples, device, seed, progress, cancelled)
+    report = progress or (lambda *_: None)
+    card = model.card
     plan = plan_samples(method, len(model.networks), samples, card.flip_axes)
     check_method(model, method)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..inference.sampling import set_dropout
+from .adapters.base import WholeVolumeModel, load_whole_volume_model
 from .card import ModelCard, allowed_networks, load_card
 from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, user_model_dir  # noqa: F401 (re-exported)
 
@@ -158,8 +159,14 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
                              "eval mode), so MC dropout would report no uncertainty; use ensemble or tta")
 
 
-def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
-    """Resolve, verify checksums, load every member and check its outputs; raise ModelError on any problem."""
+def load_model(name_or_path: str | os.PathLike) -> LoadedModel | WholeVolumeModel:
+    """Resolve, verify checksums, load every member and check its outputs; raise ModelError on any problem.
+
+    A path holding an nnU-Net v2 folder or a MONAI bundle gives its adapter (models/adapters/) instead.
+    """
+    adapter = load_whole_volume_model(name_or_path)
+    if adapter is not None:
+        return adapter
     card = resolve_card(name_or_path)
     card.verify()
     networks = []

@@ -1,0 +1,104 @@
+"""The adapter contract for formats whose samples are whole-volume passes, and format dispatch.
+
+A *whole-volume* model (nnU-Net v2 folder, MONAI bundle) produces each sample with its own code, exactly
+as its own tool would (its own preprocessing, window, blending and inversion back to the input grid). The
+adapter says which passes an uncertainty method needs (``plan``), preprocesses the image once
+(``prepare``) and runs one pass (``run_pass``). ``inference.whole_volume.segment_passes`` then reduces the
+passes with the one shared accumulator. Card-described networks (MONAI state dicts, TorchScript) keep
+using the sliding-window engine directly.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ...errors import ModelError
+from ...inference.sampling import METHODS, SampleSpec
+from ..card import ModelCard
+
+NNUNET = "nnunetv2"
+MONAI_BUNDLE = "monai_bundle"
+
+
+class WholeVolumeModel(ABC):
+    """A model whose every sample is a full probability volume on the input's voxel grid."""
+
+    card: ModelCard
+    format: str
+
+    @abstractmethod
+    def plan(self, method: str, samples: int | None) -> list[SampleSpec]:
+        """The passes for ``method``; ModelError (one line) when this model cannot do it."""
+
+    @abstractmethod
+    def prepare(self, image: sitk.Image, device: torch.device) -> object:
+        """Preprocess ``image`` once for all passes."""
+
+    @abstractmethod
+    def run_pass(self, prepared: object, spec: SampleSpec) -> np.ndarray:
+        """One sample: (C, z, y, x) float32 probabilities on ``image``'s voxel grid (array order)."""
+
+    def method_notes(self, method: str) -> list[str]:
+        """Sentences for the manifest about how this format's method differs from its own tool's."""
+        return []
+
+    def describe(self, spec: SampleSpec) -> str:
+        """Short progress text for one pass."""
+        return f"member {spec.member}" + (f", flip {spec.flip}" if spec.flip else "")
+
+
+def check_known_method(method: str) -> list[str]:
+    """The method's parts, or ModelError for an unknown method."""
+    if method not in METHODS:
+        raise ModelError(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    return method.split("+")
+
+
+def model_format(path: str | os.PathLike) -> str | None:
+    """Which whole-volume format a path holds, from what it contains; None for anything else.
+
+    nnU-Net v2: a trained-model folder with dataset.json, plans.json and fold_* folders (or a dataset
+    folder holding exactly one such folder). MONAI bundle: configs/inference.json and configs/metadata.json.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if nnunet_model_folder(path) is not None:
+        return NNUNET
+    if (path / "configs" / "metadata.json").is_file() and any(
+            (path / "configs" / f"inference.{ext}").is_file() for ext in ("json", "yaml", "yml")):
+        return MONAI_BUNDLE
+    return None
+
+
+def _is_nnunet_folder(path: Path) -> bool:
+    return (path / "plans.json").is_file() and (path / "dataset.json").is_file() and any(
+        p.is_dir() for p in path.glob("fold_*"))
+
+
+def nnunet_model_folder(path: Path) -> Path | None:
+    """The trained-model folder ``path`` is, or the single one directly inside it."""
+    if _is_nnunet_folder(path):
+        return path
+    inside = [p for p in sorted(path.iterdir()) if p.is_dir() and _is_nnunet_folder(p)] if path.is_dir() else []
+    return inside[0] if len(inside) == 1 else None
+
+
+def load_whole_volume_model(path: str | os.PathLike) -> WholeVolumeModel | None:
+    """The adapter for ``path`` if it holds a whole-volume format, else None (then it needs a card)."""
+    fmt = model_format(path)
+    if fmt == NNUNET:
+        from .nnunet import NnUNetModel
+
+        return NnUNetModel(nnunet_model_folder(Path(path)))
+    if fmt == MONAI_BUNDLE:
+        from .monai_bundle import MonaiBundleModel
+
+        return MonaiBundleModel(Path(path))
+    return None

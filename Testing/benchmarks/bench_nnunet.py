@@ -1,0 +1,125 @@
+"""Benchmark: an nnU-Net v2 model, nnunetv2's own predictor against SegUncertainty, wall time and peak memory.
+
+    python Testing/benchmarks/bench_nnunet.py                          # 96x192x192, 2 folds
+    python Testing/benchmarks/bench_nnunet.py --shape 300 512 512 --folds 5
+
+Same model folder (made here: PlainConvUNet from nnunetv2's builder, patch 64^3, 4 stages, random
+weights), same CT-like input at the plans' spacing, same passes: every fold, no mirroring.
+nnU-Net: ``nnUNetPredictor.predict_single_npy_array(..., save_or_return_probabilities=True)`` (fold
+logits averaged, then softmax: segmentation + probabilities, what ``--save_probabilities`` gives).
+SegUncertainty: ``segment_passes(..., "ensemble")`` (each fold's softmax kept as a sample; mean,
+entropy, MI, variance, expected entropy, per-sample label bits and every subject score).
+Each measurement runs in a fresh process; peak = that process's peak resident set size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for nnunet_tiny
+
+PATCH, FEATURES = (64, 64, 64), (8, 16, 32, 64)
+
+
+def make_model(root: Path, folds: int) -> Path:
+    from nnunet_tiny import make_nnunet_model, tiny_plans
+
+    folder, _ = make_nnunet_model(root, folds=folds, plans=tiny_plans(patch_size=PATCH, features=FEATURES))
+    return folder
+
+
+def nnunet(folder: Path, image) -> dict:
+    import SimpleITK as sitk
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    folds = sorted(int(p.name[5:]) for p in folder.glob("fold_*"))
+    predictor.initialize_from_trained_model_folder(str(folder), folds, "checkpoint_final.pth")
+    array = sitk.GetArrayFromImage(image)[None]
+    _, probabilities = predictor.predict_single_npy_array(array, {"spacing": list(image.GetSpacing())[::-1]},
+                                                          None, None, True)
+    return {"mean_p1": float(probabilities[1].mean())}
+
+
+def ours(folder: Path, image) -> dict:
+    import SimpleITK as sitk
+
+    from SegUncertaintyLib.inference.whole_volume import segment_passes
+    from SegUncertaintyLib.models.adapters.nnunet import NnUNetModel
+
+    out = segment_passes(image, NnUNetModel(folder), "ensemble")
+    return {"mean_p1": float(sitk.GetArrayViewFromImage(out.probabilities["organ1"]).mean()),
+            "maps": sorted(out.maps), "scores": sorted(out.scores["classes"]["organ1"])}
+
+
+def child(args) -> None:
+    from nnunet_tiny import ct_like_image
+
+    torch.set_num_threads(args.threads)
+    if args.child == "nnunet":  # nnunetv2's trainer lookup imports every trainer module; some need torchvision
+        from nnunetv2.inference import predict_from_raw_data
+
+        from SegUncertaintyLib.models.adapters import nnunet as adapter
+
+        predict_from_raw_data.recursive_find_trainer_class_by_name = adapter.find_trainer_class
+    image = ct_like_image(tuple(args.shape))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    out = {"nnunet": nnunet, "ours": ours}[args.child](Path(args.model), image)
+    out["wall_s"] = time.perf_counter() - start
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["before_mib"] = baseline / 1024
+    print(json.dumps(out))
+
+
+def measure(args, way: str, model: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", way, "--model", str(model), "--shape", *map(str, args.shape),
+           "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else str(proc.returncode)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=[96, 192, 192], help="z y x voxels")
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("nnunet", "ours"), default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_model(Path(tmp), args.folds)
+        r = {way: measure(args, way, model) for way in ("nnunet", "ours")}
+    n, o = r["nnunet"], r["ours"]
+    print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, CPU; "
+          f"volume {args.shape} (z,y,x) at the plans' spacing, patch {PATCH}, features {FEATURES}, "
+          f"{args.folds} folds, no mirroring\n")
+    print("| way | wall s | peak MiB | mean p(organ1) |")
+    print("|---|---|---|---|")
+    for name, d in (("nnunetv2 predictor", n), ("SegUncertainty ensemble", o)):
+        if "error" in d:
+            print(f"| {name} | {d['error']} | | |")
+        else:
+            print(f"| {name} | {d['wall_s']:.1f} | {d['peak_mib']:.0f} | {d['mean_p1']:.5f} |")
+    if "wall_s" in n and "wall_s" in o:
+        print(f"\ntime ratio ours/nnU-Net {o['wall_s'] / n['wall_s']:.2f}, "
+              f"peak ratio ours/nnU-Net {o['peak_mib'] / n['peak_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

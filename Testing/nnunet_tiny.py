@@ -1,0 +1,144 @@
+"""A tiny nnU-Net v2 trained-model folder made on the spot, and nnunetv2's own predictor as the oracle.
+
+The plans follow nnunetv2's plans.json format (3d_fullres, PlainConvUNet from its network builder); the
+weights are the builder's initialization with a fixed seed per fold (no training). Checkpoints are saved
+as nnUNetTrainer saves them, numpy scalars included.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+CT_PROPERTIES = {"max": 1000.0, "mean": 80.0, "median": 60.0, "min": -1000.0, "percentile_00_5": -900.0,
+                 "percentile_99_5": 900.0, "std": 250.0}
+
+
+def tiny_plans(spacing=(1.0, 1.0, 1.0), transpose_forward=(0, 1, 2), normalization="CTNormalization",
+               dropout: float | None = None, patch_size=(16, 16, 16), features=(4, 8, 16)) -> dict:
+    """plans.json content; spacing and patch size are in the transposed axis order, as nnU-Net writes them."""
+    backward = [int(i) for i in np.argsort(transpose_forward)]
+    n = len(features)
+    arch = {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": n, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * n, "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+            "n_conv_per_stage": [1] * n, "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": "torch.nn.modules.dropout.Dropout3d" if dropout else None,
+            "dropout_op_kwargs": {"p": dropout, "inplace": False} if dropout else None,
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
+                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                         "force_separate_z": None}}
+    return {
+        "dataset_name": "Dataset999_Tiny", "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": list(spacing), "original_median_shape_after_transp": [24, 24, 24],
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": list(transpose_forward),
+        "transpose_backward": backward, "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": CT_PROPERTIES},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": list(patch_size), "median_image_size_in_voxels": [24, 24, 24],
+            "spacing": list(spacing), "normalization_schemes": [normalization], "use_mask_for_norm": [False],
+            **resampling, "architecture": arch, "batch_dice": False}},
+    }
+
+
+def tiny_dataset_json(n_classes: int = 3, channels=None) -> dict:
+    labels = {"background": 0, **{f"organ{k}": k for k in range(1, n_classes)}}
+    return {"channel_names": channels or {"0": "CT"}, "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"}
+
+
+def build_network(plans: dict, n_inputs: int = 1, n_classes: int = 3) -> torch.nn.Module:
+    """nnunetv2's own network builder, as nnUNetTrainer.build_network_architecture calls it."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                  n_inputs, n_classes, allow_init=True, deep_supervision=False)
+
+
+def make_nnunet_model(root: Path, folds: int = 2, mirror_axes=(0, 1, 2), trainer: str = "nnUNetTrainer",
+                      plans: dict | None = None, dataset_json: dict | None = None,
+                      checkpoint_name: str = "checkpoint_final.pth") -> tuple[Path, list[dict]]:
+    """Write Dataset999_Tiny/<trainer>__nnUNetPlans__3d_fullres under ``root``; return it and the
+    per-fold state dicts (fold f initialized with seed f; last layer scaled so classes separate)."""
+    plans = plans or tiny_plans()
+    dataset_json = dataset_json or tiny_dataset_json()
+    n_classes = len(dataset_json["labels"])
+    n_inputs = len(dataset_json["channel_names"])
+    folder = Path(root) / "Dataset999_Tiny" / f"{trainer}__nnUNetPlans__3d_fullres"
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
+    weights = []
+    for fold in range(folds):
+        torch.manual_seed(fold)
+        net = build_network(plans, n_inputs, n_classes)
+        with torch.no_grad():  # sharper outputs than the raw initialization, so argmax is meaningful
+            net.decoder.seg_layers[-1].weight.mul_(4.0)
+        state = net.state_dict()
+        weights.append(state)
+        checkpoint = {
+            "network_weights": state, "optimizer_state": {}, "grad_scaler_state": None,
+            "logging": {"mean_fg_dice": [np.float64(0.5), np.float64(0.6)], "ema_fg_dice": [np.float32(0.55)],
+                        "epoch_start_timestamps": [1.0e9]},
+            "_best_ema": np.float64(0.6), "current_epoch": np.int64(1000),
+            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
+                          "dataset_json": dataset_json, "device": torch.device("cpu")},
+            "trainer_name": trainer, "inference_allowed_mirroring_axes": mirror_axes,
+        }
+        (folder / f"fold_{fold}").mkdir()
+        torch.save(checkpoint, folder / f"fold_{fold}" / checkpoint_name)
+    return folder, weights
+
+
+def ct_like_image(shape_zyx=(20, 26, 22), spacing_xyz=(1.0, 1.0, 1.0), seed: int = 0) -> sitk.Image:
+    """A float32 CT-like volume: air border (zeros outside a box, so nnU-Net crops), soft tissue, a bright blob."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape_zyx], indexing="ij")
+    centre = [s / 2 for s in shape_zyx]
+    r = np.sqrt(((z - centre[0]) / shape_zyx[0]) ** 2 + ((y - centre[1]) / shape_zyx[1]) ** 2
+                + ((x - centre[2]) / shape_zyx[2]) ** 2)
+    array = np.where(r < 0.45, 40.0, -800.0) + np.where(r < 0.2, 500.0, 0.0) + rng.normal(0, 30, shape_zyx)
+    array[:2] = 0.0  # an all-zero slab: nnU-Net's crop to non-zero removes it
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin((10.0, -5.0, 3.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # rotated: nnU-Net ignores it
+    return image
+
+
+def nnunet_reference(folder: Path, weights: dict, image: sitk.Image, trainer: str = "nnUNetTrainer",
+                     mirror_axes=None) -> np.ndarray:
+    """nnunetv2's own nnUNetPredictor for one fold: (C, z, y, x) probabilities on the image's grid."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = json.loads((folder / "plans.json").read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    manager = PlansManager(plans)
+    net = build_network(plans, 1, len(dataset_json["labels"]))
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror_axes is not None,
+                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.manual_initialization(net, manager, manager.get_configuration("3d_fullres"), [weights],
+                                    dataset_json, trainer, mirror_axes)
+    array = sitk.GetArrayFromImage(image).astype(np.float32)[None]
+    _, probabilities = predictor.predict_single_npy_array(array, {"spacing": list(image.GetSpacing())[::-1]},
+                                                          None, None, True)
+    return probabilities
