@@ -151,7 +151,14 @@ class NodeComboBox(Widget):
             self.currentNodeChanged.emit(node)
 
 
-WIDGET_CLASSES = {"QComboBox": QComboBox, "ctkComboBox": QComboBox, "QSpinBox": ValueWidget,
+class TableView(Widget):
+    """qMRMLTableView: its model's items (none here: tooltips are not checked)."""
+
+    def tableModel(self):
+        return type("Model", (), {"item": staticmethod(lambda row, column: None)})()
+
+
+WIDGET_CLASSES = {"qMRMLTableView": TableView, "QComboBox": QComboBox, "ctkComboBox": QComboBox, "QSpinBox": ValueWidget,
                   "QDoubleSpinBox": ValueWidget, "ctkSliderWidget": ValueWidget, "qMRMLNodeComboBox": NodeComboBox}
 
 
