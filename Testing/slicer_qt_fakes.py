@@ -158,7 +158,8 @@ class TableView(Widget):
         return type("Model", (), {"item": staticmethod(lambda row, column: None)})()
 
 
-WIDGET_CLASSES = {"qMRMLTableView": TableView, "QComboBox": QComboBox, "ctkComboBox": QComboBox, "QSpinBox": ValueWidget,
+WIDGET_CLASSES = {"qMRMLTableView": TableView, "QComboBox": QComboBox, "ctkComboBox": QComboBox,
+                  "QSpinBox": ValueWidget,
                   "QDoubleSpinBox": ValueWidget, "ctkSliderWidget": ValueWidget, "qMRMLNodeComboBox": NodeComboBox}
 
 

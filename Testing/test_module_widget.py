@@ -54,6 +54,13 @@ def widget_with_run(mrml_scene, head_run):
     return widget, run, volume
 
 
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def node_ids(scene):
     return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
 
@@ -85,7 +92,7 @@ def test_cancel_stops_the_launcher_and_its_child_and_reports_cancelled(mrml_scen
     assert (widget.ui.applyButton.text, widget.ui.applyButton.enabled) == ("Cancelling...", False)
     widget.ui.applyButton.clicked.emit()  # a second press while cancelling starts nothing
     assert widget.logic.runState() == "cancelling"
-    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree[1:]), [(p.pid, p.cmdline()[:3], p.status()) for p in tree if p.is_running()]
+    assert not any(alive(p) for p in tree[1:]), "the interpreter, the launcher's child, still runs"
     slicer_app_fakes.run_event_loop(until=lambda: not widget.logic.isRunning(), timeout=30)
     assert widget.ui.stageLabel.text == "Cancelled."
     assert widget.ui.applyButton.text == "Segment with uncertainty" and widget.ui.applyButton.enabled
@@ -111,7 +118,7 @@ def test_cleanup_and_scene_close_stop_the_child(mrml_scene, head_run, tmp_path, 
             widget.cleanup()
         else:
             mrml_scene.Clear(0)
-        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree), stop
+        assert not any(alive(p) for p in tree), stop
         slicer_app_fakes.wait_for_processes(timeout=30)
         assert widget.logic.run is None
         volume = volumes.read_volume(mrml_scene, head_run[0], "head") if stop == "close" else volume
