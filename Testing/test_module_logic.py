@@ -30,6 +30,14 @@ from SegUncertaintyMRML import (  # noqa: E402
 import SegUncertainty as module  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def release_logics():
+    yield
+    from conftest import release_module_logics
+
+    release_module_logics(module)
+
+
 @pytest.fixture(scope="module")
 def head_run(tmp_path_factory):
     """The command line run once on the synthetic head; returns (input file, output folder)."""

@@ -26,6 +26,14 @@ from SegUncertaintyMRML import process, referral, scenario, segments, volumes  #
 import SegUncertainty as module  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def release_logics():
+    yield
+    from conftest import release_module_logics
+
+    release_module_logics(module)
+
+
 @pytest.fixture(scope="module")
 def head_run(tmp_path_factory):
 
@@ -38,9 +46,23 @@ def head_run(tmp_path_factory):
     return folder / "input.nrrd", folder / "out"
 
 
+_widgets: list = []
+
+
+@pytest.fixture(autouse=True)
+def clean_up_widgets():
+    """Each panel is cleaned up as Slicer does when the module is unloaded (observers removed)."""
+    yield
+    while _widgets:
+        widget = _widgets.pop()
+        if widget.logic is not None:
+            widget.cleanup()
+
+
 def make_widget():
     widget = module.SegUncertaintyWidget()
     widget.setup()
+    _widgets.append(widget)
     return widget
 
 
@@ -59,6 +81,18 @@ def alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def tree_stops(tree, timeout: float = 15.0) -> bool:
+    """Whether every process of ``tree`` has ended (zombies count as ended) within ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in tree):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def node_ids(scene):
@@ -92,7 +126,7 @@ def test_cancel_stops_the_launcher_and_its_child_and_reports_cancelled(mrml_scen
     assert (widget.ui.applyButton.text, widget.ui.applyButton.enabled) == ("Cancelling...", False)
     widget.ui.applyButton.clicked.emit()  # a second press while cancelling starts nothing
     assert widget.logic.runState() == "cancelling"
-    assert not any(alive(p) for p in tree[1:]), "the interpreter, the launcher's child, still runs"
+    assert tree_stops(tree[1:]), "the interpreter, the launcher's child, still runs"
     slicer_app_fakes.run_event_loop(until=lambda: not widget.logic.isRunning(), timeout=30)
     assert widget.ui.stageLabel.text == "Cancelled."
     assert widget.ui.applyButton.text == "Segment with uncertainty" and widget.ui.applyButton.enabled
@@ -118,7 +152,7 @@ def test_cleanup_and_scene_close_stop_the_child(mrml_scene, head_run, tmp_path, 
             widget.cleanup()
         else:
             mrml_scene.Clear(0)
-        assert not any(alive(p) for p in tree), stop
+        assert tree_stops(tree), stop
         slicer_app_fakes.wait_for_processes(timeout=30)
         assert widget.logic.run is None
         volume = volumes.read_volume(mrml_scene, head_run[0], "head") if stop == "close" else volume
