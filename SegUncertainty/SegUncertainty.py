@@ -7,14 +7,18 @@ library's command line in a background process and hands its results to the MRML
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
+import psutil  # bundled with Slicer
 import slicer
 import vtk
 from SegUncertaintyMRML import (
@@ -42,6 +46,9 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 MAPS = ["entropy", "mutual_information", "variance"]
+MINIMUM_SLICER = (5, 12)  # launchConsoleProcess(blocking=False) arrived in 5.12
+DEFAULT_FLAGGED_PERCENT = 5.0  # a new map starts with the threshold that flags this % of the segmentation
+STOP_TIMEOUT_S = 3.0  # how long a cancelled process tree gets to exit before it is killed
 # Installed on first use, after asking (torch itself through the PyTorch extension).
 PIP_REQUIREMENTS = {"monai": "monai>=1.4", "SimpleITK": "SimpleITK>=2.3", "scipy": "scipy>=1.10",
                     "matplotlib": "matplotlib>=3.7", "jsonschema": "jsonschema>=4.18"}
@@ -55,6 +62,35 @@ def library_dir() -> str:
 
 def python_executable() -> str:
     return shutil.which("PythonSlicer") or sys.executable
+
+
+def slicerVersionProblem() -> str | None:
+    """A message when this Slicer is older than MINIMUM_SLICER; None when it is recent enough."""
+    version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+    if version >= MINIMUM_SLICER:
+        return None
+    return _("SegUncertainty needs Slicer {need} or later; this is Slicer {have}. Please update Slicer.").format(
+        need="{}.{}".format(*MINIMUM_SLICER), have="{}.{}".format(*version))
+
+
+def stopProcessTree(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Stop a process and all its descendants (PythonSlicer is a launcher whose child, the interpreter,
+    gets no signal from it): terminate the descendants, kill those still alive after ``timeout`` seconds,
+    then terminate the process itself. The process, our child, is left for its reader to reap."""
+    try:
+        parent = psutil.Process(pid)
+        descendants = parent.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for proc in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(descendants, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parent.terminate()
 
 
 class SegUncertainty(ScriptedLoadableModule):
@@ -87,12 +123,15 @@ class SegUncertaintyParameterNode:
     uncertaintyMap: Annotated[str, Choice(MAPS)] = "entropy"
     colormap: Annotated[str, Choice(list(overlays.COLORMAPS))] = "Inferno"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    threshold: Annotated[float, WithinRange(0.0, 10.0)] = 0.5  # nats or probability units; ln K <= 10
     regionOrder: Annotated[str, Choice(list(regions.ORDERS))] = "largest"
     minRegionMl: Annotated[float, WithinRange(0.0, 1000.0)] = 0.05
 
 
 class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: a thin binding. Parameter widgets are bound by connectGui; the panel reacts to changes of
+    the parameter node only (never to widget signals), and the logic decides what a change means."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -102,24 +141,21 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        problem = slicerVersionProblem()
+        if problem:
+            slicer.util.errorDisplay(problem)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SegUncertainty.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SegUncertaintyLogic()
+        self.logic.onSceneChanged = self.onLogicSceneChanged
 
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         self.ui.modelComboBox.addItems(self.logic.modelNames())
         self.ui.modelComboBox.currentTextChanged.connect(self.onModelChanged)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
-        self.ui.deviceComboBox.currentTextChanged.connect(lambda _text: self.updateDeviceWarning())
-        self.ui.methodComboBox.currentTextChanged.connect(lambda _text: self.updateDeviceWarning())
-        self.ui.thresholdSlider.valueChanged.connect(self.onThresholdChanged)
-        self.ui.opacitySlider.valueChanged.connect(lambda value: overlays.set_overlay_opacity(slicer.mrmlScene, value))
-        self.ui.mapComboBox.currentTextChanged.connect(lambda _text: self.onResultsDisplayChanged())
-        self.ui.colormapComboBox.currentTextChanged.connect(lambda _text: self.onResultsDisplayChanged())
-        self.ui.regionOrderComboBox.currentTextChanged.connect(lambda _text: self.onRegionSettingsChanged())
-        self.ui.minRegionSpinBox.valueChanged.connect(lambda _value: self.onRegionSettingsChanged())
         self.ui.showCurveButton.clicked.connect(self.onShowCurve)
         self.ui.nextRegionButton.clicked.connect(lambda: self.onStepRegion(1))
         self.ui.previousRegionButton.clicked.connect(lambda: self.onStepRegion(-1))
@@ -128,61 +164,80 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addRegionButton.clicked.connect(lambda: self.onCorrectRegion("add"))
         self.ui.undoButton.clicked.connect(self.onUndo)
         self.ui.exportButton.clicked.connect(self.onExport)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
     # -- parameter node ------------------------------------------------------------------------------
     def cleanup(self) -> None:
-        self.logic.cancel()
+        if self.logic is not None:
+            self.logic.cancel()
+            self.logic.removeObservers()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.logic.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
+        if self.logic is not None:
             self.initializeParameterNode()
 
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onLogicSceneChanged(self) -> None:
+        """The scene was closed (logic reset) or a scene was loaded (a saved run restored)."""
+        if self.logic.run is None:
+            self.setParameterNode(None)
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+        else:
+            self.updateButtons()
+
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if self.logic.run is None and self.logic.restoreRun(self._parameterNode.segmentation):
-            self.onFinished(self.logic.run, None)
+        params = self.logic.getParameterNode()
+        if not params.inputVolume:
+            params.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if self.logic.run is None:
+            self.logic.restoreRun(params.segmentation)
+        self.setParameterNode(params)
+        if self.logic.run is not None:
+            self.showRun(self.logic.run)
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self._parameterNodeGuiTag = None
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
-            self.ui.modelComboBox.setCurrentText(self._parameterNode.model)
-            self.updateGUI()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+        self.updateButtons()
 
-    def updateGUI(self, caller=None, event=None) -> None:
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Bring the panel and the views in line with the parameter node (the logic does only what changed)."""
         params = self._parameterNode
-        running = self.logic.isRunning()
-        self.ui.applyButton.text = _("Cancel") if running else _("Segment with uncertainty")
-        self.ui.applyButton.enabled = running or bool(params and params.inputVolume)
-        self.ui.applyButton.toolTip = _("Stop the run; the scene stays as it was") if running else \
-            _("Run the model in a background process; results are added as new nodes")
+        if params is None:
+            return
+        if self.ui.modelComboBox.currentText != params.model:
+            self.ui.modelComboBox.setCurrentText(params.model)
+        if self.logic.applyParameters(params):
+            self.updateReferral()
+        self.updateButtons()
+        self.updateDeviceWarning()
+
+    def updateButtons(self) -> None:
+        """The Segment / Cancel button and which sections can be used."""
+        params, state = self._parameterNode, self.logic.runState()
+        text, tip = {
+            "idle": (_("Segment with uncertainty"), _("Run the model in a background process; results are added "
+                                                      "as new nodes")),
+            "running": (_("Cancel"), _("Stop the run; the scene stays as it was")),
+            "cancelling": (_("Cancelling..."), _("Waiting for the segmentation process to stop")),
+        }[state]
+        self.ui.applyButton.text, self.ui.applyButton.toolTip = text, tip
+        self.ui.applyButton.enabled = state == "running" or (state == "idle" and bool(params and params.inputVolume))
         hasResult = self.logic.flagging is not None
         for name in ("resultsCollapsibleButton", "referralCollapsibleButton", "exportCollapsibleButton"):
             getattr(self.ui, name).enabled = hasResult
-        self.updateDeviceWarning()
 
     def updateDeviceWarning(self) -> None:
         params, volume = self._parameterNode, self._parameterNode and self._parameterNode.inputVolume
@@ -198,7 +253,8 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- running -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         if self.logic.isRunning():
-            self.logic.cancel()
+            self.logic.cancel()  # a no-op while a cancel is under way: never a second run
+            self.updateButtons()
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             if not self.logic.ensureDependencies(ask=True):
@@ -209,64 +265,66 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.start(params.inputVolume, params.model, params.method, params.samples, params.device,
                              onProgress=self.onProgress, onLog=self.ui.logTextEdit.appendPlainText,
                              onFinished=self.onFinished)
-            self.updateGUI()
+            self.updateButtons()
 
     def onProgress(self, progress: process.Progress) -> None:
         self.ui.progressBar.value = int(round(100 * progress.overall))
         self.ui.stageLabel.text = f"{progress.label}: {progress.message} ({progress.elapsed_s:.0f} s)"
 
     def onFinished(self, run, error: str | None) -> None:
-        self.updateGUI()
+        self.updateButtons()
         if error:
             self.ui.stageLabel.text = error
-            if error != "Cancelled.":
+            if error != process.CANCELLED_MESSAGE:
                 slicer.util.errorDisplay(_("Segmentation failed: ") + error)
             return
         self.ui.stageLabel.text = _("Done: ") + run.name
-        self._parameterNode.segmentation = run.segmentation
+        self.showRun(run)
+
+    def showRun(self, run) -> None:
+        """Show a run (new, or restored from a saved scene) through the parameter node."""
+        params = self._parameterNode
+        if params is None:
+            return
         self.showScores(run.scores)
-        self.onResultsDisplayChanged()
         self.ui.segmentEditorWidget.setSegmentationNode(run.segmentation)
-        self.ui.segmentEditorWidget.setSourceVolumeNode(self._parameterNode.inputVolume)
+        self.ui.segmentEditorWidget.setSourceVolumeNode(self.logic.inputVolume)
+        if params.segmentation is not run.segmentation:
+            params.segmentation = run.segmentation  # the observer shows it
+        else:
+            self.onParameterNodeModified()
 
     def showScores(self, tableNode) -> None:
-        """The scores table with each row's definition as its tooltip (the Definition column hidden)."""
+        """The scores table with each row's definition as its tooltip (the Definition column hidden); an
+        empty view when the run has no scores table (e.g. deleted before the scene was saved)."""
         view = self.ui.scoresTableView
         view.setMRMLTableNode(tableNode)
+        if tableNode is None:
+            return
         definitionColumn = scores_table.COLUMNS.index("Definition")
         model = view.tableModel()
         for row, values in enumerate(scores_table.table_rows(tableNode)):
-            for column in range(len(values)):
+            for column in range(min(len(values), definitionColumn + 1)):
                 item = model.item(row, column)
-                if item is not None:
+                if item is not None and len(values) > definitionColumn:
                     item.setToolTip(values[definitionColumn])
         view.setColumnHidden(definitionColumn, True)
 
     # -- results and referral ------------------------------------------------------------------------
-    def onResultsDisplayChanged(self) -> None:
-        params = self._parameterNode
-        if self.logic.run is None or params is None:
+    def updateReferral(self) -> None:
+        """The threshold slider's range and the statistics and region labels, from the logic's state."""
+        flagging = self.logic.flagging
+        if flagging is None:
             return
-        flagging = self.logic.showMap(params.uncertaintyMap, params.colormap, params.overlayOpacity)
-        self.ui.thresholdSlider.maximum = max(flagging.maximum, 1e-6)
-        self.ui.thresholdSlider.singleStep = self.ui.thresholdSlider.maximum / 1000
-        params.threshold = flagging.threshold_for_percent(5.0)
-        self.onThresholdChanged(params.threshold)
-        self.updateGUI()
-
-    def onThresholdChanged(self, value: float) -> None:
-        if self.logic.flagging is None:
-            return
-        stats = self.logic.setThreshold(value, self._parameterNode.regionOrder, self._parameterNode.minRegionMl)
+        maximum = max(flagging.maximum, self._parameterNode.threshold, 1e-6)
+        self.ui.thresholdSlider.maximum = maximum  # never below the threshold: no clamping
+        self.ui.thresholdSlider.singleStep = maximum / 1000
+        stats = self.logic.stats
         self.ui.flaggedStatsLabel.text = _(
             "{voxels} voxels flagged ({ml:.1f} mL, {pct:.1f} % of the segmentation; {inside} inside it)"
         ).format(voxels=stats.voxels, ml=stats.volume_ml, pct=stats.percent_of_segmentation,
                  inside=stats.inside_segmentation)
         self.updateRegionLabels()
-
-    def onRegionSettingsChanged(self) -> None:
-        if self.logic.flagging is not None and self.logic.flagging.threshold is not None:
-            self.onThresholdChanged(self.logic.flagging.threshold)
 
     def onShowCurve(self) -> None:
         chart = self.logic.curveChart()
@@ -291,6 +349,8 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onUndo(self) -> None:
         self.ui.segmentEditorWidget.undo()
+        self.logic.refreshAfterUndo()
+        self.updateReferral()
 
     def updateRegionLabels(self) -> None:
         navigator = self.logic.navigator
@@ -314,12 +374,23 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 n=len(written), folder=self.ui.exportDirectoryButton.directory))
 
 
-class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
-    """Runs and reviews segmentations; usable from the Python console without the panel."""
+class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
+    """Runs and reviews segmentations; usable from the Python console without the panel.
+
+    Closing the scene cancels a run and resets the review state; loading a scene restores the run its
+    parameter node (or, failing that, its most recent run) points to. ``onSceneChanged`` (optional) is called
+    after either.
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        VTKObservationMixin.__init__(self)
         self.process = None
+        self._cancelRequested = False
+        self.onSceneChanged = None
+        self._shown: dict = {}  # the parameters last applied to the scene (applyParameters)
+        self._keepThreshold = False
+        self.stats: referral.ReferralStats | None = None
         self.run: results.RunNodes | None = None
         self.inputVolume = None
         self.flagging: referral.Referral | None = None
@@ -331,9 +402,38 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         self._cuda: bool | None = None
         self.editing: corrections.Corrections | None = None
         self._editorNode = None
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
     def getParameterNode(self):
         return SegUncertaintyParameterNode(super().getParameterNode())
+
+    # -- the scene's life ----------------------------------------------------------------------------
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        self.cancel()
+        self.reset()
+
+    def onSceneEndClose(self, caller=None, event=None) -> None:
+        self.reset()
+        if self.onSceneChanged:
+            self.onSceneChanged()
+
+    def onSceneEndImport(self, caller=None, event=None) -> None:
+        if self.run is None and self.restoreRun(self.getParameterNode().segmentation or self.latestRun()) \
+                and self.onSceneChanged:
+            self.onSceneChanged()
+
+    def reset(self) -> None:
+        """Forget the run under review (its nodes are gone with the scene)."""
+        self.run = self.inputVolume = self.flagging = self.navigator = self.labels = self.chart = None
+        self.editing = self.stats = self._editorNode = None
+        self._shown, self._keepThreshold = {}, False
+
+    def latestRun(self):
+        """The segmentation node of the last run in the scene, or None."""
+        runs = results.find_runs(slicer.mrmlScene)
+        return list(runs.values())[-1].get("segmentation") if runs else None
 
     # -- models and dependencies ---------------------------------------------------------------------
     def modelNames(self) -> list[str]:
@@ -395,16 +495,27 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         return not self.missingPackages()
 
     # -- the background run --------------------------------------------------------------------------
+    def runState(self) -> str:
+        """'idle', 'running', or 'cancelling' (from cancel() until the process has ended and onFinished ran)."""
+        if self.process is None:
+            return "idle"
+        return "cancelling" if self._cancelRequested else "running"
+
     def isRunning(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """True from start() until the run's onFinished has been called, also while it is being cancelled."""
+        return self.process is not None
 
     def start(self, inputVolume, model: str, method: str, samples: int, device: str,
               onProgress=None, onLog=None, onFinished=None) -> None:
         """Write the input to a temporary folder and start the command line there, without blocking.
 
-        onFinished(run, error) is called once: (RunNodes, None) on success, (None, message) otherwise.
+        The callbacks run on the main thread (Slicer polls the process with a QTimer). onFinished(run, error)
+        is called once: (RunNodes, None) on success, (None, message) otherwise, "Cancelled." after cancel().
         The scene changes only on success (new nodes).
         """
+        problem = slicerVersionProblem()
+        if problem:
+            raise RuntimeError(problem)
         if self.isRunning():
             raise RuntimeError(_("A segmentation is already running."))
         workdir = Path(tempfile.mkdtemp(prefix="SegUncertainty-", dir=slicer.app.temporaryPath))
@@ -419,40 +530,46 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
                 log.append(line)
                 if onLog:
                     onLog(line)
-            elif onProgress:
+            elif onProgress and not self._cancelRequested:
                 onProgress(progress)
 
         def onCompleted(returnCode: int) -> None:
             run, error = None, None
             try:
-                if returnCode != 0:
+                if self._cancelRequested:
+                    error = process.CANCELLED_MESSAGE
+                elif returnCode != 0:
                     error = process.error_message(log, returnCode)
                 else:
                     run = self.importRun(workdir / "out", inputVolume)
             except Exception as exc:  # reported to the user; the scene is left as it was
                 error = str(exc)
             finally:
-                self.process = None
+                self.process, self._cancelRequested = None, False
                 shutil.rmtree(workdir, ignore_errors=True)
             if onFinished:
                 onFinished(run, error)
 
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [library_dir(), os.environ.get("PYTHONPATH")]))}
+        self._cancelRequested = False
         self.process = slicer.util.launchConsoleProcess(args, updateEnvironment=env, blocking=False,
                                                         logCallback=onLine, completedCallback=onCompleted)
 
     def cancel(self) -> None:
-        """Stop a running segmentation (the command line exits with 130 and writes nothing)."""
-        if self.isRunning():
-            self.process.terminate()
+        """Stop a running segmentation and its whole process tree; onFinished then reports "Cancelled."
+        and the scene stays as it was. Nothing happens when no run is under way or one is being cancelled."""
+        if getattr(self, "process", None) is None or self._cancelRequested:
+            return
+        self._cancelRequested = True
+        stopProcessTree(self.process.pid)
 
     def importRun(self, outDir, inputVolume) -> results.RunNodes:
         return self.useRun(results.import_results(slicer.mrmlScene, outDir, inputVolume), inputVolume)
 
     def useRun(self, run: results.RunNodes, inputVolume) -> results.RunNodes:
         """Review this run (a new one, or one found in a reloaded scene by results.find_runs)."""
+        self.reset()
         self.run, self.inputVolume = run, inputVolume
-        self.flagging = self.navigator = self.chart = self.editing = None
         return run
 
     def restoreRun(self, segmentation) -> results.RunNodes | None:
@@ -463,7 +580,54 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
             return None
         run = results.run_from_roles(name, roles)
         reference = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
-        return self.useRun(run, reference) if reference else None
+        if reference is None:
+            return None
+        self.useRun(run, reference)
+        self._keepThreshold = True  # the saved threshold is the user's
+        return run
+
+    # -- the parameter node -> the scene -------------------------------------------------------------
+    def applyParameters(self, params) -> set[str]:
+        """Bring the views in line with the parameter node, doing only what changed since the last call:
+        a new map (or run) rebuilds the referral and sets the threshold that flags DEFAULT_FLAGGED_PERCENT
+        (a restored run keeps its saved threshold), a new colormap restyles the map, a new opacity fades it,
+        a new threshold moves the flagged voxels, a new region order or smallest region size resets the
+        regions. Returns what changed: a subset of {"map", "colormap", "opacity", "threshold", "regions"}."""
+        if self.run is None or not self.run.maps:
+            return set()
+        shown, changed = self._shown, set()
+        mapName = params.uncertaintyMap if params.uncertaintyMap in self.run.maps else next(iter(self.run.maps))
+        if self.flagging is None or shown.get("map") != mapName:
+            flagging = self.showMap(mapName, params.colormap, params.overlayOpacity)
+            keep = self._keepThreshold and 0.0 <= params.threshold <= flagging.maximum
+            self._keepThreshold = False
+            threshold = params.threshold if keep else flagging.threshold_for_percent(DEFAULT_FLAGGED_PERCENT)
+            shown.clear()
+            shown.update(map=mapName, colormap=params.colormap, opacity=params.overlayOpacity)
+            changed.add("map")
+        else:
+            threshold = params.threshold
+            if shown["colormap"] != params.colormap:
+                overlays.style_map(self.flagging.map_node, params.colormap)
+                shown["colormap"] = params.colormap
+                changed.add("colormap")
+            if shown["opacity"] != params.overlayOpacity:
+                overlays.set_overlay_opacity(slicer.mrmlScene, params.overlayOpacity)
+                shown["opacity"] = params.overlayOpacity
+                changed.add("opacity")
+        regionsWanted = (params.regionOrder, params.minRegionMl)
+        if shown.get("threshold") != threshold:
+            shown.update(threshold=threshold, regions=regionsWanted)
+            self.setThreshold(threshold, *regionsWanted)
+            changed.add("threshold")
+        elif shown.get("regions") != regionsWanted:
+            shown["regions"] = regionsWanted
+            self.order, self.minRegionMl = regionsWanted
+            self.navigator = self.labels = None
+            changed.add("regions")
+        if params.threshold != threshold:
+            params.threshold = threshold  # the nested call finds nothing left to do
+        return changed
 
     # -- review --------------------------------------------------------------------------------------
     def segmentEditorNode(self):
@@ -483,12 +647,12 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
         overlays.show_layers(slicer.mrmlScene, self.inputVolume, mapNode, opacity)
         overlays.show_only_legend(self.run.maps.values(), mapNode)
         self.flagging = referral.Referral(self.run.segmentation, self.structureSegmentId(), mapNode, self.inputVolume)
-        self.chart = None
+        self.chart = self.navigator = self.labels = self.stats = None
         return self.flagging
 
     def setThreshold(self, threshold: float, order: str = "largest", minRegionMl: float = 0.0):
         """Update the flagged segment and its statistics (fast: no region search, see findRegions)."""
-        stats = self.flagging.set_threshold(threshold)
+        stats = self.stats = self.flagging.set_threshold(threshold)
         self.order, self.minRegionMl = order, minRegionMl
         self.navigator = self.labels = None  # regions are found on demand, when the user steps through them
         if self.chart is not None:
@@ -538,18 +702,37 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic):
             self.editing = corrections.Corrections(
                 corrections.editor_logic(slicer.mrmlScene, self.run.segmentation, self.inputVolume),
                 self.run.segmentation, self.inputVolume)
-        return self.editing.apply(self.structureSegmentId(), self.labels == region.label, mode, saveState)
+        changed = self.editing.apply(self.structureSegmentId(), self.labels == region.label, mode, saveState)
+        self.refreshAfterUndo()
+        return changed
 
     def undo(self) -> None:
         if self.editing is not None:
             self.editing.undo()
+            self.refreshAfterUndo()
+
+    def redo(self) -> None:
+        if self.editing is not None:
+            self.editing.redo()
+            self.refreshAfterUndo()
+
+    def refreshAfterUndo(self) -> None:
+        """After the segmentation changed (a correction, Undo, Redo): the statistics inside the segmentation
+        are recounted; the flagged voxels, in their own node, are not in the undo history and stay."""
+        if self.flagging is not None and self.flagging.threshold is not None:
+            self.flagging.refresh_structure()
+            self.stats = self.flagging.stats(self.flagging.threshold)
 
     def export(self, folder: str) -> list[Path]:
         return persistence.export_run(slicer.mrmlScene, self.run, self.inputVolume, folder)
 
 
 class SegUncertaintyTest(ScriptedLoadableModuleTest):
-    """Self-test: the pytest suite's scenario, on a synthetic head, offline, in seconds (needs torch)."""
+    """Self-test: the pytest suite's scenario on a synthetic head, offline, in seconds, started as the
+    Segment button starts a run (logic.start: non-blocking launch, progress and completion callbacks on the
+    main thread, import). Without torch and the other packages it logs that it was skipped and passes."""
+
+    RUN_TIMEOUT_S = 600
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -561,11 +744,24 @@ class SegUncertaintyTest(ScriptedLoadableModuleTest):
     def test_Scenario(self):
         missing = SegUncertaintyLogic.missingPackages()
         if missing:
-            self.skipTest(f"not installed: {', '.join(missing)}")
+            message = f"SegUncertainty self-test skipped: not installed: {', '.join(missing)}"
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
         self.delayDisplay("Segmenting a synthetic head with the bundled model")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [library_dir(), env.get("PYTHONPATH")]))
+        volume, brain = scenario.add_head_volume(slicer.mrmlScene)
+        logic = SegUncertaintyLogic()
+        stages, finished = [], {}
+        logic.start(volume, "brainmask-t1", "ensemble", 2, "cpu", onProgress=lambda p: stages.append(p.stage),
+                    onFinished=lambda run, error: finished.update(run=run, error=error))
+        deadline = time.monotonic() + self.RUN_TIMEOUT_S
+        while not finished and time.monotonic() < deadline:
+            slicer.app.processEvents()  # the launcher's QTimer delivers progress and completion here
+            time.sleep(0.05)
+        self.assertTrue(finished, "the run did not finish in time")
+        self.assertIsNone(finished["error"])
+        self.assertEqual(stages[-1], "write")
         with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as workdir:
-            report = scenario.run_scenario(slicer.mrmlScene, workdir, python_executable(), env=env)
+            report = scenario.review_run(slicer.mrmlScene, finished["run"], volume, brain, workdir)
         self.assertGreater(report["dice"], 0.8)
         self.delayDisplay(f"Test passed: Dice {report['dice']:.3f}, {report['regions']} flagged regions")

@@ -30,6 +30,14 @@ from SegUncertaintyMRML import (  # noqa: E402
 import SegUncertainty as module  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def release_logics():
+    yield
+    from conftest import release_module_logics
+
+    release_module_logics(module)
+
+
 @pytest.fixture(scope="module")
 def head_run(tmp_path_factory):
     """The command line run once on the synthetic head; returns (input file, output folder)."""
@@ -50,8 +58,8 @@ def logic_with_run(mrml_scene, head_run):
     return logic, run, volume
 
 
-def test_parameter_defaults_are_valid_choices():
-    params = module.SegUncertaintyParameterNode()
+def test_parameter_defaults_are_valid_choices(mrml_scene):
+    params = module.SegUncertaintyParameterNode(slicer.vtkMRMLScriptedModuleNode())
     assert params.method in process.METHODS and params.device in process.DEVICES
     assert params.uncertaintyMap in module.MAPS and params.colormap in overlays.COLORMAPS
     assert params.model in module.SegUncertaintyLogic().modelNames()
@@ -131,8 +139,10 @@ def test_export_and_restore_after_scene_reload(logic_with_run, mrml_scene, tmp_p
     restored = module.SegUncertaintyLogic().restoreRun(segmentation)
     assert restored is not None and restored.name == run.name
     assert set(restored.maps) == set(run.maps) and restored.scores is not None
-    flagged = segments.segment_id_by_name(restored.segmentation, referral.FLAGGED_SEGMENT)
-    assert flagged is not None
+    flagged_node = restored.segmentation.GetNodeReference(referral.FLAGGED_REFERENCE)
+    assert flagged_node is not None and results.find_runs(scene)[run.name]["flagged"] is flagged_node
+    assert segments.segment_id_by_name(flagged_node, referral.FLAGGED_SEGMENT) is not None
+    assert segments.segment_id_by_name(restored.segmentation, referral.FLAGGED_SEGMENT) is None
     assert module.SegUncertaintyLogic().restoreRun(None) is None
     assert results.find_runs(scene)[run.name]["segmentation"] is segmentation
 
@@ -148,7 +158,7 @@ def test_device_warning_estimates_cpu_time(logic_with_run):
     assert logic.deviceWarning(volume, "brainmask-t1", "softmax", 10, "cuda") == ""
 
 
-def test_nothing_is_missing_here_and_cancel_without_a_run_is_harmless():
+def test_nothing_is_missing_here_and_cancel_without_a_run_is_harmless(mrml_scene):
     logic = module.SegUncertaintyLogic()
     assert logic.missingPackages() == []
     assert not logic.isRunning()
@@ -173,7 +183,7 @@ def run_in_background(logic, volume, method, samples, cancel_after_first_progres
                 onFinished=lambda run, error: finished.update(run=run, error=error))
     assert logic.isRunning()
     if cancel_after_first_progress:
-        assert first.wait(120)
+        slicer_app_fakes.run_event_loop(until=first.is_set, timeout=120)
         logic.cancel()
     slicer_app_fakes.wait_for_processes()
     return finished["run"], finished["error"], seen

@@ -160,7 +160,7 @@ def test_edits_and_review_state_survive_save_and_load_into_a_new_scene(setup, mr
     flagging.set_threshold(0.8)
     flagged = flagging.mask.copy()
     corrections.save_review_state(seg, "entropy", 0.8, "largest", {1, 3})
-    for node in (seg, map_node):
+    for node in (seg, map_node, flagging.flagged_node):  # results.import_results names the run before
         node.SetAttribute(results.RUN_ATTRIBUTE, "input ensemble")
     seg.SetAttribute(results.ROLE_ATTRIBUTE, "segmentation")
     map_node.SetAttribute(results.ROLE_ATTRIBUTE, "map:entropy")
@@ -183,7 +183,10 @@ def test_edits_and_review_state_survive_save_and_load_into_a_new_scene(setup, mr
 
     assert np.array_equal(mask("brain"), brain & ~region)
     assert np.array_equal(mask("lesion"), lesion)
-    assert np.array_equal(mask(referral.FLAGGED_SEGMENT), flagged)
+    flagged_node = roles["flagged"]
+    assert loaded_seg.GetNodeReference(referral.FLAGGED_REFERENCE) is flagged_node
+    flagged_id = segments.segment_id_by_name(flagged_node, referral.FLAGGED_SEGMENT)
+    assert np.array_equal(segments.segment_mask(flagged_node, flagged_id, loaded_volume), flagged)
     assert np.array_equal(slicer.util.arrayFromVolume(loaded_map), slicer.util.arrayFromVolume(map_node))
     assert corrections.load_review_state(loaded_seg) == {"map": "entropy", "threshold": 0.8, "order": "largest",
                                                          "reviewed": [1, 3]}

@@ -55,7 +55,7 @@ def test_set_threshold_flags_exactly_the_voxels_above(setup):
     for t in (0.9, 0.25, 0.6):  # down then up: the segment is replaced, not accumulated
         stats = flagging.set_threshold(t)
         expected = values > np.float32(t)
-        flagged = segments.segment_mask(seg, flagging.flagged_segment_id, volume)
+        flagged = segments.segment_mask(flagging.flagged_node, flagging.flagged_segment_id, volume)
         assert np.array_equal(flagged, expected)
         assert np.array_equal(flagging.mask, expected)
         count = int(expected.sum())
@@ -65,8 +65,9 @@ def test_set_threshold_flags_exactly_the_voxels_above(setup):
         assert stats.inside_segmentation == int((expected & structure).sum())
         assert stats == flagging.stats(t)
         assert np.array_equal(segments.segment_mask(seg, brain_id, volume), structure)
-    assert seg.GetSegmentation().GetSegment(flagging.flagged_segment_id).GetName() == referral.FLAGGED_SEGMENT
-    assert seg.GetSegmentation().GetNumberOfSegments() == 2
+    flagged_segment = flagging.flagged_node.GetSegmentation().GetSegment(flagging.flagged_segment_id)
+    assert flagged_segment.GetName() == referral.FLAGGED_SEGMENT
+    assert seg.GetSegmentation().GetNumberOfSegments() == 1, "the flagged segment is in its own node"
 
 
 def test_threshold_at_or_above_the_maximum_flags_nothing(setup):
@@ -77,10 +78,10 @@ def test_threshold_at_or_above_the_maximum_flags_nothing(setup):
     for t in (float(values.max()), float(values.max()) + 1.0):
         stats = flagging.set_threshold(t)
         assert stats.voxels == 0 and stats.inside_segmentation == 0 and stats.volume_ml == 0.0
-        assert not segments.segment_mask(seg, flagging.flagged_segment_id, volume).any()
+        assert not segments.segment_mask(flagging.flagged_node, flagging.flagged_segment_id, volume).any()
     stats = flagging.set_threshold(-1.0)
     assert stats.voxels == values.size and stats.inside_segmentation == int(structure.sum())
-    assert segments.segment_mask(seg, flagging.flagged_segment_id, volume).all()
+    assert segments.segment_mask(flagging.flagged_node, flagging.flagged_segment_id, volume).all()
 
 
 def test_curve_is_monotone_and_equals_direct_counts(setup):
@@ -153,8 +154,11 @@ def test_second_referral_reuses_the_flagged_segment(setup):
                                volume)
     assert second.flagged_segment_id == first.flagged_segment_id
     second.set_threshold(0.9)
-    assert seg.GetSegmentation().GetNumberOfSegments() == 2
-    assert np.array_equal(segments.segment_mask(seg, second.flagged_segment_id, volume), other_values > 0.9)
+    assert second.flagged_node is first.flagged_node
+    assert second.flagged_node.GetSegmentation().GetNumberOfSegments() == 1
+    assert segments.segment_id_by_name(seg, referral.FLAGGED_SEGMENT) is None, "never in the edited segmentation"
+    flagged = segments.segment_mask(second.flagged_node, second.flagged_segment_id, volume)
+    assert np.array_equal(flagged, other_values > 0.9)
 
 
 def table_column(table_node, name: str) -> np.ndarray:

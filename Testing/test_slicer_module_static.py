@@ -122,6 +122,26 @@ def test_catalog_entry_agrees_with_the_cmake():
     assert (ROOT / re.search(r'set\(EXTENSION_ICONURL ".*?/main/(.*?)"\)', text).group(1)).is_file()
 
 
+def test_extensions_index_requirements():
+    """ExtensionsIndex: a LICENSE file (the Apache-2.0 text pyproject names), a repository whose name starts
+    with "Slicer" (the extension keeps its name), homepage and images from that repository, and the minimum
+    Slicer version stated where users read it and checked by the module."""
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
+    entry = json.loads((ROOT / "Resources" / "SegUncertainty.json").read_text())
+    repo = re.fullmatch(r"https://github\.com/([\w-]+)/([\w-]+)\.git", entry["scm_url"])
+    assert repo and repo.group(2).startswith("Slicer"), entry["scm_url"]
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert "project(SegUncertainty)" in text
+    assert f'set(EXTENSION_HOMEPAGE "https://github.com/{repo.group(1)}/{repo.group(2)}")' in text
+    for field in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        urls = re.search(rf'set\({field} "(.*?)"\)', text).group(1).split()
+        assert all(u.startswith(f"https://raw.githubusercontent.com/{repo.group(1)}/{repo.group(2)}/") for u in urls)
+    assert "Slicer 5.12" in (ROOT / "README.md").read_text() and "Slicer 5.12" in text
+    assert "MINIMUM_SLICER = (5, 12)" in MODULE_PY.read_text()
+
+
 @pytest.mark.parametrize("path", sorted((MODULE / "SegUncertaintyMRML").glob("*.py")), ids=lambda p: p.name)
 def test_glue_imports_only_slicer_vtk_numpy(path):
     """The MRML glue must run under slicer-core: no Qt, CTK, ScriptedLoadableModule or torch."""

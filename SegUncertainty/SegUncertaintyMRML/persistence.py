@@ -65,16 +65,17 @@ def export_run(scene, run, reference_volume, folder: str | Path, extension: str 
     written = []
     labelmap = structure_labelmap(seg_node, reference_volume)
     written.append(_write_array(scene, labelmap, reference_volume, folder / f"segmentation_corrected{extension}"))
-    flagged_id = segments.segment_id_by_name(seg_node, referral.FLAGGED_SEGMENT)
+    flagged_node = seg_node.GetNodeReference(referral.FLAGGED_REFERENCE)
+    flagged_id = segments.segment_id_by_name(flagged_node, referral.FLAGGED_SEGMENT) if flagged_node else None
     if flagged_id is not None:
-        flagged = segments.segment_mask(seg_node, flagged_id, reference_volume).astype(np.uint8)
+        flagged = segments.segment_mask(flagged_node, flagged_id, reference_volume).astype(np.uint8)
         written.append(_write_array(scene, flagged, reference_volume, folder / f"flagged_for_review{extension}"))
     for role, node in sorted(nodes.items()):
-        if role.startswith("map:"):
+        if role.startswith("map:") and node is not None:
             path = folder / f"{role[4:]}{extension}"
             volumes.write_volume(node, path)
             written.append(path)
-    if "scores" in nodes:
+    if nodes.get("scores") is not None:
         written.append(write_table(nodes["scores"], folder / "scores.tsv"))
     return written
 

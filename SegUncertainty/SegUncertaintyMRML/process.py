@@ -24,6 +24,7 @@ METHODS = {"softmax": "Softmax (one pass)", "mc_dropout": "MC dropout", "ensembl
            "ensemble+tta": "Ensemble + TTA"}
 DEVICES = ("auto", "cuda", "cpu")
 EXIT_CANCELLED = 130
+CANCELLED_MESSAGE = "Cancelled."
 # Forward passes per litre of field of view per second, bundled UNet at 3 mm, measured on a 2-core x86_64 CPU.
 CPU_SECONDS_PER_PASS_LITRE = 0.05
 
@@ -59,7 +60,7 @@ def parse_line(line: str) -> Progress | None:
 def error_message(log_lines: list[str], return_code: int) -> str:
     """The one-line reason a run failed, from its log (the command line's 'error:' line when present)."""
     if return_code == EXIT_CANCELLED:
-        return "Cancelled."
+        return CANCELLED_MESSAGE
     for line in reversed(log_lines):
         if "error:" in line:
             return line.split("error:", 1)[1].strip()

@@ -1,5 +1,9 @@
 """Referral: voxels whose uncertainty is above a threshold, shown live as a "Flagged for review" segment.
 
+The flagged segment lives in a segmentation node of its own (``flagged_node``), referenced by the run's
+segmentation: the Segment Editor saves every segment of the node it edits for undo, so a flagged segment in
+the edited node would be reverted by Undo while the threshold (and the statistics) stay where they are.
+
 One sort of the map at set-up makes every count O(log n) (a binary search), so the statistics and the
 threshold curve never rescan the volume; only the segment itself needs one thresholding pass.
 """
@@ -15,6 +19,30 @@ from . import segments, volumes
 
 FLAGGED_SEGMENT = "Flagged for review"
 FLAGGED_COLOR = (1.0, 0.9, 0.1)
+FLAGGED_REFERENCE = "SegUncertainty.Flagged"  # node reference role: run segmentation -> its flagged node
+FLAGGED_ROLE = "flagged"  # results.ROLE_ATTRIBUTE of that node
+
+
+def flagged_node(segmentation_node, reference_volume):
+    """The segmentation node that holds ``segmentation_node``'s "Flagged for review" segment; created on
+    first use beside it (same run attribute, same subject hierarchy folder)."""
+    node = segmentation_node.GetNodeReference(FLAGGED_REFERENCE)
+    if node is not None:
+        return node
+    scene = segmentation_node.GetScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{segmentation_node.GetName()} flagged for review")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    for attribute in ("SegUncertainty.Run",):
+        if segmentation_node.GetAttribute(attribute):
+            node.SetAttribute(attribute, segmentation_node.GetAttribute(attribute))
+    node.SetAttribute("SegUncertainty.Role", FLAGGED_ROLE)
+    segmentation_node.SetNodeReferenceID(FLAGGED_REFERENCE, node.GetID())
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation_node))
+    item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(parent, node)
+    hierarchy.SetItemParent(item, parent)
+    return node
 
 
 @dataclass(frozen=True)
@@ -32,7 +60,8 @@ class Referral:
     """Live flagging of one uncertainty map inside one run's segmentation node.
 
     segmentation_node: the run's segmentation; structure_segment_id: the segment under review;
-    map_node: an uncertainty volume on the grid of reference_volume (the input).
+    map_node: an uncertainty volume on the grid of reference_volume (the input). The flagged voxels go to
+    ``flagged_node(segmentation_node)``, never into segmentation_node itself.
     """
 
     def __init__(self, segmentation_node, structure_segment_id: str, map_node, reference_volume):
@@ -46,13 +75,18 @@ class Referral:
         if not np.isfinite(self.values).all():
             raise ValueError(f"'{map_node.GetName()}' contains NaN or infinite values")
         self._sorted = np.sort(self.values, axis=None)
-        structure = segments.segment_mask(segmentation_node, structure_segment_id, reference_volume)
-        self._sorted_inside = np.sort(self.values[structure])
+        self.refresh_structure()
         self.voxel_ml = volumes.voxel_volume_ml(reference_volume)
         self._mask = np.zeros(self.values.shape, np.uint8)
         self._image = volumes.oriented_image(self._mask, volumes.ijk_to_ras(reference_volume))
+        self.flagged_node = flagged_node(segmentation_node, reference_volume)
         self.flagged_segment_id = self._flagged_segment()
         self.threshold: float | None = None
+
+    def refresh_structure(self) -> None:
+        """Re-read the structure segment (after an edit, Undo or Redo) for the statistics inside it."""
+        structure = segments.segment_mask(self.segmentation_node, self.structure_segment_id, self.reference_volume)
+        self._sorted_inside = np.sort(self.values[structure])
 
     @property
     def maximum(self) -> float:
@@ -64,11 +98,11 @@ class Referral:
         return self._mask.view(bool)
 
     def _flagged_segment(self) -> str:
-        segmentation = self.segmentation_node.GetSegmentation()
-        segment_id = segments.segment_id_by_name(self.segmentation_node, FLAGGED_SEGMENT)
+        segmentation = self.flagged_node.GetSegmentation()
+        segment_id = segments.segment_id_by_name(self.flagged_node, FLAGGED_SEGMENT)
         if segment_id is None:
             segment_id = segmentation.AddEmptySegment("", FLAGGED_SEGMENT, FLAGGED_COLOR)
-        display = self.segmentation_node.GetDisplayNode()
+        display = self.flagged_node.GetDisplayNode()
         if display is not None:
             display.SetSegmentOpacity2DFill(segment_id, 0.6)
         return segment_id
@@ -93,7 +127,7 @@ class Referral:
         np.greater(self.values, np.float32(threshold), out=self._mask.view(bool))  # as count_above compares
         self._image.Modified()
         logic = slicer.vtkSlicerSegmentationsModuleLogic
-        if not logic.SetBinaryLabelmapToSegment(self._image, self.segmentation_node, self.flagged_segment_id,
+        if not logic.SetBinaryLabelmapToSegment(self._image, self.flagged_node, self.flagged_segment_id,
                                                 logic.MODE_REPLACE):
             raise RuntimeError("Could not update the flagged segment")
         self.threshold = float(threshold)

@@ -46,9 +46,93 @@ def read_manifest(out_dir: str | Path) -> dict:
     if not path.is_file():
         raise ResultsError(f"No manifest.json in {out_dir}: the run did not finish")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ResultsError(f"Unreadable manifest {path}: {exc}") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), list) \
+            or not all(isinstance(e, dict) and isinstance(e.get("kind"), str) for e in manifest["outputs"]):
+        raise ResultsError(f"Malformed manifest {path}: 'outputs' must be a list of entries with a 'kind'")
+    return manifest
+
+
+def member_path(out_dir: Path, entry: dict) -> Path:
+    """The file an output entry names, confined to the run folder: a relative path without '..' that is not
+    a symbolic link (nor under one) and names an existing file; ResultsError otherwise."""
+    name = entry.get("file")
+    if not isinstance(name, str) or not name:
+        raise ResultsError(f"Malformed manifest: an output of kind '{entry.get('kind')}' names no file")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ResultsError(f"Refused manifest path '{name}': it points outside the run folder")
+    path = out_dir / relative
+    for part in [path, *path.parents]:
+        if part == out_dir:
+            break
+        if part.is_symlink():
+            raise ResultsError(f"Refused manifest path '{name}': it is a symbolic link")
+    if not path.is_file():
+        raise ResultsError(f"The manifest lists {name}, which is not a file in {out_dir}")
+    return path
+
+
+def _check_labels(labels, file_name: str) -> dict[int, str]:
+    """{label value 1-255: segment name} from a labelmap entry's labels; ResultsError naming the problem."""
+    if not isinstance(labels, dict) or not labels:
+        raise ResultsError(f"Malformed manifest: the labels of {file_name} must be an object {{value: name}}")
+    checked = {}
+    for key, name in labels.items():
+        try:
+            value = int(key)
+        except (TypeError, ValueError):
+            raise ResultsError(f"Malformed manifest: label value '{key}' of {file_name} is not an integer") from None
+        if not 0 <= value <= 255 or not isinstance(name, str) or not name.strip():
+            raise ResultsError(f"Malformed manifest: label {key!r}: {name!r} of {file_name} needs a value 0-255 "
+                               "and a name")
+        if value:
+            checked[value] = name
+    if not checked:
+        raise ResultsError(f"Malformed manifest: {file_name} lists no structure label")
+    return checked
+
+
+def _check_terminology(terminology, file_name: str) -> dict:
+    """Per label value: codes {"category"/"type"/"modifier": [scheme, value, meaning]} and an optional color."""
+    if terminology is None:
+        return {}
+    problem = None
+    if not isinstance(terminology, dict):
+        problem = "must be an object"
+    else:
+        for key, codes in terminology.items():
+            if not isinstance(codes, dict):
+                problem = f"entry {key!r} must be an object"
+            elif any(not (isinstance(codes.get(k), list) and len(codes[k]) == 3
+                          and all(isinstance(c, str) for c in codes[k]))
+                     for k in ("category", "type", "modifier") if codes.get(k) is not None):
+                problem = f"entry {key!r}: codes must be [scheme, value, meaning] strings"
+            elif codes.get("color") is not None and not (
+                    isinstance(codes["color"], list) and len(codes["color"]) == 3
+                    and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1
+                            for c in codes["color"])):
+                problem = f"entry {key!r}: color must be three numbers 0-1"
+            if problem:
+                break
+    if problem:
+        raise ResultsError(f"Malformed terminology of {file_name}: {problem}")
+    return terminology
+
+
+def _read_scores(path: Path) -> dict:
+    """scores.json, checked to make a table (see scores_table.score_rows); ResultsError otherwise."""
+    try:
+        scores = json.loads(path.read_text())
+        if not isinstance(scores, dict) or not isinstance(scores.get("classes"), dict) or not all(
+                isinstance(v, dict) for v in scores["classes"].values()):
+            raise ValueError("'classes' must map each structure to its scores")
+        scores_table.score_rows(scores)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ResultsError(f"Malformed scores file {path.name}: {exc}") from exc
+    return scores
 
 
 def terminology_entry(codes: dict) -> str:
@@ -67,8 +151,11 @@ def import_segmentation(scene, labelmap_path: Path, labels: dict, input_volume, 
                         terminology: dict | None = None):
     """A segmentation node with one segment per non-zero label, on the input volume's geometry.
 
-    terminology: optional codes per label value (see terminology_entry), with an optional display "color".
+    labels: {value: name} (or a manifest's {"value": name}); terminology: optional codes per label value
+    (see terminology_entry), with an optional display "color".
     """
+    labels = _check_labels(labels, labelmap_path.name)
+    terminology = _check_terminology(terminology, labelmap_path.name)
     labelmap = volumes.read_volume(scene, labelmap_path, "__seguncertainty_labels__", "vtkMRMLLabelMapVolumeNode")
     try:
         if not volumes.same_grid(labelmap, input_volume):
@@ -78,12 +165,12 @@ def import_segmentation(scene, labelmap_path: Path, labels: dict, input_volume, 
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(input_volume)
         segmentation.SetNodeReferenceID(segmentation.GetReferenceImageGeometryReferenceRole(), input_volume.GetID())
         values = slicer.util.arrayFromVolume(labelmap)
-        for value, label in sorted(((int(k), v) for k, v in labels.items() if int(k) != 0)):
+        for value, label in sorted(labels.items()):
             segment_id = segmentation.GetSegmentation().AddEmptySegment(label, label)
             # the label value first: in a shared labelmap it says which voxels are the segment's
             segmentation.GetSegmentation().GetSegment(segment_id).SetLabelValue(value)
             segments.set_segment_mask(segmentation, segment_id, values == value, input_volume)
-            codes = (terminology or {}).get(str(value))
+            codes = terminology.get(str(value))
             if codes:
                 segment = segmentation.GetSegmentation().GetSegment(segment_id)
                 segment.SetTag(segment.GetTerminologyEntryTagName(), terminology_entry(codes))
@@ -118,59 +205,80 @@ def unique_run_name(scene, base: str) -> str:
     return name
 
 
+def _node_ids(scene) -> list[str]:
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
 def import_results(scene, out_dir: str | Path, input_volume, colormap: str = "Inferno") -> RunNodes:
-    """Load a finished run's segmentation, maps, probabilities and scores as new nodes; see module doc."""
-    out_dir = Path(out_dir)
+    """Load a finished run's segmentation, maps, probabilities and scores as new nodes; see module doc.
+
+    Transactional: the manifest, its paths (confined to ``out_dir``), labels, terminology and scores are
+    checked before any node is added, and if anything fails later every node added since the start is
+    removed, so the scene is left exactly as it was. Any failure is a ResultsError with one clear message.
+    """
+    out_dir = Path(out_dir).absolute()
     manifest = read_manifest(out_dir)
-    run = unique_run_name(scene, f"{input_volume.GetName()} {manifest.get('method', 'run')}")
-    added = []
+    by_kind: dict[str, list[dict]] = {}
+    for entry in manifest["outputs"]:
+        by_kind.setdefault(entry["kind"], []).append(entry)
+    if "labelmap" not in by_kind:
+        raise ResultsError(f"{out_dir}: the manifest lists no segmentation")
+    if "scores" not in by_kind:
+        raise ResultsError(f"{out_dir}: the manifest lists no scores")
+    for kind, key in (("uncertainty", "map"), ("probability", "label")):
+        for entry in by_kind.get(kind, []):
+            if not isinstance(entry.get(key), str) or not entry[key].strip():
+                raise ResultsError(f"Malformed manifest: an output of kind '{kind}' has no '{key}' name")
+    paths = {id(entry): member_path(out_dir, entry) for entries in by_kind.values() for entry in entries
+             if entry["kind"] in ("labelmap", "uncertainty", "probability", "scores")}
+    seg_entry = by_kind["labelmap"][0]
+    _check_labels(seg_entry.get("labels"), seg_entry["file"])
+    _check_terminology(seg_entry.get("terminology"), seg_entry["file"])
+    all_scores = [_read_scores(paths[id(entry)]) for entry in by_kind["scores"]]
+
+    method = manifest.get("method")
+    run = unique_run_name(scene, f"{input_volume.GetName()} {method if isinstance(method, str) else 'run'}")
+    before = set(_node_ids(scene))
     try:
-        entries = manifest["outputs"]
-        by_kind = {}
-        for entry in entries:
-            by_kind.setdefault(entry["kind"], []).append(entry)
-        if "labelmap" not in by_kind:
-            raise ResultsError(f"{out_dir}: the manifest lists no segmentation")
-        seg_entry = by_kind["labelmap"][0]
-        segmentation = import_segmentation(scene, out_dir / seg_entry["file"], seg_entry["labels"], input_volume,
+        segmentation = import_segmentation(scene, paths[id(seg_entry)], seg_entry["labels"], input_volume,
                                            f"{run} segmentation", seg_entry.get("terminology"))
-        added.append(segmentation)
         nodes = RunNodes(run, segmentation, manifest=manifest)
         map_entries = sorted(by_kind.get("uncertainty", []),
                              key=lambda e: MAP_ORDER.index(e["map"]) if e["map"] in MAP_ORDER else 99)
         for entry in map_entries:
-            node = volumes.read_volume(scene, out_dir / entry["file"], f"{run} {entry['map']}")
-            added.append(node)
+            node = volumes.read_volume(scene, paths[id(entry)], f"{run} {entry['map']}")
             _check_grid(node, input_volume, entry["file"])
             overlays.style_map(node, colormap)
             overlays.add_color_legend(node, entry["map"].replace("_", " "))
             node.SetAttribute(ROLE_ATTRIBUTE, f"map:{entry['map']}")
-            node.SetAttribute("SegUncertainty.Meaning", entry.get("meaning", ""))
+            node.SetAttribute("SegUncertainty.Meaning", str(entry.get("meaning", "")))
             nodes.maps[entry["map"]] = node
         for entry in by_kind.get("probability", []):
-            node = volumes.read_volume(scene, out_dir / entry["file"], f"{run} probability {entry['label']}")
-            added.append(node)
+            node = volumes.read_volume(scene, paths[id(entry)], f"{run} probability {entry['label']}")
             _check_grid(node, input_volume, entry["file"])
             node.SetAttribute(ROLE_ATTRIBUTE, f"probability:{entry['label']}")
             nodes.probabilities[entry["label"]] = node
-        for entry in by_kind.get("scores", []):
-            scores = json.loads((out_dir / entry["file"]).read_text())
-            nodes.scores = scores_table.add_scores_table(scene, scores, f"{run} scores")
-            added.append(nodes.scores)
-        if nodes.scores is None:
-            raise ResultsError(f"{out_dir}: the manifest lists no scores")
+        nodes.scores = scores_table.add_scores_table(scene, all_scores[-1], f"{run} scores")
         segmentation.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
         nodes.scores.SetAttribute(ROLE_ATTRIBUTE, "scores")
         for node in nodes.all_nodes():
             node.SetAttribute(RUN_ATTRIBUTE, run)
         nodes.folder_item = place_in_study(scene, nodes.all_nodes(), input_volume, f"SegUncertainty: {run}")
         return nodes
-    except (ResultsError, OSError, KeyError, ValueError) as exc:
-        for node in added:
-            volumes.remove_node(scene, node)
+    except Exception as exc:  # roll back whatever was added, then one message
+        _remove_added(scene, before)
         if isinstance(exc, ResultsError):
             raise
         raise ResultsError(f"Could not import results from {out_dir}: {exc}") from exc
+
+
+def _remove_added(scene, before: set[str]) -> None:
+    """Remove every node whose ID was not in ``before`` (data nodes with their display and storage nodes)."""
+    for node_id in reversed(_node_ids(scene)):
+        if node_id not in before:
+            node = scene.GetNodeByID(node_id)
+            if node is not None:
+                volumes.remove_node(scene, node)
 
 
 def _check_grid(node, input_volume, file_name: str) -> None:

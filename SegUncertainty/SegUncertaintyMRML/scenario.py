@@ -63,22 +63,28 @@ def run_command(args: list[str], env: dict | None = None, on_progress=None) -> l
 
 def run_scenario(scene, workdir: str | Path, python: str, env: dict | None = None,
                  method: str = "ensemble") -> dict:
-    """The whole workflow (see module doc) in ``workdir``; returns what it measured."""
+    """The whole workflow (see module doc) in ``workdir``, the command line run blocking; returns what it
+    measured. The module's self-test starts the run through the logic instead and calls ``review_run``."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    report: dict = {}
     volume, brain = add_head_volume(scene)
     volumes.write_volume(volume, workdir / "input.nrrd")
     stages: list[str] = []
     start = time.perf_counter()
     run_command(process.segment_command(python, str(workdir / "input.nrrd"), str(workdir / "out"), method=method),
                 env=env, on_progress=lambda p: stages.append(p.stage))
-    report["run_s"] = time.perf_counter() - start
+    run_s = time.perf_counter() - start
     assert stages and stages[-1] == "write", f"progress stages seen: {sorted(set(stages))}"
-
     nodes_before = scene.GetNumberOfNodes()
     run = results.import_results(scene, workdir / "out", volume)
-    report["nodes_added"] = scene.GetNumberOfNodes() - nodes_before
+    nodes_added = scene.GetNumberOfNodes() - nodes_before
+    return dict(review_run(scene, run, volume, brain, workdir), run_s=run_s, nodes_added=nodes_added)
+
+
+def review_run(scene, run, volume, brain: np.ndarray, workdir: str | Path) -> dict:
+    """Everything after the import (see module doc) on a run of the head phantom; returns what it measured."""
+    workdir = Path(workdir)
+    report: dict = {}
     brain_id = run.segmentation.GetSegmentation().GetSegmentIdBySegmentName("brain")
     predicted = segments.segment_mask(run.segmentation, brain_id, volume)
     report["dice"] = float(2 * (predicted & brain).sum() / (predicted.sum() + brain.sum()))
@@ -89,7 +95,7 @@ def run_scenario(scene, workdir: str | Path, python: str, env: dict | None = Non
     flagging = referral.Referral(run.segmentation, brain_id, run.maps["entropy"], volume)
     threshold = flagging.threshold_for_percent(5.0)
     stats = flagging.set_threshold(threshold)
-    flagged = segments.segment_mask(run.segmentation, flagging.flagged_segment_id, volume)
+    flagged = segments.segment_mask(flagging.flagged_node, flagging.flagged_segment_id, volume)
     assert int(flagged.sum()) == stats.voxels == int((flagging.values > threshold).sum()), "flagged count"
     report["flagged"] = stats
 

@@ -44,18 +44,21 @@ def window_input(volume, mask) -> None:
     display.SetWindowLevelMinMax(float(low), float(high))
 
 
-def style_segmentation(segmentation, brain_id: str, flagged_id: str | None = None) -> None:
-    """Brain as a thick outline without fill; the flagged segment (if any) filled and outlined."""
+def style_segmentation(segmentation, brain_id: str, flagging=None) -> None:
+    """Brain as a thick outline without fill; the flagged segment (its own node, if any) filled and outlined."""
     display = segmentation.GetDisplayNode()
     display.SetVisibility(True)
     display.SetVisibility2DOutline(True)
-    display.SetVisibility2DFill(flagged_id is not None)
+    display.SetVisibility2DFill(False)
     display.SetSliceIntersectionThickness(3)
     display.SetSegmentVisibility2DFill(brain_id, False)
     segmentation.GetSegmentation().GetSegment(brain_id).SetColor(*OUTLINE_COLOR)
-    if flagged_id is not None:
-        display.SetSegmentOpacity2DFill(flagged_id, 0.55)
-        display.SetSegmentVisibility2DOutline(flagged_id, True)
+    if flagging is not None:
+        flagged = flagging.flagged_node.GetDisplayNode()
+        flagged.SetVisibility(True)
+        flagged.SetSliceIntersectionThickness(3)
+        flagged.SetSegmentOpacity2DFill(flagging.flagged_segment_id, 0.55)
+        flagged.SetSegmentVisibility2DOutline(flagging.flagged_segment_id, True)
 
 
 def color_legend(map_node):
@@ -100,7 +103,7 @@ def render_all(scene, views: dict, tmp: Path, out: Path) -> list[Path]:
     _, found = regions.find_regions(flagging.mask, flagging.values, volumes.ijk_to_ras(volume),
                                     flagging.voxel_ml, order="largest", min_voxels=5)
     region = found[0]
-    style_segmentation(run.segmentation, brain_id, flagging.flagged_segment_id)
+    style_segmentation(run.segmentation, brain_id, flagging)
     overlays.set_overlay_opacity(scene, 0.0)  # the flag, not the map: no overlay, no legend
     legend.SetVisibility(False)
     red = views["Red"]

@@ -1,0 +1,282 @@
+"""The module's panel (SegUncertaintyWidget) as it will behave in Slicer: built from the real .ui, bound to a
+real parameter node on a real MRML scene, with the stand-ins of slicer_app_fakes / slicer_qt_fakes for what
+only the application has. Those reproduce what caused issue 10's bugs:
+
+- the PythonSlicer launcher: a real launcher process with the interpreter as its child, forwarding no signal;
+- launchConsoleProcess(blocking=False): callbacks only on the main thread, when the event loop polls (100 ms);
+- connectGui: clears and refills combo boxes, writes every parameter to its widget, observes the node in the
+  order observers were added; widgets emit Qt's signals (clear() emits currentIndexChanged(-1), clamping
+  emits valueChanged).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import psutil
+import pytest
+import slicer_app_fakes
+import slicer_headless
+
+slicer_app_fakes.install()
+import slicer  # noqa: E402
+from SegUncertaintyMRML import process, referral, scenario, segments, volumes  # noqa: E402
+
+import SegUncertainty as module  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def release_logics():
+    yield
+    from conftest import release_module_logics
+
+    release_module_logics(module)
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory):
+
+    folder = tmp_path_factory.mktemp("head")
+    slicer_headless.new_scene(folder / "home")
+    volume, _ = scenario.add_head_volume(slicer.mrmlScene)
+    volumes.write_volume(volume, folder / "input.nrrd")
+    scenario.run_command(process.segment_command(sys.executable, str(folder / "input.nrrd"), str(folder / "out"),
+                                                 method="ensemble"))
+    return folder / "input.nrrd", folder / "out"
+
+
+_widgets: list = []
+
+
+@pytest.fixture(autouse=True)
+def clean_up_widgets():
+    """Each panel is cleaned up as Slicer does when the module is unloaded (observers removed)."""
+    yield
+    while _widgets:
+        widget = _widgets.pop()
+        if widget.logic is not None:
+            widget.cleanup()
+
+
+def make_widget():
+    widget = module.SegUncertaintyWidget()
+    widget.setup()
+    _widgets.append(widget)
+    return widget
+
+
+@pytest.fixture
+def widget_with_run(mrml_scene, head_run):
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    widget = make_widget()
+    widget._parameterNode.inputVolume = volume
+    run = widget.logic.importRun(head_run[1], volume)
+    widget.onFinished(run, None)
+    return widget, run, volume
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def tree_stops(tree, timeout: float = 15.0) -> bool:
+    """Whether every process of ``tree`` has ended (zombies count as ended) within ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in tree):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def node_ids(scene):
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+# -- 1. cancel -------------------------------------------------------------------------------------------------
+def test_cancel_stops_the_launcher_and_its_child_and_reports_cancelled(mrml_scene, head_run, tmp_path, monkeypatch):
+    """Press Segment, then Cancel after the first progress line: every process of the tree is gone within
+    seconds, the button says 'Cancelling...' (disabled) at once, a second press starts nothing, the stage
+    reads 'Cancelled.', no error box, and the scene is exactly as it was."""
+    launcher = slicer_app_fakes.write_launcher(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{launcher.parent}:{__import__('os').environ['PATH']}")
+    assert module.python_executable() == str(launcher)
+    slicer.app.temporaryPath = str(tmp_path)
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    widget = make_widget()
+    params = widget._parameterNode
+    params.inputVolume, params.method, params.samples = volume, "ensemble+mc_dropout", 40
+    before, modified = node_ids(mrml_scene), volume.GetMTime()
+    slicer_app_fakes.shown_messages.clear()
+
+    widget.ui.applyButton.clicked.emit()
+    assert widget.ui.applyButton.text == "Cancel"
+    slicer_app_fakes.run_event_loop(until=lambda: widget.ui.progressBar.value > 0, timeout=120)
+    tree = [psutil.Process(widget.logic.process.pid)]
+    tree += tree[0].children(recursive=True)
+    assert len(tree) >= 2, "the launcher runs the interpreter as its child"
+
+    widget.ui.applyButton.clicked.emit()  # Cancel
+    assert (widget.ui.applyButton.text, widget.ui.applyButton.enabled) == ("Cancelling...", False)
+    widget.ui.applyButton.clicked.emit()  # a second press while cancelling starts nothing
+    assert widget.logic.runState() == "cancelling"
+    assert tree_stops(tree[1:]), "the interpreter, the launcher's child, still runs"
+    slicer_app_fakes.run_event_loop(until=lambda: not widget.logic.isRunning(), timeout=30)
+    assert widget.ui.stageLabel.text == "Cancelled."
+    assert widget.ui.applyButton.text == "Segment with uncertainty" and widget.ui.applyButton.enabled
+    assert slicer_app_fakes.shown_messages == []
+    assert node_ids(mrml_scene) == before and volume.GetMTime() == modified
+    assert list(tmp_path.glob("SegUncertainty-*")) == []
+
+
+def test_cleanup_and_scene_close_stop_the_child(mrml_scene, head_run, tmp_path, monkeypatch):
+    launcher = slicer_app_fakes.write_launcher(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{launcher.parent}:{__import__('os').environ['PATH']}")
+    slicer.app.temporaryPath = str(tmp_path)
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    for stop in ("cleanup", "close"):
+        widget = make_widget()
+        widget._parameterNode.inputVolume = volume
+        widget._parameterNode.samples = 40
+        widget.onApplyButton()
+        slicer_app_fakes.run_event_loop(until=lambda w=widget: w.ui.progressBar.value > 0, timeout=120)
+        tree = psutil.Process(widget.logic.process.pid).children(recursive=True)
+        assert tree
+        if stop == "cleanup":
+            widget.cleanup()
+        else:
+            mrml_scene.Clear(0)
+        assert tree_stops(tree), stop
+        slicer_app_fakes.wait_for_processes(timeout=30)
+        assert widget.logic.run is None
+        volume = volumes.read_volume(mrml_scene, head_run[0], "head") if stop == "close" else volume
+
+
+# -- 2, 3. the parameter node is the single source of truth -----------------------------------------------
+def test_reentering_and_colormap_keep_the_threshold_and_the_referral(widget_with_run):
+    widget, run, _ = widget_with_run
+    params, logic = widget._parameterNode, widget.logic
+    flagging = logic.flagging
+    assert params.threshold == pytest.approx(flagging.threshold_for_percent(module.DEFAULT_FLAGGED_PERCENT))
+    widget.ui.thresholdSlider.value = params.threshold * 0.8  # the user moves the slider
+    user_threshold = params.threshold
+    assert flagging.threshold == pytest.approx(user_threshold), "a new threshold moves the flagged voxels"
+    logic.stepRegion(1)
+    navigator, chart = logic.navigator, logic.curveChart()
+
+    widget.exit()
+    widget.enter()  # connectGui clears and refills every combo box
+    widget.ui.colormapComboBox.currentIndex = widget.ui.colormapComboBox.items.index("Viridis")
+    assert params.colormap == "Viridis"
+    assert run.maps["entropy"].GetDisplayNode().GetColorNodeID().endswith("Viridis.txt")
+    assert logic.flagging is flagging, "no referral rebuild"
+    assert params.threshold == user_threshold and flagging.threshold == user_threshold
+    assert logic.navigator is navigator and logic.chart is chart
+
+    widget.ui.mapComboBox.currentIndex = widget.ui.mapComboBox.items.index("variance")
+    assert logic.flagging is not flagging and logic.flagging.map_node is run.maps["variance"]
+    assert params.threshold == pytest.approx(logic.flagging.threshold_for_percent(module.DEFAULT_FLAGGED_PERCENT))
+    assert widget.ui.thresholdSlider.value == pytest.approx(params.threshold)
+
+
+def test_smallest_region_takes_effect_at_once(widget_with_run):
+    widget, _, _ = widget_with_run
+    widget.ui.minRegionSpinBox.value = 0.4
+    assert widget.logic.minRegionMl == 0.4
+    widget.logic.stepRegion(1)
+    assert all(r.volume_ml >= 0.4 - 1e-9 for r in widget.logic.navigator.regions)
+    widget.ui.regionOrderComboBox.currentIndex = widget.ui.regionOrderComboBox.items.index("most_uncertain")
+    assert widget.logic.order == "most_uncertain" and widget.logic.navigator is None
+
+
+def test_exit_removes_the_parameter_node_observer(widget_with_run):
+    widget, _, _ = widget_with_run
+    params = widget._parameterNode
+    widget.exit()
+    calls = []
+    widget.logic.applyParameters = lambda p: calls.append(p) or set()
+    params.colormap = "Viridis"
+    assert calls == []
+
+
+# -- 4. closing and reloading the scene --------------------------------------------------------------------
+def test_scene_close_resets_and_a_reloaded_run_is_restored(widget_with_run, tmp_path):
+    from SegUncertaintyMRML import persistence
+
+    widget, run, _ = widget_with_run
+    widget.ui.thresholdSlider.value = widget._parameterNode.threshold * 0.9
+    saved_threshold = widget._parameterNode.threshold
+    persistence.save_scene(slicer.mrmlScene, tmp_path / "review.mrb")
+    slicer.mrmlScene.Clear(0)
+    assert widget.logic.run is None and widget.logic.flagging is None
+    assert not any(getattr(widget.ui, n).enabled for n in ("resultsCollapsibleButton", "referralCollapsibleButton",
+                                                           "exportCollapsibleButton"))
+    persistence.load_scene(slicer.mrmlScene, tmp_path / "review.mrb", slicer.app_logic)  # -> EndImportEvent
+    assert widget.logic.run is not None and widget.logic.run.name == run.name
+    assert widget.ui.referralCollapsibleButton.enabled
+    assert widget._parameterNode.threshold == pytest.approx(saved_threshold), "the saved threshold is kept"
+
+
+# -- 5. undo leaves the flagged voxels alone ---------------------------------------------------------------
+def test_undo_after_correction_and_threshold_change_keeps_display_and_statistics(widget_with_run):
+    widget, run, volume = widget_with_run
+    logic, params = widget.logic, widget._parameterNode
+    logic.stepRegion(1)
+    brain = logic.structureSegmentId()
+    before = segments.segment_mask(run.segmentation, brain, volume)
+    logic.correctCurrentRegion("remove")
+    widget.ui.thresholdSlider.value = params.threshold * 0.7
+    logic.undo()
+    flagging = logic.flagging
+    flagged = segments.segment_mask(flagging.flagged_node, flagging.flagged_segment_id, volume)
+    assert np.array_equal(flagged, flagging.values > np.float32(params.threshold)), "display = threshold"
+    assert logic.stats.voxels == int(flagged.sum())
+    assert np.array_equal(segments.segment_mask(run.segmentation, brain, volume), before)
+    assert logic.stats.inside_segmentation == int((flagged & before).sum())
+    assert segments.segment_id_by_name(run.segmentation, referral.FLAGGED_SEGMENT) is None
+    logic.redo()
+    after = segments.segment_mask(run.segmentation, brain, volume)
+    assert not np.array_equal(after, before) and logic.stats.inside_segmentation == int((flagged & after).sum())
+
+
+# -- 6, 7. self-test and a run without scores ----------------------------------------------------------------
+def test_self_test_without_torch_is_skipped_not_failed(mrml_scene, monkeypatch):
+    monkeypatch.setattr(module.SegUncertaintyLogic, "missingPackages", staticmethod(lambda: ["torch"]))
+    test = module.SegUncertaintyTest()
+    test.runTest()  # returns: no SkipTest, no failure
+    assert "skipped" in test.messages[-1] and "torch" in test.messages[-1]
+
+
+def test_self_test_goes_through_the_buttons_path(mrml_scene, tmp_path, monkeypatch):
+    """The self-test starts the run with logic.start (non-blocking, callbacks on the event loop)."""
+    slicer.app.temporaryPath = str(tmp_path)
+    started = []
+    real_start = module.SegUncertaintyLogic.start
+    monkeypatch.setattr(module.SegUncertaintyLogic, "start",
+                        lambda self, *a, **k: started.append(a) or real_start(self, *a, **k))
+    test = module.SegUncertaintyTest()
+    test.runTest()
+    assert len(started) == 1 and test.messages[-1].startswith("Test passed")
+
+
+def test_a_run_without_scores_table_shows_an_empty_table(widget_with_run):
+    widget, run, _ = widget_with_run
+    slicer.mrmlScene.RemoveNode(run.scores)
+    run.scores = None
+    widget.showScores(None)
+    assert ("setMRMLTableNode", None) in widget.ui.scoresTableView.calls
+
+
+def test_older_slicer_is_refused_with_a_message(mrml_scene, monkeypatch):
+    monkeypatch.setattr(slicer.app, "minorVersion", 10)
+    slicer_app_fakes.shown_messages.clear()
+    widget = make_widget()
+    assert widget.logic is None and "5.12" in slicer_app_fakes.shown_messages[-1][1]
+    with pytest.raises(RuntimeError, match="5.12"):
+        module.SegUncertaintyLogic().start(None, "brainmask-t1", "softmax", 2, "cpu")
