@@ -26,14 +26,6 @@ from SegUncertaintyMRML import process, referral, scenario, segments, volumes  #
 import SegUncertainty as module  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def release_logics():
-    yield
-    from conftest import release_module_logics
-
-    release_module_logics(module)
-
-
 @pytest.fixture(scope="module")
 def head_run(tmp_path_factory):
 
@@ -278,5 +270,9 @@ def test_older_slicer_is_refused_with_a_message(mrml_scene, monkeypatch):
     slicer_app_fakes.shown_messages.clear()
     widget = make_widget()
     assert widget.logic is None and "5.12" in slicer_app_fakes.shown_messages[-1][1]
-    with pytest.raises(RuntimeError, match="5.12"):
-        module.SegUncertaintyLogic().start(None, "brainmask-t1", "softmax", 2, "cpu")
+    logic = module.SegUncertaintyLogic()
+    try:
+        with pytest.raises(RuntimeError, match="5.12"):
+            logic.start(None, "brainmask-t1", "softmax", 2, "cpu")
+    finally:
+        logic.cleanup()
