@@ -227,3 +227,83 @@ def test_cancelled_run_leaves_the_scene_exactly_as_it_was(mrml_scene, head_run, 
     assert run is None and error == "Cancelled."
     assert node_ids(mrml_scene) == before and volume.GetMTime() == modified
     assert logic.run is None and list(temporary.iterdir()) == []
+
+
+# -- models: the list and Add model... (issue 14 item 4) -----------------------------------------------------
+def broken_user_model(home: Path) -> Path:
+    folder = home / "models" / "broken"
+    folder.mkdir(parents=True)
+    (folder / "card.json").write_text('{"name": "broken"}')
+    return folder
+
+
+def test_model_list_shows_every_model_and_add_goes_through_the_catalog(mrml_scene, new_logic, tmp_path, monkeypatch):
+    """With a broken model in the user's folder, the bundled model stays usable and the broken one is listed
+    with the catalog's reason; addModel (a card.json path works too) installs with catalog.add_model and the
+    model is then listed and runnable by name; a failed add installs nothing and says why in one line."""
+    from conftest import write_threshold_model
+
+    from SegUncertaintyLib.models import catalog
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    broken_user_model(tmp_path / "home")
+    logic = new_logic()
+    choices = {c.name: c for c in logic.modelChoices()}
+    reason = next(e.error for e in catalog.list_models() if e.name == "broken")
+    assert choices["brainmask-t1"].usable and choices["brainmask-t1"].argument == "brainmask-t1"
+    assert not choices["broken"].usable and reason in choices["broken"].tooltip
+    assert logic.modelNames() == ["brainmask-t1"]
+    with pytest.raises(RuntimeError, match="broken"):
+        logic.start(None, "broken", "softmax", 2, "cpu")
+    assert not logic.isRunning()
+
+    source = write_threshold_model(tmp_path / "src")
+    assert logic.addModel(str(source / "card.json")) == "threshold-src"
+    assert (catalog.user_model_dir() / "threshold-src" / "card.json").is_file()
+    choices = {c.name: c for c in logic.modelChoices()}
+    assert choices["threshold-src"].usable and "2 member(s)" in choices["threshold-src"].tooltip
+    assert logic.modelNames() == ["brainmask-t1", "threshold-src"]
+
+    before = sorted(p.name for p in catalog.user_model_dir().iterdir())
+    with pytest.raises(RuntimeError) as again:
+        logic.addModel(str(source))
+    with pytest.raises(catalog.ModelError) as library:
+        catalog.add_model(source)
+    assert str(again.value) == str(library.value) and "\n" not in str(again.value)
+    with pytest.raises(RuntimeError, match="not a model folder"):
+        logic.addModel(str(tmp_path))
+    assert sorted(p.name for p in catalog.user_model_dir().iterdir()) == before, "a failed add installs nothing"
+    assert logic.modelChoice("threshold-src").argument == "threshold-src"
+    assert [c.name for c in logic.modelChoices("gone")][-1] == "gone", "the parameter's model is always listed"
+    assert not logic.modelChoices("gone")[-1].usable
+
+
+# -- statistics after the Segment Editor's own Undo / Redo / edits ------------------------------------------
+def test_statistics_follow_the_segment_editors_own_undo_redo_and_edits(logic_with_run, mrml_scene):
+    """The embedded Segment Editor undoes with its own vtkSlicerSegmentEditorLogic (qMRMLSegmentEditorWidget::undo
+    calls Logic->Undo()), not through the module: the flagged statistics must follow anyway."""
+    from SegUncertaintyMRML import corrections
+
+    logic, run, volume = logic_with_run
+    calls = []
+    logic.onStatisticsChanged = lambda: calls.append(logic.stats)
+    flagging = logic.showMap("entropy", "Inferno", 0.5)
+    logic.setThreshold(flagging.threshold_for_percent(5.0))
+    editor = corrections.editor_logic(mrml_scene, run.segmentation, volume)  # the Segment Editor's own logic
+    brain = logic.structureSegmentId()
+
+    def inside() -> int:
+        return int((flagging.mask & segments.segment_mask(run.segmentation, brain, volume)).sum())
+
+    before = inside()
+    logic.stepRegion(1)
+    logic.correctCurrentRegion("remove", saveState=editor.SaveStateForUndo)
+    assert logic.stats.inside_segmentation == inside() < before and calls
+    editor.Undo()  # the editor's Undo button
+    assert logic.stats.inside_segmentation == inside() == before
+    editor.Redo()
+    assert logic.stats.inside_segmentation == inside() < before
+    n = len(calls)
+    logic.cleanup()
+    editor.Undo()
+    assert len(calls) == n and inside() == before, "after cleanup the logic observes nothing"
