@@ -15,10 +15,12 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import psutil  # bundled with Slicer
+import qt
 import slicer
 import vtk
 from SegUncertaintyMRML import (
@@ -93,6 +95,22 @@ def stopProcessTree(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
         parent.terminate()
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the panel's model list: a usable model, or one that cannot be used and says why."""
+
+    name: str
+    usable: bool
+    tooltip: str  # what the model is, or why it cannot be used
+    argument: str = ""  # what the command line's --model gets: the name (card models) or the model folder
+
+
+def oneLine(exc: BaseException) -> str:
+    """An exception as the one line a user sees (the library's messages are one line already)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class SegUncertainty(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -138,6 +156,7 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._fillingModelList = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -151,10 +170,11 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SegUncertaintyLogic()
         self.logic.onSceneChanged = self.onLogicSceneChanged
+        self.logic.onStatisticsChanged = self.updateReferral  # any edit, Undo or Redo of the segmentation
 
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
-        self.ui.modelComboBox.addItems(self.logic.modelNames())
         self.ui.modelComboBox.currentTextChanged.connect(self.onModelChanged)
+        self.ui.addModelButton.clicked.connect(self.onAddModel)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.ui.showCurveButton.clicked.connect(self.onShowCurve)
         self.ui.nextRegionButton.clicked.connect(lambda: self.onStepRegion(1))
@@ -169,8 +189,7 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- parameter node ------------------------------------------------------------------------------
     def cleanup(self) -> None:
         if self.logic is not None:
-            self.logic.cancel()
-            self.logic.removeObservers()
+            self.logic.cleanup()
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -209,6 +228,7 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.updateModelList()  # on every entry: models added meanwhile (e.g. from the command line) show
             self.onParameterNodeModified()
         self.updateButtons()
 
@@ -218,6 +238,8 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if params is None:
             return
         if self.ui.modelComboBox.currentText != params.model:
+            if self.ui.modelComboBox.findText(params.model) < 0:
+                self.updateModelList()  # e.g. a loaded scene names a model not in the list: shown, disabled
             self.ui.modelComboBox.setCurrentText(params.model)
         if self.logic.applyParameters(params):
             self.updateReferral()
@@ -247,8 +269,42 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceWarningLabel.visible = bool(text)
 
     def onModelChanged(self, name: str) -> None:
-        if self._parameterNode and name:
+        if self._parameterNode and name and not self._fillingModelList:
             self._parameterNode.model = name
+
+    def updateModelList(self) -> None:
+        """Refill the model list from the catalog (logic.modelChoices): every installed model, those that
+        cannot be used disabled with their reason as tooltip. The selection stays the parameter's."""
+        params = self._parameterNode
+        combo = self.ui.modelComboBox
+        self._fillingModelList = True  # refilling must not change the parameter (clear() and addItem emit)
+        try:
+            combo.clear()
+            for index, choice in enumerate(self.logic.modelChoices(params.model if params else None)):
+                combo.addItem(choice.name)
+                combo.setItemData(index, choice.tooltip, qt.Qt.ToolTipRole)
+                if not choice.usable:
+                    combo.model().item(index).setEnabled(False)
+            if params:
+                combo.setCurrentText(params.model)
+        finally:
+            self._fillingModelList = False
+
+    def onAddModel(self) -> None:
+        """Ask for a model folder and install it as `seguncertainty models add` does; then select it."""
+        folder = qt.QFileDialog.getExistingDirectory(
+            None, _("Select a model folder (card.json, nnU-Net v2 results folder or MONAI bundle)"))
+        if not folder:
+            return
+        name = None
+        try:
+            if self.logic.ensureDependencies(ask=True):  # checking a model loads its networks (torch)
+                name = self.logic.addModel(folder)
+        except RuntimeError as exc:
+            slicer.util.errorDisplay(_("Could not add the model: ") + str(exc))
+        self.updateModelList()
+        if name and self._parameterNode:
+            self._parameterNode.model = name  # the observer selects it in the list
 
     # -- running -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
@@ -314,7 +370,7 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateReferral(self) -> None:
         """The threshold slider's range and the statistics and region labels, from the logic's state."""
         flagging = self.logic.flagging
-        if flagging is None:
+        if flagging is None or self._parameterNode is None:
             return
         maximum = max(flagging.maximum, self._parameterNode.threshold, 1e-6)
         self.ui.thresholdSlider.maximum = maximum  # never below the threshold: no clamping
@@ -348,9 +404,7 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.regionLabel.text = _("{n} voxels changed; Undo reverts").format(n=changed)
 
     def onUndo(self) -> None:
-        self.ui.segmentEditorWidget.undo()
-        self.logic.refreshAfterUndo()
-        self.updateReferral()
+        self.ui.segmentEditorWidget.undo()  # the logic observes the segmentation: statistics follow
 
     def updateRegionLabels(self) -> None:
         navigator = self.logic.navigator
@@ -379,7 +433,9 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
 
     Closing the scene cancels a run and resets the review state; loading a scene restores the run its
     parameter node (or, failing that, its most recent run) points to. ``onSceneChanged`` (optional) is called
-    after either.
+    after either. Any change of the reviewed segmentation (a correction, the Segment Editor's own edits, Undo
+    and Redo) recounts the statistics, then calls ``onStatisticsChanged`` (optional). ``cleanup()`` removes
+    every observer (call it when done, as the panel's cleanup does).
     """
 
     def __init__(self) -> None:
@@ -388,6 +444,7 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         self.process = None
         self._cancelRequested = False
         self.onSceneChanged = None
+        self.onStatisticsChanged = None
         self._shown: dict = {}  # the parameters last applied to the scene (applyParameters)
         self._keepThreshold = False
         self.stats: referral.ReferralStats | None = None
@@ -398,7 +455,7 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         self.labels = None
         self.chart = None
         self.order, self.minRegionMl = "largest", 0.0
-        self._members: dict[str, int] = {}  # ensemble size per model name (from its card)
+        self._plans: dict[str, tuple[int, tuple[int, ...]] | None] = {}  # model -> (members, flip axes)
         self._cuda: bool | None = None
         self.editing: corrections.Corrections | None = None
         self._editorNode = None
@@ -424,8 +481,16 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
                 and self.onSceneChanged:
             self.onSceneChanged()
 
+    def cleanup(self) -> None:
+        """Stop a run and every observation (of the scene and of the run's segmentation)."""
+        self.cancel()
+        self.removeObservers()
+
     def reset(self) -> None:
         """Forget the run under review (its nodes are gone with the scene)."""
+        if self.run is not None:
+            self.removeObserver(self.run.segmentation, slicer.vtkSegmentation.SegmentModified,
+                                self.onSegmentationModified)
         self.run = self.inputVolume = self.flagging = self.navigator = self.labels = self.chart = None
         self.editing = self.stats = self._editorNode = None
         self._shown, self._keepThreshold = {}, False
@@ -437,25 +502,92 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
 
     # -- models and dependencies ---------------------------------------------------------------------
     def modelNames(self) -> list[str]:
-        from SegUncertaintyLib.models.catalog import available_models
+        """Names of the models that can be run."""
+        return [choice.name for choice in self.modelChoices() if choice.usable]
 
-        return list(available_models())
+    def modelChoices(self, current: str | None = None) -> list[ModelChoice]:
+        """Every bundled and installed model (catalog.list_models), bundled first; a broken one is listed with
+        its reason and hides no other. ``current`` (the parameter) is listed even when it is not installed."""
+        from SegUncertaintyLib.models import catalog
+        from SegUncertaintyLib.models.formats import FORMAT_NAMES
+
+        usableCards = {folder: name for name, folder in catalog.available_models().items()}
+        choices: dict[str, ModelChoice] = {}
+        for entry in catalog.list_models():
+            if entry.error is None or entry.folder in usableCards:
+                # (a bundled card is usable before jsonschema is installed: loading it checks it)
+                name = entry.name if entry.error is None else usableCards[entry.folder]
+                info = entry.as_dict()
+                tooltip = _("{format} ({source}): {modality}; {members} member(s); methods: {methods}").format(
+                    format=FORMAT_NAMES.get(entry.format, entry.format), source=entry.source,
+                    modality=info["modality"] or "?", members=info["members"] or "?",
+                    methods=", ".join(info["methods"] or []) or "?")
+                choice = ModelChoice(name, True, tooltip, name if entry.format == "card" else str(entry.folder))
+            else:
+                choice = ModelChoice(entry.name, False, _("Cannot be used: {reason} ({folder})").format(
+                    reason=entry.error, folder=entry.folder))
+            if choice.name in choices:
+                choice = ModelChoice(choice.name, False, _("Another model has the name '{name}' ({folder})").format(
+                    name=choice.name, folder=entry.folder))
+                choices.setdefault(f"{choice.name} ({entry.folder})", choice)
+            else:
+                choices[choice.name] = choice
+        if current and current not in choices:
+            choices[current] = ModelChoice(current, False, _("Model '{name}' is not installed here").format(
+                name=current))
+        return list(choices.values())
+
+    def modelChoice(self, name: str) -> ModelChoice:
+        """The usable model ``name``; RuntimeError with the reason when it cannot be used."""
+        choice = next((c for c in self.modelChoices(name) if c.name == name), None)
+        if choice is None or not choice.usable:
+            raise RuntimeError(_("Model '{name}' cannot be used. {reason}").format(
+                name=name, reason=choice.tooltip if choice else ""))
+        return choice
+
+    def addModel(self, path: str) -> str:
+        """Check and install the model at ``path`` (a model folder, or its card.json) with catalog.add_model,
+        the code `seguncertainty models add` runs; returns its name. On failure nothing is installed and a
+        RuntimeError carries the one-line reason."""
+        from SegUncertaintyLib.models import catalog
+
+        source = Path(path)
+        if source.is_file() and source.name == "card.json":
+            source = source.parent
+        try:
+            name, _folder = catalog.add_model(source)
+        except Exception as exc:  # a model's checker may raise anything; the user gets its one line
+            logging.debug("adding model %s failed", source, exc_info=True)
+            raise RuntimeError(oneLine(exc)) from exc
+        self._plans.pop(name, None)
+        return name
+
+    def samplingPlan(self, model: str) -> tuple[int, tuple[int, ...]] | None:
+        """(ensemble members, TTA flip axes) of a card model, for the time estimate; None if unknown."""
+        if model not in self._plans:
+            from SegUncertaintyLib.models.card import load_card
+            from SegUncertaintyLib.models.catalog import available_models
+
+            try:
+                card = load_card(available_models()[model])
+                self._plans[model] = (len(card.members), card.flip_axes)
+            except Exception:  # not a usable card model (or no jsonschema yet): no estimate
+                self._plans[model] = None
+        return self._plans[model]
 
     def deviceWarning(self, volume, model: str, method: str, samples: int, device: str) -> str:
-        """A warning with a time estimate when the run will use the CPU; empty otherwise."""
+        """A warning with a time estimate when the run will use the CPU; empty otherwise. The passes are
+        counted as the library plans them (process.forward_passes: members, declared flips)."""
         if device == "cuda" or (device == "auto" and self.cudaAvailable()):
             return ""
-        from SegUncertaintyLib.models.card import load_card
-        from SegUncertaintyLib.models.catalog import available_models
-
-        if model not in self._members:
-            folder = available_models().get(model)
-            self._members[model] = len(load_card(folder / "card.json").members) if folder else 1
-        members = self._members[model]
+        plan = self.samplingPlan(model)
+        passes = process.forward_passes(method, process.samples_argument(method, samples), *plan) if plan else None
+        if passes is None:
+            return _("Runs on the CPU; a GPU is much faster.")
         bounds = [0.0] * 6
         volume.GetRASBounds(bounds)
         litres = (bounds[1] - bounds[0]) * (bounds[3] - bounds[2]) * (bounds[5] - bounds[4]) / 1e6
-        seconds = process.cpu_estimate_s(litres, process.forward_passes(method, samples, members))
+        seconds = process.cpu_estimate_s(litres, passes)
         return _("Runs on the CPU: {estimate} on a 2-core machine; a GPU is much faster.").format(
             estimate=process.describe_estimate(seconds))
 
@@ -518,10 +650,12 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             raise RuntimeError(problem)
         if self.isRunning():
             raise RuntimeError(_("A segmentation is already running."))
+        modelArgument = self.modelChoice(model).argument
         workdir = Path(tempfile.mkdtemp(prefix="SegUncertainty-", dir=slicer.app.temporaryPath))
         volumes.write_volume(inputVolume, workdir / "input.nrrd")
         args = process.segment_command(python_executable(), str(workdir / "input.nrrd"), str(workdir / "out"),
-                                       model=model, method=method, samples=samples, device=device)
+                                       model=modelArgument, method=method,
+                                       samples=process.samples_argument(method, samples), device=device)
         log: list[str] = []
 
         def onLine(line: str) -> None:
@@ -570,6 +704,7 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         """Review this run (a new one, or one found in a reloaded scene by results.find_runs)."""
         self.reset()
         self.run, self.inputVolume = run, inputVolume
+        self.addObserver(run.segmentation, slicer.vtkSegmentation.SegmentModified, self.onSegmentationModified)
         return run
 
     def restoreRun(self, segmentation) -> results.RunNodes | None:
@@ -702,26 +837,28 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             self.editing = corrections.Corrections(
                 corrections.editor_logic(slicer.mrmlScene, self.run.segmentation, self.inputVolume),
                 self.run.segmentation, self.inputVolume)
-        changed = self.editing.apply(self.structureSegmentId(), self.labels == region.label, mode, saveState)
-        self.refreshAfterUndo()
-        return changed
+        return self.editing.apply(self.structureSegmentId(), self.labels == region.label, mode, saveState)
 
     def undo(self) -> None:
         if self.editing is not None:
             self.editing.undo()
-            self.refreshAfterUndo()
 
     def redo(self) -> None:
         if self.editing is not None:
             self.editing.redo()
-            self.refreshAfterUndo()
 
-    def refreshAfterUndo(self) -> None:
-        """After the segmentation changed (a correction, Undo, Redo): the statistics inside the segmentation
-        are recounted; the flagged voxels, in their own node, are not in the undo history and stay."""
-        if self.flagging is not None and self.flagging.threshold is not None:
-            self.flagging.refresh_structure()
-            self.stats = self.flagging.stats(self.flagging.threshold)
+    def onSegmentationModified(self, caller=None, event=None) -> None:
+        """A segment of the reviewed segmentation changed (a correction, an edit or Undo/Redo of the Segment
+        Editor, ours): recount the statistics; the flagged voxels, in their own node, are not in the
+        segmentation's undo history and stay."""
+        if self.flagging is None or self.flagging.threshold is None:
+            return
+        if self.run.segmentation.GetSegmentation().GetSegment(self.flagging.structure_segment_id) is None:
+            return  # the structure segment was deleted: nothing left to count inside
+        self.flagging.refresh_structure()
+        self.stats = self.flagging.stats(self.flagging.threshold)
+        if self.onStatisticsChanged:
+            self.onStatisticsChanged()
 
     def export(self, folder: str) -> list[Path]:
         return persistence.export_run(slicer.mrmlScene, self.run, self.inputVolume, folder)
@@ -751,17 +888,20 @@ class SegUncertaintyTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Segmenting a synthetic head with the bundled model")
         volume, brain = scenario.add_head_volume(slicer.mrmlScene)
         logic = SegUncertaintyLogic()
-        stages, finished = [], {}
-        logic.start(volume, "brainmask-t1", "ensemble", 2, "cpu", onProgress=lambda p: stages.append(p.stage),
-                    onFinished=lambda run, error: finished.update(run=run, error=error))
-        deadline = time.monotonic() + self.RUN_TIMEOUT_S
-        while not finished and time.monotonic() < deadline:
-            slicer.app.processEvents()  # the launcher's QTimer delivers progress and completion here
-            time.sleep(0.05)
-        self.assertTrue(finished, "the run did not finish in time")
-        self.assertIsNone(finished["error"])
-        self.assertEqual(stages[-1], "write")
-        with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as workdir:
-            report = scenario.review_run(slicer.mrmlScene, finished["run"], volume, brain, workdir)
+        try:
+            stages, finished = [], {}
+            logic.start(volume, "brainmask-t1", "ensemble", 2, "cpu", onProgress=lambda p: stages.append(p.stage),
+                        onFinished=lambda run, error: finished.update(run=run, error=error))
+            deadline = time.monotonic() + self.RUN_TIMEOUT_S
+            while not finished and time.monotonic() < deadline:
+                slicer.app.processEvents()  # the launcher's QTimer delivers progress and completion here
+                time.sleep(0.05)
+            self.assertTrue(finished, "the run did not finish in time")
+            self.assertIsNone(finished["error"])
+            self.assertEqual(stages[-1], "write")
+            with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as workdir:
+                report = scenario.review_run(slicer.mrmlScene, finished["run"], volume, brain, workdir)
+        finally:
+            logic.cleanup()  # no observer left on the scene
         self.assertGreater(report["dice"], 0.8)
         self.delayDisplay(f"Test passed: Dice {report['dice']:.3f}, {report['regions']} flagged regions")

@@ -104,14 +104,3 @@ def mrml_scene(tmp_path):
     import slicer_headless
 
     return slicer_headless.new_scene(tmp_path / "slicer_home")
-
-
-
-def release_module_logics(module) -> None:
-    """Module logics stop observing their scene, as the module's cleanup() does in Slicer (a logic left
-    observing a finished test's scene crashes VTK's garbage collection later)."""
-    import gc
-
-    for obj in gc.get_objects():
-        if isinstance(obj, module.SegUncertaintyLogic):
-            obj.removeObservers()

@@ -22,6 +22,8 @@ behaviour the module depends on, including the behaviour that caused the bugs of
 - ``slicer.util.loadUI`` / ``childWidgetVariables``: stand-in Qt widgets built from the .ui file
   (slicer_qt_fakes), with Qt's signal semantics (a signal fires only on a real change; clearing a combo box
   fires currentIndexChanged(-1); a value outside a slider's range is clamped).
+- ``qt``: only ``Qt.ToolTipRole`` (Qt's value, 3) and ``QFileDialog.getExistingDirectory``, which returns
+  ``file_dialog_answer`` (a test sets it; "" is Cancel, as Qt returns).
 - ``slicer.i18n`` (translation returns the text) and ``slicer.app`` (temporaryPath, version 5.13,
   testingEnabled).
 
@@ -184,6 +186,7 @@ def write_launcher(folder: Path) -> Path:
 
 
 # -- messages shown to the user -----------------------------------------------------------------------------
+file_dialog_answer: list[str] = [""]  # what the next QFileDialog returns ("" = the user cancelled)
 shown_messages: list[tuple[str, str]] = []  # (kind, text) of errorDisplay / infoDisplay / warningDisplay
 
 
@@ -193,6 +196,9 @@ def install() -> None:
         return
     import slicer_qt_fakes
 
+    _module("qt", Qt=types.SimpleNamespace(ToolTipRole=3),
+            QFileDialog=types.SimpleNamespace(getExistingDirectory=lambda parent=None, caption="", directory="":
+                                              file_dialog_answer[0]))
     _module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
     _module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=_Base,
             ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,

@@ -63,6 +63,8 @@ class QComboBox(Widget):
         super().__init__(name, properties)
         self.items: list[str] = []
         self._index = -1
+        self.itemDataByRole: dict[tuple[int, int], object] = {}
+        self.disabled: set[int] = set()
 
     @property
     def currentIndex(self) -> int:
@@ -84,8 +86,33 @@ class QComboBox(Widget):
         if text in self.items:
             self.currentIndex = self.items.index(text)
 
+    def findText(self, text: str) -> int:
+        return self.items.index(text) if text in self.items else -1
+
+    def setItemData(self, index: int, value, role: int) -> None:
+        self.itemDataByRole[(index, role)] = value
+
+    def itemData(self, index: int, role: int):
+        return self.itemDataByRole.get((index, role))
+
+    def model(self):
+        """The combo box's QStandardItemModel: item(i).setEnabled(False) greys item i out (the user cannot
+        pick it; setting the current index in code still can, as in Qt)."""
+        combo = self
+
+        class Item:
+            def __init__(self, index):
+                self.index = index
+
+            def setEnabled(self, enabled: bool) -> None:
+                (combo.disabled.discard if enabled else combo.disabled.add)(self.index)
+
+        return type("QStandardItemModel", (), {"item": staticmethod(Item)})()
+
     def clear(self) -> None:
         self.items.clear()
+        self.itemDataByRole.clear()
+        self.disabled.clear()
         if self._index != -1:
             self._index = -1
             self.currentIndexChanged.emit(-1)

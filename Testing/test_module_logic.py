@@ -30,12 +30,19 @@ from SegUncertaintyMRML import (  # noqa: E402
 import SegUncertainty as module  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def release_logics():
-    yield
-    from conftest import release_module_logics
+@pytest.fixture
+def new_logic():
+    """Makes module logics; each is cleaned up after the test as the panel's cleanup() does in Slicer (a logic
+    left observing a finished test's scene would crash VTK's garbage collection later)."""
+    logics = []
 
-    release_module_logics(module)
+    def make():
+        logics.append(module.SegUncertaintyLogic())
+        return logics[-1]
+
+    yield make
+    for logic in logics:
+        logic.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +58,18 @@ def head_run(tmp_path_factory):
 
 
 @pytest.fixture
-def logic_with_run(mrml_scene, head_run):
+def logic_with_run(mrml_scene, head_run, new_logic):
     volume = volumes.read_volume(mrml_scene, head_run[0], "head")
-    logic = module.SegUncertaintyLogic()
+    logic = new_logic()
     run = logic.importRun(head_run[1], volume)
     return logic, run, volume
 
 
-def test_parameter_defaults_are_valid_choices(mrml_scene):
+def test_parameter_defaults_are_valid_choices(mrml_scene, new_logic):
     params = module.SegUncertaintyParameterNode(slicer.vtkMRMLScriptedModuleNode())
     assert params.method in process.METHODS and params.device in process.DEVICES
     assert params.uncertaintyMap in module.MAPS and params.colormap in overlays.COLORMAPS
-    assert params.model in module.SegUncertaintyLogic().modelNames()
+    assert params.model in new_logic().modelNames()
 
 
 def test_show_map_sets_the_foreground_colormap_and_legend(logic_with_run, mrml_scene):
@@ -125,7 +132,7 @@ def test_correct_without_a_region_is_a_clear_error(logic_with_run):
         logic.correctCurrentRegion("remove")
 
 
-def test_export_and_restore_after_scene_reload(logic_with_run, mrml_scene, tmp_path):
+def test_export_and_restore_after_scene_reload(logic_with_run, mrml_scene, tmp_path, new_logic):
     logic, run, volume = logic_with_run
     logic.showMap("entropy", "Inferno", 0.5)
     logic.setThreshold(logic.flagging.threshold_for_percent(2.0))
@@ -136,14 +143,14 @@ def test_export_and_restore_after_scene_reload(logic_with_run, mrml_scene, tmp_p
     scene = slicer_headless.new_scene(tmp_path / "home2")
     persistence.load_scene(scene, tmp_path / "review.mrb", slicer.app_logic)
     segmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-    restored = module.SegUncertaintyLogic().restoreRun(segmentation)
+    restored = new_logic().restoreRun(segmentation)
     assert restored is not None and restored.name == run.name
     assert set(restored.maps) == set(run.maps) and restored.scores is not None
     flagged_node = restored.segmentation.GetNodeReference(referral.FLAGGED_REFERENCE)
     assert flagged_node is not None and results.find_runs(scene)[run.name]["flagged"] is flagged_node
     assert segments.segment_id_by_name(flagged_node, referral.FLAGGED_SEGMENT) is not None
     assert segments.segment_id_by_name(restored.segmentation, referral.FLAGGED_SEGMENT) is None
-    assert module.SegUncertaintyLogic().restoreRun(None) is None
+    assert new_logic().restoreRun(None) is None
     assert results.find_runs(scene)[run.name]["segmentation"] is segmentation
 
 
@@ -158,8 +165,8 @@ def test_device_warning_estimates_cpu_time(logic_with_run):
     assert logic.deviceWarning(volume, "brainmask-t1", "softmax", 10, "cuda") == ""
 
 
-def test_nothing_is_missing_here_and_cancel_without_a_run_is_harmless(mrml_scene):
-    logic = module.SegUncertaintyLogic()
+def test_nothing_is_missing_here_and_cancel_without_a_run_is_harmless(mrml_scene, new_logic):
+    logic = new_logic()
     assert logic.missingPackages() == []
     assert not logic.isRunning()
     logic.cancel()
@@ -193,14 +200,14 @@ def node_ids(scene):
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 
 
-def test_background_run_imports_new_nodes_and_cleans_up(mrml_scene, head_run, tmp_path):
+def test_background_run_imports_new_nodes_and_cleans_up(mrml_scene, head_run, tmp_path, new_logic):
     """start(): the real command line in a background process; on success the run's nodes are added and
     the temporary folder is gone."""
     temporary = tmp_path / "temporary"
     temporary.mkdir()
     slicer.app.temporaryPath = str(temporary)
     volume = volumes.read_volume(mrml_scene, head_run[0], "head")
-    logic = module.SegUncertaintyLogic()
+    logic = new_logic()
     run, error, seen = run_in_background(logic, volume, "ensemble", 2)
     assert error is None and run is logic.run and not logic.isRunning()
     assert seen[0] == "load" and seen[-1] == "write"
@@ -208,15 +215,95 @@ def test_background_run_imports_new_nodes_and_cleans_up(mrml_scene, head_run, tm
     assert list(temporary.iterdir()) == [], "the temporary input and outputs are removed"
 
 
-def test_cancelled_run_leaves_the_scene_exactly_as_it_was(mrml_scene, head_run, tmp_path):
+def test_cancelled_run_leaves_the_scene_exactly_as_it_was(mrml_scene, head_run, tmp_path, new_logic):
     """Cancel after the first progress line: exit 130, 'Cancelled.', not one node added or changed."""
     temporary = tmp_path / "temporary"
     temporary.mkdir()
     slicer.app.temporaryPath = str(temporary)
     volume = volumes.read_volume(mrml_scene, head_run[0], "head")
     before, modified = node_ids(mrml_scene), volume.GetMTime()
-    logic = module.SegUncertaintyLogic()
+    logic = new_logic()
     run, error, _ = run_in_background(logic, volume, "ensemble+mc_dropout", 20, cancel_after_first_progress=True)
     assert run is None and error == "Cancelled."
     assert node_ids(mrml_scene) == before and volume.GetMTime() == modified
     assert logic.run is None and list(temporary.iterdir()) == []
+
+
+# -- models: the list and Add model... (issue 14 item 4) -----------------------------------------------------
+def broken_user_model(home: Path) -> Path:
+    folder = home / "models" / "broken"
+    folder.mkdir(parents=True)
+    (folder / "card.json").write_text('{"name": "broken"}')
+    return folder
+
+
+def test_model_list_shows_every_model_and_add_goes_through_the_catalog(mrml_scene, new_logic, tmp_path, monkeypatch):
+    """With a broken model in the user's folder, the bundled model stays usable and the broken one is listed
+    with the catalog's reason; addModel (a card.json path works too) installs with catalog.add_model and the
+    model is then listed and runnable by name; a failed add installs nothing and says why in one line."""
+    from conftest import write_threshold_model
+
+    from SegUncertaintyLib.models import catalog
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    broken_user_model(tmp_path / "home")
+    logic = new_logic()
+    choices = {c.name: c for c in logic.modelChoices()}
+    reason = next(e.error for e in catalog.list_models() if e.name == "broken")
+    assert choices["brainmask-t1"].usable and choices["brainmask-t1"].argument == "brainmask-t1"
+    assert not choices["broken"].usable and reason in choices["broken"].tooltip
+    assert logic.modelNames() == ["brainmask-t1"]
+    with pytest.raises(RuntimeError, match="broken"):
+        logic.start(None, "broken", "softmax", 2, "cpu")
+    assert not logic.isRunning()
+
+    source = write_threshold_model(tmp_path / "src")
+    assert logic.addModel(str(source / "card.json")) == "threshold-src"
+    assert (catalog.user_model_dir() / "threshold-src" / "card.json").is_file()
+    choices = {c.name: c for c in logic.modelChoices()}
+    assert choices["threshold-src"].usable and "2 member(s)" in choices["threshold-src"].tooltip
+    assert logic.modelNames() == ["brainmask-t1", "threshold-src"]
+
+    before = sorted(p.name for p in catalog.user_model_dir().iterdir())
+    with pytest.raises(RuntimeError) as again:
+        logic.addModel(str(source))
+    with pytest.raises(catalog.ModelError) as library:
+        catalog.add_model(source)
+    assert str(again.value) == str(library.value) and "\n" not in str(again.value)
+    with pytest.raises(RuntimeError, match="not a model folder"):
+        logic.addModel(str(tmp_path))
+    assert sorted(p.name for p in catalog.user_model_dir().iterdir()) == before, "a failed add installs nothing"
+    assert logic.modelChoice("threshold-src").argument == "threshold-src"
+    assert [c.name for c in logic.modelChoices("gone")][-1] == "gone", "the parameter's model is always listed"
+    assert not logic.modelChoices("gone")[-1].usable
+
+
+# -- statistics after the Segment Editor's own Undo / Redo / edits ------------------------------------------
+def test_statistics_follow_the_segment_editors_own_undo_redo_and_edits(logic_with_run, mrml_scene):
+    """The embedded Segment Editor undoes with its own vtkSlicerSegmentEditorLogic (qMRMLSegmentEditorWidget::undo
+    calls Logic->Undo()), not through the module: the flagged statistics must follow anyway."""
+    from SegUncertaintyMRML import corrections
+
+    logic, run, volume = logic_with_run
+    calls = []
+    logic.onStatisticsChanged = lambda: calls.append(logic.stats)
+    flagging = logic.showMap("entropy", "Inferno", 0.5)
+    logic.setThreshold(flagging.threshold_for_percent(5.0))
+    editor = corrections.editor_logic(mrml_scene, run.segmentation, volume)  # the Segment Editor's own logic
+    brain = logic.structureSegmentId()
+
+    def inside() -> int:
+        return int((flagging.mask & segments.segment_mask(run.segmentation, brain, volume)).sum())
+
+    before = inside()
+    logic.stepRegion(1)
+    logic.correctCurrentRegion("remove", saveState=editor.SaveStateForUndo)
+    assert logic.stats.inside_segmentation == inside() < before and calls
+    editor.Undo()  # the editor's Undo button
+    assert logic.stats.inside_segmentation == inside() == before
+    editor.Redo()
+    assert logic.stats.inside_segmentation == inside() < before
+    n = len(calls)
+    logic.cleanup()
+    editor.Undo()
+    assert len(calls) == n and inside() == before, "after cleanup the logic observes nothing"

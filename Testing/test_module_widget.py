@@ -26,14 +26,6 @@ from SegUncertaintyMRML import process, referral, scenario, segments, volumes  #
 import SegUncertainty as module  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def release_logics():
-    yield
-    from conftest import release_module_logics
-
-    release_module_logics(module)
-
-
 @pytest.fixture(scope="module")
 def head_run(tmp_path_factory):
 
@@ -278,5 +270,45 @@ def test_older_slicer_is_refused_with_a_message(mrml_scene, monkeypatch):
     slicer_app_fakes.shown_messages.clear()
     widget = make_widget()
     assert widget.logic is None and "5.12" in slicer_app_fakes.shown_messages[-1][1]
-    with pytest.raises(RuntimeError, match="5.12"):
-        module.SegUncertaintyLogic().start(None, "brainmask-t1", "softmax", 2, "cpu")
+    logic = module.SegUncertaintyLogic()
+    try:
+        with pytest.raises(RuntimeError, match="5.12"):
+            logic.start(None, "brainmask-t1", "softmax", 2, "cpu")
+    finally:
+        logic.cleanup()
+
+
+# -- issue 14 item 4: the model list and Add model... ---------------------------------------------------------
+def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(mrml_scene, tmp_path, monkeypatch):
+    """Every installed model is listed (a broken one greyed out with its reason); Add model... installs through
+    the logic, selects the new model through the parameter, shows a failure's one line; refilling the list
+    (on re-entry) never changes the selected model."""
+    from conftest import write_threshold_model
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    broken = tmp_path / "home" / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "card.json").write_text('{"name": "broken"}')
+    widget = make_widget()
+    combo, params = widget.ui.modelComboBox, widget._parameterNode
+    assert combo.items == ["brainmask-t1", "broken"] and combo.currentText == params.model == "brainmask-t1"
+    assert combo.disabled == {1} and "Cannot be used" in combo.itemData(1, 3)  # 3: Qt.ToolTipRole
+
+    slicer_app_fakes.shown_messages.clear()
+    slicer_app_fakes.file_dialog_answer[0] = str(tmp_path)  # not a model folder
+    widget.ui.addModelButton.clicked.emit()
+    kind, text = slicer_app_fakes.shown_messages[-1]
+    assert kind == "errorDisplay" and "not a model folder" in text and "\n" not in text
+    assert combo.items == ["brainmask-t1", "broken"] and params.model == "brainmask-t1"
+
+    slicer_app_fakes.file_dialog_answer[0] = str(write_threshold_model(tmp_path / "src"))
+    widget.ui.addModelButton.clicked.emit()
+    assert combo.items == ["brainmask-t1", "broken", "threshold-src"]  # bundled first, then by folder name
+    assert params.model == combo.currentText == "threshold-src" and combo.disabled == {1}
+
+    widget.exit()
+    widget.enter()  # the list is refilled: clear() and the first addItem emit, the parameter must not follow
+    assert params.model == combo.currentText == "threshold-src"
+    slicer_app_fakes.file_dialog_answer[0] = ""  # Cancel
+    widget.ui.addModelButton.clicked.emit()
+    assert params.model == "threshold-src" and len(slicer_app_fakes.shown_messages) == 1

@@ -417,10 +417,35 @@ def test_segment_command_arguments_and_rejections():
 
 @pytest.mark.parametrize("method", LIBRARY_METHODS)
 def test_forward_passes_match_the_library_plan(method):
-    """forward_passes equals the number of passes the library plans, for every method."""
-    for members in (2, 3, 5):
-        for samples in (2, 4, 8):
-            assert process.forward_passes(method, samples, members) == len(plan_samples(method, members, samples))
+    """forward_passes (torch-free) counts exactly the passes the library plans, for every method, ensemble
+    size, sample count (None: the library's default) and declared flips; None exactly where it refuses."""
+    from SegUncertaintyLib.errors import SegUncertaintyError
+
+    for members in (1, 2, 3):
+        for samples in (None, 1, 2, 4, 8, 10):
+            for flip_axes in ((), (2,), (1, 2), (0, 1, 2)):
+                try:
+                    expected = len(plan_samples(method, members, samples, flip_axes))
+                except SegUncertaintyError:
+                    expected = None
+                assert process.forward_passes(method, samples, members, flip_axes) == expected, \
+                    (method, members, samples, flip_axes)
+
+
+def test_panel_estimate_uses_the_bundled_models_declared_flips():
+    """The bundled brain model declares LR flips only: TTA is 2 passes per member (not 8), with --samples left
+    to the library for TTA and passed for MC dropout."""
+    from SegUncertaintyLib.models.card import load_card
+    from SegUncertaintyLib.models.catalog import DEFAULT_MODEL, available_models
+
+    card = load_card(available_models()[DEFAULT_MODEL])
+    members = len(card.members)
+    assert card.flip_axes == (2,)
+    assert process.samples_argument("ensemble+tta", 10) is None and process.samples_argument("mc_dropout", 10) == 10
+    for method in ("tta", "ensemble+tta"):
+        passes = process.forward_passes(method, process.samples_argument(method, 10), members, card.flip_axes)
+        assert passes == len(plan_samples(method, members, None, card.flip_axes)) == 2 * (members if "+" in method
+                                                                                             else 1)
 
 
 def test_forward_passes_values():

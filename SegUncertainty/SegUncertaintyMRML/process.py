@@ -83,10 +83,37 @@ def segment_command(python: str, input_path: str, out_dir: str, model: str = "br
     return args
 
 
-def forward_passes(method: str, samples: int, members: int) -> int:
-    """Forward passes per sliding window for a method (as the library plans them)."""
-    per_member = 1 if method in ("softmax", "ensemble") else samples
-    return per_member * (members if method.startswith("ensemble") else 1)
+MAX_TTA_FLIPS = 8  # the library's default TTA sample count: every declared flip combination, at most 8
+
+
+def samples_argument(method: str, samples: int) -> int | None:
+    """What the panel passes as ``--samples``: MC dropout passes per member; None for the other methods,
+    so TTA uses every flip combination the model declares (a fixed count could exceed them)."""
+    return int(samples) if "mc_dropout" in method.split("+") else None
+
+
+def forward_passes(method: str, samples: int | None, members: int, flip_axes=(0, 1, 2)) -> int | None:
+    """Forward passes per sliding window, counted as the library plans them (inference.sampling.plan_samples,
+    which needs torch: this count must not); None where the library refuses the combination.
+
+    samples: MC dropout passes (default 20) or TTA flip combinations (default: all declared, at most 8) per
+    member; members: ensemble size; flip_axes: the (z, y, x) axes the model declares for TTA."""
+    parts = method.split("+")
+    if method not in METHODS or (samples is not None and samples < 1):
+        return None
+    if "ensemble" in parts and members < 2:
+        return None
+    per_member = 1
+    if "mc_dropout" in parts:
+        per_member = 20 if samples is None else samples
+        if per_member < 2:
+            return None
+    elif "tta" in parts:
+        flips = 2 ** len(set(flip_axes))
+        per_member = min(MAX_TTA_FLIPS, flips) if samples is None else samples
+        if flips < 2 or not 2 <= per_member <= flips:
+            return None
+    return per_member * (members if "ensemble" in parts else 1)
 
 
 def cpu_estimate_s(fov_litres: float, passes: int) -> float:
