@@ -76,6 +76,26 @@ HEADER = ("| input | organ | Dice | volume mL | " + " | ".join(SCORES) + " | rev
           "|---|---|---|---|" + "---|" * (len(SCORES) + 1))
 
 
+def propose_bounds(worst: dict) -> dict:
+    """{organ: {score: bound}}: dpw below 1 - 1.5 (1 - worst), the others above 1.5 worst; dpw, ulabelled,
+    segment_entropy and diversity lie in [0, 1], so a bound outside that range is dropped (it cannot fire)."""
+    proposal = {}
+    for organ, values in worst.items():
+        bounds = {}
+        for score, value in values.items():
+            if score == "dpw":
+                limit = round(1 - 1.5 * (1 - value), 3)
+                if limit > 0:
+                    bounds[score] = {"review_below": limit}
+            else:
+                limit = round(1.5 * value, 3)
+                if score == "cv" or limit < 1:
+                    bounds[score] = {"review_above": limit}
+        if bounds:
+            proposal[organ] = bounds
+    return proposal
+
+
 def run_cli(dicom: Path, model: str, samples: int, out: Path) -> dict:
     """``seguncertainty segment <dicom> --model abdomen-ct-demo`` as a user runs it; returns scores.json."""
     command = [sys.executable, "-m", "SegUncertaintyLib.cli", "segment", str(dicom), "--model", model,
@@ -124,10 +144,9 @@ def main() -> None:
                     best = worst.setdefault(organ, {}).get(k)
                     pick = min if k == "dpw" else max
                     worst[organ][k] = values[k] if best is None else pick(best, values[k])
-    proposal = {organ: {k: ({"review_below": round(1 - 1.5 * (1 - v), 3)} if k == "dpw"
-                            else {"review_above": round(1.5 * v, 3)}) for k, v in vals.items()}
-                for organ, vals in worst.items() if organ in {row[0] for row in ORGANS.values()}}
-    print("\nProposed score_reference classes:\n" + json.dumps(proposal))
+    print("\nProposed score_reference classes (worst in-distribution value, 50 % margin on the uncertain side; "
+          "a bound outside the score's range, which could never fire, is left out):\n"
+          + json.dumps(propose_bounds(worst)))
 
     print("\nOut of distribution:\n\n" + HEADER)
     from brain_data import _from_nibabel

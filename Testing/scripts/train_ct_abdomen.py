@@ -81,13 +81,17 @@ def augmentation() -> T.Compose:
     ])
 
 
-def train_member(data: list[dict], seed: int, iterations: int, batch: int = 2) -> torch.nn.Module:
+def train_member(data: list[dict], seed: int, iterations: int, batch: int = 2,
+                 start: Path | None = None) -> torch.nn.Module:
+    """One member from ``seed``; ``start``: a member's weights to continue from (lower peak learning rate)."""
     torch.manual_seed(seed)
     aug = augmentation()
     aug.set_random_state(seed)
     net = build_network(ARCH)
+    if start is not None:
+        net.load_state_dict(torch.load(start, map_location="cpu", weights_only=True))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=iterations)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3 if start is None else 1.5e-3, total_steps=iterations)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=1.0, lambda_ce=1.0)
     rng = np.random.default_rng(seed)
     start = time.time()
@@ -106,7 +110,7 @@ def train_member(data: list[dict], seed: int, iterations: int, batch: int = 2) -
     return net.eval()
 
 
-def card(members: list[dict], iterations: int, batch: int, seeds: list[int]) -> dict:
+def card(members: list[dict], iterations: int, batch: int, seeds: list[int], continued: dict | None = None) -> dict:
     labels = {"0": "background", **{str(v): name for v, (name, _, _) in ORGANS.items()}}
     ids = ", ".join(f"{name} {ct}" for name, ct, _ in ORGANS.values())
     return {
@@ -128,7 +132,8 @@ def card(members: list[dict], iterations: int, batch: int, seeds: list[int]) -> 
                          f"ids {ids}). Held out: the archive's DICOM CT example_ct_dicom. Heavy augmentation "
                          "(affine, HU shift/scale, contrast, blur, noise, anterior-posterior flips).",
         "training": {"iterations": iterations, "batch": batch, "loss": "CE + soft Dice", "seeds": seeds,
-                     "script": "Testing/scripts/train_ct_abdomen.py"},
+                     "script": "Testing/scripts/train_ct_abdomen.py",
+                     **({"continued_from": continued} if continued else {})},
         "intended_use": "Demonstration only, not for diagnosis: shows segmentation uncertainty on CT. Not a "
                         "medical device.",
         "limitations": "Trained on a single 30-slice abdomen CT with machine-made labels, 3 mm: coarse organs; "
@@ -146,6 +151,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=250)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=WORK)
+    parser.add_argument("--continue-from", type=Path, help="a model folder whose members' weights to continue from")
     args = parser.parse_args()
     torch.set_num_threads(2)
     try:
@@ -156,11 +162,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     members, seeds = [], [2000 + m for m in range(args.members)]
     for m, seed in enumerate(seeds):
-        net = train_member(data, seed=seed, iterations=args.iterations, batch=args.batch)
+        start = None if args.continue_from is None else args.continue_from / f"member{m}.pt"
+        net = train_member(data, seed=seed, iterations=args.iterations, batch=args.batch, start=start)
         filename = f"member{m}.pt"
         torch.save(net.state_dict(), args.out / filename)
         members.append({"file": filename, "sha256": ""})
-    write_card(card(members, args.iterations, args.batch, seeds), args.out)
+    continued = None
+    if args.continue_from is not None:  # what the starting members were trained with
+        continued = json.loads((args.continue_from / "card.json").read_text())["training"]
+    write_card(card(members, args.iterations, args.batch, seeds, continued), args.out)
     print(json.dumps({"out": str(args.out)}))
 
 
