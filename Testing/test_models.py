@@ -297,5 +297,5 @@ def test_broken_user_model_is_listed_with_its_reason_and_hides_nothing(tmp_path,
     assert "threshold-broken  BROKEN" not in captured.out  # listed by folder name with its reason
     assert "broken  BROKEN (card): Model 'threshold-broken': checksum mismatch" in captured.out
     assert captured.err.strip() == "seguncertainty: error: 2 model(s) failed the check: broken, junk"
-    assert set(catalog.available_models()) == {DEFAULT_MODEL, "threshold-good", "threshold-broken"}
+    assert set(catalog.available_models()) == {DEFAULT_MODEL, "abdomen-ct-demo", "threshold-good", "threshold-broken"}
     load_model(DEFAULT_MODEL)  # the default model still works
