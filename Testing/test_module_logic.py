@@ -247,12 +247,14 @@ def test_model_list_shows_every_model_and_add_goes_through_the_catalog(mrml_scen
 
     monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
     broken_user_model(tmp_path / "home")
+    bundled = sorted(e.name for e in catalog.list_models() if e.error is None and e.name != "broken")
+    assert "brainmask-t1" in bundled
     logic = new_logic()
     choices = {c.name: c for c in logic.modelChoices()}
     reason = next(e.error for e in catalog.list_models() if e.name == "broken")
     assert choices["brainmask-t1"].usable and choices["brainmask-t1"].argument == "brainmask-t1"
     assert not choices["broken"].usable and reason in choices["broken"].tooltip
-    assert logic.modelNames() == ["brainmask-t1"]
+    assert logic.modelNames() == bundled
     with pytest.raises(RuntimeError, match="broken"):
         logic.start(None, "broken", "softmax", 2, "cpu")
     assert not logic.isRunning()
@@ -262,7 +264,7 @@ def test_model_list_shows_every_model_and_add_goes_through_the_catalog(mrml_scen
     assert (catalog.user_model_dir() / "threshold-src" / "card.json").is_file()
     choices = {c.name: c for c in logic.modelChoices()}
     assert choices["threshold-src"].usable and "2 member(s)" in choices["threshold-src"].tooltip
-    assert logic.modelNames() == ["brainmask-t1", "threshold-src"]
+    assert logic.modelNames() == [*bundled, "threshold-src"]
 
     before = sorted(p.name for p in catalog.user_model_dir().iterdir())
     with pytest.raises(RuntimeError) as again:

@@ -289,22 +289,26 @@ def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(
     broken = tmp_path / "home" / "models" / "broken"
     broken.mkdir(parents=True)
     (broken / "card.json").write_text('{"name": "broken"}')
+    from SegUncertaintyLib.models import catalog
+
+    bundled = sorted(e.name for e in catalog.list_models() if e.error is None)  # before the broken one counts
+    broken_index = len(bundled)
     widget = make_widget()
     combo, params = widget.ui.modelComboBox, widget._parameterNode
-    assert combo.items == ["brainmask-t1", "broken"] and combo.currentText == params.model == "brainmask-t1"
-    assert combo.disabled == {1} and "Cannot be used" in combo.itemData(1, 3)  # 3: Qt.ToolTipRole
+    assert combo.items == [*bundled, "broken"] and combo.currentText == params.model == "brainmask-t1"
+    assert combo.disabled == {broken_index} and "Cannot be used" in combo.itemData(broken_index, 3)  # ToolTipRole
 
     slicer_app_fakes.shown_messages.clear()
     slicer_app_fakes.file_dialog_answer[0] = str(tmp_path)  # not a model folder
     widget.ui.addModelButton.clicked.emit()
     kind, text = slicer_app_fakes.shown_messages[-1]
     assert kind == "errorDisplay" and "not a model folder" in text and "\n" not in text
-    assert combo.items == ["brainmask-t1", "broken"] and params.model == "brainmask-t1"
+    assert combo.items == [*bundled, "broken"] and params.model == "brainmask-t1"
 
     slicer_app_fakes.file_dialog_answer[0] = str(write_threshold_model(tmp_path / "src"))
     widget.ui.addModelButton.clicked.emit()
-    assert combo.items == ["brainmask-t1", "broken", "threshold-src"]  # bundled first, then by folder name
-    assert params.model == combo.currentText == "threshold-src" and combo.disabled == {1}
+    assert combo.items == [*bundled, "broken", "threshold-src"]  # bundled first, then by folder name
+    assert params.model == combo.currentText == "threshold-src" and combo.disabled == {broken_index}
 
     widget.exit()
     widget.enter()  # the list is refilled: clear() and the first addItem emit, the parameter must not follow
