@@ -188,7 +188,8 @@ def parse_labels(text: str) -> dict[int, str]:
     value below 1 (0 is the background), an empty or repeated name, or a repeated value."""
     try:
         pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-        labels = {int(value): name.strip() for value, name in pairs}
+        # an ASCII locale hands non-ASCII arguments over with surrogate escapes: read them as UTF-8
+        labels = {int(value): os.fsencode(name).decode("utf-8", "replace").strip() for value, name in pairs}
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--labels expects VALUE=NAME[,VALUE=NAME...], got '{text}'") from exc
     names = list(labels.values())
@@ -199,7 +200,7 @@ def parse_labels(text: str) -> dict[int, str]:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.evaluate import add_calibration_split, evaluate_folder, read_ood_list, summarize
+    from .evaluation.evaluate import add_calibration_split, evaluate_folder, read_ood_list, readable, summarize
     from .evaluation.report import report_folder, write_report
 
     references = Path(args.references)
@@ -216,8 +217,8 @@ def cmd_evaluate(args) -> int:
             results, ood_scores, notes = evaluate_folder(folder, references, args.labels, masks, ood)
             for note in notes:
                 logging.warning(note)
-            summaries[folder.name] = summarize(results, ood_scores, notes)
-            rows += [{"method": folder.name, **r.row} for r in results]
+            summaries[readable(folder.name)] = summarize(results, ood_scores, notes)
+            rows += [{"method": readable(folder.name), **r.row} for r in results]
         add_calibration_split(summaries, rows)
         report = write_report(summaries, rows, out)
     print(f"Wrote {report}", file=sys.stderr)

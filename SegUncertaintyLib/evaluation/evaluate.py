@@ -90,6 +90,12 @@ CONVENTIONS = {
 }
 
 
+def readable(name: str) -> str:
+    """A file or argument name as text for reports: names the system decoded with surrogate escapes
+    (non-ASCII under an ASCII locale) are read as UTF-8, undecodable bytes replaced. Paths keep the raw name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 @dataclass
 class CaseResult:
     case: str
@@ -246,7 +252,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         bins = {"volume": BinStats.from_arrays(prob, ref), "box": BinStats.from_arrays(prob, ref, box), **top_label}
         if mask is not None:
             bins["mask"] = BinStats.from_arrays(prob, ref, mask)
-        row = {"case": case_dir.name, "label": label, **dice_hd95(pred, ref, spacing),
+        row = {"case": readable(case_dir.name), "label": label, **dice_hd95(pred, ref, spacing),
                "reference_ml": float(ref.sum() * math.prod(spacing) / 1000),
                "predicted_ml": float(pred.sum() * math.prod(spacing) / 1000)}
         for region, stats in bins.items():
@@ -259,7 +265,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         row |= {f"entropy_mean_{group}_box": v["mean"]
                 for group, v in uncertainty_by_confusion(entropy, pred, ref, box).items()}
         bnf = correction_benefit_curve(entropy, pred, ref)
-        result = CaseResult(case_dir.name, label, row, bins, ue_dice_curve(entropy, pred, ref),
+        result = CaseResult(row["case"], label, row, bins, ue_dice_curve(entropy, pred, ref),
                             bnf["benefits"], bnf["dice_after"], confusion=confusion_histograms(entropy, pred, ref, box))
         for name, u in maps.items():
             curve = referral_curve(u, pred, ref, FRACTIONS)
@@ -487,7 +493,7 @@ def read_ood_list(path: Path, folders: list[Path]) -> set[str]:
         raise InputImageError(f"--ood file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputImageError(f"Cannot read --ood file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-    known = {case.name for folder in folders for case in case_folders(folder)}
+    known = {readable(case.name) for folder in folders for case in case_folders(folder)}
     unknown = sorted(names - known)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -507,19 +513,18 @@ def evaluate_folder(folder: Path, references: Path, labels: dict[int, str] | Non
     ood_scores: dict[str, dict] = {}
     notes: list[str] = []
     for case_dir in cases:
-        if ood and case_dir.name in ood:
+        name, where = readable(case_dir.name), f"{readable(folder.name)}/{readable(case_dir.name)}"
+        if ood and name in ood:
             scores = ood_case_scores(case_dir, labels)
             if scores:
-                ood_scores[case_dir.name] = scores
+                ood_scores[name] = scores
             else:
-                notes.append(f"{folder.name}/{case_dir.name}: out-of-distribution case without scores.json, "
-                             "left out of the OOD AUROC")
+                notes.append(f"{where}: out-of-distribution case without scores.json, left out of the OOD AUROC")
             continue
         try:
             reference = find_reference(references, case_dir.name)
         except InputImageError:
-            notes.append(f"{folder.name}/{case_dir.name}: skipped, no reference {case_dir.name}.<ext> or "
-                         f"{case_dir.name}/ in {references}")
+            notes.append(f"{where}: skipped, no reference {name}.<ext> or {name}/ in {references}")
             continue
         mask = find_reference(masks, case_dir.name, "region mask (--masks)", annotators=False) if masks else None
         results += evaluate_case(case_dir, reference, labels, mask)
