@@ -1,15 +1,24 @@
 """Streaming sliding-window inference with uncertainty.
 
 For every window, the T sampled passes run as batches (at most ``max_batch`` samples per forward pass)
-and are reduced at once to linear statistics: E_t[p], E_t[p^2], E_t[H(p_t)]. These are blended across
-overlapping windows with a Gaussian importance weight (sum of w * stat, and sum of w) and the maps are
-derived only after stitching. Blending per-sample probabilities instead would average independent
-dropout draws in overlap zones and shrink their variance (seams).
+and are reduced at once to that window's E_t[p], E_t[H(p_t)] and, from the window's own samples, its
+mutual information and variance maps (maps.uncertainty_maps). All four are blended across overlapping
+windows with a Gaussian importance weight (sum of w * value, and sum of w); the predictive entropy is
+H of the blended E_t[p]. Blending per-sample probabilities instead would average independent dropout
+draws in overlap zones and shrink their variance (seams).
+
+Why MI and variance are blended as maps, not as moments E[p^2], E[H] (issue 13): each window draws its own
+dropout masks, so at a voxel the windows' sample means differ; blended moments add that between-window
+spread to the variance and, by the concavity of the entropy, to the MI. On a volume that fits in one
+window, 16^3 windows at overlap 0.5 gave mean MI +7.7 % and variance +6.0 % against one pass over the
+whole volume with blended moments, -1.1 % and -1.0 % with blended maps (Testing/benchmarks/
+bench_window_blending.py, BENCHMARKS.md). In overlap zones MI is therefore the weighted mean of the windows'
+MI, not exactly entropy - expected_entropy of the blended means; where one window covers a voxel, it is.
 
 Per-sample segmentations (needed for volume CV, pairwise Dice, GED) are kept as bits: one bit per sample
 per foreground class and voxel, taken from the window whose importance weight is highest at that voxel.
-Memory: 4 * (2C + 3) bytes per voxel for the statistics plus (C - 1) * ceil(T / 8) bytes for the bits,
-independent of T except for the bits; the naive way needs 4 * T * C bytes per voxel.
+Memory: 4 * (C + 5) bytes per voxel for the blended statistics plus (C - 1) * ceil(T / 8) bytes for the
+bits, independent of T except for the bits; the naive way needs 4 * T * C bytes per voxel.
 """
 
 from __future__ import annotations
@@ -262,22 +271,23 @@ def run_engine(
 
     c, n_bytes = n_classes, (n_samples + 7) // 8
     sum_p = torch.zeros((c, *padded_shape))
-    sum_p2 = torch.zeros((c, *padded_shape))
-    sum_h = torch.zeros(padded_shape)
+    blended = {name: torch.zeros(padded_shape) for name in ("expected_entropy", "mutual_information", "variance")}
     sum_w = torch.zeros(padded_shape)
     best_w = torch.zeros(padded_shape)
     bits = torch.zeros((c - 1, n_bytes, *padded_shape), dtype=torch.uint8)
     weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu").float()
 
     slices = scan_slices(padded_shape, window, config.overlap)
+    inv_t = 1.0 / n_samples
     for i, sl in enumerate(slices):
         if cancelled is not None and cancelled():
             raise CancelledError("Cancelled by the user; nothing was written")
         s_p, s_p2, s_h, packed = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
-        inv_t = 1.0 / n_samples
-        sum_p[(slice(None), *sl)] += weight * (s_p.cpu() * inv_t)
-        sum_p2[(slice(None), *sl)] += weight * (s_p2.cpu() * inv_t)
-        sum_h[sl] += weight * (s_h.cpu() * inv_t)
+        mean_p = s_p.cpu() * inv_t
+        own = uncertainty_maps(mean_p, s_p2.cpu() * inv_t, s_h.cpu() * inv_t, n_samples)  # this window's samples
+        sum_p[(slice(None), *sl)] += weight * mean_p
+        for name, total in blended.items():
+            total[sl] += weight * own[name]
         sum_w[sl] += weight
         wins = weight > best_w[sl]
         best_w[sl] = torch.maximum(best_w[sl], weight)
@@ -289,12 +299,19 @@ def run_engine(
 
     crop = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
     mean_p = sum_p.div_(sum_w)[(slice(None), *crop)].contiguous()
-    mean_p2 = sum_p2.div_(sum_w)[(slice(None), *crop)]
-    mean_h = sum_h.div_(sum_w)[crop].contiguous()
+    maps = {name: total.div_(sum_w)[crop].contiguous() for name, total in blended.items()}
     del sum_w
-    maps = _derive_maps(mean_p, mean_p2, mean_h, n_samples)
+    maps["entropy"] = _predictive_entropy(mean_p)
     return EngineResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
                         sampler.device.type, notes)
+
+
+def _predictive_entropy(mean_p: torch.Tensor, slab: int = 8) -> torch.Tensor:
+    """Normalized H(E_t p) of the (C, z, y, x) blended mean, in z-slabs so temporaries stay small."""
+    out = torch.empty(mean_p.shape[1:])
+    for z in range(0, out.shape[0], slab):
+        out[z:z + slab] = normalized_entropy(mean_p[:, z:z + slab], 0)
+    return out
 
 
 def _derive_maps(mean_p, mean_p2, mean_h, n_samples: int, slab: int = 8) -> dict[str, torch.Tensor]:
