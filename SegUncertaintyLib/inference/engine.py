@@ -1,19 +1,21 @@
 """Streaming sliding-window inference with uncertainty.
 
 For every window, the T sampled passes run as batches (at most ``max_batch`` samples per forward pass)
-and are reduced at once to that window's E_t[p], E_t[H(p_t)] and, from the window's own samples, its
-mutual information and variance maps (maps.uncertainty_maps). All four are blended across overlapping
-windows with a Gaussian importance weight (sum of w * value, and sum of w); the predictive entropy is
-H of the blended E_t[p]. Blending per-sample probabilities instead would average independent dropout
-draws in overlap zones and shrink their variance (seams).
+and are reduced at once to that window's E_t[p] and, from the window's own samples, its maps
+(maps.uncertainty_maps: entropy H(E_t p), expected entropy, mutual information, variance). E_t[p] and the
+maps are blended across overlapping windows with a Gaussian importance weight (sum of w * value, and sum
+of w), so entropy = expected entropy + mutual information holds at every voxel. Blending per-sample
+probabilities instead would average independent dropout draws in overlap zones and shrink their variance
+(seams).
 
 Why MI and variance are blended as maps, not as moments E[p^2], E[H] (issue 13): each window draws its own
 dropout masks, so at a voxel the windows' sample means differ; blended moments add that between-window
 spread to the variance and, by the concavity of the entropy, to the MI. On a volume that fits in one
 window, 16^3 windows at overlap 0.5 gave mean MI +7.7 % and variance +6.0 % against one pass over the
 whole volume with blended moments, -1.1 % and -1.0 % with blended maps (Testing/benchmarks/
-bench_window_blending.py, BENCHMARKS.md). In overlap zones MI is therefore the weighted mean of the windows'
-MI, not exactly entropy - expected_entropy of the blended means; where one window covers a voxel, it is.
+bench_window_blending.py, BENCHMARKS.md). In overlap zones the entropy map is therefore the weighted mean
+of the windows' H(E_t p), at most the entropy of the blended mean probability (concavity); where one
+window covers a voxel, the two are equal.
 
 Per-sample segmentations (needed for volume CV, pairwise Dice, GED) are kept as bits: one bit per sample
 per foreground class and voxel, taken from the window whose importance weight is highest at that voxel.
@@ -37,6 +39,7 @@ from .maps import normalized_entropy, uncertainty_maps
 from .sampling import SampleSpec, per_sample_dropout, per_sample_dropout_possible, sample_seed, set_dropout
 
 log = logging.getLogger(__name__)
+MAP_NAMES = ("entropy", "expected_entropy", "mutual_information", "variance")
 ProgressCallback = Callable[[str, float, str], None]
 
 
@@ -271,7 +274,7 @@ def run_engine(
 
     c, n_bytes = n_classes, (n_samples + 7) // 8
     sum_p = torch.zeros((c, *padded_shape))
-    blended = {name: torch.zeros(padded_shape) for name in ("expected_entropy", "mutual_information", "variance")}
+    blended = {name: torch.zeros(padded_shape) for name in MAP_NAMES}
     sum_w = torch.zeros(padded_shape)
     best_w = torch.zeros(padded_shape)
     bits = torch.zeros((c - 1, n_bytes, *padded_shape), dtype=torch.uint8)
@@ -301,17 +304,8 @@ def run_engine(
     mean_p = sum_p.div_(sum_w)[(slice(None), *crop)].contiguous()
     maps = {name: total.div_(sum_w)[crop].contiguous() for name, total in blended.items()}
     del sum_w
-    maps["entropy"] = _predictive_entropy(mean_p)
     return EngineResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
                         sampler.device.type, notes)
-
-
-def _predictive_entropy(mean_p: torch.Tensor, slab: int = 8) -> torch.Tensor:
-    """Normalized H(E_t p) of the (C, z, y, x) blended mean, in z-slabs so temporaries stay small."""
-    out = torch.empty(mean_p.shape[1:])
-    for z in range(0, out.shape[0], slab):
-        out[z:z + slab] = normalized_entropy(mean_p[:, z:z + slab], 0)
-    return out
 
 
 def _derive_maps(mean_p, mean_p2, mean_h, n_samples: int, slab: int = 8) -> dict[str, torch.Tensor]:
