@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import CancelledError, ResourceError, SegUncertaintyError, UsageError
+from .errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
 from .inference.sampling import METHODS
 from .inference.scores import SUBJECT_SCORES
 from .io.dicom import SERIES_UID_TAG
-from .io.images import check_writable_dir, image_suffix, read_image
+from .io.images import image_suffix, read_image
 from .io.outputs import FORMATS
 from .models.loader import DEFAULT_MODEL, load_model
 
@@ -184,32 +184,43 @@ def _print_summary(outputs, manifest: Path) -> None:
 
 
 def parse_labels(text: str) -> dict[int, str]:
-    """``1=liver,2=tumour`` -> {1: "liver", 2: "tumour"}; argparse error message on bad syntax."""
+    """``1=liver,2=tumour`` -> {1: "liver", 2: "tumour"}; argparse error message (exit 2) on bad syntax, a
+    value below 1 (0 is the background), an empty or repeated name, or a repeated value."""
     try:
         pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-        return {int(value): name.strip() for value, name in pairs}
+        # an ASCII locale hands non-ASCII arguments over with surrogate escapes: read them as UTF-8
+        labels = {int(value): os.fsencode(name).decode("utf-8", "replace").strip() for value, name in pairs}
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--labels expects VALUE=NAME[,VALUE=NAME...], got '{text}'") from exc
+    names = list(labels.values())
+    if not labels or len(labels) != len(pairs) or min(labels) < 1 or "" in names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"--labels expects distinct values from 1 up with distinct, non-empty "
+                                         f"names (0 is the background), got '{text}'")
+    return labels
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.evaluate import add_calibration_split, evaluate_folder, summarize
-    from .evaluation.report import write_report
+    from .evaluation.evaluate import add_calibration_split, evaluate_folder, read_ood_list, readable, summarize
+    from .evaluation.report import report_folder, write_report
 
     references = Path(args.references)
-    labels = args.labels
-    ood = {line.strip() for line in Path(args.ood).read_text().splitlines() if line.strip()} if args.ood else None
-    check_writable_dir(args.out)
-    summaries, rows = {}, []
-    for folder in map(Path, args.predictions):
-        masks = Path(args.masks) if args.masks else None
-        results, ood_scores, notes = evaluate_folder(folder, references, labels, masks, ood)
-        for note in notes:
-            logging.warning(note)
-        summaries[folder.name] = summarize(results, ood_scores, notes)
-        rows += [{"method": folder.name, **r.row} for r in results]
-    add_calibration_split(summaries, rows)
-    report = write_report(summaries, rows, args.out)
+    folders = [Path(p) for p in args.predictions]
+    for what, path in [("--references", references), ("--masks", args.masks and Path(args.masks)), *(
+            ("prediction folder", p) for p in folders)]:
+        if path and not path.is_dir():
+            raise InputImageError(f"{what} {path} is not a folder" if path.exists() else f"{what} {path} not found")
+    ood = read_ood_list(Path(args.ood), folders) if args.ood else None
+    masks = Path(args.masks) if args.masks else None
+    with report_folder(args.out) as out:  # lock and check --out before the long part
+        summaries, rows = {}, []
+        for folder in folders:
+            results, ood_scores, notes = evaluate_folder(folder, references, args.labels, masks, ood)
+            for note in notes:
+                logging.warning(note)
+            summaries[readable(folder.name)] = summarize(results, ood_scores, notes)
+            rows += [{"method": readable(folder.name), **r.row} for r in results]
+        add_calibration_split(summaries, rows)
+        report = write_report(summaries, rows, out)
     print(f"Wrote {report}", file=sys.stderr)
     return 0
 

@@ -10,8 +10,10 @@ from conftest import sphere_phantom
 from torch import nn
 
 from SegUncertaintyLib.errors import ChecksumError, InputImageError, ModelError, OutputError
+from SegUncertaintyLib.evaluation.report import report_folder
 from SegUncertaintyLib.inference.pipeline import check_method
-from SegUncertaintyLib.io.images import check_writable_dir, read_image, validate_image
+from SegUncertaintyLib.io.images import read_image, validate_image
+from SegUncertaintyLib.io.outputs import output_folder
 from SegUncertaintyLib.models.card import load_card, write_card
 from SegUncertaintyLib.models.loader import load_model
 
@@ -72,8 +74,9 @@ def test_missing_file_and_empty_dicom_folder(tmp_path):
 def test_output_folder_that_cannot_be_created(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(OutputError, match="Cannot write to output folder"):
-        check_writable_dir(blocker / "out")
+    for folder in (output_folder(blocker / "out"), report_folder(blocker / "out")):
+        with pytest.raises(OutputError, match="Cannot write to output folder"), folder:
+            pass
 
 
 def test_checksum_mismatch_is_refused(threshold_model, tmp_path):

@@ -6,6 +6,7 @@ import torch
 from monai.metrics.calibration import calibration_binning
 from sklearn.metrics import brier_score_loss, log_loss
 
+from SegUncertaintyLib.errors import InputImageError
 from SegUncertaintyLib.evaluation.calibration import BinStats, calibration_split, probability_from_uncertainty
 
 
@@ -73,10 +74,13 @@ def test_pooled_statistics_equal_one_big_case_and_mask_selects():
 
 
 def test_bad_input_and_empty_region():
-    with pytest.raises(ValueError, match="shape"):
+    """Bad arrays raise the library's input error (exit 3 on the command line), not a bare ValueError."""
+    with pytest.raises(InputImageError, match="shape"):
         BinStats.from_arrays(np.zeros(3), np.zeros(4))
-    with pytest.raises(ValueError, match="within"):
+    with pytest.raises(InputImageError, match="within"):
         BinStats.from_arrays(np.array([0.5, np.nan]), np.zeros(2))
+    with pytest.raises(InputImageError, match="reference labels"):
+        BinStats.top_label(np.full((2, 3), 0.5), np.array([0, 1, 2]))
     assert np.isnan(BinStats.from_arrays(np.zeros(3), np.zeros(3), np.zeros(3, bool)).ece())
 
 
@@ -183,5 +187,5 @@ def test_two_class_top_label_differs_from_foreground_convention():
     assert list(top.reliability()["count"]) == [2, 2]  # bins (0.7, 0.8] and (0.8, 0.9]
     assert top.ece() == pytest.approx(0.5 * abs(1 - 0.8) + 0.5 * abs(0.5 - 0.9))
     assert BinStats.from_arrays(p, y).ece() == pytest.approx(0.5 * 0.2 + 0.5 * abs(0.5 - 0.9))
-    with pytest.raises(ValueError):
+    with pytest.raises(InputImageError):
         BinStats.top_label(np.stack([1 - p, p]), np.array([0, 2, 1, 0]))

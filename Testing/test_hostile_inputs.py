@@ -5,6 +5,7 @@ and writes or changes no file."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -105,6 +106,37 @@ def evaluation(tmp: Path, reference: sitk.Image | None = None, *, ref_file: str 
     return argv
 
 
+def evaluation_with(tmp: Path, *extra: str, manifest: str | None = None, scores: str | None = None,
+                    ood: str | None = None, masks: bool = False, user_file: bool = False) -> list[str]:
+    """evaluation() of an aligned reference with one thing broken: the case's manifest.json or scores.json
+    (raw text), an --ood file (its text; "" for a missing file), an empty --masks folder, a user's file in
+    --out, or ``extra`` arguments (the last of a repeated option wins)."""
+    argv = [*evaluation(tmp, reference()), *extra]
+    case = tmp / "preds" / "method" / "case0"
+    if manifest is not None:
+        (case / "manifest.json").write_text(manifest)
+    if scores is not None:
+        (case / "scores.json").write_text(scores)
+    if ood is not None:
+        if ood:
+            (tmp / "ood.txt").write_text(ood)
+        argv += ["--ood", str(tmp / "ood.txt")]
+    if masks:
+        (tmp / "masks").mkdir()
+        argv += ["--masks", str(tmp / "masks")]
+    if user_file:
+        (tmp / "mine").mkdir()
+        (tmp / "mine" / "notes.txt").write_text("my notes")
+        argv += ["--out", str(tmp / "mine")]
+    return argv
+
+
+def case_manifest(**change) -> str:
+    manifest = {"tool": "seguncertainty 0.1", "labels": {"0": "background", "1": "sphere"},
+                "outputs": [{"file": "segmentation.nrrd", "kind": "labelmap"}]}
+    return json.dumps(manifest | change)
+
+
 def moved(image: sitk.Image, shift=(30.0, 0, 0), direction=FLIP) -> sitk.Image:
     out = sitk.Image(image)
     out.SetOrigin(tuple(np.add(image.GetOrigin(), shift)))
@@ -166,6 +198,41 @@ CASES = {
                           "Region mask .* not on the grid"),
     "annotators on different grids": (lambda t: evaluation(t, raters=[reference(), moved(reference())]), 3,
                                       "Annotation .* not on the grid"),
+    "case manifest.json not JSON": (lambda t: evaluation_with(t, manifest="{truncated"), 3,
+                                    "Case manifest .*manifest.json is not valid JSON"),
+    "case manifest.json a list": (lambda t: evaluation_with(t, manifest="[1, 2]"), 3, "is not a JSON object"),
+    "case manifest without labels": (lambda t: evaluation_with(t, manifest=case_manifest(labels=None)), 3,
+                                     "field 'labels'"),
+    "case manifest label value not a number": (lambda t: evaluation_with(
+        t, manifest=case_manifest(labels={"one": "sphere"})), 3, "field 'labels' has the entry 'one'"),
+    "case manifest output outside the case folder": (lambda t: evaluation_with(t, manifest=case_manifest(
+        outputs=[{"file": "../../refs/case0.nrrd", "kind": "labelmap"}])), 3, "a file name inside the case folder"),
+    "case manifest without a labelmap": (lambda t: evaluation_with(t, manifest=case_manifest(
+        outputs=[{"file": "segmentation.nrrd", "kind": "probability", "label": "sphere"}])), 3,
+                                         "no output of kind 'labelmap'"),
+    "case manifest naming a missing file": (lambda t: evaluation_with(t, manifest=case_manifest(
+        outputs=[{"file": "gone.nrrd", "kind": "labelmap"}])), 3, "not found: .*gone.nrrd"),
+    "scores.json not JSON": (lambda t: evaluation_with(t, scores="{"), 3, "Scores file .* is not valid JSON"),
+    "scores.json with a text score": (lambda t: evaluation_with(t, scores='{"classes": {"sphere": {"cv": "high"}}}'),
+                                      3, "'sphere'.'cv' must be a number"),
+    "--ood file missing": (lambda t: evaluation_with(t, ood=""), 3, "--ood file not found"),
+    "--ood naming unknown cases": (lambda t: evaluation_with(t, ood="case0\ncase9\n"), 2,
+                                   "names 1 case\\(s\\) found in no prediction folder: case9"),
+    "--labels with the background value": (lambda t: evaluation_with(t, "--labels", "0=bg,1=sphere"), 2,
+                                           "--labels expects distinct values from 1"),
+    "--labels with a repeated name": (lambda t: evaluation_with(t, "--labels", "1=a,2=a"), 2, "distinct"),
+    "--labels with an empty name": (lambda t: evaluation_with(t, "--labels", "1="), 2, "non-empty"),
+    "--labels not VALUE=NAME": (lambda t: evaluation_with(t, "--labels", "sphere"), 2, "VALUE=NAME"),
+    "--masks folder missing": (lambda t: evaluation_with(t, "--masks", str(t / "nomasks")), 3,
+                               "--masks .*nomasks not found"),
+    "--masks without the case's mask": (lambda t: evaluation_with(t, masks=True), 3,
+                                        "No region mask \\(--masks\\) for case 'case0'"),
+    "--references missing": (lambda t: evaluation_with(t, "--references", str(t / "norefs")), 3,
+                             "--references .*norefs not found"),
+    "prediction folder is a file": (lambda t: ["evaluate", str(t / "refs" / "case0.nrrd"),
+                                               *evaluation(t, reference())[1:]], 3, "case0.nrrd is not a folder"),
+    "evaluate --out holds a user's file": (lambda t: evaluation_with(t, user_file=True), 5,
+                                           "files this tool did not write \\(notes.txt\\)"),
 }
 
 

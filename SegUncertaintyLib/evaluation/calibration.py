@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputImageError
+
 N_BINS = 10
 EDGES = np.linspace(0.0, 1.0 + 1e-8, N_BINS + 1)
 TOP_LABEL_EDGES = np.linspace(0.0, 1.0, N_BINS + 1)
@@ -46,12 +48,12 @@ class BinStats:
         p = np.asarray(prob, dtype=np.float64)
         y = np.asarray(label).astype(bool)
         if p.shape != y.shape:
-            raise ValueError(f"probability {p.shape} and label {y.shape} differ in shape")
+            raise InputImageError(f"probability {p.shape} and label {y.shape} differ in shape")
         if mask is not None:
             p, y = p[np.asarray(mask, dtype=bool)], y[np.asarray(mask, dtype=bool)]
         p, y = p.ravel(), y.ravel()
         if p.size and (not np.isfinite(p).all() or p.min() < 0 or p.max() > 1):
-            raise ValueError("probabilities must be finite and within [0, 1]")
+            raise InputImageError("probabilities must be finite and within [0, 1]")
         index = np.clip(np.digitize(p, EDGES, right=False) - 1, 0, N_BINS - 1)
         pc = np.clip(p, EPS, 1 - EPS)
         return cls(
@@ -69,15 +71,15 @@ class BinStats:
         p = np.asarray(probabilities, dtype=np.float64)
         y = np.asarray(label).astype(np.int64)
         if p.shape[1:] != y.shape:
-            raise ValueError(f"probabilities {p.shape} and label {y.shape} differ in shape")
+            raise InputImageError(f"probabilities {p.shape} and label {y.shape} differ in shape")
         if mask is not None:
             keep = np.asarray(mask, dtype=bool)
             p, y = p[:, keep], y[keep]
         p, y = p.reshape(p.shape[0], -1), y.ravel()
         if y.size and (not np.isfinite(p).all() or p.min() < 0 or p.max() > 1):
-            raise ValueError("probabilities must be finite and within [0, 1]")
+            raise InputImageError("probabilities must be finite and within [0, 1]")
         if y.size and (y.min() < 0 or y.max() >= p.shape[0]):
-            raise ValueError(f"reference labels must lie in 0..{p.shape[0] - 1}")
+            raise InputImageError(f"reference labels must lie in 0..{p.shape[0] - 1}")
         predicted = p.argmax(0)
         confidence = p.max(0)
         correct = (predicted == y).astype(np.float64)

@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from ..errors import UsageError
 from ..inference.scores import pairwise_iou, sample_diversity, sample_overlaps
 
 N_RESAMPLES = 9999
@@ -94,7 +95,7 @@ def auroc(positive: np.ndarray, negative: np.ndarray, axis: int = -1) -> np.ndar
     """P(positive > negative) + P(equal) / 2 over all pairs, along ``axis`` (vectorized)."""
     a, b = np.expand_dims(positive, -1), np.expand_dims(negative, -2)
     if axis not in (-1, positive.ndim - 1):
-        raise ValueError("auroc works along the last axis")
+        raise UsageError("auroc works along the last axis")
     return ((a > b).mean((-2, -1)) + 0.5 * (a == b).mean((-2, -1)))
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError
+from ..errors import InputImageError, UsageError
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
 from ..io.header import describe_grid, read_header, same_grid
 from ..io.images import IMAGE_SUFFIXES, image_suffix, read_volume
@@ -89,6 +90,12 @@ CONVENTIONS = {
 }
 
 
+def readable(name: str) -> str:
+    """A file or argument name as text for reports: names the system decoded with surrogate escapes
+    (non-ASCII under an ASCII locale) are read as UTF-8, undecodable bytes replaced. Paths keep the raw name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 @dataclass
 class CaseResult:
     case: str
@@ -125,14 +132,54 @@ def check_case_grids(case_dir: Path, files: dict[str, Path], seg_image: sitk.Ima
                                   "case's grid first (nearest neighbour for labelmaps)")
 
 
-def find_reference(refs: Path, case: str) -> Path:
-    """``REFS/<case>.<ext>``, or the folder ``REFS/<case>/`` holding one labelmap per annotator."""
-    if (refs / case).is_dir():
+def find_reference(refs: Path, case: str, what: str = "reference segmentation", annotators: bool = True) -> Path:
+    """``REFS/<case>.<ext>``, or (``annotators``) the folder ``REFS/<case>/`` holding one labelmap per
+    annotator; InputImageError naming ``what`` when there is neither."""
+    if annotators and (refs / case).is_dir():
         return refs / case
     for suffix in IMAGE_SUFFIXES:
-        if (refs / f"{case}{suffix}").exists():
+        if (refs / f"{case}{suffix}").is_file():
             return refs / f"{case}{suffix}"
-    raise InputImageError(f"No reference segmentation for case '{case}' in {refs}")
+    raise InputImageError(f"No {what} for case '{case}' in {refs} ({case}.nii.gz, .nrrd, ...)")
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from an untrusted file; InputImageError naming ``what`` and the problem otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputImageError(f"Cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InputImageError(f"{what.capitalize()} {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputImageError(f"{what.capitalize()} {path} is not a JSON object")
+    return data
+
+
+def check_case_manifest(manifest: dict, path: Path) -> dict:
+    """The fields evaluate reads from a case manifest, checked: ``labels`` {"<int>": name}, ``outputs`` a
+    list of {"file": plain file name, "kind": text}, one of kind "labelmap". InputImageError otherwise."""
+    def bad(problem: str) -> InputImageError:
+        return InputImageError(f"Case manifest {path}: {problem}")
+
+    labels, outputs = manifest.get("labels"), manifest.get("outputs")
+    if not isinstance(labels, dict) or not labels:
+        raise bad("field 'labels' must map label values to names")
+    for value, name in labels.items():
+        if not (isinstance(value, str) and value.strip().lstrip("-").isdigit() and isinstance(name, str) and name):
+            raise bad(f"field 'labels' has the entry {value!r}: {name!r}; expected \"<integer>\": \"<name>\"")
+    if not isinstance(outputs, list) or not all(isinstance(e, dict) for e in outputs):
+        raise bad("field 'outputs' must be a list of objects")
+    for entry in outputs:
+        file, kind = entry.get("file"), entry.get("kind")
+        if not (isinstance(file, str) and file and Path(file).name == file and file not in (".", "..")
+                and "\\" not in file) or not isinstance(kind, str):
+            raise bad(f"output {entry!r} needs 'file' (a file name inside the case folder) and 'kind'")
+        if kind == "samples" and not isinstance(entry.get("label"), str):
+            raise bad(f"output {file} of kind 'samples' needs 'label'")
+    if not any(e["kind"] == "labelmap" for e in outputs):
+        raise bad("no output of kind 'labelmap' (the segmentation)")
+    return manifest
 
 
 MAP_NAMES = (*REFERRAL_MAPS, "expected_entropy")
@@ -165,7 +212,9 @@ def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict
 def case_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
     """The case's manifest.json (from ``segment``), or one built from its plain volumes."""
     path = case_dir / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else plain_manifest(case_dir, labels)
+    if path.is_file():
+        return check_case_manifest(read_json(path, "case manifest"), path)
+    return plain_manifest(case_dir, labels)
 
 
 def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] | None = None,
@@ -185,7 +234,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     mask = None
     if mask_path is not None:
         mask = _array(mask_path)[0] != 0
-    scores = json.loads(files["scores"].read_text())["classes"] if "scores" in files else {}
+    scores = _score_classes(files["scores"]) if "scores" in files else {}
     maps = {name: _array(files[name])[0] for name in REFERRAL_MAPS if name in files}
     classes = [(int(v), name) for v, name in manifest["labels"].items() if int(v) != 0]
     probs = {name: (np.clip(_array(files[name])[0], 0, 1) if name in files else (segmentation == v).astype(np.float64))
@@ -203,7 +252,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         bins = {"volume": BinStats.from_arrays(prob, ref), "box": BinStats.from_arrays(prob, ref, box), **top_label}
         if mask is not None:
             bins["mask"] = BinStats.from_arrays(prob, ref, mask)
-        row = {"case": case_dir.name, "label": label, **dice_hd95(pred, ref, spacing),
+        row = {"case": readable(case_dir.name), "label": label, **dice_hd95(pred, ref, spacing),
                "reference_ml": float(ref.sum() * math.prod(spacing) / 1000),
                "predicted_ml": float(pred.sum() * math.prod(spacing) / 1000)}
         for region, stats in bins.items():
@@ -216,7 +265,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         row |= {f"entropy_mean_{group}_box": v["mean"]
                 for group, v in uncertainty_by_confusion(entropy, pred, ref, box).items()}
         bnf = correction_benefit_curve(entropy, pred, ref)
-        result = CaseResult(case_dir.name, label, row, bins, ue_dice_curve(entropy, pred, ref),
+        result = CaseResult(row["case"], label, row, bins, ue_dice_curve(entropy, pred, ref),
                             bnf["benefits"], bnf["dice_after"], confusion=confusion_histograms(entropy, pred, ref, box))
         for name, u in maps.items():
             curve = referral_curve(u, pred, ref, FRACTIONS)
@@ -266,6 +315,20 @@ def read_annotations(reference_path: Path) -> tuple[list[np.ndarray], sitk.Image
     return arrays, image
 
 
+def read_samples(path: Path, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The per-sample masks of a ``samples_<label>.npz`` (segment --save-samples); InputImageError if the
+    file is unreadable or its bits do not fit ``shape`` (z, y, x) and its sample count."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            bits, n = np.asarray(data["bits"]), int(data["n_samples"])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise InputImageError(f"Cannot read the saved samples {path}: {exc}") from exc
+    if bits.dtype != np.uint8 or bits.shape != ((n + 7) // 8, *shape) or n < 1:
+        raise InputImageError(f"Saved samples {path}: bits {bits.shape} {bits.dtype} do not hold {n} sample(s) "
+                              f"on the case's grid {shape}")
+    return [((bits[t // 8] >> (t % 8)) & 1).astype(bool) for t in range(n)]
+
+
 def multi_annotator_row(votes: np.ndarray, annotator_masks: list[np.ndarray], entropy: np.ndarray,
                         box: np.ndarray, samples_file: Path | None) -> dict:
     """Paper 002 with several annotators: GED between the model's samples and the annotations (1 - IoU),
@@ -278,9 +341,7 @@ def multi_annotator_row(votes: np.ndarray, annotator_masks: list[np.ndarray], en
     defined = u.std() > 0 and vote_entropy.std() > 0
     row["entropy_vs_vote_entropy_r"] = float(np.corrcoef(u, vote_entropy)[0, 1]) if defined else math.nan
     if samples_file is not None and samples_file.is_file():
-        with np.load(samples_file) as data:
-            bits, n = data["bits"], int(data["n_samples"])
-        samples = [((bits[t // 8] >> (t % 8)) & 1).astype(bool) for t in range(n)]
+        samples = read_samples(samples_file, votes.shape)
         row |= generalized_energy_distance(samples, annotator_masks)
     else:
         disagreement = generalized_energy_distance(annotator_masks[:1], annotator_masks)["annotator_disagreement"]
@@ -396,11 +457,48 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
     return summary
 
 
+def _score_classes(path: Path) -> dict[str, dict]:
+    """The per-class subject scores of a scores.json ({class: {score: value}}); InputImageError if malformed."""
+    classes = read_json(path, "scores file").get("classes")
+    if not isinstance(classes, dict) or not all(isinstance(v, dict) for v in classes.values()):
+        raise InputImageError(f"Scores file {path}: field 'classes' must map class names to their scores")
+    for name, values in classes.items():
+        for score in SUBJECT_SCORES:
+            value = values.get(score)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InputImageError(f"Scores file {path}: '{name}'.'{score}' must be a number or null, "
+                                      f"got {value!r}")
+    return classes
+
+
 def ood_case_scores(case_dir: Path, labels: dict[int, str] | None = None) -> dict[str, dict]:
     """An OOD case's subject scores per class from its scores.json (no reference needed); {} if it has none."""
     manifest = case_manifest(case_dir, labels)
     entry = next((e for e in manifest["outputs"] if e["kind"] == "scores"), None)
-    return json.loads((case_dir / entry["file"]).read_text())["classes"] if entry else {}
+    return _score_classes(case_dir / entry["file"]) if entry else {}
+
+
+def case_folders(folder: Path) -> list[Path]:
+    """The case sub-folders of one method's folder (with manifest.json or segmentation.<ext>)."""
+    return sorted({p.parent for pattern in ("*/manifest.json", "*/segmentation.*") for p in folder.glob(pattern)})
+
+
+def read_ood_list(path: Path, folders: list[Path]) -> set[str]:
+    """The case names of an --ood file (one per line, blank lines ignored). InputImageError (exit 3) when it
+    cannot be read, as for any input file; UsageError (exit 2) when it names a case found in none of the
+    prediction ``folders`` (a typo would otherwise silently pool an OOD case with the others)."""
+    try:
+        names = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    except FileNotFoundError:
+        raise InputImageError(f"--ood file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputImageError(f"Cannot read --ood file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    known = {readable(case.name) for folder in folders for case in case_folders(folder)}
+    unknown = sorted(names - known)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise UsageError(f"--ood file {path} names {len(unknown)} case(s) found in no prediction folder: {shown}")
+    return names
 
 
 def evaluate_folder(folder: Path, references: Path, labels: dict[int, str] | None = None,
@@ -408,28 +506,27 @@ def evaluate_folder(folder: Path, references: Path, labels: dict[int, str] | Non
                     ) -> tuple[list[CaseResult], dict[str, dict], list[str]]:
     """Every case of one method's folder: in-distribution results, OOD cases' scores, and notes on the
     cases left out (no reference; OOD without scores). Raises when no case can be evaluated."""
-    cases = sorted({p.parent for pattern in ("*/manifest.json", "*/segmentation.*") for p in folder.glob(pattern)})
+    cases = case_folders(folder)
     if not cases:
         raise InputImageError(f"No case folders (with manifest.json or segmentation.<ext>) in {folder}")
     results: list[CaseResult] = []
     ood_scores: dict[str, dict] = {}
     notes: list[str] = []
     for case_dir in cases:
-        if ood and case_dir.name in ood:
+        name, where = readable(case_dir.name), f"{readable(folder.name)}/{readable(case_dir.name)}"
+        if ood and name in ood:
             scores = ood_case_scores(case_dir, labels)
             if scores:
-                ood_scores[case_dir.name] = scores
+                ood_scores[name] = scores
             else:
-                notes.append(f"{folder.name}/{case_dir.name}: out-of-distribution case without scores.json, "
-                             "left out of the OOD AUROC")
+                notes.append(f"{where}: out-of-distribution case without scores.json, left out of the OOD AUROC")
             continue
         try:
             reference = find_reference(references, case_dir.name)
         except InputImageError:
-            notes.append(f"{folder.name}/{case_dir.name}: skipped, no reference {case_dir.name}.<ext> or "
-                         f"{case_dir.name}/ in {references}")
+            notes.append(f"{where}: skipped, no reference {name}.<ext> or {name}/ in {references}")
             continue
-        mask = find_reference(masks, case_dir.name) if masks else None
+        mask = find_reference(masks, case_dir.name, "region mask (--masks)", annotators=False) if masks else None
         results += evaluate_case(case_dir, reference, labels, mask)
     if not results:
         raise InputImageError(f"No case in {folder} could be evaluated: " + "; ".join(notes))

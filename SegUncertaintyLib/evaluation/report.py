@@ -1,11 +1,18 @@
 """Write an evaluation: per-case CSV, JSON summary, a Markdown report a person can act on (method table
 laid out like the papers', the cases worst first, statistics with intervals, an out-of-distribution
-section, embedded figures, every "n/a" explained) and the figures. One row per method (prediction folder)."""
+section, embedded figures, every "n/a" explained) and the figures. One row per method (prediction folder).
+
+The report folder is published like a segmentation run (io.publish): locked, staged in full and swapped
+in by one directory rename. ``report_manifest.json`` lists every file the report wrote; an existing
+``--out`` is only replaced when it is empty or holds nothing but the files of an earlier report listed
+there (stale files of that report are gone after the swap); anything else is refused (exit 5).
+"""
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -14,8 +21,12 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .. import __version__  # noqa: E402
 from ..inference.scores import SUBJECT_SCORES  # noqa: E402
-from ..io.images import check_writable_dir, publish, staging_dir, write_json  # noqa: E402
+from ..io.images import write_json  # noqa: E402
+from ..io.publish import OutputFolder, listed_files  # noqa: E402
+
+REPORT_MANIFEST = "report_manifest.json"
 
 TABLE = [("Dice", "dice_mean", "{:.3f}"), ("HD95 mm", "hd95_mm_mean", "{:.1f}"),
          ("ECE % (fg)", "ece_mean_volume", "{:.2%}"), ("ECE % pooled (fg)", "ece_pooled_volume", "{:.2%}"),
@@ -179,9 +190,22 @@ def _style(index: int, total: int) -> dict:
             else "-"}
 
 
+def file_stems(labels) -> dict[str, str]:
+    """A distinct, file-name-safe stem per class name (names come from manifests and --labels: untrusted,
+    never a path)."""
+    stems: dict[str, str] = {}
+    for label in sorted(labels):
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._-")[:60] or "class"
+        while stem in stems.values():
+            stem += "_"
+        stems[label] = stem
+    return stems
+
+
 def _figures(summaries: dict[str, dict], folder: Path) -> dict[str, list[str]]:
     names: dict[str, list[str]] = {}
-    for label in sorted({label for s in summaries.values() for label in s["classes"]}):
+    stems = file_stems({label for s in summaries.values() for label in s["classes"]})
+    for label, stem in stems.items():
         fig, (rel, top, ref, thr) = plt.subplots(1, 4, figsize=(20, 4.8))
         for ax in (rel, top):
             ax.plot([0, 1], [0, 1], "k:", lw=1)
@@ -212,12 +236,13 @@ def _figures(summaries: dict[str, dict], folder: Path) -> dict[str, list[str]]:
         thr.set(xlabel="mean % voxels referred (one threshold)", ylabel="mean Dice",
                 title="Referral by threshold (Sander et al. 2019)")
         name = _save_panel(fig, (rel, top, ref, thr), f"Calibration and simulated referral ({label})",
-                           folder / f"figures_{label}.png")
-        names[label] = [name, _uncertainty_figure(summaries, label, folder), _scores_figure(summaries, label, folder)]
+                           folder / f"figures_{stem}.png")
+        names[label] = [name, _uncertainty_figure(summaries, label, folder / f"uncertainty_by_outcome_{stem}.png"),
+                        _scores_figure(summaries, label, folder / f"scores_vs_dice_{stem}.png")]
     return names
 
 
-def _uncertainty_figure(summaries: dict[str, dict], label: str, folder: Path) -> str:
+def _uncertainty_figure(summaries: dict[str, dict], label: str, path: Path) -> str:
     """Distributions of the normalized entropy in TP / FP / FN / TN voxels (dilated box), per method."""
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), sharex=True)
     methods = [m for m, s in summaries.items() if s["classes"].get(label, {}).get("entropy_by_confusion_box")]
@@ -231,10 +256,10 @@ def _uncertainty_figure(summaries: dict[str, dict], label: str, folder: Path) ->
             ax.set(title=f"{group} voxels", xlabel="normalized entropy")
     axes[0].set_ylabel("fraction of voxels")
     return _save_panel(fig, axes, f"Uncertainty by outcome inside the dilated reference box ({label})",
-                       folder / f"uncertainty_by_outcome_{label}.png")
+                       path)
 
 
-def _scores_figure(summaries: dict[str, dict], label: str, folder: Path) -> str:
+def _scores_figure(summaries: dict[str, dict], label: str, path: Path) -> str:
     """Each subject score against Dice, one labelled point per in-distribution case, Spearman's rho in the legend."""
     fig, axes = plt.subplots(1, len(SUBJECT_SCORES), figsize=(3.6 * len(SUBJECT_SCORES), 3.8), sharey=True)
     methods = [m for m, s in summaries.items() if label in s["classes"]]
@@ -251,7 +276,7 @@ def _scores_figure(summaries: dict[str, dict], label: str, folder: Path) -> str:
             ax.set(xlabel=score)
     axes[0].set_ylabel("Dice")
     return _save_panel(fig, axes, f"Subject-level scores against Dice, in-distribution cases ({label})",
-                       folder / f"scores_vs_dice_{label}.png")
+                       path)
 
 
 def _save_panel(fig, axes, title: str, path: Path) -> str:
@@ -277,18 +302,37 @@ def jsonable(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_report(summaries: dict[str, dict], rows: list[dict], out_dir: str | Path) -> Path:
-    """Write cases.csv, summary.json, report.md and figures atomically; return the report path."""
-    out_dir = check_writable_dir(out_dir)
-    with staging_dir(out_dir) as stage:
+def report_files(folder: Path) -> set[str] | None:
+    """The files an earlier report wrote in ``folder`` (listed in its report_manifest.json), or None."""
+    return listed_files(folder, REPORT_MANIFEST)
+
+
+def report_folder(out_dir: str | Path) -> OutputFolder:
+    """The locked, checked report folder (use as a context manager; take it before the long part)."""
+    return OutputFolder(out_dir, report_files)
+
+
+def write_report(summaries: dict[str, dict], rows: list[dict], out_dir: str | Path | OutputFolder) -> Path:
+    """Write cases.csv, summary.json, report.md, the figures and report_manifest.json, published in one
+    atomic step (see the module docstring); return the report path. OutputError (exit 5) when ``out_dir``
+    holds files no earlier report wrote."""
+    if not isinstance(out_dir, OutputFolder):
+        with report_folder(out_dir) as folder:
+            return write_report(summaries, rows, folder)
+    with out_dir.staged() as stage:
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        with open(stage / "cases.csv", "w", newline="") as f:
+        with open(stage / "cases.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
         write_json(jsonable(summaries), stage / "summary.json")
         figures = _figures(summaries, stage)
-        (stage / "report.md").write_text(markdown(summaries, figures))
-        names = ["cases.csv", "summary.json", *(n for group in figures.values() for n in group), "report.md"]
-        publish(stage, out_dir, names)
-    return out_dir / "report.md"
+        (stage / "report.md").write_text(markdown(summaries, figures), encoding="utf-8")
+        outputs = [{"file": "report.md", "meaning": "The report (Markdown, UTF-8), figures embedded"},
+                   {"file": "cases.csv", "meaning": "One row per method, case and class"},
+                   {"file": "summary.json", "meaning": "Dataset summary per method and class"},
+                   *({"file": n, "meaning": f"Figure, class '{label}'"} for label, group in figures.items()
+                     for n in group)]
+        write_json({"format_version": 1, "tool": f"seguncertainty {__version__}", "command": "evaluate",
+                    "outputs": outputs}, stage / REPORT_MANIFEST)
+    return out_dir.path / "report.md"

@@ -1,15 +1,26 @@
 """Streaming sliding-window inference with uncertainty.
 
 For every window, the T sampled passes run as batches (at most ``max_batch`` samples per forward pass)
-and are reduced at once to linear statistics: E_t[p], E_t[p^2], E_t[H(p_t)]. These are blended across
-overlapping windows with a Gaussian importance weight (sum of w * stat, and sum of w) and the maps are
-derived only after stitching. Blending per-sample probabilities instead would average independent
-dropout draws in overlap zones and shrink their variance (seams).
+and are reduced at once to that window's E_t[p] and, from the window's own samples, its maps
+(maps.uncertainty_maps: entropy H(E_t p), expected entropy, mutual information, variance). E_t[p] and the
+maps are blended across overlapping windows with a Gaussian importance weight (sum of w * value, and sum
+of w), so entropy = expected entropy + mutual information holds at every voxel. Blending per-sample
+probabilities instead would average independent dropout draws in overlap zones and shrink their variance
+(seams).
+
+Why MI and variance are blended as maps, not as moments E[p^2], E[H] (issue 13): each window draws its own
+dropout masks, so at a voxel the windows' sample means differ; blended moments add that between-window
+spread to the variance and, by the concavity of the entropy, to the MI. On a volume that fits in one
+window, 16^3 windows at overlap 0.5 gave mean MI +7.7 % and variance +6.0 % against one pass over the
+whole volume with blended moments, -1.1 % and -1.0 % with blended maps (Testing/benchmarks/
+bench_window_blending.py, BENCHMARKS.md). In overlap zones the entropy map is therefore the weighted mean
+of the windows' H(E_t p), at most the entropy of the blended mean probability (concavity); where one
+window covers a voxel, the two are equal.
 
 Per-sample segmentations (needed for volume CV, pairwise Dice, GED) are kept as bits: one bit per sample
 per foreground class and voxel, taken from the window whose importance weight is highest at that voxel.
-Memory: 4 * (2C + 3) bytes per voxel for the statistics plus (C - 1) * ceil(T / 8) bytes for the bits,
-independent of T except for the bits; the naive way needs 4 * T * C bytes per voxel.
+Memory: 4 * (C + 5) bytes per voxel for the blended statistics plus (C - 1) * ceil(T / 8) bytes for the
+bits, independent of T except for the bits; the naive way needs 4 * T * C bytes per voxel.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from .maps import normalized_entropy, uncertainty_maps
 from .sampling import SampleSpec, per_sample_dropout, per_sample_dropout_possible, sample_seed, set_dropout
 
 log = logging.getLogger(__name__)
+MAP_NAMES = ("entropy", "expected_entropy", "mutual_information", "variance")
 ProgressCallback = Callable[[str, float, str], None]
 
 
@@ -262,22 +274,23 @@ def run_engine(
 
     c, n_bytes = n_classes, (n_samples + 7) // 8
     sum_p = torch.zeros((c, *padded_shape))
-    sum_p2 = torch.zeros((c, *padded_shape))
-    sum_h = torch.zeros(padded_shape)
+    blended = {name: torch.zeros(padded_shape) for name in MAP_NAMES}
     sum_w = torch.zeros(padded_shape)
     best_w = torch.zeros(padded_shape)
     bits = torch.zeros((c - 1, n_bytes, *padded_shape), dtype=torch.uint8)
     weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu").float()
 
     slices = scan_slices(padded_shape, window, config.overlap)
+    inv_t = 1.0 / n_samples
     for i, sl in enumerate(slices):
         if cancelled is not None and cancelled():
             raise CancelledError("Cancelled by the user; nothing was written")
         s_p, s_p2, s_h, packed = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
-        inv_t = 1.0 / n_samples
-        sum_p[(slice(None), *sl)] += weight * (s_p.cpu() * inv_t)
-        sum_p2[(slice(None), *sl)] += weight * (s_p2.cpu() * inv_t)
-        sum_h[sl] += weight * (s_h.cpu() * inv_t)
+        mean_p = s_p.cpu() * inv_t
+        own = uncertainty_maps(mean_p, s_p2.cpu() * inv_t, s_h.cpu() * inv_t, n_samples)  # this window's samples
+        sum_p[(slice(None), *sl)] += weight * mean_p
+        for name, total in blended.items():
+            total[sl] += weight * own[name]
         sum_w[sl] += weight
         wins = weight > best_w[sl]
         best_w[sl] = torch.maximum(best_w[sl], weight)
@@ -289,10 +302,8 @@ def run_engine(
 
     crop = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
     mean_p = sum_p.div_(sum_w)[(slice(None), *crop)].contiguous()
-    mean_p2 = sum_p2.div_(sum_w)[(slice(None), *crop)]
-    mean_h = sum_h.div_(sum_w)[crop].contiguous()
+    maps = {name: total.div_(sum_w)[crop].contiguous() for name, total in blended.items()}
     del sum_w
-    maps = _derive_maps(mean_p, mean_p2, mean_h, n_samples)
     return EngineResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
                         sampler.device.type, notes)
 

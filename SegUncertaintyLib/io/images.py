@@ -7,12 +7,9 @@ Arrays follow SimpleITK's order: ``sitk.GetArrayFromImage`` gives (z, y, x).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,46 +98,6 @@ def validate_image(image: sitk.Image, name: str = "input") -> sitk.Image:
     return image
 
 
-def check_writable_dir(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and check a file can be written there; raise OutputError otherwise."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"Cannot write to output folder {folder}: {exc.strerror or exc}") from exc
-    return folder
-
-
-@contextlib.contextmanager
-def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A hidden folder inside ``out_dir`` for outputs in progress; removed whatever happens.
-
-    Files are moved out of it with :func:`publish` only once everything was written, so a failed or
-    cancelled run leaves no partial file in ``out_dir``.
-    """
-    stage = out_dir / f".staging-{uuid.uuid4().hex[:12]}"
-    try:
-        stage.mkdir()
-    except OSError as exc:
-        raise OutputError(f"Cannot write to output folder {out_dir}: {exc.strerror or exc}") from exc
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def publish(stage: Path, out_dir: Path, names: list[str]) -> None:
-    """Move ``names`` from ``stage`` to ``out_dir`` (atomic renames on one file system)."""
-    try:
-        for name in names:
-            os.replace(stage / name, out_dir / name)
-    except OSError as exc:
-        raise OutputError(f"Cannot move outputs into {out_dir}: {exc.strerror or exc}") from exc
-
-
 def write_image(image: sitk.Image, path: Path, compress: bool = True) -> None:
     """Write ``image`` to ``path``; the format follows the extension."""
     try:
@@ -153,7 +110,7 @@ def write_json(data: dict, path: Path) -> None:
     """Write ``data`` as indented JSON to a temporary name, then rename it to ``path``."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

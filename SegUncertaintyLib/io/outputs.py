@@ -7,7 +7,6 @@ folder is only replaced when every file in it was written by an earlier run (lis
 
 from __future__ import annotations
 
-import json
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -20,26 +19,16 @@ from ..inference.pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_i
 from ..models.card import ModelCard
 from .images import write_image, write_json
 from .overview import save_overview
-from .publish import OutputFolder
+from .publish import OutputFolder, listed_files
 
 MANIFEST = "manifest.json"
 FORMATS = ("nrrd", "nii.gz")
 
 
 def run_files(folder: Path) -> set[str] | None:
-    """The file names an earlier run wrote in ``folder`` (its manifest's outputs and the manifest itself),
-    or None when ``folder`` has no readable manifest written by this tool."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        if not str(manifest.get("tool", "")).startswith("seguncertainty "):
-            return None
-        names = {entry["file"] for entry in manifest["outputs"]}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
-    if not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n not in (".", "..")
-               for n in names):
-        return None
-    return names | {MANIFEST}
+    """The file names an earlier segmentation run wrote in ``folder`` (its manifest's outputs and the
+    manifest itself), or None when ``folder`` has no readable manifest written by this tool."""
+    return listed_files(folder, MANIFEST)
 
 
 def output_folder(out_dir: str | Path) -> OutputFolder:

@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -41,6 +42,23 @@ except ImportError:  # Windows: no advisory lock (documented)
 
 PREFIX = ".seguncertainty-"
 Listing = Callable[[Path], "set[str] | None"]
+
+
+def listed_files(folder: Path, manifest: str) -> set[str] | None:
+    """The file names an earlier run of this tool wrote in ``folder``: the ``outputs[].file`` entries of
+    ``folder/manifest`` and the manifest itself; None unless that manifest is readable JSON whose ``tool``
+    starts with "seguncertainty " and whose entries are plain file names (no folder part)."""
+    try:
+        data = json.loads((folder / manifest).read_text(encoding="utf-8"))
+        if not str(data.get("tool", "")).startswith("seguncertainty "):
+            return None
+        names = {entry["file"] for entry in data["outputs"]}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n not in (".", "..")
+               for n in names):
+        return None
+    return names | {manifest}
 
 
 def folder_tag(name: str) -> str:

@@ -102,7 +102,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 @lru_cache(maxsize=1)
 def card_schema() -> dict:
     """The card's JSON Schema (draft 2020-12)."""
-    return json.loads(SCHEMA_PATH.read_text())
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 @lru_cache(maxsize=1)
@@ -300,6 +300,6 @@ def write_card(data: dict, folder: str | Path) -> Path:
     path = folder / CARD_FILENAME
     parse_card(data, path)
     tmp = folder / f".{CARD_FILENAME}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -91,7 +91,8 @@ def available_models() -> dict[str, Path]:
             found.setdefault(entry.name, entry.folder)
         elif entry.source == "bundled" and (entry.folder / CARD_FILENAME).is_file() and _schema_missing():
             # before Slicer has installed jsonschema: still offer the bundled model (loading it checks it)
-            found.setdefault(json.loads((entry.folder / CARD_FILENAME).read_text())["name"], entry.folder)
+            card = json.loads((entry.folder / CARD_FILENAME).read_text(encoding="utf-8"))
+            found.setdefault(card["name"], entry.folder)
     return found
 
 
@@ -133,7 +134,7 @@ def _registry(root: Path) -> dict:
     if not path.is_file():
         return {"models": {}}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
             return data
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -143,7 +144,7 @@ def _registry(root: Path) -> dict:
 
 def _write_registry(root: Path, data: dict) -> None:
     tmp = root / f".{REGISTRY}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, root / REGISTRY)
 
 
@@ -176,9 +177,9 @@ def add_model(path: str | Path, name: str | None = None) -> tuple[str, Path]:
         if summary.format == "card":
             if name != summary.name:  # the copy carries the name it is installed under
                 card_path = staging / CARD_FILENAME
-                data = json.loads(card_path.read_text())
+                data = json.loads(card_path.read_text(encoding="utf-8"))
                 data["name"] = name
-                card_path.write_text(json.dumps(data, indent=2) + "\n")
+                card_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
                 hashes[CARD_FILENAME] = sha256_file(card_path)
             load_card(staging).verify()  # the copies match the card's sha256
         destination = root / name

@@ -49,7 +49,7 @@ def _nnunet():
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"nnU-Net model: cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
