@@ -18,13 +18,13 @@ from nnunet_tiny import ct_like_image
 from SegUncertaintyLib.cli import main
 from SegUncertaintyLib.inference.sampling import SampleSpec
 from SegUncertaintyLib.inference.whole_volume import segment_passes
-from SegUncertaintyLib.models.adapters.base import MONAI_BUNDLE, model_format
 from SegUncertaintyLib.models.adapters.monai_bundle import MonaiBundleModel
+from SegUncertaintyLib.models.formats import MONAI_BUNDLE, detect_format
 
 
 def test_softmax_pass_equals_monai_bundle_own_run(tmp_path):
     bundle = make_bundle(tmp_path)
-    assert model_format(bundle) == MONAI_BUNDLE
+    assert detect_format(bundle) == MONAI_BUNDLE
     image = ct_like_image((20, 28, 30), (1.2, 0.9, 1.7))  # rotated direction: Orientationd and Invertd work
     sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
     run(run_id="run", config_file=str(bundle / "configs/inference.json"),

@@ -19,8 +19,8 @@ from SegUncertaintyLib.cli import main
 from SegUncertaintyLib.errors import ModelError
 from SegUncertaintyLib.inference.sampling import SampleSpec
 from SegUncertaintyLib.inference.whole_volume import segment_passes
-from SegUncertaintyLib.models.adapters.base import NNUNET, model_format
 from SegUncertaintyLib.models.adapters.nnunet import NnUNetModel
+from SegUncertaintyLib.models.formats import NNUNET, detect_format
 from SegUncertaintyLib.models.loader import load_model
 
 
@@ -40,8 +40,9 @@ def run_one(model, image, spec):
 
 def test_folder_is_recognized_with_folds_as_members_and_labels_from_dataset_json(tiny):
     folder, _, model = tiny
-    assert model_format(folder) == NNUNET and model_format(folder.parent) == NNUNET  # dataset folder too
-    assert model_format(folder / "fold_0") is None
+    assert detect_format(folder) == NNUNET and detect_format(folder.parent) == NNUNET  # dataset folder too
+    with pytest.raises(ModelError, match="not a model folder"):
+        detect_format(folder / "fold_0")
     assert [m.path.parent.name for m in model.card.members] == ["fold_0", "fold_1"]
     assert model.card.labels == {0: "background", 1: "organ1", 2: "organ2"}
     assert isinstance(load_model(folder), NnUNetModel)
