@@ -259,7 +259,7 @@ def test_registered_checker_is_used_by_models_check_and_list(tmp_path, monkeypat
     assert cli.main(["models", "check", str(bundle)]) == 0
     assert "spleen: ok (monai_bundle" in capsys.readouterr().out
     listed = {e.name: e for e in catalog.list_models()}
-    assert listed["spleen"].format == "monai_bundle" and listed["spleen"].error is None
+    assert listed["bundle"].format == "monai_bundle" and listed["bundle"].error is None  # named by its folder
 
 
 # -- management --------------------------------------------------------------------------------------------
