@@ -23,6 +23,7 @@ from ..errors import ModelError
 from ..inference.sampling import set_dropout
 from .adapters.base import WholeVolumeModel, load_whole_volume_model
 from .card import ModelCard, allowed_networks, load_card
+from .formats import ONNX
 from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, list_models, model_folder, user_model_dir  # noqa: F401 (re-exported)
 
 PROBE_SEED = 1234
@@ -77,6 +78,10 @@ def build_network(architecture: dict) -> nn.Module:
 
 
 def _load_member(card: ModelCard, path: Path) -> nn.Module:
+    if card.architecture["type"] == ONNX:
+        from .adapters.onnx import OnnxNetwork
+
+        return OnnxNetwork(path, card)
     if card.architecture["type"] == "torchscript":
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13 but still what users have
@@ -141,6 +146,10 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
     Two dropout-on passes on the same window must differ; identical samples mean the dropout is inactive
     (p = 0, or a traced TorchScript that recorded eval mode) and MC dropout would report zero uncertainty.
     """
+    if model.card.architecture["type"] == ONNX:
+        from .adapters.onnx import MC_DROPOUT_REASON
+
+        raise ModelError(f"Model '{model.card.name}' is an ONNX model: {MC_DROPOUT_REASON}")
     x = _probe_input(model.card)
     for i in members:
         net = model.networks[i]
