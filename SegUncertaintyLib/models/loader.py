@@ -23,8 +23,8 @@ from ..errors import ModelError
 from ..inference.sampling import set_dropout
 from .adapters.base import WholeVolumeModel, load_whole_volume_model
 from .card import ModelCard, allowed_networks, load_card
-from .formats import ONNX
 from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, list_models, model_folder, user_model_dir  # noqa: F401 (re-exported)
+from .formats import ONNX
 
 PROBE_SEED = 1234
 
