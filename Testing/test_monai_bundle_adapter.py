@@ -124,7 +124,8 @@ def test_models_add_list_use_by_name_and_remove_a_bundle(tmp_path, monkeypatch, 
     capsys.readouterr()
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
-    assert "tiny-bundle  BROKEN (monai_bundle): MONAI bundle tiny-bundle: models/model.pt does not fit" in out
+    assert "tiny-bundle  BROKEN (monai_bundle): Installed model tiny-bundle: models/model.pt is missing or " \
+           "changed since 'models add' (size differs)" in out
     assert "brainmask-t1" in out
     assert main(["models", "remove", "tiny-bundle"]) == 0
     assert not installed.exists()

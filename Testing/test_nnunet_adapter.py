@@ -269,13 +269,19 @@ def test_models_add_list_use_by_name_and_remove_an_nnunet_folder(tiny, tmp_path,
 def test_broken_installed_nnunet_model_is_listed_with_its_reason(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
     assert main(["models", "add", str(tiny[0]), "--name", "tiny-nnunet"]) == 0
-    checkpoint = tmp_path / "home" / "models" / "tiny-nnunet" / "fold_1" / "checkpoint_final.pth"
-    checkpoint.write_bytes(b"garbage")
+    shutil.copytree(tiny[0], tmp_path / "home" / "models" / "by-hand")  # not added: checked by loading
+    for name in ("tiny-nnunet", "by-hand"):
+        (tmp_path / "home" / "models" / name / "fold_1" / "checkpoint_final.pth").write_bytes(b"garbage")
     capsys.readouterr()
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
-    assert "tiny-nnunet  BROKEN (nnunet): " in out and "fold_1/checkpoint_final.pth cannot be loaded" in out
+    assert "tiny-nnunet  BROKEN (nnunet): Installed model tiny-nnunet: fold_1/checkpoint_final.pth is missing " \
+           "or changed since 'models add' (size differs)" in out
+    assert "by-hand  BROKEN (nnunet): nnU-Net checkpoint fold_1/checkpoint_final.pth cannot be loaded safely" in out
     assert "brainmask-t1" in out  # the others are still listed
+    (tmp_path / "home" / "models" / "tiny-nnunet" / "fold_1" / "checkpoint_final.pth").write_bytes(
+        (tiny[0] / "fold_0" / "checkpoint_final.pth").read_bytes())  # same size, other fold's weights
+    assert main(["models", "list"]) == 0 and "tiny-nnunet  v" in capsys.readouterr().out  # sizes agree
     assert main(["models", "list", "--verify"]) == 4
     out = capsys.readouterr().out
-    assert "fold_1/checkpoint_final.pth is missing or changed since 'models add'" in out
+    assert "fold_1/checkpoint_final.pth is missing or changed since 'models add' (sha256 differs)" in out

@@ -67,30 +67,43 @@ def _folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
-def _verify_recorded(folder: Path) -> None:
-    """ModelError if a file that ``add_model`` recorded for ``folder`` is missing or changed since."""
+def _recorded(folder: Path, hashes: bool) -> ModelSummary | None:
+    """The summary ``add_model`` recorded for ``folder`` (None if it recorded none), after checking that
+    every recorded file is there with its recorded size (and sha256 if ``hashes``); ModelError otherwise."""
     entry = next((e for e in _registry(folder.parent)["models"].values() if e.get("folder") == folder.name), None)
-    for rel, digest in (entry or {}).get("files", {}).items():
+    if entry is None:
+        return None
+    sizes = entry.get("sizes", {})
+    for rel, digest in entry.get("files", {}).items():
         path = confined_file(folder, rel)
-        if not path.is_file() or sha256_file(path) != digest:
+        if not path.is_file() or path.stat().st_size != sizes.get(rel, path.stat().st_size) or (
+                hashes and sha256_file(path) != digest):
             raise ModelError(f"Installed model {folder.name}: {rel} is missing or changed since 'models add' "
-                             "(sha256 differs)")
+                             f"({'sha256' if hashes else 'size'} differs)")
+    s = entry.get("summary")
+    if not isinstance(s, dict):
+        return None
+    return ModelSummary(s["name"], s["format"], s["modality"], {int(k): v for k, v in s["labels"].items()},
+                        s["members"], tuple(s["methods"]), tuple(entry["files"]), s["version"], s["task"])
 
 
 def list_models(verify: bool = False) -> list[CatalogEntry]:
     """Every bundled and user model folder, usable or not (bundled first, then by folder name).
 
     A user model of a format without a card (nnU-Net, MONAI bundle) is named by its folder, the name
-    ``models add`` installed it under; ``verify`` also checks the sha256 that ``models add`` recorded."""
+    ``models add`` installed it under, and listed from what ``models add`` recorded once its files are there
+    with their recorded sizes (loading it is slow); ``verify`` loads every model and checks the recorded
+    sha256."""
     entries = []
     for source, root in (("bundled", BUNDLED_DIR), ("user", user_model_dir())):
         for folder in _folders(root):
             fmt = None
             try:
                 fmt = detect_format(folder)
-                if verify and source == "user":
-                    _verify_recorded(folder)
-                summary = summarize(folder, verify)
+                recorded = _recorded(folder, verify) if source == "user" else None
+                # nnU-Net and bundle models are loaded (slow) only by --verify; else add's record is used
+                fast = recorded is not None and not verify and fmt not in (CARD, ONNX)
+                summary = recorded if fast else summarize(folder, verify)
                 name = summary.name if fmt in (CARD, ONNX) or source == "bundled" else folder.name
                 entries.append(CatalogEntry(name, folder, source, fmt, summary))
             except Exception as exc:  # a third-party checker may raise anything: list the model as broken
@@ -214,8 +227,12 @@ def add_model(path: str | Path, name: str | None = None) -> tuple[str, Path]:
         if created_root:
             shutil.rmtree(root, ignore_errors=True)
         raise
+    recorded = {"name": summary.name, "format": summary.format, "modality": summary.modality,
+                "labels": {str(k): v for k, v in summary.labels.items()}, "members": summary.members,
+                "methods": list(summary.methods), "version": summary.version, "task": summary.task}
     registry["models"][name] = {"folder": name, "format": summary.format, "source": str(source.resolve()),
-                                "files": hashes, "added": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                                "files": hashes, "sizes": {rel: (destination / rel).stat().st_size for rel in hashes},
+                                "summary": recorded, "added": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     _write_registry(root, registry)
     return name, destination
 
