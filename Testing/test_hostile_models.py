@@ -208,7 +208,7 @@ CASES = {
     "add-without-path": (_nothing, ["models", "add"], 2, "the following arguments are required: path"),
     "check-missing-path": (_nothing, ["models", "check", "{tmp}/nowhere"], 4, "does not exist"),
     "check-a-file": (_nothing, ["models", "check", "{model}/member0.pt"], 4, "is a file"),
-    "nnunet-without-support": (_nnunet_folder, CHECK, 4, "nnU-Net v2 support is not installed"),
+    "nnunet-without-checkpoint": (_nnunet_folder, CHECK, 4, "fold_0 has no checkpoint_final.pth"),
     "remove-bundled": (_nothing, ["models", "remove", "brainmask-t1"], 4, "bundled model"),
     "remove-unknown": (_nothing, ["models", "remove", "no-such-model"], 4, "No installed model"),
     "remove-added-by-hand": (_added_by_hand, ["models", "remove", "by-hand"], 4, "not installed by"),

@@ -235,8 +235,10 @@ def test_detect_format_from_folder_contents(tmp_path, threshold_model):
     (onnx / "model.onnx").write_bytes(b"")
     (onnx / "card.json").write_text("{}")
     assert formats.detect_format(onnx) == "onnx"
+    assert formats.detect_format(tmp_path) == "nnunet"  # a dataset folder holding one trained-model folder
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="not a model folder"):
-        formats.detect_format(tmp_path)
+        formats.detect_format(tmp_path / "empty")
 
 
 def test_registered_checker_is_used_by_models_check_and_list(tmp_path, monkeypatch, capsys):
@@ -245,6 +247,11 @@ def test_registered_checker_is_used_by_models_check_and_list(tmp_path, monkeypat
     bundle = tmp_path / "home" / "models" / "bundle"
     (bundle / "configs").mkdir(parents=True)
     (bundle / "configs" / "inference.json").write_text("{}")
+    assert cli.main(["models", "check", str(bundle)]) == 4  # the bundle adapter's own checker
+    assert capsys.readouterr().err.strip().endswith("bundle: no configs/metadata.json (labels and input "
+                                                    "channels are read from it)")
+    monkeypatch.setattr(formats, "_CHECKERS", {k: v for k, v in formats._CHECKERS.items() if k != "monai_bundle"})
+    monkeypatch.setitem(formats.CHECKER_MODULES, "monai_bundle", ".adapters.not_installed")
     assert cli.main(["models", "check", str(bundle)]) == 4
     assert "MONAI bundle support is not installed" in capsys.readouterr().err
     formats.register_checker("monai_bundle", lambda p: formats.ModelSummary(
@@ -252,7 +259,7 @@ def test_registered_checker_is_used_by_models_check_and_list(tmp_path, monkeypat
     assert cli.main(["models", "check", str(bundle)]) == 0
     assert "spleen: ok (monai_bundle" in capsys.readouterr().out
     listed = {e.name: e for e in catalog.list_models()}
-    assert listed["spleen"].format == "monai_bundle" and listed["spleen"].error is None
+    assert listed["bundle"].format == "monai_bundle" and listed["bundle"].error is None  # named by its folder
 
 
 # -- management --------------------------------------------------------------------------------------------

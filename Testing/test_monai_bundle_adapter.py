@@ -18,13 +18,13 @@ from nnunet_tiny import ct_like_image
 from SegUncertaintyLib.cli import main
 from SegUncertaintyLib.inference.sampling import SampleSpec
 from SegUncertaintyLib.inference.whole_volume import segment_passes
-from SegUncertaintyLib.models.adapters.base import MONAI_BUNDLE, model_format
 from SegUncertaintyLib.models.adapters.monai_bundle import MonaiBundleModel
+from SegUncertaintyLib.models.formats import MONAI_BUNDLE, detect_format
 
 
 def test_softmax_pass_equals_monai_bundle_own_run(tmp_path):
     bundle = make_bundle(tmp_path)
-    assert model_format(bundle) == MONAI_BUNDLE
+    assert detect_format(bundle) == MONAI_BUNDLE
     image = ct_like_image((20, 28, 30), (1.2, 0.9, 1.7))  # rotated direction: Orientationd and Invertd work
     sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
     run(run_id="run", config_file=str(bundle / "configs/inference.json"),
@@ -87,3 +87,45 @@ def test_bad_bundles_exit_4_with_one_line(tmp_path, capsys, breaker, words):
                "--out", str(tmp_path / "out"), "--progress", "none"])
     err = capsys.readouterr().err.strip()
     assert rc == 4 and len(err.splitlines()) == 1 and words in err, err
+
+
+def test_models_add_list_use_by_name_and_remove_a_bundle(tmp_path, monkeypatch, capsys):
+    from SegUncertaintyLib.models.card import sha256_file
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    bundle = make_bundle(tmp_path)
+    (bundle / "eval").mkdir()
+    (bundle / "eval" / "old_prediction.nii.gz").write_bytes(b"not part of the model")
+    assert main(["models", "add", str(bundle), "--name", "tiny-bundle"]) == 0
+    installed = tmp_path / "home" / "models" / "tiny-bundle"
+    expected = {"configs/inference.json", "configs/metadata.json", "models/model.pt"}
+    assert {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()} == expected
+    recorded = json.loads((installed.parent / "installed.json").read_text())["models"]["tiny-bundle"]
+    assert recorded["format"] == "monai_bundle"
+    assert recorded["files"] == {rel: sha256_file(bundle / rel) for rel in expected}
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0
+    row = {r["name"]: r for r in json.loads(capsys.readouterr().out)}["tiny-bundle"]
+    assert row["format"] == "monai_bundle" and row["status"] == "ok" and row["members"] == 1
+    assert row["labels"] == {"0": "background", "1": "liver", "2": "spleen"}
+    assert row["methods"] == ["softmax", "mc_dropout"]
+
+    sitk.WriteImage(ct_like_image((12, 14, 16)), str(tmp_path / "ct.nii.gz"))
+    maps = []
+    for model in ("tiny-bundle", str(bundle)):
+        out = tmp_path / f"out-{len(maps)}"
+        assert main(["segment", str(tmp_path / "ct.nii.gz"), "--model", model, "--method", "softmax",
+                     "--out", str(out), "--progress", "none", "--no-overview", "--format", "nii.gz"]) == 0
+        maps.append(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "probability_spleen.nii.gz"))))
+    assert json.loads((tmp_path / "out-0" / "manifest.json").read_text())["model"]["name"] == "tiny-bundle"
+    assert np.array_equal(maps[0], maps[1])  # by name = by path
+
+    (installed / "models" / "model.pt").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-bundle  BROKEN (monai_bundle): Installed model tiny-bundle: models/model.pt is missing or " \
+           "changed since 'models add' (size differs)" in out
+    assert "brainmask-t1" in out
+    assert main(["models", "remove", "tiny-bundle"]) == 0
+    assert not installed.exists()

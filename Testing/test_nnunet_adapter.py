@@ -19,8 +19,8 @@ from SegUncertaintyLib.cli import main
 from SegUncertaintyLib.errors import ModelError
 from SegUncertaintyLib.inference.sampling import SampleSpec
 from SegUncertaintyLib.inference.whole_volume import segment_passes
-from SegUncertaintyLib.models.adapters.base import NNUNET, model_format
 from SegUncertaintyLib.models.adapters.nnunet import NnUNetModel
+from SegUncertaintyLib.models.formats import NNUNET, detect_format
 from SegUncertaintyLib.models.loader import load_model
 
 
@@ -40,8 +40,9 @@ def run_one(model, image, spec):
 
 def test_folder_is_recognized_with_folds_as_members_and_labels_from_dataset_json(tiny):
     folder, _, model = tiny
-    assert model_format(folder) == NNUNET and model_format(folder.parent) == NNUNET  # dataset folder too
-    assert model_format(folder / "fold_0") is None
+    assert detect_format(folder) == NNUNET and detect_format(folder.parent) == NNUNET  # dataset folder too
+    with pytest.raises(ModelError, match="not a model folder"):
+        detect_format(folder / "fold_0")
     assert [m.path.parent.name for m in model.card.members] == ["fold_0", "fold_1"]
     assert model.card.labels == {0: "background", 1: "organ1", 2: "organ2"}
     assert isinstance(load_model(folder), NnUNetModel)
@@ -220,3 +221,67 @@ def test_bad_nnunet_folders_exit_4_with_one_line(tiny, tmp_path, capsys, breaker
     assert rc == 4
     assert len(err.splitlines()) == 1 and err.startswith("seguncertainty: error:") and words in err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_models_add_list_use_by_name_and_remove_an_nnunet_folder(tiny, tmp_path, monkeypatch, capsys):
+    from SegUncertaintyLib.models.card import sha256_file
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    source = tmp_path / "Dataset999_Tiny" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    shutil.copytree(tiny[0], source)
+    shutil.copyfile(source / "fold_0" / "checkpoint_final.pth", source / "fold_0" / "checkpoint_best.pth")
+    (source / "fold_0" / "validation").mkdir()
+    (source / "fold_0" / "validation" / "summary.json").write_text("{}")
+    (source / "progress.png").write_bytes(b"not part of the model")
+    assert main(["models", "check", str(source)]) == 0
+    assert main(["models", "add", str(source.parent), "--name", "tiny-nnunet"]) == 0  # the dataset folder
+    installed = tmp_path / "home" / "models" / "tiny-nnunet"
+    inner = "nnUNetTrainer__nnUNetPlans__3d_fullres/"
+    expected = {inner + n for n in ("dataset.json", "plans.json", "fold_0/checkpoint_final.pth",
+                                    "fold_1/checkpoint_final.pth")}
+    assert {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()} == expected
+    recorded = json.loads((installed.parent / "installed.json").read_text())["models"]["tiny-nnunet"]
+    assert recorded["format"] == "nnunet"
+    assert recorded["files"] == {rel: sha256_file(source.parent / rel) for rel in expected}
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0
+    row = {r["name"]: r for r in json.loads(capsys.readouterr().out)}["tiny-nnunet"]
+    assert row["format"] == "nnunet" and row["status"] == "ok" and row["members"] == 2
+    assert row["labels"] == {"0": "background", "1": "organ1", "2": "organ2"}
+    assert row["methods"] == ["softmax", "ensemble", "tta"]
+
+    image_path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(ct_like_image((10, 12, 14)), str(image_path))
+    maps = {}
+    for model in ("tiny-nnunet", str(source)):
+        out = tmp_path / f"out-{len(maps)}"
+        assert main(["segment", str(image_path), "--model", model, "--method", "ensemble", "--out", str(out),
+                     "--progress", "none", "--no-overview", "--format", "nii.gz"]) == 0
+        maps[model] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "probability_organ1.nii.gz")))
+    assert json.loads((tmp_path / "out-0" / "manifest.json").read_text())["model"]["name"] == "tiny-nnunet"
+    assert np.array_equal(maps["tiny-nnunet"], maps[str(source)])  # by name = by path
+
+    assert main(["models", "remove", "tiny-nnunet"]) == 0
+    assert not installed.exists()
+    assert "tiny-nnunet" not in json.loads((installed.parent / "installed.json").read_text())["models"]
+
+
+def test_broken_installed_nnunet_model_is_listed_with_its_reason(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    assert main(["models", "add", str(tiny[0]), "--name", "tiny-nnunet"]) == 0
+    shutil.copytree(tiny[0], tmp_path / "home" / "models" / "by-hand")  # not added: checked by loading
+    for name in ("tiny-nnunet", "by-hand"):
+        (tmp_path / "home" / "models" / name / "fold_1" / "checkpoint_final.pth").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-nnunet  BROKEN (nnunet): Installed model tiny-nnunet: fold_1/checkpoint_final.pth is missing " \
+           "or changed since 'models add' (size differs)" in out
+    assert "by-hand  BROKEN (nnunet): nnU-Net checkpoint fold_1/checkpoint_final.pth cannot be loaded safely" in out
+    assert "brainmask-t1" in out  # the others are still listed
+    (tmp_path / "home" / "models" / "tiny-nnunet" / "fold_1" / "checkpoint_final.pth").write_bytes(
+        (tiny[0] / "fold_0" / "checkpoint_final.pth").read_bytes())  # same size, other fold's weights
+    assert main(["models", "list"]) == 0 and "tiny-nnunet  v" in capsys.readouterr().out  # sizes agree
+    assert main(["models", "list", "--verify"]) == 4
+    out = capsys.readouterr().out
+    assert "fold_1/checkpoint_final.pth is missing or changed since 'models add' (sha256 differs)" in out

@@ -46,6 +46,8 @@ class SegmentationOutputs:
 
 def check_method(model: LoadedModel, method: str) -> None:
     """Refuse a method the card does not list, or MC dropout on networks without (active) dropout."""
+    if "mc_dropout" in method and model.card.architecture["type"] == "onnx":
+        check_mc_dropout(model, [0])  # refuses with the reason: an ONNX graph has no train-mode dropout
     for part in method.split("+"):
         if part not in model.card.methods:
             raise ModelError(f"Model '{model.card.name}' does not support '{part}' "
@@ -81,8 +83,8 @@ def segment_image(
         return segment_passes(image, model, method, samples, device, seed, progress, cancelled)
     report = progress or (lambda *_: None)
     card = model.card
-    plan = plan_samples(method, len(model.networks), samples, card.flip_axes)
     check_method(model, method)
+    plan = plan_samples(method, len(model.networks), samples, card.flip_axes)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {max_batch!r}")
     window = tuple(reversed(card.patch_size))

@@ -246,6 +246,9 @@ def parse_card(data, card_path: Path) -> ModelCard:
         if kwargs["out_channels"] != len(labels):
             raise ModelError(f"{where}: field 'architecture.kwargs.out_channels' is {kwargs['out_channels']} "
                              f"but 'labels' names {len(labels)} classes; expected them equal")
+    if arch["type"] == "onnx" and "mc_dropout" in data.get("methods", []):
+        raise ModelError(f"{where}: field 'methods' lists mc_dropout but an exported ONNX graph has no train-mode "
+                         "dropout; expected softmax, ensemble or tta")
     folder = card_path.parent
     members = tuple(Member(confined_file(folder, m["file"], data["name"]), m["sha256"].lower())
                     for m in data["members"])

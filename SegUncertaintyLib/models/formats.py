@@ -8,6 +8,8 @@ with ``register_checker``. Model management (``seguncertainty models``) calls ``
 
 from __future__ import annotations
 
+import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +17,12 @@ from pathlib import Path
 from ..errors import ModelError
 from .card import CARD_FILENAME
 
-FORMATS = ("card", "nnunet", "monai_bundle", "onnx")
-FORMAT_NAMES = {"card": "SegUncertainty card", "nnunet": "nnU-Net v2", "monai_bundle": "MONAI bundle",
-                "onnx": "ONNX"}
+CARD, NNUNET, MONAI_BUNDLE, ONNX = "card", "nnunet", "monai_bundle", "onnx"
+FORMATS = (CARD, NNUNET, MONAI_BUNDLE, ONNX)
+FORMAT_NAMES = {CARD: "SegUncertainty card", NNUNET: "nnU-Net v2", MONAI_BUNDLE: "MONAI bundle", ONNX: "ONNX"}
+#: the module that defines each format's checker (imported on first use, so this module needs no torch)
+CHECKER_MODULES = {NNUNET: ".adapters.nnunet", MONAI_BUNDLE: ".adapters.monai_bundle"}
+BUNDLE_CONFIGS = tuple(f"inference.{ext}" for ext in ("json", "yaml", "yml"))
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,41 @@ def register_checker(fmt: str, checker: Checker) -> None:
     _CHECKERS[fmt] = checker
 
 
+def _is_nnunet_folder(path: Path) -> bool:
+    return (path / "plans.json").is_file() and (path / "dataset.json").is_file() and any(
+        p.is_dir() for p in path.glob("fold_*"))
+
+
+def nnunet_model_folder(path: Path) -> Path | None:
+    """The nnU-Net v2 trained-model folder ``path`` is, or the single one directly inside it (a dataset folder)."""
+    if _is_nnunet_folder(path):
+        return path
+    inside = [p for p in sorted(path.iterdir()) if p.is_dir() and _is_nnunet_folder(p)] if path.is_dir() else []
+    return inside[0] if len(inside) == 1 else None
+
+
+def bundle_config(path: Path) -> Path | None:
+    """A MONAI bundle's configs/inference.{json,yaml,yml}, or None."""
+    return next((path / "configs" / n for n in BUNDLE_CONFIGS if (path / "configs" / n).is_file()), None)
+
+
+def _card_architecture(folder: Path) -> str | None:
+    """The card's architecture type, or None when the card cannot be read (its checker then says why)."""
+    try:
+        data = json.loads((folder / CARD_FILENAME).read_text(encoding="utf-8"))
+        return str(data["architecture"]["type"])
+    except Exception:  # noqa: BLE001 - any unreadable card is reported by the card checker
+        return None
+
+
 def detect_format(path: str | Path) -> str:
-    """"card" | "nnunet" | "monai_bundle" | "onnx" from what ``path`` contains; ModelError if none fits."""
+    """"card" | "nnunet" | "monai_bundle" | "onnx" from what ``path`` contains; ModelError if none fits.
+
+    The one definition of format recognition: model management and loading both use it. nnU-Net v2: a
+    trained-model folder (dataset.json, plans.json, fold_N/) or a dataset folder holding exactly one.
+    MONAI bundle: configs/inference.json (or .yaml). ONNX: a card whose architecture is "onnx" (or a card
+    beside .onnx files). Card: card.json (or the path of a card.json file).
+    """
     path = Path(path)
     if path.is_file():
         if path.name == CARD_FILENAME:
@@ -57,19 +95,25 @@ def detect_format(path: str | Path) -> str:
             raise ModelError(f"{path} is a file; give the model folder (or its {CARD_FILENAME})")
     if not path.is_dir():
         raise ModelError(f"Model path {path} does not exist")
-    if (path / "dataset.json").is_file() and (path / "plans.json").is_file() and any(path.glob("fold_*")):
-        return "nnunet"
-    if (path / "configs" / "inference.json").is_file():
-        return "monai_bundle"
+    if nnunet_model_folder(path) is not None:
+        return NNUNET
+    if bundle_config(path) is not None:
+        return MONAI_BUNDLE
     if (path / CARD_FILENAME).exists():
-        return "onnx" if any(path.glob("*.onnx")) else "card"
+        return ONNX if _card_architecture(path) == ONNX or any(path.glob("*.onnx")) else CARD
     raise ModelError(f"{path} is not a model folder: expected {CARD_FILENAME}, an nnU-Net v2 folder "
                      "(dataset.json, plans.json, fold_N/) or a MONAI bundle (configs/inference.json)")
 
 
 def check_model(path: str | Path) -> ModelSummary:
-    """Detect the format and run its checker; ModelError if the format has no checker here."""
+    """Detect the format and run its checker; ModelError if the format's support is not installed."""
     fmt = detect_format(path)
+    if fmt not in _CHECKERS and fmt in CHECKER_MODULES:
+        try:  # the module registers its checker when imported
+            importlib.import_module(CHECKER_MODULES[fmt], __package__)
+        except ImportError as exc:
+            raise ModelError(f"{FORMAT_NAMES[fmt]} support is not installed ({exc}); cannot check or use "
+                             f"{path}") from exc
     checker = _CHECKERS.get(fmt)
     if checker is None:
         raise ModelError(f"{FORMAT_NAMES[fmt]} support is not installed or not available in this version; "
@@ -78,7 +122,7 @@ def check_model(path: str | Path) -> ModelSummary:
 
 
 def summarize_card(path: Path) -> ModelSummary:
-    """The card format's checker, without torch: schema, confinement and sha256 of every member."""
+    """The card and ONNX formats' checker, without torch: schema, confinement and sha256 of every member."""
     from .card import load_card
 
     card = load_card(path)
@@ -86,8 +130,10 @@ def summarize_card(path: Path) -> ModelSummary:
     files = [CARD_FILENAME, *(m.path.relative_to(card.folder).as_posix() for m in card.members)]
     if (card.folder / "README.md").is_file() and not (card.folder / "README.md").is_symlink():
         files.append("README.md")
-    return ModelSummary(card.name, "card", card.modality, card.labels, len(card.members), card.methods,
+    fmt = ONNX if card.architecture["type"] == ONNX else CARD
+    return ModelSummary(card.name, fmt, card.modality, card.labels, len(card.members), card.methods,
                         tuple(files), card.version, card.task)
 
 
-register_checker("card", summarize_card)
+register_checker(CARD, summarize_card)
+register_checker(ONNX, summarize_card)  # the networks are checked when loaded (catalog.check_path)

@@ -8,6 +8,7 @@ Networks never touch the network: MONAI networks are built only from the card's 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterable
@@ -22,7 +23,8 @@ from ..errors import ModelError
 from ..inference.sampling import set_dropout
 from .adapters.base import WholeVolumeModel, load_whole_volume_model
 from .card import ModelCard, allowed_networks, load_card
-from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, user_model_dir  # noqa: F401 (re-exported)
+from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, list_models, model_folder, user_model_dir  # noqa: F401 (re-exported)
+from .formats import ONNX
 
 PROBE_SEED = 1234
 
@@ -35,7 +37,7 @@ def resolve_card(name_or_path: str | os.PathLike) -> ModelCard:
     models = available_models()
     if str(name_or_path) in models:
         return load_card(models[str(name_or_path)])
-    names = ", ".join(sorted(models)) or "none"
+    names = ", ".join(sorted(e.name for e in list_models() if e.error is None)) or "none"
     raise ModelError(f"Model '{name_or_path}' not found: not a path, nor a known model (known: {names})")
 
 
@@ -76,6 +78,10 @@ def build_network(architecture: dict) -> nn.Module:
 
 
 def _load_member(card: ModelCard, path: Path) -> nn.Module:
+    if card.architecture["type"] == ONNX:
+        from .adapters.onnx import OnnxNetwork
+
+        return OnnxNetwork(path, card)
     if card.architecture["type"] == "torchscript":
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13 but still what users have
@@ -140,6 +146,10 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
     Two dropout-on passes on the same window must differ; identical samples mean the dropout is inactive
     (p = 0, or a traced TorchScript that recorded eval mode) and MC dropout would report zero uncertainty.
     """
+    if model.card.architecture["type"] == ONNX:
+        from .adapters.onnx import MC_DROPOUT_REASON
+
+        raise ModelError(f"Model '{model.card.name}' is an ONNX model: {MC_DROPOUT_REASON}")
     x = _probe_input(model.card)
     for i in members:
         net = model.networks[i]
@@ -162,10 +172,14 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
 def load_model(name_or_path: str | os.PathLike) -> LoadedModel | WholeVolumeModel:
     """Resolve, verify checksums, load every member and check its outputs; raise ModelError on any problem.
 
-    A path holding an nnU-Net v2 folder or a MONAI bundle gives its adapter (models/adapters/) instead.
+    A path or installed name of an nnU-Net v2 folder or a MONAI bundle gives its adapter (models/adapters/)
+    instead, its card named as installed.
     """
-    adapter = load_whole_volume_model(name_or_path)
+    folder = None if Path(name_or_path).exists() else model_folder(str(name_or_path))
+    adapter = load_whole_volume_model(folder or name_or_path)
     if adapter is not None:
+        if folder is not None:
+            adapter.card = dataclasses.replace(adapter.card, name=str(name_or_path))
         return adapter
     card = resolve_card(name_or_path)
     card.verify()

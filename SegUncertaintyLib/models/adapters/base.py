@@ -21,9 +21,7 @@ import torch
 from ...errors import ModelError
 from ...inference.sampling import METHODS, SampleSpec
 from ..card import ModelCard
-
-NNUNET = "nnunetv2"
-MONAI_BUNDLE = "monai_bundle"
+from ..formats import MONAI_BUNDLE, NNUNET, detect_format, nnunet_model_folder
 
 
 class WholeVolumeModel(ABC):
@@ -60,39 +58,12 @@ def check_known_method(method: str) -> list[str]:
     return method.split("+")
 
 
-def model_format(path: str | os.PathLike) -> str | None:
-    """Which whole-volume format a path holds, from what it contains; None for anything else.
-
-    nnU-Net v2: a trained-model folder with dataset.json, plans.json and fold_* folders (or a dataset
-    folder holding exactly one such folder). MONAI bundle: configs/inference.json and configs/metadata.json.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return None
-    if nnunet_model_folder(path) is not None:
-        return NNUNET
-    if (path / "configs" / "metadata.json").is_file() and any(
-            (path / "configs" / f"inference.{ext}").is_file() for ext in ("json", "yaml", "yml")):
-        return MONAI_BUNDLE
-    return None
-
-
-def _is_nnunet_folder(path: Path) -> bool:
-    return (path / "plans.json").is_file() and (path / "dataset.json").is_file() and any(
-        p.is_dir() for p in path.glob("fold_*"))
-
-
-def nnunet_model_folder(path: Path) -> Path | None:
-    """The trained-model folder ``path`` is, or the single one directly inside it."""
-    if _is_nnunet_folder(path):
-        return path
-    inside = [p for p in sorted(path.iterdir()) if p.is_dir() and _is_nnunet_folder(p)] if path.is_dir() else []
-    return inside[0] if len(inside) == 1 else None
-
-
 def load_whole_volume_model(path: str | os.PathLike) -> WholeVolumeModel | None:
-    """The adapter for ``path`` if it holds a whole-volume format, else None (then it needs a card)."""
-    fmt = model_format(path)
+    """The adapter for the model folder ``path`` if it holds a whole-volume format, else None (a card, or
+    not a path: a model name). ModelError for a path that holds no model (formats.detect_format)."""
+    if not Path(path).is_dir():
+        return None
+    fmt = detect_format(path)
     if fmt == NNUNET:
         from .nnunet import NnUNetModel
 

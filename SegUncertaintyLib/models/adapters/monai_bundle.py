@@ -20,16 +20,20 @@ import torch
 from ...errors import ModelError
 from ...inference.sampling import DEFAULT_SAMPLES, SampleSpec, set_dropout
 from ..card import Member, ModelCard, sha256_file
-from .base import MONAI_BUNDLE, WholeVolumeModel, check_known_method
+from ..formats import MONAI_BUNDLE, ModelSummary, bundle_config, register_checker
+from .base import WholeVolumeModel, check_known_method
 
 STOP_TRANSFORMS = ("AsDiscreted", "SaveImaged", "KeepLargestConnectedComponentd", "FillHolesd")
 
 
 def _config_file(folder: Path) -> Path:
-    for ext in ("json", "yaml", "yml"):
-        if (folder / "configs" / f"inference.{ext}").is_file():
-            return folder / "configs" / f"inference.{ext}"
-    raise ModelError(f"MONAI bundle {folder.name}: no configs/inference.json")
+    config = bundle_config(folder)
+    if config is None:
+        raise ModelError(f"MONAI bundle {folder.name}: no configs/inference.json")
+    if not (folder / "configs" / "metadata.json").is_file():
+        raise ModelError(f"MONAI bundle {folder.name}: no configs/metadata.json (labels and input channels "
+                         "are read from it)")
+    return config
 
 
 class MonaiBundleModel(WholeVolumeModel):
@@ -42,9 +46,10 @@ class MonaiBundleModel(WholeVolumeModel):
 
         self.folder = Path(folder)
         parser = ConfigParser()
+        config = _config_file(self.folder)
         try:
             parser.read_meta(str(self.folder / "configs" / "metadata.json"))
-            parser.read_config(str(_config_file(self.folder)))
+            parser.read_config(str(config))
             parser["bundle_root"] = str(self.folder)
             self.network = parser.get_parsed_content("network_def", instantiate=True)
             self.preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
@@ -168,3 +173,17 @@ class MonaiBundleModel(WholeVolumeModel):
                              f"the input {shape}: its postprocessing lacks Invertd")
         return np.clip(pred, 0.0, 1.0).astype(np.float32)
 
+
+
+def check_bundle(path: Path) -> ModelSummary:
+    """The MONAI bundle format's checker: parse and load it as segmenting would. Its files are every
+    regular file in configs/ and the weights in use (models/model.pt or models/model.ts)."""
+    model = MonaiBundleModel(Path(path))
+    configs = sorted(p.relative_to(path).as_posix() for p in (Path(path) / "configs").iterdir()
+                     if p.is_file() and not p.is_symlink())
+    card = model.card
+    return ModelSummary(card.name, MONAI_BUNDLE, card.modality, card.labels, len(card.members), card.methods,
+                        (*configs, model.weights_path.relative_to(path).as_posix()), card.version, card.task)
+
+
+register_checker(MONAI_BUNDLE, check_bundle)

@@ -27,7 +27,8 @@ import torch
 from ...errors import ModelError
 from ...inference.sampling import DEFAULT_SAMPLES, SampleSpec, set_dropout
 from ..card import Member, ModelCard, sha256_file
-from .base import NNUNET, WholeVolumeModel, check_known_method
+from ..formats import NNUNET, ModelSummary, nnunet_model_folder, register_checker
+from .base import WholeVolumeModel, check_known_method
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 SCORE_REFERENCE = "score_reference.json"
@@ -351,3 +352,23 @@ def _one_pass_predictor(base: type, device: torch.device):
         return OnePassPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 perform_everything_on_device=device.type == "cuda", device=device,
                                 allow_tqdm=False)
+
+
+def check_nnunet_folder(path: Path) -> ModelSummary:
+    """The nnU-Net format's checker: load the folder as segmenting would (every fold's checkpoint, the
+    network built from plans.json). Its files, relative to ``path``, are exactly what the model needs:
+    dataset.json, plans.json, each fold's checkpoint in use (and score_reference.json if present)."""
+    folder = nnunet_model_folder(Path(path))
+    if folder is None:
+        raise ModelError(f"{path} is not an nnU-Net v2 trained-model folder")
+    model = NnUNetModel(folder)
+    names = ["dataset.json", "plans.json", *(c.relative_to(folder).as_posix() for _, c in model.folds)]
+    if (folder / SCORE_REFERENCE).is_file():
+        names.append(SCORE_REFERENCE)
+    prefix = folder.relative_to(path)
+    card = model.card
+    return ModelSummary(card.name, NNUNET, card.modality, card.labels, len(card.members), card.methods,
+                        tuple((prefix / n).as_posix() for n in names), card.version, card.task)
+
+
+register_checker(NNUNET, check_nnunet_folder)
