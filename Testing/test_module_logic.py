@@ -176,7 +176,7 @@ def test_library_dir_holds_the_library():
     assert (Path(module.library_dir()) / "SegUncertaintyLib" / "cli.py").is_file()
 
 
-def run_in_background(logic, volume, method, samples, cancel_after_first_progress=False):
+def run_in_background(logic, volume, method, samples, cancel_after_first_progress=False, model="brainmask-t1"):
     """logic.start with the stand-in launcher; returns (run, error, stages seen)."""
     import threading
 
@@ -186,7 +186,7 @@ def run_in_background(logic, volume, method, samples, cancel_after_first_progres
         seen.append(progress.stage)
         first.set()
 
-    logic.start(volume, "brainmask-t1", method, samples, "cpu", onProgress=on_progress,
+    logic.start(volume, model, method, samples, "cpu", onProgress=on_progress,
                 onFinished=lambda run, error: finished.update(run=run, error=error))
     assert logic.isRunning()
     if cancel_after_first_progress:
@@ -309,3 +309,31 @@ def test_statistics_follow_the_segment_editors_own_undo_redo_and_edits(logic_wit
     logic.cleanup()
     editor.Undo()
     assert len(calls) == n and inside() == before, "after cleanup the logic observes nothing"
+
+
+def test_an_installed_nnunet_model_runs_from_the_panel(mrml_scene, tmp_path, monkeypatch, new_logic):
+    """Issue 14's 'the same works from the Slicer module': an nnU-Net v2 folder added through addModel is
+    listed usable, gets a CPU estimate, and a background run with its folds as the ensemble imports maps whose
+    mean probability equals the mean of nnunetv2's own per-fold predictions (the oracle)."""
+    import SimpleITK as sitk
+    from nnunet_tiny import ct_like_image, make_nnunet_model, nnunet_reference
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    slicer.app.temporaryPath = str(temporary)
+    folder, weights = make_nnunet_model(tmp_path / "src")
+    logic = new_logic()
+    name = logic.addModel(str(folder))
+    choice = logic.modelChoice(name)
+    assert choice.usable and choice.argument != name  # not a card: the command line gets its folder
+    image = ct_like_image()
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
+    volume = volumes.read_volume(mrml_scene, tmp_path / "ct.nrrd", "ct")
+    assert "CPU" in logic.deviceWarning(volume, name, "ensemble", 2, "cpu")
+    run, error, seen = run_in_background(logic, volume, "ensemble", 2, model=name)
+    assert error is None and run is logic.run, error
+    assert set(run.maps) >= {"entropy", "mutual_information", "variance"}
+    oracle = np.mean([nnunet_reference(folder, w, image) for w in weights], axis=0)  # (C, z, y, x) per fold
+    probability = slicer.util.arrayFromVolume(run.probabilities[run.manifest["labels"]["1"]])
+    assert np.mean(np.abs(probability - oracle[1]) <= 1e-3) >= 0.99
