@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-import psutil  # bundled with Slicer
 import qt
 import slicer
 import vtk
@@ -53,7 +52,8 @@ DEFAULT_FLAGGED_PERCENT = 5.0  # a new map starts with the threshold that flags 
 STOP_TIMEOUT_S = 3.0  # how long a cancelled process tree gets to exit before it is killed
 # Installed on first use, after asking (torch itself through the PyTorch extension).
 PIP_REQUIREMENTS = {"monai": "monai>=1.4", "SimpleITK": "SimpleITK>=2.3", "scipy": "scipy>=1.10",
-                    "matplotlib": "matplotlib>=3.7", "jsonschema": "jsonschema>=4.18"}
+                    "matplotlib": "matplotlib>=3.7", "jsonschema": "jsonschema>=4.18",
+                    "psutil": "psutil>=5.9"}
 
 
 def library_dir() -> str:
@@ -78,7 +78,10 @@ def slicerVersionProblem() -> str | None:
 def stopProcessTree(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
     """Stop a process and all its descendants (PythonSlicer is a launcher whose child, the interpreter,
     gets no signal from it): terminate the descendants, kill those still alive after ``timeout`` seconds,
-    then terminate the process itself. The process, our child, is left for its reader to reap."""
+    then terminate the process itself. The process, our child, is left for its reader to reap.
+    psutil is imported here, not at module load: it is installed with the other packages at the first run."""
+    import psutil
+
     try:
         parent = psutil.Process(pid)
         descendants = parent.children(recursive=True)
