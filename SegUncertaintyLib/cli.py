@@ -17,13 +17,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .choices import FORMATS, METHODS
 from .errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
-from .inference.sampling import METHODS
-from .inference.scores import SUBJECT_SCORES
-from .io.dicom import SERIES_UID_TAG
-from .io.images import image_suffix, read_image
-from .io.outputs import FORMATS
-from .models.loader import DEFAULT_MODEL, load_model
+from .models.catalog import DEFAULT_MODEL
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
@@ -81,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _input_name(path: Path) -> str:
+    from .io.images import image_suffix
+
     suffix = image_suffix(path)
     return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
@@ -132,7 +130,10 @@ def check_segment_options(args) -> None:
 
 def cmd_segment(args) -> int:
     from .inference.pipeline import segment_image
+    from .io.dicom import SERIES_UID_TAG
+    from .io.images import read_image
     from .io.outputs import output_folder, write_outputs
+    from .models.loader import load_model
     from .progress import ProgressReporter
 
     check_segment_options(args)
@@ -168,6 +169,8 @@ def cmd_segment(args) -> int:
 
 
 def _print_summary(outputs, manifest: Path) -> None:
+    from .inference.scores import SUBJECT_SCORES
+
     print(f"Wrote {manifest.parent} ({outputs.method}, {outputs.n_samples} samples, {outputs.device})",
           file=sys.stderr)
     for name, scores in outputs.scores["classes"].items():

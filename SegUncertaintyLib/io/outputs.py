@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..choices import FORMATS
 from ..errors import CancelledError
 from ..inference.pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
 from ..models.card import ModelCard
@@ -22,7 +23,6 @@ from .overview import save_overview
 from .publish import OutputFolder, listed_files
 
 MANIFEST = "manifest.json"
-FORMATS = ("nrrd", "nii.gz")
 
 
 def run_files(folder: Path) -> set[str] | None:
