@@ -101,4 +101,10 @@ def test_evaluate_reports_a_missing_map_as_na_with_the_reason(tmp_path):
     out = tmp_path / "report"
     assert cli.main(["evaluate", str(preds), "--references", str(refs), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
-    assert "no entropy map" in report and "n/a (" in report
+    assert "tta/case0: no entropy map (left out by segment --maps)" in report
+    header, _, row = [line.split(" | ") for line in report.split("## sphere")[1].strip().splitlines()[:3]]
+    for column in ("U-E Dice", "U-E tau", "BnF", "BnF tau"):  # n/a with its numbered reason, never zeros
+        assert row[header.index(column)].startswith("n/a ("), column
+    assert row[header.index("ECE % (fg)")].endswith("%")  # the probability maps still give calibration
+    summary = json.loads((out / "summary.json").read_text())["tta"]["classes"]["sphere"]
+    assert "entropy_by_confusion_box" not in summary
