@@ -17,13 +17,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .choices import FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
 from .errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
-from .inference.sampling import METHODS
-from .inference.scores import SUBJECT_SCORES
-from .io.dicom import SERIES_UID_TAG
-from .io.images import image_suffix, read_image
-from .io.outputs import FORMATS
-from .models.loader import DEFAULT_MODEL, load_model
+from .models.catalog import DEFAULT_MODEL
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
@@ -62,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--max-batch", type=int, default=8, help="samples per forward pass (memory budget)")
     seg.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
     seg.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
+    seg.add_argument("--maps", type=parse_maps, default=None, metavar="NAME[,NAME...]",
+                     help=f"maps to write, from {','.join(MAP_CHOICES)} (probability: every class's probability "
+                          "map; default: all); the segmentation and scores are always written")
+    seg.add_argument("--map-dtype", default="float32", choices=MAP_DTYPES,
+                     help="precision of the maps and probabilities: float16 rounds each value to ~3 significant "
+                          "digits (steps of at most 0.0005 on 0-1 maps), stored as float32, compressing "
+                          "better (default: %(default)s)")
     seg.add_argument("--save-samples", action="store_true",
                      help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
 
@@ -81,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _input_name(path: Path) -> str:
+    from .io.images import image_suffix
+
     suffix = image_suffix(path)
     return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
@@ -132,7 +137,10 @@ def check_segment_options(args) -> None:
 
 def cmd_segment(args) -> int:
     from .inference.pipeline import segment_image
+    from .io.dicom import SERIES_UID_TAG
+    from .io.images import read_image
     from .io.outputs import output_folder, write_outputs
+    from .models.loader import load_model
     from .progress import ProgressReporter
 
     check_segment_options(args)
@@ -154,9 +162,11 @@ def cmd_segment(args) -> int:
             reporter("write", 0.0, f"writing to {out}")
             settings = {"overlap": args.overlap, "seed": args.seed, "max_batch": args.max_batch,
                         "device_requested": args.device, "format": args.format,
+                        "maps": list(args.maps or MAP_CHOICES), "map_dtype": args.map_dtype,
                         "dicom_series": image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None}
             manifest = write_outputs(outputs, folder, model.card, str(path), settings, args.format,
-                                     overview=not args.no_overview, samples=args.save_samples, cancelled=cancel)
+                                     overview=not args.no_overview, samples=args.save_samples, cancelled=cancel,
+                                     maps=args.maps, map_dtype=args.map_dtype)
             reporter("write", 1.0, "done")
     finally:
         reporter.close()
@@ -168,6 +178,8 @@ def cmd_segment(args) -> int:
 
 
 def _print_summary(outputs, manifest: Path) -> None:
+    from .inference.scores import SUBJECT_SCORES
+
     print(f"Wrote {manifest.parent} ({outputs.method}, {outputs.n_samples} samples, {outputs.device})",
           file=sys.stderr)
     for name, scores in outputs.scores["classes"].items():
@@ -181,6 +193,16 @@ def _print_summary(outputs, manifest: Path) -> None:
         if readings:
             print(f"  {name}: " + (f"review recommended, outside the model's usual range: {', '.join(review)}"
                                    if review else "all scores within the model's usual range"), file=sys.stderr)
+
+
+def parse_maps(text: str) -> tuple[str, ...]:
+    """``entropy,probability`` -> ("entropy", "probability"); argparse error (exit 2) on an unknown or
+    repeated name, or none."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in MAP_CHOICES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"--maps expects distinct names from {','.join(MAP_CHOICES)}, got '{text}'")
+    return names
 
 
 def parse_labels(text: str) -> dict[int, str]:

@@ -121,7 +121,7 @@ def test_unexpected_exception_is_one_line_and_exit_1(world, capsys, monkeypatch)
     def broken(*_a, **_k):
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr(cli, "read_image", broken)
+    monkeypatch.setattr("SegUncertaintyLib.io.images.read_image", broken)  # cli imports it when segment runs
     before = snapshot(world["root"])
     assert cli.main(["segment", world["img"], "--model", world["model"], "--progress", "none",
                      "--out", str(world["root"] / "new_out")]) == 1

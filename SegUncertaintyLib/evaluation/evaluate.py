@@ -259,14 +259,18 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
             row |= {f"{k}_{region}": v for k, v in stats.summary().items() if k != "voxels"}
         row["signed_calibration_error"] = bins["volume"].signed_error()
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
-        entropy = maps.get("entropy", np.zeros(pred.shape))
-        if votes is not None:
-            row |= multi_annotator_row(votes, raters, entropy, box, files.get(f"samples:{label}"))
-        row |= {f"entropy_mean_{group}_box": v["mean"]
-                for group, v in uncertainty_by_confusion(entropy, pred, ref, box).items()}
-        bnf = correction_benefit_curve(entropy, pred, ref)
-        result = CaseResult(row["case"], label, row, bins, ue_dice_curve(entropy, pred, ref),
-                            bnf["benefits"], bnf["dice_after"], confusion=confusion_histograms(entropy, pred, ref, box))
+        entropy = maps.get("entropy")
+        if entropy is None:  # left out by segment --maps: the entropy-based values are n/a (NaN), not zeros
+            missing = np.full(len(THRESHOLDS), np.nan)
+            result = CaseResult(row["case"], label, row, bins, missing, missing, missing)
+        else:
+            if votes is not None:
+                row |= multi_annotator_row(votes, raters, entropy, box, files.get(f"samples:{label}"))
+            row |= {f"entropy_mean_{group}_box": v["mean"]
+                    for group, v in uncertainty_by_confusion(entropy, pred, ref, box).items()}
+            bnf = correction_benefit_curve(entropy, pred, ref)
+            result = CaseResult(row["case"], label, row, bins, ue_dice_curve(entropy, pred, ref), bnf["benefits"],
+                                bnf["dice_after"], confusion=confusion_histograms(entropy, pred, ref, box))
         for name, u in maps.items():
             curve = referral_curve(u, pred, ref, FRACTIONS)
             result.referral[name] = curve["dice"]
@@ -396,8 +400,9 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
         bnf_curve = np.mean([r.bnf_condition for r in mine], axis=0)
         best_bnf = int(np.argmax(bnf_curve))
         for r in mine:
-            r.row["bnf_benefits"] = bool(r.bnf_condition[best_bnf])
-            r.row["dice_after_correction"] = float(r.dice_after[best_bnf])
+            known = not np.isnan(r.bnf_condition[best_bnf])
+            r.row["bnf_benefits"] = bool(r.bnf_condition[best_bnf]) if known else None
+            r.row["dice_after_correction"] = float(r.dice_after[best_bnf]) if known else math.nan
         regions = [region for region in mine[0].bins if all(region in r.bins for r in mine)]
         pooled = {region: sum((r.bins[region] for r in mine), BinStats.empty()) for region in regions}
         block = {
@@ -406,9 +411,11 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
             "hd95_mm_mean": float(np.nanmean([x["hd95_mm"] for x in rows])) if any(
                 np.isfinite(x["hd95_mm"]) for x in rows) else math.nan,
             "ue_dice_curve": {f"{t:.2f}": float(v) for t, v in zip(THRESHOLDS, ue, strict=True)},
-            "ue_best_threshold": float(THRESHOLDS[best]), "ue_dice_best": float(ue[best]),
+            "ue_best_threshold": float(THRESHOLDS[best]) if np.isfinite(ue[best]) else math.nan,
+            "ue_dice_best": float(ue[best]),
             "bnf_curve": {f"{t:.2f}": float(v) for t, v in zip(THRESHOLDS, bnf_curve, strict=True)},
-            "bnf_best_threshold": float(THRESHOLDS[best_bnf]), "bnf_fraction": float(bnf_curve[best_bnf]),
+            "bnf_best_threshold": float(THRESHOLDS[best_bnf]) if np.isfinite(bnf_curve[best_bnf]) else math.nan,
+            "bnf_fraction": float(bnf_curve[best_bnf]),
             "bnf_fraction_at_ue_threshold": float(bnf_curve[best]),
             "pooled_signed_calibration_error": pooled_signed_error(mine),
             "referral_fractions": FRACTIONS.tolist(),
@@ -427,9 +434,10 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
             block[f"reliability_{region}"] = {k: v.tolist() for k, v in stats.reliability().items()}
             for k in ("mce", "nll", "brier"):
                 block[f"{k}_mean_{region}"] = float(np.nanmean([x[f"{k}_{region}"] for x in rows]))
-        counts = {g: np.sum([r.confusion[g] for r in mine], axis=0) for g in ("TP", "FP", "FN", "TN")}
-        block["entropy_by_confusion_box"] = {"edges": CONFUSION_EDGES.tolist(),
-                                             **{g: c.tolist() for g, c in counts.items()}}
+        if all(r.confusion for r in mine):  # every case has its entropy map
+            counts = {g: np.sum([r.confusion[g] for r in mine], axis=0) for g in ("TP", "FP", "FN", "TN")}
+            block["entropy_by_confusion_box"] = {"edges": CONFUSION_EDGES.tolist(),
+                                                 **{g: c.tolist() for g, c in counts.items()}}
         dice = np.array([x["dice"] for x in rows])
         block["per_case"] = {"case": [x["case"] for x in rows],
                              **{c: _score_column(rows, c).tolist() for c in PER_CASE_COLUMNS},
@@ -527,6 +535,9 @@ def evaluate_folder(folder: Path, references: Path, labels: dict[int, str] | Non
             notes.append(f"{where}: skipped, no reference {name}.<ext> or {name}/ in {references}")
             continue
         mask = find_reference(masks, case_dir.name, "region mask (--masks)", annotators=False) if masks else None
+        if "entropy" not in {e.get("map") for e in case_manifest(case_dir, labels)["outputs"]}:
+            notes.append(f"{where}: no entropy map (left out by segment --maps): its U-E Dice, BnF and "
+                         "entropy-by-outcome values are n/a")
         results += evaluate_case(case_dir, reference, labels, mask)
     if not results:
         raise InputImageError(f"No case in {folder} could be evaluated: " + "; ".join(notes))

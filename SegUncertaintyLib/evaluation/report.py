@@ -48,7 +48,7 @@ NA_REASONS = {
     "correlation": "a correlation needs at least 3 cases with both values and a score that is not constant",
     "interval": "no bootstrap interval below 5 cases (too few distinct resamples)",
     "auroc": "AUROC needs at least one out-of-distribution and one in-distribution case with the score",
-    "table": "the value needs data this run does not have (e.g. no probability maps, or one method only "
+    "table": "the value needs data this run does not have (e.g. no probability or entropy maps, or one method only "
              "for the calibration split)",
 }
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -130,7 +130,7 @@ def markdown(summaries: dict[str, dict], figures: dict[str, list[str]] | None = 
     lines = ["# Evaluation report", ""]
     notes = [n for s in summaries.values() for n in s.get("notes", [])]
     if notes:
-        lines += ["**Cases left out:**", ""] + [f"- {n}" for n in notes] + [""]
+        lines += ["**Cases left out or incomplete:**", ""] + [f"- {n}" for n in notes] + [""]
     for label in labels:
         lines += [f"## {label}", "", "| method | cases | " + " | ".join(t[0] for t in TABLE) + " |",
                   "|---|---|" + "---|" * len(TABLE)]

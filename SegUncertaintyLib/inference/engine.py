@@ -34,12 +34,12 @@ import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
+from ..choices import MAP_NAMES
 from ..errors import CancelledError, ResourceError, UsageError
 from .maps import normalized_entropy, uncertainty_maps
 from .sampling import SampleSpec, per_sample_dropout, per_sample_dropout_possible, sample_seed, set_dropout
 
 log = logging.getLogger(__name__)
-MAP_NAMES = ("entropy", "expected_entropy", "mutual_information", "variance")
 ProgressCallback = Callable[[str, float, str], None]
 
 

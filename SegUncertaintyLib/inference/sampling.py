@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choices import METHODS  # noqa: F401 (re-exported)
 from ..errors import ModelError, UsageError
 
-METHODS = ("softmax", "mc_dropout", "ensemble", "tta", "ensemble+mc_dropout", "ensemble+tta")
 DEFAULT_SAMPLES = {"mc_dropout": 20, "tta": 8}
 
 

@@ -8,12 +8,14 @@ folder is only replaced when every file in it was written by an earlier run (lis
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from .. import __version__
+from ..choices import FORMATS, MAP_CHOICES, MAP_DTYPES
 from ..errors import CancelledError
 from ..inference.pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
 from ..models.card import ModelCard
@@ -22,7 +24,6 @@ from .overview import save_overview
 from .publish import OutputFolder, listed_files
 
 MANIFEST = "manifest.json"
-FORMATS = ("nrrd", "nii.gz")
 
 
 def run_files(folder: Path) -> set[str] | None:
@@ -38,19 +39,29 @@ def output_folder(out_dir: str | Path) -> OutputFolder:
 
 def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, card: ModelCard,
                   input_name: str, settings: dict, fmt: str = "nrrd", overview: bool = True,
-                  samples: bool = False, cancelled: Callable[[], bool] | None = None) -> Path:
+                  samples: bool = False, cancelled: Callable[[], bool] | None = None,
+                  maps: Sequence[str] | None = None, map_dtype: str = "float32") -> Path:
     """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest.
 
     ``out_dir``: a folder path, or an :class:`OutputFolder` already entered (the command line takes it
     before the long part). ``samples``: also write each class's per-sample segmentations on the input
     grid, bit-packed (``samples_<label>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of byte
     t // 8 is sample t). ``cancelled`` is polled between files: CancelledError, nothing published.
+    ``maps``: which of :data:`MAP_CHOICES` to write (None: all; a map the run did not compute, e.g. mutual
+    information of a one-sample run, is skipped). ``map_dtype``: precision of the maps and probabilities
+    (see :data:`MAP_DTYPES`). The manifest lists exactly the files written, each image with its dtype.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}")
+    if map_dtype not in MAP_DTYPES:
+        raise ValueError(f"map_dtype must be one of {MAP_DTYPES}")
+    chosen = set(MAP_CHOICES if maps is None else maps)
+    if not chosen <= set(MAP_CHOICES):
+        raise ValueError(f"maps must be among {MAP_CHOICES}, got {sorted(chosen - set(MAP_CHOICES))}")
     if not isinstance(out_dir, OutputFolder):
         with output_folder(out_dir) as folder:
-            return write_outputs(outputs, folder, card, input_name, settings, fmt, overview, samples, cancelled)
+            return write_outputs(outputs, folder, card, input_name, settings, fmt, overview, samples, cancelled,
+                                 maps, map_dtype)
 
     def check_cancel() -> None:
         if cancelled is not None and cancelled():
@@ -61,16 +72,20 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         def add_image(image, name: str, kind: str, meaning: str, **extra) -> None:
             check_cancel()
             filename = f"{name}.{fmt}"
+            if kind != "labelmap" and map_dtype == "float16":
+                image = _rounded_to_float16(image)
+                extra["precision"] = "float16"
             write_image(image, stage / filename)
-            entries.append({"file": filename, "kind": kind, "meaning": meaning, **extra})
+            entries.append({"file": filename, "kind": kind, "meaning": meaning,
+                            "dtype": image.GetPixelIDTypeAsString(), **extra})
 
         add_image(outputs.segmentation, "segmentation", "labelmap",
                   "Segmentation: argmax of the mean probability", labels={str(k): v for k, v in card.labels.items()},
                   terminology=card.info.get("terminology", {}))
-        for name, image in outputs.probabilities.items():
+        for name, image in outputs.probabilities.items() if "probability" in chosen else ():
             add_image(image, f"probability_{name}", "probability",
                       f"Mean probability of '{name}' over samples, 0-1", label=name)
-        for name, image in outputs.maps.items():
+        for name, image in ((n, i) for n, i in outputs.maps.items() if n in chosen):
             add_image(image, name, "uncertainty", MAP_MEANINGS[name], map=name)
         if samples and outputs.model_grid_sample_bits is not None:
             for k, name in enumerate(n for v, n in sorted(card.labels.items()) if v != 0):
@@ -107,3 +122,11 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         }
         write_json(manifest, stage / MANIFEST)
     return out_dir.path / MANIFEST
+
+
+def _rounded_to_float16(image):
+    """``image`` (float32) with every value rounded to the nearest float16, still float32 (same grid)."""
+    array = sitk.GetArrayViewFromImage(image).astype(np.float16).astype(np.float32)
+    rounded = sitk.GetImageFromArray(array)
+    rounded.CopyInformation(image)
+    return rounded
