@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from ...errors import ModelError
-from ...inference.sampling import DEFAULT_SAMPLES, SampleSpec, set_dropout
+from ...inference.sampling import SampleSpec, plan_samples, set_dropout
 from ..card import Member, ModelCard, sha256_file
 from ..formats import MONAI_BUNDLE, ModelSummary, bundle_config, register_checker
 from .base import WholeVolumeModel, check_known_method
@@ -134,19 +134,15 @@ class MonaiBundleModel(WholeVolumeModel):
     # --- the adapter contract -------------------------------------------------------------------------
 
     def plan(self, method: str, samples: int | None) -> list[SampleSpec]:
+        """The bundle's own refusals (one network, no declared flips, no dropout), then the library's plan."""
         parts = check_known_method(method)
         if "ensemble" in parts or "tta" in parts:
             raise ModelError(f"MONAI bundle {self.folder.name}: one network and no declared test-time flips; "
                              "use softmax or mc_dropout")
-        if "mc_dropout" in parts:
-            if not self.n_dropout:
-                raise ModelError(f"MONAI bundle {self.folder.name}: the network has no dropout layer with p > 0: "
-                                 "MC dropout is impossible")
-            t = samples or DEFAULT_SAMPLES["mc_dropout"]
-            if t < 2:
-                raise ModelError("MC dropout needs at least 2 samples")
-            return [SampleSpec(0, (), True)] * t
-        return [SampleSpec(0)]
+        if "mc_dropout" in parts and not self.n_dropout:
+            raise ModelError(f"MONAI bundle {self.folder.name}: the network has no dropout layer with p > 0: "
+                             "MC dropout is impossible")
+        return plan_samples(method, 1, samples)
 
     def describe(self, spec: SampleSpec) -> str:
         return "dropout sample" if spec.dropout else "deterministic pass"

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 import torch
 
 from ...errors import ModelError
-from ...inference.sampling import DEFAULT_SAMPLES, SampleSpec, set_dropout
+from ...inference.sampling import SampleSpec, plan_samples, set_dropout
 from ..card import Member, ModelCard, sha256_file
 from ..formats import NNUNET, ModelSummary, nnunet_model_folder, register_checker
 from .base import WholeVolumeModel, check_known_method
@@ -124,14 +124,6 @@ def _normalization_exists(scheme: str) -> bool:
 
     folder = str(Path(nnunetv2.__path__[0]) / "preprocessing" / "normalization")
     return recursive_find_python_class(folder, scheme, "nnunetv2.preprocessing.normalization") is not None
-
-
-def _mirror_combinations(axes) -> list[tuple[int, ...]]:
-    """No flip first, then every non-empty combination of the allowed axes (nnU-Net's order)."""
-    import itertools
-
-    axes = tuple(int(a) for a in axes)
-    return [()] + [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
 class NnUNetModel(WholeVolumeModel):
@@ -269,31 +261,20 @@ class NnUNetModel(WholeVolumeModel):
     # --- the adapter contract -------------------------------------------------------------------------
 
     def plan(self, method: str, samples: int | None) -> list[SampleSpec]:
+        """nnU-Net's own refusals (one fold, no dropout, no mirroring), then the library's plan: folds are the
+        members and the checkpoint's mirroring axes the declared flips."""
         parts = check_known_method(method)
         name = self.folder.name
-        members = range(len(self.folds)) if "ensemble" in parts else range(1)
         if "ensemble" in parts and len(self.folds) < 2:
             raise ModelError(f"nnU-Net model {name} has one fold ({self.folds[0][0]}): no ensemble")
-        if "mc_dropout" in parts:
-            if not self.n_dropout:
-                raise ModelError(f"nnU-Net model {name} has no dropout layer with p > 0 (plans.json "
-                                 "dropout_op): MC dropout is impossible; use ensemble or tta")
-            t = samples or DEFAULT_SAMPLES["mc_dropout"]
-            if t < 2:
-                raise ModelError("MC dropout needs at least 2 samples")
-            return [SampleSpec(m, (), True) for m in members for _ in range(t)]
-        if "tta" in parts:
-            if self.mirror_axes is None:
-                raise ModelError(f"nnU-Net model {name} was trained without mirroring (its checkpoint's "
-                                 "inference_allowed_mirroring_axes is None, e.g. a NoMirroring trainer): "
-                                 "test-time flips would be out of distribution; use ensemble")
-            flips = _mirror_combinations(self.mirror_axes)
-            t = samples or len(flips)
-            if not 2 <= t <= len(flips):
-                raise ModelError(f"nnU-Net model {name} allows mirroring over axes {tuple(self.mirror_axes)}: "
-                                 f"2 to {len(flips)} flip combinations, got {t}")
-            return [SampleSpec(m, flip) for m in members for flip in flips[:t]]
-        return [SampleSpec(m) for m in members]
+        if "mc_dropout" in parts and not self.n_dropout:
+            raise ModelError(f"nnU-Net model {name} has no dropout layer with p > 0 (plans.json "
+                             "dropout_op): MC dropout is impossible; use ensemble or tta")
+        if "tta" in parts and self.mirror_axes is None:
+            raise ModelError(f"nnU-Net model {name} was trained without mirroring (its checkpoint's "
+                             "inference_allowed_mirroring_axes is None, e.g. a NoMirroring trainer): "
+                             "test-time flips would be out of distribution; use ensemble")
+        return plan_samples(method, len(self.folds), samples, self.mirror_axes or ())
 
     def method_notes(self, method: str) -> list[str]:
         notes = list(self.notes)
