@@ -104,3 +104,22 @@ def mrml_scene(tmp_path):
     import slicer_headless
 
     return slicer_headless.new_scene(tmp_path / "slicer_home")
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory):
+    """The command line run once on the synthetic head (the module's stand-in input); returns (input file,
+    output folder)."""
+    import sys
+
+    import slicer
+    import slicer_headless
+    from SegUncertaintyMRML import process, scenario, volumes
+
+    folder = tmp_path_factory.mktemp("head")
+    slicer_headless.new_scene(folder / "home")
+    volume, _ = scenario.add_head_volume(slicer.mrmlScene)
+    volumes.write_volume(volume, folder / "input.nrrd")
+    scenario.run_command(process.segment_command(sys.executable, str(folder / "input.nrrd"), str(folder / "out"),
+                                                 method="ensemble"))
+    return folder / "input.nrrd", folder / "out"

@@ -6,7 +6,6 @@ are stood in for (slicer_app_fakes); the run, the nodes and the edits are real.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from SegUncertaintyMRML import (  # noqa: E402
     process,
     referral,
     results,
-    scenario,
     segments,
     volumes,
 )
@@ -43,18 +41,6 @@ def new_logic():
     yield make
     for logic in logics:
         logic.cleanup()
-
-
-@pytest.fixture(scope="module")
-def head_run(tmp_path_factory):
-    """The command line run once on the synthetic head; returns (input file, output folder)."""
-    folder = tmp_path_factory.mktemp("head")
-    slicer_headless.new_scene(folder / "home")
-    volume, _ = scenario.add_head_volume(slicer.mrmlScene)
-    volumes.write_volume(volume, folder / "input.nrrd")
-    scenario.run_command(process.segment_command(sys.executable, str(folder / "input.nrrd"), str(folder / "out"),
-                                                 method="ensemble"))
-    return folder / "input.nrrd", folder / "out"
 
 
 @pytest.fixture

@@ -11,32 +11,16 @@ only the application has. Those reproduce what caused issue 10's bugs:
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import psutil
 import pytest
 import slicer_app_fakes
-import slicer_headless
 
 slicer_app_fakes.install()
 import slicer  # noqa: E402
-from SegUncertaintyMRML import process, referral, scenario, segments, volumes  # noqa: E402
+from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def head_run(tmp_path_factory):
-
-    folder = tmp_path_factory.mktemp("head")
-    slicer_headless.new_scene(folder / "home")
-    volume, _ = scenario.add_head_volume(slicer.mrmlScene)
-    volumes.write_volume(volume, folder / "input.nrrd")
-    scenario.run_command(process.segment_command(sys.executable, str(folder / "input.nrrd"), str(folder / "out"),
-                                                 method="ensemble"))
-    return folder / "input.nrrd", folder / "out"
-
 
 _widgets: list = []
 
