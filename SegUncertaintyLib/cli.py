@@ -222,7 +222,7 @@ def parse_labels(text: str) -> dict[int, str]:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.evaluate import add_calibration_split, evaluate_folder, read_ood_list, readable, summarize
+    from .evaluation.evaluate import add_calibration_split, evaluate_folder, method_names, read_ood_list, summarize
     from .evaluation.report import report_folder, write_report
 
     references = Path(args.references)
@@ -233,14 +233,15 @@ def cmd_evaluate(args) -> int:
             raise InputImageError(f"{what} {path} is not a folder" if path.exists() else f"{what} {path} not found")
     ood = read_ood_list(Path(args.ood), folders) if args.ood else None
     masks = Path(args.masks) if args.masks else None
+    methods = method_names(folders)
     with report_folder(args.out) as out:  # lock and check --out before the long part
         summaries, rows = {}, []
-        for folder in folders:
+        for folder, method in zip(folders, methods, strict=True):
             results, ood_scores, notes = evaluate_folder(folder, references, args.labels, masks, ood)
             for note in notes:
                 logging.warning(note)
-            summaries[readable(folder.name)] = summarize(results, ood_scores, notes)
-            rows += [{"method": readable(folder.name), **r.row} for r in results]
+            summaries[method] = summarize(results, ood_scores, notes)
+            rows += [{"method": method, **r.row} for r in results]
         add_calibration_split(summaries, rows)
         report = write_report(summaries, rows, out)
     print(f"Wrote {report}", file=sys.stderr)
