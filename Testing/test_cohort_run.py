@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +344,83 @@ def test_ranking_within_the_cohort_without_usual_ranges_by_hand():
     assert [float(r["priority"]) for r in rows[:3]] == pytest.approx([1.0, 0.5, 0.0])
     assert all(r["brain:cv:reading"] == "" for r in rows[:3])
     assert "within this cohort" in rows[0]["reason"]
+
+
+# -- worklist.html -----------------------------------------------------------------------------------
+class _Page(HTMLParser):
+    """Rows of the worklist table (cell texts), every href/src, and the count of script elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.links, self.scripts, self.header = [], [], 0, []
+        self._cell = None
+        self._in_body = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        for key in ("href", "src"):
+            if key in attrs:
+                self.links.append(attrs[key])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            text = "".join(self._cell)
+            (self.rows[-1] if tag == "td" and self.rows else self.header).append(text)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _page(out: Path) -> _Page:
+    page = _Page()
+    page.feed((out / "worklist.html").read_text(encoding="utf-8"))
+    return page
+
+
+def test_worklist_html_rows_order_and_links(cohort):
+    _, out, _, _ = cohort
+    page = _page(out)
+    rows = read_worklist(out)
+    case_col = page.header.index("case")
+    assert [r[case_col] for r in page.rows] == [r["case"] for r in rows]
+    assert [r[page.header.index("status")] for r in page.rows] == [r["status"] for r in rows]
+    finished = [r["case"] for r in rows if r["status"] != "failed"]
+    assert sorted(page.links) == sorted([f"{c}/" for c in finished] + [f"{c}/overview.png" for c in finished] * 2)
+    root = out.resolve()
+    for link in page.links:  # relative, inside the cohort folder, pointing at what exists
+        assert "://" not in link and not link.startswith("/")
+        target = (out / link).resolve()
+        assert target.is_relative_to(root) and target.exists()
+    assert page.scripts == 1  # only the page's own sorting script
+    assert "://" not in (out / "worklist.html").read_text()  # nothing fetched from the network
+
+
+def test_worklist_html_escapes_user_text(tmp_path):
+    model = _model(tmp_path / "model")
+    nasty = _sphere(tmp_path / "in" / "<b>x&'y\".nii.gz", 20.0)
+    out = tmp_path / "out"
+    assert cli.main(_argv([nasty], out, model)) == 0
+    rows = read_worklist(out)
+    rows[0]["reviewer_note"] = "<script>alert(1)</script>"
+    with (out / "worklist.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert cli.main(_argv([nasty], out, model)) == 0
+    text = (out / "worklist.html").read_text(encoding="utf-8")
+    assert "<b>x" not in text and "<script>alert" not in text
+    page = _page(out)
+    assert page.scripts == 1
+    cells = page.rows[0]
+    assert str(nasty) in cells[page.header.index("input")]
+    assert cells[page.header.index("reviewer_note")] == "<script>alert(1)</script>"

@@ -24,8 +24,8 @@ from . import worker
 from .cases import COHORT_MANIFEST, Case, find_cases
 from .executors import EXECUTORS, run_tasks
 from .worklist import REVIEW_FIELDS, WORKLIST_CSV, rank_rows, read_worklist, worklist_columns, write_csv_atomic
+from .worklist_html import WORKLIST_HTML, write_html
 
-WORKLIST_HTML = "worklist.html"
 _TEMPORARY = re.compile(r"\.(cohort\.json|worklist\.csv|worklist\.html)\..+\.tmp")  # an atomic write cut short
 
 
@@ -133,10 +133,12 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
             worker.set_cancel(None)
         done = [results[i] for i in sorted(results)]
         for result in done:
-            result["output"] = result["case"] if (root / result["case"]).is_dir() else ""
+            result["output"] = result["case"] if result["status"] != "failed" else ""
         reference = next((r["score_reference"] for r in done if r["status"] != "failed"), None)
         rows = _keep_reviews(rank_rows(done, reference), root)
-        write_csv_atomic(root / WORKLIST_CSV, rows, worklist_columns(rows))
+        columns = worklist_columns(rows)
+        write_csv_atomic(root / WORKLIST_CSV, rows, columns)
+        write_html(rows, columns, root)
     if cancelled is not None and cancelled():
         raise CancelledError(f"Cancelled by the user: {len(done)} of {len(items)} cases finished, listed in "
                              f"{root / WORKLIST_CSV}; run the same command again to resume")
