@@ -114,9 +114,9 @@ def _priority_from_ranges(scores: dict, reference: dict) -> tuple[float | None, 
     outside = sum(e > 0 for e, _, _ in excesses)
     if outside:
         return worst, (f"{outside} score(s) outside the model's usual range; worst {name} {score} "
-                       f"{scores[name][score]:.4g}, {100 * worst:.0f}% beyond its limit")
+                       f"{scores[name][score]:.4g}, {100 * worst:.1f}% beyond its limit")
     return worst, (f"all scores within the model's usual range; closest {name} {score} "
-                   f"{scores[name][score]:.4g}, {100 * -worst:.0f}% inside its limit")
+                   f"{scores[name][score]:.4g}, {100 * -worst:.1f}% inside its limit")
 
 
 def _percentiles(finished: list[dict]) -> dict[str, dict[tuple[str, str], float]]:
@@ -160,7 +160,8 @@ def rank_rows(results: list[dict], reference: dict | None) -> list[dict]:
     keyed.sort(key=lambda k: k[0])
     rows = []
     for rank, (_, priority, reason, r) in enumerate(keyed, start=1):
-        rows.append({**_row_values(r, reference), "rank": str(rank), "priority": _number(priority), "reason": reason})
+        rows.append({**_row_values(r, reference), "rank": str(rank), "reason": reason,
+                     "priority": "" if priority is None else f"{priority:.4f}"})
     return rows
 
 

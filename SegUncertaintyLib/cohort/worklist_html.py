@@ -27,7 +27,8 @@ th { background: #eee; cursor: pointer; position: sticky; top: 0; white-space: n
 th:hover { background: #ddd; }
 th.asc::after { content: " \\25B2"; } th.desc::after { content: " \\25BC"; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { width: 180px; display: block; }
+img { width: 150px; display: block; }
+td.reason { min-width: 18em; max-width: 30em; }
 .done, .skipped, .within { background: #e3f4e3; }
 .failed, .review { background: #f9d6d2; }
 .undefined { background: #eee; color: #777; }
@@ -81,7 +82,9 @@ def _case_cells(row: dict, root: Path) -> tuple[str, str]:
 
 def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUncertainty worklist") -> str:
     """The page for ``rows`` (worklist.csv's rows, in rank order) of the cohort folder ``root``."""
-    shown = [c for c in columns if c not in HIDDEN and not c.endswith(":reading") and c != "case"]
+    first = ["rank", "status", "priority", "reason"]
+    per_class = [c for c in columns if ":" in c and not c.endswith(":reading")]
+    shown = [*first, *per_class, *(c for c in columns if c not in (*first, *HIDDEN, "case") and ":" not in c)]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["overview", "case", *shown])
     body = []
     for row in rows:
@@ -98,7 +101,7 @@ def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUn
             elif column in ("rank", "priority", "seconds") or column.endswith(":volume_ml"):
                 cells.append(_cell(value, "num"))
             else:
-                cells.append(_cell(value))
+                cells.append(_cell(value, "reason" if column in ("reason", "error") else ""))
         body.append("<tr>" + "".join(cells) + "</tr>")
     legend = ("Ranked by review priority (rank 1 first). Click a column header to sort. Score cells: green within "
               "the model's usual range, red review recommended, grey not defined (hover for the reading).")
