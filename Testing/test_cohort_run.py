@@ -424,3 +424,33 @@ def test_worklist_html_escapes_user_text(tmp_path):
     cells = page.rows[0]
     assert str(nasty) in cells[page.header.index("input")]
     assert cells[page.header.index("reviewer_note")] == "<script>alert(1)</script>"
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_worklist_html_sorts_in_a_real_browser(cohort, tmp_path):
+    """Headless Chromium loads a copy of the page with a click on the 'priority' header appended: the
+    rows come out by ascending priority, the failed case (no priority) still last."""
+    import subprocess
+
+    _, out, _, _ = cohort
+    page = (out / "worklist.html").read_text(encoding="utf-8")
+    header = _page(out).header
+    click = f'<script>document.querySelectorAll("#worklist th")[{header.index("priority")}].click();</script>'
+    copy = tmp_path / "page.html"  # beside the cohort folder, not in it
+    copy.write_text(page.replace("</body>", click + "</body>"), encoding="utf-8")
+    profile = tmp_path / "profile"
+    dom = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", copy.as_uri()],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    sorted_page = _Page()
+    sorted_page.feed(dom)
+    rows = read_worklist(out)
+    finished = sorted((r for r in rows if r["priority"]), key=lambda r: float(r["priority"]))
+    expected = [r["case"] for r in finished] + [r["case"] for r in rows if not r["priority"]]
+    assert [r[header.index("case")] for r in sorted_page.rows] == expected
+    assert expected != [r["case"] for r in rows]  # the click changed the order
+    assert 'class="asc"' in dom
