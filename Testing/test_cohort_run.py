@@ -454,3 +454,13 @@ def test_worklist_html_sorts_in_a_real_browser(cohort, tmp_path):
     assert [r[header.index("case")] for r in sorted_page.rows] == expected
     assert expected != [r["case"] for r in rows]  # the click changed the order
     assert 'class="asc"' in dom
+
+
+def test_cli_cancel_exits_130_with_the_worklist_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli._CancelFlag, "__call__", lambda self: True)  # Ctrl-C before the first case ends
+    model = _model(tmp_path / "model")
+    inputs = [_sphere(tmp_path / f"in/{i}.nii.gz", 18.0 + i) for i in range(2)]
+    assert cli.main(_argv(inputs, tmp_path / "out", model)) == 130
+    assert "0 of 2 cases finished" in capsys.readouterr().err
+    assert read_worklist(tmp_path / "out") == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cohort.json", "worklist.csv", "worklist.html"]

@@ -131,6 +131,8 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
         finally:
             reporter.close()
             worker.set_cancel(None)
+            if in_process:
+                worker.release_models()
         done = [results[i] for i in sorted(results)]
         for result in done:
             result["output"] = result["case"] if result["status"] != "failed" else ""

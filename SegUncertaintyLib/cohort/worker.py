@@ -38,6 +38,11 @@ def set_cancel(flag: Callable[[], bool] | None) -> None:
     _cancelled = flag
 
 
+def release_models() -> None:
+    """Forget the loaded models (after a cohort run in the caller's own process)."""
+    _models.clear()
+
+
 def input_sha256(path: str, files: tuple[str, ...] | list[str] = ()) -> str:
     """sha256 of an image file, or of a DICOM series: each file's name and its sha256, in name order."""
     def file_digest(name: str) -> str:
