@@ -115,7 +115,10 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
         reporter = CohortProgress(progress, len(items))
         worker.set_cancel(cancelled if in_process else None)
         try:
-            finished = run_tasks(worker.process_case, items, executor, workers, address)
+            try:
+                finished = run_tasks(worker.process_case, items, executor, workers, address)
+            except NotImplementedError as exc:
+                raise UsageError(f"--executor {executor} is not available in this version ({exc})") from exc
             try:
                 for index, result in finished:
                     if result.get("status") != "cancelled":

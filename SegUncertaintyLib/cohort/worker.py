@@ -44,7 +44,9 @@ def release_models() -> None:
 
 
 def input_sha256(path: str, files: tuple[str, ...] | list[str] = ()) -> str:
-    """sha256 of an image file, or of a DICOM series: each file's name and its sha256, in name order."""
+    """sha256 of an image file, or of a DICOM series: each file's name and its sha256, in name order.
+
+    A .nhdr / .mhd header with a detached data file: the header only (a changed data file is not seen)."""
     def file_digest(name: str) -> str:
         digest = hashlib.sha256()
         with open(name, "rb") as stream:
