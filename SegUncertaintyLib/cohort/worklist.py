@@ -1,6 +1,7 @@
 """worklist.csv: one row per case of a cohort run, ranked by review priority (rank 1 = review first).
 
-Fixed columns, in this order (``COLUMNS``), then per foreground class ``<class>:volume_ml`` and for each
+Fixed columns, in this order (``COLUMNS``), then per foreground class ``<class>:volume_ml`` (scores.json's
+``volume_ml``: the median of the per-sample volumes, mL) and for each
 score of ``SUBJECT_SCORES`` ``<class>:<score>`` and ``<class>:<score>:reading`` (the reading against the
 model card's usual range: "within the model's usual range", "review recommended", "not defined", or
 empty where the card gives no range):
@@ -8,10 +9,12 @@ empty where the card gives no range):
 - rank: 1..n in review-priority order;
 - case: the case id (unique and stable; also the name of the case's output folder);
 - status: "done", "skipped" (outputs already matched input and settings) or "failed";
-- priority: the review-priority value (higher = review first; empty for a failed case);
+- priority: the review-priority value (higher = review first; empty for a failed case and for one
+  without any defined score);
 - reason: one line saying why the case ranks where it does;
 - reviewed: "" or "yes"; reviewed_at: ISO 8601 time it was marked; reviewer_note: free text;
-- input: the input path as given; output: the case's output folder relative to the worklist's folder;
+- input: the input path as given; output: the case's output folder relative to the worklist's folder
+  (empty for a failed case);
 - seconds: wall time of the case; error: one-line error of a failed case.
 
 Review priority (``rank_rows``; higher = review first):
