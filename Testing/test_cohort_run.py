@@ -464,3 +464,27 @@ def test_cli_cancel_exits_130_with_the_worklist_written(tmp_path, monkeypatch, c
     assert "0 of 2 cases finished" in capsys.readouterr().err
     assert read_worklist(tmp_path / "out") == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cohort.json", "worklist.csv", "worklist.html"]
+
+
+def test_an_executor_failing_midway_leaves_the_worklist_of_finished_cases(tmp_path, monkeypatch, capsys):
+    """A cluster lost after the first case: exit 1 with one line, the finished case in worklist.csv, and
+    the next run resumes (skips it)."""
+    from SegUncertaintyLib.cohort import run as run_module
+
+    model = _model(tmp_path / "model")
+    inputs = [_sphere(tmp_path / f"in/{i}.nii.gz", 18.0 + i) for i in range(3)]
+    real = run_module.run_tasks
+
+    def lost_after_one(task, items, *args):
+        finished = real(task, items, *args)
+        yield next(finished)
+        raise ConnectionError("cluster lost")
+
+    monkeypatch.setattr(run_module, "run_tasks", lost_after_one)
+    assert cli.main(_argv(inputs, tmp_path / "out", model)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "local executor failed after 1 of 3 cases (ConnectionError: cluster lost)" in err[0]
+    assert [r["status"] for r in read_worklist(tmp_path / "out")] == ["done"]
+    monkeypatch.setattr(run_module, "run_tasks", real)
+    assert cli.main(_argv(inputs, tmp_path / "out", model)) == 0
+    assert sorted(_statuses(tmp_path / "out").values()) == ["done", "done", "skipped"]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CancelledError, UsageError
+from ..errors import CancelledError, SegUncertaintyError, UsageError
 from ..inference.options import SegmentOptions
 from . import worker
 from .cases import COHORT_MANIFEST, Case, find_cases
@@ -87,8 +87,10 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
     Cases whose folder already holds outputs for the same input and settings are skipped; a failing case
     is recorded (status "failed", one-line error) and the others go on. ``cancelled`` (polled between
     cases; in-process cases also between forward passes): no new case starts, the worklist is written for
-    the finished ones, then CancelledError. Refusals before any case runs: UsageError (options, CSV, case
-    names), InputImageError (no inputs), OutputError (``out`` not ours, or another run holds it).
+    the finished ones, then CancelledError. An executor that fails itself (a cluster lost; not a case's
+    error) also leaves the worklist of the finished cases, then SegUncertaintyError (exit 1). Refusals
+    before any case runs: UsageError (options, CSV, case names), InputImageError (no inputs), OutputError
+    (``out`` not ours, or another run holds it).
     """
     from ..io.publish import OutputFolder
     from ..progress import CohortProgress
@@ -112,6 +114,7 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
         threads = max(1, (os.cpu_count() or 1) // workers) if executor == "local" and workers > 1 else None
         items = [_item(c, root, options, threads) for c in cases]
         results: dict[int, dict] = {}
+        lost: Exception | None = None  # the executor itself failed (a cluster lost): what finished is kept
         reporter = CohortProgress(progress, len(items))
         worker.set_cancel(cancelled if in_process else None)
         try:
@@ -128,6 +131,8 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
                         reporter(case["case"], results[index]["status"], results[index]["seconds"])
                     if cancelled is not None and cancelled():
                         break
+            except Exception as exc:  # not a case's error (those come back as results): the executor's
+                lost = exc
             finally:
                 with contextlib.suppress(AttributeError):
                     finished.close()
@@ -144,6 +149,11 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
         columns = worklist_columns(rows)
         write_csv_atomic(root / WORKLIST_CSV, rows, columns)
         write_html(rows, columns, root)
+    if lost is not None:
+        raise SegUncertaintyError(
+            f"The {executor} executor failed after {len(done)} of {len(items)} cases ({type(lost).__name__}: "
+            f"{lost}); the finished cases are listed in {root / WORKLIST_CSV}; run the same command again "
+            "to resume") from lost
     if cancelled is not None and cancelled():
         raise CancelledError(f"Cancelled by the user: {len(done)} of {len(items)} cases finished, listed in "
                              f"{root / WORKLIST_CSV}; run the same command again to resume")
