@@ -488,3 +488,26 @@ def test_an_executor_failing_midway_leaves_the_worklist_of_finished_cases(tmp_pa
     monkeypatch.setattr(run_module, "run_tasks", real)
     assert cli.main(_argv(inputs, tmp_path / "out", model)) == 0
     assert sorted(_statuses(tmp_path / "out").values()) == ["done", "done", "skipped"]
+
+
+def test_a_corrupt_dicom_file_fails_its_series_alone(tmp_path, capsys):
+    """A truncated slice in one series' folder: that case fails naming the file (its series may lack a
+    slice); the other series, a NIfTI and a folder of nothing but a corrupt DICOM file are cases too."""
+    sphere = sitk.GetArrayFromImage(sphere_phantom(size=(20, 18, 16), spacing=(3.0, 3.0, 3.0)))
+    volume = (sphere > 0.5).astype(np.int16) * 100
+    write_series(tmp_path / "in" / "good", volume, "1.2.3.1", spacing=(3.0, 3.0, 3.0))
+    bad = write_series(tmp_path / "in" / "bad", volume, "1.2.3.2", spacing=(3.0, 3.0, 3.0))
+    bad[3].write_bytes(bad[3].read_bytes()[:-30])
+    (tmp_path / "in" / "lone").mkdir()
+    (tmp_path / "in" / "lone" / "x.dcm").write_bytes(b"\0" * 128 + b"DICM garbage")
+    _sphere(tmp_path / "in" / "t1.nii.gz", 20.0)
+    model = _model(tmp_path / "model")
+    assert cli.main(_argv([tmp_path / "in"], tmp_path / "out", model, "--method", "softmax")) == 8
+    rows = {row["input"]: row for row in read_worklist(tmp_path / "out")}
+    given = tmp_path / "in"
+    assert {k: r["status"] for k, r in rows.items()} == {
+        str(given / "good"): "done", str(given / "t1.nii.gz"): "done",
+        str(given / "bad"): "failed", str(given / "lone"): "failed"}
+    error = rows[str(given / "bad")]["error"]
+    assert "IM0003.dcm" in error and "truncated or corrupt" in error
+    assert "x.dcm" in rows[str(given / "lone")]["error"]

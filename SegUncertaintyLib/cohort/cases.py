@@ -4,7 +4,9 @@ An INPUT is an image file (NIfTI, NRRD, MHA: ``io.images.IMAGE_SUFFIXES``), a fo
 
 - a folder is searched recursively (symbolic links to folders not followed) for image files and for
   DICOM series (``io.dicom.find_series``): one case per image file and per series (by SeriesInstanceUID,
-  its files may span sub-folders). Folders holding a run of this tool (a ``manifest.json`` it wrote, or
+  its files may span sub-folders). A truncated or corrupt DICOM file fails the case of the series in
+  its folder when run (that series may lack a slice), or a case of its own where no series was read
+  there; the other cases go on. Folders holding a run of this tool (a ``manifest.json`` it wrote, or
   a cohort's ``cohort.json``) are left out, so an output folder inside an input folder is not an input;
 - a CSV (``.csv``) has a ``path`` column (file or DICOM folder; relative to the CSV's folder) and an
   optional ``case`` column naming the case. A path the CSV names that does not exist is still a case (it
@@ -99,16 +101,25 @@ def folder_cases(folder: Path, given: str) -> list[Case]:
         for name in sorted(filenames):
             if name.lower().endswith(IMAGE_SUFFIXES):
                 cases.append(file_case(here / name, str(Path(given) / here.relative_to(folder) / name)))
+    broken: list[str] = []  # unreadable DICOM files: the cases of their folders fail when run, alone
     with quiet_itk():
-        series_found = find_series(folder)
+        series_found = find_series(folder, broken)
+    covered = set()
     for series in series_found:
         files = sorted(os.path.realpath(f) for f in series.files)
         if any(f.startswith(s) for f in files for s in skipped):
             continue
+        covered.update(os.path.dirname(f) for f in files)
         common = os.path.commonpath([os.path.dirname(f) for f in files])
         rel = os.path.relpath(common, os.path.realpath(folder))
         cases.append(Case(f"{_safe_stem(Path(common).name)}-{_short_hash(common + chr(0) + series.uid)}", common,
                           str(Path(given) / rel) if rel != "." else given, series.uid, tuple(files)))
+    for where in sorted({os.path.dirname(os.path.realpath(f)) for f in broken} - covered):  # no series read there
+        if not any(os.path.join(where, "").startswith(s) for s in skipped):
+            rel = os.path.relpath(where, os.path.realpath(folder))
+            files = tuple(sorted(os.path.realpath(f) for f in broken if os.path.dirname(os.path.realpath(f)) == where))
+            cases.append(Case(f"{_safe_stem(Path(where).name)}-{_short_hash(where)}", where,
+                              str(Path(given) / rel) if rel != "." else given, None, files))
     return cases
 
 
