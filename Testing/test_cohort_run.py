@@ -315,20 +315,21 @@ def _result(case, status="done", **scores):
 def test_ranking_against_usual_ranges_by_hand():
     reference = {"classes": {"brain": {"cv": {"review_above": 0.02}, "dpw": {"review_below": 0.9}}}}
     results = [
-        _result("a", cv=0.01, dpw=0.95),   # excesses -0.5, -0.0556: inside, priority -0.0556
-        _result("b", cv=0.03, dpw=0.95),   # 0.5
-        _result("c", cv=0.021, dpw=0.36),  # 0.05, 0.6: priority 0.6
+        _result("a", cv=0.01, dpw=0.97),   # excesses (cv - 0.02) / 0.02 = -0.5, (0.9 - dpw) / (1 - 0.9) = -0.7
+        _result("b", cv=0.03, dpw=0.95),   # 0.5, -0.5: priority 0.5
+        _result("c", cv=0.021, dpw=0.84),  # 0.05, 0.6: priority 0.6 (dpw weighs by its distance from 1)
+        _result("f", cv=0.025, dpw=0.86),  # 0.25, 0.4: priority 0.4
         _result("d", cv=None, dpw=None),   # nothing defined
         _result("e", status="failed"),
     ]
     rows = rank_rows(results, reference)
-    assert [r["case"] for r in rows] == ["c", "b", "a", "d", "e"]
-    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
-    assert [float(r["priority"]) for r in rows[:3]] == pytest.approx([0.6, 0.5, -0.05 / 0.9], abs=1e-4)
-    assert rows[3]["priority"] == rows[4]["priority"] == ""
-    assert rows[1]["brain:cv:reading"] == REVIEW and rows[2]["brain:cv:reading"] == WITHIN
-    assert rows[3]["brain:cv:reading"] == "not defined"
-    assert "dpw" in rows[0]["reason"] and "outside" in rows[0]["reason"] and "boom" in rows[4]["reason"]
+    assert [r["case"] for r in rows] == ["c", "b", "f", "a", "d", "e"]  # over |limit|: b, f, c
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert [float(r["priority"]) for r in rows[:4]] == pytest.approx([0.6, 0.5, 0.4, -0.5], abs=1e-4)
+    assert rows[4]["priority"] == rows[5]["priority"] == ""
+    assert rows[1]["brain:cv:reading"] == REVIEW and rows[3]["brain:cv:reading"] == WITHIN
+    assert rows[4]["brain:cv:reading"] == "not defined"
+    assert "dpw" in rows[0]["reason"] and "outside" in rows[0]["reason"] and "boom" in rows[5]["reason"]
     assert set(rows[0]) <= set(COLUMNS) | {f"brain:{k}" for k in ("volume_ml", "cv", "cv:reading", "dpw",
                                                                    "dpw:reading", "ulabelled", "ulabelled:reading",
                                                                    "segment_entropy", "segment_entropy:reading",

@@ -21,11 +21,13 @@ Review priority (``rank_rows``; higher = review first):
 
 - when the model card gives usual ranges (``score_reference``: per class and score, ``review_above`` or
   ``review_below`` a limit), each bounded score's relative excess over its limit is
-  ``(value - limit) / |limit|`` for ``review_above`` and ``(limit - value) / |limit|`` for
-  ``review_below`` (positive = outside the usual range, "review recommended"; negative = inside, by that
-  fraction of the limit). The priority is the largest excess over all bounded (class, score) pairs: a
-  case ranks by its single worst score, and every case outside some usual range ranks before every case
-  inside all of them. Undefined scores (null: one sample, an empty segment) are left out; a case with no
+  ``(value - limit) / |limit - certain|`` for ``review_above`` and ``(limit - value) / |limit - certain|``
+  for ``review_below``, where ``certain`` is the score's value when all samples agree with zero entropy
+  (1 for dpw, 0 for the others): the distance beyond the limit in units of the limit's own distance from
+  certainty, so that dpw 0.95 against a limit 0.975 weighs as much as cv 0.024 against 0.012 (positive =
+  outside the usual range, "review recommended"; negative = inside). The priority is the largest excess
+  over all bounded (class, score) pairs: a case ranks by its single worst score, and every case outside
+  some usual range ranks before every case inside all of them. Undefined scores (null: one sample, an empty segment) are left out; a case with no
   defined bounded score has no priority;
 - when the card gives no usual ranges (fallback): each score of each class is ranked within the cohort,
   on its uncertain side (dpw negated), as a mid-rank percentile from 0 (least uncertain case) to 1
@@ -97,18 +99,20 @@ def _number(value) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def excess(value: float, bound: dict) -> float:
-    """Relative excess of ``value`` over a usual-range bound (> 0: outside the usual range)."""
-    if "review_above" in bound:
-        limit = float(bound["review_above"])
-        return (value - limit) / max(abs(limit), 1e-12)
-    limit = float(bound["review_below"])
-    return (limit - value) / max(abs(limit), 1e-12)
+def excess(score: str, value: float, bound: dict) -> float:
+    """Relative excess of ``value`` over a usual-range bound (> 0: outside the usual range): its distance
+    beyond the limit on the uncertain side over the limit's distance from the score's certain value
+    (``scores.certain_value``: 0, or 1 for dpw)."""
+    from ..inference.scores import certain_value
+
+    limit = float(bound["review_above"] if "review_above" in bound else bound["review_below"])
+    beyond = value - limit if "review_above" in bound else limit - value
+    return beyond / max(abs(limit - certain_value(score)), 1e-12)
 
 
 def _priority_from_ranges(scores: dict, reference: dict) -> tuple[float | None, str]:
     """The largest relative excess over the card's bounds, and the reason."""
-    excesses = [(excess(scores[name][score], bound), name, score)
+    excesses = [(excess(score, scores[name][score], bound), name, score)
                 for name, bounds in reference.get("classes", {}).items() if name in scores
                 for score, bound in bounds.items() if scores[name].get(score) is not None]
     if not excesses:
