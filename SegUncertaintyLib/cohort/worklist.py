@@ -22,8 +22,8 @@ Review priority (``rank_rows``; higher = review first):
 - when the model card gives usual ranges (``score_reference``: per class and score, ``review_above`` or
   ``review_below`` a limit), each bounded score's relative excess over its limit is
   ``(value - limit) / |limit - certain|`` for ``review_above`` and ``(limit - value) / |limit - certain|``
-  for ``review_below``, where ``certain`` is the score's value when all samples agree with zero entropy (1 for dpw, 0 for the others): the
-  distance beyond the limit in units of the limit's own distance from certainty, so that dpw 0.95 against a
+  for ``review_below``, where ``certain`` is the score's value when all samples agree with zero entropy
+  (1 for dpw, 0 for the others): the distance beyond the limit in units of the limit's own distance from certainty, so that dpw 0.95 against a
   limit 0.975 weighs as much as cv 0.024 against 0.012 (positive = outside the usual range, "review
   recommended"; negative = inside). The priority is the largest excess over all bounded (class, score) pairs:
   a case ranks by its single worst score, and every case outside some usual range ranks before every case
