@@ -23,12 +23,12 @@ Review priority (``rank_rows``; higher = review first):
   ``review_below`` a limit), each bounded score's relative excess over its limit is
   ``(value - limit) / |limit - certain|`` for ``review_above`` and ``(limit - value) / |limit - certain|``
   for ``review_below``, where ``certain`` is the score's value when all samples agree with zero entropy
-  (1 for dpw, 0 for the others): the distance beyond the limit in units of the limit's own distance from certainty, so that dpw 0.95 against a
-  limit 0.975 weighs as much as cv 0.024 against 0.012 (positive = outside the usual range, "review
-  recommended"; negative = inside). The priority is the largest excess over all bounded (class, score) pairs:
-  a case ranks by its single worst score, and every case outside some usual range ranks before every case
-  inside all of them. Undefined scores (null: one sample, an empty segment) are left out; a case with no
-  defined bounded score has no priority;
+  (1 for dpw, 0 for the others): the distance beyond the limit in units of the limit's own distance from
+  certainty, so that dpw 0.95 against a limit 0.975 weighs as much as cv 0.024 against 0.012 (positive =
+  outside the usual range, "review recommended"; negative = inside). The priority is the largest excess
+  over all bounded (class, score) pairs: a case ranks by its single worst score, and every case outside
+  some usual range ranks before every case inside all of them. Undefined scores (null: one sample, an
+  empty segment) are left out; a case with no defined bounded score has no priority;
 - when the card gives no usual ranges (fallback): each score of each class is ranked within the cohort,
   on its uncertain side (dpw negated), as a mid-rank percentile from 0 (least uncertain case) to 1
   (most uncertain); the priority is the mean percentile over the case's defined scores. It only orders
