@@ -337,9 +337,12 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ct_data.WORK)
     parser.add_argument("--samples", type=int, default=10, help="MC dropout samples (T)")
     parser.add_argument("--models", nargs="+", default=[BRAIN, CT], choices=[BRAIN, CT])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine more threads spin against each other)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="for a quick try")
     args = parser.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     start = time.process_time()
     volumes = load_volumes(args.cache)
     print(f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, CPU only, torch {torch.__version__}; "
