@@ -231,6 +231,18 @@ def method_tables(model: str, summary: dict) -> list[str]:
                 f"{fmt(c.get('nll_mean_toplabel_box'))} | {fmt(c.get('brier_mean_toplabel_box'))} | "
                 f"{fmt(c['ue_dice_best'])} ({fmt(c['ue_best_threshold'], 2)}) | "
                 f"{fmt(c['bnf_fraction'], 2)} ({fmt(c['bnf_best_threshold'], 2)}) |")
+    lines += ["\nSubject level against dataset level (Jungo and Reyes 2019): per case Dice, foreground ECE and "
+              "top-label ECE over the volume; the pooled ECE; under / over / well-calibrated fractions of the cases:\n",
+              "| method | class | per case: Dice, ECE fg, ECE top-label | pooled ECE fg | under / over / well |",
+              "|---" * 5 + "|"]
+    for method, block in summary.items():
+        for label, c in block["classes"].items():
+            per = c["per_case"]
+            cases = "; ".join(f"{case} {fmt(d, 2)}, {fmt(e)}, {fmt(t)}" for case, d, e, t in zip(
+                per["case"], per["dice"], per["ece_volume"], per["ece_toplabel_volume"], strict=True))
+            split = " / ".join(fmt(c.get(f"{k}_fraction"), 2) for k in ("underconfident", "overconfident",
+                                                                          "calibrated"))
+            lines.append(f"| {method} | {label} | {cases} | {fmt(c.get('ece_pooled_volume'))} | {split} |")
     lines += ["\nScores vs Dice per class (Spearman rho [95 % bootstrap CI], permutation p, n):\n",
               "| method | class | n | " + " | ".join(SUBJECT_SCORES) + " |", "|---" * (3 + len(SUBJECT_SCORES)) + "|"]
     for method, block in summary.items():
