@@ -332,14 +332,15 @@ def extra_tables(model: str, facts: dict, labels: list[str], methods=METHODS) ->
         pos = [c for c, r in role.items() if r == positive]
         neg = [c for c, r in role.items() if r in negative]
         lines += [f"\nAUROC computed here: {positive} ({', '.join(pos)}) against {' + '.join(negative)} "
-                  f"({', '.join(neg)}), class {labels[0]}; AUROC [95 % CI]:\n",
+                  f"({', '.join(neg)}), class {labels[0]}; AUROC [95 % CI], permutation p:\n",
                   "| method | " + " | ".join(SUBJECT_SCORES) + " |", "|---" * (1 + len(SUBJECT_SCORES)) + "|"]
         for method in methods:
             cells = []
             for s in SUBJECT_SCORES:
                 a = uncertain_side(s, np.array([class_score(facts[c][method], labels[0], s) for c in pos]))
                 b = uncertain_side(s, np.array([class_score(facts[c][method], labels[0], s) for c in neg]))
-                cells.append(interval(ood_detection(a, b), "auroc"))
+                detection = ood_detection(a, b)
+                cells.append(f"{interval(detection, 'auroc')} p={fmt(detection['auroc_p'], 3)}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
