@@ -176,3 +176,19 @@ def test_data_step_refuses_an_archive_with_the_wrong_checksum(tmp_path):
     with pytest.raises(ct_data.DataError, match="expected " + ct_data.ARCHIVE_SHA256):
         ct_data.prepare(tmp_path)
     assert not (tmp_path / "totalsegmentator").exists()
+
+
+def test_proposed_bounds_follow_each_scores_own_range():
+    """evaluate_ct_model's usual-range rule: a bound is kept only when the score can cross it. ulabelled is in
+    nats up to ln 6 = 1.79 for six classes (a 1.2 bound can fire), segment_entropy up to ln 2 = 0.693 (a 0.75
+    bound cannot), diversity up to 1, cv unbounded; dpw's lower bound must stay above 0."""
+    import evaluate_ct_model
+
+    worst = {"liver": {"ulabelled": 0.8, "segment_entropy": 0.5, "diversity": 0.7, "cv": 2.0, "dpw": 0.5},
+             "spleen": {"ulabelled": 1.3, "segment_entropy": 0.4, "diversity": 0.6, "dpw": 0.2}}
+    bounds = evaluate_ct_model.propose_bounds(worst, n_classes=6)
+    assert bounds["liver"] == {"ulabelled": {"review_above": 1.2}, "cv": {"review_above": 3.0},
+                               "dpw": {"review_below": 0.25}}
+    assert bounds["spleen"] == {"segment_entropy": {"review_above": 0.6}, "diversity": {"review_above": 0.9}}
+    # with two classes ulabelled's range ends at ln 2: the same 1.2 bound could never fire
+    assert "ulabelled" not in evaluate_ct_model.propose_bounds(worst, n_classes=2)["liver"]

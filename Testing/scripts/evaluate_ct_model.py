@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import plistlib
 import subprocess
 import sys
@@ -76,20 +77,29 @@ HEADER = ("| input | organ | Dice | volume mL | " + " | ".join(SCORES) + " | rev
           "|---|---|---|---|" + "---|" * (len(SCORES) + 1))
 
 
-def propose_bounds(worst: dict) -> dict:
-    """{organ: {score: bound}}: dpw below 1 - 1.5 (1 - worst), the others above 1.5 worst; dpw, ulabelled,
-    segment_entropy and diversity lie in [0, 1], so a bound outside that range is dropped (it cannot fire)."""
+def score_range(score: str, n_classes: int) -> tuple[float, float]:
+    """The values a subject score can take (scores.DEFINITIONS): dpw and diversity 0-1; ulabelled in nats,
+    0 to ln C (C classes with the background); segment_entropy a binary entropy in nats, 0 to ln 2; cv >= 0."""
+    return {"cv": (0.0, math.inf), "dpw": (0.0, 1.0), "diversity": (0.0, 1.0),
+            "ulabelled": (0.0, math.log(n_classes)), "segment_entropy": (0.0, math.log(2))}[score]
+
+
+def propose_bounds(worst: dict, n_classes: int) -> dict:
+    """{organ: {score: bound}}: dpw below 1 - 1.5 (1 - worst), the others above 1.5 worst; a bound outside the
+    score's own range (score_range: ulabelled up to ln C, segment_entropy up to ln 2) is dropped: it could
+    never fire."""
     proposal = {}
     for organ, values in worst.items():
         bounds = {}
         for score, value in values.items():
+            low, high = score_range(score, n_classes)
             if score == "dpw":
                 limit = round(1 - 1.5 * (1 - value), 3)
-                if limit > 0:
+                if limit > low:
                     bounds[score] = {"review_below": limit}
             else:
                 limit = round(1.5 * value, 3)
-                if score == "cv" or limit < 1:
+                if limit < high:
                     bounds[score] = {"review_above": limit}
         if bounds:
             proposal[organ] = bounds
@@ -145,8 +155,8 @@ def main() -> None:
                     pick = min if k == "dpw" else max
                     worst[organ][k] = values[k] if best is None else pick(best, values[k])
     print("\nProposed score_reference classes (worst in-distribution value, 50 % margin on the uncertain side; "
-          "a bound outside the score's range, which could never fire, is left out):\n"
-          + json.dumps(propose_bounds(worst)))
+          "a bound outside the score's own range, which could never fire, is left out):\n"
+          + json.dumps(propose_bounds(worst, len(model.card.labels))))
 
     print("\nOut of distribution:\n\n" + HEADER)
     from brain_data import _from_nibabel
