@@ -63,6 +63,13 @@ LOWER_IS_UNCERTAIN = frozenset(k for k in SUBJECT_SCORES if DEFINITIONS[k][1].st
 def certain_value(score: str) -> float:
     """A score's value when every sample agrees and has zero entropy: 1 for dpw, 0 for the others."""
     return 1.0 if score in LOWER_IS_UNCERTAIN else 0.0
+
+
+def score_range(score: str, n_classes: int) -> tuple[float, float]:
+    """The values a subject score can take: dpw and diversity 0-1; ulabelled in nats, 0 to ln C (C classes
+    with the background); segment_entropy a binary entropy in nats, 0 to ln 2; cv 0 up (unbounded)."""
+    return {"cv": (0.0, math.inf), "dpw": (0.0, 1.0), "diversity": (0.0, 1.0),
+            "ulabelled": (0.0, math.log(n_classes)), "segment_entropy": (0.0, math.log(2))}[score]
 CONVENTIONS = {
     "grid": "scores on the model grid (the card's spacing); segmentation_volume_ml on the input grid",
     "entropy_unit": "nats (natural logarithm) for ulabelled and segment_entropy; the voxel maps are normalized "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import plistlib
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ct_data import ORGANS, WORK, abdominal_mr, heldout_ct, prepare, training_ct  # noqa: E402
 
 from SegUncertaintyLib.inference.pipeline import segment_image  # noqa: E402
+from SegUncertaintyLib.inference.scores import score_range  # noqa: E402
 from SegUncertaintyLib.models.loader import load_model  # noqa: E402
 
 MODEL, METHOD = "abdomen-ct-demo", "ensemble+mc_dropout"
@@ -77,16 +77,9 @@ HEADER = ("| input | organ | Dice | volume mL | " + " | ".join(SCORES) + " | rev
           "|---|---|---|---|" + "---|" * (len(SCORES) + 1))
 
 
-def score_range(score: str, n_classes: int) -> tuple[float, float]:
-    """The values a subject score can take (scores.DEFINITIONS): dpw and diversity 0-1; ulabelled in nats,
-    0 to ln C (C classes with the background); segment_entropy a binary entropy in nats, 0 to ln 2; cv >= 0."""
-    return {"cv": (0.0, math.inf), "dpw": (0.0, 1.0), "diversity": (0.0, 1.0),
-            "ulabelled": (0.0, math.log(n_classes)), "segment_entropy": (0.0, math.log(2))}[score]
-
-
 def propose_bounds(worst: dict, n_classes: int) -> dict:
     """{organ: {score: bound}}: dpw below 1 - 1.5 (1 - worst), the others above 1.5 worst; a bound outside the
-    score's own range (score_range: ulabelled up to ln C, segment_entropy up to ln 2) is dropped: it could
+    score's own range (scores.score_range: ulabelled up to ln C, segment_entropy up to ln 2) is dropped: it could
     never fire."""
     proposal = {}
     for organ, values in worst.items():
