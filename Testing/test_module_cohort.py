@@ -63,9 +63,12 @@ def test_open_step_review_and_mark_through_the_panel(widget, cohort, mrml_scene)
     assert {r["case"]: (r["reviewed"], r["reviewer_note"]) for r in read_worklist(cohort)}["large"] == ("yes", "fine")
     assert "Reviewed " in ui.cohortCaseLabel.text and ui.cohortStatusLabel.text == "1 of 4 cases reviewed; 1 failed"
 
+    assert widget.logic.curveChart() is not None  # the case's plot: its nodes leave with the case
     ui.cohortSkipCheckBox.checked = False
     ui.nextCaseButton.clicked.emit()
     assert case_volumes(mrml_scene) == ["small"] and widget.logic.run.name == "small mc_dropout"
+    assert not slicer.util.getNodesByClass("vtkMRMLPlotChartNode", mrml_scene)
+    assert not slicer.util.getNodesByClass("vtkMRMLPlotSeriesNode", mrml_scene)
     assert params.inputVolume.GetAttribute(CASE_ATTRIBUTE) == "small" and ui.cohortNoteLineEdit.text == ""
     ui.nextCaseButton.clicked.emit()  # the failed case: its error, nothing loaded, no error box
     assert "Failed: Could not read image file" in ui.cohortCaseLabel.text

@@ -156,6 +156,18 @@ def test_an_edited_case_stays_in_the_scene_with_its_edits(mrml_scene, cohort):
     assert worklist.unload_all(mrml_scene) == ["large"]
 
 
+def test_a_case_whose_nodes_were_deleted_is_loaded_again_without_leftovers(mrml_scene, cohort):
+    worklist = CohortWorklist(cohort)
+    first = worklist.load_case(mrml_scene)
+    count = data_nodes(mrml_scene)
+    volumes.remove_node(mrml_scene, first.run.segmentation)  # the reviewer deletes the segmentation
+    again = worklist.load_case(mrml_scene)
+    assert again is not first and again.run.segmentation.GetScene() is mrml_scene
+    assert cases_in_scene(mrml_scene) == {"large"} and first.volume.GetScene() is None
+    assert data_nodes(mrml_scene) == count
+    worklist.unload_all(mrml_scene)
+
+
 def test_region_review_marks_count_as_an_edit(mrml_scene, cohort):
     from SegUncertaintyMRML import corrections
 

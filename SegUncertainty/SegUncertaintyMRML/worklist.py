@@ -137,7 +137,10 @@ class CohortWorklist:
         nodes = None
         if row["status"] != "failed":
             nodes = self.loaded.get(row["case"])
-            if nodes is None or not nodes.in_scene():
+            if nodes is not None and not nodes.in_scene():  # the scene was closed, or a node deleted
+                self.unload(scene, row["case"])
+                nodes = None
+            if nodes is None:
                 nodes = self.loaded[row["case"]] = self._load(scene, row)
         self.kept = []
         for case, other in list(self.loaded.items()):
