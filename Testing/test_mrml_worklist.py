@@ -17,7 +17,7 @@ import slicer_headless  # noqa: F401  (puts the module's folder on the path)
 import vtk
 from cohort_cases import CASES, RANK_ORDER, make_cohort
 from conftest import sphere_phantom
-from SegUncertaintyMRML import segments, volumes
+from SegUncertaintyMRML import referral, segments, volumes
 from SegUncertaintyMRML.worklist import CASE_ATTRIBUTE, CohortError, CohortWorklist
 
 from SegUncertaintyLib.cohort.worklist import read_worklist, write_csv_atomic
@@ -176,6 +176,22 @@ def test_region_review_marks_count_as_an_edit(mrml_scene, cohort):
     assert not worklist.edited(large)
     corrections.save_review_state(large.run.segmentation, "map:entropy", 0.3, "largest", {1})
     assert worklist.edited(large)
+    worklist.unload_all(mrml_scene)
+
+
+def test_another_segmentation_on_the_case_input_keeps_the_case(mrml_scene, cohort):
+    """E.g. the reviewer ran Segment again on the case's volume: that run's segmentation refers to the volume,
+    so the volume is not removed from under it."""
+    worklist = CohortWorklist(cohort)
+    large = worklist.load_case(mrml_scene)
+    referral.flagged_node(large.run.segmentation, large.volume)  # the run's own flagged voxels: not the reviewer's
+    assert not worklist.edited(large)
+    mine = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "by hand")
+    mine.SetReferenceImageGeometryParameterFromVolumeNode(large.volume)
+    assert worklist.edited(large)
+    worklist.step(+1)
+    worklist.load_case(mrml_scene)
+    assert worklist.kept == ["large"] and large.volume.GetScene() is mrml_scene
 
 
 def rewrite(worklist_path: Path, case: str, **values) -> None:

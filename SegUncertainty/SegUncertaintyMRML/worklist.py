@@ -4,9 +4,10 @@ written back to the file (SegUncertaintyLib.cohort.review, torch-free, under its
 
 Keeping the scene small without losing work: when another case is loaded, the cases loaded before are
 removed from the scene (their input volume, every node of their run and their subject hierarchy folders),
-except a case whose segmentation the reviewer changed (a segment edited, added or deleted, or flagged
-regions marked reviewed): it stays in the scene, listed in ``CohortWorklist.kept``, and is found again, with
-its edits, when the reviewer steps back to it. Stepping back to a case still in the scene reuses its nodes.
+except a case that holds the reviewer's work (its segmentation changed: a segment edited, added or
+deleted, flagged regions marked reviewed; or another segmentation made on its input volume): it stays in
+the scene, listed in ``CohortWorklist.kept``, and is found again, with its edits, when the reviewer steps
+back to it. Stepping back to a case still in the scene reuses its nodes.
 """
 
 from __future__ import annotations
@@ -153,8 +154,14 @@ class CohortWorklist:
         return nodes
 
     def edited(self, nodes: CaseNodes) -> bool:
-        """Whether a loaded case's segmentation changed since it was loaded."""
-        return fingerprint(nodes.run.segmentation) != nodes.fingerprint
+        """Whether a loaded case holds the reviewer's work: its segmentation changed since it was loaded, or
+        another segmentation (a new run, one made by hand) was made on its input volume."""
+        if fingerprint(nodes.run.segmentation) != nodes.fingerprint:
+            return True
+        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        return any(other.GetNodeReference(role) is nodes.volume
+                   and other.GetAttribute(results.RUN_ATTRIBUTE) != nodes.run.name
+                   for other in slicer.util.getNodesByClass("vtkMRMLSegmentationNode", nodes.volume.GetScene()))
 
     def unload(self, scene, case: str) -> None:
         """Remove a loaded case from the scene: its input volume, its run's nodes (also those added later
