@@ -104,6 +104,17 @@ def test_refusals_leave_the_file_untouched(tmp_path, problem):
     assert expected in message and "\n" not in message
 
 
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00binary", b"path,case\n/a.nii.gz,a\n", None])
+def test_files_that_are_not_worklists_are_refused_with_one_line(tmp_path, content):
+    path = tmp_path / "worklist.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(review.WorklistError) as error:
+        review.mark_reviewed(tmp_path, "a")
+    assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+    assert path.read_bytes() == content if content is not None else not list(tmp_path.iterdir())
+
+
 def test_a_failed_case_without_output_can_be_marked(tmp_path):
     path = make_worklist(tmp_path / "cohort", failed=(1,))
     assert review.mark_reviewed(path, "c1", note="unreadable input")["reviewed"] == "yes"

@@ -121,6 +121,8 @@ def mark_reviewed(worklist_path: str | os.PathLike, case: str, reviewed: bool = 
     outside the worklist's folder."""
     path = worklist_file(worklist_path)
     note = " ".join(str(note).splitlines()).strip()  # one line: the worklist is read line by line too
+    if not path.is_file():  # checked before the lock: no lock file left where there is no worklist
+        raise WorklistError(f"No worklist at {path}")
     with locked(path):
         path, rows = open_worklist(path)
         row = next((r for r in rows if r["case"] == case), None)
