@@ -5,6 +5,7 @@ written to worklist.csv, failed cases, edited cases kept, and refusals that leav
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -216,14 +217,17 @@ def test_a_worklist_pointing_outside_its_folder_is_refused(mrml_scene, cohort, o
     assert node_ids(mrml_scene) == before
 
 
-def manifest_input(cohort: Path, case: str, new_input: str) -> None:
+def manifest_input(cohort: Path, case: str, new_input: str, sha256: str | None = None) -> None:
+    """Point a case's manifest at another input (and record its sha256, as a cohort run does)."""
     path = cohort.parent / case / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["input"] = new_input
+    if sha256:
+        manifest["settings"]["input_sha256"] = sha256
     path.write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("problem", ["missing input", "dicom folder", "other grid", "no manifest"])
+@pytest.mark.parametrize("problem", ["missing input", "dicom folder", "other grid", "no manifest", "changed input"])
 def test_a_case_that_cannot_load_leaves_the_scene_as_it_was(mrml_scene, cohort, tmp_path, problem):
     worklist = CohortWorklist(cohort)
     worklist.load_case(mrml_scene)
@@ -239,9 +243,13 @@ def test_a_case_that_cannot_load_leaves_the_scene_as_it_was(mrml_scene, cohort, 
         sitk.WriteImage(sphere_phantom(size=(20, 20, 20)), str(tmp_path / "other.nrrd"))
         manifest_input(cohort, "small", str(tmp_path / "other.nrrd"))
         expected = "is not on the grid of"
-    else:
+    elif problem == "no manifest":
         (cohort.parent / "small" / "manifest.json").unlink()
         expected = "No manifest.json"
+    else:  # same grid, other voxels: only the recorded sha256 tells
+        image = Path(read_worklist(cohort)[0]["input"]).parent / "small.nrrd"
+        manifest_input(cohort, "small", str(image), sha256=hashlib.sha256(b"the image segmented").hexdigest())
+        expected = "sha256 differs"
     worklist.step(+1)
     with pytest.raises(CohortError, match=expected) as error:
         worklist.load_case(mrml_scene)
@@ -262,3 +270,19 @@ def test_relative_inputs_are_found_beside_the_worklist(mrml_scene, cohort):
                           sitk.GetArrayFromImage(sitk.ReadImage(str(cohort.parent / "inputs" / "large.nrrd"))))
     assert volumes.same_grid(nodes.volume, nodes.run.maps["entropy"])
     worklist.unload_all(mrml_scene)
+
+
+def test_a_relative_input_is_found_where_the_cohort_ran_and_checked_by_its_sha256(mrml_scene, cohort):
+    """`seguncertainty cohort scans/ --out cohort/` records scans/large.nrrd: found beside the cohort folder,
+    and taken only with the sha256 the manifest records (a same-named file with other bytes in the cohort
+    folder itself is passed over)."""
+    scans = cohort.parent.parent / "scans"
+    scans.mkdir()
+    shutil.copy(cohort.parent / "inputs" / "large.nrrd", scans / "large.nrrd")
+    (cohort.parent / "scans").mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(scans / "large.nrrd")) * 3.0, str(cohort.parent / "scans" / "large.nrrd"))
+    digest = hashlib.sha256((scans / "large.nrrd").read_bytes()).hexdigest()
+    manifest_input(cohort, "large", "scans/large.nrrd", sha256=digest)
+    nodes = CohortWorklist(cohort).load_case(mrml_scene)
+    assert np.array_equal(slicer.util.arrayFromVolume(nodes.volume),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(scans / "large.nrrd"))))

@@ -24,6 +24,7 @@ from SegUncertaintyLib.cohort.review import WorklistError, case_folder, mark_rev
 from . import corrections, results, volumes
 
 CASE_ATTRIBUTE = "SegUncertainty.CohortCase"  # on a loaded case's input volume: the case id
+INPUT_SEARCH_UP = 2  # a relative input is also looked for this many folders above the worklist's
 
 
 class CohortError(RuntimeError):
@@ -62,6 +63,14 @@ def fingerprint(segmentation_node) -> str:
             digest.update(str(image.GetExtent()).encode())
             digest.update(numpy_support.vtk_to_numpy(scalars).tobytes())
     digest.update((segmentation_node.GetAttribute(corrections.REVIEW_ATTRIBUTE) or "").encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -184,20 +193,32 @@ class CohortWorklist:
         return list(self.loaded)
 
     def input_path(self, row: dict, manifest: dict) -> Path:
-        """The case's input as its manifest names it (absolute, or relative to the worklist's folder or to
-        the current folder); CohortError when it is missing or a DICOM folder (load those with Slicer's
-        DICOM module)."""
+        """The case's input as its manifest names it: an absolute path, or one relative to the folder the
+        cohort ran in, looked for from the worklist's folder, its parent and grandparent (``seguncertainty
+        cohort scans/ --out review/`` writes scans/...), then the current folder. When the manifest records
+        the input's sha256 (a cohort run does), the file must have it: the image the case was segmented
+        from, not one changed or replaced since. CohortError when none is found, or the input is a DICOM
+        folder (load those with Slicer's DICOM module)."""
         given = manifest.get("input") or row["input"]
         if not isinstance(given, str) or not given:
             raise CohortError(f"Case '{row['case']}': its manifest names no input")
         path = Path(given)
-        candidates = [path] if path.is_absolute() else [self.folder / path, Path.cwd() / path]
-        found = next((p for p in candidates if p.exists()), None)
-        if found is None:
+        bases = [self.folder, *list(self.folder.parents)[:INPUT_SEARCH_UP], Path.cwd()]
+        existing = [p for p in dict.fromkeys([path] if path.is_absolute() else [b / path for b in bases])
+                    if p.exists()]
+        if not existing:
             raise CohortError(f"Case '{row['case']}': its input {given} is not there (moved, or another machine?)")
-        if found.is_dir():
+        if existing[0].is_dir():
             raise CohortError(f"Case '{row['case']}': its input {given} is a DICOM folder; load the series with "
                               "Slicer's DICOM module (the worklist loads image files only)")
+        settings = manifest.get("settings")
+        expected = settings.get("input_sha256") if isinstance(settings, dict) else None
+        if not isinstance(expected, str):
+            return existing[0]
+        found = next((p for p in existing if p.is_file() and file_sha256(p) == expected), None)
+        if found is None:
+            raise CohortError(f"Case '{row['case']}': its input {existing[0]} is not the image the case was "
+                              "segmented from (its sha256 differs: changed or replaced since the run)")
         return found
 
     def _load(self, scene, row: dict) -> CaseNodes:
