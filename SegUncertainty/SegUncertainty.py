@@ -456,6 +456,11 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showCase()
 
     def onStepCase(self, direction: int) -> None:
+        try:
+            self.logic.cohort.reload()  # marks written meanwhile (another Slicer) count when skipping
+        except worklist.CohortError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
         if self.logic.cohort.step(direction, skip=self.ui.cohortSkipCheckBox.checked):
             self.showCase()
         else:

@@ -17,6 +17,7 @@ from cohort_cases import RANK_ORDER, make_cohort  # noqa: E402
 from SegUncertaintyMRML.worklist import CASE_ATTRIBUTE  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
+from SegUncertaintyLib.cohort import review  # noqa: E402
 from SegUncertaintyLib.cohort.worklist import read_worklist  # noqa: E402
 
 
@@ -80,6 +81,9 @@ def test_open_step_review_and_mark_through_the_panel(widget, cohort, mrml_scene)
     ui.cohortSkipCheckBox.checked = True
     ui.previousCaseButton.clicked.emit()  # skips the failed case
     assert case_volumes(mrml_scene) == ["small"]
+    review.mark_reviewed(cohort, "medium")  # by another reviewer meanwhile: skipped too
+    ui.nextCaseButton.clicked.emit()
+    assert case_volumes(mrml_scene) == ["small"] and ui.cohortStatusLabel.text == "No later case to review."
     ui.previousCaseButton.clicked.emit()  # "large" is reviewed: skipped, nothing earlier
     assert case_volumes(mrml_scene) == ["small"] and ui.cohortStatusLabel.text == "No earlier case to review."
     assert slicer_app_fakes.shown_messages == []
