@@ -115,6 +115,20 @@ def test_files_that_are_not_worklists_are_refused_with_one_line(tmp_path, conten
     assert path.read_bytes() == content if content is not None else not list(tmp_path.iterdir())
 
 
+def test_worklist_html_is_written_again_only_where_there_is_one(tmp_path):
+    from SegUncertaintyLib.cohort.worklist_html import render, write_html
+
+    path = make_worklist(tmp_path / "cohort")
+    review.mark_reviewed(path, "c1", note="no page here")
+    assert not (tmp_path / "cohort" / "worklist.html").exists()  # none made where the cohort wrote none
+    columns = [*COLUMNS, *CLASS_COLUMNS]
+    write_html(read_worklist(path), columns, path.parent)
+    review.mark_reviewed(path, "c0", note="seen <b>here</b>")
+    page = (tmp_path / "cohort" / "worklist.html").read_text()
+    assert page == render(read_worklist(path), columns, path.parent)  # the page of the marked rows
+    assert "seen &lt;b&gt;here&lt;/b&gt;" in page
+
+
 def test_a_failed_case_without_output_can_be_marked(tmp_path):
     path = make_worklist(tmp_path / "cohort", failed=(1,))
     assert review.mark_reviewed(path, "c1", note="unreadable input")["reviewed"] == "yes"
@@ -148,7 +162,7 @@ def test_two_processes_marking_at_once_keep_every_mark(tmp_path):
     rows = run_two_writers(path, 40)
     assert [r["reviewed"] for r in rows] == ["yes"] * 40
     assert len({r["reviewer_note"] for r in rows}) == 2  # both writers' notes are there
-    assert not (tmp_path / "cohort" / "worklist.csv.lock").read_bytes()  # the lock file is only a lock
+    assert not (tmp_path / "cohort" / ".seguncertainty-worklist.csv.lock").read_bytes()  # only a lock
 
 
 @pytest.mark.skipif(review.fcntl is None, reason="no fcntl: no lock to compare with")

@@ -17,7 +17,7 @@ import slicer
 import slicer_headless  # noqa: F401  (puts the module's folder on the path)
 import vtk
 from cohort_cases import CASES, RANK_ORDER, make_cohort
-from conftest import sphere_phantom
+from conftest import sphere_phantom, write_threshold_model
 from SegUncertaintyMRML import referral, segments, volumes
 from SegUncertaintyMRML.worklist import CASE_ATTRIBUTE, CohortError, CohortWorklist
 
@@ -286,3 +286,44 @@ def test_a_relative_input_is_found_where_the_cohort_ran_and_checked_by_its_sha25
     nodes = CohortWorklist(cohort).load_case(mrml_scene)
     assert np.array_equal(slicer.util.arrayFromVolume(nodes.volume),
                           sitk.GetArrayFromImage(sitk.ReadImage(str(scans / "large.nrrd"))))
+
+
+def test_a_worklist_written_by_the_real_cohort_command(mrml_scene, tmp_path, monkeypatch):
+    """`seguncertainty cohort scans --out review` run from tmp_path (relative inputs, as a user types them) on
+    three spheres and a corrupt file, reviewed from another current folder: rank order, the failed case, each
+    case's input found (by the sha256 the run recorded) and its results loaded, the mark written to the CSV
+    and the HTML, and kept when the command runs again (resume)."""
+    from SegUncertaintyLib import cli
+
+    model = write_threshold_model(tmp_path / "model")
+    (tmp_path / "scans").mkdir()
+    for name, radius in (("a", 12.0), ("b", 22.0), ("c", 17.0)):
+        sitk.WriteImage(sphere_phantom(radius_mm=radius), str(tmp_path / "scans" / f"{name}.nrrd"))
+    (tmp_path / "scans" / "broken.nrrd").write_bytes(b"not an image")
+    argv = ["cohort", "scans", "--out", "review", "--model", str(model), "--samples", "4", "--progress", "none",
+            "--no-overview"]
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == cli.COHORT_CASES_FAILED
+    monkeypatch.chdir(tmp_path / "model")  # Slicer's current folder is not where the cohort ran
+
+    worklist = CohortWorklist(tmp_path / "review")
+    assert [int(row["rank"]) for row in worklist.rows] == list(range(1, 5))
+    assert worklist.rows[-1]["status"] == "failed" and worklist.rows[-1]["input"] == "scans/broken.nrrd"
+    for row in worklist.rows[:3]:
+        nodes = worklist.load_case(mrml_scene)
+        assert nodes.volume.GetName() == row["case"] and cases_in_scene(mrml_scene) == {row["case"]}
+        assert structure_voxels(nodes) == segmented_voxels(tmp_path / "review" / row["output"])
+        worklist.step(+1)
+    assert worklist.load_case(mrml_scene) is None and "Failed: " in worklist.describe()
+    worklist.index = 0
+    first = worklist.current["case"]
+    worklist.mark_reviewed(note="checked in Slicer")
+    assert {r["case"]: r["reviewed"] for r in read_worklist(tmp_path / "review")}[first] == "yes"
+    assert "checked in Slicer" in (tmp_path / "review" / "worklist.html").read_text()
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == cli.COHORT_CASES_FAILED  # resumed: every case skipped, the mark kept
+    again = CohortWorklist(tmp_path / "review")
+    row = next(r for r in again.rows if r["case"] == first)
+    assert (row["status"], row["reviewed"], row["reviewer_note"]) == ("skipped", "yes", "checked in Slicer")
+    worklist.unload_all(mrml_scene)

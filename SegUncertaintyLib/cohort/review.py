@@ -3,12 +3,13 @@
 ``mark_reviewed`` sets ``reviewed`` / ``reviewed_at`` / ``reviewer_note`` of one row and rewrites the file
 atomically (``worklist.write_csv_atomic``: same column order; every other row and column is written back as
 it was read, so a file written by ``write_csv_atomic`` keeps those bytes). The read-modify-write runs under an
-exclusive ``fcntl.flock`` on ``worklist.csv.lock`` beside the file (``locked``), so two writers that both take
+exclusive ``fcntl.flock`` on ``.seguncertainty-worklist.csv.lock`` beside the file (``locked``; the name
+starts with io.publish's ``PREFIX``, so a cohort run counts it as its own), so two writers that both take
 it (two Slicer instances, a cohort run rewriting its worklist) never lose each other's marks. Windows has no
 ``fcntl``: there the write is still atomic but not locked, and the last of two simultaneous writers wins.
 
-worklist.html is not rewritten here: it shows the reviewed column as of its last writing; the CSV is the
-record.
+When the cohort folder has a worklist.html, it is written again from the marked rows
+(``worklist_html.write_html``, under the same lock), so the page shows the mark too; the CSV is the record.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..io.publish import PREFIX
 from .worklist import WORKLIST_CSV, read_worklist, write_csv_atomic
+from .worklist_html import WORKLIST_HTML, write_html
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks (see the module docstring)
     fcntl = None
 
-LOCK_SUFFIX = ".lock"
 REVIEWED = "yes"
 
 
@@ -94,12 +96,17 @@ def open_worklist(path: str | os.PathLike) -> tuple[Path, list[dict]]:
     return path, check_rows(path, rows)
 
 
+def lock_file(path: Path) -> Path:
+    """The lock file of worklist ``path``: a hidden file beside it with this tool's prefix."""
+    return path.with_name(f"{PREFIX}{path.name}.lock")
+
+
 @contextlib.contextmanager
 def locked(path: str | os.PathLike) -> Iterator[None]:
-    """Hold the exclusive lock of worklist ``path`` (``<path>.lock`` beside it, created if missing; never
+    """Hold the exclusive lock of worklist ``path`` (``lock_file(path)``, created if missing; never
     truncated). Every writer of a worklist should rewrite it only while holding this lock."""
     path = worklist_file(path)
-    fd = os.open(path.with_name(path.name + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -131,5 +138,8 @@ def mark_reviewed(worklist_path: str | os.PathLike, case: str, reviewed: bool = 
         row["reviewed"] = REVIEWED if reviewed else ""
         row["reviewed_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if reviewed else ""
         row["reviewer_note"] = note
-        write_csv_atomic(path, rows, _columns(path))
+        columns = _columns(path)
+        write_csv_atomic(path, rows, columns)
+        if (path.parent / WORKLIST_HTML).is_file():
+            write_html(rows, columns, path.parent)
     return dict(row)
