@@ -33,6 +33,7 @@ from SegUncertaintyMRML import (
     scenario,
     scores_table,
     volumes,
+    worklist,
 )
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -187,7 +188,13 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addRegionButton.clicked.connect(lambda: self.onCorrectRegion("add"))
         self.ui.undoButton.clicked.connect(self.onUndo)
         self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.openWorklistButton.clicked.connect(self.onOpenWorklist)
+        self.ui.cohortPathLineEdit.returnPressed.connect(lambda: self.openWorklist(self.ui.cohortPathLineEdit.text))
+        self.ui.previousCaseButton.clicked.connect(lambda: self.onStepCase(-1))
+        self.ui.nextCaseButton.clicked.connect(lambda: self.onStepCase(1))
+        self.ui.markCaseReviewedButton.clicked.connect(self.onMarkCaseReviewed)
         self.initializeParameterNode()
+        self.updateCohort()
 
     # -- parameter node ------------------------------------------------------------------------------
     def cleanup(self) -> None:
@@ -431,6 +438,76 @@ class SegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 n=len(written), folder=self.ui.exportDirectoryButton.directory))
 
 
+    # -- cohort worklist -----------------------------------------------------------------------------
+    def onOpenWorklist(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(None, _("Open a cohort worklist"), self.ui.cohortPathLineEdit.text,
+                                              _("Cohort worklist (worklist.csv);;CSV files (*.csv)"))
+        if path:
+            self.ui.cohortPathLineEdit.text = path
+            self.openWorklist(path)
+
+    def openWorklist(self, path: str) -> None:
+        """Open a cohort's worklist.csv and load its first case (rank 1)."""
+        try:
+            self.logic.openWorklist(path)
+        except worklist.CohortError as exc:
+            slicer.util.errorDisplay(_("Could not open the worklist: ") + str(exc))
+            return
+        self.showCase()
+
+    def onStepCase(self, direction: int) -> None:
+        try:
+            self.logic.cohort.reload()  # marks written meanwhile (another Slicer) count when skipping
+        except worklist.CohortError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        if self.logic.cohort.step(direction, skip=self.ui.cohortSkipCheckBox.checked):
+            self.showCase()
+        else:
+            self.updateCohort()
+            self.ui.cohortStatusLabel.text = _("No {which} case to review.").format(
+                which=_("later") if direction > 0 else _("earlier"))
+
+    def showCase(self) -> None:
+        """Load the worklist's current case (on demand) and show it as the run under review."""
+        try:
+            nodes = self.logic.showCase()
+        except worklist.CohortError as exc:
+            slicer.util.errorDisplay(_("Could not load the case: ") + str(exc))
+            nodes = None
+        if nodes is not None:
+            self._parameterNode.inputVolume = nodes.volume
+            self.showRun(nodes.run)
+        else:
+            self.showScores(None)
+        self.updateButtons()
+        self.updateCohort()
+
+    def onMarkCaseReviewed(self) -> None:
+        try:
+            self.logic.cohort.mark_reviewed(note=self.ui.cohortNoteLineEdit.text)
+        except worklist.CohortError as exc:
+            slicer.util.errorDisplay(str(exc))
+        self.updateCohort()
+
+    def updateCohort(self) -> None:
+        """The worklist section: the current case (rank, case, status, priority, reason, reviewed), progress,
+        the cases kept in the scene because they were edited."""
+        cohort = self.logic.cohort if self.logic else None
+        for name in ("previousCaseButton", "nextCaseButton", "markCaseReviewedButton", "cohortNoteLineEdit"):
+            getattr(self.ui, name).enabled = cohort is not None
+        if cohort is None:
+            self.ui.cohortCaseLabel.text = _("Open the worklist.csv that `seguncertainty cohort` wrote.")
+            self.ui.cohortStatusLabel.text = ""
+            return
+        self.ui.cohortCaseLabel.text = cohort.describe()
+        self.ui.cohortNoteLineEdit.text = cohort.current["reviewer_note"]
+        status = cohort.progress()
+        if cohort.kept:
+            status += _("; kept in the scene because edited: {cases}").format(cases=", ".join(cohort.kept))
+        self.ui.cohortStatusLabel.text = status
+
+
 class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
     """Runs and reviews segmentations; usable from the Python console without the panel.
 
@@ -462,6 +539,7 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         self._cuda: bool | None = None
         self.editing: corrections.Corrections | None = None
         self._editorNode = None
+        self.cohort: worklist.CohortWorklist | None = None
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
@@ -865,6 +943,33 @@ class SegUncertaintyLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
 
     def export(self, folder: str) -> list[Path]:
         return persistence.export_run(slicer.mrmlScene, self.run, self.inputVolume, folder)
+
+    # -- cohort worklist -----------------------------------------------------------------------------
+    def openWorklist(self, path: str) -> worklist.CohortWorklist:
+        """Open a cohort's worklist (worklist.CohortWorklist; CohortError, scene untouched, when refused); the
+        cases of a worklist open before leave the scene, unless edited."""
+        cohort = worklist.CohortWorklist(path)
+        if self.cohort is not None:
+            self.cohort.unload_all(slicer.mrmlScene)
+            self.forgetRemovedRun()
+        self.cohort = cohort
+        return cohort
+
+    def showCase(self):
+        """Load the worklist's current case if it is not in the scene (worklist.CohortWorklist.load_case) and
+        review its run; None for a failed case. CohortError, the scene as it was, when it cannot load."""
+        nodes = self.cohort.load_case(slicer.mrmlScene)
+        if nodes is not None:
+            if self.run is None or self.run.segmentation is not nodes.run.segmentation:
+                self.useRun(nodes.run, nodes.volume)
+        else:
+            self.forgetRemovedRun()
+        return nodes
+
+    def forgetRemovedRun(self) -> None:
+        """Reset the review when the run under review left the scene (its case was unloaded)."""
+        if self.run is not None and self.run.segmentation.GetScene() is None:
+            self.reset()
 
 
 class SegUncertaintyTest(ScriptedLoadableModuleTest):

@@ -22,8 +22,9 @@ behaviour the module depends on, including the behaviour that caused the bugs of
 - ``slicer.util.loadUI`` / ``childWidgetVariables``: stand-in Qt widgets built from the .ui file
   (slicer_qt_fakes), with Qt's signal semantics (a signal fires only on a real change; clearing a combo box
   fires currentIndexChanged(-1); a value outside a slider's range is clamped).
-- ``qt``: only ``Qt.ToolTipRole`` (Qt's value, 3) and ``QFileDialog.getExistingDirectory``, which returns
-  ``file_dialog_answer`` (a test sets it; "" is Cancel, as Qt returns).
+- ``qt``: only ``Qt.ToolTipRole`` (Qt's value, 3) and ``QFileDialog.getExistingDirectory`` /
+  ``getOpenFileName``, which return ``file_dialog_answer`` (a test sets it; "" is Cancel, as Qt returns;
+  PythonQt's getOpenFileName returns the path alone, not PyQt's (path, filter) tuple).
 - ``slicer.i18n`` (translation returns the text) and ``slicer.app`` (temporaryPath, version 5.13,
   testingEnabled).
 
@@ -198,6 +199,8 @@ def install() -> None:
 
     _module("qt", Qt=types.SimpleNamespace(ToolTipRole=3),
             QFileDialog=types.SimpleNamespace(getExistingDirectory=lambda parent=None, caption="", directory="":
+                                              file_dialog_answer[0],
+                                              getOpenFileName=lambda parent=None, caption="", directory="", filter="":
                                               file_dialog_answer[0]))
     _module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
     _module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=_Base,

@@ -178,6 +178,29 @@ class NodeComboBox(Widget):
             self.currentNodeChanged.emit(node)
 
 
+class LineEdit(Widget):
+    """QLineEdit: its text; returnPressed when the user presses Enter (a test emits it)."""
+
+    SIGNALS = ("returnPressed",)
+
+
+class CheckBox(Widget):
+    """QCheckBox: ``checked`` as the .ui sets it; toggled on a real change."""
+
+    SIGNALS = ("toggled",)
+
+    def __init__(self, name, properties=None):
+        super().__init__(name, properties)
+        self._checked = bool(self._properties.get("checked", False))
+
+    def _set_checked(self, checked: bool) -> None:
+        if bool(checked) != self._checked:
+            self._checked = bool(checked)
+            self.toggled.emit(self._checked)
+
+    checked = property(lambda self: self._checked, _set_checked)
+
+
 class TableView(Widget):
     """qMRMLTableView: its model's items (none here: tooltips are not checked)."""
 
@@ -187,7 +210,8 @@ class TableView(Widget):
 
 WIDGET_CLASSES = {"qMRMLTableView": TableView, "QComboBox": QComboBox, "ctkComboBox": QComboBox,
                   "QSpinBox": ValueWidget,
-                  "QDoubleSpinBox": ValueWidget, "ctkSliderWidget": ValueWidget, "qMRMLNodeComboBox": NodeComboBox}
+                  "QDoubleSpinBox": ValueWidget, "ctkSliderWidget": ValueWidget, "qMRMLNodeComboBox": NodeComboBox,
+                  "QLineEdit": LineEdit, "QCheckBox": CheckBox}
 
 
 def _property_value(element):

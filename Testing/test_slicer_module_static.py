@@ -142,10 +142,17 @@ def test_extensions_index_requirements():
     assert "MINIMUM_SLICER = (5, 12)" in MODULE_PY.read_text()
 
 
+# Library modules the glue may use: they import the standard library only (checked below), so the panel can
+# open a cohort's worklist before torch and the other packages are installed.
+GLUE_LIBRARY_MODULES = {"SegUncertaintyLib.cohort.review", "SegUncertaintyLib.cohort.worklist"}
+
+
 @pytest.mark.parametrize("path", sorted((MODULE / "SegUncertaintyMRML").glob("*.py")), ids=lambda p: p.name)
 def test_glue_imports_only_slicer_vtk_numpy(path):
     """The MRML glue must run under slicer-core: no Qt, CTK, ScriptedLoadableModule or torch."""
-    third_party = imported_top_modules(path) - STDLIB - {"__future__"}
+    library = {name for name in imported_modules(path) if name.split(".")[0] == "SegUncertaintyLib"}
+    assert library <= GLUE_LIBRARY_MODULES, library
+    third_party = imported_top_modules(path) - STDLIB - {"__future__", "SegUncertaintyLib"}
     assert third_party <= {"slicer", "vtk", "numpy"}, third_party
     slicer_qt_parts = {"slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.i18n"}
     assert not imported_modules(path) & slicer_qt_parts
@@ -167,3 +174,14 @@ def test_module_imports_no_heavy_package_at_import_time():
             top_level.add(node.module.split(".")[0])
     heavy = {"torch", "monai", "SimpleITK", "scipy", "matplotlib", "jsonschema", "psutil", "SegUncertaintyLib"}
     assert not top_level & heavy, top_level
+
+
+@pytest.mark.parametrize("name", sorted(GLUE_LIBRARY_MODULES))
+def test_library_modules_of_the_glue_import_the_standard_library_only(name):
+    """Imported in a fresh interpreter, they load no third-party package (torch, numpy, SimpleITK...)."""
+    import subprocess
+
+    code = (f"import sys; before = set(sys.modules); import {name}; "
+            "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))")
+    loaded = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert set(loaded) - STDLIB <= {"SegUncertaintyLib"}, loaded

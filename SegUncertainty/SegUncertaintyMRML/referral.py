@@ -153,7 +153,8 @@ class Referral:
 
 def add_curve_plot(scene, referral: Referral, name: str):
     """A plot chart of the percentage of voxels flagged against the threshold, with a marker line for
-    the current threshold (updated by ``update_curve_marker``); returns the chart node."""
+    the current threshold (updated by ``update_curve_marker``); returns the chart node. Its nodes carry the
+    run's attribute, as the run's other nodes do."""
     thresholds, percents = referral.curve()
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
     slicer.util.updateTableFromArray(table, (thresholds, percents), ["threshold", "percent flagged"])
@@ -175,6 +176,10 @@ def add_curve_plot(scene, referral: Referral, name: str):
     chart.SetYAxisTitle("% of all voxels flagged")
     chart.SetYAxisLogScale(False)
     chart.SetAttribute("SegUncertainty.MarkerTable", marker.GetID())
+    run = referral.segmentation_node.GetAttribute("SegUncertainty.Run")
+    if run:  # the run's nodes go together (e.g. when a cohort case leaves the scene)
+        for node in (table, marker, chart, *(chart.GetNthPlotSeriesNode(i) for i in range(2))):
+            node.SetAttribute("SegUncertainty.Run", run)
     return chart
 
 
