@@ -512,3 +512,32 @@ def test_a_corrupt_dicom_file_fails_its_series_alone(tmp_path, capsys):
     error = rows[str(given / "bad")]["error"]
     assert "IM0003.dcm" in error and "truncated or corrupt" in error
     assert "x.dcm" in rows[str(given / "lone")]["error"]
+
+
+def test_a_mark_made_while_the_worklist_is_rewritten_is_kept(tmp_path, monkeypatch):
+    """A reviewer marks a case (another process) between a rerun's reading of the earlier reviews and its
+    rewrite of the worklist: the rerun holds the worklist's lock, so the mark lands after it, not under it."""
+    import subprocess
+    import sys
+    import time
+
+    from SegUncertaintyLib.cohort import run as run_module
+
+    model = _model(tmp_path / "model")
+    inputs = [_sphere(tmp_path / "in" / "a.nii.gz", 20.0)]
+    options = SegmentOptions(model=str(model), samples=3)
+    case = run_cohort(inputs, tmp_path / "out", options)[0]["case"]
+    real, marker = run_module.worklist_columns, []
+
+    def columns_while_a_reviewer_marks(*args):  # after the earlier worklist's reviews were read
+        marker.append(subprocess.Popen([sys.executable, "-c", (
+            "import sys; from SegUncertaintyLib.cohort.review import mark_reviewed; "
+            "mark_reviewed(sys.argv[1], sys.argv[2], note='checked')"), str(tmp_path / "out"), case]))
+        time.sleep(3.0)  # without the lock the mark is written now, then overwritten by the rerun
+        return real(*args)
+
+    monkeypatch.setattr(run_module, "worklist_columns", columns_while_a_reviewer_marks)
+    run_cohort(inputs, tmp_path / "out", options)
+    assert marker[0].wait(timeout=60) == 0
+    row = read_worklist(tmp_path / "out")[0]
+    assert (row["reviewed"], row["reviewer_note"]) == ("yes", "checked")

@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import CancelledError, SegUncertaintyError, UsageError
 from ..inference.options import SegmentOptions
-from . import worker
+from . import review, worker
 from .cases import COHORT_MANIFEST, Case, find_cases
 from .executors import EXECUTORS, run_tasks
 from .worklist import REVIEW_FIELDS, WORKLIST_CSV, rank_rows, read_worklist, worklist_columns, write_csv_atomic
@@ -145,10 +145,11 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
         for result in done:
             result["output"] = result["case"] if result["status"] != "failed" else ""
         reference = next((r["score_reference"] for r in done if r["status"] != "failed"), None)
-        rows = _keep_reviews(rank_rows(done, reference), root)
-        columns = worklist_columns(rows)
-        write_csv_atomic(root / WORKLIST_CSV, rows, columns)
-        write_html(rows, columns, root)
+        with review.locked(root / WORKLIST_CSV):  # a reviewer's mark made meanwhile is read, never lost
+            rows = _keep_reviews(rank_rows(done, reference), root)
+            columns = worklist_columns(rows)
+            write_csv_atomic(root / WORKLIST_CSV, rows, columns)
+            write_html(rows, columns, root)
     if lost is not None:
         raise SegUncertaintyError(
             f"The {executor} executor failed after {len(done)} of {len(items)} cases ({type(lost).__name__}: "
