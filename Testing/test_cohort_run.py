@@ -464,7 +464,8 @@ def test_cli_cancel_exits_130_with_the_worklist_written(tmp_path, monkeypatch, c
     assert cli.main(_argv(inputs, tmp_path / "out", model)) == 130
     assert "0 of 2 cases finished" in capsys.readouterr().err
     assert read_worklist(tmp_path / "out") == []
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cohort.json", "worklist.csv", "worklist.html"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".seguncertainty-worklist.csv.lock", "cohort.json", "worklist.csv", "worklist.html"]  # the lock file stays
 
 
 def test_an_executor_failing_midway_leaves_the_worklist_of_finished_cases(tmp_path, monkeypatch, capsys):
