@@ -326,7 +326,10 @@ def run_dask(task: Task, items: list[dict], workers: int, address: str | None) -
                     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=logging.ERROR)
                 client = Client(cluster)
-            info = client.scheduler_info(n_workers=-1)["workers"].values()
+            try:
+                info = client.scheduler_info(n_workers=-1)["workers"].values()
+            except TypeError:  # distributed before 2025: every worker without asking
+                info = client.scheduler_info()["workers"].values()
             resources = {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in info) else None
             futures = {client.submit(task, item, pure=False, resources=resources): index
                        for index, item in enumerate(items)}
