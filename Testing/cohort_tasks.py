@@ -17,10 +17,11 @@ def _model():
 
 
 def square_task(item: dict) -> dict:
-    """{"x": int, "sleep": s, "die": bool} -> {"value": scale * x**2, "pid", "loads"}; "die" ends the
+    """{"x": int, "sleep": s, "die": bool} -> {"value": scale * x**2, "pid", "loads", "omp_threads"}; "die" ends the
     process at once, as a segfault or the out-of-memory killer would."""
     model = _model()
     if item.get("die"):
         os._exit(3)
     time.sleep(item.get("sleep", 0.0))
-    return {"status": "done", "value": model["scale"] * item["x"] ** 2, "pid": os.getpid(), "loads": LOADS}
+    return {"status": "done", "value": model["scale"] * item["x"] ** 2, "pid": os.getpid(), "loads": LOADS,
+            "omp_threads": os.environ.get("OMP_NUM_THREADS")}

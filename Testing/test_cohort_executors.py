@@ -118,6 +118,10 @@ def test_local_cluster_runs_every_item_once_and_a_dead_worker_fails_only_its_ite
     results = list(run_tasks(square_task, items, executor, WORKERS))
     pids = check_results(results, items, KILLER)
     assert len(pids) <= WORKERS + 1  # the workers, and the one that replaced the killed worker
+    # each worker gets its share of the cores (Ray and Dask set this themselves: 1 per worker)
+    share = str(max(1, len(os.sched_getaffinity(0)) // WORKERS)) if executor == "local" else "1"
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert {r["omp_threads"] for i, r in results if i != KILLER} == {share}
     assert not wait_until_gone(children() - before), f"{executor}: processes left running after the run"
     if executor == "ray":
         import ray

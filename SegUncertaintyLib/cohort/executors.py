@@ -7,7 +7,8 @@ picklable item and return a picklable dict; it records its own errors in that di
 takes its place and the other items go on. Worker processes live for the whole run, so what a task caches
 at module level (the loaded model) is loaded once per worker.
 
-- ``local``: ``workers`` spawned processes (1: this process), one GPU each when there are GPUs.
+- ``local``: ``workers`` spawned processes (1: this process), one GPU each when there are GPUs, the
+  cores shared out among them (OMP_NUM_THREADS, unless set).
 - ``ray``: an actor pool of ``workers`` actors (one process each, one GPU each when the cluster has GPUs)
   on a local Ray instance started for the run, or on the running cluster at ``address``.
 - ``dask``: a LocalCluster of ``workers`` single-threaded processes started for the run, or the running
@@ -70,6 +71,10 @@ def _cuda_device_count() -> int:
     return torch.cuda.device_count()
 
 
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _local_worker_main(conn, task: Task, env: dict[str, str]) -> None:
     """A local worker process: run ``task`` on each item received until None or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
@@ -124,13 +129,16 @@ def run_local(task: Task, items: list[dict], workers: int = 1) -> Iterator[tuple
     context = multiprocessing.get_context("spawn")
     device_count = _cuda_device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    # the cores shared out, as Ray and Dask do for their workers (torch reads it when imported)
+    threads = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(max(1, _cpus() // workers))}
     queue = deque(enumerate(items))
     pool: list[_LocalWorker] = []
     finished = False
     with _sigterm_interrupts():
         try:
             for slot in range(min(workers, len(items))):
-                pool.append(_LocalWorker(context, task, local_gpu_env(slot, device_count, visible)))
+                env = {**threads, **local_gpu_env(slot, device_count, visible)}
+                pool.append(_LocalWorker(context, task, env))
                 pool[-1].give(queue)
             while busy := [w for w in pool if w.index is not None]:
                 ready = set(wait_for([w.conn for w in busy] + [w.process.sentinel for w in busy]))
