@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from SegUncertaintyLib.cohort.executors import local_gpu_env, run_tasks
+from SegUncertaintyLib.cohort.executors import cpus_per_actor, local_gpu_env, run_tasks
 from SegUncertaintyLib.errors import UsageError
 
 TESTING = Path(__file__).parent
@@ -98,6 +98,13 @@ def test_gpu_assignment_gives_each_local_worker_one_gpu_round_robin():
     assert local_gpu_env(1, 1, " 7 , 2")["CUDA_VISIBLE_DEVICES"] == "7"  # torch sees the first only
 
 
+def test_ray_actors_share_the_cluster_cpus_within_the_largest_node():
+    assert cpus_per_actor([2.0], 2) == 1 and cpus_per_actor([16.0], 2) == 8
+    assert cpus_per_actor([16.0, 16.0, 8.0], 4) == 10  # 40 CPUs / 4, fits on a 16-CPU node
+    assert cpus_per_actor([4.0, 4.0, 4.0, 4.0], 2) == 4  # 8 each would fit on no node
+    assert cpus_per_actor([2.0], 8) == 1 and cpus_per_actor([], 2) == 1  # never 0: the pool still starts
+
+
 def test_bad_executor_options_are_usage_errors(monkeypatch):
     with pytest.raises(UsageError, match="--address applies to --executor ray or dask"):
         run_tasks(square_task, ITEMS, "local", 2, address="127.0.0.1:1")
@@ -118,8 +125,8 @@ def test_local_cluster_runs_every_item_once_and_a_dead_worker_fails_only_its_ite
     results = list(run_tasks(square_task, items, executor, WORKERS))
     pids = check_results(results, items, KILLER)
     assert len(pids) <= WORKERS + 1  # the workers, and the one that replaced the killed worker
-    # each worker gets its share of the cores (Ray and Dask set this themselves: 1 per worker)
-    share = str(max(1, len(os.sched_getaffinity(0)) // WORKERS)) if executor == "local" else "1"
+    # each worker process gets its share of this machine's cores for torch's threads
+    share = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))
     if "OMP_NUM_THREADS" not in os.environ:
         assert {r["omp_threads"] for i, r in results if i != KILLER} == {share}
     assert not wait_until_gone(children() - before), f"{executor}: processes left running after the run"

@@ -9,10 +9,12 @@ at module level (the loaded model) is loaded once per worker.
 
 - ``local``: ``workers`` spawned processes (1: this process), one GPU each when there are GPUs, the
   cores shared out among them (OMP_NUM_THREADS, unless set).
-- ``ray``: an actor pool of ``workers`` actors (one process each, one GPU each when the cluster has GPUs)
-  on a local Ray instance started for the run, or on the running cluster at ``address``.
-- ``dask``: a LocalCluster of ``workers`` single-threaded processes started for the run, or the running
-  cluster at ``address`` (tasks ask for ``{"GPU": 1}`` when its workers declare that resource).
+- ``ray``: an actor pool of ``workers`` actors (one process each, spread over the nodes, one GPU each when
+  the cluster has GPUs, the cluster's CPUs shared out among them) on a local Ray instance started for the
+  run (with this machine's CPUs), or on the running cluster at ``address``.
+- ``dask``: a LocalCluster of ``workers`` processes (one task at a time each, the cores shared out among
+  them) started for the run, or the running cluster at ``address`` (tasks ask for ``{"GPU": 1}`` when its
+  workers declare that resource).
 
 A cluster at ``address`` is joined and left as it was; a local one is stopped at the end, also on
 Ctrl-C or SIGTERM (which then raise KeyboardInterrupt here unless the caller handles SIGTERM itself).
@@ -75,6 +77,12 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _threads_env(workers: int) -> dict[str, str]:
+    """OMP_NUM_THREADS (torch's threads, read when it is imported) for each of ``workers`` worker
+    processes on this machine: its cores shared out; {} when the user set it."""
+    return {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(max(1, _cpus() // workers))}
+
+
 def _local_worker_main(conn, task: Task, env: dict[str, str]) -> None:
     """A local worker process: run ``task`` on each item received until None or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
@@ -129,8 +137,7 @@ def run_local(task: Task, items: list[dict], workers: int = 1) -> Iterator[tuple
     context = multiprocessing.get_context("spawn")
     device_count = _cuda_device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    # the cores shared out, as Ray and Dask do for their workers (torch reads it when imported)
-    threads = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(max(1, _cpus() // workers))}
+    threads = _threads_env(workers)
     queue = deque(enumerate(items))
     pool: list[_LocalWorker] = []
     finished = False
@@ -249,6 +256,15 @@ def _ray_errors_not_printed() -> Iterator[None]:
         ray_worker.print_to_stdstream = original
 
 
+def cpus_per_actor(node_cpus: list[float], actors: int) -> int:
+    """CPUs each of ``actors`` Ray actors asks for: the cluster's CPUs shared out, no more than the
+    largest node has (so each one fits somewhere), at least 1. Ray sets the actor's OMP_NUM_THREADS (torch's
+    threads) to it."""
+    if not node_cpus or actors < 1:
+        return 1
+    return max(1, min(int(max(node_cpus)), int(sum(node_cpus)) // actors))
+
+
 def run_ray(task: Task, items: list[dict], workers: int, address: str | None) -> Iterator[tuple[int, dict]]:
     """An actor pool of ``workers`` actors (at most one per GPU when the cluster has GPUs), each given the
     next item as it finishes one; an actor whose process dies is replaced."""
@@ -264,7 +280,7 @@ def run_ray(task: Task, items: list[dict], workers: int, address: str | None) ->
                 if address:
                     ray.init(address=address, **options)
                 else:  # "local": never join a cluster found on this machine by accident
-                    ray.init(address="local", num_cpus=workers, include_dashboard=False, **options)
+                    ray.init(address="local", num_cpus=max(workers, _cpus()), include_dashboard=False, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise SegUncertaintyError(f"cannot start or join {where}: {' '.join(str(exc).split())}") from None
@@ -274,14 +290,17 @@ def run_ray(task: Task, items: list[dict], workers: int, address: str | None) ->
         queue = deque(enumerate(items))
         try:
             gpus = int(ray.cluster_resources().get("GPU", 0))
-            runner = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=0)(TaskRunner)
+            count = min(workers, gpus or workers, len(items))
+            node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+            runner = ray.remote(num_cpus=cpus_per_actor(node_cpus, count), num_gpus=1 if gpus else 0,
+                                max_restarts=0, scheduling_strategy="SPREAD")(TaskRunner)
 
             def give(actor) -> None:
                 if queue:
                     index, item = queue.popleft()
                     running[actor.run.remote(item)] = (index, actor)
 
-            for _ in range(min(workers, gpus or workers, len(items))):
+            for _ in range(count):
                 actors.append(runner.remote(task))
                 give(actors[-1])
             while running:
@@ -310,7 +329,7 @@ def run_ray(task: Task, items: list[dict], workers: int, address: str | None) ->
 
 
 def run_dask(task: Task, items: list[dict], workers: int, address: str | None) -> Iterator[tuple[int, dict]]:
-    """One future per item on a LocalCluster of ``workers`` single-threaded processes (an item whose
+    """One future per item on a LocalCluster of ``workers`` one-task-at-a-time processes (an item whose
     worker dies is retried once, then fails) or on the cluster at ``address`` (with its own
     ``distributed.scheduler.allowed-failures``, 3 by default)."""
     import dask
@@ -332,7 +351,8 @@ def run_dask(task: Task, items: list[dict], workers: int, address: str | None) -
                 with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                                       "distributed.scheduler.worker-saturation": 1.0}):
                     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=logging.ERROR)
+                                           dashboard_address=None, silence_logs=logging.ERROR,
+                                           env=_threads_env(workers))  # Dask's own default: 1 thread
                 client = Client(cluster)
             try:
                 info = client.scheduler_info(n_workers=-1)["workers"].values()
