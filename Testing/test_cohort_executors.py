@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from SegUncertaintyLib.cohort.executors import cpus_per_actor, local_gpu_env, run_tasks
-from SegUncertaintyLib.errors import UsageError
+from SegUncertaintyLib.errors import SegUncertaintyError, UsageError
 
 TESTING = Path(__file__).parent
 sys.path.insert(0, str(TESTING))
@@ -112,6 +112,8 @@ def test_bad_executor_options_are_usage_errors(monkeypatch):
         run_tasks(square_task, ITEMS, "slurm", 2)
     with pytest.raises(UsageError, match="--workers must be at least 1"):
         run_tasks(square_task, ITEMS, "ray", 0)
+    with pytest.raises(SegUncertaintyError, match="cannot join the Ray cluster at .*nothing answers"):
+        list(run_tasks(square_task, ITEMS, "ray", 2, address=f"127.0.0.1:{free_port()}"))  # a port left closed
     for module, extra in (("ray", "ray"), ("distributed", "dask")):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed: import raises ImportError
         with pytest.raises(UsageError, match=rf"pip install 'seguncertainty\[{extra}\]'"):

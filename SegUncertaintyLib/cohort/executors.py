@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -256,6 +257,19 @@ def _ray_errors_not_printed() -> Iterator[None]:
         ray_worker.print_to_stdstream = original
 
 
+def _answers(address: str, seconds: float = 5.0) -> bool:
+    """Whether something accepts a TCP connection at ``address`` ([scheme://]HOST:PORT); True when the
+    address has another form (Ray then judges it)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return True
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
+            return True
+    except OSError:
+        return False
+
+
 def cpus_per_actor(node_cpus: list[float], actors: int) -> int:
     """CPUs each of ``actors`` Ray actors asks for: the cluster's CPUs shared out, no more than the
     largest node has (so each one fits somewhere), at least 1. Ray sets the actor's OMP_NUM_THREADS (torch's
@@ -276,6 +290,9 @@ def run_ray(task: Task, items: list[dict], workers: int, address: str | None) ->
         if connected:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network connection of our own making
             options = {"log_to_driver": False, "logging_level": logging.ERROR}
+            if address and not _answers(address):  # Ray itself would retry for minutes
+                raise SegUncertaintyError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                                          "(the address `ray start --head` printed is HOST:PORT)")
             try:
                 if address:
                     ray.init(address=address, **options)
@@ -341,7 +358,7 @@ def run_dask(task: Task, items: list[dict], workers: int, address: str | None) -
         try:
             if address:
                 try:
-                    client = Client(address, timeout="30s")
+                    client = Client(address, timeout="10s")
                 except (OSError, TimeoutError, ValueError) as exc:
                     raise SegUncertaintyError(f"cannot join the Dask cluster at {address}: "
                                               f"{' '.join(str(exc).split())}") from None
