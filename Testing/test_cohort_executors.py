@@ -162,6 +162,14 @@ def ray_head():
                              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        deadline = time.monotonic() + 90
+        while True:  # as a batch script waits for its head node before starting the command
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(0.5)
         yield head, f"127.0.0.1:{port}"
     finally:
         head.send_signal(signal.SIGTERM)
