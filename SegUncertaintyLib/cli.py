@@ -1,8 +1,9 @@
-"""Command line: ``seguncertainty segment`` and ``seguncertainty models``.
+"""Command line: ``seguncertainty segment``, ``cohort``, ``evaluate`` and ``models``.
 
 Exit codes: 0 success, 2 usage, 3 bad input image, 4 model problem, 5 output not writable or not
-ours to replace, 6 out of memory, 130 cancelled (SIGINT/SIGTERM), 1 unexpected error. Every error is
-one line on stderr, ``seguncertainty: error: ...``; no traceback.
+ours to replace, 6 out of memory, 8 a cohort finished but some of its cases failed (each recorded in
+its worklist), 130 cancelled (SIGINT/SIGTERM), 1 unexpected error. Every error is one line on stderr,
+``seguncertainty: error: ...``; no traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from pathlib import Path
 
 from . import __version__
 from .choices import FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
+from .cohort.executors import EXECUTORS
 from .errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
 from .models.catalog import DEFAULT_MODEL
 
+COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
 
@@ -42,31 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--sample", action="store_true", help="run on the bundled sample T1 volume")
     seg.add_argument("--series", default=None, metavar="UID",
                      help="SeriesInstanceUID to read from a DICOM folder holding several series")
-    seg.add_argument("--model", default=DEFAULT_MODEL,
-                     help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder "
-                          "(default: %(default)s)")
-    seg.add_argument("--method", default="mc_dropout", choices=METHODS)
-    seg.add_argument("--samples", type=int, default=None,
-                     help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
-                          "(default: all the model declares, at most 8)")
     seg.add_argument("--out", default=None,
                      help="output folder (default: ./seguncertainty_out/<input name>-<hash of its path>)")
-    seg.add_argument("--format", default="nrrd", choices=FORMATS)
-    seg.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    seg.add_argument("--seed", type=int, default=0)
-    seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
-    seg.add_argument("--max-batch", type=int, default=8, help="samples per forward pass (memory budget)")
-    seg.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
-    seg.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
-    seg.add_argument("--maps", type=parse_maps, default=None, metavar="NAME[,NAME...]",
-                     help=f"maps to write, from {','.join(MAP_CHOICES)} (probability: every class's probability "
-                          "map; default: all); the segmentation and scores are always written")
-    seg.add_argument("--map-dtype", default="float32", choices=MAP_DTYPES,
-                     help="precision of the maps and probabilities: float16 rounds each value to ~3 significant "
-                          "digits (steps of at most 0.0005 on 0-1 maps), stored as float32, compressing "
-                          "better (default: %(default)s)")
-    seg.add_argument("--save-samples", action="store_true",
-                     help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
+    add_segment_options(seg)
+
+    cohort = sub.add_parser("cohort", help="segment many volumes; write a review worklist ranked by uncertainty")
+    cohort.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files (NIfTI, NRRD, MHA), folders (searched recursively for those and for "
+                             "DICOM series) and CSV files with a 'path' column (optional 'case' column)")
+    cohort.add_argument("--out", required=True, help="cohort folder: one sub-folder per case and worklist.csv")
+    add_segment_options(cohort)
+    cohort.add_argument("--workers", type=int, default=1, help="cases run at the same time (default: %(default)s)")
+    cohort.add_argument("--executor", default="local", choices=EXECUTORS,
+                        help="local worker processes, or a Ray or Dask cluster (default: %(default)s)")
+    cohort.add_argument("--address", default=None,
+                        help="address of a running Ray or Dask cluster to join (default: start a local one)")
 
     ev = sub.add_parser("evaluate", help="compare segment outputs with reference segmentations")
     ev.add_argument("predictions", nargs="+",
@@ -81,6 +74,33 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_models_parser(sub)
     return parser
+
+
+def add_segment_options(parser: argparse.ArgumentParser) -> None:
+    """The model, method, sampling, output and progress options of ``segment`` (and ``cohort``)."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder "
+                             "(default: %(default)s)")
+    parser.add_argument("--method", default="mc_dropout", choices=METHODS)
+    parser.add_argument("--samples", type=int, default=None,
+                        help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
+                             "(default: all the model declares, at most 8)")
+    parser.add_argument("--format", default="nrrd", choices=FORMATS)
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
+    parser.add_argument("--max-batch", type=int, default=8, help="samples per forward pass (memory budget)")
+    parser.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
+    parser.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
+    parser.add_argument("--maps", type=parse_maps, default=None, metavar="NAME[,NAME...]",
+                        help=f"maps to write, from {','.join(MAP_CHOICES)} (probability: every class's probability "
+                             "map; default: all); the segmentation and scores are always written")
+    parser.add_argument("--map-dtype", default="float32", choices=MAP_DTYPES,
+                        help="precision of the maps and probabilities: float16 rounds each value to ~3 significant "
+                             "digits (steps of at most 0.0005 on 0-1 maps), stored as float32, compressing "
+                             "better (default: %(default)s)")
+    parser.add_argument("--save-samples", action="store_true",
+                        help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
 
 
 def _input_name(path: Path) -> str:
@@ -124,18 +144,15 @@ class _CancelFlag:
 
 def check_segment_options(args) -> None:
     """Refuse options out of range before anything is read (UsageError, exit 2)."""
-    from .inference.sampling import plan_samples
+    from .inference.options import SegmentOptions
 
     if args.sample == bool(args.input):
         raise UsageError("segment: give an INPUT image or --sample (not both)")
-    if args.max_batch < 1:
-        raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
-    if not 0.0 <= args.overlap < 1.0:  # also refuses NaN
-        raise UsageError(f"--overlap must be in [0, 1), got {args.overlap}")
-    plan_samples(args.method, 2, args.samples)  # sample-count rules (the member count is checked later)
+    SegmentOptions.from_args(args).check()
 
 
 def cmd_segment(args) -> int:
+    from .inference.options import SegmentOptions
     from .inference.pipeline import segment_image
     from .io.dicom import SERIES_UID_TAG
     from .io.images import read_image
@@ -160,10 +177,8 @@ def cmd_segment(args) -> int:
                                     args.seed, args.max_batch, reporter, cancel)
             cancel.check()
             reporter("write", 0.0, f"writing to {out}")
-            settings = {"overlap": args.overlap, "seed": args.seed, "max_batch": args.max_batch,
-                        "device_requested": args.device, "format": args.format,
-                        "maps": list(args.maps or MAP_CHOICES), "map_dtype": args.map_dtype,
-                        "dicom_series": image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None}
+            settings = SegmentOptions.from_args(args).settings(
+                image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None)
             manifest = write_outputs(outputs, folder, model.card, str(path), settings, args.format,
                                      overview=not args.no_overview, samples=args.save_samples, cancelled=cancel,
                                      maps=args.maps, map_dtype=args.map_dtype)
@@ -174,6 +189,30 @@ def cmd_segment(args) -> int:
     for note in outputs.notes:
         logging.warning(note)
     _print_summary(outputs, manifest)
+    return 0
+
+
+def cmd_cohort(args) -> int:
+    from .cohort.run import run_cohort
+    from .inference.options import SegmentOptions
+
+    options = SegmentOptions.from_args(args)
+    options.check()
+    cancel = _CancelFlag()
+    try:
+        rows = run_cohort(args.inputs, args.out, options, args.workers, args.executor, args.address,
+                          args.progress, cancel)
+    finally:
+        cancel.restore()
+    failed = [row["case"] for row in rows if row["status"] == "failed"]
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "skipped", "failed")}
+    print(f"Wrote {Path(args.out) / 'worklist.csv'}: {counts['done']} done, {counts['skipped']} skipped, "
+          f"{counts['failed']} failed", file=sys.stderr)
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        print(f"seguncertainty: error: {len(failed)} case(s) failed (errors in worklist.csv): {shown}",
+              file=sys.stderr)
+        return COHORT_CASES_FAILED
     return 0
 
 
@@ -222,7 +261,7 @@ def parse_labels(text: str) -> dict[int, str]:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.evaluate import add_calibration_split, evaluate_folder, read_ood_list, readable, summarize
+    from .evaluation.evaluate import add_calibration_split, evaluate_folder, method_names, read_ood_list, summarize
     from .evaluation.report import report_folder, write_report
 
     references = Path(args.references)
@@ -233,14 +272,15 @@ def cmd_evaluate(args) -> int:
             raise InputImageError(f"{what} {path} is not a folder" if path.exists() else f"{what} {path} not found")
     ood = read_ood_list(Path(args.ood), folders) if args.ood else None
     masks = Path(args.masks) if args.masks else None
+    methods = method_names(folders)
     with report_folder(args.out) as out:  # lock and check --out before the long part
         summaries, rows = {}, []
-        for folder in folders:
+        for folder, method in zip(folders, methods, strict=True):
             results, ood_scores, notes = evaluate_folder(folder, references, args.labels, masks, ood)
             for note in notes:
                 logging.warning(note)
-            summaries[readable(folder.name)] = summarize(results, ood_scores, notes)
-            rows += [{"method": readable(folder.name), **r.row} for r in results]
+            summaries[method] = summarize(results, ood_scores, notes)
+            rows += [{"method": method, **r.row} for r in results]
         add_calibration_split(summaries, rows)
         report = write_report(summaries, rows, out)
     print(f"Wrote {report}", file=sys.stderr)
@@ -330,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="seguncertainty: %(message)s")
     try:
         args = _parser().parse_args(argv)
-        return {"segment": cmd_segment, "evaluate": cmd_evaluate, "models": cmd_models}[args.command](args)
+        commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models}
+        return commands[args.command](args)
     except SegUncertaintyError as exc:
         code, message = exc.exit_code, str(exc)
     except (KeyboardInterrupt, CancelledError):

@@ -35,3 +35,43 @@ class ProgressReporter:
         if self.mode == "bar" and self._last_stage is not None:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class CohortProgress:
+    """Progress over a cohort, called once per finished case: ``(case, status, seconds)``.
+
+    "bar": one line on stderr (cases done/total, failures, ETA); "json": one JSON line per case on stdout
+    ``{"case", "status", "seconds", "done", "total", "failed", "eta_s"}``; "none": nothing. The ETA is the
+    mean wall time per finished case so far (elapsed / done, so parallel workers count) times the cases left.
+    """
+
+    def __init__(self, mode: str, total: int, stream=None):
+        self.mode, self.total, self.done, self.failed = mode, total, 0, 0
+        self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
+        self.start = time.monotonic()
+
+    def eta_s(self) -> float | None:
+        if not self.done:
+            return None
+        return (time.monotonic() - self.start) / self.done * (self.total - self.done)
+
+    def __call__(self, case: str, status: str, seconds: float) -> None:
+        self.done += 1
+        self.failed += status == "failed"
+        eta = self.eta_s()
+        if self.mode == "json":
+            record = {"case": case, "status": status, "seconds": round(float(seconds), 2), "done": self.done,
+                      "total": self.total, "failed": self.failed, "eta_s": round(eta, 1)}
+            self.stream.write(json.dumps(record) + "\n")
+            self.stream.flush()
+        elif self.mode == "bar":
+            filled = int(round(30 * self.done / max(self.total, 1)))
+            minutes, secs = divmod(int(round(eta)), 60)
+            self.stream.write(f"\rcases {self.done}/{self.total} [{'#' * filled}{'.' * (30 - filled)}] "
+                              f"{self.failed} failed  ETA {minutes}:{secs:02d}  {case[:30]:<30}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.mode == "bar" and self.done:
+            self.stream.write("\n")
+            self.stream.flush()

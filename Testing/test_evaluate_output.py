@@ -163,3 +163,29 @@ def test_every_text_file_the_library_reads_or_writes_names_its_encoding():
 def test_the_encoding_check_finds_what_it_should(tmp_path, source, hits):
     (tmp_path / "m.py").write_text(source)
     assert len(text_io_without_encoding(tmp_path / "m.py")) == hits
+
+
+def test_prediction_folders_with_one_base_name_are_reported_apart(tmp_path, capfd):
+    """a/method and b/method: two methods in the report (the second used to replace the first); the same
+    folder twice is a usage error, not a double count."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    argv = evaluation(tmp_path, reference())
+    preds = Path(argv[1])
+    first, second = tmp_path / "a" / "method", tmp_path / "b" / "method"
+    shutil.copytree(preds, first)
+    shutil.copytree(preds, second)
+    segmentation = second / "case0" / "segmentation.nrrd"
+    sitk.WriteImage(sitk.BinaryErode(sitk.ReadImage(str(segmentation)), [2, 2, 2]), str(segmentation))
+    status, err = run([argv[0], str(first), str(second), *argv[2:]], capfd)
+    assert status == 0, err
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert {"a/method", "b/method"} <= set(summary)
+    cases = (tmp_path / "report" / "cases.csv").read_text()
+    assert "a/method," in cases and "b/method," in cases
+    dice = [summary[m]["classes"]["sphere"]["dice_mean"] for m in ("a/method", "b/method")]
+    assert dice[0] > dice[1]
+    status, err = run([argv[0], str(first), str(first), *argv[2:]], capfd)
+    assert status == 2 and "the same prediction folder is given twice" in err

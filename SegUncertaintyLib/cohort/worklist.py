@@ -1,6 +1,7 @@
 """worklist.csv: one row per case of a cohort run, ranked by review priority (rank 1 = review first).
 
-Fixed columns, in this order (``COLUMNS``), then per foreground class ``<class>:volume_ml`` and for each
+Fixed columns, in this order (``COLUMNS``), then per foreground class ``<class>:volume_ml`` (scores.json's
+``volume_ml``: the median of the per-sample volumes, mL) and for each
 score of ``SUBJECT_SCORES`` ``<class>:<score>`` and ``<class>:<score>:reading`` (the reading against the
 model card's usual range: "within the model's usual range", "review recommended", "not defined", or
 empty where the card gives no range):
@@ -8,11 +9,33 @@ empty where the card gives no range):
 - rank: 1..n in review-priority order;
 - case: the case id (unique and stable; also the name of the case's output folder);
 - status: "done", "skipped" (outputs already matched input and settings) or "failed";
-- priority: the review-priority value (higher = review first; empty for a failed case);
+- priority: the review-priority value (higher = review first; empty for a failed case and for one
+  without any defined score);
 - reason: one line saying why the case ranks where it does;
 - reviewed: "" or "yes"; reviewed_at: ISO 8601 time it was marked; reviewer_note: free text;
-- input: the input path as given; output: the case's output folder relative to the worklist's folder;
+- input: the input path as given; output: the case's output folder relative to the worklist's folder
+  (empty for a failed case);
 - seconds: wall time of the case; error: one-line error of a failed case.
+
+Review priority (``rank_rows``; higher = review first):
+
+- when the model card gives usual ranges (``score_reference``: per class and score, ``review_above`` or
+  ``review_below`` a limit), each bounded score's relative excess over its limit is
+  ``(value - limit) / |limit - certain|`` for ``review_above`` and ``(limit - value) / |limit - certain|``
+  for ``review_below``, where ``certain`` is the score's value when all samples agree with zero entropy
+  (1 for dpw, 0 for the others): the distance beyond the limit in units of the limit's own distance from
+  certainty, so that dpw 0.95 against a limit 0.975 weighs as much as cv 0.024 against 0.012 (positive =
+  outside the usual range, "review recommended"; negative = inside). The priority is the largest excess
+  over all bounded (class, score) pairs: a case ranks by its single worst score, and every case outside
+  some usual range ranks before every case inside all of them. Undefined scores (null: one sample, an
+  empty segment) are left out; a case with no defined bounded score has no priority;
+- when the card gives no usual ranges (fallback): each score of each class is ranked within the cohort,
+  on its uncertain side (dpw negated), as a mid-rank percentile from 0 (least uncertain case) to 1
+  (most uncertain); the priority is the mean percentile over the case's defined scores. It only orders
+  this cohort: it says nothing about whether any case is outside what the model usually does;
+- order: cases with a priority (highest first), then finished cases without one, then failed cases
+  last (they have no outputs to review; the command's exit code 8 and its summary name them); ties by
+  case id.
 
 Files are written to a temporary file in the same folder and renamed over the old one.
 """
@@ -28,6 +51,7 @@ WORKLIST_CSV = "worklist.csv"
 COLUMNS = ("rank", "case", "status", "priority", "reason", "reviewed", "reviewed_at", "reviewer_note",
            "input", "output", "seconds", "error")
 STATUSES = ("done", "skipped", "failed")
+REVIEW_FIELDS = ("reviewed", "reviewed_at", "reviewer_note")  # the reviewer's, kept when a worklist is rewritten
 
 
 def class_columns(class_names: list[str]) -> list[str]:
@@ -69,3 +93,107 @@ def read_worklist(path: str | os.PathLike) -> list[dict]:
         if missing:
             raise ValueError(f"{path} is not a SegUncertainty worklist: column(s) {', '.join(missing)} missing")
         return list(reader)
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def excess(score: str, value: float, bound: dict) -> float:
+    """Relative excess of ``value`` over a usual-range bound (> 0: outside the usual range): its distance
+    beyond the limit on the uncertain side over the limit's distance from the score's certain value
+    (``scores.certain_value``: 0, or 1 for dpw)."""
+    from ..inference.scores import certain_value
+
+    limit = float(bound["review_above"] if "review_above" in bound else bound["review_below"])
+    beyond = value - limit if "review_above" in bound else limit - value
+    return beyond / max(abs(limit - certain_value(score)), 1e-12)
+
+
+def _priority_from_ranges(scores: dict, reference: dict) -> tuple[float | None, str]:
+    """The largest relative excess over the card's bounds, and the reason."""
+    excesses = [(excess(score, scores[name][score], bound), name, score)
+                for name, bounds in reference.get("classes", {}).items() if name in scores
+                for score, bound in bounds.items() if scores[name].get(score) is not None]
+    if not excesses:
+        return None, "no bounded score defined (one sample or an empty segment)"
+    worst, name, score = max(excesses)
+    outside = sum(e > 0 for e, _, _ in excesses)
+    if outside:
+        return worst, (f"{outside} score(s) outside the model's usual range; worst {name} {score} "
+                       f"{scores[name][score]:.4g}, {100 * worst:.1f}% beyond its limit")
+    return worst, (f"all scores within the model's usual range; closest {name} {score} "
+                   f"{scores[name][score]:.4g}, {100 * -worst:.1f}% inside its limit")
+
+
+def _percentiles(finished: list[dict]) -> dict[str, dict[tuple[str, str], float]]:
+    """Per case, the mid-rank percentile (0-1, 1 = most uncertain) of each defined (class, score)."""
+    from ..inference.scores import SUBJECT_SCORES, uncertain_side
+
+    out: dict[str, dict[tuple[str, str], float]] = {r["case"]: {} for r in finished}
+    pairs = {(name, score) for r in finished for name in r["scores"] for score in SUBJECT_SCORES}
+    for name, score in sorted(pairs):
+        defined = [r for r in finished if r["scores"].get(name, {}).get(score) is not None]
+        cases = [r["case"] for r in defined]
+        values = uncertain_side(score, [r["scores"][name][score] for r in defined])
+        for case, value in zip(cases, values, strict=True):
+            below, equal = (values < value).sum(), (values == value).sum()
+            out[case][(name, score)] = (below + (equal - 1) / 2) / (len(values) - 1) if len(values) > 1 else 0.5
+    return out
+
+
+def rank_rows(results: list[dict], reference: dict | None) -> list[dict]:
+    """``results`` (process_case's dicts, with ``input``, ``output`` added) as worklist rows in review
+    order, ``rank``, ``priority`` and ``reason`` filled (the rule is in this module's docstring)."""
+    finished = [r for r in results if r["status"] != "failed"]
+    percentiles = None if reference else _percentiles(finished)
+    keyed = []
+    for r in results:
+        if r["status"] == "failed":
+            priority, reason = None, "failed: " + (r.get("error") or "no details")
+        elif reference:
+            priority, reason = _priority_from_ranges(r["scores"], reference)
+        else:
+            ranks = percentiles[r["case"]]
+            if ranks:
+                priority = sum(ranks.values()) / len(ranks)
+                top = max(ranks, key=lambda k: (ranks[k], k))
+                reason = (f"no usual ranges in the model card: mean percentile within this cohort "
+                          f"{priority:.2f} over {len(ranks)} scores; highest {top[0]} {top[1]} ({ranks[top]:.2f})")
+            else:
+                priority, reason = None, "no score defined (one sample or an empty segment)"
+        group = 2 if r["status"] == "failed" else (1 if priority is None else 0)
+        keyed.append(((group, -(priority or 0.0), r["case"]), priority, reason, r))
+    keyed.sort(key=lambda k: k[0])
+    rows = []
+    for rank, (_, priority, reason, r) in enumerate(keyed, start=1):
+        rows.append({**_row_values(r, reference), "rank": str(rank), "reason": reason,
+                     "priority": "" if priority is None else f"{priority:.4f}"})
+    return rows
+
+
+def _row_values(result: dict, reference: dict | None) -> dict:
+    """The worklist cells of one result except rank, priority and reason."""
+    from ..inference.scores import SUBJECT_SCORES, score_readings
+
+    row = {"case": result["case"], "status": result["status"], "input": result.get("input", ""),
+           "output": result.get("output", ""), "seconds": f"{result.get('seconds', 0):.2f}",
+           "error": result.get("error", "")}
+    scores = result.get("scores") or {}
+    readings = score_readings(scores, reference) if reference else {}
+    for name, values in scores.items():
+        row[f"{name}:volume_ml"] = _number(values.get("volume_ml"))
+        for score in SUBJECT_SCORES:
+            row[f"{name}:{score}"] = _number(values.get(score))
+            row[f"{name}:{score}:reading"] = readings.get(name, {}).get(score, {}).get("reading", "")
+    return row
+
+
+def worklist_columns(rows: list[dict]) -> list[str]:
+    """``COLUMNS`` then the per-class columns of every class in ``rows`` (first-seen order)."""
+    names: list[str] = []
+    for row in rows:
+        for key in row:
+            if key.endswith(":volume_ml") and key[: -len(":volume_ml")] not in names:
+                names.append(key[: -len(":volume_ml")])
+    return [*COLUMNS, *class_columns(names)]

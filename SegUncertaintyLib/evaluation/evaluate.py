@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,20 @@ def readable(name: str) -> str:
     """A file or argument name as text for reports: names the system decoded with surrogate escapes
     (non-ASCII under an ASCII locale) are read as UTF-8, undecodable bytes replaced. Paths keep the raw name."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def method_names(folders: list[Path]) -> list[str]:
+    """One distinct report name per prediction folder: its base name, or as many trailing path parts as
+    it takes to tell folders apart (``a/mc`` and ``b/mc`` -> "a/mc", "b/mc"). The same folder given twice
+    is a usage error: its results would be counted twice."""
+    resolved = [Path(os.path.abspath(f)) for f in folders]
+    if len(set(resolved)) != len(resolved):
+        raise UsageError("evaluate: the same prediction folder is given twice")
+    for depth in range(1, max(len(p.parts) for p in resolved) + 1):
+        names = [readable("/".join(p.parts[-depth:]).lstrip("/")) for p in resolved]
+        if len(set(names)) == len(names):
+            return names
+    raise AssertionError("distinct absolute paths always differ in some trailing part")
 
 
 @dataclass

@@ -58,6 +58,11 @@ DEFINITIONS = {
 }
 SUBJECT_SCORES = ("cv", "dpw", "ulabelled", "segment_entropy", "diversity")  # the scalar uncertainty scores
 LOWER_IS_UNCERTAIN = frozenset(k for k in SUBJECT_SCORES if DEFINITIONS[k][1].startswith("lower"))
+
+
+def certain_value(score: str) -> float:
+    """A score's value when every sample agrees and has zero entropy: 1 for dpw, 0 for the others."""
+    return 1.0 if score in LOWER_IS_UNCERTAIN else 0.0
 CONVENTIONS = {
     "grid": "scores on the model grid (the card's spacing); segmentation_volume_ml on the input grid",
     "entropy_unit": "nats (natural logarithm) for ulabelled and segment_entropy; the voxel maps are normalized "

@@ -56,8 +56,10 @@ def _is_dicom_file(path: str) -> bool:
         return False
 
 
-def find_series(folder: Path) -> list[Series]:
-    """Every series under ``folder`` (recursively), by UID; refuses unreadable DICOM files by name."""
+def find_series(folder: Path, broken: list[str] | None = None) -> list[Series]:
+    """Every series under ``folder`` (recursively), by UID; refuses unreadable DICOM files by name, or,
+    given a ``broken`` list, appends their paths to it and lists the readable series (a cohort then fails
+    the cases whose folders hold them, and only those)."""
     reader = sitk.ImageSeriesReader()
     by_uid: dict[str, list[str]] = {}
     grouped: set[str] = set()
@@ -71,10 +73,12 @@ def find_series(folder: Path) -> list[Series]:
             files = list(reader.GetGDCMSeriesFileNames(dirpath, uid))
             by_uid.setdefault(uid, []).extend(files)
             grouped.update(os.path.normpath(f) for f in files)
-    broken = [f for f in candidates if os.path.normpath(f) not in grouped and _is_dicom_file(f)]
-    if broken:
-        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
-        raise InputImageError(f"Cannot read DICOM file {broken[0]}{more} in {folder}: truncated or corrupt "
+    unreadable = [f for f in candidates if os.path.normpath(f) not in grouped and _is_dicom_file(f)]
+    if unreadable and broken is not None:
+        broken += unreadable
+    elif unreadable:
+        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+        raise InputImageError(f"Cannot read DICOM file {unreadable[0]}{more} in {folder}: truncated or corrupt "
                               "(it would be left out of its series)")
     series = [Series(uid, files) for uid, files in sorted(by_uid.items())]
     for s in series:

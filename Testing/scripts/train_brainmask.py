@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from monai.losses import DiceCELoss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from brain_data import labelled_subjects  # noqa: E402
+from training import train  # noqa: E402
 
 from SegUncertaintyLib.inference.preprocessing import resample_like, to_model_space  # noqa: E402
 from SegUncertaintyLib.models.card import write_card  # noqa: E402
@@ -72,24 +72,8 @@ def train_member(data: list[dict], seed: int, iterations: int, batch: int = 2) -
     aug = augmentation()
     aug.set_random_state(seed)
     net = build_network(ARCH)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=iterations)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.3, lambda_ce=1.0)
-    rng = np.random.default_rng(seed)
-    start = time.time()
-    net.train()
-    for it in range(iterations):
-        items = [aug(data[i]) for i in rng.integers(0, len(data), batch)]
-        x = torch.stack([torch.as_tensor(np.asarray(d["image"])) for d in items]).float()
-        y = torch.stack([torch.as_tensor(np.asarray(d["label"])) for d in items]).float()
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 50 == 0 or it == iterations - 1:
-            print(f"seed {seed} it {it} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
-    return net.eval()
+    return train(net, data, aug, loss_fn, seed, iterations, batch, max_lr=3e-3, log_every=50)
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from monai.losses import DiceCELoss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ct_data import ORGANS, WORK, DataError, prepare, training_ct  # noqa: E402
+from training import train  # noqa: E402
 
 from SegUncertaintyLib.inference.preprocessing import resample_like, to_model_space  # noqa: E402
 from SegUncertaintyLib.models.card import write_card  # noqa: E402
@@ -90,24 +90,9 @@ def train_member(data: list[dict], seed: int, iterations: int, batch: int = 2,
     net = build_network(ARCH)
     if start is not None:
         net.load_state_dict(torch.load(start, map_location="cpu", weights_only=True))
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3 if start is None else 1.5e-3, total_steps=iterations)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=1.0, lambda_ce=1.0)
-    rng = np.random.default_rng(seed)
-    start = time.time()
-    net.train()
-    for it in range(iterations):
-        items = [aug(data[i]) for i in rng.integers(0, len(data), batch)]
-        x = torch.stack([torch.as_tensor(np.asarray(d["image"])) for d in items]).float()
-        y = torch.stack([torch.as_tensor(np.asarray(d["label"])) for d in items]).float()
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 25 == 0 or it == iterations - 1:
-            print(f"seed {seed} it {it} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
-    return net.eval()
+    return train(net, data, aug, loss_fn, seed, iterations, batch, max_lr=3e-3 if start is None else 1.5e-3,
+                 log_every=25)
 
 
 def card(members: list[dict], iterations: int, batch: int, seeds: list[int], continued: dict | None = None) -> dict:

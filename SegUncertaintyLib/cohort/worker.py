@@ -1,0 +1,160 @@
+"""One cohort case, run in a worker process: ``process_case(item) -> result``.
+
+The item (a plain dict, pickled to the worker): ``case`` (id), ``path`` (file or DICOM folder, absolute),
+``input`` (as the user gave it), ``series`` (SeriesInstanceUID or None), ``files`` (a DICOM case's files),
+``out`` (the case folder, absolute), ``options`` (:class:`SegmentOptions` as a dict), ``threads`` (torch
+threads for this worker, or None).
+
+The case folder is written as ``segment`` writes it (io.outputs: same files, same manifest, atomic), its
+manifest's settings also holding ``input_sha256`` and the requested ``samples``, ``overview`` and
+``save_samples``: a case whose folder already records the same :func:`resume_key` is skipped.
+
+The result: ``case``, ``status`` ("done", "skipped", "failed" or "cancelled"), ``seconds``, ``error``
+(one line, "" unless failed), and for a finished case ``scores`` (scores.json's ``classes``) and
+``score_reference`` (the model card's usual ranges or None). Every error is caught and recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..inference.options import SegmentOptions
+
+_models: dict[tuple[str, str], object] = {}  # (model ref, device) -> loaded model: one load per worker process
+_cancelled: Callable[[], bool] | None = None  # set by run.py when the cases run in its own process
+CHUNK = 1 << 20
+
+
+def set_cancel(flag: Callable[[], bool] | None) -> None:
+    """Let cases run in this process poll ``flag`` (the cohort's cancel flag)."""
+    global _cancelled
+    _cancelled = flag
+
+
+def release_models() -> None:
+    """Forget the loaded models (after a cohort run in the caller's own process)."""
+    _models.clear()
+
+
+def input_sha256(path: str, files: tuple[str, ...] | list[str] = ()) -> str:
+    """sha256 of an image file, or of a DICOM series: each file's name and its sha256, in name order.
+
+    A .nhdr / .mhd header with a detached data file: the header only (a changed data file is not seen)."""
+    def file_digest(name: str) -> str:
+        digest = hashlib.sha256()
+        with open(name, "rb") as stream:
+            while block := stream.read(CHUNK):
+                digest.update(block)
+        return digest.hexdigest()
+
+    if not files:
+        return file_digest(path)
+    series = hashlib.sha256()
+    for name in sorted(files):
+        series.update(f"{Path(name).relative_to(path)}\0{file_digest(name)}\n".encode("utf-8", "surrogateescape"))
+    return series.hexdigest()
+
+
+def resume_key(manifest: dict) -> dict:
+    """What must match for a case folder to be reused: the input's sha256, the model (name, version,
+    every weight file's sha256), the method and every setting that changes what is written (the device
+    and the torch thread count do not)."""
+    settings = manifest.get("settings", {})
+    model = manifest.get("model", {})
+    return {"input_sha256": settings.get("input_sha256"), "model": model.get("name"), "version": model.get("version"),
+            "weights": [m.get("sha256") for m in model.get("members", [])], "method": manifest.get("method"),
+            **{k: settings.get(k) for k in ("samples", "seed", "overlap", "max_batch", "format", "maps", "map_dtype",
+                                             "overview", "save_samples", "dicom_series")}}
+
+
+def _load(options: SegmentOptions):
+    from ..models.loader import load_model
+
+    key = (options.model, options.device)
+    if key not in _models:
+        _models[key] = load_model(options.model)
+    return _models[key]
+
+
+def _earlier_run(folder: Path, wanted: dict) -> dict | None:
+    """scores.json of the earlier run in ``folder`` if it is complete and matches ``wanted``, else None."""
+    from ..io.outputs import MANIFEST, run_files
+
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = run_files(folder)
+        if files is None or resume_key(manifest) != wanted or not all((folder / f).is_file() for f in files):
+            return None
+        return json.loads((folder / "scores.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _segment(item: dict, options: SegmentOptions, model, digest: str, cancelled) -> dict:
+    from ..inference.pipeline import segment_image
+    from ..io.images import read_image
+    from ..io.outputs import output_folder, write_outputs
+
+    with output_folder(item["out"]) as folder:
+        image = read_image(item["path"], item["series"])
+        outputs = segment_image(image, model, options.method, options.samples, options.overlap, options.device,
+                                options.seed, options.max_batch, None, cancelled)
+        settings = {**options.settings(item["series"]), "input_sha256": digest, "samples": options.samples,
+                    "overview": options.overview, "save_samples": options.save_samples}
+        write_outputs(outputs, folder, model.card, item["input"], settings, options.format,
+                      overview=options.overview, samples=options.save_samples, cancelled=cancelled,
+                      maps=options.maps, map_dtype=options.map_dtype)
+    return outputs.scores
+
+
+def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
+    options = SegmentOptions(**{**item["options"], "maps": tuple(item["options"]["maps"] or ()) or None})
+    if item.get("threads"):
+        import torch
+
+        torch.set_num_threads(item["threads"])
+    digest = input_sha256(item["path"], item.get("files", ()))
+    model = _load(options)
+    card = model.card
+    wanted = resume_key({"settings": {**options.settings(item["series"]), "input_sha256": digest,
+                                      "samples": options.samples, "overview": options.overview,
+                                      "save_samples": options.save_samples},
+                         "model": {"name": card.name, "version": card.version,
+                                   "members": [{"sha256": m.sha256} for m in card.members]},
+                         "method": options.method})
+    reference = card.info.get("score_reference")
+    earlier = _earlier_run(Path(item["out"]), wanted)
+    if earlier is not None:
+        return "skipped", earlier, reference
+    return "done", _segment(item, options, model, digest, cancelled), reference
+
+
+def process_case(item: dict) -> dict:
+    """Segment one case into its folder (or skip it when its outputs are current); never raises."""
+    from ..errors import CancelledError, SegUncertaintyError
+
+    if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a local worker process: Ctrl-C is the cohort's to handle
+    start = time.monotonic()
+    result = {"case": item["case"], "status": "failed", "error": "", "scores": None, "score_reference": None}
+    try:
+        status, scores, reference = _run(item, _cancelled)
+        result.update(status=status, scores=scores.get("classes", {}), score_reference=reference)
+    except CancelledError:
+        result["status"] = "cancelled"
+    except SegUncertaintyError as exc:
+        result["error"] = str(exc)
+    except MemoryError:
+        result["error"] = "out of memory"
+    except Exception as exc:  # a bug or an unforeseen input: recorded, the cohort goes on
+        result["error"] = f"unexpected {type(exc).__name__}: {exc}"
+    result["error"] = " ".join(result["error"].split())
+    result["seconds"] = round(time.monotonic() - start, 3)
+    return result

@@ -1,0 +1,62 @@
+"""The options of one segmentation run, shared by ``segment`` and ``cohort`` (one definition each).
+
+Torch-free: the command line checks them before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..choices import FORMATS, MAP_CHOICES, MAP_DTYPES
+from ..errors import UsageError
+from ..models.catalog import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Model, method, sampling and output options (the command line's names, without dashes)."""
+
+    model: str = DEFAULT_MODEL
+    method: str = "mc_dropout"
+    samples: int | None = None  # None: the method's default
+    overlap: float = 0.5
+    device: str = "auto"
+    seed: int = 0
+    max_batch: int = 8
+    format: str = "nrrd"
+    maps: tuple[str, ...] | None = None  # None: every map
+    map_dtype: str = "float32"
+    overview: bool = True
+    save_samples: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> SegmentOptions:
+        return cls(model=args.model, method=args.method, samples=args.samples, overlap=args.overlap,
+                   device=args.device, seed=args.seed, max_batch=args.max_batch, format=args.format,
+                   maps=tuple(args.maps) if args.maps else None, map_dtype=args.map_dtype,
+                   overview=not args.no_overview, save_samples=args.save_samples)
+
+    def check(self) -> None:
+        """Refuse options out of range before anything is read (UsageError, exit 2)."""
+        from .sampling import plan_samples
+
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise UsageError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if not 0.0 <= self.overlap < 1.0:  # also refuses NaN
+            raise UsageError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.format not in FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.map_dtype not in MAP_DTYPES:
+            raise UsageError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
+        if self.maps is not None and (not self.maps or not set(self.maps) <= set(MAP_CHOICES)):
+            raise UsageError(f"--maps must name maps from {','.join(MAP_CHOICES)}, got {self.maps!r}")
+        plan_samples(self.method, 2, self.samples)  # sample-count rules (the member count is checked later)
+
+    def settings(self, dicom_series: str | None) -> dict:
+        """The manifest's ``settings`` as ``segment`` writes them."""
+        return {"overlap": self.overlap, "seed": self.seed, "max_batch": self.max_batch,
+                "device_requested": self.device, "format": self.format,
+                "maps": list(self.maps or MAP_CHOICES), "map_dtype": self.map_dtype, "dicom_series": dicom_series}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
