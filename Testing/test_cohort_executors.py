@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import SimpleITK as sitk
 
 from SegUncertaintyLib.cohort.executors import cpus_per_actor, local_gpu_env, run_tasks
 from SegUncertaintyLib.errors import SegUncertaintyError, UsageError
@@ -112,8 +113,9 @@ def test_bad_executor_options_are_usage_errors(monkeypatch):
         run_tasks(square_task, ITEMS, "slurm", 2)
     with pytest.raises(UsageError, match="--workers must be at least 1"):
         run_tasks(square_task, ITEMS, "ray", 0)
-    with pytest.raises(SegUncertaintyError, match="cannot join the Ray cluster at .*nothing answers"):
-        list(run_tasks(square_task, ITEMS, "ray", 2, address=f"127.0.0.1:{free_port()}"))  # a port left closed
+    for executor, name in (("ray", "Ray"), ("dask", "Dask")):  # a port left closed: refused at once
+        with pytest.raises(SegUncertaintyError, match=f"cannot join the {name} cluster at .*nothing answers"):
+            run_tasks(square_task, ITEMS, executor, 2, address=f"tcp://127.0.0.1:{free_port()}")
     for module, extra in (("ray", "ray"), ("distributed", "dask")):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed: import raises ImportError
         with pytest.raises(UsageError, match=rf"pip install 'seguncertainty\[{extra}\]'"):
@@ -232,3 +234,53 @@ def test_sigterm_cancels_the_run_and_stops_the_local_cluster(executor, tmp_path)
     assert first["children"], "the run started no worker processes"
     assert not wait_until_gone(set(first["children"])), f"{executor}: processes left after SIGTERM"
     assert run.stderr.read().count("Traceback") == 0
+
+
+# ------------------------------------------------------------------------- the real cohort command
+
+def _cohort_outputs(out: Path) -> tuple[list[dict], dict]:
+    """worklist.csv's rows less the seconds column, and per case folder: the bytes of every image file
+    (segmentation, maps, probabilities) and scores.json's values."""
+    from SegUncertaintyLib.cohort.worklist import read_worklist
+
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in read_worklist(out)]
+    cases = {}
+    for row in rows:
+        folder = out / row["output"]
+        images = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".nrrd", ".gz", ".nii")}
+        cases[row["case"]] = {"images": images, "scores": json.loads((folder / "scores.json").read_text())}
+    return rows, cases
+
+
+def test_cohort_command_gives_identical_worklists_and_outputs_on_local_ray_and_dask(tmp_path):
+    from conftest import sphere_phantom, write_threshold_model
+
+    from SegUncertaintyLib import cli
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, (radius, noise) in enumerate([(20.0, 0.0), (25.0, 0.05), (15.0, 0.1), (22.0, 0.02)]):
+        sitk.WriteImage(sphere_phantom(size=(20, 18, 16), radius_mm=radius, noise=noise, seed=i),
+                        str(inputs / f"case{i}.nii.gz"))
+    model = write_threshold_model(tmp_path / "model")
+    outputs = {}
+    for executor in ("local", "ray", "dask"):
+        out = tmp_path / f"out-{executor}"
+        argv = ["cohort", str(inputs), "--out", str(out), "--model", str(model), "--method", "mc_dropout",
+                "--samples", "4", "--progress", "none", "--executor", executor]
+        argv += ["--workers", str(WORKERS)] if executor != "local" else []  # local: the default, in this process
+        assert cli.main(argv) == 0
+        outputs[executor] = _cohort_outputs(out)
+    rows, cases = outputs["local"]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    for c in cases.values():
+        assert {"segmentation.nrrd", "entropy.nrrd", "mutual_information.nrrd"} <= c["images"].keys()
+        assert c["scores"]["classes"]["sphere"]
+    for executor in ("ray", "dask"):
+        assert outputs[executor][0] == rows, f"{executor}: worklist.csv differs from local mode's"
+        for case, expected in cases.items():
+            got = outputs[executor][1][case]
+            assert got["images"].keys() == expected["images"].keys()
+            for name, data in expected["images"].items():
+                assert got["images"][name] == data, f"{executor}: {case}/{name} differs from local mode's"
+            assert got["scores"] == expected["scores"], f"{executor}: {case}/scores.json differs"

@@ -290,9 +290,6 @@ def run_ray(task: Task, items: list[dict], workers: int, address: str | None) ->
         if connected:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network connection of our own making
             options = {"log_to_driver": False, "logging_level": logging.ERROR}
-            if address and not _answers(address):  # Ray itself would retry for minutes
-                raise SegUncertaintyError(f"cannot join the Ray cluster at {address}: nothing answers there "
-                                          "(the address `ray start --head` printed is HOST:PORT)")
             try:
                 if address:
                     ray.init(address=address, **options)
@@ -409,4 +406,7 @@ def run_tasks(task: Task, items: list[dict], executor: str = "local", workers: i
             raise UsageError("--address applies to --executor ray or dask, not local")
         return run_local(task, items, workers)
     _require("ray" if executor == "ray" else "distributed", executor)  # now, not at the first result
+    if address and not _answers(address):  # Ray itself would retry for minutes, Dask for 10 s
+        name = "Ray" if executor == "ray" else "Dask"
+        raise SegUncertaintyError(f"cannot join the {name} cluster at {address}: nothing answers there")
     return (run_ray if executor == "ray" else run_dask)(task, items, workers, address)
