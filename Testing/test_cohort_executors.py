@@ -106,7 +106,7 @@ def test_ray_actors_share_the_cluster_cpus_within_the_largest_node():
     assert cpus_per_actor([2.0], 8) == 1 and cpus_per_actor([], 2) == 1  # never 0: the pool still starts
 
 
-def test_bad_executor_options_are_usage_errors(monkeypatch):
+def test_bad_executor_options_are_refused_with_one_message(monkeypatch):
     with pytest.raises(UsageError, match="--address applies to --executor ray or dask"):
         run_tasks(square_task, ITEMS, "local", 2, address="127.0.0.1:1")
     with pytest.raises(UsageError, match="--executor must be one of local, ray, dask"):
