@@ -215,11 +215,9 @@ def _quiet(*loggers: str) -> Iterator[None]:
     levels = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    yield  # interrupted: they stay silent (Dask's event loop may still report the wait that was cut short)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------- ray
