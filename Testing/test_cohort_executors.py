@@ -8,6 +8,7 @@ against a Ray head from ``ray start --head`` and a Dask LocalCluster started her
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,7 @@ def ray_head():
         head.send_signal(signal.SIGTERM)
         head.wait(60)
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_address_joins_a_running_cluster_and_leaves_it_running(ray_head, monkeypatch):
