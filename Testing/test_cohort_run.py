@@ -542,3 +542,16 @@ def test_a_mark_made_while_the_worklist_is_rewritten_is_kept(tmp_path, monkeypat
     assert marker[0].wait(timeout=60) == 0
     row = read_worklist(tmp_path / "out")[0]
     assert (row["reviewed"], row["reviewer_note"]) == ("yes", "checked")
+
+
+def test_an_unreachable_cluster_is_refused_before_the_cohort_folder_is_made(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = _model(tmp_path / "model")
+    inputs = [_sphere(tmp_path / "in" / "a.nii.gz", 20.0)]
+    code = cli.main(_argv(inputs, tmp_path / "out", model, "--executor", "dask", "--address", f"127.0.0.1:{port}"))
+    assert code == 1 and "cannot join the Dask cluster" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

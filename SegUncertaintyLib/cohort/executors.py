@@ -395,16 +395,25 @@ def run_tasks(task: Task, items: list[dict], executor: str = "local", workers: i
               address: str | None = None) -> Iterator[tuple[int, dict]]:
     """Run ``task`` over ``items`` on ``executor`` with ``workers`` workers (``address``: join a running
     Ray or Dask cluster instead of starting a local one); yields ``(index, result)`` as each finishes."""
+    check_executor(executor, workers, address)
+    if executor == "local":
+        return run_local(task, items, workers)
+    return (run_ray if executor == "ray" else run_dask)(task, items, workers, address)
+
+
+def check_executor(executor: str, workers: int, address: str | None) -> None:
+    """Refuse, before anything is written, what ``run_tasks`` cannot run: an unknown executor, fewer than
+    one worker, --address with the local executor (UsageError), a missing ray / distributed package
+    (UsageError naming the extra to install), or an --address where nothing answers (SegUncertaintyError)."""
     if executor not in EXECUTORS:
         raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers!r}")
     if executor == "local":
         if address:
             raise UsageError("--address applies to --executor ray or dask, not local")
-        return run_local(task, items, workers)
+        return
     _require("ray" if executor == "ray" else "distributed", executor)  # now, not at the first result
     if address and not _answers(address):  # Ray itself would retry for minutes, Dask for 10 s
         name = "Ray" if executor == "ray" else "Dask"
         raise SegUncertaintyError(f"cannot join the {name} cluster at {address}: nothing answers there")
-    return (run_ray if executor == "ray" else run_dask)(task, items, workers, address)

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CancelledError, SegUncertaintyError, UsageError
+from ..errors import CancelledError, SegUncertaintyError
 from ..inference.options import SegmentOptions
 from . import review, worker
 from .cases import COHORT_MANIFEST, Case, find_cases
-from .executors import EXECUTORS, run_tasks
+from .executors import check_executor, run_tasks
 from .worklist import REVIEW_FIELDS, WORKLIST_CSV, rank_rows, read_worklist, worklist_columns, write_csv_atomic
 from .worklist_html import WORKLIST_HTML, write_html
 
@@ -97,12 +97,7 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
 
     options = options or SegmentOptions()
     options.check()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers!r}")
-    if executor not in EXECUTORS:
-        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if address and executor == "local":
-        raise UsageError("--address applies to --executor ray or dask, not local")
+    check_executor(executor, workers, address)  # before the cohort folder is touched
     if Path(options.model).exists():  # a model folder or card: the same one from any worker's folder
         options = dataclasses.replace(options, model=str(Path(options.model).resolve()))
     cases = find_cases([os.fspath(p) for p in inputs])
@@ -118,10 +113,7 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
         reporter = CohortProgress(progress, len(items))
         worker.set_cancel(cancelled if in_process else None)
         try:
-            try:
-                finished = run_tasks(worker.process_case, items, executor, workers, address)
-            except NotImplementedError as exc:
-                raise UsageError(f"--executor {executor} is not available in this version ({exc})") from exc
+            finished = run_tasks(worker.process_case, items, executor, workers, address)
             try:
                 for index, result in finished:
                     if result.get("status") != "cancelled":
