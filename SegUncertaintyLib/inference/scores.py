@@ -133,7 +133,7 @@ def volume_scores(inter: np.ndarray, voxel_ml: float) -> dict:
 
 def subject_scores(
     bits: torch.Tensor,
-    mean_p: torch.Tensor,
+    mean_p: torch.Tensor | list,
     expected_entropy: torch.Tensor,
     prediction: torch.Tensor,
     voxel_ml: float,
@@ -143,11 +143,11 @@ def subject_scores(
 ) -> dict[str, dict]:
     """Scores per foreground class name.
 
-    bits: (C-1, ceil(T/8), *S) uint8; mean_p: (C, *S); expected_entropy: (*S) the engine's E_t[H(p_t)] / ln C
-    map; prediction: (*S) labels, all on the model grid.
+    bits: (C-1, ceil(T/8), *S) uint8; mean_p: (C, *S), or a list of C (*S) tensors (entry 0 unused);
+    expected_entropy: (*S) the engine's E_t[H(p_t)] / ln C map; prediction: (*S) labels, all on the model grid.
     input_volumes_ml: volume of each class in the delivered input-grid labelmap (else the model grid's).
     """
-    nats = math.log(mean_p.shape[0])
+    nats = math.log(len(mean_p))
     result = {}
     for k in range(1, len(labels)):
         inside = prediction == k

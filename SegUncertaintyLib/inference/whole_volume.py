@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CancelledError
 from .accumulator import MomentAccumulator
-from .engine import ProgressCallback, class_argmax, pick_device
+from .engine import ProgressCallback, pick_device
 from .pipeline import MAP_MEANINGS, SegmentationOutputs
 from .preprocessing import array_on_grid
 from .scores import scores_document, subject_scores
@@ -49,30 +49,59 @@ def segment_passes(
         if cancelled is not None and cancelled():
             raise CancelledError("Cancelled by the user; nothing was written")
         torch.manual_seed(seed + i)  # dropout draws differ per pass and repeat with the seed
-        accumulator.add(model.run_pass(prepared, spec))
+        accumulator.add_slabs(model.pass_slabs(prepared, spec))
         report("inference", (i + 1) / len(plan), f"pass {i + 1}/{len(plan)}: {model.describe(spec)}")
     del prepared
     mean_p, maps_t, bits = accumulator.finish()
+    del accumulator
 
     report("postprocess", 0.0, "subject-level scores")
     names = card.labels
     n = len(plan)
-    labels = class_argmax(mean_p, 0)
+    labels = _labels(mean_p)
+    del mean_p[0]  # background: only needed for the labels and the maps
     voxel_ml = math.prod(image.GetSpacing()) / 1000.0
-    per_class = subject_scores(bits, mean_p, maps_t["entropy"], labels, voxel_ml, n, names)
+    per_class = subject_scores(bits, [None, *mean_p], maps_t["expected_entropy"], labels, voxel_ml, n, names)
     scores = scores_document(per_class, method, n, card.info.get("score_reference"))
     scores["grid"] = "input grid (the model's own output grid)"
+    # Each output becomes an image (a copy) and its tensor is dropped at once; the model-grid arrays the
+    # overview reads are views of those images, not second copies.
+    segmentation = array_on_grid(labels.numpy(), image)
+    del labels
     map_names = list(MAP_MEANINGS) if n > 1 else ["entropy"]
-    maps_np = {name: maps_t[name].numpy() for name in map_names}
-    labels_np = labels.numpy()
+    maps = {name: array_on_grid(maps_t.pop(name).numpy(), image) for name in map_names}
+    del maps_t
+    probabilities = {}
+    for k in range(1, card.n_classes):
+        probabilities[names[k]] = array_on_grid(mean_p[0].numpy(), image)
+        del mean_p[0]
     report("postprocess", 1.0, "done")
     return SegmentationOutputs(
-        segmentation=array_on_grid(labels_np, image),
-        probabilities={names[k]: array_on_grid(mean_p[k].numpy(), image) for k in range(1, card.n_classes)},
-        maps={name: array_on_grid(array, image) for name, array in maps_np.items()},
+        segmentation=segmentation, probabilities=probabilities, maps=maps,
         scores=scores, method=method, n_samples=n, device=dev.type, notes=notes,
-        model_grid_image=sitk.Cast(image, sitk.sitkFloat32),
-        model_grid_maps=maps_np,
-        model_grid_labels=labels_np.astype(np.uint8),
+        model_grid_image=image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32),
+        model_grid_maps={name: image_view(map_image) for name, map_image in maps.items()},
+        model_grid_labels=image_view(segmentation),
         model_grid_sample_bits=bits.numpy(),
     )
+
+
+def _labels(mean_p: list[torch.Tensor]) -> torch.Tensor:
+    """argmax over the classes (first maximum wins) as uint8, without stacking the class planes."""
+    best = mean_p[0].clone()
+    labels = torch.zeros(best.shape, dtype=torch.uint8)
+    for k in range(1, len(mean_p)):
+        labels[mean_p[k] > best] = k
+        torch.maximum(best, mean_p[k], out=best)
+    return labels
+
+
+class _ImageView(np.ndarray):
+    """An ndarray that keeps the SimpleITK image whose buffer it views alive (attribute ``image``)."""
+
+
+def image_view(image: sitk.Image) -> np.ndarray:
+    """Read-only (z, y, x) array view of ``image``'s pixels, valid as long as the array is referenced."""
+    view = sitk.GetArrayViewFromImage(image).view(_ImageView)
+    view.image = image  # views of ``view`` keep ``view`` as their base (another type: numpy keeps the chain)
+    return view
