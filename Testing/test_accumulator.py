@@ -12,13 +12,14 @@ def test_streamed_moments_equal_the_stacked_samples_maps_and_label_bits():
     gen = torch.Generator().manual_seed(0)
     t, c, shape = 10, 3, (21, 5, 4)  # 21 slices: more than one slab of 16, the last one partial
     samples = torch.softmax(3 * torch.randn((t, c, *shape), generator=gen), dim=1)
-    acc = MomentAccumulator(c, shape, t)
+    acc = MomentAccumulator(c, shape, t, slab_voxels=16 * 5 * 4)
     for p in samples:
         acc.add(p.numpy())
-    mean_p, maps, bits = acc.finish()
+    mean_p, labels, maps, bits = acc.finish()
     naive_h = (-(samples * samples.log()).sum(1) / np.log(c)).mean(0)
     expected = uncertainty_maps(samples.mean(0), (samples ** 2).mean(0), naive_h, t)
-    assert torch.allclose(torch.stack(mean_p), samples.mean(0), atol=1e-6)
+    assert torch.allclose(torch.stack(mean_p), samples.mean(0)[1:], atol=1e-6)  # foreground classes
+    assert torch.equal(labels.long(), samples.mean(0).argmax(0))
     for name in ("entropy", "mutual_information", "expected_entropy"):
         assert torch.allclose(maps[name], expected[name], atol=1e-5), name
     # M2 is kept in float16: the documented bound, (T - 1) * 2^-11 of the value (+ 2^-24 per update)
@@ -26,11 +27,11 @@ def test_streamed_moments_equal_the_stacked_samples_maps_and_label_bits():
     error = (maps["variance"].double() - reference).abs()
     assert torch.all(error <= (t - 1) * (2 ** -11 * reference + 2 ** -24) + 1e-6)
     assert float(error.max()) > 1e-7  # float16 is really in use (a float32 M2 would be exact to 1e-7)
-    labels = samples.argmax(1)  # (T, *S)
+    sample_labels = samples.argmax(1)  # (T, *S)
     for k in (1, 2):
         for s in range(t):
             unpacked = (bits[k - 1, s // 8] >> (s % 8)) & 1
-            assert torch.equal(unpacked.bool(), labels[s] == k)
+            assert torch.equal(unpacked.bool(), sample_labels[s] == k)
 
 
 def test_accumulator_refuses_wrong_shapes_and_counts():
@@ -50,8 +51,8 @@ def test_a_pass_in_slabs_along_any_axis_equals_the_whole_pass():
     for p in samples:
         whole.add(p)
         slabbed.add_slabs(((slice(None), slice(y, y + 2)), p[:, :, y:y + 2]) for y in range(0, shape[1], 2))
-    (mean_a, maps_a, bits_a), (mean_b, maps_b, bits_b) = whole.finish(), slabbed.finish()
-    assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True))
+    (mean_a, labels_a, maps_a, bits_a), (mean_b, labels_b, maps_b, bits_b) = whole.finish(), slabbed.finish()
+    assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
     assert all(torch.equal(maps_a[name], maps_b[name]) for name in maps_a) and torch.equal(bits_a, bits_b)
 
 

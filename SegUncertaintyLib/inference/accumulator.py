@@ -9,9 +9,11 @@ and one bit per sample per foreground class for the per-sample segmentations. Th
 afterwards by maps.uncertainty_maps, so every format gets the same entropy, MI, variance and expected
 entropy.
 
-Memory per voxel: 4 C (sums, float32) + 2 C (M2, float16) + 4 (entropy sum) bytes plus (C - 1) * ceil(T / 8)
-bytes for the bits; the pass being added is the caller's (never all T passes at once), and ``finish``
-adds the three derived maps (12 bytes) before M2 is freed.
+Memory per voxel: 4 (C - 1) (sums of the foreground classes, float32; the background's is T minus
+theirs) + 2 C (M2, float16) + 4 (entropy sum) bytes plus (C - 1) * ceil(T / 8) bytes for the bits: 20
+bytes for C = 3 and T <= 8, against 4 (2C + 1) + bits = 30 with float32 sums and squares. The pass being added is the caller's
+(never all T passes at once); ``finish`` adds the three derived maps and the labels (13 bytes) before M2
+is freed.
 
 Precision of M2 in float16: M2 only grows, and each of the T - 1 updates rounds it once to 11 significant
 bits, so the variance map's error is at most (T - 1) * 2^-11 of its value (plus 2^-24 per update below
@@ -30,6 +32,10 @@ import torch
 from .engine import class_argmax
 from .maps import normalized_entropy, uncertainty_maps
 
+# The background's mean is derived (1 - the others' sum), about 1e-7 off in float32; nnU-Net's float16 logits
+# often give a class exactly the background's probability, and argmax keeps the first (background) then:
+# the background wins every comparison within this margin, so such ties stay background.
+BACKGROUND_TIE = 1e-6
 Region = tuple[slice, ...]  # index of the leading spatial axes; missing trailing axes are whole
 
 
@@ -37,15 +43,16 @@ class MomentAccumulator:
     """Running sums over T passes of (C, *S) probability volumes.
 
     ``add`` (a whole pass) or ``add_slabs`` (a pass as regions) takes each pass in turn; ``finish`` returns
-    (mean_p: list of C (*S) tensors, maps name -> (*S), sample_bits (C-1, ceil(T/8), *S) uint8 with sample t
-    in bit t % 8 of byte t // 8).
+    the foreground classes' mean probabilities, the labels, the maps name -> (*S) and sample_bits
+    (C-1, ceil(T/8), *S) uint8 with sample t in bit t % 8 of byte t // 8.
     """
 
-    def __init__(self, n_classes: int, shape: tuple[int, ...], n_samples: int, slab: int = 16):
+    def __init__(self, n_classes: int, shape: tuple[int, ...], n_samples: int, slab_voxels: int = 1 << 20):
         if n_classes < 2 or n_samples < 1:
             raise ValueError("need at least 2 classes and 1 sample")
-        self.n_classes, self.shape, self.n_samples, self.slab = n_classes, tuple(shape), n_samples, slab
-        self.sum_p = [torch.zeros(shape) for _ in range(n_classes)]
+        self.n_classes, self.shape, self.n_samples = n_classes, tuple(shape), n_samples
+        self.slab = max(1, slab_voxels // max(1, int(np.prod(self.shape[1:]))))  # planes per slab
+        self.sum_p = [torch.zeros(shape) for _ in range(1, n_classes)]  # foreground classes only
         self.m2 = torch.zeros((n_classes, *shape), dtype=torch.float16)
         self.sum_h = torch.zeros(shape)
         self.bits = torch.zeros((n_classes - 1, (n_samples + 7) // 8, *shape), dtype=torch.uint8)
@@ -80,12 +87,14 @@ class MomentAccumulator:
             raise ValueError(f"pass has shape {tuple(p.shape)} for a region of shape {(self.n_classes, *target)}")
         n, (byte, bit) = self.count, divmod(self.count, 8)
         p = p.float()
-        m2 = self.m2[(slice(None), *region)]
-        for k in range(self.n_classes):
-            sum_k = self.sum_p[k][region]
-            if n:  # Welford: M2 += (p - mean_old)^2 * n / (n + 1), mean_old = sum / n
+        sums = [s[region] for s in self.sum_p]
+        if n:  # Welford: M2 += (p - mean_old)^2 * n / (n + 1), mean_old = sum / n
+            m2 = self.m2[(slice(None), *region)]
+            background = n - torch.stack(sums).sum(0)  # the passes' softmax sums to 1 (to float32 precision)
+            for k, sum_k in enumerate([background, *sums]):
                 delta = p[k] - sum_k / n
                 m2[k] += (delta * delta).mul_(n / (n + 1)).to(torch.float16)
+        for k, sum_k in enumerate(sums, start=1):
             sum_k += p[k]
         self.sum_h[region] += normalized_entropy(p, 0)
         labels = class_argmax(p, 0)
@@ -93,21 +102,30 @@ class MomentAccumulator:
             self.bits[(k - 1, byte, *region)] |= (labels == k).to(torch.uint8) << bit
         return labels.numel()
 
-    def finish(self) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
-        """Means over the passes added and the maps derived from them (the accumulator is consumed)."""
+    def finish(self) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Means over the passes added, the labels and maps derived from them (the accumulator is consumed).
+
+        Returns (mean_p: C - 1 (*S) tensors, the foreground classes'; labels: (*S) uint8 argmax of the mean,
+        first maximum wins, background within BACKGROUND_TIE; maps; sample bits). The background's mean, 1 - sum of the others (clamped at 0),
+        is only formed slab by slab.
+        """
         if self.count != self.n_samples:
             raise ValueError(f"{self.count} passes added, {self.n_samples} announced")
         t = self.count
         mean_p = [s.mul_(1.0 / t) for s in self.sum_p]
         mean_h = self.sum_h.mul_(1.0 / t)
+        labels = torch.empty(self.shape, dtype=torch.uint8)
         maps = {name: torch.empty(self.shape) for name in ("entropy", "mutual_information", "variance")}
         for z in range(0, self.shape[0], self.slab):
             zs = slice(z, z + self.slab)
-            p = torch.stack([m[zs] for m in mean_p])
+            foreground = torch.stack([m[zs] for m in mean_p])
+            p = torch.cat([(1.0 - foreground.sum(0, keepdim=True)).clamp_min_(0.0), foreground])
             mean_p2 = self.m2[:, zs].float().div_(t).addcmul_(p, p)  # E[p^2] = M2 / T + E[p]^2
             part = uncertainty_maps(p, mean_p2, mean_h[zs], t)
             for name, out in maps.items():
                 out[zs] = part[name]
+            p[0] += BACKGROUND_TIE
+            labels[zs] = class_argmax(p, 0)
         maps["expected_entropy"] = mean_h
         self.sum_p = self.m2 = self.sum_h = None
-        return mean_p, maps, self.bits
+        return mean_p, labels, maps, self.bits

@@ -52,14 +52,12 @@ def segment_passes(
         accumulator.add_slabs(model.pass_slabs(prepared, spec))
         report("inference", (i + 1) / len(plan), f"pass {i + 1}/{len(plan)}: {model.describe(spec)}")
     del prepared
-    mean_p, maps_t, bits = accumulator.finish()
+    mean_p, labels, maps_t, bits = accumulator.finish()  # mean_p: the foreground classes'
     del accumulator
 
     report("postprocess", 0.0, "subject-level scores")
     names = card.labels
     n = len(plan)
-    labels = _labels(mean_p)
-    del mean_p[0]  # background: only needed for the labels and the maps
     voxel_ml = math.prod(image.GetSpacing()) / 1000.0
     per_class = subject_scores(bits, [None, *mean_p], maps_t["expected_entropy"], labels, voxel_ml, n, names)
     scores = scores_document(per_class, method, n, card.info.get("score_reference"))
@@ -84,16 +82,6 @@ def segment_passes(
         model_grid_labels=image_view(segmentation),
         model_grid_sample_bits=bits.numpy(),
     )
-
-
-def _labels(mean_p: list[torch.Tensor]) -> torch.Tensor:
-    """argmax over the classes (first maximum wins) as uint8, without stacking the class planes."""
-    best = mean_p[0].clone()
-    labels = torch.zeros(best.shape, dtype=torch.uint8)
-    for k in range(1, len(mean_p)):
-        labels[mean_p[k] > best] = k
-        torch.maximum(best, mean_p[k], out=best)
-    return labels
 
 
 class _ImageView(np.ndarray):
