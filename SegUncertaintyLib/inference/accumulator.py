@@ -11,15 +11,15 @@ entropy.
 
 Memory per voxel: 4 (C - 1) (sums of the foreground classes, float32; the background's is T minus
 theirs) + 2 C (M2, float16) + 4 (entropy sum) bytes plus (C - 1) * ceil(T / 8) bytes for the bits: 20
-bytes for C = 3 and T <= 8, against 4 (2C + 1) + bits = 30 with float32 sums and squares. The pass being added is the caller's
-(never all T passes at once); ``finish`` adds the three derived maps and the labels (13 bytes) before M2
-is freed.
+bytes for C = 3 and T <= 8, against 4 (2C + 1) + bits = 30 with float32 sums and squares. The pass being
+added is the caller's (never all T passes at once); ``finish`` adds the variance map (4 bytes), frees
+M2, then adds the entropy and MI maps and the labels (9 bytes).
 
 Precision of M2 in float16: M2 only grows, and each of the T - 1 updates rounds it once to 11 significant
 bits, so the variance map's error is at most (T - 1) * 2^-11 of its value (plus 2^-24 per update below
 float16's normal range): 0.05 % for two folds, 2 % for T = 40 passes at worst (random rounding: about
-sqrt(T - 1) * 2^-12). Sums of p and of H stay float32, so the mean probability, entropy, expected entropy
-and MI are as before.
+sqrt(T - 1) * 2^-12). Sums of p and of H stay float32, so the mean probability (the background's to about
+1e-7), entropy, expected entropy and MI are as before.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class MomentAccumulator:
             background = n - torch.stack(sums).sum(0)  # the passes' softmax sums to 1 (to float32 precision)
             for k, sum_k in enumerate([background, *sums]):
                 delta = p[k] - sum_k / n
-                m2[k] += (delta * delta).mul_(n / (n + 1)).to(torch.float16)
+                m2[k].copy_(m2[k].float().addcmul_(delta, delta, value=n / (n + 1)))  # one float16 rounding
         for k, sum_k in enumerate(sums, start=1):
             sum_k += p[k]
         self.sum_h[region] += normalized_entropy(p, 0)
@@ -106,26 +106,33 @@ class MomentAccumulator:
         """Means over the passes added, the labels and maps derived from them (the accumulator is consumed).
 
         Returns (mean_p: C - 1 (*S) tensors, the foreground classes'; labels: (*S) uint8 argmax of the mean,
-        first maximum wins, background within BACKGROUND_TIE; maps; sample bits). The background's mean, 1 - sum of the others (clamped at 0),
-        is only formed slab by slab.
+        first maximum wins, background within BACKGROUND_TIE; maps; sample bits). The background's mean,
+        1 - the others' sum (clamped at 0), is only formed slab by slab.
         """
         if self.count != self.n_samples:
             raise ValueError(f"{self.count} passes added, {self.n_samples} announced")
         t = self.count
         mean_p = [s.mul_(1.0 / t) for s in self.sum_p]
         mean_h = self.sum_h.mul_(1.0 / t)
-        labels = torch.empty(self.shape, dtype=torch.uint8)
-        maps = {name: torch.empty(self.shape) for name in ("entropy", "mutual_information", "variance")}
-        for z in range(0, self.shape[0], self.slab):
-            zs = slice(z, z + self.slab)
-            foreground = torch.stack([m[zs] for m in mean_p])
-            p = torch.cat([(1.0 - foreground.sum(0, keepdim=True)).clamp_min_(0.0), foreground])
+        maps = {"variance": torch.empty(self.shape)}
+        for zs, p in self._mean_slabs(mean_p):  # first the variance, then M2 is freed (lower peak)
             mean_p2 = self.m2[:, zs].float().div_(t).addcmul_(p, p)  # E[p^2] = M2 / T + E[p]^2
-            part = uncertainty_maps(p, mean_p2, mean_h[zs], t)
-            for name, out in maps.items():
-                out[zs] = part[name]
+            maps["variance"][zs] = uncertainty_maps(p, mean_p2, mean_h[zs], t)["variance"]
+        self.m2 = None
+        labels = torch.empty(self.shape, dtype=torch.uint8)
+        maps.update({name: torch.empty(self.shape) for name in ("entropy", "mutual_information")})
+        for zs, p in self._mean_slabs(mean_p):
+            part = uncertainty_maps(p, p * p, mean_h[zs], t)  # the second moment only enters the variance
+            maps["entropy"][zs], maps["mutual_information"][zs] = part["entropy"], part["mutual_information"]
             p[0] += BACKGROUND_TIE
             labels[zs] = class_argmax(p, 0)
         maps["expected_entropy"] = mean_h
-        self.sum_p = self.m2 = self.sum_h = None
+        self.sum_p = self.sum_h = None
         return mean_p, labels, maps, self.bits
+
+    def _mean_slabs(self, mean_p: list[torch.Tensor]):
+        """(z slice, (C, slab) mean probabilities with the background derived) for each slab."""
+        for z in range(0, self.shape[0], self.slab):
+            zs = slice(z, z + self.slab)
+            foreground = torch.stack([m[zs] for m in mean_p])
+            yield zs, torch.cat([(1.0 - foreground.sum(0, keepdim=True)).clamp_min_(0.0), foreground])
