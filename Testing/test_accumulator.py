@@ -60,3 +60,27 @@ def test_a_pass_that_does_not_cover_the_volume_is_refused():
     acc = MomentAccumulator(2, (4, 2, 2), 1)
     with pytest.raises(ValueError, match="covered 8 voxels, the volume has 16"):
         acc.add_slabs([((slice(0, 2),), np.full((2, 2, 2, 2), 0.5, np.float32))])
+
+
+def test_spilled_sums_are_out_of_memory_while_a_pass_is_made_and_come_back_unchanged(tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    t, c, shape = 3, 3, (5, 4, 6)
+    samples = torch.softmax(2 * torch.randn((t, c, *shape), generator=gen), dim=1)
+    plain, spilled = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t)
+    seen = []
+
+    def pass_pieces(p):  # like a model's pass_slabs: the forward pass runs before the first piece
+        seen.append(spilled.sum_h is None and spilled.m2 is None and all(s is None for s in spilled.sum_p))
+        seen.append(sorted(f.name for f in tmp_path.iterdir()))
+        yield (slice(0, 2),), p[:, :2]
+        yield (slice(2, 5),), p[:, 2:]
+
+    for p in samples:
+        plain.add(p)
+        spilled.add_slabs(pass_pieces(p), spill_dir=tmp_path)
+    assert seen[0:2] == [True, []]  # before the first pass's first piece nothing is allocated, nothing spilled
+    assert seen[2] is True and "m2.raw" in seen[3] and "sum_p1.raw" in seen[3]
+    assert list(tmp_path.iterdir()) == []  # read back and deleted
+    (mean_a, labels_a, maps_a, bits_a), (mean_b, labels_b, maps_b, bits_b) = plain.finish(), spilled.finish()
+    assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
+    assert all(torch.equal(maps_a[name], maps_b[name]) for name in maps_a) and torch.equal(bits_a, bits_b)

@@ -11,9 +11,11 @@ entropy.
 
 Memory per voxel: 4 (C - 1) (sums of the foreground classes, float32; the background's is T minus
 theirs) + 2 C (M2, float16) + 4 (entropy sum) bytes plus (C - 1) * ceil(T / 8) bytes for the bits: 20
-bytes for C = 3 and T <= 8, against 4 (2C + 1) + bits = 30 with float32 sums and squares. The pass being
-added is the caller's (never all T passes at once); ``finish`` adds the variance map (4 bytes), frees
-M2, then adds the entropy and MI maps and the labels (9 bytes).
+bytes for C = 3 and T <= 8, against 4 (2C + 1) + bits = 30 with float32 sums and squares, allocated
+when the first pass's first piece arrives, and kept in files while later passes are computed when the
+caller gives a ``spill_dir``. The pass being added is the caller's (never all T passes at once);
+``finish`` adds the variance map (4 bytes), frees M2, then adds the entropy and MI maps and the labels
+(9 bytes).
 
 Precision of M2 in float16: M2 only grows, and each of the T - 1 updates rounds it once to 11 significant
 bits, so the variance map's error is at most (T - 1) * 2^-11 of its value (plus 2^-24 per update below
@@ -24,7 +26,9 @@ sqrt(T - 1) * 2^-12). Sums of p and of H stay float32, so the mean probability (
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,21 +56,46 @@ class MomentAccumulator:
             raise ValueError("need at least 2 classes and 1 sample")
         self.n_classes, self.shape, self.n_samples = n_classes, tuple(shape), n_samples
         self.slab = max(1, slab_voxels // max(1, int(np.prod(self.shape[1:]))))  # planes per slab
-        self.sum_p = [torch.zeros(shape) for _ in range(1, n_classes)]  # foreground classes only
-        self.m2 = torch.zeros((n_classes, *shape), dtype=torch.float16)
-        self.sum_h = torch.zeros(shape)
-        self.bits = torch.zeros((n_classes - 1, (n_samples + 7) // 8, *shape), dtype=torch.uint8)
+        self.sum_p: list[torch.Tensor | None] = [None] * (n_classes - 1)  # foreground classes only
+        self.m2 = self.sum_h = self.bits = None  # allocated when the first piece arrives (after its forward pass)
         self.count = 0
+
+    def _allocate(self) -> None:
+        shape, c = self.shape, self.n_classes
+        self.sum_p = [torch.zeros(shape) for _ in range(1, c)]
+        self.m2 = torch.zeros((c, *shape), dtype=torch.float16)
+        self.sum_h = torch.zeros(shape)
+        self.bits = torch.zeros((c - 1, (self.n_samples + 7) // 8, *shape), dtype=torch.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the running sums and bits hold once allocated."""
+        c = self.n_classes
+        return int(np.prod(self.shape)) * (4 * (c - 1) + 2 * c + 4 + (c - 1) * ((self.n_samples + 7) // 8))
 
     def add(self, probabilities: np.ndarray | torch.Tensor) -> None:
         """Add one pass: (C, *S) probabilities summing to 1 over C, worked in z-slabs (small temporaries)."""
         self.add_slabs([((), probabilities)])
 
-    def add_slabs(self, slabs: Iterable[tuple[Region, np.ndarray | torch.Tensor]]) -> None:
+    def add_slabs(self, slabs: Iterable[tuple[Region, np.ndarray | torch.Tensor]],
+                  spill_dir: str | Path | None = None) -> None:
         """Add one pass given as (region, (C, *region shape) probabilities) pieces that tile the volume
-        exactly once (checked by voxel count); region () is the whole volume, worked in z-slabs."""
+        exactly once (checked by voxel count); region () is the whole volume, worked in z-slabs.
+
+        With ``spill_dir``, the running sums wait in files there while the first piece is made (for a
+        generator of pieces: the model's whole forward pass, e.g. nnU-Net's sliding window), so that
+        the pass's own peak and the sums are never in memory together; they are read back, unchanged,
+        before the first piece is added."""
         if self.count >= self.n_samples:
             raise ValueError(f"more passes than the {self.n_samples} announced")
+        slabs = iter(slabs)
+        if spill_dir is not None and self.count:
+            self._spill(Path(spill_dir))
+            try:
+                first = next(slabs, None)
+            finally:
+                self._restore(Path(spill_dir))
+            slabs = itertools.chain([] if first is None else [first], slabs)
         covered = 0
         for region, p in slabs:
             p = torch.as_tensor(p)
@@ -82,6 +111,8 @@ class MomentAccumulator:
         self.count += 1
 
     def _add_region(self, region: Region, p: torch.Tensor) -> int:
+        if self.sum_h is None:
+            self._allocate()
         target = self.sum_h[region].shape
         if tuple(p.shape) != (self.n_classes, *target):
             raise ValueError(f"pass has shape {tuple(p.shape)} for a region of shape {(self.n_classes, *target)}")
@@ -101,6 +132,32 @@ class MomentAccumulator:
         for k in range(1, self.n_classes):
             self.bits[(k - 1, byte, *region)] |= (labels == k).to(torch.uint8) << bit
         return labels.numel()
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"m2": self.m2, "sum_h": self.sum_h, "bits": self.bits,
+                **{f"sum_p{k}": t for k, t in enumerate(self.sum_p)}}
+
+    def _spill(self, folder: Path) -> None:
+        """Write the running sums to raw files in ``folder`` and drop them from memory."""
+        for name, tensor in self._state().items():
+            tensor.numpy().tofile(folder / f"{name}.raw")
+        self.m2 = self.sum_h = self.bits = None
+        self.sum_p = [None] * len(self.sum_p)
+
+    def _restore(self, folder: Path) -> None:
+        """Read back what ``_spill`` wrote (exact: raw bytes) and delete the files."""
+        dtypes = {"m2": np.float16, "bits": np.uint8}
+        shapes = {"m2": (self.n_classes, *self.shape), "bits": (self.n_classes - 1, (self.n_samples + 7) // 8,
+                                                                  *self.shape)}
+        for name in self._state():
+            path = folder / f"{name}.raw"
+            tensor = torch.from_numpy(np.fromfile(path, dtype=dtypes.get(name, np.float32)).reshape(
+                shapes.get(name, self.shape)))
+            path.unlink()
+            if name.startswith("sum_p"):
+                self.sum_p[int(name[5:])] = tensor
+            else:
+                setattr(self, name, tensor)
 
     def finish(self) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Means over the passes added, the labels and maps derived from them (the accumulator is consumed).

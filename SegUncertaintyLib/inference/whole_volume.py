@@ -1,12 +1,14 @@
 """Segment with a whole-volume model: run its passes one by one and stream them into the accumulator.
 
 Each pass is produced by the format's own code on the input's voxel grid (see models/adapters/base.py);
-memory is one pass plus the running moments, never all passes.
+memory is one pass plus the running moments, never all passes. Large running moments wait in a
+temporary file while a pass's forward computation runs (MomentAccumulator.add_slabs, ``spill_dir``).
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -19,6 +21,10 @@ from .engine import ProgressCallback, pick_device
 from .pipeline import MAP_MEANINGS, SegmentationOutputs
 from .preprocessing import array_on_grid
 from .scores import scores_document, subject_scores
+
+# Running sums at least this large wait in a temporary file while each pass is computed (its forward pass
+# and the sums are then never in memory together): a CT of 512 x 512 x 300 with 3 classes has 1.5 GB of sums.
+SPILL_BYTES = 256 << 20
 
 
 def segment_passes(
@@ -45,12 +51,14 @@ def segment_passes(
 
     shape = tuple(reversed(image.GetSize()))
     accumulator = MomentAccumulator(card.n_classes, shape, len(plan))
-    for i, spec in enumerate(plan):
-        if cancelled is not None and cancelled():
-            raise CancelledError("Cancelled by the user; nothing was written")
-        torch.manual_seed(seed + i)  # dropout draws differ per pass and repeat with the seed
-        accumulator.add_slabs(model.pass_slabs(prepared, spec))
-        report("inference", (i + 1) / len(plan), f"pass {i + 1}/{len(plan)}: {model.describe(spec)}")
+    with tempfile.TemporaryDirectory(prefix="seguncertainty-") as tmp:
+        spill = tmp if accumulator.nbytes >= SPILL_BYTES else None
+        for i, spec in enumerate(plan):
+            if cancelled is not None and cancelled():
+                raise CancelledError("Cancelled by the user; nothing was written")
+            torch.manual_seed(seed + i)  # dropout draws differ per pass and repeat with the seed
+            accumulator.add_slabs(model.pass_slabs(prepared, spec), spill_dir=spill)
+            report("inference", (i + 1) / len(plan), f"pass {i + 1}/{len(plan)}: {model.describe(spec)}")
     del prepared
     mean_p, labels, maps_t, bits = accumulator.finish()  # mean_p: the foreground classes'
     del accumulator

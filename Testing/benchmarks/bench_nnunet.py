@@ -36,23 +36,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for nn
 PATCH, FEATURES = (64, 64, 64), (8, 16, 32, 64)
 
 
-def make_model(root: Path, folds: int) -> Path:
+def make_model(root: Path, folds: int, features=FEATURES) -> Path:
     from nnunet_tiny import make_nnunet_model, tiny_plans
 
-    folder, _ = make_nnunet_model(root, folds=folds, plans=tiny_plans(patch_size=PATCH, features=FEATURES))
+    folder, _ = make_nnunet_model(root, folds=folds, plans=tiny_plans(patch_size=PATCH, features=features))
     return folder
 
 
-def prepare_inputs(work: Path, folds: int, shape: tuple[int, int, int]) -> tuple[Path, Path]:
+def prepare_inputs(work: Path, folds: int, shape: tuple[int, int, int], features) -> tuple[Path, Path]:
     """The model folder and the CT-like image file (uncompressed NRRD) under ``work``, made once."""
     import SimpleITK as sitk
     from nnunet_tiny import ct_like_image
 
     work.mkdir(parents=True, exist_ok=True)
-    model = work / f"folds{folds}"
+    model = work / f"folds{folds}_features{'-'.join(map(str, features))}"
     folder = next(model.glob("*/*__*"), None) if model.is_dir() else None
     if folder is None:
-        folder = make_model(model, folds)
+        folder = make_model(model, folds, features)
     image = work / f"ct_{'x'.join(map(str, shape))}.nrrd"
     if not image.is_file():
         sitk.WriteImage(ct_like_image(shape), str(image))
@@ -117,6 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 192, 192], help="z y x voxels")
     parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--features", type=int, nargs="+", default=list(FEATURES),
+                        help="features per stage (fewer: a cheaper network, same memory per voxel)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--workdir", default=None, help="keep (and reuse) the model folder and image here")
     parser.add_argument("--ways", nargs="+", choices=("nnunet", "ours"), default=["nnunet", "ours"])
@@ -128,12 +130,12 @@ def main() -> None:
         return child(args)
     with contextlib.ExitStack() as stack:
         work = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
-        model, image = prepare_inputs(work, args.folds, tuple(args.shape))
+        model, image = prepare_inputs(work, args.folds, tuple(args.shape), tuple(args.features))
         r = {way: measure(args, way, model, image) if way in args.ways else {"error": "not run"}
              for way in ("nnunet", "ours")}
     n, o = r["nnunet"], r["ours"]
     print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, CPU; "
-          f"volume {args.shape} (z,y,x) at the plans' spacing, patch {PATCH}, features {FEATURES}, "
+          f"volume {args.shape} (z,y,x) at the plans' spacing, patch {PATCH}, features {tuple(args.features)}, "
           f"{args.folds} folds, no mirroring\n")
     print("| way | wall s | peak MiB | mean p(organ1) |")
     print("|---|---|---|---|")
