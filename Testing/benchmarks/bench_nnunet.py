@@ -137,13 +137,13 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, CPU; "
           f"volume {args.shape} (z,y,x) at the plans' spacing, patch {PATCH}, features {tuple(args.features)}, "
           f"{args.folds} folds, no mirroring\n")
-    print("| way | wall s | peak MiB | mean p(organ1) |")
-    print("|---|---|---|---|")
+    print("| way | wall s | peak MiB | MiB before (imports, image) | mean p(organ1) |")
+    print("|---|---|---|---|---|")
     for name, d in (("nnunetv2 predictor", n), ("SegUncertainty ensemble", o)):
         if "error" in d:
-            print(f"| {name} | {d['error']} | | |")
+            print(f"| {name} | {d['error']} | | | |")
         else:
-            print(f"| {name} | {d['wall_s']:.1f} | {d['peak_mib']:.0f} | {d['mean_p1']:.5f} |")
+            print(f"| {name} | {d['wall_s']:.1f} | {d['peak_mib']:.0f} | {d['before_mib']:.0f} | {d['mean_p1']:.5f} |")
     if "wall_s" in n and "wall_s" in o:
         print(f"\ntime ratio ours/nnU-Net {o['wall_s'] / n['wall_s']:.2f}, "
               f"peak ratio ours/nnU-Net {o['peak_mib'] / n['peak_mib']:.2f}")
