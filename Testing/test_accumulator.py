@@ -12,20 +12,26 @@ def test_streamed_moments_equal_the_stacked_samples_maps_and_label_bits():
     gen = torch.Generator().manual_seed(0)
     t, c, shape = 10, 3, (21, 5, 4)  # 21 slices: more than one slab of 16, the last one partial
     samples = torch.softmax(3 * torch.randn((t, c, *shape), generator=gen), dim=1)
-    acc = MomentAccumulator(c, shape, t)
+    acc = MomentAccumulator(c, shape, t, slab_voxels=16 * 5 * 4)
     for p in samples:
         acc.add(p.numpy())
-    mean_p, maps, bits = acc.finish()
+    mean_p, labels, maps, bits = acc.finish()
     naive_h = (-(samples * samples.log()).sum(1) / np.log(c)).mean(0)
     expected = uncertainty_maps(samples.mean(0), (samples ** 2).mean(0), naive_h, t)
-    assert torch.allclose(mean_p, samples.mean(0), atol=1e-6)
-    for name in ("entropy", "mutual_information", "variance", "expected_entropy"):
+    assert torch.allclose(torch.stack(mean_p), samples.mean(0)[1:], atol=1e-6)  # foreground classes
+    assert torch.equal(labels.long(), samples.mean(0).argmax(0))
+    for name in ("entropy", "mutual_information", "expected_entropy"):
         assert torch.allclose(maps[name], expected[name], atol=1e-5), name
-    labels = samples.argmax(1)  # (T, *S)
+    # M2 is kept in float16: the documented bound, (T - 1) * 2^-11 of the value (+ 2^-24 per update)
+    reference = samples.double().var(0, unbiased=True).amax(0)
+    error = (maps["variance"].double() - reference).abs()
+    assert torch.all(error <= (t - 1) * (2 ** -11 * reference + 2 ** -24) + 1e-6)
+    assert float(error.max()) > 1e-7  # float16 is really in use (a float32 M2 would be exact to 1e-7)
+    sample_labels = samples.argmax(1)  # (T, *S)
     for k in (1, 2):
         for s in range(t):
             unpacked = (bits[k - 1, s // 8] >> (s % 8)) & 1
-            assert torch.equal(unpacked.bool(), labels[s] == k)
+            assert torch.equal(unpacked.bool(), sample_labels[s] == k)
 
 
 def test_accumulator_refuses_wrong_shapes_and_counts():
@@ -35,3 +41,46 @@ def test_accumulator_refuses_wrong_shapes_and_counts():
     acc.add(np.full((2, 2, 2, 2), 0.5, np.float32))
     with pytest.raises(ValueError, match="1 passes added, 2 announced"):
         acc.finish()
+
+
+def test_a_pass_in_slabs_along_any_axis_equals_the_whole_pass():
+    gen = torch.Generator().manual_seed(1)
+    t, c, shape = 3, 3, (6, 7, 5)
+    samples = torch.softmax(2 * torch.randn((t, c, *shape), generator=gen), dim=1)
+    whole, slabbed = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t)
+    for p in samples:
+        whole.add(p)
+        slabbed.add_slabs(((slice(None), slice(y, y + 2)), p[:, :, y:y + 2]) for y in range(0, shape[1], 2))
+    (mean_a, labels_a, maps_a, bits_a), (mean_b, labels_b, maps_b, bits_b) = whole.finish(), slabbed.finish()
+    assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
+    assert all(torch.equal(maps_a[name], maps_b[name]) for name in maps_a) and torch.equal(bits_a, bits_b)
+
+
+def test_a_pass_that_does_not_cover_the_volume_is_refused():
+    acc = MomentAccumulator(2, (4, 2, 2), 1)
+    with pytest.raises(ValueError, match="covered 8 voxels, the volume has 16"):
+        acc.add_slabs([((slice(0, 2),), np.full((2, 2, 2, 2), 0.5, np.float32))])
+
+
+def test_spilled_sums_are_out_of_memory_while_a_pass_is_made_and_come_back_unchanged(tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    t, c, shape = 3, 3, (5, 4, 6)
+    samples = torch.softmax(2 * torch.randn((t, c, *shape), generator=gen), dim=1)
+    plain, spilled = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t)
+    seen = []
+
+    def pass_pieces(p):  # like a model's pass_slabs: the forward pass runs before the first piece
+        seen.append(spilled.sum_h is None and spilled.m2 is None and all(s is None for s in spilled.sum_p))
+        seen.append(sorted(f.name for f in tmp_path.iterdir()))
+        yield (slice(0, 2),), p[:, :2]
+        yield (slice(2, 5),), p[:, 2:]
+
+    for p in samples:
+        plain.add(p)
+        spilled.add_slabs(pass_pieces(p), spill_dir=tmp_path)
+    assert seen[0:2] == [True, []]  # before the first pass's first piece nothing is allocated, nothing spilled
+    assert seen[2] is True and "m2.raw" in seen[3] and "sum_p1.raw" in seen[3]
+    assert list(tmp_path.iterdir()) == []  # read back and deleted
+    (mean_a, labels_a, maps_a, bits_a), (mean_b, labels_b, maps_b, bits_b) = plain.finish(), spilled.finish()
+    assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
+    assert all(torch.equal(maps_a[name], maps_b[name]) for name in maps_a) and torch.equal(bits_a, bits_b)

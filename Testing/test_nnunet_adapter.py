@@ -77,11 +77,42 @@ def test_ensemble_is_the_mean_of_the_folds_softmax_and_its_maps_and_scores_follo
     assert np.abs(sitk.GetArrayFromImage(out.maps["mutual_information"]) - mi).max() <= 1e-3
     assert np.abs(sitk.GetArrayFromImage(out.maps["variance"]) - variance).max() <= 1e-3
     labels = folds.argmax(1)
+    expected_entropy = h(folds).mean(0) * math.log(3)  # nats
     for k, name in ((1, "organ1"), (2, "organ2")):
         assert out.scores["classes"][name]["dpw"] == pytest.approx(dice(labels[0] == k, labels[1] == k), abs=1e-9)
+        inside = mean.argmax(0) == k  # ulabelled: E_t[H(p_t)] (not H(E_t p)) over the segment
+        assert out.scores["classes"][name]["ulabelled"] == pytest.approx(expected_entropy[inside].mean(), abs=1e-4)
     assert any("averages the logits" in note for note in out.notes)
     seg = out.segmentation
     assert seg.GetDirection() == image.GetDirection() and seg.GetOrigin() == image.GetOrigin()
+
+
+@pytest.mark.parametrize("plans_spacing, image_spacing", [
+    ((1.5, 1.0, 1.2), (0.9, 1.3, 1.1)),  # resampled in 3D (order 1)
+    ((4.0, 1.0, 1.0), (1.1, 0.9, 2.0)),  # anisotropic plans: in-plane order 1, then order 0 along the low axis
+])
+def test_slabbed_pass_equals_nnunets_whole_volume_export_of_the_same_logits(tmp_path, monkeypatch, plans_spacing,
+                                                                             image_spacing):
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    from SegUncertaintyLib.models.adapters import nnunet
+
+    plans = tiny_plans(spacing=plans_spacing, transpose_forward=(2, 0, 1))
+    folder, _ = make_nnunet_model(tmp_path, folds=1, plans=plans)
+    model = NnUNetModel(folder)
+    image = ct_like_image(shape_zyx=(14, 23, 19), spacing_xyz=image_spacing)
+    prepared = model.prepare(image, torch.device("cpu"))
+    monkeypatch.setattr(nnunet, "SLAB_VOXELS", 1)  # one plane per slab
+    slabbed = model.run_pass(prepared, SampleSpec(0))
+    predictor, data, properties, _ = prepared
+    logits = predictor.predict_sliding_window_return_logits(data).cpu()
+    assert tuple(logits.shape[1:]) != tuple(properties["shape_after_cropping_and_before_resampling"])
+    _, whole = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, model.plans_manager, model.configuration_manager, model.label_manager, dict(properties),
+        return_probabilities=True)
+    assert slabbed.shape == whole.shape == (3, 14, 23, 19)
+    assert np.abs(slabbed - whole).max() <= 1e-6
+    assert np.all(slabbed[0, :2] == 1.0) and np.all(slabbed[1:, :2] == 0.0)  # outside nnU-Net's crop
 
 
 def test_resampling_and_transposed_plans_match_nnunet_argmax(tmp_path):

@@ -2,67 +2,194 @@
 
 Some model formats produce each sample as a whole probability volume that only their own code can make
 (nnU-Net: sliding window over logits, resampling and softmax; a MONAI bundle: its own inferer and its
-inverted transforms). Their samples are reduced here, one at a time, to the same statistics the
-sliding-window engine blends: sum_t p_t, sum_t p_t^2, sum_t H(p_t) per class and voxel, and one bit per
-sample per foreground class for the per-sample segmentations. The maps are derived afterwards by the
-engine's own function, so every format gets the same entropy, MI, variance and expected entropy.
+inverted transforms). Their samples are reduced here, one at a time and region by region (a pass may
+arrive as slabs: ``add_slabs``), to the same statistics the sliding-window engine blends: per class and
+voxel sum_t p_t and the centred second moment M2 = sum_t (p_t - mean)^2 (Welford's update), sum_t H(p_t),
+and one bit per sample per foreground class for the per-sample segmentations. The maps are derived
+afterwards by maps.uncertainty_maps, so every format gets the same entropy, MI, variance and expected
+entropy.
 
-Memory: 4 * (2C + 1) bytes per voxel plus (C - 1) * ceil(T / 8) bytes for the bits; the pass being
-added is the caller's (never all T passes at once).
+Memory per voxel: 4 (C - 1) (sums of the foreground classes, float32; the background's is T minus
+theirs) + 2 C (M2, float16) + 4 (entropy sum) bytes plus (C - 1) * ceil(T / 8) bytes for the bits: 20
+bytes for C = 3 and T <= 8, against 4 (2C + 1) + bits = 30 with float32 sums and squares, allocated
+when the first pass's first piece arrives, and kept in files while later passes are computed when the
+caller gives a ``spill_dir``. The pass being added is the caller's (never all T passes at once);
+``finish`` adds the variance map (4 bytes), frees M2, then adds the entropy and MI maps and the labels
+(9 bytes).
+
+Precision of M2 in float16: M2 only grows, and each of the T - 1 updates rounds it once to 11 significant
+bits, so the variance map's error is at most (T - 1) * 2^-11 of its value (plus 2^-24 per update below
+float16's normal range): 0.05 % for two folds, 2 % for T = 40 passes at worst (random rounding: about
+sqrt(T - 1) * 2^-12). Sums of p and of H stay float32, so the mean probability (the background's to about
+1e-7), entropy, expected entropy and MI are as before.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from .engine import _derive_maps, class_argmax
-from .maps import normalized_entropy
+from .engine import class_argmax
+from .maps import normalized_entropy, uncertainty_maps
+
+# The background's mean is derived (1 - the others' sum), about 1e-7 off in float32; nnU-Net's float16 logits
+# often give a class exactly the background's probability, and argmax keeps the first (background) then:
+# the background wins every comparison within this margin, so such ties stay background.
+BACKGROUND_TIE = 1e-6
+Region = tuple[slice, ...]  # index of the leading spatial axes; missing trailing axes are whole
 
 
 class MomentAccumulator:
     """Running sums over T passes of (C, *S) probability volumes.
 
-    ``add`` takes each pass in turn; ``finish`` returns (mean_p (C, *S), maps name -> (*S),
-    sample_bits (C-1, ceil(T/8), *S) uint8 with sample t in bit t % 8 of byte t // 8).
+    ``add`` (a whole pass) or ``add_slabs`` (a pass as regions) takes each pass in turn; ``finish`` returns
+    the foreground classes' mean probabilities, the labels, the maps name -> (*S) and sample_bits
+    (C-1, ceil(T/8), *S) uint8 with sample t in bit t % 8 of byte t // 8.
     """
 
-    def __init__(self, n_classes: int, shape: tuple[int, ...], n_samples: int, slab: int = 16):
+    def __init__(self, n_classes: int, shape: tuple[int, ...], n_samples: int, slab_voxels: int = 1 << 20):
         if n_classes < 2 or n_samples < 1:
             raise ValueError("need at least 2 classes and 1 sample")
-        self.n_classes, self.shape, self.n_samples, self.slab = n_classes, tuple(shape), n_samples, slab
-        self.sum_p = torch.zeros((n_classes, *shape))
-        self.sum_p2 = torch.zeros((n_classes, *shape))
-        self.sum_h = torch.zeros(shape)
-        self.bits = torch.zeros((n_classes - 1, (n_samples + 7) // 8, *shape), dtype=torch.uint8)
+        self.n_classes, self.shape, self.n_samples = n_classes, tuple(shape), n_samples
+        self.slab = max(1, slab_voxels // max(1, int(np.prod(self.shape[1:]))))  # planes per slab
+        self.sum_p: list[torch.Tensor | None] = [None] * (n_classes - 1)  # foreground classes only
+        self.m2 = self.sum_h = self.bits = None  # allocated when the first piece arrives (after its forward pass)
         self.count = 0
 
+    def _allocate(self) -> None:
+        shape, c = self.shape, self.n_classes
+        self.sum_p = [torch.zeros(shape) for _ in range(1, c)]
+        self.m2 = torch.zeros((c, *shape), dtype=torch.float16)
+        self.sum_h = torch.zeros(shape)
+        self.bits = torch.zeros((c - 1, (self.n_samples + 7) // 8, *shape), dtype=torch.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the running sums and bits hold once allocated."""
+        c = self.n_classes
+        return int(np.prod(self.shape)) * (4 * (c - 1) + 2 * c + 4 + (c - 1) * ((self.n_samples + 7) // 8))
+
     def add(self, probabilities: np.ndarray | torch.Tensor) -> None:
-        """Add one pass: (C, *S) probabilities summing to 1 over C. Worked in z-slabs to keep temporaries small."""
-        p_all = torch.as_tensor(probabilities)
-        if tuple(p_all.shape) != (self.n_classes, *self.shape):
-            raise ValueError(f"pass has shape {tuple(p_all.shape)}, expected {(self.n_classes, *self.shape)}")
+        """Add one pass: (C, *S) probabilities summing to 1 over C, worked in z-slabs (small temporaries)."""
+        self.add_slabs([((), probabilities)])
+
+    def add_slabs(self, slabs: Iterable[tuple[Region, np.ndarray | torch.Tensor]],
+                  spill_dir: str | Path | None = None) -> None:
+        """Add one pass given as (region, (C, *region shape) probabilities) pieces that tile the volume
+        exactly once (checked by voxel count); region () is the whole volume, worked in z-slabs.
+
+        With ``spill_dir``, the running sums wait in files there while the first piece is made (for a
+        generator of pieces: the model's whole forward pass, e.g. nnU-Net's sliding window), so that
+        the pass's own peak and the sums are never in memory together; they are read back, unchanged,
+        before the first piece is added."""
         if self.count >= self.n_samples:
             raise ValueError(f"more passes than the {self.n_samples} announced")
-        byte, bit = divmod(self.count, 8)
-        for z in range(0, self.shape[0], self.slab):
-            zs = slice(z, z + self.slab)
-            p = p_all[:, zs].float()
-            self.sum_p[:, zs] += p
-            self.sum_p2[:, zs].addcmul_(p, p)
-            self.sum_h[zs] += normalized_entropy(p, 0)
-            labels = class_argmax(p, 0)
-            for k in range(1, self.n_classes):
-                self.bits[k - 1, byte, zs] |= (labels == k).to(torch.uint8) << bit
+        slabs = iter(slabs)
+        if spill_dir is not None and self.count:
+            self._spill(Path(spill_dir))
+            try:
+                first = next(slabs, None)
+            finally:
+                self._restore(Path(spill_dir))
+            slabs = itertools.chain([] if first is None else [first], slabs)
+        covered = 0
+        for region, p in slabs:
+            p = torch.as_tensor(p)
+            if tuple(region) == ():
+                if tuple(p.shape) != (self.n_classes, *self.shape):
+                    raise ValueError(f"pass has shape {tuple(p.shape)}, expected {(self.n_classes, *self.shape)}")
+                for z in range(0, self.shape[0], self.slab):
+                    covered += self._add_region((slice(z, z + self.slab),), p[:, z:z + self.slab])
+            else:
+                covered += self._add_region(tuple(region), p)
+        if covered != int(np.prod(self.shape)):
+            raise ValueError(f"a pass covered {covered} voxels, the volume has {int(np.prod(self.shape))}")
         self.count += 1
 
-    def finish(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Means over the passes added and the maps derived from them (the accumulator is consumed)."""
+    def _add_region(self, region: Region, p: torch.Tensor) -> int:
+        if self.sum_h is None:
+            self._allocate()
+        target = self.sum_h[region].shape
+        if tuple(p.shape) != (self.n_classes, *target):
+            raise ValueError(f"pass has shape {tuple(p.shape)} for a region of shape {(self.n_classes, *target)}")
+        n, (byte, bit) = self.count, divmod(self.count, 8)
+        p = p.float()
+        sums = [s[region] for s in self.sum_p]
+        if n:  # Welford: M2 += (p - mean_old)^2 * n / (n + 1), mean_old = sum / n
+            m2 = self.m2[(slice(None), *region)]
+            background = n - torch.stack(sums).sum(0)  # the passes' softmax sums to 1 (to float32 precision)
+            for k, sum_k in enumerate([background, *sums]):
+                delta = p[k] - sum_k / n
+                m2[k].copy_(m2[k].float().addcmul_(delta, delta, value=n / (n + 1)))  # one float16 rounding
+        for k, sum_k in enumerate(sums, start=1):
+            sum_k += p[k]
+        self.sum_h[region] += normalized_entropy(p, 0)
+        labels = class_argmax(p, 0)
+        for k in range(1, self.n_classes):
+            self.bits[(k - 1, byte, *region)] |= (labels == k).to(torch.uint8) << bit
+        return labels.numel()
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"m2": self.m2, "sum_h": self.sum_h, "bits": self.bits,
+                **{f"sum_p{k}": t for k, t in enumerate(self.sum_p)}}
+
+    def _spill(self, folder: Path) -> None:
+        """Write the running sums to raw files in ``folder`` and drop them from memory."""
+        for name, tensor in self._state().items():
+            tensor.numpy().tofile(folder / f"{name}.raw")
+        self.m2 = self.sum_h = self.bits = None
+        self.sum_p = [None] * len(self.sum_p)
+
+    def _restore(self, folder: Path) -> None:
+        """Read back what ``_spill`` wrote (exact: raw bytes) and delete the files."""
+        dtypes = {"m2": np.float16, "bits": np.uint8}
+        shapes = {"m2": (self.n_classes, *self.shape), "bits": (self.n_classes - 1, (self.n_samples + 7) // 8,
+                                                                  *self.shape)}
+        for name in self._state():
+            path = folder / f"{name}.raw"
+            tensor = torch.from_numpy(np.fromfile(path, dtype=dtypes.get(name, np.float32)).reshape(
+                shapes.get(name, self.shape)))
+            path.unlink()
+            if name.startswith("sum_p"):
+                self.sum_p[int(name[5:])] = tensor
+            else:
+                setattr(self, name, tensor)
+
+    def finish(self) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Means over the passes added, the labels and maps derived from them (the accumulator is consumed).
+
+        Returns (mean_p: C - 1 (*S) tensors, the foreground classes'; labels: (*S) uint8 argmax of the mean,
+        first maximum wins, background within BACKGROUND_TIE; maps; sample bits). The background's mean,
+        1 - the others' sum (clamped at 0), is only formed slab by slab.
+        """
         if self.count != self.n_samples:
             raise ValueError(f"{self.count} passes added, {self.n_samples} announced")
-        inv = 1.0 / self.count
-        mean_p, mean_p2, mean_h = self.sum_p.mul_(inv), self.sum_p2.mul_(inv), self.sum_h.mul_(inv)
-        maps = _derive_maps(mean_p, mean_p2, mean_h, self.count)
-        del mean_p2
-        self.sum_p2 = None
-        return mean_p, maps, self.bits
+        t = self.count
+        mean_p = [s.mul_(1.0 / t) for s in self.sum_p]
+        mean_h = self.sum_h.mul_(1.0 / t)
+        maps = {"variance": torch.empty(self.shape)}
+        for zs, p in self._mean_slabs(mean_p):  # first the variance, then M2 is freed (lower peak)
+            mean_p2 = self.m2[:, zs].float().div_(t).addcmul_(p, p)  # E[p^2] = M2 / T + E[p]^2
+            maps["variance"][zs] = uncertainty_maps(p, mean_p2, mean_h[zs], t)["variance"]
+        self.m2 = None
+        labels = torch.empty(self.shape, dtype=torch.uint8)
+        maps.update({name: torch.empty(self.shape) for name in ("entropy", "mutual_information")})
+        for zs, p in self._mean_slabs(mean_p):
+            part = uncertainty_maps(p, p * p, mean_h[zs], t)  # the second moment only enters the variance
+            maps["entropy"][zs], maps["mutual_information"][zs] = part["entropy"], part["mutual_information"]
+            p[0] += BACKGROUND_TIE
+            labels[zs] = class_argmax(p, 0)
+        maps["expected_entropy"] = mean_h
+        self.sum_p = self.sum_h = None
+        return mean_p, labels, maps, self.bits
+
+    def _mean_slabs(self, mean_p: list[torch.Tensor]):
+        """(z slice, (C, slab) mean probabilities with the background derived) for each slab."""
+        for z in range(0, self.shape[0], self.slab):
+            zs = slice(z, z + self.slab)
+            foreground = torch.stack([m[zs] for m in mean_p])
+            yield zs, torch.cat([(1.0 - foreground.sum(0, keepdim=True)).clamp_min_(0.0), foreground])

@@ -307,14 +307,3 @@ def run_engine(
     return EngineResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
                         sampler.device.type, notes)
 
-
-def _derive_maps(mean_p, mean_p2, mean_h, n_samples: int, slab: int = 8) -> dict[str, torch.Tensor]:
-    """uncertainty_maps() computed in z-slabs, so temporaries stay small on large volumes."""
-    out = {name: torch.empty(mean_h.shape) for name in ("entropy", "mutual_information", "variance")}
-    out["expected_entropy"] = mean_h
-    for z in range(0, mean_h.shape[0], slab):
-        zs = slice(z, z + slab)
-        part = uncertainty_maps(mean_p[:, zs], mean_p2[:, zs], mean_h[zs], n_samples)
-        for name in ("entropy", "mutual_information", "variance"):
-            out[name][zs] = part[name]
-    return out

@@ -145,7 +145,7 @@ def volume_scores(inter: np.ndarray, voxel_ml: float) -> dict:
 
 def subject_scores(
     bits: torch.Tensor,
-    mean_p: torch.Tensor,
+    mean_p: torch.Tensor | list,
     expected_entropy: torch.Tensor,
     prediction: torch.Tensor,
     voxel_ml: float,
@@ -155,21 +155,27 @@ def subject_scores(
 ) -> dict[str, dict]:
     """Scores per foreground class name.
 
-    bits: (C-1, ceil(T/8), *S) uint8; mean_p: (C, *S); expected_entropy: (*S) the engine's E_t[H(p_t)] / ln C
-    map; prediction: (*S) labels, all on the model grid.
+    bits: (C-1, ceil(T/8), *S) uint8; mean_p: (C, *S), or a list of C (*S) tensors (entry 0 unused);
+    expected_entropy: (*S) the engine's E_t[H(p_t)] / ln C map; prediction: (*S) labels, all on the model grid.
     input_volumes_ml: volume of each class in the delivered input-grid labelmap (else the model grid's).
     """
-    nats = math.log(mean_p.shape[0])
+    nats = math.log(len(mean_p))
     result = {}
+    planes = max(1, (1 << 20) // max(1, math.prod(prediction.shape[1:])))  # about 1 M voxels at a time
     for k in range(1, len(labels)):
-        inside = prediction == k
-        n_inside = int(inside.sum())
+        n_inside, sum_h, sum_binary = 0, 0.0, 0.0
+        for z in range(0, prediction.shape[0], planes):
+            zs = slice(z, z + planes)
+            inside = prediction[zs] == k
+            n_inside += int(inside.sum())
+            sum_h += float(expected_entropy[zs][inside].double().sum())
+            sum_binary += float(binary_entropy(mean_p[k][zs][inside]).double().sum())
         scores = volume_scores(sample_overlaps(bits[k - 1].numpy(), n_samples), voxel_ml)
         scores["segmentation_volume_ml"] = float(input_volumes_ml[k] if input_volumes_ml is not None
                                                  else n_inside * voxel_ml)
         if n_inside:
-            scores["ulabelled"] = float(expected_entropy[inside].double().mean()) * nats
-            scores["segment_entropy"] = float(binary_entropy(mean_p[k][inside]).double().mean())
+            scores["ulabelled"] = sum_h / n_inside * nats
+            scores["segment_entropy"] = sum_binary / n_inside
         else:
             scores["ulabelled"] = scores["segment_entropy"] = None
         result[labels[k]] = {name: scores[name] for name in DEFINITIONS}

@@ -2,6 +2,8 @@
 
     python Testing/benchmarks/bench_nnunet.py                          # 96x192x192, 2 folds
     python Testing/benchmarks/bench_nnunet.py --shape 300 512 512 --folds 5
+    python Testing/benchmarks/bench_nnunet.py --shape 300 512 512 --workdir /tmp/b --ways nnunet  # one way,
+        # keeping the model and image in /tmp/b for the other way's run
 
 Same model folder (made here: PlainConvUNet from nnunetv2's builder, patch 64^3, 4 stages, random
 weights), same CT-like input at the plans' spacing, same passes: every fold, no mirroring.
@@ -9,12 +11,15 @@ nnU-Net: ``nnUNetPredictor.predict_single_npy_array(..., save_or_return_probabil
 logits averaged, then softmax: segmentation + probabilities, what ``--save_probabilities`` gives).
 SegUncertainty: ``segment_passes(..., "ensemble")`` (each fold's softmax kept as a sample; mean,
 entropy, MI, variance, expected entropy, per-sample label bits and every subject score).
-Each measurement runs in a fresh process; peak = that process's peak resident set size.
+Each measurement runs in a fresh process that reads the image from a file written by the parent (so
+making the image does not set the peak); peak = that process's peak resident set size, which includes
+the imports (about 0.5 GB) and the input image.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -31,11 +36,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for nn
 PATCH, FEATURES = (64, 64, 64), (8, 16, 32, 64)
 
 
-def make_model(root: Path, folds: int) -> Path:
+def make_model(root: Path, folds: int, features=FEATURES) -> Path:
     from nnunet_tiny import make_nnunet_model, tiny_plans
 
-    folder, _ = make_nnunet_model(root, folds=folds, plans=tiny_plans(patch_size=PATCH, features=FEATURES))
+    folder, _ = make_nnunet_model(root, folds=folds, plans=tiny_plans(patch_size=PATCH, features=features))
     return folder
+
+
+def prepare_inputs(work: Path, folds: int, shape: tuple[int, int, int], features) -> tuple[Path, Path]:
+    """The model folder and the CT-like image file (uncompressed NRRD) under ``work``, made once."""
+    import SimpleITK as sitk
+    from nnunet_tiny import ct_like_image
+
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / f"folds{folds}_features{'-'.join(map(str, features))}"
+    folder = next(model.glob("*/*__*"), None) if model.is_dir() else None
+    if folder is None:
+        folder = make_model(model, folds, features)
+    image = work / f"ct_{'x'.join(map(str, shape))}.nrrd"
+    if not image.is_file():
+        sitk.WriteImage(ct_like_image(shape), str(image))
+    return folder, image
 
 
 def nnunet(folder: Path, image) -> dict:
@@ -64,7 +85,7 @@ def ours(folder: Path, image) -> dict:
 
 
 def child(args) -> None:
-    from nnunet_tiny import ct_like_image
+    import SimpleITK as sitk
 
     torch.set_num_threads(args.threads)
     if args.child == "nnunet":  # nnunetv2's trainer lookup imports every trainer module; some need torchvision
@@ -73,7 +94,10 @@ def child(args) -> None:
         from SegUncertaintyLib.models.adapters import nnunet as adapter
 
         predict_from_raw_data.recursive_find_trainer_class_by_name = adapter.find_trainer_class
-    image = ct_like_image(tuple(args.shape))
+    else:  # imported before the clock starts, as nnunetv2's modules are for the other way (MONAI: ~4 s)
+        from SegUncertaintyLib.inference import whole_volume  # noqa: F401
+        from SegUncertaintyLib.models.adapters import nnunet as _adapter  # noqa: F401
+    image = sitk.ReadImage(args.image)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     out = {"nnunet": nnunet, "ours": ours}[args.child](Path(args.model), image)
@@ -83,8 +107,8 @@ def child(args) -> None:
     print(json.dumps(out))
 
 
-def measure(args, way: str, model: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", way, "--model", str(model), "--shape", *map(str, args.shape),
+def measure(args, way: str, model: Path, image: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", way, "--model", str(model), "--image", str(image),
            "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -96,26 +120,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 192, 192], help="z y x voxels")
     parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--features", type=int, nargs="+", default=list(FEATURES),
+                        help="features per stage (fewer: a cheaper network, same memory per voxel)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--workdir", default=None, help="keep (and reuse) the model folder and image here")
+    parser.add_argument("--ways", nargs="+", choices=("nnunet", "ours"), default=["nnunet", "ours"])
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--image", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=("nnunet", "ours"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = make_model(Path(tmp), args.folds)
-        r = {way: measure(args, way, model) for way in ("nnunet", "ours")}
+    with contextlib.ExitStack() as stack:
+        work = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
+        model, image = prepare_inputs(work, args.folds, tuple(args.shape), tuple(args.features))
+        r = {way: measure(args, way, model, image) if way in args.ways else {"error": "not run"}
+             for way in ("nnunet", "ours")}
     n, o = r["nnunet"], r["ours"]
     print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, CPU; "
-          f"volume {args.shape} (z,y,x) at the plans' spacing, patch {PATCH}, features {FEATURES}, "
+          f"volume {args.shape} (z,y,x) at the plans' spacing, patch {PATCH}, features {tuple(args.features)}, "
           f"{args.folds} folds, no mirroring\n")
-    print("| way | wall s | peak MiB | mean p(organ1) |")
-    print("|---|---|---|---|")
+    print("| way | wall s | peak MiB | MiB before (imports, image) | mean p(organ1) |")
+    print("|---|---|---|---|---|")
     for name, d in (("nnunetv2 predictor", n), ("SegUncertainty ensemble", o)):
         if "error" in d:
-            print(f"| {name} | {d['error']} | | |")
+            print(f"| {name} | {d['error']} | | | |")
         else:
-            print(f"| {name} | {d['wall_s']:.1f} | {d['peak_mib']:.0f} | {d['mean_p1']:.5f} |")
+            print(f"| {name} | {d['wall_s']:.1f} | {d['peak_mib']:.0f} | {d['before_mib']:.0f} | {d['mean_p1']:.5f} |")
     if "wall_s" in n and "wall_s" in o:
         print(f"\ntime ratio ours/nnU-Net {o['wall_s'] / n['wall_s']:.2f}, "
               f"peak ratio ours/nnU-Net {o['peak_mib'] / n['peak_mib']:.2f}")

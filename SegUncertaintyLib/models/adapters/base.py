@@ -3,8 +3,9 @@
 A *whole-volume* model (nnU-Net v2 folder, MONAI bundle) produces each sample with its own code, exactly
 as its own tool would (its own preprocessing, window, blending and inversion back to the input grid). The
 adapter says which passes an uncertainty method needs (``plan``), preprocesses the image once
-(``prepare``) and runs one pass (``run_pass``). ``inference.whole_volume.segment_passes`` then reduces the
-passes with the one shared accumulator. Card-described networks (MONAI state dicts, TorchScript) keep
+(``prepare``) and runs one pass (``run_pass``, or ``pass_slabs``: the same pass as pieces, so that a
+format can hand it over without ever holding it whole). ``inference.whole_volume.segment_passes`` then
+reduces the passes with the one shared accumulator. Card-described networks (MONAI state dicts, TorchScript) keep
 using the sliding-window engine directly.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,11 @@ class WholeVolumeModel(ABC):
     @abstractmethod
     def run_pass(self, prepared: object, spec: SampleSpec) -> np.ndarray:
         """One sample: (C, z, y, x) float32 probabilities on ``image``'s voxel grid (array order)."""
+
+    def pass_slabs(self, prepared: object, spec: SampleSpec) -> Iterator[tuple[tuple[slice, ...], object]]:
+        """The same sample as (region, (C, *region shape) probabilities) pieces tiling the (z, y, x) grid once;
+        a region indexes the leading axes. By default one piece, the whole ``run_pass``."""
+        yield (), self.run_pass(prepared, spec)
 
     def method_notes(self, method: str) -> list[str]:
         """Sentences for the manifest about how this format's method differs from its own tool's."""

@@ -5,13 +5,15 @@ A folder ``Trainer__Plans__configuration`` holds dataset.json, plans.json and fo
 mirroring) is nnU-Net's own output for that fold: its preprocessing (transpose, crop to non-zero, the
 plans' normalization, resampling), its sliding window (its tile steps, Gaussian sigma 1/8, logits summed
 in float16), logits resampled back with its own function, then softmax; background probability 1 outside
-the non-zero crop. Like nnU-Net, the image's direction matrix is ignored: voxel axes as stored.
+the non-zero crop. The resampling back runs one class at a time and the softmax, uncropping and
+transpose a few planes at a time, handed to the accumulator as slabs (``pass_slabs``): per voxel the same
+numbers as nnU-Net's whole-volume export, without its C x V float64 and float32 copies. Like nnU-Net,
+the image's direction matrix is ignored: voxel axes as stored.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 import inspect
 import io
@@ -31,6 +33,7 @@ from ..formats import NNUNET, ModelSummary, nnunet_model_folder, register_checke
 from .base import WholeVolumeModel, check_known_method
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
+SLAB_VOXELS = 1 << 21  # voxels per slab of a pass handed to the accumulator (about 8 planes of 512 x 512)
 SCORE_REFERENCE = "score_reference.json"
 INSTALL_HINT = "nnU-Net v2 models need the optional dependency: pip install 'seguncertainty[nnunet]'"
 ENSEMBLE_NOTE = ("nnU-Net itself averages the logits of its folds (and mirrorings) before one softmax; here "
@@ -41,11 +44,11 @@ ENSEMBLE_NOTE = ("nnU-Net itself averages the logits of its folds (and mirroring
 def _nnunet():
     """Import the nnunetv2 pieces used here, or ModelError with the install hint."""
     try:
-        from nnunetv2.inference import export_prediction, predict_from_raw_data
+        from nnunetv2.inference import predict_from_raw_data
         from nnunetv2.utilities import label_handling, plans_handling  # noqa: F401
     except ImportError as exc:
         raise ModelError(f"{INSTALL_HINT} ({exc})") from exc
-    return predict_from_raw_data, export_prediction
+    return predict_from_raw_data
 
 
 def _read_json(path: Path) -> dict:
@@ -132,7 +135,7 @@ class NnUNetModel(WholeVolumeModel):
     format = NNUNET
 
     def __init__(self, folder: Path):
-        predict_module, export_module = _nnunet()
+        predict_module = _nnunet()
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -178,7 +181,7 @@ class NnUNetModel(WholeVolumeModel):
             self.weights.append(ckpt["network_weights"])
         self.n_dropout = sum(1 for m in self.network.modules()
                              if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
-        self._predict_module, self._export_module = predict_module, export_module
+        self._predict_module = predict_module
         self.card = self._card()
 
     def _check_supported(self, n_inputs: int) -> None:
@@ -298,19 +301,60 @@ class NnUNetModel(WholeVolumeModel):
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.trainer_name, None)
         predictor.loaded_member = None
-        return predictor, torch.from_numpy(data), properties
+        return predictor, torch.from_numpy(data), properties, tuple(reversed(image.GetSize()))
 
     def run_pass(self, prepared, spec: SampleSpec) -> np.ndarray:
-        predictor, data, properties = prepared
+        """The pass as one (C, z, y, x) array, assembled from ``pass_slabs``."""
+        shape = prepared[3]
+        out = np.empty((self.label_manager.num_segmentation_heads, *shape), dtype=np.float32)
+        for region, p in self.pass_slabs(prepared, spec):
+            out[(slice(None), *region)] = p.numpy()
+        return out
+
+    def pass_slabs(self, prepared, spec: SampleSpec):
+        """nnU-Net's own pass, handed over in slabs: its sliding-window logits (float16, the network's grid),
+        resampled back with the plans' own function one class at a time, then softmax, the non-zero crop
+        undone (background 1 outside) and the transpose reverted, a few planes at a time. What nnU-Net's
+        convert_predicted_logits_to_segmentation_with_correct_shape does on the whole volume at once
+        (C x V float64, then twice C x V float32); per voxel the same numbers."""
+        predictor, data, properties, _ = prepared
         if predictor.loaded_member != spec.member:
             self.network.load_state_dict(self.weights[spec.member])
             predictor.loaded_member = spec.member
         predictor.flip_axes, predictor.dropout = tuple(spec.flip), spec.dropout
-        logits = predictor.predict_sliding_window_return_logits(data).cpu()
-        _, probabilities = self._export_module.convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, self.plans_manager, self.configuration_manager, self.label_manager,
-            copy.deepcopy(properties), return_probabilities=True)
-        return probabilities
+        logits = self._resampled_back(predictor.predict_sliding_window_return_logits(data).cpu(), properties)
+        backward = self.plans_manager.transpose_backward
+        full = properties["shape_before_cropping"]  # transposed axes, as the bbox
+        bbox = properties["bbox_used_for_cropping"]
+        axis = backward.index(0)  # the transposed first axis is this axis of the (z, y, x) array
+        planes = max(1, SLAB_VOXELS // int(np.prod(full[1:])))
+        for start in range(0, full[0], planes):
+            stop = min(start + planes, full[0])
+            slab = torch.zeros((logits.shape[0], stop - start, *full[1:]))
+            slab[0] = 1.0  # background outside the crop, as nnU-Net's revert_cropping_on_probabilities
+            lo, hi = max(start, bbox[0][0]), min(stop, bbox[0][1])
+            if lo < hi:
+                inside = (slice(None), slice(lo - start, hi - start), *(slice(a, b) for a, b in bbox[1:]))
+                part = logits[:, lo - bbox[0][0]:hi - bbox[0][0]]
+                slab[inside] = self.label_manager.apply_inference_nonlin(torch.as_tensor(part))
+            region = [slice(None)] * 3
+            region[axis] = slice(start, stop)
+            yield tuple(region), slab.permute(0, *[i + 1 for i in backward])
+
+    def _resampled_back(self, logits: torch.Tensor, properties: dict):
+        """(C, *cropped shape) logits on the input's spacing with the plans' resampling function, called on
+        one class at a time (it resamples each class on its own, so the result is the same), float16 like
+        nnU-Net's."""
+        cm, pm = self.configuration_manager, self.plans_manager
+        target = properties["shape_after_cropping_and_before_resampling"]
+        if tuple(logits.shape[1:]) == tuple(target):
+            return logits  # nnU-Net's function returns its input unchanged then
+        spacing = [properties["spacing"][i] for i in pm.transpose_forward]
+        current = cm.spacing if len(cm.spacing) == len(target) else [spacing[0], *cm.spacing]
+        out = np.empty((logits.shape[0], *target), dtype=np.float16)
+        for c in range(logits.shape[0]):
+            out[c] = cm.resampling_fn_probabilities(logits[c:c + 1], target, current, spacing)[0]
+        return out
 
 
 def _one_pass_predictor(base: type, device: torch.device):
