@@ -84,3 +84,36 @@ def test_spilled_sums_are_out_of_memory_while_a_pass_is_made_and_come_back_uncha
     (mean_a, labels_a, maps_a, bits_a), (mean_b, labels_b, maps_b, bits_b) = plain.finish(), spilled.finish()
     assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
     assert all(torch.equal(maps_a[name], maps_b[name]) for name in maps_a) and torch.equal(bits_a, bits_b)
+
+
+def test_a_spill_folder_that_cannot_be_written_keeps_the_sums_in_memory(tmp_path):
+    """A full disk (here: a spill folder that does not exist) while spilling: nothing left behind, the
+    sums stay in memory and the result equals the unspilled one."""
+    gen = torch.Generator().manual_seed(3)
+    t, c, shape = 3, 2, (4, 3, 5)
+    samples = torch.softmax(torch.randn((t, c, *shape), generator=gen), dim=1)
+    plain, spilled = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t)
+    for p in samples:
+        plain.add(p)
+        spilled.add_slabs([((), p)], spill_dir=tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    (mean_a, labels_a, maps_a, _), (mean_b, labels_b, maps_b, _) = plain.finish(), spilled.finish()
+    assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
+    assert all(torch.equal(maps_a[name], maps_b[name]) for name in maps_a)
+
+
+def test_spilled_sums_removed_meanwhile_are_one_clear_error(tmp_path):
+    from SegUncertaintyLib.errors import ResourceError
+
+    t, c, shape = 2, 2, (3, 3, 3)
+    samples = torch.softmax(torch.randn((t, c, *shape), generator=torch.Generator().manual_seed(4)), dim=1)
+    accumulator = MomentAccumulator(c, shape, t)
+    accumulator.add(samples[0])
+
+    def pieces_after_a_cleanup():  # something empties the temporary folder while the pass runs
+        for f in tmp_path.iterdir():
+            f.unlink()
+        yield (), samples[1]
+
+    with pytest.raises(ResourceError, match="could not be read back"):
+        accumulator.add_slabs(pieces_after_a_cleanup(), spill_dir=tmp_path)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ResourceError
 from .engine import class_argmax
 from .maps import normalized_entropy, uncertainty_maps
 
@@ -89,8 +90,7 @@ class MomentAccumulator:
         if self.count >= self.n_samples:
             raise ValueError(f"more passes than the {self.n_samples} announced")
         slabs = iter(slabs)
-        if spill_dir is not None and self.count:
-            self._spill(Path(spill_dir))
+        if spill_dir is not None and self.count and self._spill(Path(spill_dir)):
             try:
                 first = next(slabs, None)
             finally:
@@ -137,12 +137,21 @@ class MomentAccumulator:
         return {"m2": self.m2, "sum_h": self.sum_h, "bits": self.bits,
                 **{f"sum_p{k}": t for k, t in enumerate(self.sum_p)}}
 
-    def _spill(self, folder: Path) -> None:
-        """Write the running sums to raw files in ``folder`` and drop them from memory."""
-        for name, tensor in self._state().items():
-            tensor.numpy().tofile(folder / f"{name}.raw")
+    def _spill(self, folder: Path) -> bool:
+        """Write the running sums to raw files in ``folder`` and drop them from memory; False (sums kept in
+        memory, partial files removed) when they cannot be written, e.g. a full disk."""
+        written = []
+        try:
+            for name, tensor in self._state().items():
+                written.append(folder / f"{name}.raw")
+                tensor.numpy().tofile(written[-1])
+        except OSError:
+            for path in written:
+                path.unlink(missing_ok=True)
+            return False
         self.m2 = self.sum_h = self.bits = None
         self.sum_p = [None] * len(self.sum_p)
+        return True
 
     def _restore(self, folder: Path) -> None:
         """Read back what ``_spill`` wrote (exact: raw bytes) and delete the files."""
@@ -151,8 +160,12 @@ class MomentAccumulator:
                                                                   *self.shape)}
         for name in self._state():
             path = folder / f"{name}.raw"
-            tensor = torch.from_numpy(np.fromfile(path, dtype=dtypes.get(name, np.float32)).reshape(
-                shapes.get(name, self.shape)))
+            try:
+                tensor = torch.from_numpy(np.fromfile(path, dtype=dtypes.get(name, np.float32)).reshape(
+                    shapes.get(name, self.shape)))
+            except (OSError, ValueError) as exc:  # removed or cut short by something else meanwhile
+                raise ResourceError(f"The running sums kept in {folder} while a pass ran could not be read "
+                                    f"back ({exc}); nothing was written") from exc
             path.unlink()
             if name.startswith("sum_p"):
                 self.sum_p[int(name[5:])] = tensor
