@@ -161,12 +161,13 @@ def test_sigterm_while_writing_publishes_nothing_and_keeps_the_earlier_run(world
 
 
 def test_sigterm_inside_a_long_window_exits_130_within_seconds(world, tmp_path):
-    """20000 MC-dropout samples of a TorchScript model: one window takes far longer than the test allows.
-    SIGTERM once preprocessing is done must stop the sample loop inside that first window."""
+    """60000 MC-dropout samples of a TorchScript model: one window takes about 23 s on an idle 2-core
+    machine, twice the 12 s the test allows (room for a loaded machine). SIGTERM once preprocessing is
+    done must stop the sample loop inside that first window."""
     out = tmp_path / "long_run"
     before = snapshot(world["root"])
     proc = subprocess.Popen([sys.executable, "-m", "SegUncertaintyLib.cli", "segment", world["img"], "--model",
-                             world["model"], "--samples", "20000", "--max-batch", "64", "--progress", "json",
+                             world["model"], "--samples", "60000", "--max-batch", "64", "--progress", "json",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     events = []
     for line in proc.stdout:
@@ -179,7 +180,7 @@ def test_sigterm_inside_a_long_window_exits_130_within_seconds(world, tmp_path):
     rest, stderr = proc.communicate(timeout=60)
     elapsed = time.monotonic() - start
     assert proc.returncode == 130, stderr
-    assert elapsed < 5.0
+    assert elapsed < 12.0
     assert not any(json.loads(line)["stage"] == "inference" for line in rest.splitlines())  # inside window 1
     assert "Cancelled" in error_line(stderr)
     assert snapshot(world["root"]) == before
