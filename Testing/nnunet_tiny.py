@@ -19,19 +19,25 @@ CT_PROPERTIES = {"max": 1000.0, "mean": 80.0, "median": 60.0, "min": -1000.0, "p
 
 
 def tiny_plans(spacing=(1.0, 1.0, 1.0), transpose_forward=(0, 1, 2), normalization="CTNormalization",
-               dropout: float | None = None, patch_size=(16, 16, 16), features=(4, 8, 16)) -> dict:
-    """plans.json content; spacing and patch size are in the transposed axis order, as nnU-Net writes them."""
+               dropout: float | None = None, patch_size=(16, 16, 16), features=(4, 8, 16),
+               configuration: str = "3d_fullres") -> dict:
+    """plans.json content; spacing and patch size are in the transposed axis order, as nnU-Net writes them.
+    ``configuration`` "2d": a 2D network on the in-plane axes (the last two of ``spacing`` and ``patch_size``),
+    as nnU-Net plans its 2d configuration."""
     backward = [int(i) for i in np.argsort(transpose_forward)]
     n = len(features)
+    d = 2 if configuration == "2d" else 3
+    if d == 2:
+        spacing, patch_size = spacing[1:], patch_size[1:]
     arch = {
         "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
         "arch_kwargs": {
-            "n_stages": n, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * n, "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+            "n_stages": n, "features_per_stage": list(features), "conv_op": f"torch.nn.modules.conv.Conv{d}d",
+            "kernel_sizes": [[3] * d] * n, "strides": [[1] * d] + [[2] * d] * (n - 1),
             "n_conv_per_stage": [1] * n, "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{d}d",
             "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": "torch.nn.modules.dropout.Dropout3d" if dropout else None,
+            "dropout_op": f"torch.nn.modules.dropout.Dropout{d}d" if dropout else None,
             "dropout_op_kwargs": {"p": dropout, "inplace": False} if dropout else None,
             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
         },
@@ -51,9 +57,9 @@ def tiny_plans(spacing=(1.0, 1.0, 1.0), transpose_forward=(0, 1, 2), normalizati
         "transpose_backward": backward, "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {"0": CT_PROPERTIES},
-        "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": list(patch_size), "median_image_size_in_voxels": [24, 24, 24],
+        "configurations": {configuration: {
+            "data_identifier": f"nnUNetPlans_{configuration}", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": list(patch_size), "median_image_size_in_voxels": [24] * d,
             "spacing": list(spacing), "normalization_schemes": [normalization], "use_mask_for_norm": [False],
             **resampling, "architecture": arch, "batch_dice": False}},
     }
@@ -68,7 +74,7 @@ def build_network(plans: dict, n_inputs: int = 1, n_classes: int = 3) -> torch.n
     """nnunetv2's own network builder, as nnUNetTrainer.build_network_architecture calls it."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    arch = next(iter(plans["configurations"].values()))["architecture"]
     return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                   n_inputs, n_classes, allow_init=True, deep_supervision=False)
 
@@ -76,13 +82,15 @@ def build_network(plans: dict, n_inputs: int = 1, n_classes: int = 3) -> torch.n
 def make_nnunet_model(root: Path, folds: int = 2, mirror_axes=(0, 1, 2), trainer: str = "nnUNetTrainer",
                       plans: dict | None = None, dataset_json: dict | None = None,
                       checkpoint_name: str = "checkpoint_final.pth") -> tuple[Path, list[dict]]:
-    """Write Dataset999_Tiny/<trainer>__nnUNetPlans__3d_fullres under ``root``; return it and the
-    per-fold state dicts (fold f initialized with seed f; last layer scaled so classes separate)."""
+    """Write Dataset999_Tiny/<trainer>__nnUNetPlans__<configuration> under ``root`` (the plans' one
+    configuration); return it and the per-fold state dicts (fold f initialized with seed f; last layer
+    scaled so classes separate)."""
     plans = plans or tiny_plans()
+    configuration = next(iter(plans["configurations"]))
     dataset_json = dataset_json or tiny_dataset_json()
     n_classes = len(dataset_json["labels"])
     n_inputs = len(dataset_json["channel_names"])
-    folder = Path(root) / "Dataset999_Tiny" / f"{trainer}__nnUNetPlans__3d_fullres"
+    folder = Path(root) / "Dataset999_Tiny" / f"{trainer}__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
@@ -99,7 +107,7 @@ def make_nnunet_model(root: Path, folds: int = 2, mirror_axes=(0, 1, 2), trainer
             "logging": {"mean_fg_dice": [np.float64(0.5), np.float64(0.6)], "ema_fg_dice": [np.float32(0.55)],
                         "epoch_start_timestamps": [1.0e9]},
             "_best_ema": np.float64(0.6), "current_epoch": np.int64(1000),
-            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
+            "init_args": {"plans": plans, "configuration": configuration, "fold": fold,
                           "dataset_json": dataset_json, "device": torch.device("cpu")},
             "trainer_name": trainer, "inference_allowed_mirroring_axes": mirror_axes,
         }
@@ -136,8 +144,8 @@ def nnunet_reference(folder: Path, weights: dict, image: sitk.Image, trainer: st
     net = build_network(plans, 1, len(dataset_json["labels"]))
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror_axes is not None,
                                 perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
-    predictor.manual_initialization(net, manager, manager.get_configuration("3d_fullres"), [weights],
-                                    dataset_json, trainer, mirror_axes)
+    configuration = manager.get_configuration(next(iter(plans["configurations"])))
+    predictor.manual_initialization(net, manager, configuration, [weights], dataset_json, trainer, mirror_axes)
     array = sitk.GetArrayFromImage(image).astype(np.float32)[None]
     _, probabilities = predictor.predict_single_npy_array(array, {"spacing": list(image.GetSpacing())[::-1]},
                                                           None, None, True)

@@ -316,3 +316,23 @@ def test_broken_installed_nnunet_model_is_listed_with_its_reason(tiny, tmp_path,
     assert main(["models", "list", "--verify"]) == 4
     out = capsys.readouterr().out
     assert "fold_1/checkpoint_final.pth is missing or changed since 'models add' (sha256 differs)" in out
+
+
+@pytest.mark.parametrize("image_spacing", [(1.0, 1.0, 3.0), (0.8, 1.3, 2.0)])
+def test_a_2d_configuration_is_nnunets_own_output_slice_by_slice(tmp_path, image_spacing):
+    """nnU-Net's 2d configuration (a 2D network over each slice, in-plane spacing only in the plans): each
+    fold's pass equals nnunetv2's own predictor at the plans' in-plane spacing, and its argmax where
+    in-plane resampling is involved."""
+    plans = tiny_plans(spacing=(3.0, 1.0, 1.0), patch_size=(1, 16, 16), configuration="2d")
+    folder, weights = make_nnunet_model(tmp_path, folds=2, plans=plans, mirror_axes=(0, 1))
+    model = NnUNetModel(folder)
+    image = ct_like_image(shape_zyx=(8, 26, 22), spacing_xyz=image_spacing)
+    for fold, w in enumerate(weights):
+        expected = nnunet_reference(folder, w, image)
+        ours = run_one(model, image, SampleSpec(fold))
+        assert ours.shape == expected.shape == (3, *sitk.GetArrayViewFromImage(image).shape)
+        if image_spacing[:2] == (1.0, 1.0):
+            assert np.abs(ours - expected).max() <= 1e-3
+        a, b = ours.argmax(0), expected.argmax(0)
+        assert all(dice(a == k, b == k) >= 0.99 for k in (1, 2) if (b == k).any())
+        assert np.mean(np.abs(ours - expected) <= 1e-3) >= 0.999
