@@ -327,3 +327,27 @@ def test_a_worklist_written_by_the_real_cohort_command(mrml_scene, tmp_path, mon
     row = next(r for r in again.rows if r["case"] == first)
     assert (row["status"], row["reviewed"], row["reviewer_note"]) == ("skipped", "yes", "checked in Slicer")
     worklist.unload_all(mrml_scene)
+
+
+def test_a_relative_input_far_from_the_worklist_is_found_where_the_cohort_read_it(mrml_scene, tmp_path,
+                                                                                   monkeypatch):
+    """`cohort in/a.nrrd --out <elsewhere>/x/y/review` run from data/deep and opened from tmp_path: the
+    relative input is under none of the folders searched, so only the path the cohort recorded
+    (``input_resolved``, checked by its sha256) finds it."""
+    from SegUncertaintyLib import cli
+
+    model = write_threshold_model(tmp_path / "model")
+    deep = tmp_path / "data" / "deep"
+    (deep / "in").mkdir(parents=True)
+    sitk.WriteImage(sphere_phantom(radius_mm=15.0), str(deep / "in" / "a.nrrd"))
+    review = tmp_path / "reviews" / "x" / "y" / "review"
+    monkeypatch.chdir(deep)
+    assert cli.main(["cohort", "in/a.nrrd", "--out", str(review), "--model", str(model), "--samples", "3",
+                     "--progress", "none", "--no-overview"]) == 0
+    monkeypatch.chdir(tmp_path)
+    worklist = CohortWorklist(review)
+    assert worklist.rows[0]["input"] == "in/a.nrrd"
+    nodes = worklist.load_case(mrml_scene)
+    assert np.array_equal(slicer.util.arrayFromVolume(nodes.volume),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(deep / "in" / "a.nrrd"))))
+    worklist.unload_all(mrml_scene)

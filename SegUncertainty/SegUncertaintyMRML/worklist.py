@@ -13,6 +13,7 @@ back to it. Stepping back to a case still in the scene reuses its nodes.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,9 +194,10 @@ class CohortWorklist:
         return list(self.loaded)
 
     def input_path(self, row: dict, manifest: dict) -> Path:
-        """The case's input as its manifest names it: an absolute path, or one relative to the folder the
-        cohort ran in, looked for from the worklist's folder, its parent and grandparent (``seguncertainty
-        cohort scans/ --out review/`` writes scans/...), then the current folder. When the manifest records
+        """The case's input: where the cohort read it (the manifest's ``input_resolved``), else as its
+        manifest names it: an absolute path, or one relative to the folder the cohort ran in, looked for
+        from the worklist's folder, its parent and grandparent (``seguncertainty cohort scans/ --out
+        review/`` writes scans/...), then the current folder. When the manifest records
         the input's sha256 (a cohort run does), the file must have it: the image the case was segmented
         from, not one changed or replaced since. CohortError when none is found, or the input is a DICOM
         folder (load those with Slicer's DICOM module)."""
@@ -203,15 +205,18 @@ class CohortWorklist:
         if not isinstance(given, str) or not given:
             raise CohortError(f"Case '{row['case']}': its manifest names no input")
         path = Path(given)
+        settings = manifest.get("settings")
+        resolved = settings.get("input_resolved") if isinstance(settings, dict) else None
         bases = [self.folder, *list(self.folder.parents)[:INPUT_SEARCH_UP], Path.cwd()]
-        existing = [p for p in dict.fromkeys([path] if path.is_absolute() else [b / path for b in bases])
-                    if p.exists()]
+        candidates = [path] if path.is_absolute() else [b / path for b in bases]
+        if isinstance(resolved, str) and os.path.isabs(resolved):
+            candidates.insert(0, Path(resolved))  # where the cohort read it (same machine, not moved)
+        existing = [p for p in dict.fromkeys(candidates) if p.exists()]
         if not existing:
             raise CohortError(f"Case '{row['case']}': its input {given} is not there (moved, or another machine?)")
         if existing[0].is_dir():
             raise CohortError(f"Case '{row['case']}': its input {given} is a DICOM folder; load the series with "
                               "Slicer's DICOM module (the worklist loads image files only)")
-        settings = manifest.get("settings")
         expected = settings.get("input_sha256") if isinstance(settings, dict) else None
         if not isinstance(expected, str):
             return existing[0]

@@ -6,8 +6,9 @@ The item (a plain dict, pickled to the worker): ``case`` (id), ``path`` (file or
 threads for this worker, or None).
 
 The case folder is written as ``segment`` writes it (io.outputs: same files, same manifest, atomic), its
-manifest's settings also holding ``input_sha256`` and the requested ``samples``, ``overview`` and
-``save_samples``: a case whose folder already records the same :func:`resume_key` is skipped.
+manifest's settings also holding ``input_sha256``, ``input_resolved`` (the absolute path read) and the
+requested ``samples``, ``overview`` and ``save_samples``: a case whose folder already records the same
+:func:`resume_key` is skipped.
 
 The result: ``case``, ``status`` ("done", "skipped", "failed" or "cancelled"), ``seconds``, ``error``
 (one line, "" unless failed), and for a finished case ``scores`` (scores.json's ``classes``) and
@@ -106,7 +107,8 @@ def _segment(item: dict, options: SegmentOptions, model, digest: str, cancelled)
         image = read_image(item["path"], item["series"])
         outputs = segment_image(image, model, options.method, options.samples, options.overlap, options.device,
                                 options.seed, options.max_batch, None, cancelled)
-        settings = {**options.settings(item["series"]), "input_sha256": digest, "samples": options.samples,
+        settings = {**options.settings(item["series"]), "input_sha256": digest, "input_resolved": item["path"],
+                    "samples": options.samples,
                     "overview": options.overview, "save_samples": options.save_samples}
         write_outputs(outputs, folder, model.card, item["input"], settings, options.format,
                       overview=options.overview, samples=options.save_samples, cancelled=cancelled,
