@@ -169,17 +169,23 @@ def abdominal_mr(folder: Path) -> tuple[sitk.Image, sitk.Image]:
     return image, to_organs(sitk.ReadImage(str(folder / "example_seg_mr.nii.gz")), column=2)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def prepare_main(prepare_data, description: str) -> int:
+    """A data script's command line: ``--cache FOLDER``; prints the prepared folder, or one error line
+    (exit 2)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cache", type=Path, default=WORK, help="folder for the archive and extracted files")
     args = parser.parse_args()
     try:
-        folder = prepare(args.cache)
+        folder = prepare_data(args.cache)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(folder)
     return 0
+
+
+def main() -> int:
+    return prepare_main(prepare, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ dependencies may be wheels; the archive's sha256 is then checked here.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tarfile
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ct_data import WORK, DataError, download_archive  # noqa: E402
+from ct_data import WORK, DataError, download_archive, prepare_main  # noqa: E402
 
 PACKAGE, VERSION = "pyradiomics", "3.1.0"
 ARCHIVE = f"{PACKAGE}-{VERSION}.tar.gz"
@@ -88,16 +87,7 @@ def case(folder: Path, name: str) -> tuple[sitk.Image, sitk.Image]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=WORK, help="folder for the archive and extracted files")
-    args = parser.parse_args()
-    try:
-        folder = prepare(args.cache)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(folder)
-    return 0
+    return prepare_main(prepare, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
