@@ -39,6 +39,19 @@ def sphere_phantom(size=(40, 36, 32), spacing=(2.0, 2.5, 3.0), radius_mm=25.0, b
     return out
 
 
+class DropoutContextNet(nn.Module):
+    """3x3x3 convolutions with dropout between them: every window draws its own dropout masks."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.Tanh(), nn.Dropout(0.3),
+                                  nn.Conv3d(8, 3, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x) * 3
+
+
 class ThresholdNet(nn.Module):
     """logit(foreground) = gain * (dropout(x) - 0.5): a pointwise segmenter with MC dropout.
 

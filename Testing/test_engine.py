@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import ThresholdNet
+from conftest import DropoutContextNet, ThresholdNet
 from monai.inferers import sliding_window_inference
 from torch import nn
 
@@ -264,19 +264,6 @@ def test_class_argmax_matches_torch_including_ties(n_classes):
     p = torch.randint(0, 4, (3, n_classes, 6, 7, 8)).float()  # many ties: the first maximum must win
     assert torch.equal(class_argmax(p, 1), p.argmax(1).to(torch.uint8))
     assert torch.equal(class_argmax(p[0], 0), p[0].argmax(0).to(torch.uint8))
-
-
-class DropoutContextNet(nn.Module):
-    """3x3x3 convolutions with dropout between them: every window draws its own dropout masks."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.body = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.Tanh(), nn.Dropout(0.3),
-                                  nn.Conv3d(8, 3, 3, padding=1))
-
-    def forward(self, x):
-        return self.body(x) * 3
 
 
 def test_windowed_mi_and_variance_match_one_pass_over_the_whole_volume():

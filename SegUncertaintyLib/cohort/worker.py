@@ -98,7 +98,13 @@ def _earlier_run(folder: Path, wanted: dict) -> dict | None:
         return None
 
 
-def _segment(item: dict, options: SegmentOptions, model, digest: str, cancelled) -> dict:
+def _case_settings(item: dict, options: SegmentOptions, digest: str) -> dict:
+    """The manifest's ``settings`` of a cohort case: segment's, plus what resuming compares."""
+    return {**options.settings(item["series"]), "input_sha256": digest, "input_resolved": item["path"],
+            "samples": options.samples, "overview": options.overview, "save_samples": options.save_samples}
+
+
+def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled) -> dict:
     from ..inference.pipeline import segment_image
     from ..io.images import read_image
     from ..io.outputs import output_folder, write_outputs
@@ -107,9 +113,6 @@ def _segment(item: dict, options: SegmentOptions, model, digest: str, cancelled)
         image = read_image(item["path"], item["series"])
         outputs = segment_image(image, model, options.method, options.samples, options.overlap, options.device,
                                 options.seed, options.max_batch, None, cancelled)
-        settings = {**options.settings(item["series"]), "input_sha256": digest, "input_resolved": item["path"],
-                    "samples": options.samples,
-                    "overview": options.overview, "save_samples": options.save_samples}
         write_outputs(outputs, folder, model.card, item["input"], settings, options.format,
                       overview=options.overview, samples=options.save_samples, cancelled=cancelled,
                       maps=options.maps, map_dtype=options.map_dtype)
@@ -122,12 +125,10 @@ def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
         import torch
 
         torch.set_num_threads(item["threads"])
-    digest = input_sha256(item["path"], item.get("files", ()))
+    settings = _case_settings(item, options, input_sha256(item["path"], item.get("files", ())))
     model = _load(options)
     card = model.card
-    wanted = resume_key({"settings": {**options.settings(item["series"]), "input_sha256": digest,
-                                      "samples": options.samples, "overview": options.overview,
-                                      "save_samples": options.save_samples},
+    wanted = resume_key({"settings": settings,
                          "model": {"name": card.name, "version": card.version,
                                    "members": [{"sha256": m.sha256} for m in card.members]},
                          "method": options.method})
@@ -135,7 +136,7 @@ def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
     earlier = _earlier_run(Path(item["out"]), wanted)
     if earlier is not None:
         return "skipped", earlier, reference
-    return "done", _segment(item, options, model, digest, cancelled), reference
+    return "done", _segment(item, options, model, settings, cancelled), reference
 
 
 def process_case(item: dict) -> dict:

@@ -16,12 +16,12 @@ import argparse
 import json
 import platform
 import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+from child_run import run_child
 
 WINDOW = (64, 64, 64)
 
@@ -82,10 +82,7 @@ def measure(args, way: str, t: int) -> dict:
     cmd = [sys.executable, __file__, "--child", way, "--samples", str(t), "--shape", *map(str, args.shape),
            "--overlap", str(args.overlap), "--net", args.net, "--batch", str(args.batch),
            "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else str(proc.returncode)}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(cmd)
 
 
 def main() -> None:

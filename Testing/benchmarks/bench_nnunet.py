@@ -23,13 +23,13 @@ import contextlib
 import json
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from child_run import run_child
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for nnunet_tiny
 
@@ -110,10 +110,7 @@ def child(args) -> None:
 def measure(args, way: str, model: Path, image: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", way, "--model", str(model), "--image", str(image),
            "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else str(proc.returncode)}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(cmd)
 
 
 def main() -> None:

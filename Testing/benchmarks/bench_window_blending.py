@@ -14,26 +14,19 @@ Run: .venv/bin/python Testing/benchmarks/bench_window_blending.py
 from __future__ import annotations
 
 import platform
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
-from torch import nn
 
 from SegUncertaintyLib.inference.engine import EngineConfig, _WindowSampler, run_engine, scan_slices
 from SegUncertaintyLib.inference.maps import uncertainty_maps
 from SegUncertaintyLib.inference.sampling import plan_samples
 
-
-class DropoutNet(nn.Module):
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.body = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.Tanh(), nn.Dropout(0.3),
-                                  nn.Conv3d(8, 3, 3, padding=1))
-
-    def forward(self, x):
-        return self.body(x) * 3
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for the test network
+from conftest import DropoutContextNet  # noqa: E402
 
 
 def volume(shape=(32, 32, 32), seed=0) -> np.ndarray:
@@ -73,7 +66,7 @@ def blended(vol, net, t, window, overlap, seed) -> dict[str, dict[str, float]]:
 
 
 def main(t: int = 10, seeds=range(4)) -> None:
-    vol, net = volume(), DropoutNet()
+    vol, net = volume(), DropoutContextNet()
     rows: dict[str, list[tuple[float, float]]] = {"moments": [], "maps": [], "argmax": [], "engine": []}
     for seed in seeds:
         whole = run_engine(vol, [net], plan_samples("mc_dropout", 1, t), 3, EngineConfig((32, 32, 32), seed=seed))

@@ -73,6 +73,17 @@ def score_rows(name: str, scores: dict, readings: dict | None, dices: dict | Non
     return rows
 
 
+def segment_and_print(model, name: str, image: sitk.Image, labels: sitk.Image | None, samples: int):
+    """Segment ``image``, print its table rows (Dice per organ where ``labels`` are given); the outputs."""
+    out = segment_image(image, model, METHOD, samples)
+    d = None
+    if labels is not None:
+        s, r = sitk.GetArrayFromImage(out.segmentation), sitk.GetArrayFromImage(labels)
+        d = {n: dice(s, r, v) for v, (n, _, _) in ORGANS.items()}
+    print("\n".join(score_rows(name, out.scores["classes"], out.scores.get("readings"), d)))
+    return out
+
+
 HEADER = ("| input | organ | Dice | volume mL | " + " | ".join(SCORES) + " | review recommended on |\n"
           "|---|---|---|---|" + "---|" * (len(SCORES) + 1))
 
@@ -135,12 +146,7 @@ def main() -> None:
     worst: dict = {}
     for name, image, lab in (("example_ct_sm (training)", train_image, train_labels),
                              ("example_ct (training scan, 112 slices)", longer, None)):
-        out = segment_image(image, model, METHOD, args.samples)
-        d = None
-        if lab is not None:
-            s, r = sitk.GetArrayFromImage(out.segmentation), sitk.GetArrayFromImage(lab)
-            d = {n: dice(s, r, v) for v, (n, _, _) in ORGANS.items()}
-        print("\n".join(score_rows(name, out.scores["classes"], out.scores.get("readings"), d)))
+        out = segment_and_print(model, name, image, lab, args.samples)
         for organ, values in out.scores["classes"].items():
             for k in SCORES:
                 if values.get(k) is not None:
@@ -162,12 +168,7 @@ def main() -> None:
     if head_ct is not None:
         ood.append(("head CT (invesalius-examples)", head_ct, None))
     for name, image, lab in ood:
-        out = segment_image(image, model, METHOD, args.samples)
-        d = None
-        if lab is not None:
-            s, r = sitk.GetArrayFromImage(out.segmentation), sitk.GetArrayFromImage(lab)
-            d = {n: dice(s, r, v) for v, (n, _, _) in ORGANS.items()}
-        print("\n".join(score_rows(name, out.scores["classes"], out.scores.get("readings"), d)))
+        segment_and_print(model, name, image, lab, args.samples)
 
 
 if __name__ == "__main__":
