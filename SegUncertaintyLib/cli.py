@@ -166,7 +166,9 @@ def cmd_segment(args) -> int:
     out = Path(args.out) if args.out else default_out(path)
     reporter = ProgressReporter(args.progress)
     try:
-        with output_folder(out) as folder:  # lock, leftovers of killed runs, refusal: before the long part
+        # lock, leftovers of killed runs, refusal: before the long part; large intermediate data and the
+        # output volumes of whole-volume models wait in the scratch folder beside the output
+        with output_folder(out) as folder, folder.scratch() as scratch:
             reporter("load", 0.0, f"reading {path.name}")
             image = read_image(path, args.series)
             cancel.check()
@@ -174,7 +176,7 @@ def cmd_segment(args) -> int:
             reporter("load", 1.0, f"model {model.card.name} {model.card.version}")
             cancel.check()
             outputs = segment_image(image, model, args.method, args.samples, args.overlap, args.device,
-                                    args.seed, args.max_batch, reporter, cancel)
+                                    args.seed, args.max_batch, reporter, cancel, scratch)
             cancel.check()
             reporter("write", 0.0, f"writing to {out}")
             settings = SegmentOptions.from_args(args).settings(

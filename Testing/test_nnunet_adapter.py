@@ -87,25 +87,68 @@ def test_ensemble_is_the_mean_of_the_folds_softmax_and_its_maps_and_scores_follo
     assert seg.GetDirection() == image.GetDirection() and seg.GetOrigin() == image.GetOrigin()
 
 
+def test_outputs_kept_in_a_scratch_folder_are_the_in_memory_outputs(tiny, tmp_path, monkeypatch):
+    """Every array that can wait in a file does (SPILL_BYTES 0): the same images bit for bit and the same
+    scores; the volumes are read from the scratch folder at each lookup, the rest of it is cleaned up."""
+    from SegUncertaintyLib.inference import stored
+
+    _, _, model = tiny
+    image = ct_like_image(seed=5)
+    in_memory = segment_passes(image, model, "ensemble")
+    monkeypatch.setattr(stored, "SPILL_BYTES", 0)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    in_files = segment_passes(image, model, "ensemble", scratch=scratch)
+    assert isinstance(in_files.maps, stored.StoredImages) and isinstance(in_files.probabilities, stored.StoredImages)
+    assert sorted(p.name for p in scratch.iterdir()) == sorted(
+        f"{n}.raw" for n in ("entropy", "mutual_information", "variance", "expected_entropy",
+                             "probability_1", "probability_2"))  # inputs, logits and sums removed
+    assert in_files.scores == in_memory.scores
+    for a, b in [(in_memory.segmentation, in_files.segmentation),
+                 *[(in_memory.maps[n], in_files.maps[n]) for n in in_memory.maps],
+                 *[(in_memory.probabilities[n], in_files.probabilities[n]) for n in in_memory.probabilities]]:
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        assert a.GetDirection() == b.GetDirection() and a.GetOrigin() == b.GetOrigin()
+    assert sorted(in_files.model_grid_maps) == sorted(in_memory.model_grid_maps)
+    assert np.array_equal(in_files.model_grid_maps["variance"], in_memory.model_grid_maps["variance"])
+
+
 @pytest.mark.parametrize("plans_spacing, image_spacing", [
     ((1.5, 1.0, 1.2), (0.9, 1.3, 1.1)),  # resampled in 3D (order 1)
     ((4.0, 1.0, 1.0), (1.1, 0.9, 2.0)),  # anisotropic plans: in-plane order 1, then order 0 along the low axis
+    ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),  # not resampled (the plans' spacing)
 ])
+@pytest.mark.parametrize("kept_in_files", [False, True])
 def test_slabbed_pass_equals_nnunets_whole_volume_export_of_the_same_logits(tmp_path, monkeypatch, plans_spacing,
-                                                                             image_spacing):
+                                                                             image_spacing, kept_in_files):
+    """Also with the preprocessed input and the logits waiting in files (as a CT's do): the same numbers,
+    and the logits' file gone once the pass has been handed over."""
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
+    from SegUncertaintyLib.inference import stored
+    from SegUncertaintyLib.inference.stored import RawArray
     from SegUncertaintyLib.models.adapters import nnunet
 
     plans = tiny_plans(spacing=plans_spacing, transpose_forward=(2, 0, 1))
     folder, _ = make_nnunet_model(tmp_path, folds=1, plans=plans)
     model = NnUNetModel(folder)
     image = ct_like_image(shape_zyx=(14, 23, 19), spacing_xyz=image_spacing)
-    prepared = model.prepare(image, torch.device("cpu"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(stored, "SPILL_BYTES", 0 if kept_in_files else 1 << 40)
+    prepared = model.prepare(image, torch.device("cpu"), scratch)
+    assert isinstance(prepared.data, RawArray) == kept_in_files
     monkeypatch.setattr(nnunet, "SLAB_VOXELS", 1)  # one plane per slab
     slabbed = model.run_pass(prepared, SampleSpec(0))
-    predictor, data, properties, _ = prepared
-    logits = predictor.predict_sliding_window_return_logits(data).cpu()
+    assert sorted(p.name.split("-")[1] for p in scratch.iterdir()) == (["input"] if kept_in_files else [])
+    predictor, properties = prepared.predictor, prepared.properties
+    logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(prepared.data.load())).cpu()
+    if plans_spacing == image_spacing:
+        _, whole = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, model.plans_manager, model.configuration_manager, model.label_manager, dict(properties),
+            return_probabilities=True)
+        assert np.abs(slabbed - whole).max() <= 1e-6
+        return
     assert tuple(logits.shape[1:]) != tuple(properties["shape_after_cropping_and_before_resampling"])
     _, whole = convert_predicted_logits_to_segmentation_with_correct_shape(
         logits, model.plans_manager, model.configuration_manager, model.label_manager, dict(properties),
@@ -197,6 +240,13 @@ def test_cli_segment_with_an_nnunet_folder_writes_maps_scores_and_readings(tiny,
     scores = json.loads((out / "scores.json").read_text())
     assert scores["readings"]["organ2"]["dpw"]["reading"] == "review recommended"
     assert "review recommended" in capsys.readouterr().err
+    # the command line keeps the volumes in a scratch folder beside the output: the same numbers as in
+    # memory, and the folder gone afterwards
+    in_memory = segment_passes(ct_like_image(), tiny[2], "ensemble")
+    for name in ("variance", "entropy"):
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{name}.nii.gz")))
+        assert np.array_equal(written, sitk.GetArrayFromImage(in_memory.maps[name]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "model", "out"]
 
 
 def _break_missing_fold(folder):

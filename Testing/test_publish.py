@@ -97,7 +97,8 @@ def test_run_killed_between_the_two_renames_is_put_back(tmp_path):
 
 def test_staging_folders_of_killed_runs_are_removed_and_nothing_else(tmp_path):
     tag = folder_tag("out")
-    stale = [tmp_path / f"{PREFIX}stage-{tag}-4242-0badf00d", tmp_path / f"{PREFIX}stage-{tag}-7-1234abcd"]
+    stale = [tmp_path / f"{PREFIX}stage-{tag}-4242-0badf00d", tmp_path / f"{PREFIX}stage-{tag}-7-1234abcd",
+             tmp_path / f"{PREFIX}scratch-{tag}-4242-0badf00d"]
     for folder in stale:
         fake_run(folder, {"segmentation.nrrd": b"half"})
     kept = [tmp_path / f"{PREFIX}stage-{folder_tag('other')}-4242-0badf00d",  # another output folder's
@@ -108,6 +109,21 @@ def test_staging_folders_of_killed_runs_are_removed_and_nothing_else(tmp_path):
     with output_folder(tmp_path / "out"):
         pass
     assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)
+
+
+def test_scratch_folder_lies_beside_the_output_and_is_removed_however_the_block_ends(tmp_path):
+    out = tmp_path / "out"
+    with output_folder(out) as folder:
+        with folder.scratch() as scratch:
+            assert scratch.parent == tmp_path and scratch.name.startswith(f"{PREFIX}scratch-{folder_tag('out')}-")
+            (scratch / "sums.raw").write_bytes(b"x" * 100)
+        assert not scratch.exists()
+        with pytest.raises(KeyboardInterrupt), folder.scratch() as scratch:
+            raise KeyboardInterrupt
+        assert not scratch.exists()
+    with pytest.raises(RuntimeError, match="outside"), folder.scratch():
+        pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lock_refuses_a_second_run_and_is_released_after(tmp_path):

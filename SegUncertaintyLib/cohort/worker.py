@@ -109,10 +109,10 @@ def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancell
     from ..io.images import read_image
     from ..io.outputs import output_folder, write_outputs
 
-    with output_folder(item["out"]) as folder:
+    with output_folder(item["out"]) as folder, folder.scratch() as scratch:
         image = read_image(item["path"], item["series"])
         outputs = segment_image(image, model, options.method, options.samples, options.overlap, options.device,
-                                options.seed, options.max_batch, None, cancelled)
+                                options.seed, options.max_batch, None, cancelled, scratch)
         write_outputs(outputs, folder, model.card, item["input"], settings, options.format,
                       overview=options.overview, samples=options.save_samples, cancelled=cancelled,
                       maps=options.maps, map_dtype=options.map_dtype)

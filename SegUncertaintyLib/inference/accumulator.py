@@ -15,7 +15,7 @@ bytes for C = 3 and T <= 8, against 4 (2C + 1) + bits = 30 with float32 sums and
 when the first pass's first piece arrives, and kept in files while later passes are computed when the
 caller gives a ``spill_dir``. The pass being added is the caller's (never all T passes at once);
 ``finish`` adds the variance map (4 bytes), frees M2, then adds the entropy and MI maps and the labels
-(9 bytes).
+(9 bytes); with a ``VolumeStore`` the three maps go to its files slab by slab instead (labels: 1 byte).
 
 Precision of M2 in float16: M2 only grows, and each of the T - 1 updates rounds it once to 11 significant
 bits, so the variance map's error is at most (T - 1) * 2^-11 of its value (plus 2^-24 per update below
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ResourceError
 from .engine import class_argmax
 from .maps import normalized_entropy, uncertainty_maps
+from .stored import RawArray, VolumeStore
 
 # The background's mean is derived (1 - the others' sum), about 1e-7 off in float32; nnU-Net's float16 logits
 # often give a class exactly the background's probability, and argmax keeps the first (background) then:
@@ -60,6 +60,7 @@ class MomentAccumulator:
         self.sum_p: list[torch.Tensor | None] = [None] * (n_classes - 1)  # foreground classes only
         self.m2 = self.sum_h = self.bits = None  # allocated when the first piece arrives (after its forward pass)
         self.count = 0
+        self._spilled: dict[str, RawArray] = {}  # the sums while they wait in files
 
     def _allocate(self) -> None:
         shape, c = self.shape, self.n_classes
@@ -94,7 +95,7 @@ class MomentAccumulator:
             try:
                 first = next(slabs, None)
             finally:
-                self._restore(Path(spill_dir))
+                self._restore()
             slabs = itertools.chain([] if first is None else [first], slabs)
         covered = 0
         for region, p in slabs:
@@ -140,65 +141,63 @@ class MomentAccumulator:
     def _spill(self, folder: Path) -> bool:
         """Write the running sums to raw files in ``folder`` and drop them from memory; False (sums kept in
         memory, partial files removed) when they cannot be written, e.g. a full disk."""
-        written = []
+        written: dict[str, RawArray] = {}
         try:
             for name, tensor in self._state().items():
-                written.append(folder / f"{name}.raw")
-                tensor.numpy().tofile(written[-1])
+                written[name] = RawArray.write(folder / f"{name}.raw", tensor.numpy())
         except OSError:
-            for path in written:
-                path.unlink(missing_ok=True)
+            for array in written.values():
+                array.delete()
             return False
+        self._spilled = written
         self.m2 = self.sum_h = self.bits = None
         self.sum_p = [None] * len(self.sum_p)
         return True
 
-    def _restore(self, folder: Path) -> None:
+    def _restore(self) -> None:
         """Read back what ``_spill`` wrote (exact: raw bytes) and delete the files."""
-        dtypes = {"m2": np.float16, "bits": np.uint8}
-        shapes = {"m2": (self.n_classes, *self.shape), "bits": (self.n_classes - 1, (self.n_samples + 7) // 8,
-                                                                  *self.shape)}
-        for name in self._state():
-            path = folder / f"{name}.raw"
-            try:
-                tensor = torch.from_numpy(np.fromfile(path, dtype=dtypes.get(name, np.float32)).reshape(
-                    shapes.get(name, self.shape)))
-            except (OSError, ValueError) as exc:  # removed or cut short by something else meanwhile
-                raise ResourceError(f"The running sums kept in {folder} while a pass ran could not be read "
-                                    f"back ({exc}); nothing was written") from exc
-            path.unlink()
+        for name, array in self._spilled.items():
+            tensor = torch.from_numpy(array.load())
+            array.delete()
             if name.startswith("sum_p"):
                 self.sum_p[int(name[5:])] = tensor
             else:
                 setattr(self, name, tensor)
+        self._spilled = {}
 
-    def finish(self) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def finish(self, store: VolumeStore | None = None
+               ) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Means over the passes added, the labels and maps derived from them (the accumulator is consumed).
 
         Returns (mean_p: C - 1 (*S) tensors, the foreground classes'; labels: (*S) uint8 argmax of the mean,
         first maximum wins, background within BACKGROUND_TIE; maps; sample bits). The background's mean,
-        1 - the others' sum (clamped at 0), is only formed slab by slab.
+        1 - the others' sum (clamped at 0), is only formed slab by slab. With ``store``, the variance,
+        entropy and mutual information maps are written there slab by slab as they are formed (never whole
+        in memory) and ``maps`` holds only ``expected_entropy``.
         """
         if self.count != self.n_samples:
             raise ValueError(f"{self.count} passes added, {self.n_samples} announced")
         t = self.count
         mean_p = [s.mul_(1.0 / t) for s in self.sum_p]
         mean_h = self.sum_h.mul_(1.0 / t)
-        maps = {"variance": torch.empty(self.shape)}
+        variance = _MapOutput(self.shape, store, "variance")
         for zs, p in self._mean_slabs(mean_p):  # first the variance, then M2 is freed (lower peak)
             mean_p2 = self.m2[:, zs].float().div_(t).addcmul_(p, p)  # E[p^2] = M2 / T + E[p]^2
-            maps["variance"][zs] = uncertainty_maps(p, mean_p2, mean_h[zs], t)["variance"]
+            variance.put(zs, uncertainty_maps(p, mean_p2, mean_h[zs], t)["variance"])
+        maps = {"variance": variance.close()}
         self.m2 = None
         labels = torch.empty(self.shape, dtype=torch.uint8)
-        maps.update({name: torch.empty(self.shape) for name in ("entropy", "mutual_information")})
+        entropy = _MapOutput(self.shape, store, "entropy")
+        mutual = _MapOutput(self.shape, store, "mutual_information")
         for zs, p in self._mean_slabs(mean_p):
             part = uncertainty_maps(p, p * p, mean_h[zs], t)  # the second moment only enters the variance
-            maps["entropy"][zs], maps["mutual_information"][zs] = part["entropy"], part["mutual_information"]
+            entropy.put(zs, part["entropy"])
+            mutual.put(zs, part["mutual_information"])
             p[0] += BACKGROUND_TIE
             labels[zs] = class_argmax(p, 0)
-        maps["expected_entropy"] = mean_h
+        maps.update(entropy=entropy.close(), mutual_information=mutual.close(), expected_entropy=mean_h)
         self.sum_p = self.sum_h = None
-        return mean_p, labels, maps, self.bits
+        return mean_p, labels, {k: v for k, v in maps.items() if v is not None}, self.bits
 
     def _mean_slabs(self, mean_p: list[torch.Tensor]):
         """(z slice, (C, slab) mean probabilities with the background derived) for each slab."""
@@ -206,3 +205,23 @@ class MomentAccumulator:
             zs = slice(z, z + self.slab)
             foreground = torch.stack([m[zs] for m in mean_p])
             yield zs, torch.cat([(1.0 - foreground.sum(0, keepdim=True)).clamp_min_(0.0), foreground])
+
+
+class _MapOutput:
+    """One map formed slab by slab: into a tensor, or (with a store) straight into the store's file."""
+
+    def __init__(self, shape: tuple[int, ...], store: VolumeStore | None, name: str):
+        self.name, self.store = name, store
+        self.tensor = torch.empty(shape) if store is None else None
+        self.writer = None if store is None else store.writer(name)
+
+    def put(self, zs: slice, values: torch.Tensor) -> None:
+        if self.writer is None:
+            self.tensor[zs] = values
+        else:
+            self.writer.append(values.numpy())
+
+    def close(self) -> torch.Tensor | None:
+        if self.writer is not None:
+            self.store.add(self.name, self.writer.close())
+        return self.tensor

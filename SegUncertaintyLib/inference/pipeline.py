@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,18 +29,21 @@ MAP_MEANINGS = {
 
 @dataclass
 class SegmentationOutputs:
-    """Results on the input's exact grid (sitk images) plus the model-grid arrays used for the overview."""
+    """Results on the input's exact grid (sitk images) plus the model-grid arrays used for the overview.
+
+    ``probabilities``, ``maps`` and ``model_grid_maps`` are mappings: dicts, or views of files read at each
+    lookup (a run with a scratch folder; look up one at a time)."""
 
     segmentation: sitk.Image
-    probabilities: dict[str, sitk.Image]
-    maps: dict[str, sitk.Image]
+    probabilities: Mapping[str, sitk.Image]
+    maps: Mapping[str, sitk.Image]
     scores: dict
     method: str
     n_samples: int
     device: str
     notes: list[str] = field(default_factory=list)
     model_grid_image: sitk.Image | None = None
-    model_grid_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    model_grid_maps: Mapping[str, np.ndarray] = field(default_factory=dict)
     model_grid_sample_bits: np.ndarray | None = None  # (C-1, ceil(T/8), *S) uint8, bit t%8 of byte t//8
     model_grid_labels: np.ndarray | None = None
 
@@ -67,12 +71,16 @@ def segment_image(
     max_batch: int = 8,
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    scratch: str | Path | None = None,
 ) -> SegmentationOutputs:
     """Segment a 3D image with uncertainty; every output has ``image``'s geometry.
 
     The image is validated as the command line does (InputImageError: not 3D, NaN/inf voxels, constant);
     options out of range raise UsageError (a ValueError). ``cancelled`` is polled between stages and
-    forward passes (CancelledError).
+    forward passes (CancelledError). ``scratch``: for whole-volume models (nnU-Net, MONAI bundles), a
+    folder where large intermediate data and the output volumes are kept as files (read when looked up;
+    the folder must outlive the outputs): the peak memory is then the running sums, not every map at once
+    (whole_volume.segment_passes). Card models keep their outputs in memory.
     """
     if not isinstance(image, sitk.Image):
         raise InputImageError(f"segment_image needs a SimpleITK image (with its geometry), got {type(image).__name__}")
@@ -80,7 +88,7 @@ def segment_image(
     if not isinstance(model, LoadedModel):  # a whole-volume format: models/adapters/base.py
         from .whole_volume import segment_passes
 
-        return segment_passes(image, model, method, samples, device, seed, progress, cancelled)
+        return segment_passes(image, model, method, samples, device, seed, progress, cancelled, scratch)
     report = progress or (lambda *_: None)
     card = model.card
     check_method(model, method)

@@ -2,7 +2,8 @@
 
 Each pass is produced by the format's own code on the input's voxel grid (see models/adapters/base.py);
 memory is one pass plus the running moments, never all passes. Large running moments wait in a
-temporary file while a pass's forward computation runs (MomentAccumulator.add_slabs, ``spill_dir``).
+file while a pass's forward computation runs (MomentAccumulator.add_slabs, ``spill_dir``); with a
+``scratch`` folder the outputs are kept there as files too (inference/stored.py).
 """
 
 from __future__ import annotations
@@ -10,21 +11,20 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from ..errors import CancelledError
+from . import stored
 from .accumulator import MomentAccumulator
 from .engine import ProgressCallback, pick_device
 from .pipeline import MAP_MEANINGS, SegmentationOutputs
 from .preprocessing import array_on_grid
 from .scores import scores_document, subject_scores
-
-# Running sums at least this large wait in a temporary file while each pass is computed (its forward pass
-# and the sums are then never in memory together): a CT of 512 x 512 x 300 with 3 classes has 1.5 GB of sums.
-SPILL_BYTES = 256 << 20
+from .stored import VolumeStore
 
 
 def segment_passes(
@@ -36,8 +36,16 @@ def segment_passes(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    scratch: str | Path | None = None,
 ) -> SegmentationOutputs:
-    """Segment ``image`` with a WholeVolumeModel; every output lies on ``image``'s grid."""
+    """Segment ``image`` with a WholeVolumeModel; every output lies on ``image``'s grid.
+
+    ``scratch``: a folder for large intermediate data (running sums and the model's own large arrays while
+    they wait, in a sub-folder removed after the passes) and for the outputs: the maps and probabilities
+    are then kept there as files, written as they are formed and read when looked up (``StoredImages``),
+    so the folder must outlive the returned outputs. Without it the intermediate data waits in a
+    temporary folder and the outputs are in memory.
+    """
     report = progress or (lambda *_: None)
     card = model.card
     plan = model.plan(method, samples)
@@ -45,22 +53,24 @@ def segment_passes(
     notes = list(model.method_notes(method))
     if device in ("cuda", "gpu") and dev.type == "cpu":
         notes.append("No CUDA GPU available: ran on the CPU.")
-    report("preprocess", 0.0, f"{model.format} preprocessing")
-    prepared = model.prepare(image, dev)
-    report("preprocess", 1.0, "done")
-
     shape = tuple(reversed(image.GetSize()))
     accumulator = MomentAccumulator(card.n_classes, shape, len(plan))
-    with tempfile.TemporaryDirectory(prefix="seguncertainty-") as tmp:
-        spill = tmp if accumulator.nbytes >= SPILL_BYTES else None
+    # the passes' intermediate files (inputs, logits, sums) live in a folder removed when the passes are done
+    with tempfile.TemporaryDirectory(prefix="seguncertainty-passes-", dir=scratch) as tmp:
+        work = Path(tmp)
+        report("preprocess", 0.0, f"{model.format} preprocessing")
+        prepared = model.prepare(image, dev, work)
+        report("preprocess", 1.0, "done")
+        spill = work if accumulator.nbytes >= stored.SPILL_BYTES else None
         for i, spec in enumerate(plan):
             if cancelled is not None and cancelled():
                 raise CancelledError("Cancelled by the user; nothing was written")
             torch.manual_seed(seed + i)  # dropout draws differ per pass and repeat with the seed
             accumulator.add_slabs(model.pass_slabs(prepared, spec), spill_dir=spill)
             report("inference", (i + 1) / len(plan), f"pass {i + 1}/{len(plan)}: {model.describe(spec)}")
-    del prepared
-    mean_p, labels, maps_t, bits = accumulator.finish()  # mean_p: the foreground classes'
+        del prepared
+    store = VolumeStore(scratch, image) if scratch is not None else None
+    mean_p, labels, maps_t, bits = accumulator.finish(store)  # mean_p: the foreground classes'
     del accumulator
 
     report("postprocess", 0.0, "subject-level scores")
@@ -70,24 +80,30 @@ def segment_passes(
     per_class = subject_scores(bits, [None, *mean_p], maps_t["expected_entropy"], labels, voxel_ml, n, names)
     scores = scores_document(per_class, method, n, card.info.get("score_reference"))
     scores["grid"] = "input grid (the model's own output grid)"
-    # Each output becomes an image (a copy) and its tensor is dropped at once; the model-grid arrays the
-    # overview reads are views of those images, not second copies.
     segmentation = array_on_grid(labels.numpy(), image)
     del labels
     map_names = list(MAP_MEANINGS) if n > 1 else ["entropy"]
-    maps = {name: array_on_grid(maps_t.pop(name).numpy(), image) for name in map_names}
+    foreground = range(1, card.n_classes)
+    if store is not None:  # files named by class index: label names come from the model, untrusted
+        store.put("expected_entropy", maps_t.pop("expected_entropy").numpy())
+        for k in foreground:
+            store.put(f"probability_{k}", mean_p.pop(0).numpy())
+        maps = store.images({name: name for name in map_names})
+        probabilities = store.images({names[k]: f"probability_{k}" for k in foreground})
+        grid_maps = maps.arrays
+    else:
+        # Each output becomes an image (a copy) and its tensor is dropped at once; the model-grid arrays the
+        # overview reads are views of those images, not second copies.
+        maps = {name: array_on_grid(maps_t.pop(name).numpy(), image) for name in map_names}
+        probabilities = {names[k]: array_on_grid(mean_p.pop(0).numpy(), image) for k in foreground}
+        grid_maps = {name: image_view(map_image) for name, map_image in maps.items()}
     del maps_t
-    probabilities = {}
-    for k in range(1, card.n_classes):
-        probabilities[names[k]] = array_on_grid(mean_p[0].numpy(), image)
-        del mean_p[0]
     report("postprocess", 1.0, "done")
     return SegmentationOutputs(
         segmentation=segmentation, probabilities=probabilities, maps=maps,
         scores=scores, method=method, n_samples=n, device=dev.type, notes=notes,
         model_grid_image=image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32),
-        model_grid_maps={name: image_view(map_image) for name, map_image in maps.items()},
-        model_grid_labels=image_view(segmentation),
+        model_grid_maps=grid_maps, model_grid_labels=image_view(segmentation),
         model_grid_sample_bits=bits.numpy(),
     )
 

@@ -82,11 +82,12 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         add_image(outputs.segmentation, "segmentation", "labelmap",
                   "Segmentation: argmax of the mean probability", labels={str(k): v for k, v in card.labels.items()},
                   terminology=card.info.get("terminology", {}))
-        for name, image in outputs.probabilities.items() if "probability" in chosen else ():
-            add_image(image, f"probability_{name}", "probability",
+        # One volume looked up at a time: they may be files read at each lookup (a run with a scratch folder).
+        for name in outputs.probabilities if "probability" in chosen else ():
+            add_image(outputs.probabilities[name], f"probability_{name}", "probability",
                       f"Mean probability of '{name}' over samples, 0-1", label=name)
-        for name, image in ((n, i) for n, i in outputs.maps.items() if n in chosen):
-            add_image(image, name, "uncertainty", MAP_MEANINGS[name], map=name)
+        for name in (n for n in outputs.maps if n in chosen):
+            add_image(outputs.maps[name], name, "uncertainty", MAP_MEANINGS[name], map=name)
         if samples and outputs.model_grid_sample_bits is not None:
             for k, name in enumerate(n for v, n in sorted(card.labels.items()) if v != 0):
                 check_cancel()

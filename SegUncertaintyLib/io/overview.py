@@ -18,16 +18,29 @@ def _slices(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray
     return [volume[z], volume[:, y, :], volume[:, :, x]]
 
 
+def _centre(mask: np.ndarray) -> tuple[int, ...]:
+    """The (z, y, x) index of the mask's centroid (the volume's centre when empty), from per-axis counts."""
+    total = int(mask.sum())
+    if not total:
+        return tuple(n // 2 for n in mask.shape)
+    axes = range(mask.ndim)
+    return tuple(int(np.dot(np.arange(n), mask.sum(axis=tuple(a for a in axes if a != i))) / total)
+                 for i, n in enumerate(mask.shape))
+
+
 def save_overview(outputs, path: Path, title: str = "") -> None:
     """Write the figure to ``path`` (model grid: axis-aligned, so the slices are true planes)."""
     image = outputs.model_grid_image
-    array = sitk.GetArrayFromImage(image)
+    array = sitk.GetArrayViewFromImage(image)
     labels = outputs.model_grid_labels
     spacing = image.GetSpacing()  # x, y, z
-    fg = np.argwhere(labels > 0)
-    centre = tuple(int(v) for v in (fg.mean(0) if len(fg) else np.array(array.shape) / 2))
-    maps = [(name, outputs.model_grid_maps[name]) for name in ("entropy", "mutual_information", "variance")
-            if name in outputs.model_grid_maps]
+    centre = _centre(labels > 0)
+    maps = []  # (name, its three slices, its maximum): one volume in memory at a time (they may be files)
+    for name in ("entropy", "mutual_information", "variance"):
+        if name in outputs.model_grid_maps:
+            volume = outputs.model_grid_maps[name]
+            maps.append((name, [s.copy() for s in _slices(volume, centre)], max(float(volume.max()), 1e-6)))
+            del volume
     aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
     fig, axes = plt.subplots(3, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 9.5), squeeze=False)
     views = zip(_slices(array, centre), _slices(labels, centre), aspects, strict=True)
@@ -36,10 +49,9 @@ def save_overview(outputs, path: Path, title: str = "") -> None:
         ax.imshow(img, cmap="gray", origin="lower", aspect=aspect)
         if lab.any():
             ax.contour(lab > 0, levels=[0.5], colors="lime", linewidths=0.8, origin="lower")
-        for col, (name, volume) in enumerate(maps, start=1):
-            vmax = max(float(volume.max()), 1e-6)
+        for col, (name, slices, vmax) in enumerate(maps, start=1):
             axes[row, col].imshow(img, cmap="gray", origin="lower", aspect=aspect)
-            heat = axes[row, col].imshow(np.ma.masked_less(_slices(volume, centre)[row], 0.02 * vmax),
+            heat = axes[row, col].imshow(np.ma.masked_less(slices[row], 0.02 * vmax),
                                          cmap="inferno", origin="lower", aspect=aspect, vmin=0, vmax=vmax, alpha=0.85)
             if row == 0:
                 axes[row, col].set_title(name.replace("_", " "))

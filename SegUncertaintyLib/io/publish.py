@@ -8,9 +8,11 @@ Layout next to the output folder ``<parent>/<name>`` (same parent, so one file s
   directory rename (``renameat2(RENAME_EXCHANGE)`` where the system has it, else two renames with the
   old run put back if the second fails). The old run is deleted only after the swap succeeded.
 - ``.seguncertainty-old-<tag>-<pid>-<random>``: the previous run during a two-rename swap.
+- ``.seguncertainty-scratch-<tag>-<pid>-<random>``: large intermediate data of the run (:meth:`scratch`),
+  on the output's file system rather than a temporary folder that may be small or in RAM.
 
-``<tag>`` is the folder name (cut to 40 characters) and a hash of it. Staging and old folders are only
-ever removed by a run that holds the lock for that folder: their owner is then gone. A folder left in
+``<tag>`` is the folder name (cut to 40 characters) and a hash of it. Staging, scratch and old folders are
+only ever removed by a run that holds the lock for that folder: their owner is then gone. A folder left in
 the middle of a two-rename swap (killed between the renames) is put back.
 
 An existing output folder is replaced only if it is empty or every entry in it was written by an earlier
@@ -186,7 +188,7 @@ class OutputFolder:
         old = self._leftovers("old")
         if old and not self.path.exists():
             os.rename(old.pop(), self.path)
-        for folder in old + self._leftovers("stage"):
+        for folder in old + self._leftovers("stage") + self._leftovers("scratch"):
             shutil.rmtree(folder, ignore_errors=True)
 
     def check_replaceable(self) -> None:
@@ -215,12 +217,7 @@ class OutputFolder:
         """A new folder to write the run into; published when the block ends normally, else removed."""
         if self._lock_fd is None and fcntl is not None:
             raise RuntimeError("OutputFolder.staged() outside its 'with' block")
-        stage = self.parent / f"{PREFIX}stage-{self.tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            stage.mkdir()
-        except OSError as exc:
-            raise OutputError(f"Cannot write next to output folder {self.requested}: "
-                              f"{exc.strerror or exc}") from exc
+        stage = self._new_folder("stage")
         try:
             yield stage
             self.check_replaceable()  # the folder may have changed during a long run
@@ -229,6 +226,26 @@ class OutputFolder:
             self._swap(stage)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A folder beside the output for the run's large intermediate data, removed when the block ends."""
+        if self._lock_fd is None and fcntl is not None:
+            raise RuntimeError("OutputFolder.scratch() outside its 'with' block")
+        folder = self._new_folder("scratch")
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _new_folder(self, kind: str) -> Path:
+        folder = self.parent / f"{PREFIX}{kind}-{self.tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            raise OutputError(f"Cannot write next to output folder {self.requested}: "
+                              f"{exc.strerror or exc}") from exc
+        return folder
 
     def _swap(self, stage: Path) -> None:
         try:

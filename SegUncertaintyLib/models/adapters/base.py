@@ -37,8 +37,9 @@ class WholeVolumeModel(ABC):
         """The passes for ``method``; ModelError (one line) when this model cannot do it."""
 
     @abstractmethod
-    def prepare(self, image: sitk.Image, device: torch.device) -> object:
-        """Preprocess ``image`` once for all passes."""
+    def prepare(self, image: sitk.Image, device: torch.device, scratch: Path | None = None) -> object:
+        """Preprocess ``image`` once for all passes. ``scratch``: a folder where large arrays may wait in
+        files between passes (inference/stored.py ``keep``), alive until the last pass is done."""
 
     @abstractmethod
     def run_pass(self, prepared: object, spec: SampleSpec) -> np.ndarray:

@@ -147,7 +147,7 @@ class MonaiBundleModel(WholeVolumeModel):
     def describe(self, spec: SampleSpec) -> str:
         return "dropout sample" if spec.dropout else "deterministic pass"
 
-    def prepare(self, image: sitk.Image, device: torch.device):
+    def prepare(self, image: sitk.Image, device: torch.device, scratch: Path | None = None):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "image.nii.gz"
             sitk.WriteImage(image, str(path))

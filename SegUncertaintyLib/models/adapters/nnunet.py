@@ -18,8 +18,11 @@ import importlib
 import inspect
 import io
 import json
+import math
 import pkgutil
 import re
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,9 @@ import SimpleITK as sitk
 import torch
 
 from ...errors import ModelError
+from ...inference import stored
 from ...inference.sampling import SampleSpec, plan_samples, set_dropout
+from ...inference.stored import HeldArray, RawArray, SlabWriter, keep
 from ..card import Member, ModelCard, sha256_file
 from ..formats import NNUNET, ModelSummary, nnunet_model_folder, register_checker
 from .base import WholeVolumeModel, check_known_method
@@ -289,8 +294,9 @@ class NnUNetModel(WholeVolumeModel):
         text = self.folds[spec.member][0]
         return text + (f", mirrored over axes {spec.flip}" if spec.flip else "")
 
-    def prepare(self, image: sitk.Image, device: torch.device):
-        """nnU-Net's preprocessing of the image's voxel array (z, y, x), as its SimpleITK reader gives it."""
+    def prepare(self, image: sitk.Image, device: torch.device, scratch: Path | None = None) -> _Prepared:
+        """nnU-Net's preprocessing of the image's voxel array (z, y, x), as its SimpleITK reader gives it.
+        A large preprocessed input waits in ``scratch`` while it is not needed (between sliding windows)."""
         data = sitk.GetArrayFromImage(image).astype(np.float32)[None]
         properties = {"spacing": list(image.GetSpacing())[::-1]}
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
@@ -301,11 +307,12 @@ class NnUNetModel(WholeVolumeModel):
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.trainer_name, None)
         predictor.loaded_member = None
-        return predictor, torch.from_numpy(data), properties, tuple(reversed(image.GetSize()))
+        return _Prepared(predictor, keep(data, scratch, "nnunet-input"), properties,
+                         tuple(reversed(image.GetSize())), scratch)
 
     def run_pass(self, prepared, spec: SampleSpec) -> np.ndarray:
         """The pass as one (C, z, y, x) array, assembled from ``pass_slabs``."""
-        shape = prepared[3]
+        shape = prepared.shape
         out = np.empty((self.label_manager.num_segmentation_heads, *shape), dtype=np.float32)
         for region, p in self.pass_slabs(prepared, spec):
             out[(slice(None), *region)] = p.numpy()
@@ -317,44 +324,70 @@ class NnUNetModel(WholeVolumeModel):
         undone (background 1 outside) and the transpose reverted, a few planes at a time. What nnU-Net's
         convert_predicted_logits_to_segmentation_with_correct_shape does on the whole volume at once
         (C x V float64, then twice C x V float32); per voxel the same numbers."""
-        predictor, data, properties, _ = prepared
+        predictor, properties = prepared.predictor, prepared.properties
         if predictor.loaded_member != spec.member:
             self.network.load_state_dict(self.weights[spec.member])
             predictor.loaded_member = spec.member
         predictor.flip_axes, predictor.dropout = tuple(spec.flip), spec.dropout
-        logits = self._resampled_back(predictor.predict_sliding_window_return_logits(data).cpu(), properties)
+        logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(prepared.data.load())).cpu()
+        logits = self._resampled_back(logits, properties, prepared.scratch)  # in a file when large
         backward = self.plans_manager.transpose_backward
         full = properties["shape_before_cropping"]  # transposed axes, as the bbox
         bbox = properties["bbox_used_for_cropping"]
         axis = backward.index(0)  # the transposed first axis is this axis of the (z, y, x) array
         planes = max(1, SLAB_VOXELS // int(np.prod(full[1:])))
-        for start in range(0, full[0], planes):
-            stop = min(start + planes, full[0])
-            slab = torch.zeros((logits.shape[0], stop - start, *full[1:]))
-            slab[0] = 1.0  # background outside the crop, as nnU-Net's revert_cropping_on_probabilities
-            lo, hi = max(start, bbox[0][0]), min(stop, bbox[0][1])
-            if lo < hi:
-                inside = (slice(None), slice(lo - start, hi - start), *(slice(a, b) for a, b in bbox[1:]))
-                part = logits[:, lo - bbox[0][0]:hi - bbox[0][0]]
-                slab[inside] = self.label_manager.apply_inference_nonlin(torch.as_tensor(part))
-            region = [slice(None)] * 3
-            region[axis] = slice(start, stop)
-            yield tuple(region), slab.permute(0, *[i + 1 for i in backward])
+        try:
+            for start in range(0, full[0], planes):
+                stop = min(start + planes, full[0])
+                slab = torch.zeros((logits.shape[0], stop - start, *full[1:]))
+                slab[0] = 1.0  # background outside the crop, as nnU-Net's revert_cropping_on_probabilities
+                lo, hi = max(start, bbox[0][0]), min(stop, bbox[0][1])
+                if lo < hi:
+                    inside = (slice(None), slice(lo - start, hi - start), *(slice(a, b) for a, b in bbox[1:]))
+                    part = logits.planes(lo - bbox[0][0], hi - bbox[0][0])
+                    slab[inside] = self.label_manager.apply_inference_nonlin(torch.as_tensor(part))
+                region = [slice(None)] * 3
+                region[axis] = slice(start, stop)
+                yield tuple(region), slab.permute(0, *[i + 1 for i in backward])
+        finally:
+            logits.delete()
 
-    def _resampled_back(self, logits: torch.Tensor, properties: dict):
-        """(C, *cropped shape) logits on the input's spacing with the plans' resampling function, called on
-        one class at a time (it resamples each class on its own, so the result is the same), float16 like
-        nnU-Net's."""
+    def _resampled_back(self, logits: torch.Tensor, properties: dict, scratch: Path | None) -> RawArray | HeldArray:
+        """(C, *cropped shape) float16 logits on the input's spacing, as nnU-Net's (its plans' resampling
+        function, called on one class at a time: it resamples each class on its own, so the result is the
+        same), kept in a file in ``scratch`` when large (stored.keep)."""
         cm, pm = self.configuration_manager, self.plans_manager
         target = properties["shape_after_cropping_and_before_resampling"]
         if tuple(logits.shape[1:]) == tuple(target):
-            return logits  # nnU-Net's function returns its input unchanged then
+            return keep(logits.numpy(), scratch, "nnunet-logits")  # nnU-Net's function returns its input then
         spacing = [properties["spacing"][i] for i in pm.transpose_forward]
         current = cm.spacing if len(cm.spacing) == len(target) else [spacing[0], *cm.spacing]
-        out = np.empty((logits.shape[0], *target), dtype=np.float16)
+        shape = (logits.shape[0], *target)
+        if scratch is not None and math.prod(shape) * 2 >= stored.SPILL_BYTES:
+            out = SlabWriter(Path(scratch) / f"nnunet-logits-{uuid.uuid4().hex[:8]}.raw", shape, np.float16)
+            try:
+                for c in range(logits.shape[0]):
+                    out.append(cm.resampling_fn_probabilities(logits[c:c + 1], target, current, spacing))
+            except BaseException:
+                out.abort()
+                raise
+            return out.close()
+        resampled = np.empty(shape, dtype=np.float16)
         for c in range(logits.shape[0]):
-            out[c] = cm.resampling_fn_probabilities(logits[c:c + 1], target, current, spacing)[0]
-        return out
+            resampled[c] = cm.resampling_fn_probabilities(logits[c:c + 1], target, current, spacing)[0]
+        return HeldArray(resampled)
+
+
+@dataclass
+class _Prepared:
+    """What ``prepare`` hands to every pass: nnU-Net's predictor, the preprocessed (1, *S') input and its
+    properties (nnU-Net's: bbox, shapes, spacing), the input's (z, y, x) shape, the scratch folder."""
+
+    predictor: object
+    data: RawArray | HeldArray
+    properties: dict
+    shape: tuple[int, int, int]
+    scratch: Path | None
 
 
 def _one_pass_predictor(base: type, device: torch.device):

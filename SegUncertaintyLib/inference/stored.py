@@ -1,0 +1,210 @@
+"""Large arrays kept in files instead of memory while a whole-volume model runs.
+
+Three uses, one mechanism (a raw C-ordered file whose shape and dtype the owner keeps, read without
+memory mapping, so only what is read is resident):
+
+- a pass's intermediate data that waits while something else needs the memory (nnU-Net's preprocessed
+  input during the accumulation, its logits while they are turned into slabs: ``keep``);
+- the running sums while a pass's forward computation runs (accumulator);
+- the outputs of a run, written slab by slab as they are formed and read back one at a time when they
+  are used (``VolumeStore``): a run's peak is then its running sums, not every map at once.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import ResourceError
+
+# Arrays at least this large are kept in a file when a folder for them is given: a CT of 512 x 512 x 300
+# has a 300 MB preprocessed input and 450 MB of float16 logits for 3 classes.
+SPILL_BYTES = 256 << 20
+
+
+class RawArray:
+    """An array in a raw file (C order); ``load`` reads it whole, ``planes`` a range of its second axis."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype):
+        self.path, self.shape, self.dtype = Path(path), tuple(int(s) for s in shape), np.dtype(dtype)
+
+    @classmethod
+    def write(cls, path: Path, array: np.ndarray) -> RawArray:
+        """Write ``array`` (no copy when it is C-contiguous); OSError, with no file left, on failure."""
+        array = np.ascontiguousarray(array)
+        with open(path, "xb") as file:  # never an existing file
+            try:
+                array.tofile(file)
+            except BaseException:
+                Path(path).unlink(missing_ok=True)
+                raise
+        return cls(path, array.shape, array.dtype)
+
+    def load(self) -> np.ndarray:
+        """The whole array; ResourceError when the file was removed or cut short meanwhile."""
+        return self._read(0, math.prod(self.shape)).reshape(self.shape)
+
+    def planes(self, lo: int, hi: int) -> np.ndarray:
+        """``array[:, lo:hi]``: (shape[0], hi - lo, *shape[2:]), one read per index of the first axis."""
+        hi = min(hi, self.shape[1])
+        plane = math.prod(self.shape[2:])
+        parts = [self._read((i * self.shape[1] + lo) * plane, (hi - lo) * plane) for i in range(self.shape[0])]
+        return np.stack(parts).reshape(self.shape[0], hi - lo, *self.shape[2:])
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        try:
+            data = np.fromfile(self.path, dtype=self.dtype, count=count, offset=start * self.dtype.itemsize)
+        except (OSError, ValueError) as exc:
+            raise ResourceError(f"Temporary data kept in {self.path.parent} could not be read back ({exc}); "
+                                "nothing was written") from exc
+        if data.size != count:
+            raise ResourceError(f"Temporary data kept in {self.path.parent} was cut short while the run went on; "
+                                "nothing was written")
+        return data
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class HeldArray:
+    """The in-memory counterpart of RawArray (same reading interface)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape = array, array.shape
+
+    def load(self) -> np.ndarray:
+        return self.array
+
+    def planes(self, lo: int, hi: int) -> np.ndarray:
+        return self.array[:, lo:hi]
+
+    def delete(self) -> None:
+        self.array = None
+
+
+def keep(array: np.ndarray, folder: Path | None, name: str) -> RawArray | HeldArray:
+    """``array`` kept in a file in ``folder`` when it is at least SPILL_BYTES, else (or when the file cannot
+    be written, e.g. a full disk) held in memory. The caller drops its own reference."""
+    if folder is not None and array.nbytes >= SPILL_BYTES:
+        try:
+            return RawArray.write(Path(folder) / f"{name}-{uuid.uuid4().hex[:8]}.raw", array)
+        except OSError:
+            pass
+    return HeldArray(array)
+
+
+class SlabWriter:
+    """Writes an array of ``shape`` to a RawArray in consecutive slabs along its first axis."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype):
+        self.target = RawArray(path, shape, dtype)
+        self.file = _open_new(path)
+        self.written = 0
+
+    def append(self, slab: np.ndarray) -> None:
+        slab = np.ascontiguousarray(slab, dtype=self.target.dtype)
+        if slab.shape[1:] != self.target.shape[1:] or self.written + len(slab) > self.target.shape[0]:
+            raise ValueError(f"slab of shape {slab.shape} does not continue an array of shape {self.target.shape}")
+        _write(slab, self.file, self.target.path)
+        self.written += len(slab)
+
+    def abort(self) -> None:
+        """Close and remove the partial file."""
+        self.file.close()
+        self.target.delete()
+
+    def close(self) -> RawArray:
+        self.file.close()
+        if self.written != self.target.shape[0]:
+            raise ValueError(f"{self.written} of {self.target.shape[0]} planes written to {self.target.path.name}")
+        return self.target
+
+
+class VolumeStore:
+    """A run's output volumes, each a (z, y, x) array on ``reference``'s grid kept as a file in ``folder``."""
+
+    def __init__(self, folder: str | Path, reference: sitk.Image):
+        self.folder, self.reference = Path(folder), reference
+        self.shape = tuple(reversed(reference.GetSize()))
+        self.arrays: dict[str, RawArray] = {}
+
+    def writer(self, name: str, dtype=np.float32) -> SlabWriter:
+        """A writer for volume ``name``; ``close()`` it, then ``add`` what it returns."""
+        return SlabWriter(self._path(name), self.shape, dtype)
+
+    def add(self, name: str, array: RawArray) -> None:
+        self.arrays[name] = array
+
+    def put(self, name: str, array: np.ndarray) -> None:
+        """Write a whole volume (no copy when it is C-contiguous)."""
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"volume {name} has shape {array.shape}, the store {self.shape}")
+        path = self._path(name)
+        with _open_new(path) as file:
+            _write(np.ascontiguousarray(array), file, path)
+        self.arrays[name] = RawArray(path, array.shape, array.dtype)
+
+    def images(self, names: Mapping[str, str]) -> StoredImages:
+        """A mapping key -> sitk image of the stored volume ``names[key]``, read when looked up."""
+        return StoredImages(self, dict(names))
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}.raw"
+
+
+class StoredImages(Mapping):
+    """key -> sitk.Image read from a VolumeStore at each lookup (a new image each time; keep one at a time).
+    ``.arrays`` is the same mapping as (z, y, x) numpy arrays. Valid as long as the store's folder exists."""
+
+    def __init__(self, store: VolumeStore, names: dict[str, str]):
+        self.store, self.names = store, names
+        self.arrays = _StoredArrays(store, names)
+
+    def __getitem__(self, key: str) -> sitk.Image:
+        array = self.arrays[key]
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(self.store.reference)
+        return image
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class _StoredArrays(Mapping):
+    def __init__(self, store: VolumeStore, names: dict[str, str]):
+        self.store, self.names = store, names
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.store.arrays[self.names[key]].load()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _open_new(path: Path):
+    try:
+        return open(path, "xb")
+    except OSError as exc:
+        raise ResourceError(f"Cannot write temporary data in {path.parent}: {exc.strerror or exc}; "
+                            "nothing was written") from exc
+
+
+def _write(array: np.ndarray, file, path: Path) -> None:
+    try:
+        array.tofile(file)
+    except OSError as exc:
+        file.close()
+        path.unlink(missing_ok=True)
+        raise ResourceError(f"Cannot write temporary data in {path.parent}: {exc.strerror or exc} "
+                            "(is the disk full?); nothing was written") from exc
