@@ -347,30 +347,44 @@ def test_a_2d_configuration_is_nnunets_own_output_slice_by_slice(tmp_path, image
         assert np.mean(np.abs(ours - expected) <= 1e-3) >= 0.999
 
 
-LOWRES_SPACING = (2.2, 1.9, 1.7)  # (z, y, x) mm, coarser than 3d_fullres' 1 mm on every axis
+def _lowres_model(root, fullres_spacing=(1.0, 1.0, 1.0), lowres_spacing=(2.2, 1.9, 1.7), transpose=(0, 1, 2),
+                  image=None):
+    """A 2-fold 3d_lowres model (plans with 3d_fullres, 3d_lowres and 3d_cascade_fullres; spacings in the
+    transposed axis order), a CT-like image at the 3d_fullres spacing, and each fold's output from nnunetv2's
+    own predictor on it."""
+    plans = tiny_plans(spacing=fullres_spacing, transpose_forward=transpose, configuration="3d_lowres",
+                       lowres_spacing=lowres_spacing)
+    folder, weights = make_nnunet_model(root, folds=2, plans=plans)
+    image = image or ct_like_image(seed=7)  # 1 mm: the default 3d_fullres spacing
+    return folder, image, [nnunet_reference(folder, w, image) for w in weights]
 
 
 @pytest.fixture(scope="module")
 def lowres(tmp_path_factory):
-    """A 2-fold 3d_lowres model (plans with 3d_fullres, 3d_lowres and 3d_cascade_fullres), a CT-like image at
-    the 3d_fullres spacing, and each fold's output from nnunetv2's own predictor on it."""
-    plans = tiny_plans(configuration="3d_lowres", lowres_spacing=LOWRES_SPACING)
-    folder, weights = make_nnunet_model(tmp_path_factory.mktemp("lowres"), folds=2, plans=plans)
-    image = ct_like_image(seed=7)  # 1 mm: the 3d_fullres spacing
-    return folder, image, [nnunet_reference(folder, w, image) for w in weights]
+    return _lowres_model(tmp_path_factory.mktemp("lowres"))
 
 
-def test_a_3d_lowres_configuration_is_nnunets_own_output_resampled_down_and_back(lowres):
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_a_3d_lowres_configuration_is_nnunets_own_output_resampled_down_and_back(lowres, tmp_path, anisotropic):
     """3d_lowres inherits from 3d_fullres in plans.json (resolved by nnunetv2's PlansManager) with its own
     spacing, patch and network: an image at the fullres spacing is resampled down to the lowres grid and the
-    logits back, and each fold's pass is nnunetv2's own predictor output for that fold."""
-    folder, image, references = lowres
+    logits back, and each fold's pass is nnunetv2's own predictor output for that fold. Anisotropic: 4 mm
+    along x (transposed first: the plans' low-resolution axis), resampled in-plane then with order 0 along it,
+    and an x extent below the lowres patch (nnU-Net pads)."""
+    lowres_spacing = (4.4, 2.0, 2.0) if anisotropic else (2.2, 1.9, 1.7)  # transposed (z, y, x) for isotropic
+    folder, image, references = _lowres_model(
+        tmp_path, (4.0, 1.0, 1.0), lowres_spacing, (2, 0, 1),
+        ct_like_image((20, 26, 9), (4.0, 1.0, 1.0), seed=7)) if anisotropic else lowres
     model = NnUNetModel(folder)
     assert folder.name.endswith("__3d_lowres") and model.configuration_manager.previous_stage_name is None
-    assert model.card.spacing_mm == tuple(reversed(LOWRES_SPACING)) and model.card.patch_size == (8, 8, 8)
+    backward = model.plans_manager.transpose_backward
+    assert model.card.spacing_mm == tuple(reversed([lowres_spacing[i] for i in backward]))
+    assert model.card.patch_size == (8, 8, 8)
     prepared = model.prepare(image, torch.device("cpu"))
-    cropped = prepared[2]["shape_after_cropping_and_before_resampling"]  # (18, 26, 22): the 1 mm crop
-    assert tuple(prepared[1].shape[1:]) == tuple(round(n / s) for n, s in zip(cropped, LOWRES_SPACING, strict=True))
+    cropped = prepared[2]["shape_after_cropping_and_before_resampling"]  # transposed, at the fullres spacing
+    fullres = model.plans_manager.get_configuration("3d_fullres").spacing
+    assert tuple(prepared[1].shape[1:]) == tuple(round(n * f / s) for n, f, s in
+                                                 zip(cropped, fullres, lowres_spacing, strict=True))
     for fold, expected in enumerate(references):
         ours = model.run_pass(prepared, SampleSpec(fold))
         assert ours.shape == expected.shape == (3, *sitk.GetArrayViewFromImage(image).shape)
@@ -378,14 +392,15 @@ def test_a_3d_lowres_configuration_is_nnunets_own_output_resampled_down_and_back
         dices = [dice(a == k, b == k) for k in (1, 2)]
         difference = np.abs(ours - expected)
         within = float(np.mean(difference <= 1e-3))
-        print(f"3d_lowres fold {fold}: share within 1e-3 {within:.6f}, max |diff| {difference.max():.3g}, "
-              f"Dice {dices}")
+        print(f"3d_lowres (anisotropic {anisotropic}) fold {fold}: share within 1e-3 {within:.6f}, "
+              f"max |diff| {difference.max():.3g}, Dice {dices}")
         assert all((b == k).sum() > 50 for k in (1, 2))  # both classes present: the Dice is meaningful
         assert min(dices) >= 0.99
         # Measured here (x86_64, 2 cores, CPU): 100 % within 1e-3, max |diff| ~1e-7: each pass resamples
         # nnU-Net's own float16 logits back with its own function. The bounds leave room for the float16 tile
-        # sums (issue 14: up to ~0.1 apart at a handful of voxels); resampling back with order 0 or 3
-        # instead of the plans' order 1 gives 26 % and 32 % within 1e-3.
+        # sums (issue 14: up to ~0.1 apart at a handful of voxels). Resampling back with order 0 or 3
+        # instead of the plans' order 1 gives 26 % and 32 % within 1e-3; in the anisotropic case, without
+        # the separate order-0 pass along the low-resolution axis (or with order 1 there) 42 %.
         assert within >= 0.999 and difference.max() <= 0.1
         assert np.all(ours[0, :2] == 1.0)  # background 1 outside nnU-Net's non-zero crop
 
