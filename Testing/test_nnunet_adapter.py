@@ -292,7 +292,7 @@ def _break_cascade(folder):
 
 @pytest.mark.parametrize("breaker, words", [
     (_break_missing_fold, "fold_1 has no checkpoint_final.pth"),
-    (_break_cascade, "is a cascade stage (needs the output of '3d_lowres'): not supported"),
+    (_break_cascade, "cascade stage (needs the output of '3d_lowres'): not supported; use that stage's own folder"),
     (_break_plans_mismatch, "does not match the network"),
     (_break_normalization, "unknown normalization scheme 'MagicNormalization'"),
     (_break_two_channels, "needs 2 input channels"),

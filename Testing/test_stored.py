@@ -111,3 +111,14 @@ def test_finish_into_a_store_writes_the_same_maps_slab_by_slab(tmp_path):
     assert torch.equal(labels_a, labels_b) and torch.equal(bits_a, bits_b)
     for a, b in zip(mean_a, mean_b, strict=True):
         assert torch.equal(a, b)
+
+
+def test_overview_centre_from_per_axis_counts_is_the_foreground_centroid():
+    """The overview's slice centre without np.argwhere (which takes 24 bytes per foreground voxel)."""
+    from SegUncertaintyLib.io.overview import _centre
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        mask = rng.random((11, 13, 17)) < rng.uniform(0.01, 0.5)
+        assert _centre(mask) == tuple(int(v) for v in np.argwhere(mask).mean(0))
+    assert _centre(np.zeros((4, 6, 8), bool)) == (2, 3, 4)

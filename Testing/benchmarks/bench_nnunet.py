@@ -9,8 +9,11 @@ Same model folder (made here: PlainConvUNet from nnunetv2's builder, patch 64^3,
 weights), same CT-like input at the plans' spacing, same passes: every fold, no mirroring.
 nnU-Net: ``nnUNetPredictor.predict_single_npy_array(..., save_or_return_probabilities=True)`` (fold
 logits averaged, then softmax: segmentation + probabilities, what ``--save_probabilities`` gives).
-SegUncertainty: ``segment_passes(..., "ensemble")`` (each fold's softmax kept as a sample; mean,
-entropy, MI, variance, expected entropy, per-sample label bits and every subject score).
+SegUncertainty, two ways: ``segment_passes(..., "ensemble")`` in memory (each fold's softmax kept as a
+sample; mean, entropy, MI, variance, expected entropy, per-sample label bits and every subject score,
+returned as float32 images), and the command line ``seguncertainty segment IMAGE --model FOLDER --method
+ensemble`` (the same, with its scratch folder, every output written: segmentation, 2 probabilities, 4
+maps as float32 NRRD, scores.json, overview.png, manifest; the image read inside the command).
 Each measurement runs in a fresh process that reads the image from a file written by the parent (so
 making the image does not set the peak); peak = that process's peak resident set size, which includes
 the imports (about 0.5 GB) and the input image.
@@ -34,6 +37,8 @@ from child_run import run_child
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for nnunet_tiny
 
 PATCH, FEATURES = (64, 64, 64), (8, 16, 32, 64)
+WAYS = {"nnunet": "nnunetv2 predictor", "ours": "SegUncertainty ensemble, in memory",
+        "segment": "SegUncertainty `segment` command, outputs written"}
 
 
 def make_model(root: Path, folds: int, features=FEATURES) -> Path:
@@ -84,6 +89,20 @@ def ours(folder: Path, image) -> dict:
             "maps": sorted(out.maps), "scores": sorted(out.scores["classes"]["organ1"])}
 
 
+def command_line(folder: Path, image_path: Path, out: Path) -> dict:
+    import SimpleITK as sitk
+
+    from SegUncertaintyLib.cli import main
+
+    rc = main(["segment", str(image_path), "--model", str(folder), "--method", "ensemble", "--out", str(out),
+               "--progress", "none"])
+    if rc:
+        raise SystemExit(f"segment exited {rc}")
+    probability = sitk.ReadImage(str(out / "probability_organ1.nrrd"))  # after the peak was taken
+    return {"mean_p1": float(sitk.GetArrayViewFromImage(probability).mean()),
+            "files": sorted(p.name for p in out.iterdir())}
+
+
 def child(args) -> None:
     import SimpleITK as sitk
 
@@ -97,12 +116,20 @@ def child(args) -> None:
     else:  # imported before the clock starts, as nnunetv2's modules are for the other way (MONAI: ~4 s)
         from SegUncertaintyLib.inference import whole_volume  # noqa: F401
         from SegUncertaintyLib.models.adapters import nnunet as _adapter  # noqa: F401
-    image = sitk.ReadImage(args.image)
+    if args.child == "segment":  # the command reads the image itself (inside the clock and the peak)
+        from SegUncertaintyLib import cli  # noqa: F401
+    else:
+        image = sitk.ReadImage(args.image)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    out = {"nnunet": nnunet, "ours": ours}[args.child](Path(args.model), image)
+    if args.child == "segment":
+        with tempfile.TemporaryDirectory(dir=Path(args.image).parent) as tmp:
+            out = command_line(Path(args.model), Path(args.image), Path(tmp) / "out")
+            out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:
+        out = {"nnunet": nnunet, "ours": ours}[args.child](Path(args.model), image)
     out["wall_s"] = time.perf_counter() - start
-    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_mib"] = out.get("peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     out["before_mib"] = baseline / 1024
     print(json.dumps(out))
 
@@ -121,32 +148,31 @@ def main() -> None:
                         help="features per stage (fewer: a cheaper network, same memory per voxel)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--workdir", default=None, help="keep (and reuse) the model folder and image here")
-    parser.add_argument("--ways", nargs="+", choices=("nnunet", "ours"), default=["nnunet", "ours"])
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--image", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--child", choices=("nnunet", "ours"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=WAYS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
     with contextlib.ExitStack() as stack:
         work = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
         model, image = prepare_inputs(work, args.folds, tuple(args.shape), tuple(args.features))
-        r = {way: measure(args, way, model, image) if way in args.ways else {"error": "not run"}
-             for way in ("nnunet", "ours")}
-    n, o = r["nnunet"], r["ours"]
+        r = {way: measure(args, way, model, image) for way in args.ways}
     print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, CPU; "
           f"volume {args.shape} (z,y,x) at the plans' spacing, patch {PATCH}, features {tuple(args.features)}, "
           f"{args.folds} folds, no mirroring\n")
-    print("| way | wall s | peak MiB | MiB before (imports, image) | mean p(organ1) |")
-    print("|---|---|---|---|---|")
-    for name, d in (("nnunetv2 predictor", n), ("SegUncertainty ensemble", o)):
+    print("| way | wall s | peak MiB | MiB before | mean p(organ1) | time ratio | peak ratio |")
+    print("|---|---|---|---|---|---|---|")
+    n = r.get("nnunet", {})
+    for way, d in r.items():
         if "error" in d:
-            print(f"| {name} | {d['error']} | | | |")
-        else:
-            print(f"| {name} | {d['wall_s']:.1f} | {d['peak_mib']:.0f} | {d['before_mib']:.0f} | {d['mean_p1']:.5f} |")
-    if "wall_s" in n and "wall_s" in o:
-        print(f"\ntime ratio ours/nnU-Net {o['wall_s'] / n['wall_s']:.2f}, "
-              f"peak ratio ours/nnU-Net {o['peak_mib'] / n['peak_mib']:.2f}")
+            print(f"| {WAYS[way]} | {d['error']} | | | | | |")
+            continue
+        ratios = (f"{d['wall_s'] / n['wall_s']:.2f} | {d['peak_mib'] / n['peak_mib']:.2f}" if "wall_s" in n
+                  else "– | –")
+        print(f"| {WAYS[way]} | {d['wall_s']:.1f} | {d['peak_mib']:.0f} | {d['before_mib']:.0f} | "
+              f"{d['mean_p1']:.5f} | {ratios} |")
 
 
 if __name__ == "__main__":

@@ -196,7 +196,8 @@ class NnUNetModel(WholeVolumeModel):
                              "SegUncertainty's maps assume softmax classes; not supported")
         if self.configuration_manager.previous_stage_name is not None:
             raise ModelError(f"nnU-Net model {name} is a cascade stage (needs the output of "
-                             f"'{self.configuration_manager.previous_stage_name}'): not supported")
+                             f"'{self.configuration_manager.previous_stage_name}'): not supported; use that "
+                             "stage's own folder or the 3d_fullres one")
         if n_inputs != 1:
             channels = ", ".join(map(str, self.dataset_json.get("channel_names", {}).values()))
             raise ModelError(f"nnU-Net model {name} needs {n_inputs} input channels ({channels}); "
@@ -297,7 +298,7 @@ class NnUNetModel(WholeVolumeModel):
     def prepare(self, image: sitk.Image, device: torch.device, scratch: Path | None = None) -> _Prepared:
         """nnU-Net's preprocessing of the image's voxel array (z, y, x), as its SimpleITK reader gives it.
         A large preprocessed input waits in ``scratch`` while it is not needed (between sliding windows)."""
-        data = sitk.GetArrayFromImage(image).astype(np.float32)[None]
+        data = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)[None]  # one copy: nnU-Net changes it
         properties = {"spacing": list(image.GetSpacing())[::-1]}
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
         data, _, properties = preprocessor.run_case_npy(data, None, properties, self.plans_manager,
