@@ -86,7 +86,8 @@ def validate_image(image: sitk.Image, name: str = "input") -> sitk.Image:
     size = image.GetSize()
     if min(size) < 2:
         raise InputImageError(f"{name} has size {size}: at least 2 voxels along each axis are needed")
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    if image.GetPixelID() != sitk.sitkFloat32:  # Cast copies even to the same type: a CT's size is 300 MB
+        image = sitk.Cast(image, sitk.sitkFloat32)
     array = sitk.GetArrayViewFromImage(image)
     finite = np.isfinite(array)
     if not finite.all():

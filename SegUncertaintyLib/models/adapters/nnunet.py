@@ -38,7 +38,7 @@ from ..formats import NNUNET, ModelSummary, nnunet_model_folder, register_checke
 from .base import WholeVolumeModel, check_known_method
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
-SLAB_VOXELS = 1 << 21  # voxels per slab of a pass handed to the accumulator (about 8 planes of 512 x 512)
+SLAB_VOXELS = 1 << 19  # voxels per slab of a pass handed to the accumulator (2 planes of 512 x 512)
 SCORE_REFERENCE = "score_reference.json"
 INSTALL_HINT = "nnU-Net v2 models need the optional dependency: pip install 'seguncertainty[nnunet]'"
 ENSEMBLE_NOTE = ("nnU-Net itself averages the logits of its folds (and mirrorings) before one softmax; here "
