@@ -431,9 +431,9 @@ def test_a_3d_lowres_configuration_is_nnunets_own_output_resampled_down_and_back
     assert model.card.spacing_mm == tuple(reversed([lowres_spacing[i] for i in backward]))
     assert model.card.patch_size == (8, 8, 8)
     prepared = model.prepare(image, torch.device("cpu"))
-    cropped = prepared[2]["shape_after_cropping_and_before_resampling"]  # transposed, at the fullres spacing
+    cropped = prepared.properties["shape_after_cropping_and_before_resampling"]  # transposed, at the fullres spacing
     fullres = model.plans_manager.get_configuration("3d_fullres").spacing
-    assert tuple(prepared[1].shape[1:]) == tuple(round(n * f / s) for n, f, s in
+    assert tuple(prepared.data.shape[1:]) == tuple(round(n * f / s) for n, f, s in
                                                  zip(cropped, fullres, lowres_spacing, strict=True))
     for fold, expected in enumerate(references):
         ours = model.run_pass(prepared, SampleSpec(fold))
