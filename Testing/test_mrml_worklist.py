@@ -427,11 +427,12 @@ def test_stepping_loads_each_dicom_series_of_a_folder_on_its_results_grid(mrml_s
     assert data_nodes(mrml_scene) == 0
 
 
-@pytest.mark.parametrize("problem", ["changed slice", "missing slice", "added slice", "series gone"])
+@pytest.mark.parametrize("problem", ["changed slice", "missing slice", "added slice", "series gone", "truncated file"])
 def test_a_dicom_case_whose_series_changed_since_the_run_is_refused(mrml_scene, dicom_cohort, problem):
     """A slice of the case's series changed (one pixel), removed or added after the run: the series' digest
-    differs from the one the run recorded and the case is refused with one line, the scene as it was; the
-    other series of the folder, unchanged, still loads."""
+    differs from the one the run recorded and the case is refused with one line, the scene as it was (likewise
+    the series gone, or an unreadable DICOM file put in its folder); the other series of the folder still
+    loads, except beside the unreadable file."""
     review = dicom_cohort / "review"
     worklist = CohortWorklist(review)
     uid = case_series(review, worklist.current)
@@ -448,16 +449,20 @@ def test_a_dicom_case_whose_series_changed_since_the_run_is_refused(mrml_scene, 
     elif problem == "added slice":
         (folder / "sub").mkdir()  # a sub-folder is part of the series' folder
         shutil.copy(files[-1], folder / "sub" / "copy.dcm")
-    else:
+    elif problem == "series gone":
         for file in files:
             file.unlink()
         expected = f"holds no DICOM series {uid}"
+    else:  # a truncated DICOM file put in the folder: named (the reader would fail on the whole folder)
+        (folder / "broken.dcm").write_bytes(files[0].read_bytes()[:400])
+        expected = "Cannot read DICOM file .*broken.dcm in .*: truncated or corrupt"
     with pytest.raises(CohortError, match=expected) as error:
         worklist.load_case(mrml_scene)
     assert str(error.value).startswith(f"Case '{worklist.current['case']}': ") and "\n" not in str(error.value)
     assert node_ids(mrml_scene) == before and hierarchy_items(mrml_scene) == items
     worklist.step(+1)
-    assert worklist.load_case(mrml_scene) is not None
+    if problem != "truncated file":
+        assert worklist.load_case(mrml_scene) is not None
     worklist.unload_all(mrml_scene)
 
 

@@ -57,7 +57,11 @@ def _has_dicom_preamble(path: str) -> bool:
 def _series_reader(files: list[str], selected: int | None = None):
     """Slicer's archetype reader given ``files`` (their DICOM headers analysed, grouped by SeriesInstanceUID;
     ``selected``: keep the files of the series at that index), its information read; OSError if it fails."""
-    reader = slicer.vtkITKArchetypeImageSeriesScalarReader()
+    try:  # Slicer: its own module (not in the slicer namespace); PyPI's slicer-core: flattened into slicer
+        import vtkITK
+    except ImportError:
+        vtkITK = slicer
+    reader = vtkITK.vtkITKArchetypeImageSeriesScalarReader()
     reader.SetArchetype(files[0])
     for name in files:
         reader.AddFileName(name)
@@ -70,10 +74,19 @@ def _series_reader(files: list[str], selected: int | None = None):
     return reader
 
 
+def _readable_header(path: str) -> bool:
+    try:
+        _series_reader([path])
+    except OSError:
+        return False
+    return True
+
+
 def dicom_series_files(folder: str | Path, uid: str) -> list[str]:
     """The files (absolute, sorted) of DICOM series ``uid`` under ``folder``, its sub-folders too (symbolic links
     to folders not followed), read as Slicer reads them: the files with the DICOM preamble, grouped by the
-    SeriesInstanceUID in their headers (vtkITKArchetypeImageSeriesReader); [] when the series is not there."""
+    SeriesInstanceUID in their headers (vtkITKArchetypeImageSeriesReader); [] when the series is not there.
+    OSError naming a file whose header cannot be read."""
     candidates = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
@@ -81,7 +94,11 @@ def dicom_series_files(folder: str | Path, uid: str) -> list[str]:
     candidates = [f for f in candidates if _has_dicom_preamble(f)]
     if not candidates:
         return []
-    reader = _series_reader(candidates)
+    try:
+        reader = _series_reader(candidates)
+    except OSError:  # name the file (the reader tells only that the headers of the set could not be read)
+        bad = next((f for f in candidates if not _readable_header(f)), candidates[0])
+        raise OSError(f"Cannot read DICOM file {bad} in {folder}: truncated or corrupt") from None
     uids = [reader.GetNthSeriesInstanceUID(i) for i in range(reader.GetNumberOfSeriesInstanceUIDs())]
     if uid not in uids:  # exact match (the reader's ExistSeriesInstanceUID matches substrings)
         return []

@@ -247,7 +247,7 @@ class CohortWorklist:
         if not isinstance(uid, str) or not uid:
             raise CohortError(f"Case '{case}': its input {folders[0]} is a folder but its manifest names no "
                               "DICOM series (dicom_series)")
-        held = []
+        holding = []  # the folders that hold the series, with another digest
         for folder in (f for f in folders if f.is_dir()):
             try:
                 files = volumes.dicom_series_files(folder, uid)
@@ -255,11 +255,12 @@ class CohortWorklist:
                 raise CohortError(f"Case '{case}': {exc}") from None
             if files and (expected is None or series_sha256(folder, files) == expected):
                 return folder, files
-            held.append(bool(files))
-        if not any(held):
+            if files:
+                holding.append(folder)
+        if not holding:
             raise CohortError(f"Case '{case}': its input folder {folders[0]} holds no DICOM series {uid} "
                               "(moved, or another machine?)")
-        raise CohortError(f"Case '{case}': the DICOM series {uid} in {folders[0]} is not the series the case was "
+        raise CohortError(f"Case '{case}': the DICOM series {uid} in {holding[0]} is not the series the case was "
                           "segmented from (its sha256 differs: a slice changed, added or removed since the run)")
 
     def _load(self, scene, row: dict) -> CaseNodes:
