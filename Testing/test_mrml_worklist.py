@@ -18,6 +18,7 @@ import slicer_headless  # noqa: F401  (puts the module's folder on the path)
 import vtk
 from cohort_cases import CASES, RANK_ORDER, make_cohort
 from conftest import sphere_phantom, write_threshold_model
+from dicom_series import write_series
 from SegUncertaintyMRML import referral, segments, volumes
 from SegUncertaintyMRML.worklist import CASE_ATTRIBUTE, CohortError, CohortWorklist
 
@@ -227,7 +228,7 @@ def manifest_input(cohort: Path, case: str, new_input: str, sha256: str | None =
     path.write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("problem", ["missing input", "dicom folder", "other grid", "no manifest", "changed input"])
+@pytest.mark.parametrize("problem", ["missing input", "no series", "other grid", "no manifest", "changed input"])
 def test_a_case_that_cannot_load_leaves_the_scene_as_it_was(mrml_scene, cohort, tmp_path, problem):
     worklist = CohortWorklist(cohort)
     worklist.load_case(mrml_scene)
@@ -235,10 +236,10 @@ def test_a_case_that_cannot_load_leaves_the_scene_as_it_was(mrml_scene, cohort, 
     if problem == "missing input":
         manifest_input(cohort, "small", str(tmp_path / "gone.nrrd"))
         expected = "is not there"
-    elif problem == "dicom folder":
+    elif problem == "no series":  # a folder where the manifest of an image file's case names no series
         (tmp_path / "series").mkdir()
         manifest_input(cohort, "small", str(tmp_path / "series"))
-        expected = "DICOM folder"
+        expected = "names no DICOM series"
     elif problem == "other grid":  # an input read fine, then the results do not fit it: the volume is removed
         sitk.WriteImage(sphere_phantom(size=(20, 20, 20)), str(tmp_path / "other.nrrd"))
         manifest_input(cohort, "small", str(tmp_path / "other.nrrd"))
@@ -350,4 +351,132 @@ def test_a_relative_input_far_from_the_worklist_is_found_where_the_cohort_read_i
     nodes = worklist.load_case(mrml_scene)
     assert np.array_equal(slicer.util.arrayFromVolume(nodes.volume),
                           sitk.GetArrayFromImage(sitk.ReadImage(str(deep / "in" / "a.nrrd"))))
+    worklist.unload_all(mrml_scene)
+
+
+# -- DICOM series cases ----------------------------------------------------------------------------------------
+# Two series in one folder (scans/dicom), different voxels and geometry: series 2 is turned 90 degrees about
+# the slice normal and shifted, so loading the wrong series, or the right one with the wrong geometry, shows.
+DICOM_SERIES = {"1.2.3.1": {"threshold": 0.5, "direction": None, "origin": (-10.0, -20.0, 30.0)},
+                "1.2.3.2": {"threshold": 0.3, "direction": [0, -1, 0, 1, 0, 0, 0, 0, 1], "origin": (5.0, -8.0, 12.0)}}
+
+
+@pytest.fixture
+def dicom_cohort(tmp_path, monkeypatch):
+    """`seguncertainty cohort scans --out review` run (from tmp_path, as a user types it) on a folder of two
+    DICOM series, then the current folder changed; returns tmp_path. Run for each test (a few seconds): the
+    manifests record where the series were read, so a test that changes a slice needs its own run."""
+    from SegUncertaintyLib import cli
+
+    sphere = sitk.GetArrayFromImage(sphere_phantom(size=(16, 16, 12), spacing=(3.0, 3.0, 3.0), radius_mm=12.0))
+    for uid, series in DICOM_SERIES.items():
+        write_series(tmp_path / "scans" / "dicom", (sphere > series["threshold"]).astype(np.int16) * 100, uid,
+                     spacing=(3.0, 3.0, 3.0), origin=series["origin"], direction=series["direction"],
+                     prefix=f"S{uid[-1]}_")
+    model = write_threshold_model(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["cohort", "scans", "--out", "review", "--model", str(model), "--samples", "3",
+                     "--progress", "none", "--no-overview"]) == 0
+    monkeypatch.chdir(model)  # Slicer's current folder is not where the cohort ran
+    return tmp_path
+
+
+def series_image(folder: Path, uid: str) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), uid))
+    return reader.Execute()
+
+
+def ijk_to_ras_of(image: sitk.Image) -> np.ndarray:
+    """An ITK image's voxel-to-RAS matrix (ITK's geometry is LPS)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix
+
+
+def case_series(review: Path, row: dict) -> str:
+    return json.loads((review / row["output"] / "manifest.json").read_text())["settings"]["dicom_series"]
+
+
+def test_stepping_loads_each_dicom_series_of_a_folder_on_its_results_grid(mrml_scene, dicom_cohort):
+    """Each case of a folder holding two series loads its own series (its voxels, as SimpleITK reads that
+    series) with the geometry of the case's segmentation file, and its results on that grid; opened from
+    another current folder, the manifest's input_resolved and the series' digest find it."""
+    review = dicom_cohort / "review"
+    worklist = CohortWorklist(review)
+    assert len(worklist.rows) == 2
+    seen = set()
+    for _ in worklist.rows:
+        row = worklist.current
+        uid = case_series(review, row)
+        nodes = worklist.load_case(mrml_scene)
+        expected = series_image(dicom_cohort / "scans" / "dicom", uid)
+        assert np.array_equal(slicer.util.arrayFromVolume(nodes.volume), sitk.GetArrayFromImage(expected))
+        assert np.allclose(volumes.ijk_to_ras(nodes.volume), ijk_to_ras_of(expected), atol=1e-4)
+        segmentation = volumes.read_volume(mrml_scene, review / row["output"] / "segmentation.nrrd", "on disk",
+                                           "vtkMRMLLabelMapVolumeNode")
+        assert volumes.same_grid(nodes.volume, segmentation, tol_mm=1e-4)
+        volumes.remove_node(mrml_scene, segmentation)
+        assert structure_voxels(nodes) == segmented_voxels(review / row["output"]) > 0
+        assert nodes.volume.GetAttribute(CASE_ATTRIBUTE) == row["case"] and cases_in_scene(mrml_scene) == {row["case"]}
+        seen.add(uid)
+        worklist.step(+1)
+    assert seen == set(DICOM_SERIES)
+    worklist.unload_all(mrml_scene)
+    assert data_nodes(mrml_scene) == 0
+
+
+@pytest.mark.parametrize("problem", ["changed slice", "missing slice", "added slice", "series gone", "truncated file"])
+def test_a_dicom_case_whose_series_changed_since_the_run_is_refused(mrml_scene, dicom_cohort, problem):
+    """A slice of the case's series changed (one pixel), removed or added after the run: the series' digest
+    differs from the one the run recorded and the case is refused with one line, the scene as it was (likewise
+    the series gone, or an unreadable DICOM file put in its folder); the other series of the folder still
+    loads, except beside the unreadable file."""
+    review = dicom_cohort / "review"
+    worklist = CohortWorklist(review)
+    uid = case_series(review, worklist.current)
+    folder = dicom_cohort / "scans" / "dicom"
+    files = sorted(folder.glob(f"S{uid[-1]}_*.dcm"))
+    before, items = node_ids(mrml_scene), hierarchy_items(mrml_scene)
+    expected = "its sha256 differs: a slice changed, added or removed since the run"
+    if problem == "changed slice":
+        data = bytearray(files[2].read_bytes())
+        data[-1] ^= 1  # the last pixel's low byte
+        files[2].write_bytes(bytes(data))
+    elif problem == "missing slice":
+        files[0].unlink()  # an end slice: what is left is still a regular series
+    elif problem == "added slice":
+        (folder / "sub").mkdir()  # a sub-folder is part of the series' folder
+        shutil.copy(files[-1], folder / "sub" / "copy.dcm")
+    elif problem == "series gone":
+        for file in files:
+            file.unlink()
+        expected = f"holds no DICOM series {uid}"
+    else:  # a truncated DICOM file put in the folder: named (the reader would fail on the whole folder)
+        (folder / "broken.dcm").write_bytes(files[0].read_bytes()[:400])
+        expected = "Cannot read DICOM file .*broken.dcm in .*: truncated or corrupt"
+    with pytest.raises(CohortError, match=expected) as error:
+        worklist.load_case(mrml_scene)
+    assert str(error.value).startswith(f"Case '{worklist.current['case']}': ") and "\n" not in str(error.value)
+    assert node_ids(mrml_scene) == before and hierarchy_items(mrml_scene) == items
+    worklist.step(+1)
+    if problem != "truncated file":
+        assert worklist.load_case(mrml_scene) is not None
+    worklist.unload_all(mrml_scene)
+
+
+def test_a_moved_dicom_cohort_finds_its_series_beside_the_worklist(mrml_scene, dicom_cohort):
+    """The scans and the review folder moved together: the folder the run read is gone, the relative input
+    (scans/dicom) is found beside the moved worklist and its series' digest (paths relative to the folder)
+    still matches."""
+    moved = dicom_cohort / "moved"
+    moved.mkdir()
+    for name in ("scans", "review"):
+        shutil.move(dicom_cohort / name, moved / name)
+    worklist = CohortWorklist(moved / "review")
+    row = worklist.current
+    nodes = worklist.load_case(mrml_scene)
+    expected = series_image(moved / "scans" / "dicom", case_series(moved / "review", row))
+    assert np.array_equal(slicer.util.arrayFromVolume(nodes.volume), sitk.GetArrayFromImage(expected))
     worklist.unload_all(mrml_scene)

@@ -1,5 +1,7 @@
 """MRML glue of the SegUncertainty Slicer module.
 
 Plain modules that import ``slicer``, ``vtk`` and ``numpy`` only (never Qt or ScriptedLoadableModule),
-so they run inside Slicer and, for the tests, on a bare MRML scene from PyPI's slicer-core.
+so they run inside Slicer and, for the tests, on a bare MRML scene from PyPI's slicer-core; also
+``vtkITK``, Slicer's own reader library (a module of its own in Slicer, flattened into ``slicer`` in
+slicer-core, so imported with that fallback).
 """

@@ -1,7 +1,8 @@
-"""Volume nodes from and to files and arrays, with their exact voxel-to-RAS geometry."""
+"""Volume nodes from and to files, DICOM series and arrays, with their exact voxel-to-RAS geometry."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,88 @@ def read_volume(scene, path: str | Path, name: str, node_class: str = "vtkMRMLSc
     if not storage.ReadData(node) or node.GetImageData() is None:
         remove_node(scene, node)
         raise OSError(f"Could not read image file {path}")
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _has_dicom_preamble(path: str) -> bool:
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(128)
+            return stream.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _series_reader(files: list[str], selected: int | None = None):
+    """Slicer's archetype reader given ``files`` (their DICOM headers analysed, grouped by SeriesInstanceUID;
+    ``selected``: keep the files of the series at that index), its information read; OSError if it fails."""
+    try:  # Slicer: its own module (not in the slicer namespace); PyPI's slicer-core: flattened into slicer
+        import vtkITK
+    except ImportError:
+        vtkITK = slicer
+    reader = vtkITK.vtkITKArchetypeImageSeriesScalarReader()
+    reader.SetArchetype(files[0])
+    for name in files:
+        reader.AddFileName(name)
+    reader.SetSingleFile(0)
+    if selected is not None:
+        reader.SetSelectedUID(selected)
+    reader.UpdateInformation()
+    if reader.GetErrorCode() != vtk.vtkErrorCode.NoError:
+        raise OSError(f"Could not read the DICOM headers of {len(files)} files from {files[0]} on")
+    return reader
+
+
+def _readable_header(path: str) -> bool:
+    try:
+        _series_reader([path])
+    except OSError:
+        return False
+    return True
+
+
+def dicom_series_files(folder: str | Path, uid: str) -> list[str]:
+    """The files (absolute, sorted) of DICOM series ``uid`` under ``folder``, its sub-folders too (symbolic links
+    to folders not followed), read as Slicer reads them: the files with the DICOM preamble, grouped by the
+    SeriesInstanceUID in their headers (vtkITKArchetypeImageSeriesReader); [] when the series is not there.
+    OSError naming a file whose header cannot be read."""
+    candidates = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        candidates += [os.path.join(dirpath, f) for f in sorted(filenames) if f.upper() != "DICOMDIR"]
+    candidates = [f for f in candidates if _has_dicom_preamble(f)]
+    if not candidates:
+        return []
+    try:
+        reader = _series_reader(candidates)
+    except OSError:  # name the file (the reader tells only that the headers of the set could not be read)
+        bad = next((f for f in candidates if not _readable_header(f)), candidates[0])
+        raise OSError(f"Cannot read DICOM file {bad} in {folder}: truncated or corrupt") from None
+    uids = [reader.GetNthSeriesInstanceUID(i) for i in range(reader.GetNumberOfSeriesInstanceUIDs())]
+    if uid not in uids:  # exact match (the reader's ExistSeriesInstanceUID matches substrings)
+        return []
+    reader = _series_reader(candidates, uids.index(uid))  # same files, same order: same series indices
+    return sorted(reader.GetFileName(i) for i in range(reader.GetNumberOfFileNames()))
+
+
+def read_dicom_series(scene, files: list[str], name: str):
+    """Read one DICOM series (``files``: all its slices, any order) into a new scalar volume node, as Slicer's
+    DICOM scalar volume plugin does (an archetype storage node given the file list: slices sorted along their
+    normal, geometry from the headers); OSError unless each of several files became one slice."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(files[0])
+    storage.ResetFileNameList()
+    for file in files:
+        storage.AddFileName(file)
+    storage.SetSingleFile(0)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    image = node.GetImageData() if storage.ReadData(node) else None
+    if image is None or (len(files) > 1 and image.GetDimensions()[2] != len(files)):
+        slices = image.GetDimensions()[2] if image is not None else 0
+        remove_node(scene, node)
+        raise OSError(f"Could not read the DICOM series of {len(files)} files from {files[0]} on "
+                      f"(Slicer's reader made {slices} slices of them)")
     node.CreateDefaultDisplayNodes()
     return node
 

@@ -75,6 +75,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def series_sha256(folder: Path, files: list[str]) -> str:
+    """A DICOM series' digest as the cohort worker records it (SegUncertaintyLib.cohort.worker.input_sha256):
+    sha256 over each file's path relative to ``folder`` and its sha256, in path order."""
+    digest = hashlib.sha256()
+    root = os.path.realpath(folder)
+    for name in sorted(os.path.realpath(f) for f in files):
+        relative = os.path.relpath(name, root)
+        digest.update(f"{relative}\0{file_sha256(Path(name))}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 def remove_with_item(scene, hierarchy, node) -> None:
     """Remove a node (with its display and storage nodes) and its subject hierarchy item, as Slicer's subject
     hierarchy plugin logic does when a node is removed (a bare MRML scene has no such plugin)."""
@@ -193,20 +204,23 @@ class CohortWorklist:
                 self.unload(scene, case)
         return list(self.loaded)
 
-    def input_path(self, row: dict, manifest: dict) -> Path:
-        """The case's input: where the cohort read it (the manifest's ``input_resolved``), else as its
-        manifest names it: an absolute path, or one relative to the folder the cohort ran in, looked for
-        from the worklist's folder, its parent and grandparent (``seguncertainty cohort scans/ --out
-        review/`` writes scans/...), then the current folder. When the manifest records
-        the input's sha256 (a cohort run does), the file must have it: the image the case was segmented
-        from, not one changed or replaced since. CohortError when none is found, or the input is a DICOM
-        folder (load those with Slicer's DICOM module)."""
+    def find_input(self, row: dict, manifest: dict) -> tuple[Path, list[str]]:
+        """The case's input and, for a DICOM series, its files (sorted; [] for an image file). Where the cohort
+        read it (the manifest's ``input_resolved``), else as its manifest names it: an absolute path, or one
+        relative to the folder the cohort ran in, looked for from the worklist's folder, its parent and
+        grandparent (``seguncertainty cohort scans/ --out review/`` writes scans/...), then the current
+        folder. A folder is a DICOM case: the files of the series the manifest names (``dicom_series``) under
+        it, sub-folders too. When the manifest records the input's sha256 (a cohort run does), the input must
+        have it: the image or series the case was segmented from, not one changed or replaced since (for a
+        series the worker's digest: each file's path relative to the folder and its sha256, in path order,
+        so a slice changed, added or removed tells). CohortError when none is found."""
         given = manifest.get("input") or row["input"]
         if not isinstance(given, str) or not given:
             raise CohortError(f"Case '{row['case']}': its manifest names no input")
         path = Path(given)
         settings = manifest.get("settings")
-        resolved = settings.get("input_resolved") if isinstance(settings, dict) else None
+        settings = settings if isinstance(settings, dict) else {}
+        resolved = settings.get("input_resolved")
         bases = [self.folder, *list(self.folder.parents)[:INPUT_SEARCH_UP], Path.cwd()]
         candidates = [path] if path.is_absolute() else [b / path for b in bases]
         if isinstance(resolved, str) and os.path.isabs(resolved):
@@ -214,17 +228,40 @@ class CohortWorklist:
         existing = [p for p in dict.fromkeys(candidates) if p.exists()]
         if not existing:
             raise CohortError(f"Case '{row['case']}': its input {given} is not there (moved, or another machine?)")
+        expected = settings.get("input_sha256")
+        expected = expected if isinstance(expected, str) else None
         if existing[0].is_dir():
-            raise CohortError(f"Case '{row['case']}': its input {given} is a DICOM folder; load the series with "
-                              "Slicer's DICOM module (the worklist loads image files only)")
-        expected = settings.get("input_sha256") if isinstance(settings, dict) else None
-        if not isinstance(expected, str):
-            return existing[0]
+            return self._find_series(row, settings.get("dicom_series"), existing, expected)
+        if expected is None:
+            return existing[0], []
         found = next((p for p in existing if p.is_file() and file_sha256(p) == expected), None)
         if found is None:
             raise CohortError(f"Case '{row['case']}': its input {existing[0]} is not the image the case was "
                               "segmented from (its sha256 differs: changed or replaced since the run)")
-        return found
+        return found, []
+
+    @staticmethod
+    def _find_series(row: dict, uid, folders: list[Path], expected: str | None) -> tuple[Path, list[str]]:
+        """The first of ``folders`` holding DICOM series ``uid`` (with the ``expected`` digest, if given)."""
+        case = row["case"]
+        if not isinstance(uid, str) or not uid:
+            raise CohortError(f"Case '{case}': its input {folders[0]} is a folder but its manifest names no "
+                              "DICOM series (dicom_series)")
+        holding = []  # the folders that hold the series, with another digest
+        for folder in (f for f in folders if f.is_dir()):
+            try:
+                files = volumes.dicom_series_files(folder, uid)
+            except OSError as exc:
+                raise CohortError(f"Case '{case}': {exc}") from None
+            if files and (expected is None or series_sha256(folder, files) == expected):
+                return folder, files
+            if files:
+                holding.append(folder)
+        if not holding:
+            raise CohortError(f"Case '{case}': its input folder {folders[0]} holds no DICOM series {uid} "
+                              "(moved, or another machine?)")
+        raise CohortError(f"Case '{case}': the DICOM series {uid} in {holding[0]} is not the series the case was "
+                          "segmented from (its sha256 differs: a slice changed, added or removed since the run)")
 
     def _load(self, scene, row: dict) -> CaseNodes:
         case = row["case"]
@@ -233,11 +270,12 @@ class CohortWorklist:
             manifest = results.read_manifest(out_dir)
         except (WorklistError, results.ResultsError) as exc:
             raise CohortError(f"Case '{case}': {exc}") from None
-        input_path = self.input_path(row, manifest)
+        input_path, series = self.find_input(row, manifest)
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
         volume, folder = None, 0
         try:
-            volume = volumes.read_volume(scene, input_path, case)
+            volume = (volumes.read_dicom_series(scene, series, case) if series
+                      else volumes.read_volume(scene, input_path, case))
             volume.SetAttribute(CASE_ATTRIBUTE, case)
             folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), f"Cohort case {row['rank']}: {case}")
             item = hierarchy.GetItemByDataNode(volume) or hierarchy.CreateItem(folder, volume)
