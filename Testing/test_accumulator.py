@@ -62,52 +62,55 @@ def test_a_pass_that_does_not_cover_the_volume_is_refused():
         acc.add_slabs([((slice(0, 2),), np.full((2, 2, 2, 2), 0.5, np.float32))])
 
 
-def test_spilled_sums_are_out_of_memory_while_a_pass_is_made_and_come_back_unchanged(tmp_path):
+@pytest.mark.parametrize("pieces", [
+    lambda p: [((slice(0, 2),), p[:, :2]), ((slice(2, 5),), p[:, 2:])],  # leading slabs: one read per sum part
+    lambda p: [((slice(None), slice(y, y + 3)), p[:, :, y:y + 3]) for y in (0, 3)],  # along y, like
+    lambda p: [((), p)],                                                          # a transposed nnU-Net pass
+])
+def test_sums_in_files_are_never_in_memory_and_give_the_same_bytes(tmp_path, pieces):
     gen = torch.Generator().manual_seed(2)
-    t, c, shape = 3, 3, (5, 4, 6)
+    t, c, shape = 3, 3, (5, 6, 4)
     samples = torch.softmax(2 * torch.randn((t, c, *shape), generator=gen), dim=1)
-    plain, spilled = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t)
+    plain, in_files = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t, slab_voxels=24, folder=tmp_path)
     seen = []
 
     def pass_pieces(p):  # like a model's pass_slabs: the forward pass runs before the first piece
-        seen.append(spilled.sum_h is None and spilled.m2 is None and all(s is None for s in spilled.sum_p))
         seen.append(sorted(f.name for f in tmp_path.iterdir()))
-        yield (slice(0, 2),), p[:, :2]
-        yield (slice(2, 5),), p[:, 2:]
+        yield from pieces(p)
 
     for p in samples:
         plain.add(p)
-        spilled.add_slabs(pass_pieces(p), spill_dir=tmp_path)
-    assert seen[0:2] == [True, []]  # before the first pass's first piece nothing is allocated, nothing spilled
-    assert seen[2] is True and "m2.raw" in seen[3] and "sum_p1.raw" in seen[3]
-    assert list(tmp_path.iterdir()) == []  # read back and deleted
-    (mean_a, labels_a, maps_a, bits_a), (mean_b, labels_b, maps_b, bits_b) = plain.finish(), spilled.finish()
+        in_files.add_slabs(pass_pieces(p))
+        assert in_files.in_files and all(not isinstance(v, torch.Tensor) for v in in_files.state.values())
+    assert seen[0] == [] and seen[1] == ["bits.raw", "m2.raw", "sum_h.raw", "sum_p1.raw", "sum_p2.raw"]
+    (mean_a, labels_a, maps_a, bits_a), (mean_b, labels_b, maps_b, bits_b) = plain.finish(), in_files.finish()
+    assert list(tmp_path.iterdir()) == []  # deleted once read
     assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
     assert all(torch.equal(maps_a[name], maps_b[name]) for name in maps_a) and torch.equal(bits_a, bits_b)
 
 
-def test_a_spill_folder_that_cannot_be_written_keeps_the_sums_in_memory(tmp_path):
-    """A full disk (here: a spill folder that does not exist) while spilling: nothing left behind, the
-    sums stay in memory and the result equals the unspilled one."""
+def test_a_folder_where_the_sums_cannot_be_written_keeps_them_in_memory(tmp_path):
+    """A full disk (here: a folder that does not exist): nothing left behind, the sums stay in memory and
+    the result equals the in-memory one."""
     gen = torch.Generator().manual_seed(3)
     t, c, shape = 3, 2, (4, 3, 5)
     samples = torch.softmax(torch.randn((t, c, *shape), generator=gen), dim=1)
-    plain, spilled = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t)
+    plain, fallback = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t, folder=tmp_path / "missing")
     for p in samples:
         plain.add(p)
-        spilled.add_slabs([((), p)], spill_dir=tmp_path / "missing")
-    assert not (tmp_path / "missing").exists()
-    (mean_a, labels_a, maps_a, _), (mean_b, labels_b, maps_b, _) = plain.finish(), spilled.finish()
+        fallback.add_slabs([((), p)])
+    assert not fallback.in_files and not (tmp_path / "missing").exists()
+    (mean_a, labels_a, maps_a, _), (mean_b, labels_b, maps_b, _) = plain.finish(), fallback.finish()
     assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
     assert all(torch.equal(maps_a[name], maps_b[name]) for name in maps_a)
 
 
-def test_spilled_sums_removed_meanwhile_are_one_clear_error(tmp_path):
+def test_sums_in_files_removed_meanwhile_are_one_clear_error(tmp_path):
     from SegUncertaintyLib.errors import ResourceError
 
     t, c, shape = 2, 2, (3, 3, 3)
     samples = torch.softmax(torch.randn((t, c, *shape), generator=torch.Generator().manual_seed(4)), dim=1)
-    accumulator = MomentAccumulator(c, shape, t)
+    accumulator = MomentAccumulator(c, shape, t, folder=tmp_path)
     accumulator.add(samples[0])
 
     def pieces_after_a_cleanup():  # something empties the temporary folder while the pass runs
@@ -116,4 +119,7 @@ def test_spilled_sums_removed_meanwhile_are_one_clear_error(tmp_path):
         yield (), samples[1]
 
     with pytest.raises(ResourceError, match="could not be read back"):
-        accumulator.add_slabs(pieces_after_a_cleanup(), spill_dir=tmp_path)
+        accumulator.add_slabs(pieces_after_a_cleanup())
+    (tmp_path / "sum_h.raw").write_bytes(b"\0" * 10)  # or cut short
+    with pytest.raises(ResourceError, match="cut short"):
+        accumulator.state["sum_h"].read_box((slice(0, 3),))

@@ -26,7 +26,6 @@ sqrt(T - 1) * 2^-12). Sums of p and of H stay float32, so the mean probability (
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,24 +49,48 @@ class MomentAccumulator:
     ``add`` (a whole pass) or ``add_slabs`` (a pass as regions) takes each pass in turn; ``finish`` returns
     the foreground classes' mean probabilities, the labels, the maps name -> (*S) and sample_bits
     (C-1, ceil(T/8), *S) uint8 with sample t in bit t % 8 of byte t // 8.
+
+    With ``folder`` the sums live in files there (created when the first piece arrives; sparse zeros):
+    each piece reads its region of every sum, updates it and writes it back, so a pass and the sums are
+    never in memory together, whatever the pass's own peak (nnU-Net's sliding window). A folder where the
+    files cannot be created keeps the sums in memory. Same numbers either way (raw bytes).
     """
 
-    def __init__(self, n_classes: int, shape: tuple[int, ...], n_samples: int, slab_voxels: int = 1 << 20):
+    def __init__(self, n_classes: int, shape: tuple[int, ...], n_samples: int, slab_voxels: int = 1 << 20,
+                 folder: str | Path | None = None):
         if n_classes < 2 or n_samples < 1:
             raise ValueError("need at least 2 classes and 1 sample")
         self.n_classes, self.shape, self.n_samples = n_classes, tuple(shape), n_samples
         self.slab = max(1, slab_voxels // max(1, int(np.prod(self.shape[1:]))))  # planes per slab
-        self.sum_p: list[torch.Tensor | None] = [None] * (n_classes - 1)  # foreground classes only
-        self.m2 = self.sum_h = self.bits = None  # allocated when the first piece arrives (after its forward pass)
+        self.folder = None if folder is None else Path(folder)
+        self.state: dict[str, torch.Tensor | RawArray] | None = None  # allocated with the first piece
         self.count = 0
-        self._spilled: dict[str, RawArray] = {}  # the sums while they wait in files
+
+    def _layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Each running sum's (leading dims, dtype); its shape is (*leading, *S)."""
+        c = self.n_classes
+        return {**{f"sum_p{k}": ((), torch.float32) for k in range(1, c)},  # foreground classes only
+                "m2": ((c,), torch.float16), "sum_h": ((), torch.float32),
+                "bits": ((c - 1, (self.n_samples + 7) // 8), torch.uint8)}
 
     def _allocate(self) -> None:
-        shape, c = self.shape, self.n_classes
-        self.sum_p = [torch.zeros(shape) for _ in range(1, c)]
-        self.m2 = torch.zeros((c, *shape), dtype=torch.float16)
-        self.sum_h = torch.zeros(shape)
-        self.bits = torch.zeros((c - 1, (self.n_samples + 7) // 8, *shape), dtype=torch.uint8)
+        layout = self._layout()
+        if self.folder is not None:
+            files: dict[str, RawArray] = {}
+            try:
+                for name, (lead, dtype) in layout.items():
+                    files[name] = RawArray.zeros(self.folder / f"{name}.raw", (*lead, *self.shape),
+                                                 torch.empty((), dtype=dtype).numpy().dtype)
+                self.state = files
+                return
+            except OSError:  # e.g. a full disk or a folder gone: the sums stay in memory
+                for array in files.values():
+                    array.delete()
+        self.state = {name: torch.zeros((*lead, *self.shape), dtype=dtype) for name, (lead, dtype) in layout.items()}
+
+    @property
+    def in_files(self) -> bool:
+        return self.state is not None and isinstance(self.state["sum_h"], RawArray)
 
     @property
     def nbytes(self) -> int:
@@ -79,24 +102,11 @@ class MomentAccumulator:
         """Add one pass: (C, *S) probabilities summing to 1 over C, worked in z-slabs (small temporaries)."""
         self.add_slabs([((), probabilities)])
 
-    def add_slabs(self, slabs: Iterable[tuple[Region, np.ndarray | torch.Tensor]],
-                  spill_dir: str | Path | None = None) -> None:
+    def add_slabs(self, slabs: Iterable[tuple[Region, np.ndarray | torch.Tensor]]) -> None:
         """Add one pass given as (region, (C, *region shape) probabilities) pieces that tile the volume
-        exactly once (checked by voxel count); region () is the whole volume, worked in z-slabs.
-
-        With ``spill_dir``, the running sums wait in files there while the first piece is made (for a
-        generator of pieces: the model's whole forward pass, e.g. nnU-Net's sliding window), so that
-        the pass's own peak and the sums are never in memory together; they are read back, unchanged,
-        before the first piece is added."""
+        exactly once (checked by voxel count); region () is the whole volume, worked in z-slabs."""
         if self.count >= self.n_samples:
             raise ValueError(f"more passes than the {self.n_samples} announced")
-        slabs = iter(slabs)
-        if spill_dir is not None and self.count and self._spill(Path(spill_dir)):
-            try:
-                first = next(slabs, None)
-            finally:
-                self._restore()
-            slabs = itertools.chain([] if first is None else [first], slabs)
         covered = 0
         for region, p in slabs:
             p = torch.as_tensor(p)
@@ -111,59 +121,45 @@ class MomentAccumulator:
             raise ValueError(f"a pass covered {covered} voxels, the volume has {int(np.prod(self.shape))}")
         self.count += 1
 
+    def _region(self, region: Region) -> dict[str, torch.Tensor]:
+        """Every sum's part over ``region``: views of the in-memory sums, or copies read from the files."""
+        out, layout = {}, self._layout()
+        for name, value in self.state.items():
+            index = (*(slice(None),) * len(layout[name][0]), *region)
+            out[name] = torch.from_numpy(value.read_box(index)) if isinstance(value, RawArray) else value[index]
+        return out
+
+    def _write_region(self, region: Region, parts: dict[str, torch.Tensor]) -> None:
+        """Write the updated parts back to the files (in memory they were views, already in place)."""
+        layout = self._layout()
+        for name, value in self.state.items():
+            if isinstance(value, RawArray):
+                value.write_box((*(slice(None),) * len(layout[name][0]), *region), parts[name].numpy())
+
     def _add_region(self, region: Region, p: torch.Tensor) -> int:
-        if self.sum_h is None:
+        if self.state is None:
             self._allocate()
-        target = self.sum_h[region].shape
+        target = torch.empty(self.shape, dtype=torch.uint8, device="meta")[region].shape
         if tuple(p.shape) != (self.n_classes, *target):
             raise ValueError(f"pass has shape {tuple(p.shape)} for a region of shape {(self.n_classes, *target)}")
         n, (byte, bit) = self.count, divmod(self.count, 8)
         p = p.float()
-        sums = [s[region] for s in self.sum_p]
+        part = self._region(region)
+        sums = [part[f"sum_p{k}"] for k in range(1, self.n_classes)]
         if n:  # Welford: M2 += (p - mean_old)^2 * n / (n + 1), mean_old = sum / n
-            m2 = self.m2[(slice(None), *region)]
+            m2 = part["m2"]
             background = n - torch.stack(sums).sum(0)  # the passes' softmax sums to 1 (to float32 precision)
             for k, sum_k in enumerate([background, *sums]):
                 delta = p[k] - sum_k / n
                 m2[k].copy_(m2[k].float().addcmul_(delta, delta, value=n / (n + 1)))  # one float16 rounding
         for k, sum_k in enumerate(sums, start=1):
             sum_k += p[k]
-        self.sum_h[region] += normalized_entropy(p, 0)
+        part["sum_h"] += normalized_entropy(p, 0)
         labels = class_argmax(p, 0)
         for k in range(1, self.n_classes):
-            self.bits[(k - 1, byte, *region)] |= (labels == k).to(torch.uint8) << bit
+            part["bits"][k - 1, byte] |= (labels == k).to(torch.uint8) << bit
+        self._write_region(region, part)
         return labels.numel()
-
-    def _state(self) -> dict[str, torch.Tensor]:
-        return {"m2": self.m2, "sum_h": self.sum_h, "bits": self.bits,
-                **{f"sum_p{k}": t for k, t in enumerate(self.sum_p)}}
-
-    def _spill(self, folder: Path) -> bool:
-        """Write the running sums to raw files in ``folder`` and drop them from memory; False (sums kept in
-        memory, partial files removed) when they cannot be written, e.g. a full disk."""
-        written: dict[str, RawArray] = {}
-        try:
-            for name, tensor in self._state().items():
-                written[name] = RawArray.write(folder / f"{name}.raw", tensor.numpy())
-        except OSError:
-            for array in written.values():
-                array.delete()
-            return False
-        self._spilled = written
-        self.m2 = self.sum_h = self.bits = None
-        self.sum_p = [None] * len(self.sum_p)
-        return True
-
-    def _restore(self) -> None:
-        """Read back what ``_spill`` wrote (exact: raw bytes) and delete the files."""
-        for name, array in self._spilled.items():
-            tensor = torch.from_numpy(array.load())
-            array.delete()
-            if name.startswith("sum_p"):
-                self.sum_p[int(name[5:])] = tensor
-            else:
-                setattr(self, name, tensor)
-        self._spilled = {}
 
     def finish(self, store: VolumeStore | None = None
                ) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -173,38 +169,57 @@ class MomentAccumulator:
         first maximum wins, background within BACKGROUND_TIE; maps; sample bits). The background's mean,
         1 - the others' sum (clamped at 0), is only formed slab by slab. With ``store``, the variance,
         entropy and mutual information maps are written there slab by slab as they are formed (never whole
-        in memory) and ``maps`` holds only ``expected_entropy``.
+        in memory) and ``maps`` holds only ``expected_entropy``. Sums kept in memory become the means in
+        place; sums in files are read slab by slab (the files are deleted).
         """
         if self.count != self.n_samples:
             raise ValueError(f"{self.count} passes added, {self.n_samples} announced")
-        t = self.count
-        mean_p = [s.mul_(1.0 / t) for s in self.sum_p]
-        mean_h = self.sum_h.mul_(1.0 / t)
+        t, fg = self.count, range(1, self.n_classes)
         variance = _MapOutput(self.shape, store, "variance")
-        for zs, p in self._mean_slabs(mean_p):  # first the variance, then M2 is freed (lower peak)
-            mean_p2 = self.m2[:, zs].float().div_(t).addcmul_(p, p)  # E[p^2] = M2 / T + E[p]^2
-            variance.put(zs, uncertainty_maps(p, mean_p2, mean_h[zs], t)["variance"])
+        for zs, part in self._slabs():  # first the variance, then M2 is freed (lower peak)
+            p = self._mean(part, t)
+            mean_p2 = part["m2"].float().div_(t).addcmul_(p, p)  # E[p^2] = M2 / T + E[p]^2
+            variance.put(zs, uncertainty_maps(p, mean_p2, part["sum_h"] / t, t)["variance"])
         maps = {"variance": variance.close()}
-        self.m2 = None
+        self._drop("m2")
+        files = self.in_files
+        mean_p = [torch.empty(self.shape) if files else self.state[f"sum_p{k}"] for k in fg]
+        mean_h = torch.empty(self.shape) if files else self.state["sum_h"]
         labels = torch.empty(self.shape, dtype=torch.uint8)
         entropy = _MapOutput(self.shape, store, "entropy")
         mutual = _MapOutput(self.shape, store, "mutual_information")
-        for zs, p in self._mean_slabs(mean_p):
-            part = uncertainty_maps(p, p * p, mean_h[zs], t)  # the second moment only enters the variance
-            entropy.put(zs, part["entropy"])
-            mutual.put(zs, part["mutual_information"])
+        for zs, part in self._slabs():
+            p = self._mean(part, t)
+            for k in fg:
+                mean_p[k - 1][zs] = p[k]
+            mean_h[zs] = part["sum_h"].mul_(1.0 / t)
+            piece = uncertainty_maps(p, p * p, mean_h[zs], t)  # the second moment only enters the variance
+            entropy.put(zs, piece["entropy"])
+            mutual.put(zs, piece["mutual_information"])
             p[0] += BACKGROUND_TIE
             labels[zs] = class_argmax(p, 0)
         maps.update(entropy=entropy.close(), mutual_information=mutual.close(), expected_entropy=mean_h)
-        self.sum_p = self.sum_h = None
-        return mean_p, labels, {k: v for k, v in maps.items() if v is not None}, self.bits
+        bits = self.state["bits"]
+        bits = torch.from_numpy(bits.load()) if isinstance(bits, RawArray) else bits
+        for name in list(self.state):
+            self._drop(name)
+        return mean_p, labels, {k: v for k, v in maps.items() if v is not None}, bits
 
-    def _mean_slabs(self, mean_p: list[torch.Tensor]):
-        """(z slice, (C, slab) mean probabilities with the background derived) for each slab."""
+    def _slabs(self):
+        """(z slice, every sum's part over it) for each slab of planes."""
         for z in range(0, self.shape[0], self.slab):
-            zs = slice(z, z + self.slab)
-            foreground = torch.stack([m[zs] for m in mean_p])
-            yield zs, torch.cat([(1.0 - foreground.sum(0, keepdim=True)).clamp_min_(0.0), foreground])
+            zs = slice(z, min(z + self.slab, self.shape[0]))
+            yield zs, self._region((zs,))
+
+    def _mean(self, part: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        """(C, slab) mean probabilities from the sums' part, the background derived (clamped at 0)."""
+        foreground = torch.stack([part[f"sum_p{k}"] for k in range(1, self.n_classes)]) / t
+        return torch.cat([(1.0 - foreground.sum(0, keepdim=True)).clamp_min_(0.0), foreground])
+
+    def _drop(self, name: str) -> None:
+        value = self.state.pop(name)
+        if isinstance(value, RawArray):
+            value.delete()
 
 
 class _MapOutput:

@@ -12,6 +12,7 @@ memory mapping, so only what is read is resident):
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,65 @@ class RawArray:
                 Path(path).unlink(missing_ok=True)
                 raise
         return cls(path, array.shape, array.dtype)
+
+    @classmethod
+    def zeros(cls, path: Path, shape: tuple[int, ...], dtype) -> RawArray:
+        """A new file of zeros (sparse: no disk written until a part is written); OSError on failure."""
+        array = cls(path, shape, dtype)
+        with open(path, "xb") as file:
+            file.truncate(math.prod(array.shape) * array.dtype.itemsize)
+        return array
+
+    def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
+        """``array[index]`` for an index of contiguous slices (missing trailing axes whole), read part by part."""
+        out = np.empty(self._box(index)[0], dtype=self.dtype)
+        with self._open("rb") as file:
+            for offset, piece in self._pieces(index, out):
+                file.seek(offset)
+                if file.readinto(memoryview(piece).cast("B")) != piece.nbytes:
+                    raise ResourceError(f"Temporary data kept in {self.path.parent} was cut short while the run "
+                                        "went on; nothing was written")
+        return out
+
+    def write_box(self, index: tuple[slice, ...], values: np.ndarray) -> None:
+        """``array[index] = values`` in the file."""
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if values.shape != self._box(index)[0]:
+            raise ValueError(f"values of shape {values.shape} for a box of shape {self._box(index)[0]}")
+        with self._open("r+b") as file:
+            for offset, piece in self._pieces(index, values):
+                file.seek(offset)
+                try:
+                    file.write(memoryview(piece).cast("B"))
+                except OSError as exc:
+                    raise ResourceError(f"Cannot write temporary data in {self.path.parent}: "
+                                        f"{exc.strerror or exc} (is the disk full?); nothing was written") from exc
+
+    def _box(self, index: tuple[slice, ...]) -> tuple[tuple[int, ...], list[range]]:
+        ranges = [range(*s.indices(n)) for s, n in zip(index, self.shape, strict=False)]
+        ranges += [range(n) for n in self.shape[len(ranges):]]
+        if any(r.step != 1 for r in ranges):
+            raise ValueError("only contiguous slices")
+        return tuple(len(r) for r in ranges), ranges
+
+    def _pieces(self, index: tuple[slice, ...], buffer: np.ndarray):
+        """(file offset, contiguous part of ``buffer``) for each run of the box that is contiguous in the file:
+        the box is whole along the axes after its last partial one."""
+        shape, ranges = self._box(index)
+        partial = [i for i, (r, n) in enumerate(zip(ranges, self.shape, strict=True)) if len(r) != n]
+        last = partial[-1] if partial else 0
+        strides = np.cumprod((1, *self.shape[:0:-1]))[::-1]  # elements per step of each axis
+        outer = buffer.reshape(*shape[:last], -1)
+        for position in itertools.product(*(range(n) for n in shape[:last])):
+            start = sum((ranges[i][0] + j) * int(strides[i]) for i, j in enumerate(position))
+            yield (start + ranges[last][0] * int(strides[last])) * self.dtype.itemsize, outer[position]
+
+    def _open(self, mode: str):
+        try:
+            return open(self.path, mode)
+        except OSError as exc:
+            raise ResourceError(f"Temporary data kept in {self.path.parent} could not be read back ({exc}); "
+                                "nothing was written") from exc
 
     def load(self) -> np.ndarray:
         """The whole array; ResourceError when the file was removed or cut short meanwhile."""

@@ -1,9 +1,9 @@
 """Segment with a whole-volume model: run its passes one by one and stream them into the accumulator.
 
 Each pass is produced by the format's own code on the input's voxel grid (see models/adapters/base.py);
-memory is one pass plus the running moments, never all passes. Large running moments wait in a
-file while a pass's forward computation runs (MomentAccumulator.add_slabs, ``spill_dir``); with a
-``scratch`` folder the outputs are kept there as files too (inference/stored.py).
+memory is one pass plus the running moments, never all passes. Large running moments live in files,
+updated region by region as a pass arrives (MomentAccumulator's ``folder``); with a ``scratch`` folder
+the outputs are kept there as files too (inference/stored.py).
 """
 
 from __future__ import annotations
@@ -54,24 +54,25 @@ def segment_passes(
     if device in ("cuda", "gpu") and dev.type == "cpu":
         notes.append("No CUDA GPU available: ran on the CPU.")
     shape = tuple(reversed(image.GetSize()))
-    accumulator = MomentAccumulator(card.n_classes, shape, len(plan))
     # the passes' intermediate files (inputs, logits, sums) live in a folder removed when the passes are done
     with tempfile.TemporaryDirectory(prefix="seguncertainty-passes-", dir=scratch) as tmp:
         work = Path(tmp)
         report("preprocess", 0.0, f"{model.format} preprocessing")
         prepared = model.prepare(image, dev, work)
         report("preprocess", 1.0, "done")
-        spill = work if accumulator.nbytes >= stored.SPILL_BYTES else None
+        accumulator = MomentAccumulator(card.n_classes, shape, len(plan))
+        if accumulator.nbytes >= stored.SPILL_BYTES:  # large sums live in files, updated region by region
+            accumulator = MomentAccumulator(card.n_classes, shape, len(plan), folder=work)
         for i, spec in enumerate(plan):
             if cancelled is not None and cancelled():
                 raise CancelledError("Cancelled by the user; nothing was written")
             torch.manual_seed(seed + i)  # dropout draws differ per pass and repeat with the seed
-            accumulator.add_slabs(model.pass_slabs(prepared, spec), spill_dir=spill)
+            accumulator.add_slabs(model.pass_slabs(prepared, spec))
             report("inference", (i + 1) / len(plan), f"pass {i + 1}/{len(plan)}: {model.describe(spec)}")
         del prepared
-    store = VolumeStore(scratch, image) if scratch is not None else None
-    mean_p, labels, maps_t, bits = accumulator.finish(store)  # mean_p: the foreground classes'
-    del accumulator
+        store = VolumeStore(scratch, image) if scratch is not None else None
+        mean_p, labels, maps_t, bits = accumulator.finish(store)  # mean_p: the foreground classes'
+        del accumulator
 
     report("postprocess", 0.0, "subject-level scores")
     names = card.labels
