@@ -12,10 +12,12 @@ entropy.
 Memory per voxel: 4 (C - 1) (sums of the foreground classes, float32; the background's is T minus
 theirs) + 2 C (M2, float16) + 4 (entropy sum) bytes plus (C - 1) * ceil(T / 8) bytes for the bits: 20
 bytes for C = 3 and T <= 8, against 4 (2C + 1) + bits = 30 with float32 sums and squares, allocated
-when the first pass's first piece arrives, and kept in files while later passes are computed when the
-caller gives a ``spill_dir``. The pass being added is the caller's (never all T passes at once);
-``finish`` adds the variance map (4 bytes), frees M2, then adds the entropy and MI maps and the labels
-(9 bytes); with a ``VolumeStore`` the three maps go to its files slab by slab instead (labels: 1 byte).
+when the first pass's first piece arrives. Given a ``folder``, the sums live in files there instead and
+each piece of a pass reads, updates and writes back its own region, so only a piece's worth is ever in
+memory. The pass being added is the caller's (never all T passes at once). ``finish`` adds the variance
+map (4 bytes), frees M2, then adds the entropy and MI maps and the labels (9 bytes); with a
+``VolumeStore`` the three maps go to its files slab by slab instead (labels: 1 byte), and sums in files
+become the means (12 bytes) slab by slab.
 
 Precision of M2 in float16: M2 only grows, and each of the T - 1 updates rounds it once to 11 significant
 bits, so the variance map's error is at most (T - 1) * 2^-11 of its value (plus 2^-24 per update below

@@ -5,7 +5,7 @@ memory mapping, so only what is read is resident):
 
 - a pass's intermediate data that waits while something else needs the memory (nnU-Net's preprocessed
   input during the accumulation, its logits while they are turned into slabs: ``keep``);
-- the running sums while a pass's forward computation runs (accumulator);
+- the running sums of a large run, read, updated and written back region by region (accumulator);
 - the outputs of a run, written slab by slab as they are formed and read back one at a time when they
   are used (``VolumeStore``): a run's peak is then its running sums, not every map at once.
 """
