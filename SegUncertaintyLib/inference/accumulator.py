@@ -45,6 +45,12 @@ BACKGROUND_TIE = 1e-6
 Region = tuple[slice, ...]  # index of the leading spatial axes; missing trailing axes are whole
 
 
+def sums_nbytes(n_classes: int, shape: tuple[int, ...], n_samples: int) -> int:
+    """Bytes of a MomentAccumulator's running sums and bits for (C, *S) passes, T of them."""
+    c = n_classes
+    return int(np.prod(shape)) * (4 * (c - 1) + 2 * c + 4 + (c - 1) * ((n_samples + 7) // 8))
+
+
 class MomentAccumulator:
     """Running sums over T passes of (C, *S) probability volumes.
 
@@ -97,8 +103,7 @@ class MomentAccumulator:
     @property
     def nbytes(self) -> int:
         """Bytes the running sums and bits hold once allocated."""
-        c = self.n_classes
-        return int(np.prod(self.shape)) * (4 * (c - 1) + 2 * c + 4 + (c - 1) * ((self.n_samples + 7) // 8))
+        return sums_nbytes(self.n_classes, self.shape, self.n_samples)
 
     def add(self, probabilities: np.ndarray | torch.Tensor) -> None:
         """Add one pass: (C, *S) probabilities summing to 1 over C, worked in z-slabs (small temporaries)."""

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CancelledError
 from . import stored
-from .accumulator import MomentAccumulator
+from .accumulator import MomentAccumulator, sums_nbytes
 from .engine import ProgressCallback, pick_device
 from .pipeline import MAP_MEANINGS, SegmentationOutputs
 from .preprocessing import array_on_grid
@@ -60,9 +60,8 @@ def segment_passes(
         report("preprocess", 0.0, f"{model.format} preprocessing")
         prepared = model.prepare(image, dev, work)
         report("preprocess", 1.0, "done")
-        accumulator = MomentAccumulator(card.n_classes, shape, len(plan))
-        if accumulator.nbytes >= stored.SPILL_BYTES:  # large sums live in files, updated region by region
-            accumulator = MomentAccumulator(card.n_classes, shape, len(plan), folder=work)
+        large = sums_nbytes(card.n_classes, shape, len(plan)) >= stored.SPILL_BYTES
+        accumulator = MomentAccumulator(card.n_classes, shape, len(plan), folder=work if large else None)
         for i, spec in enumerate(plan):
             if cancelled is not None and cancelled():
                 raise CancelledError("Cancelled by the user; nothing was written")
