@@ -15,9 +15,11 @@ import numpy as np
 import psutil
 import pytest
 import slicer_app_fakes
+import slicer_headless  # noqa: F401  (puts the module's folder on the path)
 
 slicer_app_fakes.install()
 import slicer  # noqa: E402
+from SegUncertaintyModule import environment, review_logic  # noqa: E402
 from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
@@ -82,7 +84,7 @@ def test_cancel_stops_the_launcher_and_its_child_and_reports_cancelled(mrml_scen
     reads 'Cancelled.', no error box, and the scene is exactly as it was."""
     launcher = slicer_app_fakes.write_launcher(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{launcher.parent}:{__import__('os').environ['PATH']}")
-    assert module.python_executable() == str(launcher)
+    assert environment.python_executable() == str(launcher)
     slicer.app.temporaryPath = str(tmp_path)
     volume = volumes.read_volume(mrml_scene, head_run[0], "head")
     widget = make_widget()
@@ -139,7 +141,7 @@ def test_reentering_and_colormap_keep_the_threshold_and_the_referral(widget_with
     widget, run, _ = widget_with_run
     params, logic = widget._parameterNode, widget.logic
     flagging = logic.flagging
-    assert params.threshold == pytest.approx(flagging.threshold_for_percent(module.DEFAULT_FLAGGED_PERCENT))
+    assert params.threshold == pytest.approx(flagging.threshold_for_percent(review_logic.DEFAULT_FLAGGED_PERCENT))
     widget.ui.thresholdSlider.value = params.threshold * 0.8  # the user moves the slider
     user_threshold = params.threshold
     assert flagging.threshold == pytest.approx(user_threshold), "a new threshold moves the flagged voxels"
@@ -157,7 +159,7 @@ def test_reentering_and_colormap_keep_the_threshold_and_the_referral(widget_with
 
     widget.ui.mapComboBox.currentIndex = widget.ui.mapComboBox.items.index("variance")
     assert logic.flagging is not flagging and logic.flagging.map_node is run.maps["variance"]
-    assert params.threshold == pytest.approx(logic.flagging.threshold_for_percent(module.DEFAULT_FLAGGED_PERCENT))
+    assert params.threshold == pytest.approx(logic.flagging.threshold_for_percent(review_logic.DEFAULT_FLAGGED_PERCENT))
     assert widget.ui.thresholdSlider.value == pytest.approx(params.threshold)
 
 
