@@ -9,10 +9,12 @@ against a real MRML scene.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import tempfile
 import time
 
+import SegUncertaintyModule
 import slicer
 import vtk
 from SegUncertaintyModule.cohort_panel import CohortPanel
@@ -89,6 +91,13 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
         self.setupCohortPanel()
         self.initializeParameterNode()
         self.updateCohort()
+
+    def onReload(self) -> None:
+        """Developer mode's Reload: Slicer executes SegUncertainty.py again (slicer.util.reloadScriptedModule),
+        which would import the parts it is built from as they were; they are reloaded first, in import order."""
+        for part in SegUncertaintyModule.PARTS:
+            importlib.reload(importlib.import_module(f"SegUncertaintyModule.{part}"))
+        ScriptedLoadableModuleWidget.onReload(self)
 
     # -- parameter node ------------------------------------------------------------------------------
     def cleanup(self) -> None:

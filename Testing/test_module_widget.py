@@ -11,6 +11,10 @@ only the application has. Those reproduce what caused issue 10's bugs:
 
 from __future__ import annotations
 
+import ast
+import sys
+from pathlib import Path
+
 import numpy as np
 import psutil
 import pytest
@@ -18,6 +22,7 @@ import slicer_app_fakes
 import slicer_headless  # noqa: F401  (puts the module's folder on the path)
 
 slicer_app_fakes.install()
+import SegUncertaintyModule  # noqa: E402
 import slicer  # noqa: E402
 from SegUncertaintyModule import environment, review_logic  # noqa: E402
 from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
@@ -262,6 +267,49 @@ def test_older_slicer_is_refused_with_a_message(mrml_scene, monkeypatch):
             logic.start(None, "brainmask-t1", "softmax", 2, "cpu")
     finally:
         logic.cleanup()
+
+
+@pytest.fixture
+def restored_modules():
+    """The module and its parts as they were before a test that reloads them (reload changes them in place)."""
+    names = ["SegUncertainty", *(f"SegUncertaintyModule.{part}" for part in SegUncertaintyModule.PARTS)]
+    saved = {name: (sys.modules[name], dict(sys.modules[name].__dict__)) for name in names}
+    yield
+    for name, (mod, namespace) in saved.items():
+        mod.__dict__.clear()
+        mod.__dict__.update(namespace)
+        sys.modules[name] = mod
+
+
+def test_reload_builds_the_panel_and_logic_from_the_reloaded_parts(mrml_scene, restored_modules):
+    """Developer mode's Reload executes SegUncertainty.py again; the classes it then defines must be built
+    from the parts' new code, not from the parts imported before the reload."""
+    widget = make_widget()
+    old_logic_class, old_run_panel = module.SegUncertaintyLogic, sys.modules["SegUncertaintyModule.run_panel"].RunPanel
+    widget.onReload()
+    reloaded = sys.modules["SegUncertainty"]
+    parts = {part: sys.modules[f"SegUncertaintyModule.{part}"] for part in SegUncertaintyModule.PARTS}
+    assert reloaded is not module and reloaded.SegUncertaintyLogic is not old_logic_class
+    assert reloaded.SegUncertaintyLogic is parts["logic"].SegUncertaintyLogic
+    assert parts["run_panel"].RunPanel is not old_run_panel
+    sections = {"models_panel": "ModelsPanel", "run_panel": "RunPanel", "review_panel": "ReviewPanel",
+                "cohort_panel": "CohortPanel"}
+    for part, name in sections.items():
+        assert getattr(parts[part], name) in reloaded.SegUncertaintyWidget.__mro__, name
+    for part, name in {p.replace("panel", "logic"): n.replace("Panel", "Logic") for p, n in sections.items()}.items():
+        assert getattr(parts[part], name) in reloaded.SegUncertaintyLogic.__mro__, name
+    assert parts["logic"].SegUncertaintyParameterNode is parts["parameters"].SegUncertaintyParameterNode
+    assert parts["run_logic"].slicerVersionProblem is parts["environment"].slicerVersionProblem
+
+
+def test_reload_order_puts_each_part_after_the_parts_it_imports():
+    """SegUncertaintyModule.PARTS names every file of the package, each after those it imports."""
+    folder = Path(SegUncertaintyModule.__file__).parent
+    assert set(SegUncertaintyModule.PARTS) == {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    for index, part in enumerate(SegUncertaintyModule.PARTS):
+        tree = ast.parse((folder / f"{part}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert imported <= set(SegUncertaintyModule.PARTS[:index]), (part, imported)
 
 
 # -- issue 14 item 4: the model list and Add model... ---------------------------------------------------------

@@ -10,3 +10,7 @@
 
 The logic files use no Qt; the MRML work itself is in SegUncertaintyMRML.
 """
+
+# Every part, each after the parts it imports: the order in which the panel's Reload reloads them.
+PARTS = ("environment", "parameters", "models_logic", "run_logic", "review_logic", "cohort_logic", "logic",
+         "models_panel", "run_panel", "review_panel", "cohort_panel")
