@@ -13,7 +13,8 @@ behaviour the module depends on, including the behaviour that caused the bugs of
   (SIGTERM kills the launcher and leaves the child running, holding the output pipe open) and exits with
   the child's exit code.
 - ``slicer.ScriptedLoadableModule``: base classes without Qt; ``getParameterNode`` finds or adds the
-  module's singleton vtkMRMLScriptedModuleNode as Slicer's does.
+  module's singleton vtkMRMLScriptedModuleNode as Slicer's does; the widget's ``onReload`` executes the
+  module's file again as ``slicer.util.reloadScriptedModule`` does (Base/Python/slicer/util.py).
 - ``slicer.parameterNodeWrapper`` (slicer_qt_fakes): a wrapper whose properties read and write the real
   parameter node (so every change fires its ModifiedEvent), validators, and ``connectGui`` that, like
   wrapper.py's ``_connectParametersToGui``, creates the connectors (a QComboBox connector *clears and
@@ -33,6 +34,7 @@ The MRML scene, the logics, the nodes and the processes are real.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import subprocess
@@ -84,6 +86,15 @@ class ScriptedLoadableModuleWidget(_Base):
 
     def setup(self) -> None:
         self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
+
+    def onReload(self) -> None:
+        """slicer.util.reloadScriptedModule's reload of the source: the module's file executed again as a new
+        module of the same name in sys.modules (Slicer then replaces the panel; not reproduced here)."""
+        name = type(self).__name__.removesuffix("Widget")
+        spec = importlib.util.spec_from_file_location(name, Path(self.resourcePath("")).parent / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
 
 
 class ScriptedLoadableModuleTest(_Base):

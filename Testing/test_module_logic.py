@@ -15,6 +15,7 @@ import slicer_headless
 
 slicer_app_fakes.install()
 import slicer  # noqa: E402
+from SegUncertaintyModule import environment, parameters  # noqa: E402
 from SegUncertaintyMRML import (  # noqa: E402
     overlays,
     persistence,
@@ -54,7 +55,7 @@ def logic_with_run(mrml_scene, head_run, new_logic):
 def test_parameter_defaults_are_valid_choices(mrml_scene, new_logic):
     params = module.SegUncertaintyParameterNode(slicer.vtkMRMLScriptedModuleNode())
     assert params.method in process.METHODS and params.device in process.DEVICES
-    assert params.uncertaintyMap in module.MAPS and params.colormap in overlays.COLORMAPS
+    assert params.uncertaintyMap in parameters.MAPS and params.colormap in overlays.COLORMAPS
     assert params.model in new_logic().modelNames()
 
 
@@ -159,7 +160,7 @@ def test_nothing_is_missing_here_and_cancel_without_a_run_is_harmless(mrml_scene
 
 
 def test_library_dir_holds_the_library():
-    assert (Path(module.library_dir()) / "SegUncertaintyLib" / "cli.py").is_file()
+    assert (Path(environment.library_dir()) / "SegUncertaintyLib" / "cli.py").is_file()
 
 
 def run_in_background(logic, volume, method, samples, cancel_after_first_progress=False, model="brainmask-t1"):

@@ -11,13 +11,20 @@ only the application has. Those reproduce what caused issue 10's bugs:
 
 from __future__ import annotations
 
+import ast
+import sys
+from pathlib import Path
+
 import numpy as np
 import psutil
 import pytest
 import slicer_app_fakes
+import slicer_headless  # noqa: F401  (puts the module's folder on the path)
 
 slicer_app_fakes.install()
+import SegUncertaintyModule  # noqa: E402
 import slicer  # noqa: E402
+from SegUncertaintyModule import environment, review_logic  # noqa: E402
 from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
@@ -82,7 +89,7 @@ def test_cancel_stops_the_launcher_and_its_child_and_reports_cancelled(mrml_scen
     reads 'Cancelled.', no error box, and the scene is exactly as it was."""
     launcher = slicer_app_fakes.write_launcher(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{launcher.parent}:{__import__('os').environ['PATH']}")
-    assert module.python_executable() == str(launcher)
+    assert environment.python_executable() == str(launcher)
     slicer.app.temporaryPath = str(tmp_path)
     volume = volumes.read_volume(mrml_scene, head_run[0], "head")
     widget = make_widget()
@@ -139,7 +146,7 @@ def test_reentering_and_colormap_keep_the_threshold_and_the_referral(widget_with
     widget, run, _ = widget_with_run
     params, logic = widget._parameterNode, widget.logic
     flagging = logic.flagging
-    assert params.threshold == pytest.approx(flagging.threshold_for_percent(module.DEFAULT_FLAGGED_PERCENT))
+    assert params.threshold == pytest.approx(flagging.threshold_for_percent(review_logic.DEFAULT_FLAGGED_PERCENT))
     widget.ui.thresholdSlider.value = params.threshold * 0.8  # the user moves the slider
     user_threshold = params.threshold
     assert flagging.threshold == pytest.approx(user_threshold), "a new threshold moves the flagged voxels"
@@ -157,7 +164,7 @@ def test_reentering_and_colormap_keep_the_threshold_and_the_referral(widget_with
 
     widget.ui.mapComboBox.currentIndex = widget.ui.mapComboBox.items.index("variance")
     assert logic.flagging is not flagging and logic.flagging.map_node is run.maps["variance"]
-    assert params.threshold == pytest.approx(logic.flagging.threshold_for_percent(module.DEFAULT_FLAGGED_PERCENT))
+    assert params.threshold == pytest.approx(logic.flagging.threshold_for_percent(review_logic.DEFAULT_FLAGGED_PERCENT))
     assert widget.ui.thresholdSlider.value == pytest.approx(params.threshold)
 
 
@@ -260,6 +267,49 @@ def test_older_slicer_is_refused_with_a_message(mrml_scene, monkeypatch):
             logic.start(None, "brainmask-t1", "softmax", 2, "cpu")
     finally:
         logic.cleanup()
+
+
+@pytest.fixture
+def restored_modules():
+    """The module and its parts as they were before a test that reloads them (reload changes them in place)."""
+    names = ["SegUncertainty", *(f"SegUncertaintyModule.{part}" for part in SegUncertaintyModule.PARTS)]
+    saved = {name: (sys.modules[name], dict(sys.modules[name].__dict__)) for name in names}
+    yield
+    for name, (mod, namespace) in saved.items():
+        mod.__dict__.clear()
+        mod.__dict__.update(namespace)
+        sys.modules[name] = mod
+
+
+def test_reload_builds_the_panel_and_logic_from_the_reloaded_parts(mrml_scene, restored_modules):
+    """Developer mode's Reload executes SegUncertainty.py again; the classes it then defines must be built
+    from the parts' new code, not from the parts imported before the reload."""
+    widget = make_widget()
+    old_logic_class, old_run_panel = module.SegUncertaintyLogic, sys.modules["SegUncertaintyModule.run_panel"].RunPanel
+    widget.onReload()
+    reloaded = sys.modules["SegUncertainty"]
+    parts = {part: sys.modules[f"SegUncertaintyModule.{part}"] for part in SegUncertaintyModule.PARTS}
+    assert reloaded is not module and reloaded.SegUncertaintyLogic is not old_logic_class
+    assert reloaded.SegUncertaintyLogic is parts["logic"].SegUncertaintyLogic
+    assert parts["run_panel"].RunPanel is not old_run_panel
+    sections = {"models_panel": "ModelsPanel", "run_panel": "RunPanel", "review_panel": "ReviewPanel",
+                "cohort_panel": "CohortPanel"}
+    for part, name in sections.items():
+        assert getattr(parts[part], name) in reloaded.SegUncertaintyWidget.__mro__, name
+    for part, name in {p.replace("panel", "logic"): n.replace("Panel", "Logic") for p, n in sections.items()}.items():
+        assert getattr(parts[part], name) in reloaded.SegUncertaintyLogic.__mro__, name
+    assert parts["logic"].SegUncertaintyParameterNode is parts["parameters"].SegUncertaintyParameterNode
+    assert parts["run_logic"].slicerVersionProblem is parts["environment"].slicerVersionProblem
+
+
+def test_reload_order_puts_each_part_after_the_parts_it_imports():
+    """SegUncertaintyModule.PARTS names every file of the package, each after those it imports."""
+    folder = Path(SegUncertaintyModule.__file__).parent
+    assert set(SegUncertaintyModule.PARTS) == {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    for index, part in enumerate(SegUncertaintyModule.PARTS):
+        tree = ast.parse((folder / f"{part}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert imported <= set(SegUncertaintyModule.PARTS[:index]), (part, imported)
 
 
 # -- issue 14 item 4: the model list and Add model... ---------------------------------------------------------

@@ -16,7 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "SegUncertainty"
-MODULE_PY = MODULE / "SegUncertainty.py"
+MODULE_PY = MODULE / "SegUncertainty.py"  # the entry point Slicer loads
+MODULE_PARTS = MODULE / "SegUncertaintyModule"  # its module, panel and logic, one file per concern
+MODULE_SCRIPTS = [MODULE_PY, *sorted(MODULE_PARTS.glob("*.py"))]
+# The logic's files: usable from the Python console without the panel, so no Qt and no widget.
+LOGIC_PARTS = sorted({MODULE_PARTS / "logic.py", MODULE_PARTS / "environment.py", MODULE_PARTS / "parameters.py",
+                      *MODULE_PARTS.glob("*_logic.py")})
 UI_FILE = MODULE / "Resources" / "UI" / "SegUncertainty.ui"
 STDLIB = set(sys.stdlib_module_names)
 
@@ -33,7 +38,7 @@ def cmake_list(text: str, variable: str) -> list[str]:
 
 
 def parameter_fields() -> set[str]:
-    tree = ast.parse(MODULE_PY.read_text())
+    tree = ast.parse((MODULE_PARTS / "parameters.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegUncertaintyParameterNode")
     return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
 
@@ -54,11 +59,49 @@ def imported_top_modules(path: Path) -> set[str]:
 
 
 def test_every_widget_the_code_uses_exists_in_the_ui():
-    """self.ui.<name> in SegUncertainty.py must name a widget of the .ui (childWidgetVariables)."""
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_PY.read_text()))
-    assert used, "no widget use found: the regex or the module changed"
+    """self.ui.<name> in the module's files must name a widget of the .ui (childWidgetVariables)."""
+    used = {name for path in MODULE_SCRIPTS for name in re.findall(r"self\.ui\.(\w+)", path.read_text())}
+    assert {"applyButton", "thresholdSlider", "modelComboBox", "openWorklistButton"} <= used, \
+        "widget uses not found: the regex or the module changed"
     missing = used - set(ui_widgets())
-    assert not missing, f"widgets used in SegUncertainty.py but absent from the .ui: {sorted(missing)}"
+    assert not missing, f"widgets used in the module but absent from the .ui: {sorted(missing)}"
+
+
+def top_level_names(path: Path) -> dict[str, str]:
+    """Names a file binds at its top level: {name: "class" or "import"}."""
+    names = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef):
+            names[node.name] = "class"
+        elif isinstance(node, ast.ImportFrom):
+            names.update({a.asname or a.name: "import" for a in node.names})
+    return names
+
+
+def test_entry_point_has_what_slicer_looks_up():
+    """Slicer instantiates SegUncertainty.SegUncertainty (qSlicerScriptedLoadableModule::setPythonSource), its
+    Widget (qSlicerScriptedLoadableModuleWidget) and Logic, and runTest finds <module>Test in the module
+    named by the module class's __module__ (ScriptedLoadableModule.runTest): the module class is defined in
+    SegUncertainty.py, the others are defined or imported there."""
+    names = top_level_names(MODULE_PY)
+    assert names.get("SegUncertainty") == "class", "the module class must be defined in SegUncertainty.py"
+    for name in ("SegUncertaintyWidget", "SegUncertaintyLogic", "SegUncertaintyTest", "SegUncertaintyParameterNode"):
+        assert name in names, name
+
+
+@pytest.mark.parametrize("path", MODULE_SCRIPTS, ids=lambda p: p.name)
+def test_module_files_stay_small_with_a_docstring(path):
+    """The entry point is short, as in Slicer's template; each part holds one concern."""
+    limit = 250 if path == MODULE_PY else 300
+    lines = len(path.read_text().splitlines())
+    assert lines <= limit, f"{path.name} has {lines} lines (at most {limit}): split it by concern"
+    assert ast.get_docstring(ast.parse(path.read_text())), f"{path.name} needs a docstring saying what it holds"
+
+
+@pytest.mark.parametrize("path", LOGIC_PARTS, ids=lambda p: p.name)
+def test_logic_parts_use_no_qt_and_no_widget(path):
+    assert not imported_top_modules(path) & {"qt", "ctk", "PythonQt"}, path.name
+    assert "self.ui" not in path.read_text(), path.name
 
 
 def test_ui_parameter_bindings_match_the_parameter_node():
@@ -139,7 +182,7 @@ def test_extensions_index_requirements():
         urls = re.search(rf'set\({field} "(.*?)"\)', text).group(1).split()
         assert all(u.startswith(f"https://raw.githubusercontent.com/{repo.group(1)}/{repo.group(2)}/") for u in urls)
     assert "Slicer 5.12" in (ROOT / "README.md").read_text() and "Slicer 5.12" in text
-    assert "MINIMUM_SLICER = (5, 12)" in MODULE_PY.read_text()
+    assert "MINIMUM_SLICER = (5, 12)" in (MODULE_PARTS / "environment.py").read_text()
 
 
 # Library modules the glue may use: they import the standard library only (checked below), so the panel can
@@ -163,9 +206,10 @@ def test_library_never_imports_slicer_or_qt(path):
     assert not imported_top_modules(path) & {"slicer", "qt", "ctk", "vtk", "PythonQt", "SegUncertaintyMRML"}
 
 
-def test_module_imports_no_heavy_package_at_import_time():
+@pytest.mark.parametrize("path", MODULE_SCRIPTS, ids=lambda p: p.name)
+def test_module_imports_no_heavy_package_at_import_time(path):
     """torch/monai are imported lazily (after asking to install them), never at module import."""
-    tree = ast.parse(MODULE_PY.read_text())
+    tree = ast.parse(path.read_text())
     top_level = set()
     for node in tree.body:
         if isinstance(node, ast.Import):

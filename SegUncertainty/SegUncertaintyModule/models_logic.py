@@ -1,0 +1,164 @@
+"""The logic's models and packages: the model list (every bundled and installed model, the unusable ones with
+their reason), "Add model...", the CPU time estimate, and installing torch and the other packages on first use."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import slicer
+from SegUncertaintyMRML import process
+from slicer.i18n import tr as _
+
+# Installed on first use, after asking (torch itself through the PyTorch extension).
+PIP_REQUIREMENTS = {"monai": "monai>=1.4", "SimpleITK": "SimpleITK>=2.3", "scipy": "scipy>=1.10",
+                    "matplotlib": "matplotlib>=3.7", "jsonschema": "jsonschema>=4.18",
+                    "psutil": "psutil>=5.9"}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the panel's model list: a usable model, or one that cannot be used and says why."""
+
+    name: str
+    usable: bool
+    tooltip: str  # what the model is, or why it cannot be used
+    argument: str = ""  # what the command line's --model gets: the name (card models) or the model folder
+
+
+def oneLine(exc: BaseException) -> str:
+    """An exception as the one line a user sees (the library's messages are one line already)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ModelsLogic:
+    """Mixed into SegUncertaintyLogic; keeps ``self._plans`` (model -> (members, flip axes) or None) and
+    ``self._cuda`` (whether torch sees a GPU; None until asked)."""
+
+    def modelNames(self) -> list[str]:
+        """Names of the models that can be run."""
+        return [choice.name for choice in self.modelChoices() if choice.usable]
+
+    def modelChoices(self, current: str | None = None) -> list[ModelChoice]:
+        """Every bundled and installed model (catalog.list_models), bundled first; a broken one is listed with
+        its reason and hides no other. ``current`` (the parameter) is listed even when it is not installed."""
+        from SegUncertaintyLib.models import catalog
+        from SegUncertaintyLib.models.formats import FORMAT_NAMES
+
+        usableCards = {folder: name for name, folder in catalog.available_models().items()}
+        choices: dict[str, ModelChoice] = {}
+        for entry in catalog.list_models():
+            if entry.error is None or entry.folder in usableCards:
+                # (a bundled card is usable before jsonschema is installed: loading it checks it)
+                name = entry.name if entry.error is None else usableCards[entry.folder]
+                info = entry.as_dict()
+                tooltip = _("{format} ({source}): {modality}; {members} member(s); methods: {methods}").format(
+                    format=FORMAT_NAMES.get(entry.format, entry.format), source=entry.source,
+                    modality=info["modality"] or "?", members=info["members"] or "?",
+                    methods=", ".join(info["methods"] or []) or "?")
+                choice = ModelChoice(name, True, tooltip, name if entry.format == "card" else str(entry.folder))
+            else:
+                choice = ModelChoice(entry.name, False, _("Cannot be used: {reason} ({folder})").format(
+                    reason=entry.error, folder=entry.folder))
+            if choice.name in choices:
+                choice = ModelChoice(choice.name, False, _("Another model has the name '{name}' ({folder})").format(
+                    name=choice.name, folder=entry.folder))
+                choices.setdefault(f"{choice.name} ({entry.folder})", choice)
+            else:
+                choices[choice.name] = choice
+        if current and current not in choices:
+            choices[current] = ModelChoice(current, False, _("Model '{name}' is not installed here").format(
+                name=current))
+        return list(choices.values())
+
+    def modelChoice(self, name: str) -> ModelChoice:
+        """The usable model ``name``; RuntimeError with the reason when it cannot be used."""
+        choice = next((c for c in self.modelChoices(name) if c.name == name), None)
+        if choice is None or not choice.usable:
+            raise RuntimeError(_("Model '{name}' cannot be used. {reason}").format(
+                name=name, reason=choice.tooltip if choice else ""))
+        return choice
+
+    def addModel(self, path: str) -> str:
+        """Check and install the model at ``path`` (a model folder, or its card.json) with catalog.add_model,
+        the code `seguncertainty models add` runs; returns its name. On failure nothing is installed and a
+        RuntimeError carries the one-line reason."""
+        from SegUncertaintyLib.models import catalog
+
+        source = Path(path)
+        if source.is_file() and source.name == "card.json":
+            source = source.parent
+        try:
+            name, _folder = catalog.add_model(source)
+        except Exception as exc:  # a model's checker may raise anything; the user gets its one line
+            logging.debug("adding model %s failed", source, exc_info=True)
+            raise RuntimeError(oneLine(exc)) from exc
+        self._plans.pop(name, None)
+        return name
+
+    def samplingPlan(self, model: str) -> tuple[int, tuple[int, ...]] | None:
+        """(ensemble members, TTA flip axes) of a card model, for the time estimate; None if unknown."""
+        if model not in self._plans:
+            from SegUncertaintyLib.models.card import load_card
+            from SegUncertaintyLib.models.catalog import available_models
+
+            try:
+                card = load_card(available_models()[model])
+                self._plans[model] = (len(card.members), card.flip_axes)
+            except Exception:  # not a usable card model (or no jsonschema yet): no estimate
+                self._plans[model] = None
+        return self._plans[model]
+
+    def deviceWarning(self, volume, model: str, method: str, samples: int, device: str) -> str:
+        """A warning with a time estimate when the run will use the CPU; empty otherwise. The passes are
+        counted as the library plans them (process.forward_passes: members, declared flips)."""
+        if device == "cuda" or (device == "auto" and self.cudaAvailable()):
+            return ""
+        plan = self.samplingPlan(model)
+        passes = process.forward_passes(method, process.samples_argument(method, samples), *plan) if plan else None
+        if passes is None:
+            return _("Runs on the CPU; a GPU is much faster.")
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)
+        litres = (bounds[1] - bounds[0]) * (bounds[3] - bounds[2]) * (bounds[5] - bounds[4]) / 1e6
+        seconds = process.cpu_estimate_s(litres, passes)
+        return _("Runs on the CPU: {estimate} on a 2-core machine; a GPU is much faster.").format(
+            estimate=process.describe_estimate(seconds))
+
+    def cudaAvailable(self) -> bool:
+        """Whether torch sees a GPU (asked once: importing torch takes a moment; False without torch)."""
+        if self._cuda is None:
+            if importlib.util.find_spec("torch") is None:
+                return False
+            import torch
+
+            self._cuda = bool(torch.cuda.is_available())
+        return self._cuda
+
+    @staticmethod
+    def missingPackages() -> list[str]:
+        return [name for name in ("torch", *PIP_REQUIREMENTS) if importlib.util.find_spec(name) is None]
+
+    def ensureDependencies(self, ask: bool = True) -> bool:
+        """Install missing torch (PyTorch extension) and Python packages, after asking; True when ready."""
+        missing = self.missingPackages()
+        if not missing:
+            return True
+        if ask and not slicer.util.confirmOkCancelDisplay(
+                _("SegUncertainty needs these Python packages, not installed yet: {names}. Install them now? "
+                  "This downloads several hundred MB once.").format(names=", ".join(missing))):
+            return False
+        if "torch" in missing:
+            try:
+                import PyTorchUtils
+            except ImportError as exc:
+                raise RuntimeError(_("Install the PyTorch extension from the Extensions Manager first.")) from exc
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                raise RuntimeError(_("PyTorch could not be installed."))
+        requirements = [PIP_REQUIREMENTS[name] for name in missing if name in PIP_REQUIREMENTS]
+        if requirements:
+            slicer.util.pip_install(requirements)
+        return not self.missingPackages()

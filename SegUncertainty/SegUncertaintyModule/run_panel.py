@@ -1,0 +1,96 @@
+"""The panel's run section: the Segment / Cancel button, the CPU warning with its time estimate, the progress
+bar and log, and showing a finished (or restored) run with its scores table."""
+
+from __future__ import annotations
+
+import slicer
+from SegUncertaintyMRML import process, scores_table
+from slicer.i18n import tr as _
+
+
+class RunPanel:
+    """Mixed into SegUncertaintyWidget (uses ``self.ui``, ``self.logic``, ``self._parameterNode``)."""
+
+    def setupRunPanel(self) -> None:
+        self.ui.applyButton.clicked.connect(self.onApplyButton)
+
+    def updateButtons(self) -> None:
+        """The Segment / Cancel button and which sections can be used."""
+        params, state = self._parameterNode, self.logic.runState()
+        text, tip = {
+            "idle": (_("Segment with uncertainty"), _("Run the model in a background process; results are added "
+                                                      "as new nodes")),
+            "running": (_("Cancel"), _("Stop the run; the scene stays as it was")),
+            "cancelling": (_("Cancelling..."), _("Waiting for the segmentation process to stop")),
+        }[state]
+        self.ui.applyButton.text, self.ui.applyButton.toolTip = text, tip
+        self.ui.applyButton.enabled = state == "running" or (state == "idle" and bool(params and params.inputVolume))
+        hasResult = self.logic.flagging is not None
+        for name in ("resultsCollapsibleButton", "referralCollapsibleButton", "exportCollapsibleButton"):
+            getattr(self.ui, name).enabled = hasResult
+
+    def updateDeviceWarning(self) -> None:
+        params, volume = self._parameterNode, self._parameterNode and self._parameterNode.inputVolume
+        text = self.logic.deviceWarning(volume, params.model, params.method, params.samples, params.device) \
+            if params and volume else ""
+        self.ui.deviceWarningLabel.text = text
+        self.ui.deviceWarningLabel.visible = bool(text)
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()  # a no-op while a cancel is under way: never a second run
+            self.updateButtons()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            if not self.logic.ensureDependencies(ask=True):
+                return
+            params = self._parameterNode
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            self.logic.start(params.inputVolume, params.model, params.method, params.samples, params.device,
+                             onProgress=self.onProgress, onLog=self.ui.logTextEdit.appendPlainText,
+                             onFinished=self.onFinished)
+            self.updateButtons()
+
+    def onProgress(self, progress: process.Progress) -> None:
+        self.ui.progressBar.value = int(round(100 * progress.overall))
+        self.ui.stageLabel.text = f"{progress.label}: {progress.message} ({progress.elapsed_s:.0f} s)"
+
+    def onFinished(self, run, error: str | None) -> None:
+        self.updateButtons()
+        if error:
+            self.ui.stageLabel.text = error
+            if error != process.CANCELLED_MESSAGE:
+                slicer.util.errorDisplay(_("Segmentation failed: ") + error)
+            return
+        self.ui.stageLabel.text = _("Done: ") + run.name
+        self.showRun(run)
+
+    def showRun(self, run) -> None:
+        """Show a run (new, or restored from a saved scene) through the parameter node."""
+        params = self._parameterNode
+        if params is None:
+            return
+        self.showScores(run.scores)
+        self.ui.segmentEditorWidget.setSegmentationNode(run.segmentation)
+        self.ui.segmentEditorWidget.setSourceVolumeNode(self.logic.inputVolume)
+        if params.segmentation is not run.segmentation:
+            params.segmentation = run.segmentation  # the observer shows it
+        else:
+            self.onParameterNodeModified()
+
+    def showScores(self, tableNode) -> None:
+        """The scores table with each row's definition as its tooltip (the Definition column hidden); an
+        empty view when the run has no scores table (e.g. deleted before the scene was saved)."""
+        view = self.ui.scoresTableView
+        view.setMRMLTableNode(tableNode)
+        if tableNode is None:
+            return
+        definitionColumn = scores_table.COLUMNS.index("Definition")
+        model = view.tableModel()
+        for row, values in enumerate(scores_table.table_rows(tableNode)):
+            for column in range(min(len(values), definitionColumn + 1)):
+                item = model.item(row, column)
+                if item is not None and len(values) > definitionColumn:
+                    item.setToolTip(values[definitionColumn])
+        view.setColumnHidden(definitionColumn, True)
