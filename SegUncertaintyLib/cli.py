@@ -21,7 +21,6 @@ from . import __version__
 from .choices import FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
 from .cohort.executors import EXECUTORS
 from .errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
-from .memory import return_large_blocks_to_the_system
 from .models.catalog import DEFAULT_MODEL
 
 COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
@@ -373,8 +372,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="seguncertainty: %(message)s")
     try:
         args = _parser().parse_args(argv)
-        if args.command in ("segment", "cohort"):
-            return_large_blocks_to_the_system()  # the peak of a large volume (memory.py)
         commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models}
         return commands[args.command](args)
     except SegUncertaintyError as exc:

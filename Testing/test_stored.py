@@ -3,8 +3,6 @@ the same numbers as in memory, one clear error when the files go wrong, nothing 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -124,40 +122,3 @@ def test_overview_centre_from_per_axis_counts_is_the_foreground_centroid():
         mask = rng.random((11, 13, 17)) < rng.uniform(0.01, 0.5)
         assert _centre(mask) == tuple(int(v) for v in np.argwhere(mask).mean(0))
     assert _centre(np.zeros((4, 6, 8), bool)) == (2, 3, 4)
-
-
-MALLOC_PROBE = """
-import ctypes, sys
-from SegUncertaintyLib.memory import return_large_blocks_to_the_system
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-if sys.argv[1] == "set":
-    assert return_large_blocks_to_the_system()
-libc.free(libc.malloc(16 << 20))  # glibc's default now serves blocks below 16 MiB from its heap
-before = libc.mallinfo2().hblks
-libc.malloc(2 << 20)
-print(libc.mallinfo2().hblks - before)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_large_blocks_are_mmapped_even_after_glibc_would_raise_its_threshold():
-    """A 2 MiB block after a 16 MiB one was freed: from glibc's heap by default (kept when freed inside a
-    fragmented heap), its own mmap (returned when freed) once the command line's policy is set."""
-    import subprocess
-
-    def mmapped(mode: str) -> int:
-        try:
-            run = subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], capture_output=True, text=True,
-                                 check=True)
-        except subprocess.CalledProcessError as exc:
-            pytest.skip(f"no glibc mallinfo2 here: {exc.stderr.strip().splitlines()[-1]}")
-        return int(run.stdout)
-
-    assert mmapped("default") == 0
-    assert mmapped("set") == 1

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..inference.options import SegmentOptions
-from ..memory import return_large_blocks_to_the_system
 
 _models: dict[tuple[str, str], object] = {}  # (model ref, device) -> loaded model: one load per worker process
 _cancelled: Callable[[], bool] | None = None  # set by run.py when the cases run in its own process
@@ -146,7 +145,6 @@ def process_case(item: dict) -> dict:
 
     if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a local worker process: Ctrl-C is the cohort's to handle
-    return_large_blocks_to_the_system()  # a worker process's peak on large volumes (memory.py)
     start = time.monotonic()
     result = {"case": item["case"], "status": "failed", "error": "", "scores": None, "score_reference": None}
     try:
