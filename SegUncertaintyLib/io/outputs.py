@@ -7,8 +7,10 @@ folder is only replaced when every file in it was written by an earlier run (lis
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,9 @@ from .overview import save_overview
 from .publish import OutputFolder, listed_files
 
 MANIFEST = "manifest.json"
+# SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores
+# (BENCHMARKS.md, nnU-Net section), at the cost of two volumes in memory at once instead of one.
+IMAGE_WRITERS = 2
 
 
 def run_files(folder: Path) -> set[str] | None:
@@ -67,27 +72,32 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         if cancelled is not None and cancelled():
             raise CancelledError("Cancelled by the user; nothing was written")
 
+    # (look-up, file stem, kind, meaning, extra manifest fields) per image. The volumes may be files read at
+    # each look-up (a run with a scratch folder): each is looked up when its writer starts.
+    images = [(lambda: outputs.segmentation, "segmentation", "labelmap",
+               "Segmentation: argmax of the mean probability",
+               {"labels": {str(k): v for k, v in card.labels.items()},
+                "terminology": card.info.get("terminology", {})})]
+    images += [(functools.partial(outputs.probabilities.__getitem__, name), f"probability_{name}", "probability",
+                f"Mean probability of '{name}' over samples, 0-1", {"label": name})
+               for name in (outputs.probabilities if "probability" in chosen else ())]
+    images += [(functools.partial(outputs.maps.__getitem__, name), name, "uncertainty", MAP_MEANINGS[name],
+                {"map": name}) for name in outputs.maps if name in chosen]
+
     entries: list[dict] = []
     with out_dir.staged(cancelled) as stage:
-        def add_image(image, name: str, kind: str, meaning: str, **extra) -> None:
+        def write_one(job) -> dict:
+            look_up, stem, kind, meaning, extra = job
             check_cancel()
-            filename = f"{name}.{fmt}"
+            image, filename = look_up(), f"{stem}.{fmt}"
             if kind != "labelmap" and map_dtype == "float16":
                 image = _rounded_to_float16(image)
-                extra["precision"] = "float16"
+                extra = {**extra, "precision": "float16"}
             write_image(image, stage / filename)
-            entries.append({"file": filename, "kind": kind, "meaning": meaning,
-                            "dtype": image.GetPixelIDTypeAsString(), **extra})
+            return {"file": filename, "kind": kind, "meaning": meaning, "dtype": image.GetPixelIDTypeAsString(),
+                    **extra}
 
-        add_image(outputs.segmentation, "segmentation", "labelmap",
-                  "Segmentation: argmax of the mean probability", labels={str(k): v for k, v in card.labels.items()},
-                  terminology=card.info.get("terminology", {}))
-        # One volume looked up at a time: they may be files read at each lookup (a run with a scratch folder).
-        for name in outputs.probabilities if "probability" in chosen else ():
-            add_image(outputs.probabilities[name], f"probability_{name}", "probability",
-                      f"Mean probability of '{name}' over samples, 0-1", label=name)
-        for name in (n for n in outputs.maps if n in chosen):
-            add_image(outputs.maps[name], name, "uncertainty", MAP_MEANINGS[name], map=name)
+        entries.extend(_in_parallel(write_one, images, check_cancel))
         if samples and outputs.model_grid_sample_bits is not None:
             for k, name in enumerate(n for v, n in sorted(card.labels.items()) if v != 0):
                 check_cancel()
@@ -123,6 +133,25 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         }
         write_json(manifest, stage / MANIFEST)
     return out_dir.path / MANIFEST
+
+
+def _in_parallel(function: Callable, jobs: Sequence, check_cancel: Callable[[], None]) -> list:
+    """``[function(job) for job in jobs]`` on IMAGE_WRITERS threads, at most that many at once. The caller's
+    thread starts each job and wakes every 0.1 s, so a signal handler (the cancel flag) runs promptly and no
+    job starts after a cancel; the first error is raised once the running jobs are done."""
+    futures: list[Future] = []
+    with ThreadPoolExecutor(max_workers=IMAGE_WRITERS) as pool:
+        for job in jobs:
+            while True:
+                check_cancel()
+                for future in futures:
+                    if future.done() and future.exception() is not None:
+                        raise future.exception()
+                if sum(not f.done() for f in futures) < IMAGE_WRITERS:
+                    break
+                wait(futures, timeout=0.1, return_when=FIRST_COMPLETED)
+            futures.append(pool.submit(function, job))
+        return [future.result() for future in futures]
 
 
 def _rounded_to_float16(image):
