@@ -57,7 +57,7 @@ class RawArray:
     def read_box(self, index: tuple[slice, ...]) -> np.ndarray:
         """``array[index]`` for an index of contiguous slices (missing trailing axes whole), read part by part."""
         out = np.empty(self._box(index)[0], dtype=self.dtype)
-        with self._open("rb") as file:
+        with self._open() as file:
             for offset, piece in self._pieces(index, out):
                 file.seek(offset)
                 if file.readinto(memoryview(piece).cast("B")) != piece.nbytes:
@@ -70,7 +70,7 @@ class RawArray:
         values = np.ascontiguousarray(values, dtype=self.dtype)
         if values.shape != self._box(index)[0]:
             raise ValueError(f"values of shape {values.shape} for a box of shape {self._box(index)[0]}")
-        with self._open("r+b") as file:
+        with self._open(write=True) as file:
             for offset, piece in self._pieces(index, values):
                 file.seek(offset)
                 try:
@@ -98,9 +98,9 @@ class RawArray:
             start = sum((ranges[i][0] + j) * int(strides[i]) for i, j in enumerate(position))
             yield (start + ranges[last][0] * int(strides[last])) * self.dtype.itemsize, outer[position]
 
-    def _open(self, mode: str):
+    def _open(self, write: bool = False):
         try:
-            return open(self.path, mode)
+            return open(self.path, "r+b") if write else open(self.path, "rb")
         except OSError as exc:
             raise ResourceError(f"Temporary data kept in {self.path.parent} could not be read back ({exc}); "
                                 "nothing was written") from exc
