@@ -347,7 +347,8 @@ def run_dask(task: Task, items: list[dict], workers: int, address: str | None) -
     import dask
     from distributed import Client, LocalCluster, as_completed
 
-    with _sigterm_interrupts(), _quiet("distributed", "tornado"):
+    # distributed sets tornado.application to ERROR itself: name it, or an interrupted wait logs a traceback
+    with _sigterm_interrupts(), _quiet("distributed", "tornado", "tornado.application"):
         cluster = client = None
         futures: dict = {}
         try:
