@@ -128,10 +128,12 @@ class MomentAccumulator:
             raise ValueError(f"a pass covered {covered} voxels, the volume has {int(np.prod(self.shape))}")
         self.count += 1
 
-    def _region(self, region: Region) -> dict[str, torch.Tensor]:
-        """Every sum's part over ``region``: views of the in-memory sums, or copies read from the files."""
+    def _region(self, region: Region, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Each sum's part over ``region`` (all, or ``names``): views of the in-memory sums, or copies read
+        from the files."""
         out, layout = {}, self._layout()
-        for name, value in self.state.items():
+        for name in self.state if names is None else names:
+            value = self.state[name]
             index = (*(slice(None),) * len(layout[name][0]), *region)
             out[name] = torch.from_numpy(value.read_box(index)) if isinstance(value, RawArray) else value[index]
         return out
@@ -183,7 +185,8 @@ class MomentAccumulator:
             raise ValueError(f"{self.count} passes added, {self.n_samples} announced")
         t, fg = self.count, range(1, self.n_classes)
         variance = _MapOutput(self.shape, store, "variance")
-        for zs, part in self._slabs():  # first the variance, then M2 is freed (lower peak)
+        sums = [f"sum_p{k}" for k in fg]
+        for zs, part in self._slabs([*sums, "m2", "sum_h"]):  # first the variance, then M2 is freed (lower peak)
             p = self._mean(part, t)
             mean_p2 = part["m2"].float().div_(t).addcmul_(p, p)  # E[p^2] = M2 / T + E[p]^2
             variance.put(zs, uncertainty_maps(p, mean_p2, part["sum_h"] / t, t)["variance"])
@@ -195,7 +198,7 @@ class MomentAccumulator:
         labels = torch.empty(self.shape, dtype=torch.uint8)
         entropy = _MapOutput(self.shape, store, "entropy")
         mutual = _MapOutput(self.shape, store, "mutual_information")
-        for zs, part in self._slabs():
+        for zs, part in self._slabs([*sums, "sum_h"]):
             p = self._mean(part, t)
             for k in fg:
                 mean_p[k - 1][zs] = p[k]
@@ -212,11 +215,11 @@ class MomentAccumulator:
             self._drop(name)
         return mean_p, labels, {k: v for k, v in maps.items() if v is not None}, bits
 
-    def _slabs(self):
-        """(z slice, every sum's part over it) for each slab of planes."""
+    def _slabs(self, names: list[str]):
+        """(z slice, the named sums' parts over it) for each slab of planes."""
         for z in range(0, self.shape[0], self.slab):
             zs = slice(z, min(z + self.slab, self.shape[0]))
-            yield zs, self._region((zs,))
+            yield zs, self._region((zs,), names)
 
     def _mean(self, part: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         """(C, slab) mean probabilities from the sums' part, the background derived (clamped at 0)."""

@@ -107,25 +107,11 @@ class RawArray:
 
     def load(self) -> np.ndarray:
         """The whole array; ResourceError when the file was removed or cut short meanwhile."""
-        return self._read(0, math.prod(self.shape)).reshape(self.shape)
+        return self.read_box(())
 
     def planes(self, lo: int, hi: int) -> np.ndarray:
         """``array[:, lo:hi]``: (shape[0], hi - lo, *shape[2:]), one read per index of the first axis."""
-        hi = min(hi, self.shape[1])
-        plane = math.prod(self.shape[2:])
-        parts = [self._read((i * self.shape[1] + lo) * plane, (hi - lo) * plane) for i in range(self.shape[0])]
-        return np.stack(parts).reshape(self.shape[0], hi - lo, *self.shape[2:])
-
-    def _read(self, start: int, count: int) -> np.ndarray:
-        try:
-            data = np.fromfile(self.path, dtype=self.dtype, count=count, offset=start * self.dtype.itemsize)
-        except (OSError, ValueError) as exc:
-            raise ResourceError(f"Temporary data kept in {self.path.parent} could not be read back ({exc}); "
-                                "nothing was written") from exc
-        if data.size != count:
-            raise ResourceError(f"Temporary data kept in {self.path.parent} was cut short while the run went on; "
-                                "nothing was written")
-        return data
+        return self.read_box((slice(None), slice(lo, hi)))
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
