@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .choices import FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
 from .cohort.executors import EXECUTORS
-from .errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
-from .models.catalog import DEFAULT_MODEL
+from .core.errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
+from .core.vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
 
 COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
 SAMPLE_DIR = Path(__file__).parent / "sample"
@@ -144,7 +143,7 @@ class _CancelFlag:
 
 def check_segment_options(args) -> None:
     """Refuse options out of range before anything is read (UsageError, exit 2)."""
-    from .inference.options import SegmentOptions
+    from .core.options import SegmentOptions
 
     if args.sample == bool(args.input):
         raise UsageError("segment: give an INPUT image or --sample (not both)")
@@ -152,13 +151,13 @@ def check_segment_options(args) -> None:
 
 
 def cmd_segment(args) -> int:
-    from .inference.options import SegmentOptions
+    from .core.options import SegmentOptions
+    from .core.progress import ProgressReporter
     from .inference.pipeline import segment_image
     from .io.dicom import SERIES_UID_TAG
     from .io.images import read_image
-    from .io.outputs import output_folder, write_outputs
     from .models.loader import load_model
-    from .progress import ProgressReporter
+    from .results.run_folder import output_folder, write_outputs
 
     check_segment_options(args)
     cancel = _CancelFlag()
@@ -196,7 +195,7 @@ def cmd_segment(args) -> int:
 
 def cmd_cohort(args) -> int:
     from .cohort.run import run_cohort
-    from .inference.options import SegmentOptions
+    from .core.options import SegmentOptions
 
     options = SegmentOptions.from_args(args)
     options.check()

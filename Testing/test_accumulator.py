@@ -106,7 +106,7 @@ def test_a_folder_where_the_sums_cannot_be_written_keeps_them_in_memory(tmp_path
 
 
 def test_sums_in_files_removed_meanwhile_are_one_clear_error(tmp_path):
-    from SegUncertaintyLib.errors import ResourceError
+    from SegUncertaintyLib.core.errors import ResourceError
 
     t, c, shape = 2, 2, (3, 3, 3)
     samples = torch.softmax(torch.randn((t, c, *shape), generator=torch.Generator().manual_seed(4)), dim=1)

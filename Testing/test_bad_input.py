@@ -9,13 +9,13 @@ import torch
 from conftest import sphere_phantom
 from torch import nn
 
-from SegUncertaintyLib.errors import ChecksumError, InputImageError, ModelError, OutputError
+from SegUncertaintyLib.core.errors import ChecksumError, InputImageError, ModelError, OutputError
 from SegUncertaintyLib.evaluation.report import report_folder
 from SegUncertaintyLib.inference.pipeline import check_method
 from SegUncertaintyLib.io.images import read_image, validate_image
-from SegUncertaintyLib.io.outputs import output_folder
 from SegUncertaintyLib.models.card import load_card, write_card
 from SegUncertaintyLib.models.loader import load_model
+from SegUncertaintyLib.results.run_folder import output_folder
 
 
 def write(image: sitk.Image, path) -> str:

@@ -6,7 +6,7 @@ import torch
 from monai.metrics.calibration import calibration_binning
 from sklearn.metrics import brier_score_loss, log_loss
 
-from SegUncertaintyLib.errors import InputImageError
+from SegUncertaintyLib.core.errors import InputImageError
 from SegUncertaintyLib.evaluation.calibration import BinStats, calibration_split, probability_from_uncertainty
 
 

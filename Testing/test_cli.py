@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from conftest import load_json, sphere_phantom
 
 from SegUncertaintyLib import cli
-from SegUncertaintyLib.errors import OutputError
-from SegUncertaintyLib.io import outputs
+from SegUncertaintyLib.core.errors import OutputError
+from SegUncertaintyLib.results import run_folder
 
 EXPECTED_MAPS = ["entropy", "expected_entropy", "mutual_information", "variance"]
 
@@ -130,7 +130,7 @@ def test_failed_write_keeps_the_previous_run_and_leaves_no_partial_file(phantom_
     def broken_overview(*_args, **_kw):
         raise OutputError("disk full (simulated)")
 
-    monkeypatch.setattr(outputs, "save_overview", broken_overview)
+    monkeypatch.setattr(run_folder, "save_overview", broken_overview)
     assert cli.main([*argv, "--seed", "7"]) == 5
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging folder, nothing changed
 

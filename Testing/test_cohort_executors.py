@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 
 from SegUncertaintyLib.cohort.executors import cpus_per_actor, local_gpu_env, run_tasks
-from SegUncertaintyLib.errors import SegUncertaintyError, UsageError
+from SegUncertaintyLib.core.errors import SegUncertaintyError, UsageError
 
 TESTING = Path(__file__).parent
 sys.path.insert(0, str(TESTING))

@@ -23,8 +23,8 @@ from SegUncertaintyLib.cohort import worker
 from SegUncertaintyLib.cohort.cases import find_cases
 from SegUncertaintyLib.cohort.run import cohort_files, run_cohort
 from SegUncertaintyLib.cohort.worklist import COLUMNS, rank_rows, read_worklist
-from SegUncertaintyLib.errors import CancelledError, UsageError
-from SegUncertaintyLib.inference.options import SegmentOptions
+from SegUncertaintyLib.core.errors import CancelledError, UsageError
+from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.scores import REVIEW, WITHIN
 from SegUncertaintyLib.io.publish import OutputFolder
 

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 from dicom_series import volume, write_series
 
-from SegUncertaintyLib.errors import InputImageError
+from SegUncertaintyLib.core.errors import InputImageError
 from SegUncertaintyLib.io.dicom import SERIES_UID_TAG
 from SegUncertaintyLib.io.images import read_image
 

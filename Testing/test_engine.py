@@ -7,9 +7,10 @@ from conftest import DropoutContextNet, ThresholdNet
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from SegUncertaintyLib.errors import CancelledError, ResourceError, UsageError
+from SegUncertaintyLib.core.errors import CancelledError, ResourceError, UsageError
+from SegUncertaintyLib.core.methods import SampleSpec, plan_samples
 from SegUncertaintyLib.inference.engine import EngineConfig, class_argmax, run_engine, scan_slices
-from SegUncertaintyLib.inference.sampling import SampleSpec, plan_samples, set_dropout
+from SegUncertaintyLib.models.dropout import set_dropout
 
 
 def smooth_volume(shape=(30, 41, 37), seed=0) -> np.ndarray:

@@ -20,8 +20,8 @@ import SimpleITK as sitk
 from conftest import sphere_phantom
 
 from SegUncertaintyLib import cli
-from SegUncertaintyLib.io import outputs
-from SegUncertaintyLib.io.outputs import output_folder
+from SegUncertaintyLib.results import run_folder
+from SegUncertaintyLib.results.run_folder import output_folder
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -144,7 +144,7 @@ def test_sigterm_while_writing_publishes_nothing_and_keeps_the_earlier_run(world
     assert cli.main(argv) == 0
     capsys.readouterr()
     before = snapshot(world["root"])
-    real_write, written = outputs.write_image, []
+    real_write, written = run_folder.write_image, []
 
     def write_then_terminate(image, path, *a):
         real_write(image, path, *a)
@@ -152,12 +152,12 @@ def test_sigterm_while_writing_publishes_nothing_and_keeps_the_earlier_run(world
         if len(written) == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(outputs, "write_image", write_then_terminate)
+    monkeypatch.setattr(run_folder, "write_image", write_then_terminate)
     assert cli.main([*argv, "--seed", "9"]) == 130
     assert "Cancelled" in error_line(capsys.readouterr().err)
     # stopped at the next file of each of the parallel writers; the run has 6 images (segmentation, one
     # probability, 4 maps), so a cancel that was ignored would write them all
-    assert 2 <= len(written) <= 2 + outputs.IMAGE_WRITERS < 6
+    assert 2 <= len(written) <= 2 + run_folder.IMAGE_WRITERS < 6
     assert snapshot(world["root"]) == before
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the run
 

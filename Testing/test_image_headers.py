@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from conftest import sphere_phantom
 
 from SegUncertaintyLib import cli
-from SegUncertaintyLib.errors import InputImageError
+from SegUncertaintyLib.core.errors import InputImageError
 from SegUncertaintyLib.io.header import MAX_VOXELS_ENV, same_grid
 from SegUncertaintyLib.io.images import read_image, validate_image
 
@@ -55,7 +55,7 @@ def test_huge_header_is_refused_before_anything_is_allocated(tmp_path):
     assert path.stat().st_size < 2000
     script = textwrap.dedent(f"""
         import resource, sys
-        from SegUncertaintyLib.errors import InputImageError
+        from SegUncertaintyLib.core.errors import InputImageError
         from SegUncertaintyLib.io.images import read_image
         vm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:")][0]
         resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 30), vm + (2 << 30)))

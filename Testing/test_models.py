@@ -18,9 +18,9 @@ from conftest import ThresholdNet, sphere_phantom, write_threshold_model
 from monai.networks.nets import UNet
 
 from SegUncertaintyLib import cli
-from SegUncertaintyLib.errors import ModelError, UsageError
+from SegUncertaintyLib.core.errors import ModelError, UsageError
+from SegUncertaintyLib.core.methods import plan_samples
 from SegUncertaintyLib.inference.pipeline import check_method, segment_image
-from SegUncertaintyLib.inference.sampling import plan_samples
 from SegUncertaintyLib.models import catalog, formats
 from SegUncertaintyLib.models.card import card_schema, load_card, sha256_file, write_card
 from SegUncertaintyLib.models.loader import DEFAULT_MODEL, load_model

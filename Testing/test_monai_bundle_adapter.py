@@ -16,7 +16,7 @@ from monai_bundle_tiny import INFERENCE, METADATA, make_bundle
 from nnunet_tiny import ct_like_image
 
 from SegUncertaintyLib.cli import main
-from SegUncertaintyLib.inference.sampling import SampleSpec
+from SegUncertaintyLib.core.methods import SampleSpec
 from SegUncertaintyLib.inference.whole_volume import segment_passes
 from SegUncertaintyLib.models.adapters.monai_bundle import MonaiBundleModel
 from SegUncertaintyLib.models.formats import MONAI_BUNDLE, detect_format

@@ -18,8 +18,8 @@ import slicer_headless
 import vtk
 from SegUncertaintyMRML import persistence, process, results, scenario, scores_table, segments, volumes
 
-from SegUncertaintyLib.inference.sampling import METHODS as LIBRARY_METHODS
-from SegUncertaintyLib.inference.sampling import plan_samples
+from SegUncertaintyLib.core.methods import plan_samples
+from SegUncertaintyLib.core.vocabulary import METHODS as LIBRARY_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "SegUncertaintyLib" / "sample" / "colin27_t1_2mm.nii.gz"
@@ -419,7 +419,7 @@ def test_segment_command_arguments_and_rejections():
 def test_forward_passes_match_the_library_plan(method):
     """forward_passes (torch-free) counts exactly the passes the library plans, for every method, ensemble
     size, sample count (None: the library's default) and declared flips; None exactly where it refuses."""
-    from SegUncertaintyLib.errors import SegUncertaintyError
+    from SegUncertaintyLib.core.errors import SegUncertaintyError
 
     for members in (1, 2, 3):
         for samples in (None, 1, 2, 4, 8, 10):

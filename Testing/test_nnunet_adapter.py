@@ -16,8 +16,8 @@ import torch
 from nnunet_tiny import ct_like_image, make_nnunet_model, nnunet_reference, tiny_dataset_json, tiny_plans
 
 from SegUncertaintyLib.cli import main
-from SegUncertaintyLib.errors import ModelError
-from SegUncertaintyLib.inference.sampling import SampleSpec
+from SegUncertaintyLib.core.errors import ModelError
+from SegUncertaintyLib.core.methods import SampleSpec
 from SegUncertaintyLib.inference.whole_volume import segment_passes
 from SegUncertaintyLib.models.adapters.nnunet import NnUNetModel
 from SegUncertaintyLib.models.formats import NNUNET, detect_format
@@ -90,16 +90,17 @@ def test_ensemble_is_the_mean_of_the_folds_softmax_and_its_maps_and_scores_follo
 def test_outputs_kept_in_a_scratch_folder_are_the_in_memory_outputs(tiny, tmp_path, monkeypatch):
     """Every array that can wait in a file does (SPILL_BYTES 0): the same images bit for bit and the same
     scores; the volumes are read from the scratch folder at each lookup, the rest of it is cleaned up."""
-    from SegUncertaintyLib.inference import stored
+    from SegUncertaintyLib.core import spill
+    from SegUncertaintyLib.inference.volume_store import StoredImages
 
     _, _, model = tiny
     image = ct_like_image(seed=5)
     in_memory = segment_passes(image, model, "ensemble")
-    monkeypatch.setattr(stored, "SPILL_BYTES", 0)
+    monkeypatch.setattr(spill, "SPILL_BYTES", 0)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     in_files = segment_passes(image, model, "ensemble", scratch=scratch)
-    assert isinstance(in_files.maps, stored.StoredImages) and isinstance(in_files.probabilities, stored.StoredImages)
+    assert isinstance(in_files.maps, StoredImages) and isinstance(in_files.probabilities, StoredImages)
     assert sorted(p.name for p in scratch.iterdir()) == sorted(
         f"{n}.raw" for n in ("entropy", "mutual_information", "variance", "expected_entropy",
                              "probability_1", "probability_2"))  # inputs, logits and sums removed
@@ -125,8 +126,8 @@ def test_slabbed_pass_equals_nnunets_whole_volume_export_of_the_same_logits(tmp_
     and the logits' file gone once the pass has been handed over."""
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-    from SegUncertaintyLib.inference import stored
-    from SegUncertaintyLib.inference.stored import RawArray
+    from SegUncertaintyLib.core import spill
+    from SegUncertaintyLib.core.spill import RawArray
     from SegUncertaintyLib.models.adapters import nnunet
 
     plans = tiny_plans(spacing=plans_spacing, transpose_forward=(2, 0, 1))
@@ -135,7 +136,7 @@ def test_slabbed_pass_equals_nnunets_whole_volume_export_of_the_same_logits(tmp_
     image = ct_like_image(shape_zyx=(14, 23, 19), spacing_xyz=image_spacing)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    monkeypatch.setattr(stored, "SPILL_BYTES", 0 if kept_in_files else 1 << 40)
+    monkeypatch.setattr(spill, "SPILL_BYTES", 0 if kept_in_files else 1 << 40)
     prepared = model.prepare(image, torch.device("cpu"), scratch)
     assert isinstance(prepared.data, RawArray) == kept_in_files
     monkeypatch.setattr(nnunet, "SLAB_VOXELS", 1)  # one plane per slab

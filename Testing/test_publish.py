@@ -10,12 +10,12 @@ import SimpleITK as sitk
 from conftest import load_json, sphere_phantom
 
 from SegUncertaintyLib import cli
-from SegUncertaintyLib.errors import InputImageError, OutputError, UsageError
+from SegUncertaintyLib.core.errors import InputImageError, OutputError, UsageError
 from SegUncertaintyLib.inference.pipeline import segment_image
 from SegUncertaintyLib.io import publish
-from SegUncertaintyLib.io.outputs import output_folder, run_files
 from SegUncertaintyLib.io.publish import PREFIX, OutputFolder, folder_tag
 from SegUncertaintyLib.models.loader import load_model
+from SegUncertaintyLib.results.run_folder import output_folder, run_files
 
 
 def fake_run(folder: Path, files: dict[str, bytes]) -> Path:

@@ -1,4 +1,4 @@
-"""Arrays kept in files (inference/stored.py), and whole-volume runs whose outputs wait in a scratch folder:
+"""Arrays kept in files (core/spill.py), and whole-volume runs whose outputs wait in a scratch folder:
 the same numbers as in memory, one clear error when the files go wrong, nothing left behind."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SegUncertaintyLib.errors import ResourceError
-from SegUncertaintyLib.inference import stored
+from SegUncertaintyLib.core import spill
+from SegUncertaintyLib.core.errors import ResourceError
+from SegUncertaintyLib.core.spill import InMemoryArray, RawArray, SlabWriter, spill_if_large
 from SegUncertaintyLib.inference.accumulator import MomentAccumulator
-from SegUncertaintyLib.inference.stored import HeldArray, RawArray, SlabWriter, StoredImages, VolumeStore, keep
+from SegUncertaintyLib.inference.volume_store import StoredImages, VolumeStore
 
 
 def test_raw_array_round_trip_and_plane_ranges_equal_numpy_slicing(tmp_path):
@@ -21,7 +22,7 @@ def test_raw_array_round_trip_and_plane_ranges_equal_numpy_slicing(tmp_path):
     np.testing.assert_array_equal(raw.load(), array)
     for lo, hi in [(0, 7), (2, 3), (5, 9), (6, 7)]:
         np.testing.assert_array_equal(raw.planes(lo, hi), array[:, lo:hi])
-        np.testing.assert_array_equal(HeldArray(array).planes(lo, hi), array[:, lo:hi])
+        np.testing.assert_array_equal(InMemoryArray(array).planes(lo, hi), array[:, lo:hi])
     raw.delete()
     assert not (tmp_path / "a.raw").exists()
 
@@ -46,14 +47,14 @@ def test_raw_array_never_overwrites_a_file(tmp_path):
 
 def test_keep_spills_only_large_arrays_and_holds_them_when_the_folder_fails(tmp_path, monkeypatch):
     array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    assert isinstance(keep(array, tmp_path, "x"), HeldArray)  # below SPILL_BYTES
-    monkeypatch.setattr(stored, "SPILL_BYTES", 0)
-    kept = keep(array, tmp_path, "x")
+    assert isinstance(spill_if_large(array, tmp_path, "x"), InMemoryArray)  # below SPILL_BYTES
+    monkeypatch.setattr(spill, "SPILL_BYTES", 0)
+    kept = spill_if_large(array, tmp_path, "x")
     assert isinstance(kept, RawArray) and kept.path.parent == tmp_path
     np.testing.assert_array_equal(kept.load(), array)
-    assert isinstance(keep(array, None, "x"), HeldArray)
-    held = keep(array, tmp_path / "missing", "x")  # cannot be written: kept in memory, nothing raised
-    assert isinstance(held, HeldArray) and held.load() is array
+    assert isinstance(spill_if_large(array, None, "x"), InMemoryArray)
+    held = spill_if_large(array, tmp_path / "missing", "x")  # cannot be written: kept in memory, nothing raised
+    assert isinstance(held, InMemoryArray) and held.load() is array
 
 
 def test_slab_writer_checks_the_slabs_continue_the_array(tmp_path):
@@ -115,7 +116,7 @@ def test_finish_into_a_store_writes_the_same_maps_slab_by_slab(tmp_path):
 
 def test_overview_centre_from_per_axis_counts_is_the_foreground_centroid():
     """The overview's slice centre without np.argwhere (which takes 24 bytes per foreground voxel)."""
-    from SegUncertaintyLib.io.overview import _centre
+    from SegUncertaintyLib.results.overview import _centre
 
     rng = np.random.default_rng(3)
     for _ in range(5):

@@ -93,7 +93,7 @@ def samples_argument(method: str, samples: int) -> int | None:
 
 
 def forward_passes(method: str, samples: int | None, members: int, flip_axes=(0, 1, 2)) -> int | None:
-    """Forward passes per sliding window, counted as the library plans them (inference.sampling.plan_samples,
+    """Forward passes per sliding window, counted as the library plans them (core.methods.plan_samples,
     which needs torch: this count must not); None where the library refuses the combination.
 
     samples: MC dropout passes (default 20) or TTA flip combinations (default: all declared, at most 8) per

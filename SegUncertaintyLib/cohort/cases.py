@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputImageError, UsageError
+from ..core.errors import InputImageError, UsageError
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a case id: one portable file name
 COHORT_MANIFEST = "cohort.json"
@@ -78,7 +78,7 @@ def file_case(path: Path, given: str, name: str | None = None) -> Case:
 
 
 def _is_run_folder(folder: Path, filenames: list[str]) -> bool:
-    from ..io.outputs import MANIFEST, run_files
+    from ..results.run_folder import MANIFEST, run_files
 
     return COHORT_MANIFEST in filenames or (MANIFEST in filenames and run_files(folder) is not None)
 

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait as wait_for
 
-from ..errors import SegUncertaintyError, UsageError
+from ..core.errors import SegUncertaintyError, UsageError
 
 EXECUTORS = ("local", "ray", "dask")  # what --executor may name
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CancelledError, SegUncertaintyError
-from ..inference.options import SegmentOptions
+from ..core.errors import CancelledError, SegUncertaintyError
+from ..core.options import SegmentOptions
 from . import review, worker
 from .cases import COHORT_MANIFEST, Case, find_cases
 from .executors import check_executor, run_tasks
@@ -92,8 +92,8 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
     before any case runs: UsageError (options, CSV, case names), InputImageError (no inputs), OutputError
     (``out`` not ours, or another run holds it).
     """
+    from ..core.progress import CohortProgress
     from ..io.publish import OutputFolder
-    from ..progress import CohortProgress
 
     options = options or SegmentOptions()
     options.check()

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..inference.options import SegmentOptions
+from ..core.options import SegmentOptions
 
 _models: dict[tuple[str, str], object] = {}  # (model ref, device) -> loaded model: one load per worker process
 _cancelled: Callable[[], bool] | None = None  # set by run.py when the cases run in its own process
@@ -86,7 +86,7 @@ def _load(options: SegmentOptions):
 
 def _earlier_run(folder: Path, wanted: dict) -> dict | None:
     """scores.json of the earlier run in ``folder`` if it is complete and matches ``wanted``, else None."""
-    from ..io.outputs import MANIFEST, run_files
+    from ..results.run_folder import MANIFEST, run_files
 
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -107,7 +107,7 @@ def _case_settings(item: dict, options: SegmentOptions, digest: str) -> dict:
 def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled) -> dict:
     from ..inference.pipeline import segment_image
     from ..io.images import read_image
-    from ..io.outputs import output_folder, write_outputs
+    from ..results.run_folder import output_folder, write_outputs
 
     with output_folder(item["out"]) as folder, folder.scratch() as scratch:
         image = read_image(item["path"], item["series"])
@@ -141,7 +141,7 @@ def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
 
 def process_case(item: dict) -> dict:
     """Segment one case into its folder (or skip it when its outputs are current); never raises."""
-    from ..errors import CancelledError, SegUncertaintyError
+    from ..core.errors import CancelledError, SegUncertaintyError
 
     if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a local worker process: Ctrl-C is the cohort's to handle

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputImageError
+from ..core.errors import InputImageError
 
 N_BINS = 10
 EDGES = np.linspace(0.0, 1.0 + 1e-8, N_BINS + 1)

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 from ..inference.scores import pairwise_iou, sample_diversity, sample_overlaps
 
 N_RESAMPLES = 9999

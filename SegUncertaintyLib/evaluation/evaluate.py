@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError, UsageError
+from ..core.errors import InputImageError, UsageError
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
 from ..io.header import describe_grid, read_header, same_grid
 from ..io.images import IMAGE_SUFFIXES, image_suffix, read_volume

@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.spill import RawArray
 from .engine import class_argmax
 from .maps import normalized_entropy, uncertainty_maps
-from .stored import RawArray, VolumeStore
+from .volume_store import VolumeStore
 
 # The background's mean is derived (1 - the others' sum), about 1e-7 off in float32; nnU-Net's float16 logits
 # often give a class exactly the background's probability, and argmax keeps the first (background) then:

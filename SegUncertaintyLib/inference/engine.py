@@ -34,10 +34,11 @@ import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import nn
 
-from ..choices import MAP_NAMES
-from ..errors import CancelledError, ResourceError, UsageError
+from ..core.errors import CancelledError, ResourceError, UsageError
+from ..core.methods import SampleSpec
+from ..core.vocabulary import MAP_NAMES
+from ..models.dropout import per_sample_dropout, per_sample_dropout_possible, sample_seed, set_dropout
 from .maps import normalized_entropy, uncertainty_maps
-from .sampling import SampleSpec, per_sample_dropout, per_sample_dropout_possible, sample_seed, set_dropout
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, float, str], None]

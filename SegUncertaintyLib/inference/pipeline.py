@@ -11,12 +11,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import CancelledError, InputImageError, ModelError, UsageError
+from ..core.errors import CancelledError, InputImageError, ModelError, UsageError
+from ..core.methods import plan_samples
 from ..io.images import validate_image
 from ..models.loader import LoadedModel, check_mc_dropout
 from .engine import EngineConfig, ProgressCallback, check_overlap, class_argmax, run_engine
 from .preprocessing import array_on_grid, to_input_space, to_model_space
-from .sampling import plan_samples
 from .scores import scores_document, subject_scores
 
 MAP_MEANINGS = {

@@ -3,7 +3,7 @@
 Each pass is produced by the format's own code on the input's voxel grid (see models/adapters/base.py);
 memory is one pass plus the running moments, never all passes. Large running moments live in files,
 updated region by region as a pass arrives (MomentAccumulator's ``folder``); with a ``scratch`` folder
-the outputs are kept there as files too (inference/stored.py).
+the outputs are kept there as files too (inference/volume_store.py).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import CancelledError
-from . import stored
+from ..core import spill
+from ..core.errors import CancelledError
 from .accumulator import MomentAccumulator, sums_nbytes
 from .engine import ProgressCallback, pick_device
 from .pipeline import MAP_MEANINGS, SegmentationOutputs
 from .preprocessing import array_on_grid
 from .scores import scores_document, subject_scores
-from .stored import VolumeStore
+from .volume_store import VolumeStore
 
 
 def segment_passes(
@@ -60,7 +60,7 @@ def segment_passes(
         report("preprocess", 0.0, f"{model.format} preprocessing")
         prepared = model.prepare(image, dev, work)
         report("preprocess", 1.0, "done")
-        large = sums_nbytes(card.n_classes, shape, len(plan)) >= stored.SPILL_BYTES
+        large = sums_nbytes(card.n_classes, shape, len(plan)) >= spill.SPILL_BYTES
         accumulator = MomentAccumulator(card.n_classes, shape, len(plan), folder=work if large else None)
         for i, spec in enumerate(plan):
             if cancelled is not None and cancelled():

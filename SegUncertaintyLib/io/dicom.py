@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError
+from ..core.errors import InputImageError
 from .header import check_geometry, check_memory, component_bytes, last_line, quiet_itk
 
 SERIES_UID_TAG = "0020|000e"

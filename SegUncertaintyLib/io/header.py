@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError
+from ..core.errors import InputImageError
 
 MAX_VOXELS_ENV = "SEGUNCERTAINTY_MAX_VOXELS"
 DEFAULT_MAX_VOXELS = 1 << 30

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputImageError, OutputError, UsageError
+from ..core.errors import InputImageError, OutputError, UsageError
 from .dicom import SERIES_UID_TAG, read_dicom_folder
 from .header import check_grid, last_line, quiet_itk, read_header
 from .nifticheck import check_nifti_complete

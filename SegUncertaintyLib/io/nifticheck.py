@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputImageError
+from ..core.errors import InputImageError
 from .header import check_geometry
 
 _CHUNK = 1 << 22

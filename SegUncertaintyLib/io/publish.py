@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import CancelledError, OutputError
+from ..core.errors import CancelledError, OutputError
 
 try:
     import fcntl

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import ChecksumError, ModelError
+from ..core.errors import ChecksumError, ModelError
 
 CARD_FILENAME = "card.json"
 SCHEMA_PATH = Path(__file__).with_name("card.schema.json")

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ModelError
+from ..core.errors import ModelError
+from ..core.vocabulary import DEFAULT_MODEL  # noqa: F401 (re-exported)
 from .card import CARD_FILENAME, SchemaUnavailableError, card_schema, confined_file, load_card, sha256_file
 from .formats import CARD, ONNX, ModelSummary, check_model, detect_format
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
-DEFAULT_MODEL = "brainmask-t1"
 REGISTRY = "installed.json"
 
 

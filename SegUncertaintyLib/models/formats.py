@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ModelError
+from ..core.errors import ModelError
 from .card import CARD_FILENAME
 
 CARD, NNUNET, MONAI_BUNDLE, ONNX = "card", "nnunet", "monai_bundle", "onnx"

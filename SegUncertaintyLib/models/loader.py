@@ -19,11 +19,11 @@ import monai.networks.nets as monai_nets
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from ..inference.sampling import set_dropout
+from ..core.errors import ModelError
 from .adapters.base import WholeVolumeModel, load_whole_volume_model
 from .card import ModelCard, allowed_networks, load_card
 from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, list_models, model_folder, user_model_dir  # noqa: F401 (re-exported)
+from .dropout import set_dropout
 from .formats import ONNX
 
 PROBE_SEED = 1234

@@ -39,7 +39,7 @@ def naive(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batc
 
     from SegUncertaintyLib.inference.engine import class_argmax
     from SegUncertaintyLib.inference.maps import uncertainty_maps
-    from SegUncertaintyLib.inference.sampling import set_dropout
+    from SegUncertaintyLib.models.dropout import set_dropout
 
     set_dropout(net, True)
     x = torch.from_numpy(volume)[None, None]
@@ -55,8 +55,8 @@ def naive(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batc
 
 
 def engine(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batch: int) -> dict:
+    from SegUncertaintyLib.core.methods import plan_samples
     from SegUncertaintyLib.inference.engine import EngineConfig, run_engine
-    from SegUncertaintyLib.inference.sampling import plan_samples
 
     result = run_engine(volume, [net], plan_samples("mc_dropout", 1, t), 2,
                         EngineConfig(window=WINDOW, overlap=overlap, max_batch=batch))

@@ -45,8 +45,8 @@ from SegUncertaintyLib.cli import main as cli_main  # noqa: E402
 from SegUncertaintyLib.evaluation.cohort_stats import ood_detection, score_quality_correlation  # noqa: E402
 from SegUncertaintyLib.inference.pipeline import segment_image  # noqa: E402
 from SegUncertaintyLib.inference.scores import SUBJECT_SCORES, uncertain_side  # noqa: E402
-from SegUncertaintyLib.io.outputs import write_outputs  # noqa: E402
 from SegUncertaintyLib.models.loader import load_model  # noqa: E402
+from SegUncertaintyLib.results.run_folder import write_outputs  # noqa: E402
 
 BRAIN, CT = "brainmask-t1", "abdomen-ct-demo"
 ROLES = ("id", "lesion", "shift", "ood")

@@ -20,8 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ...errors import ModelError
-from ...inference.sampling import METHODS, SampleSpec
+from ...core.errors import ModelError
+from ...core.methods import SampleSpec
+from ...core.vocabulary import METHODS
 from ..card import ModelCard
 from ..formats import MONAI_BUNDLE, NNUNET, detect_format, nnunet_model_folder
 
@@ -39,7 +40,7 @@ class WholeVolumeModel(ABC):
     @abstractmethod
     def prepare(self, image: sitk.Image, device: torch.device, scratch: Path | None = None) -> object:
         """Preprocess ``image`` once for all passes. ``scratch``: a folder where large arrays may wait in
-        files between passes (inference/stored.py ``keep``), alive until the last pass is done."""
+        files between passes (core/spill.py ``spill_if_large``), alive until the last pass is done."""
 
     @abstractmethod
     def run_pass(self, prepared: object, spec: SampleSpec) -> np.ndarray:

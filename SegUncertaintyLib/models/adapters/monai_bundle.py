@@ -17,9 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ...errors import ModelError
-from ...inference.sampling import SampleSpec, plan_samples, set_dropout
+from ...core.errors import ModelError
+from ...core.methods import SampleSpec, plan_samples
 from ..card import Member, ModelCard, sha256_file
+from ..dropout import set_dropout
 from ..formats import MONAI_BUNDLE, ModelSummary, bundle_config, register_checker
 from .base import WholeVolumeModel, check_known_method
 

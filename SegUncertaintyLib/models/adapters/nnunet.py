@@ -29,11 +29,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ...errors import ModelError
-from ...inference import stored
-from ...inference.sampling import SampleSpec, plan_samples, set_dropout
-from ...inference.stored import HeldArray, RawArray, SlabWriter, keep
+from ...core import spill
+from ...core.errors import ModelError
+from ...core.methods import SampleSpec, plan_samples
+from ...core.spill import InMemoryArray, RawArray, SlabWriter, spill_if_large
 from ..card import Member, ModelCard, sha256_file
+from ..dropout import set_dropout
 from ..formats import NNUNET, ModelSummary, nnunet_model_folder, register_checker
 from .base import WholeVolumeModel, check_known_method
 
@@ -308,7 +309,7 @@ class NnUNetModel(WholeVolumeModel):
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.trainer_name, None)
         predictor.loaded_member = None
-        return _Prepared(predictor, keep(data, scratch, "nnunet-input"), properties,
+        return _Prepared(predictor, spill_if_large(data, scratch, "nnunet-input"), properties,
                          tuple(reversed(image.GetSize())), scratch)
 
     def run_pass(self, prepared, spec: SampleSpec) -> np.ndarray:
@@ -353,18 +354,18 @@ class NnUNetModel(WholeVolumeModel):
         finally:
             logits.delete()
 
-    def _resampled_back(self, logits: torch.Tensor, properties: dict, scratch: Path | None) -> RawArray | HeldArray:
+    def _resampled_back(self, logits: torch.Tensor, properties: dict, scratch: Path | None) -> RawArray | InMemoryArray:
         """(C, *cropped shape) float16 logits on the input's spacing, as nnU-Net's (its plans' resampling
         function, called on one class at a time: it resamples each class on its own, so the result is the
-        same), kept in a file in ``scratch`` when large (stored.keep)."""
+        same), kept in a file in ``scratch`` when large (spill_if_large)."""
         cm, pm = self.configuration_manager, self.plans_manager
         target = properties["shape_after_cropping_and_before_resampling"]
         if tuple(logits.shape[1:]) == tuple(target):
-            return keep(logits.numpy(), scratch, "nnunet-logits")  # nnU-Net's function returns its input then
+            return spill_if_large(logits.numpy(), scratch, "nnunet-logits")  # nnU-Net's function returns its input then
         spacing = [properties["spacing"][i] for i in pm.transpose_forward]
         current = cm.spacing if len(cm.spacing) == len(target) else [spacing[0], *cm.spacing]
         shape = (logits.shape[0], *target)
-        if scratch is not None and math.prod(shape) * 2 >= stored.SPILL_BYTES:
+        if scratch is not None and math.prod(shape) * 2 >= spill.SPILL_BYTES:
             out = SlabWriter(Path(scratch) / f"nnunet-logits-{uuid.uuid4().hex[:8]}.raw", shape, np.float16)
             try:
                 for c in range(logits.shape[0]):
@@ -376,7 +377,7 @@ class NnUNetModel(WholeVolumeModel):
         resampled = np.empty(shape, dtype=np.float16)
         for c in range(logits.shape[0]):
             resampled[c] = cm.resampling_fn_probabilities(logits[c:c + 1], target, current, spacing)[0]
-        return HeldArray(resampled)
+        return InMemoryArray(resampled)
 
 
 @dataclass
@@ -385,7 +386,7 @@ class _Prepared:
     properties (nnU-Net's: bbox, shapes, spacing), the input's (z, y, x) shape, the scratch folder."""
 
     predictor: object
-    data: RawArray | HeldArray
+    data: RawArray | InMemoryArray
     properties: dict
     shape: tuple[int, int, int]
     scratch: Path | None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import ModelError
+from ...core.errors import ModelError
 from ..card import ModelCard
 
 INSTALL_HINT = "ONNX models need the optional dependency: pip install 'seguncertainty[onnx]'"

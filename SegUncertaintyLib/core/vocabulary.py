@@ -3,6 +3,7 @@
 The modules that implement them re-export these names: one definition each.
 """
 
+DEFAULT_MODEL = "brainmask-t1"  # the bundled model used when none is named
 METHODS = ("softmax", "mc_dropout", "ensemble", "tta", "ensemble+mc_dropout", "ensemble+tta")  # sampling methods
 FORMATS = ("nrrd", "nii.gz")  # output image formats
 MAP_NAMES = ("entropy", "expected_entropy", "mutual_information", "variance")  # voxel uncertainty maps

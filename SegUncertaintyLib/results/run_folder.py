@@ -17,13 +17,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..choices import FORMATS, MAP_CHOICES, MAP_DTYPES
-from ..errors import CancelledError
+from ..core.errors import CancelledError
+from ..core.vocabulary import FORMATS, MAP_CHOICES, MAP_DTYPES
 from ..inference.pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
+from ..io.images import write_image, write_json
+from ..io.publish import OutputFolder, listed_files
 from ..models.card import ModelCard
-from .images import write_image, write_json
 from .overview import save_overview
-from .publish import OutputFolder, listed_files
 
 MANIFEST = "manifest.json"
 # SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..choices import FORMATS, MAP_CHOICES, MAP_DTYPES
-from ..errors import UsageError
-from ..models.catalog import DEFAULT_MODEL
+from .errors import UsageError
+from .methods import plan_samples
+from .vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,6 @@ class SegmentOptions:
 
     def check(self) -> None:
         """Refuse options out of range before anything is read (UsageError, exit 2)."""
-        from .sampling import plan_samples
-
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise UsageError(f"--max-batch must be at least 1, got {self.max_batch}")
         if not 0.0 <= self.overlap < 1.0:  # also refuses NaN

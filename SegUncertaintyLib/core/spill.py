@@ -1,13 +1,10 @@
-"""Large arrays kept in files instead of memory while a whole-volume model runs.
+"""Large arrays kept in raw files instead of memory (spilled to disk) while a whole-volume model runs.
 
-Three uses, one mechanism (a raw C-ordered file whose shape and dtype the owner keeps, read without
-memory mapping, so only what is read is resident):
-
-- a pass's intermediate data that waits while something else needs the memory (nnU-Net's preprocessed
-  input during the accumulation, its logits while they are turned into slabs: ``keep``);
-- the running sums of a large run, read, updated and written back region by region (accumulator);
-- the outputs of a run, written slab by slab as they are formed and read back one at a time when they
-  are used (``VolumeStore``): a run's peak is then its running sums, not every map at once.
+One mechanism (a raw C-ordered file whose shape and dtype the owner keeps, read without memory mapping,
+so only what is read is resident) for three uses: a pass's intermediate data that waits while something
+else needs the memory (nnU-Net's preprocessed input, its logits: ``spill_if_large``); the running sums of
+a large run, read, updated and written back region by region (inference/accumulator.py); and a run's
+output volumes, written slab by slab and read back one at a time (inference/volume_store.py).
 """
 
 from __future__ import annotations
@@ -15,13 +12,11 @@ from __future__ import annotations
 import itertools
 import math
 import uuid
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from ..errors import ResourceError
+from .errors import ResourceError
 
 # Arrays at least this large are kept in a file when a folder for them is given: a CT of 512 x 512 x 300
 # has a 300 MB preprocessed input and 450 MB of float16 logits for 3 classes.
@@ -117,7 +112,7 @@ class RawArray:
         self.path.unlink(missing_ok=True)
 
 
-class HeldArray:
+class InMemoryArray:
     """The in-memory counterpart of RawArray (same reading interface)."""
 
     def __init__(self, array: np.ndarray):
@@ -133,7 +128,7 @@ class HeldArray:
         self.array = None
 
 
-def keep(array: np.ndarray, folder: Path | None, name: str) -> RawArray | HeldArray:
+def spill_if_large(array: np.ndarray, folder: Path | None, name: str) -> RawArray | InMemoryArray:
     """``array`` kept in a file in ``folder`` when it is at least SPILL_BYTES, else (or when the file cannot
     be written, e.g. a full disk) held in memory. The caller drops its own reference."""
     if folder is not None and array.nbytes >= SPILL_BYTES:
@@ -141,7 +136,7 @@ def keep(array: np.ndarray, folder: Path | None, name: str) -> RawArray | HeldAr
             return RawArray.write(Path(folder) / f"{name}-{uuid.uuid4().hex[:8]}.raw", array)
         except OSError:
             pass
-    return HeldArray(array)
+    return InMemoryArray(array)
 
 
 class SlabWriter:
@@ -149,14 +144,14 @@ class SlabWriter:
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype):
         self.target = RawArray(path, shape, dtype)
-        self.file = _open_new(path)
+        self.file = open_new(path)
         self.written = 0
 
     def append(self, slab: np.ndarray) -> None:
         slab = np.ascontiguousarray(slab, dtype=self.target.dtype)
         if slab.shape[1:] != self.target.shape[1:] or self.written + len(slab) > self.target.shape[0]:
             raise ValueError(f"slab of shape {slab.shape} does not continue an array of shape {self.target.shape}")
-        _write(slab, self.file, self.target.path)
+        write_to(slab, self.file, self.target.path)
         self.written += len(slab)
 
     def abort(self) -> None:
@@ -171,74 +166,7 @@ class SlabWriter:
         return self.target
 
 
-class VolumeStore:
-    """A run's output volumes, each a (z, y, x) array on ``reference``'s grid kept as a file in ``folder``."""
-
-    def __init__(self, folder: str | Path, reference: sitk.Image):
-        self.folder, self.reference = Path(folder), reference
-        self.shape = tuple(reversed(reference.GetSize()))
-        self.arrays: dict[str, RawArray] = {}
-
-    def writer(self, name: str, dtype=np.float32) -> SlabWriter:
-        """A writer for volume ``name``; ``close()`` it, then ``add`` what it returns."""
-        return SlabWriter(self._path(name), self.shape, dtype)
-
-    def add(self, name: str, array: RawArray) -> None:
-        self.arrays[name] = array
-
-    def put(self, name: str, array: np.ndarray) -> None:
-        """Write a whole volume (no copy when it is C-contiguous)."""
-        if tuple(array.shape) != self.shape:
-            raise ValueError(f"volume {name} has shape {array.shape}, the store {self.shape}")
-        path = self._path(name)
-        with _open_new(path) as file:
-            _write(np.ascontiguousarray(array), file, path)
-        self.arrays[name] = RawArray(path, array.shape, array.dtype)
-
-    def images(self, names: Mapping[str, str]) -> StoredImages:
-        """A mapping key -> sitk image of the stored volume ``names[key]``, read when looked up."""
-        return StoredImages(self, dict(names))
-
-    def _path(self, name: str) -> Path:
-        return self.folder / f"{name}.raw"
-
-
-class StoredImages(Mapping):
-    """key -> sitk.Image read from a VolumeStore at each lookup (a new image each time; keep one at a time).
-    ``.arrays`` is the same mapping as (z, y, x) numpy arrays. Valid as long as the store's folder exists."""
-
-    def __init__(self, store: VolumeStore, names: dict[str, str]):
-        self.store, self.names = store, names
-        self.arrays = _StoredArrays(store, names)
-
-    def __getitem__(self, key: str) -> sitk.Image:
-        array = self.arrays[key]
-        image = sitk.GetImageFromArray(array)
-        image.CopyInformation(self.store.reference)
-        return image
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-class _StoredArrays(Mapping):
-    def __init__(self, store: VolumeStore, names: dict[str, str]):
-        self.store, self.names = store, names
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self.store.arrays[self.names[key]].load()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-def _open_new(path: Path):
+def open_new(path: Path):
     try:
         return open(path, "xb")
     except OSError as exc:
@@ -246,7 +174,7 @@ def _open_new(path: Path):
                             "nothing was written") from exc
 
 
-def _write(array: np.ndarray, file, path: Path) -> None:
+def write_to(array: np.ndarray, file, path: Path) -> None:
     try:
         array.tofile(file)
     except OSError as exc:

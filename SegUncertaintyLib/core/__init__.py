@@ -1,0 +1,1 @@
+"""The bottom layer: vocabulary, errors, methods, options, manifest and plain file helpers; no torch."""
