@@ -19,7 +19,15 @@ from pathlib import Path
 
 from . import __version__
 from .cohort.executors import EXECUTORS
-from .core.errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
+from .core.errors import (
+    CANCELLED_MESSAGE,
+    CancelledError,
+    InputImageError,
+    ResourceError,
+    SegUncertaintyError,
+    UsageError,
+)
+from .core.options import DEVICES
 from .core.vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
 
 COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
@@ -85,7 +93,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                         help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
                              "(default: all the model declares, at most 8)")
     parser.add_argument("--format", default="nrrd", choices=FORMATS)
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
     parser.add_argument("--max-batch", type=int, default=8, help="samples per forward pass (memory budget)")
@@ -134,32 +142,31 @@ class _CancelFlag:
 
     def check(self) -> None:
         if self.set:
-            raise CancelledError("Cancelled by the user; nothing was written")
+            raise CancelledError()
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
-def check_segment_options(args) -> None:
-    """Refuse options out of range before anything is read (UsageError, exit 2)."""
+def check_segment_options(args):
+    """The checked SegmentOptions of ``segment``; UsageError (exit 2) before anything is read."""
     from .core.options import SegmentOptions
 
     if args.sample == bool(args.input):
         raise UsageError("segment: give an INPUT image or --sample (not both)")
-    SegmentOptions.from_args(args).check()
+    return SegmentOptions.from_args(args).check()
 
 
 def cmd_segment(args) -> int:
-    from .core.options import SegmentOptions
     from .core.progress import ProgressReporter
-    from .inference.pipeline import segment_image
+    from .inference.segment import segment_image
     from .io.dicom import SERIES_UID_TAG
     from .io.images import read_image
     from .models.loader import load_model
     from .results.run_folder import output_folder, write_outputs
 
-    check_segment_options(args)
+    options = check_segment_options(args)
     cancel = _CancelFlag()
     path = SAMPLE_IMAGE if args.sample else Path(args.input)
     out = Path(args.out) if args.out else default_out(path)
@@ -171,18 +178,14 @@ def cmd_segment(args) -> int:
             reporter("load", 0.0, f"reading {path.name}")
             image = read_image(path, args.series)
             cancel.check()
-            model = load_model(args.model)
-            reporter("load", 1.0, f"model {model.card.name} {model.card.version}")
+            model = load_model(options.model)
+            reporter("load", 1.0, f"model {model.description.name} {model.description.version}")
             cancel.check()
-            outputs = segment_image(image, model, args.method, args.samples, args.overlap, args.device,
-                                    args.seed, args.max_batch, reporter, cancel, scratch)
+            outputs = segment_image(image, model, options, reporter, cancel, scratch)
             cancel.check()
             reporter("write", 0.0, f"writing to {out}")
-            settings = SegmentOptions.from_args(args).settings(
-                image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None)
-            manifest = write_outputs(outputs, folder, model.card, str(path), settings, args.format,
-                                     overview=not args.no_overview, samples=args.save_samples, cancelled=cancel,
-                                     maps=args.maps, map_dtype=args.map_dtype)
+            settings = options.settings(image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None)
+            manifest = write_outputs(outputs, folder, model.description, str(path), options, settings, cancel)
             reporter("write", 1.0, "done")
     finally:
         reporter.close()
@@ -197,8 +200,7 @@ def cmd_cohort(args) -> int:
     from .cohort.run import run_cohort
     from .core.options import SegmentOptions
 
-    options = SegmentOptions.from_args(args)
-    options.check()
+    options = SegmentOptions.from_args(args).check()
     cancel = _CancelFlag()
     try:
         rows = run_cohort(args.inputs, args.out, options, args.workers, args.executor, args.address,
@@ -376,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     except SegUncertaintyError as exc:
         code, message = exc.exit_code, str(exc)
     except (KeyboardInterrupt, CancelledError):
-        code, message = CancelledError.exit_code, "Cancelled by the user; nothing was written"
+        code, message = CancelledError.exit_code, CANCELLED_MESSAGE
     except MemoryError:
         code, message = ResourceError.exit_code, str(ResourceError("Out of memory; nothing was written"))
     except Exception as exc:  # a bug or an unforeseen environment problem: still one line, exit 1

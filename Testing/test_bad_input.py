@@ -11,7 +11,7 @@ from torch import nn
 
 from SegUncertaintyLib.core.errors import ChecksumError, InputImageError, ModelError, OutputError
 from SegUncertaintyLib.evaluation.report import report_folder
-from SegUncertaintyLib.inference.pipeline import check_method
+from SegUncertaintyLib.inference.model_grid import check_method
 from SegUncertaintyLib.io.images import read_image, validate_image
 from SegUncertaintyLib.models.card import load_card, write_card
 from SegUncertaintyLib.models.loader import load_model

@@ -9,7 +9,8 @@ from torch import nn
 
 from SegUncertaintyLib.core.errors import CancelledError, ResourceError, UsageError
 from SegUncertaintyLib.core.methods import SampleSpec, plan_samples
-from SegUncertaintyLib.inference.engine import EngineConfig, class_argmax, run_engine, scan_slices
+from SegUncertaintyLib.inference.maps import class_argmax
+from SegUncertaintyLib.inference.sliding_window import EngineConfig, run_engine, scan_slices
 from SegUncertaintyLib.models.dropout import set_dropout
 
 

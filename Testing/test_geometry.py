@@ -7,8 +7,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import sphere_phantom
 
-from SegUncertaintyLib.inference.pipeline import segment_image
+from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.preprocessing import model_grid, orientation_direction, to_input_space, to_model_space
+from SegUncertaintyLib.inference.segment import segment_image
 from SegUncertaintyLib.models.card import load_card
 from SegUncertaintyLib.models.loader import load_model
 
@@ -57,7 +58,7 @@ def test_model_grid_covers_the_whole_input():
 def test_segmentation_on_input_grid_has_the_analytic_volume_and_centre(direction, threshold_model):
     radius = 25.0
     image = sphere_phantom(direction=direction, radius_mm=radius, blur_mm=2.0)
-    out = segment_image(image, load_model(threshold_model), "softmax", overlap=0.5)
+    out = segment_image(image, load_model(threshold_model), SegmentOptions(method="softmax", overlap=0.5))
     for result in [out.segmentation, *out.probabilities.values(), *out.maps.values()]:
         assert same_geometry(result, image)
     labels = sitk.GetArrayFromImage(out.segmentation)

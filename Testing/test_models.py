@@ -20,7 +20,9 @@ from monai.networks.nets import UNet
 from SegUncertaintyLib import cli
 from SegUncertaintyLib.core.errors import ModelError, UsageError
 from SegUncertaintyLib.core.methods import plan_samples
-from SegUncertaintyLib.inference.pipeline import check_method, segment_image
+from SegUncertaintyLib.core.options import SegmentOptions
+from SegUncertaintyLib.inference.model_grid import check_method
+from SegUncertaintyLib.inference.segment import segment_image
 from SegUncertaintyLib.models import catalog, formats
 from SegUncertaintyLib.models.card import card_schema, load_card, sha256_file, write_card
 from SegUncertaintyLib.models.loader import DEFAULT_MODEL, load_model
@@ -93,8 +95,8 @@ def test_tta_run_flips_only_the_declared_axis(tmp_path):
             return torch.cat([-(x + ramp), x + ramp], 1)
 
     model.networks = [Asymmetric()]
-    tta = segment_image(image, model, "tta")
-    soft = segment_image(image, model, "softmax")
+    tta = segment_image(image, model, SegmentOptions(method="tta"))
+    soft = segment_image(image, model, SegmentOptions(method="softmax"))
     assert tta.n_samples == 2
     a = sitk.GetArrayFromImage(tta.probabilities["sphere"])
     b = sitk.GetArrayFromImage(soft.probabilities["sphere"])
@@ -119,8 +121,8 @@ def test_probability_output_is_not_softmaxed_twice(tmp_path):
     data["output"] = "probabilities"
     write_card(data, prob_model)
     image = sphere_phantom(size=(20, 20, 20), spacing=(3.0, 3.0, 3.0))
-    p_logits = segment_image(image, load_model(logits_model), "softmax").probabilities["sphere"]
-    p_probs = segment_image(image, load_model(prob_model), "softmax").probabilities["sphere"]
+    p_logits = segment_image(image, load_model(logits_model), SegmentOptions(method="softmax")).probabilities["sphere"]
+    p_probs = segment_image(image, load_model(prob_model), SegmentOptions(method="softmax")).probabilities["sphere"]
     a, b = sitk.GetArrayFromImage(p_logits), sitk.GetArrayFromImage(p_probs)
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert a.max() > 0.95  # a second softmax would squash these into [0.27, 0.73]

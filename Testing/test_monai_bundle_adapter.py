@@ -17,7 +17,8 @@ from nnunet_tiny import ct_like_image
 
 from SegUncertaintyLib.cli import main
 from SegUncertaintyLib.core.methods import SampleSpec
-from SegUncertaintyLib.inference.whole_volume import segment_passes
+from SegUncertaintyLib.core.options import SegmentOptions
+from SegUncertaintyLib.inference.segment import segment_image
 from SegUncertaintyLib.models.adapters.monai_bundle import MonaiBundleModel
 from SegUncertaintyLib.models.formats import MONAI_BUNDLE, detect_format
 
@@ -42,8 +43,8 @@ def test_softmax_pass_equals_monai_bundle_own_run(tmp_path):
 def test_mc_dropout_samples_differ_and_repeat_with_the_seed(tmp_path):
     model = MonaiBundleModel(make_bundle(tmp_path))
     image = ct_like_image((12, 14, 16))
-    a = segment_passes(image, model, "mc_dropout", samples=3, seed=2)
-    b = segment_passes(image, model, "mc_dropout", samples=3, seed=2)
+    a = segment_image(image, model, SegmentOptions(method="mc_dropout", samples=3, seed=2))
+    b = segment_image(image, model, SegmentOptions(method="mc_dropout", samples=3, seed=2))
     variance = sitk.GetArrayFromImage(a.maps["variance"])
     assert variance.max() > 1e-4 and np.array_equal(variance, sitk.GetArrayFromImage(b.maps["variance"]))
     assert a.segmentation.GetDirection() == image.GetDirection()

@@ -18,7 +18,8 @@ from nnunet_tiny import ct_like_image, make_nnunet_model, nnunet_reference, tiny
 from SegUncertaintyLib.cli import main
 from SegUncertaintyLib.core.errors import ModelError
 from SegUncertaintyLib.core.methods import SampleSpec
-from SegUncertaintyLib.inference.whole_volume import segment_passes
+from SegUncertaintyLib.core.options import SegmentOptions
+from SegUncertaintyLib.inference.segment import segment_image
 from SegUncertaintyLib.models.adapters.nnunet import NnUNetModel
 from SegUncertaintyLib.models.formats import NNUNET, detect_format
 from SegUncertaintyLib.models.loader import load_model
@@ -63,7 +64,7 @@ def test_ensemble_is_the_mean_of_the_folds_softmax_and_its_maps_and_scores_follo
     folder, weights, model = tiny
     image = ct_like_image(seed=3)
     folds = np.stack([nnunet_reference(folder, w, image) for w in weights])  # (M, C, z, y, x)
-    out = segment_passes(image, model, "ensemble")
+    out = segment_image(image, model, SegmentOptions(method="ensemble"))
     mean = folds.mean(0)
     for k, name in ((1, "organ1"), (2, "organ2")):
         assert np.abs(sitk.GetArrayFromImage(out.probabilities[name]) - mean[k]).max() <= 1e-3
@@ -95,11 +96,11 @@ def test_outputs_kept_in_a_scratch_folder_are_the_in_memory_outputs(tiny, tmp_pa
 
     _, _, model = tiny
     image = ct_like_image(seed=5)
-    in_memory = segment_passes(image, model, "ensemble")
+    in_memory = segment_image(image, model, SegmentOptions(method="ensemble"))
     monkeypatch.setattr(spill, "SPILL_BYTES", 0)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    in_files = segment_passes(image, model, "ensemble", scratch=scratch)
+    in_files = segment_image(image, model, SegmentOptions(method="ensemble"), scratch=scratch)
     assert isinstance(in_files.maps, StoredImages) and isinstance(in_files.probabilities, StoredImages)
     assert sorted(p.name for p in scratch.iterdir()) == sorted(
         f"{n}.raw" for n in ("entropy", "mutual_information", "variance", "expected_entropy",
@@ -215,9 +216,9 @@ def test_mc_dropout_only_with_dropout_layers_and_samples_differ(tmp_path):
     folder, _ = make_nnunet_model(tmp_path, folds=1, plans=tiny_plans(dropout=0.3))
     model = NnUNetModel(folder)
     assert "mc_dropout" in model.card.methods
-    out = segment_passes(ct_like_image(), model, "mc_dropout", samples=3, seed=1)
+    out = segment_image(ct_like_image(), model, SegmentOptions(method="mc_dropout", samples=3, seed=1))
     assert float(sitk.GetArrayFromImage(out.maps["variance"]).max()) > 1e-4
-    again = segment_passes(ct_like_image(), model, "mc_dropout", samples=3, seed=1)
+    again = segment_image(ct_like_image(), model, SegmentOptions(method="mc_dropout", samples=3, seed=1))
     assert np.array_equal(sitk.GetArrayFromImage(out.maps["variance"]), sitk.GetArrayFromImage(again.maps["variance"]))
 
 
@@ -243,7 +244,7 @@ def test_cli_segment_with_an_nnunet_folder_writes_maps_scores_and_readings(tiny,
     assert "review recommended" in capsys.readouterr().err
     # the command line keeps the volumes in a scratch folder beside the output: the same numbers as in
     # memory, and the folder gone afterwards
-    in_memory = segment_passes(ct_like_image(), tiny[2], "ensemble")
+    in_memory = segment_image(ct_like_image(), tiny[2], SegmentOptions(method="ensemble"))
     for name in ("variance", "entropy"):
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{name}.nii.gz")))
         assert np.array_equal(written, sitk.GetArrayFromImage(in_memory.maps[name]))

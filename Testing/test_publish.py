@@ -11,7 +11,8 @@ from conftest import load_json, sphere_phantom
 
 from SegUncertaintyLib import cli
 from SegUncertaintyLib.core.errors import InputImageError, OutputError, UsageError
-from SegUncertaintyLib.inference.pipeline import segment_image
+from SegUncertaintyLib.core.options import SegmentOptions
+from SegUncertaintyLib.inference.segment import segment_image
 from SegUncertaintyLib.io import publish
 from SegUncertaintyLib.io.publish import PREFIX, OutputFolder, folder_tag
 from SegUncertaintyLib.models.loader import load_model
@@ -182,10 +183,10 @@ def test_segment_image_validates_its_input_as_the_command_line(threshold_model):
     array[5, 6, 7] = np.nan
     nan_image = sitk.GetImageFromArray(array)
     with pytest.raises(InputImageError, match="1 NaN"):
-        segment_image(nan_image, model, "softmax")
+        segment_image(nan_image, model, SegmentOptions(method="softmax"))
     with pytest.raises(InputImageError, match="SimpleITK image"):
-        segment_image(array, model, "softmax")
+        segment_image(array, model, SegmentOptions(method="softmax"))
     for kwargs, text in (({"max_batch": 0}, "max-batch"), ({"samples": 0}, "samples"),
                          ({"overlap": 0.97}, "stride"), ({"overlap": 1.0}, "overlap")):
         with pytest.raises(UsageError, match=text):
-            segment_image(sphere_phantom(), model, "mc_dropout", **kwargs)
+            segment_image(sphere_phantom(), model, SegmentOptions(method="mc_dropout", **kwargs))

@@ -5,7 +5,6 @@ import pytest
 import torch
 from sklearn.metrics import jaccard_score
 
-from SegUncertaintyLib.inference.engine import pack_bits
 from SegUncertaintyLib.inference.maps import normalized_entropy
 from SegUncertaintyLib.inference.scores import (
     DEFINITIONS,
@@ -22,14 +21,6 @@ def random_samples(t=11, shape=(6, 7, 8), seed=0):
     base = rng.random(shape) < 0.4
     flips = rng.random((t, *shape)) < 0.1
     return base[None] ^ flips  # (T, *S) bool
-
-
-def test_pack_bits_matches_numpy_packbits():
-    masks = random_samples(t=13)
-    packed = pack_bits(torch.from_numpy(masks)).numpy()
-    expected = np.packbits(masks, axis=0, bitorder="little")
-    assert packed.shape == expected.shape == (2, 6, 7, 8)
-    assert np.array_equal(packed, expected)
 
 
 def test_overlaps_cv_dpw_and_diversity_match_direct_computation():

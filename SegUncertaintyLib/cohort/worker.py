@@ -105,29 +105,27 @@ def _case_settings(item: dict, options: SegmentOptions, digest: str) -> dict:
 
 
 def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled) -> dict:
-    from ..inference.pipeline import segment_image
+    from ..inference.segment import segment_image
     from ..io.images import read_image
     from ..results.run_folder import output_folder, write_outputs
 
     with output_folder(item["out"]) as folder, folder.scratch() as scratch:
         image = read_image(item["path"], item["series"])
-        outputs = segment_image(image, model, options.method, options.samples, options.overlap, options.device,
-                                options.seed, options.max_batch, None, cancelled, scratch)
-        write_outputs(outputs, folder, model.card, item["input"], settings, options.format,
-                      overview=options.overview, samples=options.save_samples, cancelled=cancelled,
-                      maps=options.maps, map_dtype=options.map_dtype)
+        outputs = segment_image(image, model, options, None, cancelled, scratch)
+        write_outputs(outputs, folder, model.description, item["input"], options, settings, cancelled)
     return outputs.scores
 
 
 def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
-    options = SegmentOptions(**{**item["options"], "maps": tuple(item["options"]["maps"] or ()) or None})
+    maps = item["options"]["maps"]
+    options = SegmentOptions(**{**item["options"], "maps": None if maps is None else tuple(maps)})
     if item.get("threads"):
         import torch
 
         torch.set_num_threads(item["threads"])
     settings = _case_settings(item, options, input_sha256(item["path"], item.get("files", ())))
     model = _load(options)
-    card = model.card
+    card = model.description
     wanted = resume_key({"settings": settings,
                          "model": {"name": card.name, "version": card.version,
                                    "members": [{"sha256": m.sha256} for m in card.members]},

@@ -35,10 +35,16 @@ class ResourceError(SegUncertaintyError):
     exit_code = 6
 
 
+CANCELLED_MESSAGE = "Cancelled by the user; nothing was written"
+
+
 class CancelledError(SegUncertaintyError):
-    """The run was cancelled by the user; nothing was written."""
+    """The run was cancelled by the user; nothing was written (the default message)."""
 
     exit_code = 130
+
+    def __init__(self, message: str = CANCELLED_MESSAGE):
+        super().__init__(message)
 
 
 class UsageError(SegUncertaintyError, ValueError):

@@ -11,6 +11,14 @@ from .errors import UsageError
 from .methods import plan_samples
 from .vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES
 
+DEVICES = ("auto", "cuda", "cpu")  # auto: CUDA when available
+
+
+def check_overlap_range(overlap: float) -> None:
+    """UsageError unless 0 <= overlap < 1 (the sliding window also checks the stride it leaves)."""
+    if not 0.0 <= overlap < 1.0:  # also refuses NaN
+        raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
+
 
 @dataclass(frozen=True)
 class SegmentOptions:
@@ -24,7 +32,7 @@ class SegmentOptions:
     seed: int = 0
     max_batch: int = 8
     format: str = "nrrd"
-    maps: tuple[str, ...] | None = None  # None: every map
+    maps: tuple[str, ...] | None = None  # None: every map; (): only the segmentation and scores
     map_dtype: str = "float32"
     overview: bool = True
     save_samples: bool = False
@@ -36,19 +44,21 @@ class SegmentOptions:
                    maps=tuple(args.maps) if args.maps else None, map_dtype=args.map_dtype,
                    overview=not args.no_overview, save_samples=args.save_samples)
 
-    def check(self) -> None:
-        """Refuse options out of range before anything is read (UsageError, exit 2)."""
+    def check(self) -> SegmentOptions:
+        """Refuse options out of range before anything is read (UsageError, exit 2); return ``self``."""
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise UsageError(f"--max-batch must be at least 1, got {self.max_batch}")
-        if not 0.0 <= self.overlap < 1.0:  # also refuses NaN
-            raise UsageError(f"--overlap must be in [0, 1), got {self.overlap}")
+        check_overlap_range(self.overlap)
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.format not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.map_dtype not in MAP_DTYPES:
             raise UsageError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
-        if self.maps is not None and (not self.maps or not set(self.maps) <= set(MAP_CHOICES)):
+        if self.maps is not None and not set(self.maps) <= set(MAP_CHOICES):
             raise UsageError(f"--maps must name maps from {','.join(MAP_CHOICES)}, got {self.maps!r}")
         plan_samples(self.method, 2, self.samples)  # sample-count rules (the member count is checked later)
+        return self
 
     def settings(self, dicom_series: str | None) -> dict:
         """The manifest's ``settings`` as ``segment`` writes them."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+
+ProgressCallback = Callable[[str, float, str], None]  # (stage, fraction 0-1, message)
 
 
 class ProgressReporter:

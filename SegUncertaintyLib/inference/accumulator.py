@@ -3,7 +3,7 @@
 Some model formats produce each sample as a whole probability volume that only their own code can make
 (nnU-Net: sliding window over logits, resampling and softmax; a MONAI bundle: its own inferer and its
 inverted transforms). Their samples are reduced here, one at a time and region by region (a pass may
-arrive as slabs: ``add_slabs``), to the same statistics the sliding-window engine blends: per class and
+arrive as slabs: ``add_slabs``), to the same statistics the sliding window blends: per class and
 voxel sum_t p_t and the centred second moment M2 = sum_t (p_t - mean)^2 (Welford's update), sum_t H(p_t),
 and one bit per sample per foreground class for the per-sample segmentations. The maps are derived
 afterwards by maps.uncertainty_maps, so every format gets the same entropy, MI, variance and expected
@@ -35,8 +35,7 @@ import numpy as np
 import torch
 
 from ..core.spill import RawArray
-from .engine import class_argmax
-from .maps import normalized_entropy, uncertainty_maps
+from .maps import class_argmax, normalized_entropy, uncertainty_maps
 from .volume_store import VolumeStore
 
 # The background's mean is derived (1 - the others' sum), about 1e-7 off in float32; nnU-Net's float16 logits

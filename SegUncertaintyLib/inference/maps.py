@@ -43,3 +43,17 @@ def uncertainty_maps(mean_p: torch.Tensor, mean_p2: torch.Tensor, mean_h: torch.
     else:
         variance = torch.zeros_like(total)
     return {"entropy": total, "expected_entropy": mean_h, "mutual_information": mutual, "variance": variance}
+
+
+def class_argmax(p: torch.Tensor, dim: int) -> torch.Tensor:
+    """``p.argmax(dim)`` as uint8 (first maximum wins), by C elementwise passes.
+
+    torch's CPU argmax over a short, non-innermost class axis is about 10x slower than this.
+    """
+    best = p.select(dim, 0)
+    labels = torch.zeros(best.shape, dtype=torch.uint8, device=p.device)
+    for k in range(1, p.shape[dim]):
+        candidate = p.select(dim, k)
+        labels[candidate > best] = k
+        best = torch.maximum(best, candidate)
+    return labels

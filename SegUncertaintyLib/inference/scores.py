@@ -90,7 +90,7 @@ def uncertain_side(score: str, values: np.ndarray) -> np.ndarray:
 def sample_overlaps(bits: np.ndarray, n_samples: int, chunk: int = 1 << 20) -> np.ndarray:
     """Intersection counts between every pair of samples: (T, T) int64, diagonal = sample sizes.
 
-    bits: (ceil(T/8), ...) uint8 as produced by the engine for one class.
+    bits: (ceil(T/8), ...) uint8 as produced by the sliding window for one class.
     """
     flat = bits.reshape(bits.shape[0], -1)
     inter = np.zeros((n_samples, n_samples), dtype=np.float64)
@@ -156,7 +156,7 @@ def subject_scores(
     """Scores per foreground class name.
 
     bits: (C-1, ceil(T/8), *S) uint8; mean_p: (C, *S), or a list of C (*S) tensors (entry 0 unused);
-    expected_entropy: (*S) the engine's E_t[H(p_t)] / ln C map; prediction: (*S) labels, all on the model grid.
+    expected_entropy: (*S) the E_t[H(p_t)] / ln C map; prediction: (*S) labels, all on the model grid.
     input_volumes_ml: volume of each class in the delivered input-grid labelmap (else the model grid's).
     """
     nats = math.log(len(mean_p))

@@ -222,7 +222,7 @@ class OutputFolder:
             yield stage
             self.check_replaceable()  # the folder may have changed during a long run
             if cancelled is not None and cancelled():
-                raise CancelledError("Cancelled by the user; nothing was written")
+                raise CancelledError()
             self._swap(stage)
         finally:
             shutil.rmtree(stage, ignore_errors=True)

@@ -48,6 +48,10 @@ class LoadedModel:
     card: ModelCard
     networks: list[nn.Module]
 
+    @property
+    def description(self) -> ModelCard:  # stand-in for the model-format registry's ModelDescription
+        return self.card
+
 
 class ProbabilitiesAsLogits(nn.Module):
     """Wraps a network that ends in softmax: returns log(p), so the engine's softmax gives p back, not softmax(p)."""

@@ -18,11 +18,12 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..core.errors import CancelledError
-from ..core.vocabulary import FORMATS, MAP_CHOICES, MAP_DTYPES
-from ..inference.pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
+from ..core.options import SegmentOptions
+from ..core.vocabulary import MAP_CHOICES
+from ..inference.assembly import MAP_MEANINGS, SegmentationOutputs
+from ..inference.model_grid import samples_on_input_grid
 from ..io.images import write_image, write_json
 from ..io.publish import OutputFolder, listed_files
-from ..models.card import ModelCard
 from .overview import save_overview
 
 MANIFEST = "manifest.json"
@@ -42,35 +43,33 @@ def output_folder(out_dir: str | Path) -> OutputFolder:
     return OutputFolder(out_dir, run_files)
 
 
-def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, card: ModelCard,
-                  input_name: str, settings: dict, fmt: str = "nrrd", overview: bool = True,
-                  samples: bool = False, cancelled: Callable[[], bool] | None = None,
-                  maps: Sequence[str] | None = None, map_dtype: str = "float32") -> Path:
+def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, description,
+                  input_name: str, options: SegmentOptions | None = None, settings: dict | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> Path:
     """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest.
 
     ``out_dir``: a folder path, or an :class:`OutputFolder` already entered (the command line takes it
-    before the long part). ``samples``: also write each class's per-sample segmentations on the input
-    grid, bit-packed (``samples_<label>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of byte
-    t // 8 is sample t). ``cancelled`` is polled between files: CancelledError, nothing published.
-    ``maps``: which of :data:`MAP_CHOICES` to write (None: all; a map the run did not compute, e.g. mutual
-    information of a one-sample run, is skipped). ``map_dtype``: precision of the maps and probabilities
-    (see :data:`MAP_DTYPES`). The manifest lists exactly the files written, each image with its dtype.
+    before the long part). ``description``: the model's name, version, folder, members, labels and info.
+    ``options``: the output fields of SegmentOptions (checked): ``format``; ``maps``, which of
+    :data:`MAP_CHOICES` to write (None: all; a map the run did not compute, e.g. mutual information of a
+    one-sample run, is skipped); ``map_dtype``, the precision of the maps and probabilities (see
+    core.vocabulary.MAP_DTYPES); ``overview``; ``save_samples``, also each class's per-sample segmentations on
+    the input grid, bit-packed (``samples_<label>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of
+    byte t // 8 is sample t). ``settings``: the manifest's settings (default: ``options.settings(None)``).
+    ``cancelled`` is polled between files: CancelledError, nothing published. The manifest lists exactly
+    the files written, each image with its dtype.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}")
-    if map_dtype not in MAP_DTYPES:
-        raise ValueError(f"map_dtype must be one of {MAP_DTYPES}")
-    chosen = set(MAP_CHOICES if maps is None else maps)
-    if not chosen <= set(MAP_CHOICES):
-        raise ValueError(f"maps must be among {MAP_CHOICES}, got {sorted(chosen - set(MAP_CHOICES))}")
+    options = (options or SegmentOptions()).check()
+    settings = options.settings(None) if settings is None else settings
     if not isinstance(out_dir, OutputFolder):
         with output_folder(out_dir) as folder:
-            return write_outputs(outputs, folder, card, input_name, settings, fmt, overview, samples, cancelled,
-                                 maps, map_dtype)
+            return write_outputs(outputs, folder, description, input_name, options, settings, cancelled)
+    card, fmt, map_dtype = description, options.format, options.map_dtype
+    chosen = set(options.maps or MAP_CHOICES)
 
     def check_cancel() -> None:
         if cancelled is not None and cancelled():
-            raise CancelledError("Cancelled by the user; nothing was written")
+            raise CancelledError()
 
     # (look-up, file stem, kind, meaning, extra manifest fields) per image. The volumes may be files read at
     # each look-up (a run with a scratch folder): each is looked up when its writer starts.
@@ -98,7 +97,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                     **extra}
 
         entries.extend(_in_parallel(write_one, images, check_cancel))
-        if samples and outputs.model_grid_sample_bits is not None:
+        if options.save_samples and outputs.model_grid_sample_bits is not None:
             for k, name in enumerate(n for v, n in sorted(card.labels.items()) if v != 0):
                 check_cancel()
                 bits = samples_on_input_grid(outputs.model_grid_sample_bits[k], outputs.n_samples,
@@ -110,7 +109,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         write_json(outputs.scores, stage / "scores.json")
         entries.append({"file": "scores.json", "kind": "scores",
                         "meaning": "Subject-level scores per class, with definitions and directions"})
-        if overview:
+        if options.overview:
             check_cancel()
             title = f"{Path(input_name).name} — {card.name} — {outputs.method}"
             save_overview(outputs, stage / "overview.png", title=title)

@@ -48,14 +48,15 @@ def make_volumes(folder: Path, n: int) -> list[Path]:
 def segment_task(item: dict) -> dict:
     """Executor-table task: brainmask-t1 loaded once per process, one volume segmented (softmax)."""
     global _model
-    from SegUncertaintyLib.inference.pipeline import segment_image
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.inference.segment import segment_image
     from SegUncertaintyLib.io.images import read_image
     from SegUncertaintyLib.models.loader import load_model
 
     start = time.perf_counter()
     if _model is None:
         _model = load_model("brainmask-t1")
-    out = segment_image(read_image(item["path"]), _model, "softmax")
+    out = segment_image(read_image(item["path"]), _model, SegmentOptions(method="softmax"))
     return {"status": "done", "seconds": time.perf_counter() - start, "pid": os.getpid(),
             "dpw": out.scores["classes"]["brain"]["dpw"]}
 

@@ -37,8 +37,7 @@ def network(kind: str) -> torch.nn.Module:
 def naive(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batch: int) -> dict:
     from monai.inferers import sliding_window_inference
 
-    from SegUncertaintyLib.inference.engine import class_argmax
-    from SegUncertaintyLib.inference.maps import uncertainty_maps
+    from SegUncertaintyLib.inference.maps import class_argmax, uncertainty_maps
     from SegUncertaintyLib.models.dropout import set_dropout
 
     set_dropout(net, True)
@@ -56,7 +55,7 @@ def naive(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batc
 
 def engine(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batch: int) -> dict:
     from SegUncertaintyLib.core.methods import plan_samples
-    from SegUncertaintyLib.inference.engine import EngineConfig, run_engine
+    from SegUncertaintyLib.inference.sliding_window import EngineConfig, run_engine
 
     result = run_engine(volume, [net], plan_samples("mc_dropout", 1, t), 2,
                         EngineConfig(window=WINDOW, overlap=overlap, max_batch=batch))

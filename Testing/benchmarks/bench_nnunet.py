@@ -9,8 +9,8 @@ Same model folder (made here: PlainConvUNet from nnunetv2's builder, patch 64^3,
 weights), same CT-like input at the plans' spacing, same passes: every fold, no mirroring.
 nnU-Net: ``nnUNetPredictor.predict_single_npy_array(..., save_or_return_probabilities=True)`` (fold
 logits averaged, then softmax: segmentation + probabilities, what ``--save_probabilities`` gives).
-SegUncertainty, two ways: ``segment_passes(..., "ensemble")`` in memory (each fold's softmax kept as a
-sample; mean, entropy, MI, variance, expected entropy, per-sample label bits and every subject score,
+SegUncertainty, two ways: ``segment_image(..., SegmentOptions(method="ensemble"))`` in memory (each fold's
+softmax kept as a sample; mean, entropy, MI, variance, expected entropy, per-sample label bits and every subject score,
 returned as float32 images), and the command line ``seguncertainty segment IMAGE --model FOLDER --method
 ensemble`` (the same, with its scratch folder, every output written: segmentation, 2 probabilities, 4
 maps as float32 NRRD, scores.json, overview.png, manifest; the image read inside the command).
@@ -81,10 +81,11 @@ def nnunet(folder: Path, image) -> dict:
 def ours(folder: Path, image) -> dict:
     import SimpleITK as sitk
 
-    from SegUncertaintyLib.inference.whole_volume import segment_passes
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.inference.segment import segment_image
     from SegUncertaintyLib.models.adapters.nnunet import NnUNetModel
 
-    out = segment_passes(image, NnUNetModel(folder), "ensemble")
+    out = segment_image(image, NnUNetModel(folder), SegmentOptions(method="ensemble"))
     return {"mean_p1": float(sitk.GetArrayViewFromImage(out.probabilities["organ1"]).mean()),
             "maps": sorted(out.maps), "scores": sorted(out.scores["classes"]["organ1"])}
 

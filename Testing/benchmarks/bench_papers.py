@@ -42,9 +42,10 @@ import ct_data  # noqa: E402
 import radiomics_data  # noqa: E402
 
 from SegUncertaintyLib.cli import main as cli_main  # noqa: E402
+from SegUncertaintyLib.core.options import SegmentOptions  # noqa: E402
 from SegUncertaintyLib.evaluation.cohort_stats import ood_detection, score_quality_correlation  # noqa: E402
-from SegUncertaintyLib.inference.pipeline import segment_image  # noqa: E402
 from SegUncertaintyLib.inference.scores import SUBJECT_SCORES, uncertain_side  # noqa: E402
+from SegUncertaintyLib.inference.segment import segment_image  # noqa: E402
 from SegUncertaintyLib.models.loader import load_model  # noqa: E402
 from SegUncertaintyLib.results.run_folder import write_outputs  # noqa: E402
 
@@ -178,12 +179,13 @@ def run_model(model_name: str, volumes: dict, work: Path, samples: int, methods=
         for method in methods:
             out_dir = work / method / case
             start = time.perf_counter()
-            outputs = segment_image(image, model, method, samples if "mc_dropout" in method else None,
-                                    device="cpu", seed=0)
+            options = SegmentOptions(method=method, samples=samples if "mc_dropout" in method else None,
+                                     device="cpu", seed=0, overview=False, maps=None if role == "id" else ())
+            outputs = segment_image(image, model, options)
             seconds = time.perf_counter() - start
             if not out_dir.exists():
-                write_outputs(outputs, out_dir, model.card, volume.name, {"seed": 0, "device_requested": "cpu"},
-                              overview=False, maps=None if role == "id" else ())
+                write_outputs(outputs, out_dir, model.description, volume.name, options,
+                              {"seed": 0, "device_requested": "cpu"})
             seg = sitk.GetArrayFromImage(outputs.segmentation)
             fact = {"seconds": seconds, "scores": outputs.scores["classes"]}
             if model_name in references and role != "id":  # a reference on an OOD case: Dice, never pooled

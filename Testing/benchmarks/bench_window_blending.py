@@ -22,8 +22,8 @@ import torch
 from monai.data.utils import compute_importance_map
 
 from SegUncertaintyLib.core.methods import plan_samples
-from SegUncertaintyLib.inference.engine import EngineConfig, _WindowSampler, run_engine, scan_slices
 from SegUncertaintyLib.inference.maps import uncertainty_maps
+from SegUncertaintyLib.inference.sliding_window import EngineConfig, _WindowSampler, run_engine, scan_slices
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for the test network
 from conftest import DropoutContextNet  # noqa: E402

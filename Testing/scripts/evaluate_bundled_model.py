@@ -20,8 +20,9 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).parent))
 from brain_data import colin27, epi, macaque, mni152  # noqa: E402
 
-from SegUncertaintyLib.inference.pipeline import segment_image  # noqa: E402
+from SegUncertaintyLib.core.options import SegmentOptions  # noqa: E402
 from SegUncertaintyLib.inference.scores import SUBJECT_SCORES  # noqa: E402
+from SegUncertaintyLib.inference.segment import segment_image  # noqa: E402
 from SegUncertaintyLib.models.loader import DEFAULT_MODEL, load_model  # noqa: E402
 
 METHOD, SAMPLES = "ensemble+mc_dropout", 10
@@ -63,17 +64,17 @@ def main() -> None:
             print(f"| {test} | (no model in {folder}) |")
             continue
         image, mask = heads[test]
-        out = segment_image(image, load_model(folder), METHOD, SAMPLES)
+        out = segment_image(image, load_model(folder), SegmentOptions(method=METHOD, samples=SAMPLES))
         print(row(f"{test} (trained on {train} only)", out, f"{dice(out.segmentation, mask):.3f}"))
 
     bundled = load_model(DEFAULT_MODEL)
     print(f"\nBundled model {bundled.card.name} ({METHOD}, {SAMPLES} samples per member):\n\n" + header)
     for name, (image, mask) in heads.items():
-        out = segment_image(image, bundled, METHOD, SAMPLES)
+        out = segment_image(image, bundled, SegmentOptions(method=METHOD, samples=SAMPLES))
         print(row(f"{name} (in training set)", out, f"{dice(out.segmentation, mask):.3f}"))
     for name, image in (("macaque INIA19 T1 brain (OOD)", macaque()), ("EPI, nibabel example4d (OOD)", epi()),
                         ("colin27 stored upside down (OOD)", upside_down(heads["colin27"][0]))):
-        out = segment_image(image, bundled, METHOD, SAMPLES)
+        out = segment_image(image, bundled, SegmentOptions(method=METHOD, samples=SAMPLES))
         print(row(name, out, "n/a"))
     print("\nsegmentation_volume_ml on the input grid; ulabelled, segment_entropy in nats; "
           "cv, ulabelled, segment_entropy, diversity: higher = more uncertain; "

@@ -29,8 +29,9 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).parent))
 from ct_data import ORGANS, WORK, abdominal_mr, heldout_ct, prepare, training_ct  # noqa: E402
 
-from SegUncertaintyLib.inference.pipeline import segment_image  # noqa: E402
+from SegUncertaintyLib.core.options import SegmentOptions  # noqa: E402
 from SegUncertaintyLib.inference.scores import score_range  # noqa: E402
+from SegUncertaintyLib.inference.segment import segment_image  # noqa: E402
 from SegUncertaintyLib.models.loader import load_model  # noqa: E402
 
 MODEL, METHOD = "abdomen-ct-demo", "ensemble+mc_dropout"
@@ -75,7 +76,7 @@ def score_rows(name: str, scores: dict, readings: dict | None, dices: dict | Non
 
 def segment_and_print(model, name: str, image: sitk.Image, labels: sitk.Image | None, samples: int):
     """Segment ``image``, print its table rows (Dice per organ where ``labels`` are given); the outputs."""
-    out = segment_image(image, model, METHOD, samples)
+    out = segment_image(image, model, SegmentOptions(method=METHOD, samples=samples))
     d = None
     if labels is not None:
         s, r = sitk.GetArrayFromImage(out.segmentation), sitk.GetArrayFromImage(labels)

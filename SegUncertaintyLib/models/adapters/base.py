@@ -4,7 +4,7 @@ A *whole-volume* model (nnU-Net v2 folder, MONAI bundle) produces each sample wi
 as its own tool would (its own preprocessing, window, blending and inversion back to the input grid). The
 adapter says which passes an uncertainty method needs (``plan``), preprocesses the image once
 (``prepare``) and runs one pass (``run_pass``, or ``pass_slabs``: the same pass as pieces, so that a
-format can hand it over without ever holding it whole). ``inference.whole_volume.segment_passes`` then
+format can hand it over without ever holding it whole). ``inference.whole_volume.segment_whole_volume`` then
 reduces the passes with the one shared accumulator. Card-described networks (MONAI state dicts, TorchScript) keep
 using the sliding-window engine directly.
 """
@@ -32,6 +32,10 @@ class WholeVolumeModel(ABC):
 
     card: ModelCard
     format: str
+
+    @property
+    def description(self) -> ModelCard:  # stand-in for the model-format registry's ModelDescription
+        return self.card
 
     @abstractmethod
     def plan(self, method: str, samples: int | None) -> list[SampleSpec]:

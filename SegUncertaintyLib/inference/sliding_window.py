@@ -8,13 +8,11 @@ of w), so entropy = expected entropy + mutual information holds at every voxel. 
 probabilities instead would average independent dropout draws in overlap zones and shrink their variance
 (seams).
 
-Why MI and variance are blended as maps, not as moments E[p^2], E[H] (issue 13): each window draws its own
+Why MI and variance are blended as maps, not as moments E[p^2], E[H]: each window draws its own
 dropout masks, so at a voxel the windows' sample means differ; blended moments add that between-window
-spread to the variance and, by the concavity of the entropy, to the MI. On a volume that fits in one
-window, 16^3 windows at overlap 0.5 gave mean MI +7.7 % and variance +6.0 % against one pass over the
-whole volume with blended moments, -1.1 % and -1.0 % with blended maps (Testing/benchmarks/
-bench_window_blending.py, BENCHMARKS.md). In overlap zones the entropy map is therefore the weighted mean
-of the windows' H(E_t p), at most the entropy of the blended mean probability (concavity); where one
+spread to the variance and, by the concavity of the entropy, to the MI; blended maps stay close to one
+pass over the whole volume (Testing/benchmarks/bench_window_blending.py). In overlap zones the entropy
+map is therefore the weighted mean of the windows' H(E_t p), at most the entropy of the blended mean probability (concavity); where one
 window covers a voxel, the two are equal.
 
 Per-sample segmentations (needed for volume CV, pairwise Dice, GED) are kept as bits: one bit per sample
@@ -36,12 +34,14 @@ from torch import nn
 
 from ..core.errors import CancelledError, ResourceError, UsageError
 from ..core.methods import SampleSpec
+from ..core.options import check_overlap_range
+from ..core.progress import ProgressCallback
 from ..core.vocabulary import MAP_NAMES
 from ..models.dropout import per_sample_dropout, per_sample_dropout_possible, sample_seed, set_dropout
-from .maps import normalized_entropy, uncertainty_maps
+from .maps import class_argmax, normalized_entropy, uncertainty_maps
 
 log = logging.getLogger(__name__)
-ProgressCallback = Callable[[str, float, str], None]
+NO_GPU_NOTE = "No CUDA GPU available: ran on the CPU."
 
 
 @dataclass
@@ -74,7 +74,7 @@ class EngineResult:
 
 def pick_device(requested: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU -> CPU (the caller is told)."""
-    if requested in ("auto", "cuda", "gpu"):
+    if requested in ("auto", "cuda"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         if requested != "auto":
@@ -82,10 +82,14 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def device_notes(requested: str, device: torch.device) -> list[str]:
+    """The note a run records when a GPU was asked for and the CPU ran it."""
+    return [NO_GPU_NOTE] if requested == "cuda" and device.type == "cpu" else []
+
+
 def check_overlap(window: Sequence[int], overlap: float) -> None:
     """UsageError unless 0 <= overlap < 1 and the stride leaves more than 1 voxel on every axis."""
-    if not 0.0 <= overlap < 1.0:  # also refuses NaN
-        raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
+    check_overlap_range(overlap)
     strides = [int(w * (1.0 - overlap)) for w in window]
     if any(w > 1 and st <= 1 for w, st in zip(window, strides, strict=True)):
         raise UsageError(f"--overlap {overlap} leaves a stride of {min(strides)} voxel for the window "
@@ -98,30 +102,6 @@ def scan_slices(shape: Sequence[int], window: Sequence[int], overlap: float) -> 
     interval = [max(int(w * (1.0 - overlap)), 1) for w in window]
     interval = [i if s > w else w for i, s, w in zip(interval, shape, window, strict=False)]
     return list(dense_patch_slices(tuple(shape), tuple(window), tuple(interval)))
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """(T, ...) bool -> (ceil(T/8), ...) uint8, sample t in bit t % 8 of byte t // 8."""
-    t = mask.shape[0]
-    n_bytes = (t + 7) // 8
-    padded = torch.zeros((n_bytes * 8, *mask.shape[1:]), dtype=torch.uint8, device=mask.device)
-    padded[:t] = mask
-    weights = (2 ** torch.arange(8, device=mask.device, dtype=torch.int32)).view(1, 8, *[1] * (mask.dim() - 1))
-    return (padded.view(n_bytes, 8, *mask.shape[1:]).to(torch.int32) * weights).sum(1).to(torch.uint8)
-
-
-def class_argmax(p: torch.Tensor, dim: int) -> torch.Tensor:
-    """``p.argmax(dim)`` as uint8 (first maximum wins), by C elementwise passes.
-
-    torch's CPU argmax over a short, non-innermost class axis is about 10x slower than this.
-    """
-    best = p.select(dim, 0)
-    labels = torch.zeros(best.shape, dtype=torch.uint8, device=p.device)
-    for k in range(1, p.shape[dim]):
-        candidate = p.select(dim, k)
-        labels[candidate > best] = k
-        best = torch.maximum(best, candidate)
-    return labels
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -141,8 +121,7 @@ class _WindowSampler:
         self.networks, self.plan, self.notes, self.cancelled = networks, plan, notes, cancelled
         self.seed = config.seed
         self.device = pick_device(config.device)
-        if config.device in ("cuda", "gpu") and self.device.type == "cpu":
-            notes.append("No CUDA GPU available: ran on the CPU.")
+        notes.extend(device_notes(config.device, self.device))
         self.batch = max(1, config.max_batch)
         self.amp = config.amp
         self.hookable = [per_sample_dropout_possible(net) for net in networks]
@@ -183,7 +162,7 @@ class _WindowSampler:
 
     def _check_cancel(self) -> None:
         if self.cancelled is not None and self.cancelled():
-            raise CancelledError("Cancelled by the user; nothing was written")
+            raise CancelledError()
 
     def _chunks(self):
         """Consecutive runs of the plan sharing member and dropout, cut at the current batch size."""
@@ -285,7 +264,7 @@ def run_engine(
     inv_t = 1.0 / n_samples
     for i, sl in enumerate(slices):
         if cancelled is not None and cancelled():
-            raise CancelledError("Cancelled by the user; nothing was written")
+            raise CancelledError()
         s_p, s_p2, s_h, packed = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
         mean_p = s_p.cpu() * inv_t
         own = uncertainty_maps(mean_p, s_p2.cpu() * inv_t, s_h.cpu() * inv_t, n_samples)  # this window's samples
