@@ -13,6 +13,9 @@ from pathlib import Path
 
 import slicer
 
+from SegUncertaintyLib.core.manifest import MANIFEST, ManifestError
+from SegUncertaintyLib.core.manifest import read_manifest as read_run_manifest
+
 from . import overlays, scores_table, segments, volumes
 
 RUN_ATTRIBUTE = "SegUncertainty.Run"  # on every node of a run: the run's name
@@ -41,18 +44,16 @@ class RunNodes:
 
 
 def read_manifest(out_dir: str | Path) -> dict:
-    """The run's manifest.json; ResultsError when missing (incomplete run) or unreadable."""
-    path = Path(out_dir) / "manifest.json"
+    """The run's manifest.json (read and checked by the library); ResultsError when missing (incomplete
+    run), unreadable or malformed."""
+    path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise ResultsError(f"No manifest.json in {out_dir}: the run did not finish")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ResultsError(f"Unreadable manifest {path}: {exc}") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), list) \
-            or not all(isinstance(e, dict) and isinstance(e.get("kind"), str) for e in manifest["outputs"]):
-        raise ResultsError(f"Malformed manifest {path}: 'outputs' must be a list of entries with a 'kind'")
-    return manifest
+        return read_run_manifest(out_dir)
+    except ManifestError as exc:
+        problem = "Unreadable" if isinstance(exc.__cause__, (OSError, ValueError)) else "Malformed"
+        raise ResultsError(f"{problem} manifest {path}: {exc}") from exc
 
 
 def member_path(out_dir: Path, entry: dict) -> Path:

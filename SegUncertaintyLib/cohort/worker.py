@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core.manifest import ManifestError, model_record, read_manifest, written_files
 from ..core.options import SegmentOptions
 
 _models: dict[tuple[str, str], object] = {}  # (model ref, device) -> loaded model: one load per worker process
@@ -86,15 +87,13 @@ def _load(options: SegmentOptions):
 
 def _earlier_run(folder: Path, wanted: dict) -> dict | None:
     """scores.json of the earlier run in ``folder`` if it is complete and matches ``wanted``, else None."""
-    from ..results.run_folder import MANIFEST, run_files
-
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        files = run_files(folder)
+        manifest = read_manifest(folder, kinds=False)
+        files = written_files(manifest)
         if files is None or resume_key(manifest) != wanted or not all((folder / f).is_file() for f in files):
             return None
         return json.loads((folder / "scores.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, AttributeError):
+    except (ManifestError, OSError, ValueError, AttributeError):
         return None
 
 
@@ -125,12 +124,9 @@ def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
         torch.set_num_threads(item["threads"])
     settings = _case_settings(item, options, input_sha256(item["path"], item.get("files", ())))
     model = _load(options)
-    card = model.description
-    wanted = resume_key({"settings": settings,
-                         "model": {"name": card.name, "version": card.version,
-                                   "members": [{"sha256": m.sha256} for m in card.members]},
-                         "method": options.method})
-    reference = card.info.get("score_reference")
+    description = model.description
+    wanted = resume_key({"settings": settings, "model": model_record(description), "method": options.method})
+    reference = description.info.get("score_reference")
     earlier = _earlier_run(Path(item["out"]), wanted)
     if earlier is not None:
         return "skipped", earlier, reference

@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputImageError, UsageError
+from ..core.manifest import MANIFEST, ManifestError, is_plain_name, parse_manifest
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
 from ..io.header import describe_grid, read_header, same_grid
 from ..io.images import IMAGE_SUFFIXES, image_suffix, read_volume
@@ -177,18 +178,19 @@ def check_case_manifest(manifest: dict, path: Path) -> dict:
     def bad(problem: str) -> InputImageError:
         return InputImageError(f"Case manifest {path}: {problem}")
 
+    try:
+        parse_manifest(manifest)
+    except ManifestError as exc:
+        raise bad(str(exc)) from None
     labels, outputs = manifest.get("labels"), manifest.get("outputs")
     if not isinstance(labels, dict) or not labels:
         raise bad("field 'labels' must map label values to names")
     for value, name in labels.items():
         if not (isinstance(value, str) and value.strip().lstrip("-").isdigit() and isinstance(name, str) and name):
             raise bad(f"field 'labels' has the entry {value!r}: {name!r}; expected \"<integer>\": \"<name>\"")
-    if not isinstance(outputs, list) or not all(isinstance(e, dict) for e in outputs):
-        raise bad("field 'outputs' must be a list of objects")
     for entry in outputs:
         file, kind = entry.get("file"), entry.get("kind")
-        if not (isinstance(file, str) and file and Path(file).name == file and file not in (".", "..")
-                and "\\" not in file) or not isinstance(kind, str):
+        if not is_plain_name(file):
             raise bad(f"output {entry!r} needs 'file' (a file name inside the case folder) and 'kind'")
         if kind == "samples" and not isinstance(entry.get("label"), str):
             raise bad(f"output {file} of kind 'samples' needs 'label'")
@@ -226,7 +228,7 @@ def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict
 
 def case_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
     """The case's manifest.json (from ``segment``), or one built from its plain volumes."""
-    path = case_dir / "manifest.json"
+    path = case_dir / MANIFEST
     if path.is_file():
         return check_case_manifest(read_json(path, "case manifest"), path)
     return plain_manifest(case_dir, labels)

@@ -12,8 +12,8 @@ Why MI and variance are blended as maps, not as moments E[p^2], E[H]: each windo
 dropout masks, so at a voxel the windows' sample means differ; blended moments add that between-window
 spread to the variance and, by the concavity of the entropy, to the MI; blended maps stay close to one
 pass over the whole volume (Testing/benchmarks/bench_window_blending.py). In overlap zones the entropy
-map is therefore the weighted mean of the windows' H(E_t p), at most the entropy of the blended mean probability (concavity); where one
-window covers a voxel, the two are equal.
+map is therefore the weighted mean of the windows' H(E_t p), at most the entropy of the blended mean
+probability (concavity); where one window covers a voxel, the two are equal.
 
 Per-sample segmentations (needed for volume CV, pairwise Dice, GED) are kept as bits: one bit per sample
 per foreground class and voxel, taken from the window whose importance weight is highest at that voxel.

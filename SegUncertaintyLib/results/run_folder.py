@@ -8,7 +8,6 @@ folder is only replaced when every file in it was written by an earlier run (lis
 from __future__ import annotations
 
 import functools
-import platform
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -18,15 +17,15 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..core.errors import CancelledError
+from ..core.manifest import MANIFEST, ManifestError, build_manifest, read_manifest, written_files
 from ..core.options import SegmentOptions
 from ..core.vocabulary import MAP_CHOICES
 from ..inference.assembly import MAP_MEANINGS, SegmentationOutputs
 from ..inference.model_grid import samples_on_input_grid
 from ..io.images import write_image, write_json
-from ..io.publish import OutputFolder, listed_files
+from ..io.publish import OutputFolder
 from .overview import save_overview
 
-MANIFEST = "manifest.json"
 # SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores
 # (BENCHMARKS.md, nnU-Net section), at the cost of two volumes in memory at once instead of one.
 IMAGE_WRITERS = 2
@@ -35,7 +34,10 @@ IMAGE_WRITERS = 2
 def run_files(folder: Path) -> set[str] | None:
     """The file names an earlier segmentation run wrote in ``folder`` (its manifest's outputs and the
     manifest itself), or None when ``folder`` has no readable manifest written by this tool."""
-    return listed_files(folder, MANIFEST)
+    try:
+        return written_files(read_manifest(folder, kinds=False))
+    except ManifestError:
+        return None
 
 
 def output_folder(out_dir: str | Path) -> OutputFolder:
@@ -64,7 +66,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     if not isinstance(out_dir, OutputFolder):
         with output_folder(out_dir) as folder:
             return write_outputs(outputs, folder, description, input_name, options, settings, cancelled)
-    card, fmt, map_dtype = description, options.format, options.map_dtype
+    fmt, map_dtype = options.format, options.map_dtype
     chosen = set(options.maps or MAP_CHOICES)
 
     def check_cancel() -> None:
@@ -75,8 +77,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     # each look-up (a run with a scratch folder): each is looked up when its writer starts.
     images = [(lambda: outputs.segmentation, "segmentation", "labelmap",
                "Segmentation: argmax of the mean probability",
-               {"labels": {str(k): v for k, v in card.labels.items()},
-                "terminology": card.info.get("terminology", {})})]
+               {"labels": {str(k): v for k, v in description.labels.items()},
+                "terminology": description.info.get("terminology", {})})]
     images += [(functools.partial(outputs.probabilities.__getitem__, name), f"probability_{name}", "probability",
                 f"Mean probability of '{name}' over samples, 0-1", {"label": name})
                for name in (outputs.probabilities if "probability" in chosen else ())]
@@ -98,7 +100,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
 
         entries.extend(_in_parallel(write_one, images, check_cancel))
         if options.save_samples and outputs.model_grid_sample_bits is not None:
-            for k, name in enumerate(n for v, n in sorted(card.labels.items()) if v != 0):
+            for k, name in enumerate(n for v, n in sorted(description.labels.items()) if v != 0):
                 check_cancel()
                 bits = samples_on_input_grid(outputs.model_grid_sample_bits[k], outputs.n_samples,
                                              outputs.model_grid_image, outputs.segmentation)
@@ -111,25 +113,13 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                         "meaning": "Subject-level scores per class, with definitions and directions"})
         if options.overview:
             check_cancel()
-            title = f"{Path(input_name).name} — {card.name} — {outputs.method}"
+            title = f"{Path(input_name).name} — {description.name} — {outputs.method}"
             save_overview(outputs, stage / "overview.png", title=title)
             entries.append({"file": "overview.png", "kind": "figure",
                             "meaning": "Mid-slices: image with segmentation contour and uncertainty maps"})
-        manifest = {
-            "format_version": 1,
-            "tool": f"seguncertainty {__version__}",
-            "python": platform.python_version(),
-            "input": input_name,
-            "model": {"name": card.name, "version": card.version, "folder": str(card.folder),
-                      "members": [{"file": m.path.name, "sha256": m.sha256} for m in card.members]},
-            "method": outputs.method,
-            "n_samples": outputs.n_samples,
-            "device": outputs.device,
-            "settings": settings,
-            "labels": {str(k): v for k, v in card.labels.items()},
-            "notes": outputs.notes,
-            "outputs": entries,
-        }
+        manifest = build_manifest(version=__version__, input_name=input_name, description=description,
+                                  method=outputs.method, n_samples=outputs.n_samples, device=outputs.device,
+                                  settings=settings, notes=outputs.notes, outputs=entries)
         write_json(manifest, stage / MANIFEST)
     return out_dir.path / MANIFEST
 
