@@ -14,7 +14,7 @@ def test_streamed_moments_equal_the_stacked_samples_maps_and_label_bits():
     samples = torch.softmax(3 * torch.randn((t, c, *shape), generator=gen), dim=1)
     acc = MomentAccumulator(c, shape, t, slab_voxels=16 * 5 * 4)
     for p in samples:
-        acc.add(p.numpy())
+        acc.add_slabs([((), p.numpy())])
     mean_p, labels, maps, bits = acc.finish()
     naive_h = (-(samples * samples.log()).sum(1) / np.log(c)).mean(0)
     expected = uncertainty_maps(samples.mean(0), (samples ** 2).mean(0), naive_h, t)
@@ -37,8 +37,8 @@ def test_streamed_moments_equal_the_stacked_samples_maps_and_label_bits():
 def test_accumulator_refuses_wrong_shapes_and_counts():
     acc = MomentAccumulator(2, (2, 2, 2), 2)
     with pytest.raises(ValueError, match="shape"):
-        acc.add(np.full((3, 2, 2, 2), 1 / 3, np.float32))
-    acc.add(np.full((2, 2, 2, 2), 0.5, np.float32))
+        acc.add_slabs([((), np.full((3, 2, 2, 2), 1 / 3, np.float32))])
+    acc.add_slabs([((), np.full((2, 2, 2, 2), 0.5, np.float32))])
     with pytest.raises(ValueError, match="1 passes added, 2 announced"):
         acc.finish()
 
@@ -49,7 +49,7 @@ def test_a_pass_in_slabs_along_any_axis_equals_the_whole_pass():
     samples = torch.softmax(2 * torch.randn((t, c, *shape), generator=gen), dim=1)
     whole, slabbed = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t)
     for p in samples:
-        whole.add(p)
+        whole.add_slabs([((), p)])
         slabbed.add_slabs(((slice(None), slice(y, y + 2)), p[:, :, y:y + 2]) for y in range(0, shape[1], 2))
     (mean_a, labels_a, maps_a, bits_a), (mean_b, labels_b, maps_b, bits_b) = whole.finish(), slabbed.finish()
     assert all(torch.equal(a, b) for a, b in zip(mean_a, mean_b, strict=True)) and torch.equal(labels_a, labels_b)
@@ -79,7 +79,7 @@ def test_sums_in_files_are_never_in_memory_and_give_the_same_bytes(tmp_path, pie
         yield from pieces(p)
 
     for p in samples:
-        plain.add(p)
+        plain.add_slabs([((), p)])
         in_files.add_slabs(pass_pieces(p))
         assert in_files.in_files and all(not isinstance(v, torch.Tensor) for v in in_files.state.values())
     assert seen[0] == [] and seen[1] == ["bits.raw", "m2.raw", "sum_h.raw", "sum_p1.raw", "sum_p2.raw"]
@@ -97,7 +97,7 @@ def test_a_folder_where_the_sums_cannot_be_written_keeps_them_in_memory(tmp_path
     samples = torch.softmax(torch.randn((t, c, *shape), generator=gen), dim=1)
     plain, fallback = MomentAccumulator(c, shape, t), MomentAccumulator(c, shape, t, folder=tmp_path / "missing")
     for p in samples:
-        plain.add(p)
+        plain.add_slabs([((), p)])
         fallback.add_slabs([((), p)])
     assert not fallback.in_files and not (tmp_path / "missing").exists()
     (mean_a, labels_a, maps_a, _), (mean_b, labels_b, maps_b, _) = plain.finish(), fallback.finish()
@@ -111,7 +111,7 @@ def test_sums_in_files_removed_meanwhile_are_one_clear_error(tmp_path):
     t, c, shape = 2, 2, (3, 3, 3)
     samples = torch.softmax(torch.randn((t, c, *shape), generator=torch.Generator().manual_seed(4)), dim=1)
     accumulator = MomentAccumulator(c, shape, t, folder=tmp_path)
-    accumulator.add(samples[0])
+    accumulator.add_slabs([((), samples[0])])
 
     def pieces_after_a_cleanup():  # something empties the temporary folder while the pass runs
         for f in tmp_path.iterdir():

@@ -10,7 +10,7 @@ from torch import nn
 from SegUncertaintyLib.core.errors import CancelledError, ResourceError, UsageError
 from SegUncertaintyLib.core.methods import SampleSpec, plan_samples
 from SegUncertaintyLib.inference.maps import class_argmax
-from SegUncertaintyLib.inference.sliding_window import EngineConfig, run_engine, scan_slices
+from SegUncertaintyLib.inference.sliding_window import WindowConfig, run_sliding_window, scan_slices
 from SegUncertaintyLib.models.dropout import set_dropout
 
 
@@ -44,8 +44,8 @@ def monai_mean_probability(volume, net, window, overlap):
 def test_deterministic_mean_probability_matches_monai_sliding_window():
     volume = smooth_volume()
     net = ContextNet().eval()
-    config = EngineConfig(window=(16, 16, 16), overlap=0.5)
-    result = run_engine(volume, [net], plan_samples("softmax", 1), 3, config)
+    config = WindowConfig(window=(16, 16, 16), overlap=0.5)
+    result = run_sliding_window(volume, [net], plan_samples("softmax", 1), 3, config)
     expected = monai_mean_probability(volume, net, (16, 16, 16), 0.5)
     assert result.mean_p.shape == (3, *volume.shape)
     assert torch.allclose(result.mean_p, expected, atol=1e-5)
@@ -55,8 +55,8 @@ def test_deterministic_mean_probability_matches_monai_sliding_window():
 def test_ensemble_mean_is_mean_of_members():
     volume = smooth_volume()
     nets = [ContextNet(seed=s).eval() for s in range(3)]
-    config = EngineConfig(window=(16, 16, 16), overlap=0.5)
-    result = run_engine(volume, nets, plan_samples("ensemble", 3), 3, config)
+    config = WindowConfig(window=(16, 16, 16), overlap=0.5)
+    result = run_sliding_window(volume, nets, plan_samples("ensemble", 3), 3, config)
     expected = torch.stack([monai_mean_probability(volume, n, (16, 16, 16), 0.5) for n in nets]).mean(0)
     assert torch.allclose(result.mean_p, expected, atol=1e-5)
 
@@ -64,7 +64,7 @@ def test_ensemble_mean_is_mean_of_members():
 def test_volume_smaller_than_window_is_padded_with_its_minimum_at_the_end():
     volume = smooth_volume(shape=(12, 16, 9))  # one window; z and x padded to 16
     net = ContextNet().eval()
-    result = run_engine(volume, [net], plan_samples("softmax", 1), 3, EngineConfig(window=(16, 16, 16)))
+    result = run_sliding_window(volume, [net], plan_samples("softmax", 1), 3, WindowConfig(window=(16, 16, 16)))
     padded = torch.nn.functional.pad(torch.from_numpy(volume)[None, None], (0, 7, 0, 0, 0, 4),
                                      value=float(volume.min()))
     with torch.no_grad():
@@ -82,7 +82,8 @@ def test_overlap_zones_keep_their_variance_no_seams():
     volume = np.full((16, 16, 40), 0.5, np.float32)
     net = ThresholdNet(gain=4.0, p=0.5)
     window, overlap, t = (16, 16, 16), 0.5, 200
-    result = run_engine(volume, [net], plan_samples("mc_dropout", 1, t), 2, EngineConfig(window, overlap, seed=1))
+    plan = plan_samples("mc_dropout", 1, t)
+    result = run_sliding_window(volume, [net], plan, 2, WindowConfig(window, overlap, seed=1))
     variance = result.maps["variance"][8].mean(0).numpy()  # along x, where windows overlap
 
     starts = sorted({s[2].start for s in scan_slices(volume.shape, window, overlap)})
@@ -106,9 +107,9 @@ def test_same_seed_same_output_and_other_seed_differs():
     volume = smooth_volume(shape=(20, 20, 20))
     net = ThresholdNet(p=0.3)
     plan = plan_samples("mc_dropout", 1, 6)
-    a = run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), seed=7))
-    b = run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), seed=7))
-    c = run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), seed=8))
+    a = run_sliding_window(volume, [net], plan, 2, WindowConfig((16, 16, 16), seed=7))
+    b = run_sliding_window(volume, [net], plan, 2, WindowConfig((16, 16, 16), seed=7))
+    c = run_sliding_window(volume, [net], plan, 2, WindowConfig((16, 16, 16), seed=8))
     assert torch.equal(a.mean_p, b.mean_p) and torch.equal(a.sample_bits, b.sample_bits)
     assert not torch.equal(a.mean_p, c.mean_p)
 
@@ -117,8 +118,8 @@ def test_batch_chunking_does_not_change_the_deterministic_result():
     volume = smooth_volume(shape=(20, 24, 20))
     nets = [ContextNet(seed=s).eval() for s in range(2)]
     plan = plan_samples("ensemble+tta", 2, 4)
-    big = run_engine(volume, nets, plan, 3, EngineConfig((16, 16, 16), max_batch=8))
-    small = run_engine(volume, nets, plan, 3, EngineConfig((16, 16, 16), max_batch=1))
+    big = run_sliding_window(volume, nets, plan, 3, WindowConfig((16, 16, 16), max_batch=8))
+    small = run_sliding_window(volume, nets, plan, 3, WindowConfig((16, 16, 16), max_batch=1))
     assert torch.allclose(big.mean_p, small.mean_p, atol=1e-5)
     assert torch.equal(big.sample_bits, small.sample_bits)
 
@@ -127,9 +128,9 @@ def test_tta_undoes_flips():
     """A network that is exactly flip-equivariant gives the same answer for every flip: no uncertainty."""
     volume = smooth_volume(shape=(16, 16, 16))
     net = ThresholdNet(p=0.0).eval()
-    result = run_engine(volume, [net], plan_samples("tta", 1, 8), 2, EngineConfig((16, 16, 16)))
+    result = run_sliding_window(volume, [net], plan_samples("tta", 1, 8), 2, WindowConfig((16, 16, 16)))
     assert result.maps["variance"].max() < 1e-6  # float32 round-off of E[p^2] - E[p]^2
-    reference = run_engine(volume, [net], plan_samples("softmax", 1), 2, EngineConfig((16, 16, 16)))
+    reference = run_sliding_window(volume, [net], plan_samples("softmax", 1), 2, WindowConfig((16, 16, 16)))
     assert torch.allclose(result.mean_p, reference.mean_p, atol=1e-6)
 
 
@@ -139,8 +140,8 @@ def test_sample_bits_hold_each_samples_labels():
     samples kept v, and the bits must hold exactly that many ones where the kept label is 1, none elsewhere."""
     volume = smooth_volume(shape=(16, 16, 16))
     gain, q, t = 8.0, 0.4, 10
-    result = run_engine(volume, [ThresholdNet(gain=gain, p=q)], plan_samples("mc_dropout", 1, t), 2,
-                        EngineConfig((16, 16, 16), seed=3))
+    result = run_sliding_window(volume, [ThresholdNet(gain=gain, p=q)], plan_samples("mc_dropout", 1, t), 2,
+                        WindowConfig((16, 16, 16), seed=3))
     x = torch.from_numpy(volume).double()
     dropped, kept = torch.sigmoid(torch.tensor(-gain).double()), torch.sigmoid(2 * gain * (x / (1 - q) - 0.5))
     n_kept = t * (result.mean_p[1].double() - dropped) / (kept - dropped)
@@ -160,7 +161,8 @@ def test_results_do_not_depend_on_max_batch(scripted):
     net = ThresholdNet(gain=6.0, p=0.3)
     net = torch.jit.script(net) if scripted else net
     plan = plan_samples("mc_dropout", 1, 9)
-    runs = [run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), max_batch=b, seed=5)) for b in (1, 3, 8)]
+    runs = [run_sliding_window(volume, [net], plan, 2, WindowConfig((16, 16, 16), max_batch=b, seed=5))
+            for b in (1, 3, 8)]
     for other in runs[1:]:
         assert torch.equal(runs[0].sample_bits, other.sample_bits)
         assert torch.equal(runs[0].mean_p, other.mean_p)
@@ -174,8 +176,8 @@ def test_engine_leaves_the_global_random_generator_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    run_engine(smooth_volume(shape=(16, 16, 16)), [net], plan_samples("mc_dropout", 1, 3), 2,
-               EngineConfig((16, 16, 16)))
+    run_sliding_window(smooth_volume(shape=(16, 16, 16)), [net], plan_samples("mc_dropout", 1, 3), 2,
+               WindowConfig((16, 16, 16)))
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -197,11 +199,11 @@ def test_out_of_memory_halves_the_batch_then_gives_a_clear_error():
     volume = smooth_volume(shape=(16, 16, 16))
     net = FlakyMemoryNet(limit=2)
     plan = [SampleSpec(0, flip) for flip in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]]
-    result = run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), max_batch=8))
+    result = run_sliding_window(volume, [net], plan, 2, WindowConfig((16, 16, 16), max_batch=8))
     assert net.calls[:3] == [8, 4, 2] and max(net.calls[3:]) == 2
     assert any("retrying with 2" in n for n in result.notes)
     with pytest.raises(ResourceError, match="Out of memory"):
-        run_engine(volume, [FlakyMemoryNet(limit=0)], plan, 2, EngineConfig((16, 16, 16)))
+        run_sliding_window(volume, [FlakyMemoryNet(limit=0)], plan, 2, WindowConfig((16, 16, 16)))
 
 
 class DropoutFlakyNet(nn.Module):
@@ -221,9 +223,9 @@ def test_out_of_memory_fallback_does_not_change_stochastic_results():
     volume = smooth_volume(shape=(16, 16, 24))
     plan = plan_samples("mc_dropout", 1, 8)
     flaky = DropoutFlakyNet(limit=2)
-    fallback = run_engine(volume, [flaky], plan, 2, EngineConfig((16, 16, 16), max_batch=8, seed=2))
+    fallback = run_sliding_window(volume, [flaky], plan, 2, WindowConfig((16, 16, 16), max_batch=8, seed=2))
     assert any("retrying with 2" in n for n in fallback.notes)
-    plain = run_engine(volume, [flaky.inner], plan, 2, EngineConfig((16, 16, 16), max_batch=8, seed=2))
+    plain = run_sliding_window(volume, [flaky.inner], plan, 2, WindowConfig((16, 16, 16), max_batch=8, seed=2))
     assert torch.equal(fallback.sample_bits, plain.sample_bits) and torch.equal(fallback.mean_p, plain.mean_p)
 
 
@@ -232,23 +234,23 @@ def test_cancel_is_honoured_inside_a_window_between_forward_passes():
     net = FlakyMemoryNet(limit=99)
     calls = net.calls
     with pytest.raises(CancelledError):
-        run_engine(smooth_volume(shape=(16, 16, 16)), [net], [SampleSpec(0, f) for f in [()] * 12], 2,
-                   EngineConfig((16, 16, 16), max_batch=2), cancelled=lambda: len(calls) >= 2)
+        run_sliding_window(smooth_volume(shape=(16, 16, 16)), [net], [SampleSpec(0, f) for f in [()] * 12], 2,
+                   WindowConfig((16, 16, 16), max_batch=2), cancelled=lambda: len(calls) >= 2)
     assert calls == [2, 2]
 
 
 @pytest.mark.parametrize("overlap", [0.95, 1.0, -0.1, float("nan")])
 def test_overlap_out_of_range_or_with_a_one_voxel_stride_is_a_usage_error(overlap):
     with pytest.raises(UsageError, match="overlap"):
-        run_engine(smooth_volume(shape=(16, 16, 16)), [ThresholdNet()], plan_samples("softmax", 1), 2,
-                   EngineConfig((16, 16, 16), overlap=overlap))
+        run_sliding_window(smooth_volume(shape=(16, 16, 16)), [ThresholdNet()], plan_samples("softmax", 1), 2,
+                   WindowConfig((16, 16, 16), overlap=overlap))
 
 
 def test_cancel_stops_before_the_next_window():
     volume = smooth_volume(shape=(16, 16, 40))
     calls = []
     with pytest.raises(CancelledError):
-        run_engine(volume, [ThresholdNet()], plan_samples("mc_dropout", 1, 2), 2, EngineConfig((16, 16, 16)),
+        run_sliding_window(volume, [ThresholdNet()], plan_samples("mc_dropout", 1, 2), 2, WindowConfig((16, 16, 16)),
                    progress=lambda *a: calls.append(a), cancelled=lambda: len(calls) >= 1)
     assert len(calls) == 1
 
@@ -275,8 +277,8 @@ def test_windowed_mi_and_variance_match_one_pass_over_the_whole_volume():
     instead adds the windows' disagreement: about +8 % MI and +6 % variance (bench_window_blending.py)."""
     volume, net, t = smooth_volume((24, 24, 24)), DropoutContextNet(), 10
     plan = plan_samples("mc_dropout", 1, t)
-    whole = run_engine(volume, [net], plan, 3, EngineConfig((24, 24, 24), seed=3))
-    windowed = run_engine(volume, [net], plan, 3, EngineConfig((12, 12, 12), overlap=0.5, seed=3))
+    whole = run_sliding_window(volume, [net], plan, 3, WindowConfig((24, 24, 24), seed=3))
+    windowed = run_sliding_window(volume, [net], plan, 3, WindowConfig((12, 12, 12), overlap=0.5, seed=3))
     assert len(scan_slices(volume.shape, (12, 12, 12), 0.5)) == 27  # really blended
     for name in ("mutual_information", "variance", "entropy"):
         ratio = windowed.maps[name].mean().item() / whole.maps[name].mean().item()

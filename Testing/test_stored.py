@@ -98,8 +98,8 @@ def test_finish_into_a_store_writes_the_same_maps_slab_by_slab(tmp_path):
     into_store = MomentAccumulator(3, shape, passes, slab_voxels=30)
     for _ in range(passes):
         p = torch.softmax(torch.from_numpy(rng.standard_normal((3, *shape)).astype(np.float32)) * 3, 0)
-        plain.add(p)
-        into_store.add(p)
+        plain.add_slabs([((), p)])
+        into_store.add_slabs([((), p)])
     reference = sitk.Image(5, 6, 9, sitk.sitkFloat32)
     store = VolumeStore(tmp_path, reference)
     mean_a, labels_a, maps_a, bits_a = plain.finish()

@@ -54,7 +54,7 @@ def sums_nbytes(n_classes: int, shape: tuple[int, ...], n_samples: int) -> int:
 class MomentAccumulator:
     """Running sums over T passes of (C, *S) probability volumes.
 
-    ``add`` (a whole pass) or ``add_slabs`` (a pass as regions) takes each pass in turn; ``finish`` returns
+    ``add_slabs`` takes each pass in turn, as regions (``[((), p)]``: a whole pass); ``finish`` returns
     the foreground classes' mean probabilities, the labels, the maps name -> (*S) and sample_bits
     (C-1, ceil(T/8), *S) uint8 with sample t in bit t % 8 of byte t // 8.
 
@@ -99,15 +99,6 @@ class MomentAccumulator:
     @property
     def in_files(self) -> bool:
         return self.state is not None and isinstance(self.state["sum_h"], RawArray)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the running sums and bits hold once allocated."""
-        return sums_nbytes(self.n_classes, self.shape, self.n_samples)
-
-    def add(self, probabilities: np.ndarray | torch.Tensor) -> None:
-        """Add one pass: (C, *S) probabilities summing to 1 over C, worked in z-slabs (small temporaries)."""
-        self.add_slabs([((), probabilities)])
 
     def add_slabs(self, slabs: Iterable[tuple[Region, np.ndarray | torch.Tensor]]) -> None:
         """Add one pass given as (region, (C, *region shape) probabilities) pieces that tile the volume

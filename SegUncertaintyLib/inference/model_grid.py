@@ -21,7 +21,7 @@ from ..models.loader import LoadedModel, check_mc_dropout
 from .assembly import PassStatistics, PlacedImages, SegmentationOutputs, assemble
 from .maps import class_argmax
 from .preprocessing import array_on_grid, to_input_space, to_model_space
-from .sliding_window import EngineConfig, check_overlap, run_engine
+from .sliding_window import WindowConfig, check_overlap, run_sliding_window
 
 
 def check_method(model: LoadedModel, method: str) -> None:
@@ -54,9 +54,9 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     array, grid = to_model_space(image, card)
     check_cancel()
     report("preprocess", 1.0, f"model grid {grid.GetSize()} at {card.spacing_mm} mm")
-    config = EngineConfig(window=window, overlap=options.overlap, max_batch=options.max_batch,
+    config = WindowConfig(window=window, overlap=options.overlap, max_batch=options.max_batch,
                           device=options.device, seed=options.seed)
-    result = run_engine(array, model.networks, plan, description.n_classes, config, report, cancelled)
+    result = run_sliding_window(array, model.networks, plan, description.n_classes, config, report, cancelled)
     check_cancel()
 
     report("postprocess", 0.0, "resampling to the input grid")

@@ -45,7 +45,7 @@ NO_GPU_NOTE = "No CUDA GPU available: ran on the CPU."
 
 
 @dataclass
-class EngineConfig:
+class WindowConfig:
     """Sliding-window settings. ``window`` is (z, y, x) voxels of the model grid."""
 
     window: tuple[int, int, int]
@@ -57,7 +57,7 @@ class EngineConfig:
 
 
 @dataclass
-class EngineResult:
+class WindowResult:
     """Stitched outputs on the model grid; spatial shape S = (z, y, x).
 
     mean_p: (C, *S) mean softmax; maps: name -> (*S) float32; sample_bits: (C-1, ceil(T/8), *S) uint8,
@@ -116,7 +116,7 @@ class _WindowSampler:
     with a smaller batch gives the same samples. ``cancelled`` is polled before every forward pass.
     """
 
-    def __init__(self, networks: list[nn.Module], plan: list[SampleSpec], config: EngineConfig, notes: list[str],
+    def __init__(self, networks: list[nn.Module], plan: list[SampleSpec], config: WindowConfig, notes: list[str],
                  cancelled: Callable[[], bool] | None = None):
         self.networks, self.plan, self.notes, self.cancelled = networks, plan, notes, cancelled
         self.seed = config.seed
@@ -224,15 +224,15 @@ class _WindowSampler:
         return sum_p, sum_p2, sum_h, bits
 
 
-def run_engine(
+def run_sliding_window(
     volume: np.ndarray,
     networks: list[nn.Module],
     plan: list[SampleSpec],
     n_classes: int,
-    config: EngineConfig,
+    config: WindowConfig,
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
-) -> EngineResult:
+) -> WindowResult:
     """Segment a preprocessed (z, y, x) float32 volume; return stitched mean, maps and sample bits.
 
     ``cancelled`` is polled before every forward pass (CancelledError); the result does not depend on
@@ -284,6 +284,6 @@ def run_engine(
     mean_p = sum_p.div_(sum_w)[(slice(None), *crop)].contiguous()
     maps = {name: total.div_(sum_w)[crop].contiguous() for name, total in blended.items()}
     del sum_w
-    return EngineResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
+    return WindowResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
                         sampler.device.type, notes)
 

@@ -5,7 +5,7 @@
 
 Naive way: T separate ``monai.inferers.sliding_window_inference`` passes with dropout on, every
 sample's probability volume stacked (T, C, Z, Y, X), then reduced to mean, entropy, MI and variance.
-Engine: ``run_engine`` (T samples per window in batches, streamed statistics, bit-packed labels).
+Engine: ``run_sliding_window`` (T samples per window in batches, streamed statistics, bit-packed labels).
 Both use the same network, window (64^3), overlap, Gaussian blending and batch of 8 forward passes.
 Each measurement runs in a fresh process; peak memory is that process's peak resident set size.
 """
@@ -55,10 +55,10 @@ def naive(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batc
 
 def engine(volume: np.ndarray, net: torch.nn.Module, t: int, overlap: float, batch: int) -> dict:
     from SegUncertaintyLib.core.methods import plan_samples
-    from SegUncertaintyLib.inference.sliding_window import EngineConfig, run_engine
+    from SegUncertaintyLib.inference.sliding_window import WindowConfig, run_sliding_window
 
-    result = run_engine(volume, [net], plan_samples("mc_dropout", 1, t), 2,
-                        EngineConfig(window=WINDOW, overlap=overlap, max_batch=batch))
+    result = run_sliding_window(volume, [net], plan_samples("mc_dropout", 1, t), 2,
+                        WindowConfig(window=WINDOW, overlap=overlap, max_batch=batch))
     return {"mean_entropy": float(result.maps["entropy"].mean()), "labels_bytes": result.sample_bits.numel()}
 
 

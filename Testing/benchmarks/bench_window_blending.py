@@ -23,7 +23,7 @@ from monai.data.utils import compute_importance_map
 
 from SegUncertaintyLib.core.methods import plan_samples
 from SegUncertaintyLib.inference.maps import uncertainty_maps
-from SegUncertaintyLib.inference.sliding_window import EngineConfig, _WindowSampler, run_engine, scan_slices
+from SegUncertaintyLib.inference.sliding_window import WindowConfig, _WindowSampler, run_sliding_window, scan_slices
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for the test network
 from conftest import DropoutContextNet  # noqa: E402
@@ -39,7 +39,7 @@ def volume(shape=(32, 32, 32), seed=0) -> np.ndarray:
 def blended(vol, net, t, window, overlap, seed) -> dict[str, dict[str, float]]:
     """Mean MI and variance under each blending, from the same window samples."""
     plan = plan_samples("mc_dropout", 1, t)
-    sampler = _WindowSampler([net], plan, EngineConfig(window, overlap, seed=seed), [])
+    sampler = _WindowSampler([net], plan, WindowConfig(window, overlap, seed=seed), [])
     weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu").float()
     shape, c = vol.shape, 3
     acc = {k: torch.zeros((c, *shape)) for k in ("p", "p2")} | {k: torch.zeros(shape) for k in
@@ -69,11 +69,12 @@ def main(t: int = 10, seeds=range(4)) -> None:
     vol, net = volume(), DropoutContextNet()
     rows: dict[str, list[tuple[float, float]]] = {"moments": [], "maps": [], "argmax": [], "engine": []}
     for seed in seeds:
-        whole = run_engine(vol, [net], plan_samples("mc_dropout", 1, t), 3, EngineConfig((32, 32, 32), seed=seed))
+        plan = plan_samples("mc_dropout", 1, t)
+        whole = run_sliding_window(vol, [net], plan, 3, WindowConfig((32, 32, 32), seed=seed))
         ref = (whole.maps["mutual_information"].mean().item(), whole.maps["variance"].mean().item())
         for name, v in blended(vol, net, t, (16, 16, 16), 0.5, seed).items():
             rows[name].append((v["mi"] / ref[0] - 1, v["var"] / ref[1] - 1))
-        engine = run_engine(vol, [net], plan_samples("mc_dropout", 1, t), 3, EngineConfig((16, 16, 16), seed=seed))
+        engine = run_sliding_window(vol, [net], plan, 3, WindowConfig((16, 16, 16), seed=seed))
         rows["engine"].append((engine.maps["mutual_information"].mean().item() / ref[0] - 1,
                                engine.maps["variance"].mean().item() / ref[1] - 1))
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, CPU only; volume 32^3 (one 32^3 "
