@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .cohort.executors import EXECUTORS
 from .core.errors import CancelledError, InputImageError, ResourceError, SegUncertaintyError, UsageError
-from .core.vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
+from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
 
 COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
 SAMPLE_DIR = Path(__file__).parent / "sample"
@@ -80,7 +80,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder "
                              "(default: %(default)s)")
-    parser.add_argument("--method", default="mc_dropout", choices=METHODS)
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
                              "(default: all the model declares, at most 8)")
@@ -172,7 +172,7 @@ def cmd_segment(args) -> int:
             image = read_image(path, args.series)
             cancel.check()
             model = load_model(args.model)
-            reporter("load", 1.0, f"model {model.card.name} {model.card.version}")
+            reporter("load", 1.0, f"model {model.description.name} {model.description.version}")
             cancel.check()
             outputs = segment_image(image, model, args.method, args.samples, args.overlap, args.device,
                                     args.seed, args.max_batch, reporter, cancel, scratch)
@@ -180,7 +180,7 @@ def cmd_segment(args) -> int:
             reporter("write", 0.0, f"writing to {out}")
             settings = SegmentOptions.from_args(args).settings(
                 image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None)
-            manifest = write_outputs(outputs, folder, model.card, str(path), settings, args.format,
+            manifest = write_outputs(outputs, folder, model.description, str(path), settings, args.format,
                                      overview=not args.no_overview, samples=args.save_samples, cancelled=cancel,
                                      maps=args.maps, map_dtype=args.map_dtype)
             reporter("write", 1.0, "done")
@@ -326,15 +326,15 @@ def _add_models_parser(sub) -> None:
 
 
 def cmd_models(args) -> int:
-    from .models import catalog
+    from .models import catalog, manage
 
     command = args.models_command or "list"
     if command == "add":
-        name, folder = catalog.add_model(args.path, args.name)
+        name, folder = manage.add_model(args.path, args.name)
         print(f"Added {name}: {folder}")
         return 0
     if command == "check":
-        summary = catalog.check_path(args.path)
+        summary = manage.check_path(args.path)
         print(f"{summary.name}: ok ({summary.format}, {summary.members} member(s), "
               f"methods {','.join(summary.methods)}, labels {', '.join(summary.labels.values())})")
         return 0

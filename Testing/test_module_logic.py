@@ -54,7 +54,8 @@ def logic_with_run(mrml_scene, head_run, new_logic):
 
 def test_parameter_defaults_are_valid_choices(mrml_scene, new_logic):
     params = module.SegUncertaintyParameterNode(slicer.vtkMRMLScriptedModuleNode())
-    assert params.method in process.METHODS and params.device in process.DEVICES
+    assert params.method in process.METHOD_LABELS and params.device in process.DEVICES
+    assert params.method == process.DEFAULT_METHOD == "mc_dropout"  # the command line's default
     assert params.uncertaintyMap in parameters.MAPS and params.colormap in overlays.COLORMAPS
     assert params.model in new_logic().modelNames()
 

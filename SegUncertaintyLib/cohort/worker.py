@@ -113,7 +113,7 @@ def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancell
         image = read_image(item["path"], item["series"])
         outputs = segment_image(image, model, options.method, options.samples, options.overlap, options.device,
                                 options.seed, options.max_batch, None, cancelled, scratch)
-        write_outputs(outputs, folder, model.card, item["input"], settings, options.format,
+        write_outputs(outputs, folder, model.description, item["input"], settings, options.format,
                       overview=options.overview, samples=options.save_samples, cancelled=cancelled,
                       maps=options.maps, map_dtype=options.map_dtype)
     return outputs.scores
@@ -127,7 +127,7 @@ def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
         torch.set_num_threads(item["threads"])
     settings = _case_settings(item, options, input_sha256(item["path"], item.get("files", ())))
     model = _load(options)
-    card = model.card
+    card = model.description
     wanted = resume_key({"settings": settings,
                          "model": {"name": card.name, "version": card.version,
                                    "members": [{"sha256": m.sha256} for m in card.members]},

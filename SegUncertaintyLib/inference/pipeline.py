@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from ..core.errors import CancelledError, InputImageError, ModelError, UsageError
-from ..core.methods import plan_samples
+from ..core.methods import DEFAULT_METHOD, parse_method, plan_samples
 from ..io.images import validate_image
 from ..models.loader import LoadedModel, check_mc_dropout
 from .engine import EngineConfig, ProgressCallback, check_overlap, class_argmax, run_engine
@@ -49,21 +49,23 @@ class SegmentationOutputs:
 
 
 def check_method(model: LoadedModel, method: str) -> None:
-    """Refuse a method the card does not list, or MC dropout on networks without (active) dropout."""
-    if "mc_dropout" in method and model.card.architecture["type"] == "onnx":
+    """Refuse an unknown method (UsageError), a method the card does not list, or MC dropout on networks
+    without (active) dropout (ModelError)."""
+    m = parse_method(method)
+    if m.dropout and model.card.architecture["type"] == "onnx":
         check_mc_dropout(model, [0])  # refuses with the reason: an ONNX graph has no train-mode dropout
-    for part in method.split("+"):
+    for part in m.parts:
         if part not in model.card.methods:
             raise ModelError(f"Model '{model.card.name}' does not support '{part}' "
                              f"(its card lists: {', '.join(model.card.methods)})")
-    if "mc_dropout" in method:
-        check_mc_dropout(model, range(len(model.networks)) if "ensemble" in method else [0])
+    if m.dropout:
+        check_mc_dropout(model, range(len(model.networks)) if m.ensemble else [0])
 
 
 def segment_image(
     image: sitk.Image,
     model: LoadedModel,
-    method: str = "mc_dropout",
+    method: str = DEFAULT_METHOD,
     samples: int | None = None,
     overlap: float = 0.5,
     device: str = "auto",

@@ -19,6 +19,7 @@ import torch
 
 from ..core import spill
 from ..core.errors import CancelledError
+from ..core.methods import DEFAULT_METHOD
 from .accumulator import MomentAccumulator, sums_nbytes
 from .engine import ProgressCallback, pick_device
 from .pipeline import MAP_MEANINGS, SegmentationOutputs
@@ -30,7 +31,7 @@ from .volume_store import VolumeStore
 def segment_passes(
     image: sitk.Image,
     model,
-    method: str = "ensemble",
+    method: str = DEFAULT_METHOD,
     samples: int | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -47,7 +48,7 @@ def segment_passes(
     temporary folder and the outputs are in memory.
     """
     report = progress or (lambda *_: None)
-    card = model.card
+    card = model.description
     plan = model.plan(method, samples)
     dev = pick_device(device)
     notes = list(model.method_notes(method))

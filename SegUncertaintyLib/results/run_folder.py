@@ -22,7 +22,7 @@ from ..core.vocabulary import FORMATS, MAP_CHOICES, MAP_DTYPES
 from ..inference.pipeline import MAP_MEANINGS, SegmentationOutputs, samples_on_input_grid
 from ..io.images import write_image, write_json
 from ..io.publish import OutputFolder, listed_files
-from ..models.card import ModelCard
+from ..models.description import ModelDescription
 from .overview import save_overview
 
 MANIFEST = "manifest.json"
@@ -42,7 +42,7 @@ def output_folder(out_dir: str | Path) -> OutputFolder:
     return OutputFolder(out_dir, run_files)
 
 
-def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, card: ModelCard,
+def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, card: ModelDescription,
                   input_name: str, settings: dict, fmt: str = "nrrd", overview: bool = True,
                   samples: bool = False, cancelled: Callable[[], bool] | None = None,
                   maps: Sequence[str] | None = None, map_dtype: str = "float32") -> Path:
