@@ -326,9 +326,11 @@ def _add_models_parser(sub) -> None:
 
 
 def cmd_models(args) -> int:
-    from .models import catalog, manage
+    from .models import catalog
 
     command = args.models_command or "list"
+    if command in ("add", "check"):
+        from .models import manage  # loads models: imports torch
     if command == "add":
         name, folder = manage.add_model(args.path, args.name)
         print(f"Added {name}: {folder}")
