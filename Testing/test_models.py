@@ -401,3 +401,15 @@ def test_methods_are_parsed_in_one_place_with_one_error_type_per_fault():
 def test_unknown_method_is_a_usage_error_for_every_model_format(threshold_model):
     with pytest.raises(UsageError, match="Unknown method 'bootstrap'"):
         check_method(load_model(threshold_model), "bootstrap")
+
+
+def test_loading_by_name_scans_the_catalog_once(tmp_path, monkeypatch, threshold_model):
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    write_threshold_model(tmp_path / "home" / "models" / "copied", members=1)  # copied by hand: no record
+    scanned = []
+    summarize = catalog.summarize
+    monkeypatch.setattr(catalog, "summarize", lambda folder, verify=False: scanned.append(folder.name)
+                        or summarize(folder, verify))
+    model = load_model("threshold-copied")
+    assert model.description.name == "threshold-copied" and model.description.format == "card"
+    assert sorted(scanned) == sorted({*scanned}) and "copied" in scanned  # every folder read once

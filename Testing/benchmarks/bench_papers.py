@@ -182,7 +182,7 @@ def run_model(model_name: str, volumes: dict, work: Path, samples: int, methods=
                                     device="cpu", seed=0)
             seconds = time.perf_counter() - start
             if not out_dir.exists():
-                write_outputs(outputs, out_dir, model.card, volume.name, {"seed": 0, "device_requested": "cpu"},
+                write_outputs(outputs, out_dir, model.description, volume.name, {"seed": 0, "device_requested": "cpu"},
                               overview=False, maps=None if role == "id" else ())
             seg = sitk.GetArrayFromImage(outputs.segmentation)
             fact = {"seconds": seconds, "scores": outputs.scores["classes"]}
