@@ -28,7 +28,7 @@ from .core.errors import (
     UsageError,
 )
 from .core.options import DEVICES
-from .core.vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
+from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
 
 COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
 SAMPLE_DIR = Path(__file__).parent / "sample"
@@ -88,7 +88,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder "
                              "(default: %(default)s)")
-    parser.add_argument("--method", default="mc_dropout", choices=METHODS)
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
                              "(default: all the model declares, at most 8)")
@@ -331,12 +331,14 @@ def cmd_models(args) -> int:
     from .models import catalog
 
     command = args.models_command or "list"
+    if command in ("add", "check"):
+        from .models import manage  # loads models: imports torch
     if command == "add":
-        name, folder = catalog.add_model(args.path, args.name)
+        name, folder = manage.add_model(args.path, args.name)
         print(f"Added {name}: {folder}")
         return 0
     if command == "check":
-        summary = catalog.check_path(args.path)
+        summary = manage.check_path(args.path)
         print(f"{summary.name}: ok ({summary.format}, {summary.members} member(s), "
               f"methods {','.join(summary.methods)}, labels {', '.join(summary.labels.values())})")
         return 0

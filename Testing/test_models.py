@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -23,7 +24,7 @@ from SegUncertaintyLib.core.methods import plan_samples
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.model_grid import check_method
 from SegUncertaintyLib.inference.segment import segment_image
-from SegUncertaintyLib.models import catalog, formats
+from SegUncertaintyLib.models import catalog, registry
 from SegUncertaintyLib.models.card import card_schema, load_card, sha256_file, write_card
 from SegUncertaintyLib.models.loader import DEFAULT_MODEL, load_model
 
@@ -221,47 +222,113 @@ def test_no_socket_is_opened_during_segment_model_load_and_add(tmp_path, monkeyp
 
 # -- formats -----------------------------------------------------------------------------------------------
 def test_detect_format_from_folder_contents(tmp_path, threshold_model):
-    assert formats.detect_format(threshold_model) == "card"
-    assert formats.detect_format(threshold_model / "card.json") == "card"
+    assert registry.detect_format(threshold_model) == "card"
+    assert registry.detect_format(threshold_model / "card.json") == "card"
     nnunet = tmp_path / "Dataset001__nnUNetPlans__3d_fullres"
     (nnunet / "fold_0").mkdir(parents=True)
     (nnunet / "dataset.json").write_text("{}")
     (nnunet / "plans.json").write_text("{}")
-    assert formats.detect_format(nnunet) == "nnunet"
+    assert registry.detect_format(nnunet) == "nnunet"
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)
     (bundle / "configs" / "inference.json").write_text("{}")
-    assert formats.detect_format(bundle) == "monai_bundle"
+    assert registry.detect_format(bundle) == "monai_bundle"
     onnx = tmp_path / "onnx"
     onnx.mkdir()
     (onnx / "model.onnx").write_bytes(b"")
     (onnx / "card.json").write_text("{}")
-    assert formats.detect_format(onnx) == "onnx"
-    assert formats.detect_format(tmp_path) == "nnunet"  # a dataset folder holding one trained-model folder
+    assert registry.detect_format(onnx) == "onnx"
+    assert registry.detect_format(tmp_path) == "nnunet"  # a dataset folder holding one trained-model folder
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="not a model folder"):
-        formats.detect_format(tmp_path / "empty")
+        registry.detect_format(tmp_path / "empty")
+
+
+def _replace_format(monkeypatch, record):
+    """Put ``record`` in the registry in place of the format of the same name (or last, for a new one)."""
+    formats = [f for f in registry.MODEL_FORMATS if f.name != record.name]
+    at = next((i for i, f in enumerate(registry.MODEL_FORMATS) if f.name == record.name), len(formats))
+    monkeypatch.setattr(registry, "MODEL_FORMATS", (*formats[:at], record, *formats[at:]))
 
 
 def test_registered_checker_is_used_by_models_check_and_list(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(formats, "_CHECKERS", dict(formats._CHECKERS))
     bundle = tmp_path / "home" / "models" / "bundle"
     (bundle / "configs").mkdir(parents=True)
     (bundle / "configs" / "inference.json").write_text("{}")
     assert cli.main(["models", "check", str(bundle)]) == 4  # the bundle adapter's own checker
     assert capsys.readouterr().err.strip().endswith("bundle: no configs/metadata.json (labels and input "
                                                     "channels are read from it)")
-    monkeypatch.setattr(formats, "_CHECKERS", {k: v for k, v in formats._CHECKERS.items() if k != "monai_bundle"})
-    monkeypatch.setitem(formats.CHECKER_MODULES, "monai_bundle", ".adapters.not_installed")
+    original = registry.format_named("monai_bundle")
+    _replace_format(monkeypatch, dataclasses.replace(original, module=".adapters.not_installed"))
     assert cli.main(["models", "check", str(bundle)]) == 4
     assert "MONAI bundle support is not installed" in capsys.readouterr().err
-    formats.register_checker("monai_bundle", lambda p: formats.ModelSummary(
-        "spleen", "monai_bundle", "CT", {0: "background", 1: "spleen"}, 1, ("softmax",), ("configs/inference.json",)))
+    (tmp_path / "spleen_adapter.py").write_text(
+        "from SegUncertaintyLib.models.registry import ModelSummary\n"
+        "def check(path):\n"
+        "    return ModelSummary('spleen', 'monai_bundle', 'CT', {0: 'background', 1: 'spleen'}, 1, ('softmax',),\n"
+        "                        ('configs/inference.json',))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _replace_format(monkeypatch, dataclasses.replace(original, module="spleen_adapter"))
     assert cli.main(["models", "check", str(bundle)]) == 0
     assert "spleen: ok (monai_bundle" in capsys.readouterr().out
     listed = {e.name: e for e in catalog.list_models()}
     assert listed["bundle"].format == "monai_bundle" and listed["bundle"].error is None  # named by its folder
+
+
+MARKER_ADAPTER = """
+from pathlib import Path
+
+from SegUncertaintyLib.models.description import ModelDescription
+from SegUncertaintyLib.models.registry import ModelSummary
+
+LABELS = {0: "background", 1: "marked"}
+
+
+def check(path):
+    text = (Path(path) / "marker.txt").read_text()
+    if text != "ok":
+        from SegUncertaintyLib.core.errors import ModelError
+        raise ModelError(f"marker model {Path(path).name}: marker says {text!r}")
+    return ModelSummary("marker-model", "marker", "MR", LABELS, 1, ("softmax",), ("marker.txt",), "1", "marking")
+
+
+class MarkerModel:
+    format = "marker"
+
+    def __init__(self, path, name):
+        self.description = ModelDescription(name or "marker-model", "1", "marking", "MR", LABELS, ("softmax",),
+                                            "marker", Path(path), ())
+
+
+def load(path, name=None):
+    check(path)
+    return MarkerModel(path, name)
+"""
+
+
+def test_a_new_format_takes_one_adapter_module_and_one_registry_line(tmp_path, monkeypatch, capsys):
+    """A fake format (a folder with marker.txt): detected, checked, listed, installed and loaded by name."""
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    (tmp_path / "marker_adapter.py").write_text(MARKER_ADAPTER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    marker = registry.ModelFormat("marker", "Marker format", "marker_adapter", lambda p: (p / "marker.txt").is_file())
+    monkeypatch.setattr(registry, "MODEL_FORMATS", (*registry.MODEL_FORMATS, marker))
+    folder = tmp_path / "src" / "marked"
+    folder.mkdir(parents=True)
+    (folder / "marker.txt").write_text("ok")
+    assert registry.detect_format(folder) == "marker" and registry.format_label("marker") == "Marker format"
+    assert registry.check_model(folder).name == "marker-model"
+    assert cli.main(["models", "add", str(folder), "--name", "my-marker"]) == 0
+    listed = {e.name: e for e in catalog.list_models()}
+    assert listed["my-marker"].format == "marker" and listed["my-marker"].error is None
+    model = load_model("my-marker")
+    assert model.format == "marker" and model.description.name == "my-marker"
+    assert model.description.folder == tmp_path / "home" / "models" / "my-marker"
+    (folder / "marker.txt").write_text("broken")
+    capsys.readouterr()
+    assert cli.main(["models", "check", str(folder)]) == 4
+    assert "marker says 'broken'" in capsys.readouterr().err
 
 
 # -- management --------------------------------------------------------------------------------------------
@@ -308,3 +375,43 @@ def test_broken_user_model_is_listed_with_its_reason_and_hides_nothing(tmp_path,
     assert captured.err.strip() == "seguncertainty: error: 2 model(s) failed the check: broken, junk"
     assert set(catalog.available_models()) == {DEFAULT_MODEL, "abdomen-ct-demo", "threshold-good", "threshold-broken"}
     load_model(DEFAULT_MODEL)  # the default model still works
+
+
+def test_methods_are_parsed_in_one_place_with_one_error_type_per_fault():
+    from SegUncertaintyLib.core.methods import DEFAULT_METHOD, METHOD_LABELS, check_capable, count_passes, parse_method
+
+    m = parse_method("ensemble+tta")
+    assert (m.ensemble, m.dropout, m.tta, m.parts) == (True, False, True, ("ensemble", "tta"))
+    assert m.label == METHOD_LABELS["ensemble+tta"] == "Ensemble + TTA" and DEFAULT_METHOD == "mc_dropout"
+    assert parse_method("softmax").parts == ("softmax",) and not parse_method("softmax").ensemble
+    for fault in (lambda: parse_method("bootstrap"), lambda: plan_samples("bootstrap", 2),
+                  lambda: plan_samples("mc_dropout", 1, 1), lambda: plan_samples("tta", 1, 0)):
+        with pytest.raises(UsageError):
+            fault()
+    for fault in (lambda: plan_samples("ensemble", 1), lambda: plan_samples("tta", 1, None, ()),
+                  lambda: check_capable("mc_dropout", "Model x", members=1, flips=True, dropout=False)):
+        with pytest.raises(ModelError) as caught:
+            fault()
+        assert not isinstance(caught.value, UsageError)
+    with pytest.raises(ModelError, match="^Model x has one fold$"):
+        check_capable("ensemble+tta", "Model x", members=1, flips=True, dropout=True,
+                      reasons={"ensemble": "has one fold"})
+    assert check_capable("tta", "Model x", members=1, flips=True, dropout=False).tta
+    assert count_passes("ensemble+mc_dropout", 3, 2) == 6 and count_passes("ensemble", None, 1) is None
+
+
+def test_unknown_method_is_a_usage_error_for_every_model_format(threshold_model):
+    with pytest.raises(UsageError, match="Unknown method 'bootstrap'"):
+        check_method(load_model(threshold_model), "bootstrap")
+
+
+def test_loading_by_name_scans_the_catalog_once(tmp_path, monkeypatch, threshold_model):
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    write_threshold_model(tmp_path / "home" / "models" / "copied", members=1)  # copied by hand: no record
+    scanned = []
+    summarize = catalog.summarize
+    monkeypatch.setattr(catalog, "summarize", lambda folder, verify=False: scanned.append(folder.name)
+                        or summarize(folder, verify))
+    model = load_model("threshold-copied")
+    assert model.description.name == "threshold-copied" and model.description.format == "card"
+    assert sorted(scanned) == sorted({*scanned}) and "copied" in scanned  # every folder read once

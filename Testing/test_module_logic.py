@@ -54,7 +54,8 @@ def logic_with_run(mrml_scene, head_run, new_logic):
 
 def test_parameter_defaults_are_valid_choices(mrml_scene, new_logic):
     params = module.SegUncertaintyParameterNode(slicer.vtkMRMLScriptedModuleNode())
-    assert params.method in process.METHODS and params.device in process.DEVICES
+    assert params.method in process.METHOD_LABELS and params.device in process.DEVICES
+    assert params.method == process.DEFAULT_METHOD == "mc_dropout"  # the command line's default
     assert params.uncertaintyMap in parameters.MAPS and params.colormap in overlays.COLORMAPS
     assert params.model in new_logic().modelNames()
 
@@ -226,11 +227,11 @@ def broken_user_model(home: Path) -> Path:
 
 def test_model_list_shows_every_model_and_add_goes_through_the_catalog(mrml_scene, new_logic, tmp_path, monkeypatch):
     """With a broken model in the user's folder, the bundled model stays usable and the broken one is listed
-    with the catalog's reason; addModel (a card.json path works too) installs with catalog.add_model and the
+    with the catalog's reason; addModel (a card.json path works too) installs with manage.add_model and the
     model is then listed and runnable by name; a failed add installs nothing and says why in one line."""
     from conftest import write_threshold_model
 
-    from SegUncertaintyLib.models import catalog
+    from SegUncertaintyLib.models import catalog, manage
 
     monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
     broken_user_model(tmp_path / "home")
@@ -257,7 +258,7 @@ def test_model_list_shows_every_model_and_add_goes_through_the_catalog(mrml_scen
     with pytest.raises(RuntimeError) as again:
         logic.addModel(str(source))
     with pytest.raises(catalog.ModelError) as library:
-        catalog.add_model(source)
+        manage.add_model(source)
     assert str(again.value) == str(library.value) and "\n" not in str(again.value)
     with pytest.raises(RuntimeError, match="not a model folder"):
         logic.addModel(str(tmp_path))
@@ -324,3 +325,23 @@ def test_an_installed_nnunet_model_runs_from_the_panel(mrml_scene, tmp_path, mon
     oracle = np.mean([nnunet_reference(folder, w, image) for w in weights], axis=0)  # (C, z, y, x) per fold
     probability = slicer.util.arrayFromVolume(run.probabilities[run.manifest["labels"]["1"]])
     assert np.mean(np.abs(probability - oracle[1]) <= 1e-3) >= 0.99
+
+
+def test_an_onnx_model_is_run_by_name_like_any_card_model(mrml_scene, new_logic, tmp_path, monkeypatch):
+    """The panel passes a model with a card (card or ONNX format) by name, other formats by folder."""
+    import json
+
+    from SegUncertaintyLib.models.card import write_card
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "models" / "graph"
+    folder.mkdir(parents=True)
+    (folder / "net.onnx").write_bytes(b"an ONNX graph")  # listing reads the card only
+    write_card({"name": "graph-model", "labels": {"0": "background", "1": "fg"},
+                "preprocessing": {"spacing_mm": [2, 2, 2], "intensity": {"method": "none"}},
+                "patch_size": [16, 16, 16], "methods": ["softmax"], "architecture": {"type": "onnx"},
+                "members": [{"file": "net.onnx", "sha256": ""}]}, folder)
+    assert json.loads((folder / "card.json").read_text())["architecture"]["type"] == "onnx"
+    choices = {c.name: c for c in new_logic().modelChoices()}
+    assert choices["graph-model"].usable and "ONNX (user)" in choices["graph-model"].tooltip
+    assert choices["graph-model"].argument == "graph-model"

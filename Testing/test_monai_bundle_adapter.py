@@ -20,7 +20,7 @@ from SegUncertaintyLib.core.methods import SampleSpec
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.segment import segment_image
 from SegUncertaintyLib.models.adapters.monai_bundle import MonaiBundleModel
-from SegUncertaintyLib.models.formats import MONAI_BUNDLE, detect_format
+from SegUncertaintyLib.models.registry import MONAI_BUNDLE, detect_format
 
 
 def test_softmax_pass_equals_monai_bundle_own_run(tmp_path):
@@ -34,7 +34,7 @@ def test_softmax_pass_equals_monai_bundle_own_run(tmp_path):
     saved = np.squeeze(np.asarray(nib.load(bundle / "eval" / "ct_prob.nii.gz").dataobj))  # (x, y, z, C)
     expected = np.moveaxis(saved, -1, 0).transpose(0, 3, 2, 1)  # (C, z, y, x)
     model = MonaiBundleModel(bundle)
-    assert model.card.labels == {0: "background", 1: "liver", 2: "spleen"}
+    assert model.description.labels == {0: "background", 1: "liver", 2: "spleen"}
     ours = model.run_pass(model.prepare(image, torch.device("cpu")), SampleSpec(0))
     assert ours.shape == expected.shape
     assert np.abs(ours - expected).max() <= 1e-4

@@ -412,12 +412,12 @@ def test_segment_command_arguments_and_rejections():
         process.segment_command("/py", "/in", "/out", method="bootstrap")
     with pytest.raises(ValueError, match="device"):
         process.segment_command("/py", "/in", "/out", device="tpu")
-    assert set(process.METHODS) == set(LIBRARY_METHODS)  # the panel offers exactly the library's methods
+    assert set(process.METHOD_LABELS) == set(LIBRARY_METHODS)  # the panel offers exactly the library's methods
 
 
 @pytest.mark.parametrize("method", LIBRARY_METHODS)
-def test_forward_passes_match_the_library_plan(method):
-    """forward_passes (torch-free) counts exactly the passes the library plans, for every method, ensemble
+def test_count_passes_match_the_library_plan(method):
+    """count_passes (torch-free) counts exactly the passes the library plans, for every method, ensemble
     size, sample count (None: the library's default) and declared flips; None exactly where it refuses."""
     from SegUncertaintyLib.core.errors import SegUncertaintyError
 
@@ -428,7 +428,7 @@ def test_forward_passes_match_the_library_plan(method):
                     expected = len(plan_samples(method, members, samples, flip_axes))
                 except SegUncertaintyError:
                     expected = None
-                assert process.forward_passes(method, samples, members, flip_axes) == expected, \
+                assert process.count_passes(method, samples, members, flip_axes) == expected, \
                     (method, members, samples, flip_axes)
 
 
@@ -441,18 +441,18 @@ def test_panel_estimate_uses_the_bundled_models_declared_flips():
     card = load_card(available_models()[DEFAULT_MODEL])
     members = len(card.members)
     assert card.flip_axes == (2,)
-    assert process.samples_argument("ensemble+tta", 10) is None and process.samples_argument("mc_dropout", 10) == 10
+    assert process.samples_option("ensemble+tta", 10) is None and process.samples_option("mc_dropout", 10) == 10
     for method in ("tta", "ensemble+tta"):
-        passes = process.forward_passes(method, process.samples_argument(method, 10), members, card.flip_axes)
+        passes = process.count_passes(method, process.samples_option(method, 10), members, card.flip_axes)
         assert passes == len(plan_samples(method, members, None, card.flip_axes)) == 2 * (members if "+" in method
                                                                                              else 1)
 
 
-def test_forward_passes_values():
+def test_count_passes_values():
     """Analytic pass counts: 1, T, M, T, M*T, M*T."""
     expected = {"softmax": 1, "mc_dropout": 6, "ensemble": 3, "tta": 6, "ensemble+mc_dropout": 18,
                 "ensemble+tta": 18}
-    assert {m: process.forward_passes(m, 6, 3) for m in expected} == expected
+    assert {m: process.count_passes(m, 6, 3) for m in expected} == expected
 
 
 # --- the whole workflow ------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from SegUncertaintyLib.core.methods import SampleSpec
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.segment import segment_image
 from SegUncertaintyLib.models.adapters.nnunet import NnUNetModel
-from SegUncertaintyLib.models.formats import NNUNET, detect_format
 from SegUncertaintyLib.models.loader import load_model
+from SegUncertaintyLib.models.registry import NNUNET, detect_format
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_folder_is_recognized_with_folds_as_members_and_labels_from_dataset_json
     assert detect_format(folder) == NNUNET and detect_format(folder.parent) == NNUNET  # dataset folder too
     with pytest.raises(ModelError, match="not a model folder"):
         detect_format(folder / "fold_0")
-    assert [m.path.parent.name for m in model.card.members] == ["fold_0", "fold_1"]
-    assert model.card.labels == {0: "background", 1: "organ1", 2: "organ2"}
+    assert [m.path.parent.name for m in model.description.members] == ["fold_0", "fold_1"]
+    assert model.description.labels == {0: "background", 1: "organ1", 2: "organ2"}
     assert isinstance(load_model(folder), NnUNetModel)
 
 
@@ -201,13 +201,13 @@ def test_no_mirroring_trainer_refuses_tta_and_one_fold_refuses_ensemble(tmp_path
         model.plan("tta", None)
     with pytest.raises(ModelError, match="one fold"):
         model.plan("ensemble", None)
-    assert model.card.methods == ("softmax",)
+    assert model.description.methods == ("softmax",)
 
 
 def test_checkpoint_best_when_final_is_absent(tmp_path):
     folder, weights = make_nnunet_model(tmp_path, folds=2, checkpoint_name="checkpoint_best.pth")
     model = NnUNetModel(folder)
-    assert [m.path.name for m in model.card.members] == ["checkpoint_best.pth"] * 2
+    assert [m.path.name for m in model.description.members] == ["checkpoint_best.pth"] * 2
     image = ct_like_image()
     assert np.abs(run_one(model, image, SampleSpec(1)) - nnunet_reference(folder, weights[1], image)).max() <= 1e-3
 
@@ -215,7 +215,7 @@ def test_checkpoint_best_when_final_is_absent(tmp_path):
 def test_mc_dropout_only_with_dropout_layers_and_samples_differ(tmp_path):
     folder, _ = make_nnunet_model(tmp_path, folds=1, plans=tiny_plans(dropout=0.3))
     model = NnUNetModel(folder)
-    assert "mc_dropout" in model.card.methods
+    assert "mc_dropout" in model.description.methods
     out = segment_image(ct_like_image(), model, SegmentOptions(method="mc_dropout", samples=3, seed=1))
     assert float(sitk.GetArrayFromImage(out.maps["variance"]).max()) > 1e-4
     again = segment_image(ct_like_image(), model, SegmentOptions(method="mc_dropout", samples=3, seed=1))
@@ -430,8 +430,8 @@ def test_a_3d_lowres_configuration_is_nnunets_own_output_resampled_down_and_back
     model = NnUNetModel(folder)
     assert folder.name.endswith("__3d_lowres") and model.configuration_manager.previous_stage_name is None
     backward = model.plans_manager.transpose_backward
-    assert model.card.spacing_mm == tuple(reversed([lowres_spacing[i] for i in backward]))
-    assert model.card.patch_size == (8, 8, 8)
+    assert model.description.info["spacing_mm"] == tuple(reversed([lowres_spacing[i] for i in backward]))
+    assert model.description.info["patch_size"] == (8, 8, 8)
     prepared = model.prepare(image, torch.device("cpu"))
     cropped = prepared.properties["shape_after_cropping_and_before_resampling"]  # transposed, at the fullres spacing
     fullres = model.plans_manager.get_configuration("3d_fullres").spacing

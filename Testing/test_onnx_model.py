@@ -16,7 +16,7 @@ from conftest import sphere_phantom
 from monai.networks.nets import UNet
 
 from SegUncertaintyLib.cli import main
-from SegUncertaintyLib.models import catalog, formats
+from SegUncertaintyLib.models import catalog, registry
 from SegUncertaintyLib.models.card import write_card
 
 PATCH_XYZ = (16, 12, 8)  # not a cube: the graph's fixed (z, y, x) = (8, 12, 16) checks the axis order
@@ -71,7 +71,7 @@ def segment(image: Path, model: Path | str, out: Path, method: str) -> int:
 
 def test_onnx_export_gives_the_torch_networks_maps(pair, tmp_path):
     torch_dir, onnx_dir, image = pair
-    assert formats.detect_format(onnx_dir) == "onnx" and formats.detect_format(torch_dir) == "card"
+    assert registry.detect_format(onnx_dir) == "onnx" and registry.detect_format(torch_dir) == "card"
     for way, folder in (("torch", torch_dir), ("onnx", onnx_dir)):
         assert segment(image, folder, tmp_path / way, "ensemble+tta") == 0
     for name in ("probability_sphere", "entropy", "variance", "mutual_information"):

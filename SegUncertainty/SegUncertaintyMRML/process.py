@@ -11,6 +11,10 @@ import json
 import math
 from dataclasses import dataclass
 
+# The panel's methods come from the library's torch-free module (re-exported here: the module's scripts
+# import no library module when Slicer loads them).
+from SegUncertaintyLib.core.methods import DEFAULT_METHOD, METHOD_LABELS, count_passes, samples_option  # noqa: F401
+
 # Stages in order, with their share of the whole run (inference dominates).
 STAGES = {
     "load": ("Loading the volume", 0.03),
@@ -19,9 +23,6 @@ STAGES = {
     "postprocess": ("Maps and scores", 0.08),
     "write": ("Writing results", 0.05),
 }
-METHODS = {"softmax": "Softmax (one pass)", "mc_dropout": "MC dropout", "ensemble": "Ensemble",
-           "tta": "Test-time augmentation", "ensemble+mc_dropout": "Ensemble + MC dropout",
-           "ensemble+tta": "Ensemble + TTA"}
 DEVICES = ("auto", "cuda", "cpu")
 EXIT_CANCELLED = 130
 CANCELLED_MESSAGE = "Cancelled."
@@ -69,11 +70,11 @@ def error_message(log_lines: list[str], return_code: int) -> str:
 
 
 def segment_command(python: str, input_path: str, out_dir: str, model: str = "brainmask-t1",
-                    method: str = "ensemble+mc_dropout", samples: int | None = None, device: str = "auto",
+                    method: str = DEFAULT_METHOD, samples: int | None = None, device: str = "auto",
                     seed: int = 0) -> list[str]:
     """Arguments that run the segmentation with JSON progress in a separate Python process."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown method '{method}'; choose from {list(METHODS)}")
+    if method not in METHOD_LABELS:
+        raise ValueError(f"Unknown method '{method}'; choose from {list(METHOD_LABELS)}")
     if device not in DEVICES:
         raise ValueError(f"Unknown device '{device}'; choose from {DEVICES}")
     args = [python, "-m", "SegUncertaintyLib.cli", "segment", input_path, "--out", out_dir, "--model", model,
@@ -81,39 +82,6 @@ def segment_command(python: str, input_path: str, out_dir: str, model: str = "br
     if samples is not None:
         args += ["--samples", str(int(samples))]
     return args
-
-
-MAX_TTA_FLIPS = 8  # the library's default TTA sample count: every declared flip combination, at most 8
-
-
-def samples_argument(method: str, samples: int) -> int | None:
-    """What the panel passes as ``--samples``: MC dropout passes per member; None for the other methods,
-    so TTA uses every flip combination the model declares (a fixed count could exceed them)."""
-    return int(samples) if "mc_dropout" in method.split("+") else None
-
-
-def forward_passes(method: str, samples: int | None, members: int, flip_axes=(0, 1, 2)) -> int | None:
-    """Forward passes per sliding window, counted as the library plans them (core.methods.plan_samples,
-    which needs torch: this count must not); None where the library refuses the combination.
-
-    samples: MC dropout passes (default 20) or TTA flip combinations (default: all declared, at most 8) per
-    member; members: ensemble size; flip_axes: the (z, y, x) axes the model declares for TTA."""
-    parts = method.split("+")
-    if method not in METHODS or (samples is not None and samples < 1):
-        return None
-    if "ensemble" in parts and members < 2:
-        return None
-    per_member = 1
-    if "mc_dropout" in parts:
-        per_member = 20 if samples is None else samples
-        if per_member < 2:
-            return None
-    elif "tta" in parts:
-        flips = 2 ** len(set(flip_axes))
-        per_member = min(MAX_TTA_FLIPS, flips) if samples is None else samples
-        if flips < 2 or not 2 <= per_member <= flips:
-            return None
-    return per_member * (members if "ensemble" in parts else 1)
 
 
 def cpu_estimate_s(fov_litres: float, passes: int) -> float:

@@ -46,7 +46,7 @@ class ModelsLogic:
         """Every bundled and installed model (catalog.list_models), bundled first; a broken one is listed with
         its reason and hides no other. ``current`` (the parameter) is listed even when it is not installed."""
         from SegUncertaintyLib.models import catalog
-        from SegUncertaintyLib.models.formats import FORMAT_NAMES
+        from SegUncertaintyLib.models.registry import format_label, format_named
 
         usableCards = {folder: name for name, folder in catalog.available_models().items()}
         choices: dict[str, ModelChoice] = {}
@@ -56,10 +56,11 @@ class ModelsLogic:
                 name = entry.name if entry.error is None else usableCards[entry.folder]
                 info = entry.as_dict()
                 tooltip = _("{format} ({source}): {modality}; {members} member(s); methods: {methods}").format(
-                    format=FORMAT_NAMES.get(entry.format, entry.format), source=entry.source,
+                    format=format_label(entry.format), source=entry.source,
                     modality=info["modality"] or "?", members=info["members"] or "?",
                     methods=", ".join(info["methods"] or []) or "?")
-                choice = ModelChoice(name, True, tooltip, name if entry.format == "card" else str(entry.folder))
+                byName = entry.format is not None and format_named(entry.format).has_card  # card and ONNX models
+                choice = ModelChoice(name, True, tooltip, name if byName else str(entry.folder))
             else:
                 choice = ModelChoice(entry.name, False, _("Cannot be used: {reason} ({folder})").format(
                     reason=entry.error, folder=entry.folder))
@@ -83,16 +84,16 @@ class ModelsLogic:
         return choice
 
     def addModel(self, path: str) -> str:
-        """Check and install the model at ``path`` (a model folder, or its card.json) with catalog.add_model,
+        """Check and install the model at ``path`` (a model folder, or its card.json) with manage.add_model,
         the code `seguncertainty models add` runs; returns its name. On failure nothing is installed and a
         RuntimeError carries the one-line reason."""
-        from SegUncertaintyLib.models import catalog
+        from SegUncertaintyLib.models import manage
 
         source = Path(path)
         if source.is_file() and source.name == "card.json":
             source = source.parent
         try:
-            name, _folder = catalog.add_model(source)
+            name, _folder = manage.add_model(source)
         except Exception as exc:  # a model's checker may raise anything; the user gets its one line
             logging.debug("adding model %s failed", source, exc_info=True)
             raise RuntimeError(oneLine(exc)) from exc
@@ -114,11 +115,11 @@ class ModelsLogic:
 
     def deviceWarning(self, volume, model: str, method: str, samples: int, device: str) -> str:
         """A warning with a time estimate when the run will use the CPU; empty otherwise. The passes are
-        counted as the library plans them (process.forward_passes: members, declared flips)."""
+        counted as the library plans them (core.methods.count_passes: members, declared flips)."""
         if device == "cuda" or (device == "auto" and self.cudaAvailable()):
             return ""
         plan = self.samplingPlan(model)
-        passes = process.forward_passes(method, process.samples_argument(method, samples), *plan) if plan else None
+        passes = process.count_passes(method, process.samples_option(method, samples), *plan) if plan else None
         if passes is None:
             return _("Runs on the CPU; a GPU is much faster.")
         bounds = [0.0] * 6

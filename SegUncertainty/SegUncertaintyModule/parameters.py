@@ -17,7 +17,7 @@ class SegUncertaintyParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = "brainmask-t1"
-    method: Annotated[str, Choice(list(process.METHODS))] = "ensemble+mc_dropout"
+    method: Annotated[str, Choice(list(process.METHOD_LABELS))] = process.DEFAULT_METHOD
     samples: Annotated[int, WithinRange(2, 100)] = 10
     device: Annotated[str, Choice(list(process.DEVICES))] = "auto"
     segmentation: vtkMRMLSegmentationNode

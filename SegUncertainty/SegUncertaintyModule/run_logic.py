@@ -73,7 +73,7 @@ class RunLogic:
         volumes.write_volume(inputVolume, workdir / "input.nrrd")
         args = process.segment_command(python_executable(), str(workdir / "input.nrrd"), str(workdir / "out"),
                                        model=modelArgument, method=method,
-                                       samples=process.samples_argument(method, samples), device=device)
+                                       samples=process.samples_option(method, samples), device=device)
         log: list[str] = []
 
         def onLine(line: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import UsageError
-from .methods import plan_samples
+from .methods import DEFAULT_METHOD, plan_samples
 from .vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES
 
 DEVICES = ("auto", "cuda", "cpu")  # auto: CUDA when available
@@ -25,7 +25,7 @@ class SegmentOptions:
     """Model, method, sampling and output options (the command line's names, without dashes)."""
 
     model: str = DEFAULT_MODEL
-    method: str = "mc_dropout"
+    method: str = DEFAULT_METHOD
     samples: int | None = None  # None: the method's default
     overlap: float = 0.5
     device: str = "auto"

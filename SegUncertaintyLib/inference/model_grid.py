@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from ..core.errors import CancelledError, ModelError
-from ..core.methods import plan_samples
+from ..core.methods import parse_method, plan_samples
 from ..core.options import SegmentOptions
 from ..core.progress import ProgressCallback
 from ..models.loader import LoadedModel, check_mc_dropout
@@ -25,16 +25,17 @@ from .sliding_window import WindowConfig, check_overlap, run_sliding_window
 
 
 def check_method(model: LoadedModel, method: str) -> None:
-    """Refuse a method the card does not list, or MC dropout on networks without (active) dropout."""
-    description = model.description
-    if "mc_dropout" in method and model.card.architecture["type"] == "onnx":
+    """Refuse an unknown method (UsageError), a method the card does not list, or MC dropout on networks
+    without (active) dropout (ModelError)."""
+    description, parsed = model.description, parse_method(method)
+    if parsed.dropout and model.card.architecture["type"] == "onnx":
         check_mc_dropout(model, [0])  # refuses with the reason: an ONNX graph has no train-mode dropout
-    for part in method.split("+"):
+    for part in parsed.parts:
         if part not in description.methods:
             raise ModelError(f"Model '{description.name}' does not support '{part}' "
                              f"(its card lists: {', '.join(description.methods)})")
-    if "mc_dropout" in method:
-        check_mc_dropout(model, range(len(model.networks)) if "ensemble" in method else [0])
+    if parsed.dropout:
+        check_mc_dropout(model, range(len(model.networks)) if parsed.ensemble else [0])
 
 
 def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: SegmentOptions,

@@ -19,8 +19,6 @@ from ..core.errors import ChecksumError, ModelError
 
 CARD_FILENAME = "card.json"
 SCHEMA_PATH = Path(__file__).with_name("card.schema.json")
-KNOWN_METHODS = ("softmax", "mc_dropout", "ensemble", "tta")
-INTENSITY_METHODS = ("percentile", "zscore", "window", "none")
 #: the anatomical axes, each named by its two orientation letters (also the names of the declared TTA flips)
 ANATOMICAL_AXES = ("LR", "AP", "SI")
 

@@ -1,9 +1,9 @@
-"""The model catalog: bundled models and those installed for this user; ``add`` and ``remove``.
+"""The model catalog: bundled models and those installed for this user; ``remove``.
 
-Needs no torch, except ``check_path(deep=True)`` (and so ``add_model``), which loads the networks.
-A broken model in the user's folder is listed with its reason; it never hides the others.
-``installed.json`` in the user's model folder records what ``add_model`` created (files and sha256),
-and ``remove_model`` removes exactly that.
+Needs no torch (listing with ``verify`` loads whole-volume models with their adapters). A broken model
+in the user's folder is listed with its reason; it never hides the others. ``installed.json`` in the
+user's model folder records what ``manage.add_model`` created (files and sha256), and ``remove_model``
+removes exactly that.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.errors import ModelError
 from ..core.vocabulary import DEFAULT_MODEL  # noqa: F401 (re-exported)
 from .card import CARD_FILENAME, SchemaUnavailableError, card_schema, confined_file, load_card, sha256_file
-from .formats import CARD, ONNX, ModelSummary, check_model, detect_format
+from .registry import ModelSummary, format_named, model_format
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 REGISTRY = "installed.json"
@@ -53,12 +51,12 @@ class CatalogEntry:
 
 def summarize(folder: Path, verify: bool = False) -> ModelSummary:
     """A model's summary; for cards without hashing the weights unless ``verify``."""
-    fmt = detect_format(folder)
-    if fmt in (CARD, ONNX) and not verify:
+    fmt = model_format(folder)
+    if fmt.has_card and not verify:
         card = load_card(folder)
-        return ModelSummary(card.name, fmt, card.modality, card.labels, len(card.members), card.methods,
+        return ModelSummary(card.name, fmt.name, card.modality, card.labels, len(card.members), card.methods,
                             version=card.version, task=card.task)
-    return check_model(folder)
+    return fmt.check(folder)
 
 
 def _folders(root: Path) -> list[Path]:
@@ -70,7 +68,7 @@ def _folders(root: Path) -> list[Path]:
 def _recorded(folder: Path, hashes: bool) -> ModelSummary | None:
     """The summary ``add_model`` recorded for ``folder`` (None if it recorded none), after checking that
     every recorded file is there with its recorded size (and sha256 if ``hashes``); ModelError otherwise."""
-    entry = next((e for e in _registry(folder.parent)["models"].values() if e.get("folder") == folder.name), None)
+    entry = next((e for e in read_installed(folder.parent)["models"].values() if e.get("folder") == folder.name), None)
     if entry is None:
         return None
     sizes = entry.get("sizes", {})
@@ -99,12 +97,13 @@ def list_models(verify: bool = False) -> list[CatalogEntry]:
         for folder in _folders(root):
             fmt = None
             try:
-                fmt = detect_format(folder)
+                fmt = model_format(folder).name
+                has_card = format_named(fmt).has_card
                 recorded = _recorded(folder, verify) if source == "user" else None
-                # nnU-Net and bundle models are loaded (slow) only by --verify; else add's record is used
-                fast = recorded is not None and not verify and fmt not in (CARD, ONNX)
+                # models without a card are loaded (slow) only by --verify; else add's record is used
+                fast = recorded is not None and not verify and not has_card
                 summary = recorded if fast else summarize(folder, verify)
-                name = summary.name if fmt in (CARD, ONNX) or source == "bundled" else folder.name
+                name = summary.name if has_card or source == "bundled" else folder.name
                 entries.append(CatalogEntry(name, folder, source, fmt, summary))
             except Exception as exc:  # a third-party checker may raise anything: list the model as broken
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -112,23 +111,24 @@ def list_models(verify: bool = False) -> list[CatalogEntry]:
     return entries
 
 
-def model_folder(name: str) -> Path | None:
-    """The folder of the usable model ``name``, of any format (bundled first: a user model cannot shadow it)."""
-    return next((e.folder for e in list_models() if e.error is None and e.name == name), None)
+def usable_models(entries: list[CatalogEntry] | None = None) -> dict[str, CatalogEntry]:
+    """Name -> entry of every usable model of any format among ``entries`` (None: :func:`list_models`),
+    bundled first: a user model cannot shadow it."""
+    found: dict[str, CatalogEntry] = {}
+    for entry in list_models() if entries is None else entries:
+        if entry.error is None:
+            found.setdefault(entry.name, entry)
+        elif entry.source == "bundled" and (entry.folder / CARD_FILENAME).is_file() and _schema_missing():
+            # before Slicer has installed jsonschema: still offer the bundled model (loading it checks it)
+            card = json.loads((entry.folder / CARD_FILENAME).read_text(encoding="utf-8"))
+            found.setdefault(card["name"], replace(entry, name=card["name"]))
+    return found
 
 
 def available_models() -> dict[str, Path]:
     """Model name -> card folder of every usable card (or ONNX card) model (bundled first: a user model
     cannot shadow it)."""
-    found: dict[str, Path] = {}
-    for entry in list_models():
-        if entry.error is None and entry.format in (CARD, ONNX):
-            found.setdefault(entry.name, entry.folder)
-        elif entry.source == "bundled" and (entry.folder / CARD_FILENAME).is_file() and _schema_missing():
-            # before Slicer has installed jsonschema: still offer the bundled model (loading it checks it)
-            card = json.loads((entry.folder / CARD_FILENAME).read_text(encoding="utf-8"))
-            found.setdefault(card["name"], entry.folder)
-    return found
+    return {name: e.folder for name, e in usable_models().items() if format_named(e.format).has_card}
 
 
 def _schema_missing() -> bool:
@@ -141,20 +141,7 @@ def _schema_missing() -> bool:
     return False
 
 
-# -- management ------------------------------------------------------------------------------------------
-def check_path(path: str | Path, deep: bool = True) -> ModelSummary:
-    """Check a model folder of any registered format; ``deep`` also loads card models' networks and checks
-    them against the model contract (outputs, and active dropout if the card lists mc_dropout)."""
-    summary = check_model(path)
-    if deep and summary.format in (CARD, ONNX):
-        from .loader import check_mc_dropout, load_model
-
-        model = load_model(path)
-        if "mc_dropout" in model.card.methods:
-            check_mc_dropout(model, range(len(model.networks)))
-    return summary
-
-
+# -- management -----------------------------------------------------------------------------------------
 def check_name(name: str) -> str:
     """``name`` if it is a valid model name (the card schema's pattern), else ValueError (a usage error)."""
     pattern = card_schema()["properties"]["name"]["pattern"]
@@ -164,7 +151,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _registry(root: Path) -> dict:
+def read_installed(root: Path) -> dict:
     path = root / REGISTRY
     if not path.is_file():
         return {"models": {}}
@@ -177,76 +164,10 @@ def _registry(root: Path) -> dict:
     raise ModelError(f"{path} is not a valid registry of added models; fix or delete it")
 
 
-def _write_registry(root: Path, data: dict) -> None:
+def write_installed(root: Path, data: dict) -> None:
     tmp = root / f".{REGISTRY}.tmp"
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, root / REGISTRY)
-
-
-def add_model(path: str | Path, name: str | None = None) -> tuple[str, Path]:
-    """Check the model at ``path``, copy its files into the user's model folder with their sha256 recorded,
-    and register it. Returns (name, installed folder). Nothing is written unless every check passes."""
-    source = Path(path)
-    summary = check_path(source, deep=True)
-    if name is None:
-        name = summary.name if summary.format in (CARD, ONNX) else _default_name(summary.name, source)
-    name = check_name(name)
-    root = user_model_dir()
-    entries = list_models()
-    taken = {e.name for e in entries} | {e.folder.name for e in entries if e.source == "user"}
-    if name in taken:
-        raise ModelError(f"A model named '{name}' is already installed; choose another --name or remove it first")
-    registry = _registry(root)
-    if summary.format not in (CARD, ONNX) and not summary.files:
-        raise ModelError(f"The {summary.format} checker names no files to copy for {source}")
-    created_root = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".adding-{name}-{os.getpid()}"
-    try:
-        staging.mkdir()
-        hashes = {}
-        for rel in summary.files:
-            src = confined_file(source, rel)
-            dst = staging / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            hashes[rel] = sha256_file(dst)
-            if hashes[rel] != sha256_file(src):
-                raise ModelError(f"{source / rel} changed while it was being copied; try again")
-        if summary.format in (CARD, ONNX):
-            if name != summary.name:  # the copy carries the name it is installed under
-                card_path = staging / CARD_FILENAME
-                data = json.loads(card_path.read_text(encoding="utf-8"))
-                data["name"] = name
-                card_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-                hashes[CARD_FILENAME] = sha256_file(card_path)
-            load_card(staging).verify()  # the copies match the card's sha256
-        destination = root / name
-        os.rename(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created_root:
-            shutil.rmtree(root, ignore_errors=True)
-        raise
-    recorded = {"name": summary.name, "format": summary.format, "modality": summary.modality,
-                "labels": {str(k): v for k, v in summary.labels.items()}, "members": summary.members,
-                "methods": list(summary.methods), "version": summary.version, "task": summary.task}
-    registry["models"][name] = {"folder": name, "format": summary.format, "source": str(source.resolve()),
-                                "files": hashes, "sizes": {rel: (destination / rel).stat().st_size for rel in hashes},
-                                "summary": recorded, "added": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    _write_registry(root, registry)
-    return name, destination
-
-
-def _default_name(model_name: str, source: Path) -> str:
-    """The install name of a model without a card: its own name if valid, else its folder's name."""
-    for candidate in (model_name, source.resolve().name):
-        try:
-            return check_name(candidate)
-        except ValueError:
-            continue
-    raise ValueError(f"neither the model's name {model_name!r} nor its folder's name is a valid model name; "
-                     "give one with --name")
 
 
 def remove_model(name: str) -> tuple[Path, list[str]]:
@@ -254,7 +175,7 @@ def remove_model(name: str) -> tuple[Path, list[str]]:
 
     Returns the folder and the names of what was left in it (files the user put there are kept)."""
     root = user_model_dir()
-    registry = _registry(root)
+    registry = read_installed(root)
     entry = registry["models"].get(name)
     if entry is None:
         if (BUNDLED_DIR / name).exists() or name in {e.name for e in list_models() if e.source == "bundled"}:
@@ -278,5 +199,5 @@ def remove_model(name: str) -> tuple[Path, list[str]]:
     if not left:
         folder.rmdir()
     del registry["models"][name]
-    _write_registry(root, registry)
+    write_installed(root, registry)
     return folder, left

@@ -38,6 +38,12 @@ def set_dropout(network: nn.Module, enabled: bool) -> int:
     return count
 
 
+def count_active_dropout(network: nn.Module) -> int:
+    """The torch dropout modules of ``network`` with p > 0: what MC dropout can sample. TorchScript modules
+    are not counted (a traced graph may have recorded eval mode)."""
+    return sum(1 for m in network.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+
+
 _HOOKABLE_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 

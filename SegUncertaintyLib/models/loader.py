@@ -1,4 +1,5 @@
-"""Resolve a model by name or path, verify it, build its networks and check them against the model contract.
+"""Load a model by name or path with its format's adapter; build card models' networks and check them against
+the model contract.
 
 The contract (README "Model contract"): a network takes a float32 tensor (N, 1, z, y, x) on the model grid
 (the card's orientation and spacing; x, y, z point to the orientation's letters) and returns
@@ -20,25 +21,14 @@ import torch
 from torch import nn
 
 from ..core.errors import ModelError
-from .adapters.base import WholeVolumeModel, load_whole_volume_model
+from .adapters.base import WholeVolumeModel
 from .card import ModelCard, allowed_networks, load_card
-from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, list_models, model_folder, user_model_dir  # noqa: F401 (re-exported)
+from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, list_models, usable_models, user_model_dir  # noqa: F401 (re-exported)
+from .description import ModelDescription, describe_card
 from .dropout import set_dropout
-from .formats import ONNX
+from .registry import CARD, ONNX, format_named, model_format
 
 PROBE_SEED = 1234
-
-
-def resolve_card(name_or_path: str | os.PathLike) -> ModelCard:
-    """A card from a path (card file or folder) or from the name of a bundled/installed model."""
-    path = Path(name_or_path)
-    if path.exists():
-        return load_card(path)
-    models = available_models()
-    if str(name_or_path) in models:
-        return load_card(models[str(name_or_path)])
-    names = ", ".join(sorted(e.name for e in list_models() if e.error is None)) or "none"
-    raise ModelError(f"Model '{name_or_path}' not found: not a path, nor a known model (known: {names})")
 
 
 @dataclass
@@ -49,8 +39,8 @@ class LoadedModel:
     networks: list[nn.Module]
 
     @property
-    def description(self) -> ModelCard:  # stand-in for the model-format registry's ModelDescription
-        return self.card
+    def description(self) -> ModelDescription:
+        return describe_card(self.card)
 
 
 class ProbabilitiesAsLogits(nn.Module):
@@ -174,18 +164,30 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
 
 
 def load_model(name_or_path: str | os.PathLike) -> LoadedModel | WholeVolumeModel:
-    """Resolve, verify checksums, load every member and check its outputs; raise ModelError on any problem.
+    """The model at a path (a model folder, or a card file), or the bundled or installed model of that name,
+    loaded by its format's adapter under the name it is installed under; ModelError on any problem.
 
-    A path or installed name of an nnU-Net v2 folder or a MONAI bundle gives its adapter (models/adapters/)
-    instead, its card named as installed.
+    Card and ONNX models give a LoadedModel; nnU-Net v2 folders and MONAI bundles their WholeVolumeModel.
     """
-    folder = None if Path(name_or_path).exists() else model_folder(str(name_or_path))
-    adapter = load_whole_volume_model(folder or name_or_path)
-    if adapter is not None:
-        if folder is not None:
-            adapter.card = dataclasses.replace(adapter.card, name=str(name_or_path))
-        return adapter
-    card = resolve_card(name_or_path)
+    path = Path(name_or_path)
+    if path.is_file():  # a card file, whatever its name
+        return format_named(CARD).load(path)
+    if path.exists():
+        return model_format(path).load(path)
+    entries = list_models()
+    entry = usable_models(entries).get(str(name_or_path))
+    if entry is None:
+        names = ", ".join(sorted(e.name for e in entries if e.error is None)) or "none"
+        raise ModelError(f"Model '{name_or_path}' not found: not a path, nor a known model (known: {names})")
+    return format_named(entry.format).load(entry.folder, entry.name)
+
+
+def load_card_model(path: str | os.PathLike, name: str | None = None) -> LoadedModel:
+    """The card model at ``path`` (folder or card file), called ``name`` (None: the card's): checksums
+    verified, every member loaded and its outputs checked against the model contract."""
+    card = load_card(path)
+    if name is not None and name != card.name:
+        card = dataclasses.replace(card, name=name)
     card.verify()
     networks = []
     for member in card.members:

@@ -24,6 +24,7 @@ from ..inference.assembly import MAP_MEANINGS, SegmentationOutputs
 from ..inference.model_grid import samples_on_input_grid
 from ..io.images import write_image, write_json
 from ..io.publish import OutputFolder
+from ..models.description import ModelDescription
 from .overview import save_overview
 
 # SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores
@@ -45,7 +46,7 @@ def output_folder(out_dir: str | Path) -> OutputFolder:
     return OutputFolder(out_dir, run_files)
 
 
-def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, description,
+def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, description: ModelDescription,
                   input_name: str, options: SegmentOptions | None = None, settings: dict | None = None,
                   cancelled: Callable[[], bool] | None = None) -> Path:
     """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest.

@@ -1,4 +1,4 @@
-"""The adapter contract for formats whose samples are whole-volume passes, and format dispatch.
+"""The adapter contract for formats whose samples are whole-volume passes.
 
 A *whole-volume* model (nnU-Net v2 folder, MONAI bundle) produces each sample with its own code, exactly
 as its own tool would (its own preprocessing, window, blending and inversion back to the input grid). The
@@ -11,7 +11,6 @@ using the sliding-window engine directly.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,22 +19,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ...core.errors import ModelError
 from ...core.methods import SampleSpec
-from ...core.vocabulary import METHODS
-from ..card import ModelCard
-from ..formats import MONAI_BUNDLE, NNUNET, detect_format, nnunet_model_folder
+from ..description import ModelDescription
 
 
 class WholeVolumeModel(ABC):
     """A model whose every sample is a full probability volume on the input's voxel grid."""
 
-    card: ModelCard
+    description: ModelDescription
     format: str
-
-    @property
-    def description(self) -> ModelCard:  # stand-in for the model-format registry's ModelDescription
-        return self.card
 
     @abstractmethod
     def plan(self, method: str, samples: int | None) -> list[SampleSpec]:
@@ -62,27 +54,3 @@ class WholeVolumeModel(ABC):
     def describe(self, spec: SampleSpec) -> str:
         """Short progress text for one pass."""
         return f"member {spec.member}" + (f", flip {spec.flip}" if spec.flip else "")
-
-
-def check_known_method(method: str) -> list[str]:
-    """The method's parts, or ModelError for an unknown method."""
-    if method not in METHODS:
-        raise ModelError(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    return method.split("+")
-
-
-def load_whole_volume_model(path: str | os.PathLike) -> WholeVolumeModel | None:
-    """The adapter for the model folder ``path`` if it holds a whole-volume format, else None (a card, or
-    not a path: a model name). ModelError for a path that holds no model (formats.detect_format)."""
-    if not Path(path).is_dir():
-        return None
-    fmt = detect_format(path)
-    if fmt == NNUNET:
-        from .nnunet import NnUNetModel
-
-        return NnUNetModel(nnunet_model_folder(Path(path)))
-    if fmt == MONAI_BUNDLE:
-        from .monai_bundle import MonaiBundleModel
-
-        return MonaiBundleModel(Path(path))
-    return None

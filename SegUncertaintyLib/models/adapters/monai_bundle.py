@@ -18,11 +18,12 @@ import SimpleITK as sitk
 import torch
 
 from ...core.errors import ModelError
-from ...core.methods import SampleSpec, plan_samples
-from ..card import Member, ModelCard, sha256_file
-from ..dropout import set_dropout
-from ..formats import MONAI_BUNDLE, ModelSummary, bundle_config, register_checker
-from .base import WholeVolumeModel, check_known_method
+from ...core.methods import SampleSpec, check_capable, plan_samples
+from ..card import Member, sha256_file
+from ..description import ModelDescription
+from ..dropout import count_active_dropout, set_dropout
+from ..registry import MONAI_BUNDLE, ModelSummary, bundle_config
+from .base import WholeVolumeModel
 
 STOP_TRANSFORMS = ("AsDiscreted", "SaveImaged", "KeepLargestConnectedComponentd", "FillHolesd")
 
@@ -42,7 +43,8 @@ class MonaiBundleModel(WholeVolumeModel):
 
     format = MONAI_BUNDLE
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, name: str | None = None):
+        """``name``: what the model is called (the name it is installed under); None: the bundle's own name."""
         from monai.bundle import ConfigParser
 
         self.folder = Path(folder)
@@ -65,9 +67,8 @@ class MonaiBundleModel(WholeVolumeModel):
         self.meta = parser.get("_meta_#network_data_format", None) or {}
         self.weights_path = self._load_weights()
         self.postprocessing = self._probability_postprocessing(post)
-        self.n_dropout = sum(1 for m in self.network.modules()
-                             if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
-        self.card = self._card(parser)
+        self.n_dropout = count_active_dropout(self.network)
+        self.description = self._describe(parser, name)
 
     def _load_weights(self) -> Path:
         models = self.folder / "models"
@@ -106,7 +107,8 @@ class MonaiBundleModel(WholeVolumeModel):
             transforms.insert(0, Activationsd(keys="pred", softmax=True))
         return Compose(transforms)
 
-    def _card(self, parser) -> ModelCard:
+    def _describe(self, parser, name: str | None) -> ModelDescription:
+        """Names and labels from the bundle's metadata; ``info`` also holds the inferer's roi_size (x, y, z)."""
         outputs = (self.meta.get("outputs") or {}).get("pred") or {}
         inputs = (self.meta.get("inputs") or {}).get("image") or {}
         channel_def = outputs.get("channel_def") or {}
@@ -123,27 +125,24 @@ class MonaiBundleModel(WholeVolumeModel):
         roi = getattr(self.inferer, "roi_size", None) or inputs.get("spatial_shape") or [1, 1, 1]
         methods = ("softmax", "mc_dropout") if self.n_dropout else ("softmax",)
         meta = parser.get("_meta_", {}) or {}
-        return ModelCard(
-            name=str(meta.get("name", self.folder.name)), version=str(meta.get("version", "0")),
+        return ModelDescription(
+            name=name or str(meta.get("name", self.folder.name)), version=str(meta.get("version", "0")),
             task=str(meta.get("task", "")), modality=str(inputs.get("modality", "")), labels=labels,
-            spacing_mm=(0.0, 0.0, 0.0), orientation="as the bundle's transforms", intensity={"method": "bundle"},
-            patch_size=tuple(int(r) for r in roi), methods=methods,
-            architecture={"type": MONAI_BUNDLE}, members=(Member(self.weights_path, sha256_file(self.weights_path)),),
-            folder=self.folder, info={"format": MONAI_BUNDLE},
+            methods=methods, format=MONAI_BUNDLE, folder=self.folder,
+            members=(Member(self.weights_path, sha256_file(self.weights_path)),),
+            info={"format": MONAI_BUNDLE, "roi_size": tuple(int(r) for r in roi)},
         )
 
     # --- the adapter contract -------------------------------------------------------------------------
 
     def plan(self, method: str, samples: int | None) -> list[SampleSpec]:
         """The bundle's own refusals (one network, no declared flips, no dropout), then the library's plan."""
-        parts = check_known_method(method)
-        if "ensemble" in parts or "tta" in parts:
-            raise ModelError(f"MONAI bundle {self.folder.name}: one network and no declared test-time flips; "
-                             "use softmax or mc_dropout")
-        if "mc_dropout" in parts and not self.n_dropout:
-            raise ModelError(f"MONAI bundle {self.folder.name}: the network has no dropout layer with p > 0: "
-                             "MC dropout is impossible")
-        return plan_samples(method, 1, samples)
+        one = "has one network and no declared test-time flips; use softmax or mc_dropout"
+        m = check_capable(method, f"MONAI bundle {self.folder.name}", members=1, flips=False,
+                          dropout=bool(self.n_dropout), reasons={
+                              "ensemble": one, "tta": one,
+                              "mc_dropout": "has no dropout layer with p > 0: MC dropout is impossible"})
+        return plan_samples(m, 1, samples)
 
     def describe(self, spec: SampleSpec) -> str:
         return "dropout sample" if spec.dropout else "deterministic pass"
@@ -172,15 +171,17 @@ class MonaiBundleModel(WholeVolumeModel):
 
 
 
-def check_bundle(path: Path) -> ModelSummary:
+def load(path: Path, name: str | None = None) -> MonaiBundleModel:
+    """The MONAI bundle in the folder ``path``."""
+    return MonaiBundleModel(Path(path), name)
+
+
+def check(path: Path) -> ModelSummary:
     """The MONAI bundle format's checker: parse and load it as segmenting would. Its files are every
     regular file in configs/ and the weights in use (models/model.pt or models/model.ts)."""
     model = MonaiBundleModel(Path(path))
     configs = sorted(p.relative_to(path).as_posix() for p in (Path(path) / "configs").iterdir()
                      if p.is_file() and not p.is_symlink())
-    card = model.card
-    return ModelSummary(card.name, MONAI_BUNDLE, card.modality, card.labels, len(card.members), card.methods,
-                        (*configs, model.weights_path.relative_to(path).as_posix()), card.version, card.task)
-
-
-register_checker(MONAI_BUNDLE, check_bundle)
+    d = model.description
+    return ModelSummary(d.name, MONAI_BUNDLE, d.modality, d.labels, len(d.members), d.methods,
+                        (*configs, model.weights_path.relative_to(path).as_posix()), d.version, d.task)

@@ -31,12 +31,13 @@ import torch
 
 from ...core import spill
 from ...core.errors import ModelError
-from ...core.methods import SampleSpec, plan_samples
+from ...core.methods import SampleSpec, check_capable, parse_method, plan_samples
 from ...core.spill import InMemoryArray, RawArray, SlabWriter, spill_if_large
-from ..card import Member, ModelCard, sha256_file
-from ..dropout import set_dropout
-from ..formats import NNUNET, ModelSummary, nnunet_model_folder, register_checker
-from .base import WholeVolumeModel, check_known_method
+from ..card import Member, sha256_file
+from ..description import ModelDescription
+from ..dropout import count_active_dropout, set_dropout
+from ..registry import NNUNET, ModelSummary, nnunet_model_folder
+from .base import WholeVolumeModel
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 SLAB_VOXELS = 1 << 19  # voxels per slab of a pass handed to the accumulator (2 planes of 512 x 512)
@@ -140,12 +141,14 @@ class NnUNetModel(WholeVolumeModel):
 
     format = NNUNET
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, name: str | None = None):
+        """``name``: what the model is called (the name it is installed under); None: the folder's name."""
         predict_module = _nnunet()
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         self.folder = Path(folder)
+        self.name = name or self.folder.name
         self.notes: list[str] = []
         self.dataset_json = _read_json(self.folder / "dataset.json")
         plans = _read_json(self.folder / "plans.json")
@@ -185,10 +188,9 @@ class NnUNetModel(WholeVolumeModel):
                 raise ModelError(f"nnU-Net model {self.folder.name}: {fold}'s checkpoint does not match the "
                                  f"network that plans.json describes ({str(exc).splitlines()[0]})") from exc
             self.weights.append(ckpt["network_weights"])
-        self.n_dropout = sum(1 for m in self.network.modules()
-                             if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+        self.n_dropout = count_active_dropout(self.network)
         self._predict_module = predict_module
-        self.card = self._card()
+        self.description = self._describe()
 
     def _check_supported(self, n_inputs: int) -> None:
         name = self.folder.name
@@ -232,7 +234,8 @@ class NnUNetModel(WholeVolumeModel):
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
         return network.eval()
 
-    def _card(self) -> ModelCard:
+    def _describe(self) -> ModelDescription:
+        """The folder's description; ``info`` also holds the configuration's spacing_mm and patch_size (x, y, z)."""
         labels = {int(v): str(k) for k, v in self.dataset_json["labels"].items() if k != "ignore"}
         if sorted(labels) != list(range(self.label_manager.num_segmentation_heads)):
             raise ModelError(f"nnU-Net model {self.folder.name}: dataset.json labels {sorted(labels)} are not "
@@ -244,15 +247,16 @@ class NnUNetModel(WholeVolumeModel):
         methods = ["softmax"] + (["ensemble"] if len(self.folds) > 1 else []) + (
             ["tta"] if self.mirror_axes is not None else []) + (["mc_dropout"] if self.n_dropout else [])
         channels = list(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})).values())
-        return ModelCard(
-            name=self.folder.name, version=f"nnU-Net v2 {self.trainer_name}",
+        return ModelDescription(
+            name=self.name, version=f"nnU-Net v2 {self.trainer_name}",
             task=str(self.plans_manager.dataset_name), modality=", ".join(map(str, channels)), labels=labels,
-            spacing_mm=tuple(float(s) for s in reversed(spacing)), orientation="voxel axes as stored",
-            intensity={"method": "nnunet", "schemes": list(cm.normalization_schemes)},
-            patch_size=tuple(int(p) for p in reversed(patch)), methods=tuple(methods),
-            architecture={"type": NNUNET, "network_class_name": cm.network_arch_class_name},
-            members=tuple(Member(path, sha256_file(path)) for _, path in self.folds), folder=self.folder,
+            methods=tuple(methods), format=NNUNET, folder=self.folder,
+            members=tuple(Member(path, sha256_file(path)) for _, path in self.folds),
             info={"format": NNUNET, "folds": [f for f, _ in self.folds], "trainer": self.trainer_name,
+                  "network_class_name": cm.network_arch_class_name,
+                  "normalization_schemes": list(cm.normalization_schemes),
+                  "spacing_mm": tuple(float(s) for s in reversed(spacing)),
+                  "patch_size": tuple(int(p) for p in reversed(patch)),
                   "inference_allowed_mirroring_axes": None if self.mirror_axes is None else list(self.mirror_axes),
                   **self._score_reference()},
         )
@@ -273,22 +277,20 @@ class NnUNetModel(WholeVolumeModel):
     def plan(self, method: str, samples: int | None) -> list[SampleSpec]:
         """nnU-Net's own refusals (one fold, no dropout, no mirroring), then the library's plan: folds are the
         members and the checkpoint's mirroring axes the declared flips."""
-        parts = check_known_method(method)
-        name = self.folder.name
-        if "ensemble" in parts and len(self.folds) < 2:
-            raise ModelError(f"nnU-Net model {name} has one fold ({self.folds[0][0]}): no ensemble")
-        if "mc_dropout" in parts and not self.n_dropout:
-            raise ModelError(f"nnU-Net model {name} has no dropout layer with p > 0 (plans.json "
-                             "dropout_op): MC dropout is impossible; use ensemble or tta")
-        if "tta" in parts and self.mirror_axes is None:
-            raise ModelError(f"nnU-Net model {name} was trained without mirroring (its checkpoint's "
-                             "inference_allowed_mirroring_axes is None, e.g. a NoMirroring trainer): "
-                             "test-time flips would be out of distribution; use ensemble")
-        return plan_samples(method, len(self.folds), samples, self.mirror_axes or ())
+        reasons = {
+            "ensemble": f"has one fold ({self.folds[0][0]}): no ensemble",
+            "mc_dropout": "has no dropout layer with p > 0 (plans.json dropout_op): MC dropout is impossible; "
+                          "use ensemble or tta",
+            "tta": "was trained without mirroring (its checkpoint's inference_allowed_mirroring_axes is None, "
+                   "e.g. a NoMirroring trainer): test-time flips would be out of distribution; use ensemble"}
+        m = check_capable(method, f"nnU-Net model {self.folder.name}", members=len(self.folds),
+                          flips=self.mirror_axes is not None, dropout=bool(self.n_dropout), reasons=reasons)
+        return plan_samples(m, len(self.folds), samples, self.mirror_axes or ())
 
     def method_notes(self, method: str) -> list[str]:
         notes = list(self.notes)
-        if "ensemble" in method or "tta" in method:
+        m = parse_method(method)
+        if m.ensemble or m.tta:
             notes.append(ENSEMBLE_NOTE)
         return notes
 
@@ -414,21 +416,24 @@ def _one_pass_predictor(base: type, device: torch.device):
                                 allow_tqdm=False)
 
 
-def check_nnunet_folder(path: Path) -> ModelSummary:
-    """The nnU-Net format's checker: load the folder as segmenting would (every fold's checkpoint, the
-    network built from plans.json). Its files, relative to ``path``, are exactly what the model needs:
-    dataset.json, plans.json, each fold's checkpoint in use (and score_reference.json if present)."""
+def load(path: Path, name: str | None = None) -> NnUNetModel:
+    """The nnU-Net model at ``path`` (a trained-model folder, or a dataset folder holding one)."""
     folder = nnunet_model_folder(Path(path))
     if folder is None:
         raise ModelError(f"{path} is not an nnU-Net v2 trained-model folder")
-    model = NnUNetModel(folder)
+    return NnUNetModel(folder, name)
+
+
+def check(path: Path) -> ModelSummary:
+    """The nnU-Net format's checker: load the folder as segmenting would (every fold's checkpoint, the
+    network built from plans.json). Its files, relative to ``path``, are exactly what the model needs:
+    dataset.json, plans.json, each fold's checkpoint in use (and score_reference.json if present)."""
+    model = load(path)
+    folder = model.folder
     names = ["dataset.json", "plans.json", *(c.relative_to(folder).as_posix() for _, c in model.folds)]
     if (folder / SCORE_REFERENCE).is_file():
         names.append(SCORE_REFERENCE)
     prefix = folder.relative_to(path)
-    card = model.card
-    return ModelSummary(card.name, NNUNET, card.modality, card.labels, len(card.members), card.methods,
-                        tuple((prefix / n).as_posix() for n in names), card.version, card.task)
-
-
-register_checker(NNUNET, check_nnunet_folder)
+    d = model.description
+    return ModelSummary(d.name, NNUNET, d.modality, d.labels, len(d.members), d.methods,
+                        tuple((prefix / n).as_posix() for n in names), d.version, d.task)
