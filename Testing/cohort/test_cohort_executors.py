@@ -25,6 +25,8 @@ from SegUncertaintyLib.cohort.executors import cpus_per_actor, local_gpu_env, ru
 from SegUncertaintyLib.core.errors import SegUncertaintyError, UsageError
 from Testing.support.cohort_tasks import square_task
 
+pytestmark = pytest.mark.cluster
+
 REPO = Path(__file__).resolve().parents[2]  # holds the Testing package
 
 WORKERS = 2

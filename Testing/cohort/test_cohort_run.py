@@ -179,6 +179,7 @@ def test_progress_json_lines(tmp_path, capsys):
     assert sorted(line["case"] for line in lines) == sorted(_statuses(tmp_path / "out"))
 
 
+@pytest.mark.dicom
 def test_cases_from_folders_csv_and_dicom(tmp_path):
     a = _sphere(tmp_path / "data" / "x" / "t1.nii.gz", 20.0)
     b = _sphere(tmp_path / "data" / "y" / "t1.nii.gz", 22.0)
@@ -494,6 +495,7 @@ def test_an_executor_failing_midway_leaves_the_worklist_of_finished_cases(tmp_pa
     assert sorted(_statuses(tmp_path / "out").values()) == ["done", "done", "skipped"]
 
 
+@pytest.mark.dicom
 def test_a_corrupt_dicom_file_fails_its_series_alone(tmp_path, capsys):
     """A truncated slice in one series' folder: that case fails naming the file (its series may lack a
     slice); the other series, a NIfTI and a folder of nothing but a corrupt DICOM file are cases too."""
@@ -546,6 +548,7 @@ def test_a_mark_made_while_the_worklist_is_rewritten_is_kept(tmp_path, monkeypat
     assert (row["reviewed"], row["reviewer_note"]) == ("yes", "checked")
 
 
+@pytest.mark.cluster
 def test_an_unreachable_cluster_is_refused_before_the_cohort_folder_is_made(tmp_path, capsys):
     import socket
 

@@ -10,6 +10,8 @@ from SegUncertaintyLib.io.dicom import SERIES_UID_TAG
 from SegUncertaintyLib.io.images import read_image
 from Testing.support.dicom_series import volume, write_series
 
+pytestmark = pytest.mark.dicom
+
 OBLIQUE = np.array(sitk.VersorTransform((0.2, 0.3, 0.9), 0.4).GetMatrix())
 
 
@@ -39,6 +41,7 @@ def test_two_series_in_one_folder_are_listed_and_one_is_chosen_by_uid(tmp_path):
         read_image(tmp_path / "mixed", series="9.9.9")
 
 
+@pytest.mark.pacs
 def test_nested_pacs_export_is_searched(tmp_path):
     array = volume()
     write_series(tmp_path / "export" / "PATIENT1" / "STUDY1" / "SERIES1", array, "1.2.3.1")

@@ -29,6 +29,8 @@ from Testing.support.nnunet_tiny import (
     tiny_plans,
 )
 
+pytestmark = pytest.mark.nnunet
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -22,7 +22,8 @@ from Testing.support.phantoms import sphere_phantom
 PATCH_XYZ = (16, 12, 8)  # not a cube: the graph's fixed (z, y, x) = (8, 12, 16) checks the axis order
 UNET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2],
         "num_res_units": 0}
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's legacy ONNX exporter
+pytestmark = [pytest.mark.onnx,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # torch's legacy ONNX exporter
 
 
 def export(net: torch.nn.Module, path: Path, inputs: tuple, batch_fixed: bool = False) -> None:

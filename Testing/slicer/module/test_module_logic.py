@@ -297,6 +297,7 @@ def test_statistics_follow_the_segment_editors_own_undo_redo_and_edits(logic_wit
     assert len(calls) == n and inside() == before, "after cleanup the logic observes nothing"
 
 
+@pytest.mark.nnunet
 def test_an_installed_nnunet_model_runs_from_the_panel(mrml_scene, tmp_path, monkeypatch, new_logic):
     """Issue 14's 'the same works from the Slicer module': an nnU-Net v2 folder added through addModel is
     listed usable, gets a CPU estimate, and a background run with its folds as the ensemble imports maps whose

@@ -399,6 +399,7 @@ def case_series(review: Path, row: dict) -> str:
     return json.loads((review / row["output"] / "manifest.json").read_text())["settings"]["dicom_series"]
 
 
+@pytest.mark.dicom
 def test_stepping_loads_each_dicom_series_of_a_folder_on_its_results_grid(mrml_scene, dicom_cohort):
     """Each case of a folder holding two series loads its own series (its voxels, as SimpleITK reads that
     series) with the geometry of the case's segmentation file, and its results on that grid; opened from
