@@ -21,11 +21,20 @@ FOLDER_MARKERS = {"slicer": ("slicer",)}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Folder markers; tests marked gpu are skipped without a CUDA device."""
+    cuda = None
     for item in items:
         path = Path(str(item.path)).resolve()
         if path.is_relative_to(TESTING):
             for name in FOLDER_MARKERS.get(path.relative_to(TESTING).parts[0], ()):
                 item.add_marker(name)
+        if item.get_closest_marker("gpu"):
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 @pytest.fixture
