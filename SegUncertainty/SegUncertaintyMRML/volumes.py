@@ -10,6 +10,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from SegUncertaintyLib.core.files import has_dicom_preamble
+
 from .files import write_atomically
 
 
@@ -43,15 +45,6 @@ def read_volume(scene, path: str | Path, name: str, node_class: str = "vtkMRMLSc
         raise OSError(f"Could not read image file {path}")
     node.CreateDefaultDisplayNodes()
     return node
-
-
-def _has_dicom_preamble(path: str) -> bool:
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(128)
-            return stream.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _series_reader(files: list[str], selected: int | None = None):
@@ -91,7 +84,7 @@ def dicom_series_files(folder: str | Path, uid: str) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         candidates += [os.path.join(dirpath, f) for f in sorted(filenames) if f.upper() != "DICOMDIR"]
-    candidates = [f for f in candidates if _has_dicom_preamble(f)]
+    candidates = [f for f in candidates if has_dicom_preamble(f)]
     if not candidates:
         return []
     try:

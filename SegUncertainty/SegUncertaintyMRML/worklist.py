@@ -21,6 +21,7 @@ import slicer
 from vtk.util import numpy_support
 
 from SegUncertaintyLib.cohort.review import WorklistError, case_folder, mark_reviewed, open_worklist
+from SegUncertaintyLib.core.files import series_sha256, sha256_file
 
 from . import corrections, results, volumes
 
@@ -64,25 +65,6 @@ def fingerprint(segmentation_node) -> str:
             digest.update(str(image.GetExtent()).encode())
             digest.update(numpy_support.vtk_to_numpy(scalars).tobytes())
     digest.update((segmentation_node.GetAttribute(corrections.REVIEW_ATTRIBUTE) or "").encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def series_sha256(folder: Path, files: list[str]) -> str:
-    """A DICOM series' digest as the cohort worker records it (SegUncertaintyLib.cohort.worker.input_sha256):
-    sha256 over each file's path relative to ``folder`` and its sha256, in path order."""
-    digest = hashlib.sha256()
-    root = os.path.realpath(folder)
-    for name in sorted(os.path.realpath(f) for f in files):
-        relative = os.path.relpath(name, root)
-        digest.update(f"{relative}\0{file_sha256(Path(name))}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -234,7 +216,7 @@ class CohortWorklist:
             return self._find_series(row, settings.get("dicom_series"), existing, expected)
         if expected is None:
             return existing[0], []
-        found = next((p for p in existing if p.is_file() and file_sha256(p) == expected), None)
+        found = next((p for p in existing if p.is_file() and sha256_file(p) == expected), None)
         if found is None:
             raise CohortError(f"Case '{row['case']}': its input {existing[0]} is not the image the case was "
                               "segmented from (its sha256 differs: changed or replaced since the run)")

@@ -43,9 +43,11 @@ Files are written to a temporary file in the same folder and renamed over the ol
 from __future__ import annotations
 
 import csv
+import io
 import os
-import tempfile
 from pathlib import Path
+
+from ..core.files import write_text_atomic
 
 WORKLIST_CSV = "worklist.csv"
 COLUMNS = ("rank", "case", "status", "priority", "reason", "reviewed", "reviewed_at", "reviewer_note",
@@ -67,18 +69,13 @@ def class_columns(class_names: list[str]) -> list[str]:
 
 
 def write_csv_atomic(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Write ``rows`` (dicts keyed by ``columns``; missing keys empty) to ``path`` via a temporary file
-    in the same folder renamed over it, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="raise", restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``rows`` (dicts keyed by ``columns``; missing keys empty) to ``path`` whole or not at all
+    (core.files.write_text_atomic)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="raise", restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def read_worklist(path: str | os.PathLike) -> list[dict]:

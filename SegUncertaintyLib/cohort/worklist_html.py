@@ -8,11 +8,10 @@ case id that is a safe file name (``cases.SAFE_NAME``) naming a folder that exis
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
+from ..core.files import write_text_atomic
 from .cases import SAFE_NAME
 
 WORKLIST_HTML = "worklist.html"
@@ -115,15 +114,7 @@ def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUn
 
 
 def write_html(rows: list[dict], columns: list[str], root: Path) -> Path:
-    """Write ``root``/worklist.html (temporary file renamed over it); return its path."""
+    """Write ``root``/worklist.html whole or not at all (core.files.write_text_atomic); return its path."""
     path = root / WORKLIST_HTML
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{WORKLIST_HTML}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render(rows, columns, root))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, render(rows, columns, root))
     return path
-

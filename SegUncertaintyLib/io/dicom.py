@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputImageError
+from ..core.files import has_dicom_preamble
 from .header import check_geometry, check_memory, component_bytes, last_line, quiet_itk
 
 SERIES_UID_TAG = "0020|000e"
@@ -47,15 +48,6 @@ class Series:
         return f"{self.uid} '{self.description}' ({len(self.files)} files, {text})"
 
 
-def _is_dicom_file(path: str) -> bool:
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(128)
-            return stream.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def find_series(folder: Path, broken: list[str] | None = None) -> list[Series]:
     """Every series under ``folder`` (recursively), by UID; refuses unreadable DICOM files by name, or,
     given a ``broken`` list, appends their paths to it and lists the readable series (a cohort then fails
@@ -73,7 +65,7 @@ def find_series(folder: Path, broken: list[str] | None = None) -> list[Series]:
             files = list(reader.GetGDCMSeriesFileNames(dirpath, uid))
             by_uid.setdefault(uid, []).extend(files)
             grouped.update(os.path.normpath(f) for f in files)
-    unreadable = [f for f in candidates if os.path.normpath(f) not in grouped and _is_dicom_file(f)]
+    unreadable = [f for f in candidates if os.path.normpath(f) not in grouped and has_dicom_preamble(f)]
     if unreadable and broken is not None:
         broken += unreadable
     elif unreadable:

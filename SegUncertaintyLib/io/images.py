@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputImageError, OutputError, UsageError
+from ..core.files import write_text_atomic
 from .dicom import SERIES_UID_TAG, read_dicom_folder
 from .header import check_grid, last_line, quiet_itk, read_header
 from .nifticheck import check_nifti_complete
@@ -108,11 +108,8 @@ def write_image(image: sitk.Image, path: Path, compress: bool = True) -> None:
 
 
 def write_json(data: dict, path: Path) -> None:
-    """Write ``data`` as indented JSON to a temporary name, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    """Write ``data`` as indented JSON, whole or not at all (core.files.write_text_atomic)."""
     try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}") from exc

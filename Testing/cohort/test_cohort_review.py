@@ -175,3 +175,23 @@ def test_without_the_lock_the_same_writers_lose_marks(tmp_path):
         if sum(r["reviewed"] == "yes" for r in rows) < 40:
             return
     pytest.fail("40 concurrent unlocked marks were never lost: the lock test above proves nothing")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_worklist_files_get_the_permissions_of_any_new_file(tmp_path, umask):
+    """worklist.csv and worklist.html (rewritten by marks too) are readable by colleagues: 0666 less the
+    umask, like the run's other outputs, not tempfile's private 0600."""
+    from SegUncertaintyLib.cohort.worklist_html import write_html
+    from SegUncertaintyLib.io.images import write_json
+
+    previous = os.umask(umask)
+    try:
+        path = make_worklist(tmp_path / "cohort")
+        write_html(read_worklist(path), [*COLUMNS, *CLASS_COLUMNS], path.parent)
+        review.mark_reviewed(path, "c1", note="checked")
+        write_json({"a": 1}, tmp_path / "cohort" / "x.json")
+    finally:
+        os.umask(previous)
+    for name in ("worklist.csv", "worklist.html", "x.json"):
+        assert (tmp_path / "cohort" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert not list((tmp_path / "cohort").glob(".*.tmp"))

@@ -169,6 +169,12 @@ CASES = {
     "sheared nii.gz sform": (lambda t: segment(sheared(t, ".nii.gz")), 3, "non-orthonormal"),
     "2D image": (lambda t: segment(image_file(t, "flat.nrrd", sitk.Image([20, 20], sitk.sitkFloat32) + 1)), 3, "2D"),
     "NaN voxel": (lambda t: segment(image_file(t, "nan.nrrd", with_voxel(np.nan))), 3, "1 NaN or infinite"),
+    # ITK's NIfTI reader turns NaN and infinities into 0: the file itself is scanned
+    "NaN voxel nii.gz": (lambda t: segment(image_file(t, "nan.nii.gz", with_voxel(np.nan))), 3, "1 NaN or infinite"),
+    "infinite voxel nii": (lambda t: segment(image_file(t, "inf.nii", with_voxel(-np.inf))), 3, "1 NaN or infinite"),
+    "NaN voxel float64 nii.gz": (lambda t: segment(image_file(t, "nan64.nii.gz", sitk.Cast(with_voxel(np.nan),
+                                                                                         sitk.sitkFloat64))), 3,
+                                 "1 NaN or infinite"),
     "constant": (lambda t: segment(image_file(t, "c.nrrd", sitk.Image([20, 18, 16], sitk.sitkFloat32))), 3, "constant"),
     "RGB": (lambda t: segment(image_file(t, "rgb.nrrd", sitk.Compose([sphere_phantom(size=(20, 18, 16))] * 3))), 3,
             "components"),

@@ -162,9 +162,11 @@ def test_results_do_not_depend_on_max_batch(scripted):
     runs = [run_engine(volume, [net], plan, 2, EngineConfig((16, 16, 16), max_batch=b, seed=5)) for b in (1, 3, 8)]
     for other in runs[1:]:
         assert torch.equal(runs[0].sample_bits, other.sample_bits)
-        assert torch.equal(runs[0].mean_p, other.mean_p)
+        # the same masks; only the float32 rounding of batched kernels differs (oneDNN picks its
+        # convolution algorithm by batch size on some CPUs): a few ulp, far below any map's meaning
+        assert torch.allclose(runs[0].mean_p, other.mean_p, rtol=0, atol=1e-6)
         for name, value in runs[0].maps.items():
-            assert torch.equal(value, other.maps[name]), name
+            assert torch.allclose(value, other.maps[name], rtol=0, atol=1e-6), name
     assert runs[0].maps["variance"].max() > 0.01  # really stochastic
 
 
