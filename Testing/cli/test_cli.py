@@ -31,6 +31,7 @@ def phantom_file(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_segment_phantom_writes_every_output_named_in_the_manifest(phantom_file, threshold_model, tmp_path):
     out = tmp_path / "out"
     proc = run("segment", str(phantom_file), "--model", str(threshold_model), "--method", "ensemble+mc_dropout",
@@ -65,6 +66,7 @@ def test_segment_phantom_writes_every_output_named_in_the_manifest(phantom_file,
     assert "Wrote" in proc.stderr
 
 
+@pytest.mark.slow
 def test_uncertainty_grows_with_boundary_ambiguity(tmp_path, threshold_model):
     """A blurrier edge (more ambiguous boundary) must give a less certain subject.
 
@@ -84,6 +86,7 @@ def test_uncertainty_grows_with_boundary_ambiguity(tmp_path, threshold_model):
     assert results[6.0]["dpw"] == pytest.approx(results[1.0]["dpw"], abs=0.02)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_files(phantom_file, threshold_model, tmp_path):
     def once(name, seed):
         out = tmp_path / name
@@ -102,6 +105,7 @@ def test_same_seed_gives_identical_files(phantom_file, threshold_model, tmp_path
     (["segment", "{phantom}", "--method", "ensemble", "--model", "{one_member}"], 4, "ensemble"),
     (["segment", "{phantom}", "--overlap", "1.5"], 2, "overlap"),
 ])
+@pytest.mark.slow
 def test_errors_exit_nonzero_with_one_clear_message(args, code, message, tmp_path, phantom_file,
                                                     threshold_model):
     from Testing.support.tiny_models import write_threshold_model
@@ -120,6 +124,7 @@ def test_errors_exit_nonzero_with_one_clear_message(args, code, message, tmp_pat
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_failed_write_keeps_the_previous_run_and_leaves_no_partial_file(phantom_file, threshold_model,
                                                                          tmp_path, monkeypatch):
     out = tmp_path / "out"
@@ -147,6 +152,7 @@ def test_cancel_writes_nothing(phantom_file, threshold_model, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no staging folder, no lock file
 
 
+@pytest.mark.slow
 def test_sample_with_bundled_model(tmp_path):
     """The README's first command on the bundled sample: a plausible brain mask, consistent scores."""
     out = tmp_path / "sample"

@@ -25,7 +25,7 @@ from SegUncertaintyLib.cohort.executors import cpus_per_actor, local_gpu_env, ru
 from SegUncertaintyLib.core.errors import SegUncertaintyError, UsageError
 from Testing.support.cohort_tasks import square_task
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]  # holds the Testing package
 

@@ -130,6 +130,7 @@ def test_worklist_order_and_readings_follow_the_cards_usual_ranges(cohort):
         assert float(row["sphere:volume_ml"]) == pytest.approx(scores[row["case"]]["sphere"]["volume_ml"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_changes_rerun(tmp_path):
     model = _model(tmp_path / "model")
     a, b = _sphere(tmp_path / "in" / "a.nii.gz", 20.0), _sphere(tmp_path / "in" / "b.nii.gz", 24.0)
@@ -296,6 +297,7 @@ def test_worker_loads_the_model_once_and_records_errors(tmp_path, monkeypatch):
     assert unreadable["status"] == "failed" and "\n" not in unreadable["error"]
 
 
+@pytest.mark.slow
 def test_two_local_workers_give_the_same_worklist(tmp_path):
     model = _model(tmp_path / "model")
     inputs = [_sphere(tmp_path / f"in/{i}.nii.gz", 18.0 + 2 * i) for i in range(3)]
@@ -519,6 +521,7 @@ def test_a_corrupt_dicom_file_fails_its_series_alone(tmp_path, capsys):
     assert "x.dcm" in rows[str(given / "lone")]["error"]
 
 
+@pytest.mark.slow
 def test_a_mark_made_while_the_worklist_is_rewritten_is_kept(tmp_path, monkeypatch):
     """A reviewer marks a case (another process) between a rerun's reading of the earlier reviews and its
     rewrite of the worklist: the rerun holds the worklist's lock, so the mark lands after it, not under it."""

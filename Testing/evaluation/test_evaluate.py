@@ -11,6 +11,8 @@ from SegUncertaintyLib import cli
 from Testing.support.phantoms import sphere_phantom
 from Testing.support.tiny_models import write_threshold_model
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):

@@ -70,6 +70,7 @@ def test_user_files_in_out_are_never_overwritten(tmp_path, capfd):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_segment_and_evaluate_folders_are_not_interchangeable(tmp_path, capfd, threshold_model):
     """A segmentation run's folder is not an earlier report (another manifest), and the reverse."""
     image = tmp_path / "image.nrrd"
@@ -118,6 +119,7 @@ def test_class_names_never_leave_the_report_folder(tmp_path, capfd):
     assert report_files(out) == listed(out)
 
 
+@pytest.mark.slow
 def test_report_is_written_as_utf8_under_an_ascii_locale(tmp_path):
     """LC_ALL=C without Python's UTF-8 mode: the default text encoding is ASCII, and report.md (GED², a
     non-ASCII class name) must still be written, as UTF-8."""

@@ -130,6 +130,7 @@ def test_unexpected_exception_is_one_line_and_exit_1(world, capsys, monkeypatch)
     assert snapshot(world["root"]) == before
 
 
+@pytest.mark.slow
 def test_usage_error_in_a_real_process_is_one_line_exit_2(world):
     proc = subprocess.run([sys.executable, "-m", "SegUncertaintyLib.cli", "segment", world["img"], "--samples", "0"],
                           capture_output=True, text=True, timeout=120)
@@ -162,6 +163,7 @@ def test_sigterm_while_writing_publishes_nothing_and_keeps_the_earlier_run(world
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the run
 
 
+@pytest.mark.slow
 def test_sigterm_inside_a_long_window_exits_130_within_seconds(world, tmp_path):
     """60000 MC-dropout samples of a TorchScript model: one window takes about 23 s on an idle 2-core
     machine, twice the 12 s the test allows (room for a loaded machine). SIGTERM once preprocessing is

@@ -280,6 +280,7 @@ def test_aligned_reference_still_evaluates(tmp_path):
     assert len(rows) == 2 and ",1.0," in rows[1]  # Dice 1
 
 
+@pytest.mark.slow
 def test_entry_point_prints_one_line_without_traceback(tmp_path):
     """The installed entry point in a fresh interpreter, on a DICOM folder with two series."""
     folder = dicom(tmp_path, "two")

@@ -51,6 +51,7 @@ def test_deterministic_mean_probability_matches_monai_sliding_window():
     assert torch.allclose(result.mean_p.sum(0), torch.ones(volume.shape), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ensemble_mean_is_mean_of_members():
     volume = smooth_volume()
     nets = [ContextNet(seed=s).eval() for s in range(3)]
@@ -269,6 +270,7 @@ def test_class_argmax_matches_torch_including_ties(n_classes):
     assert torch.equal(class_argmax(p[0], 0), p[0].argmax(0).to(torch.uint8))
 
 
+@pytest.mark.slow
 def test_windowed_mi_and_variance_match_one_pass_over_the_whole_volume():
     """Issue 13: on a volume that fits in one window, 12^3 windows (overlap 0.5) give the same mean MI and
     variance as one 24^3 pass within 2 %. The dropout masks differ per window, so the maps are compared as

@@ -23,6 +23,8 @@ SCRIPTS = REPO / "Testing" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import ct_data  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 MODEL = "abdomen-ct-demo"
 ORGANS = {"1": "liver", "2": "spleen", "3": "right kidney", "4": "left kidney", "5": "stomach"}
 # label -> (SNOMED type code, laterality modifier code or None): Slicer's general anatomy list

@@ -29,7 +29,7 @@ from Testing.support.nnunet_tiny import (
     tiny_plans,
 )
 
-pytestmark = pytest.mark.nnunet
+pytestmark = [pytest.mark.nnunet, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

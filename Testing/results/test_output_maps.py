@@ -16,6 +16,8 @@ from SegUncertaintyLib import cli
 from Testing.support.phantoms import sphere_phantom
 from Testing.support.tiny_models import write_threshold_model
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "SegUncertaintyLib" / "sample" / "colin27_t1_2mm.nii.gz"
 

@@ -20,6 +20,8 @@ from SegUncertaintyLib.cohort import review  # noqa: E402
 from SegUncertaintyLib.cohort.worklist import read_worklist  # noqa: E402
 from Testing.support.cohort_cases import RANK_ORDER, make_cohort  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cohort_template(tmp_path_factory):

@@ -28,6 +28,8 @@ from SegUncertaintyMRML import (  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def new_logic():

@@ -29,6 +29,8 @@ from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 _widgets: list = []
 
 

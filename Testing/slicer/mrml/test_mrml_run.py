@@ -21,6 +21,8 @@ from SegUncertaintyLib.core.methods import plan_samples
 from SegUncertaintyLib.core.vocabulary import METHODS as LIBRARY_METHODS
 from Testing.support import slicer_headless
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "SegUncertaintyLib" / "sample" / "colin27_t1_2mm.nii.gz"
 MAPS = ("entropy", "mutual_information", "expected_entropy", "variance")

@@ -24,6 +24,8 @@ from Testing.support.dicom_series import write_series
 from Testing.support.phantoms import sphere_phantom
 from Testing.support.tiny_models import write_threshold_model
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cohort_template(tmp_path_factory):
