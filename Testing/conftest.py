@@ -20,6 +20,7 @@ if str(MODULE_DIR) not in sys.path:
 FOLDER_MARKERS = {"slicer": ("slicer",)}
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Folder markers; tests marked gpu are skipped without a CUDA device."""
     cuda = None
