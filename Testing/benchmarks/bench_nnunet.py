@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from child_run import run_child
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for nnunet_tiny
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for Testing.support
 
 PATCH, FEATURES = (64, 64, 64), (8, 16, 32, 64)
 WAYS = {"nnunet": "nnunetv2 predictor", "ours": "SegUncertainty ensemble, in memory",
@@ -42,7 +42,7 @@ WAYS = {"nnunet": "nnunetv2 predictor", "ours": "SegUncertainty ensemble, in mem
 
 
 def make_model(root: Path, folds: int, features=FEATURES) -> Path:
-    from nnunet_tiny import make_nnunet_model, tiny_plans
+    from Testing.support.nnunet_tiny import make_nnunet_model, tiny_plans
 
     folder, _ = make_nnunet_model(root, folds=folds, plans=tiny_plans(patch_size=PATCH, features=features))
     return folder
@@ -51,7 +51,8 @@ def make_model(root: Path, folds: int, features=FEATURES) -> Path:
 def prepare_inputs(work: Path, folds: int, shape: tuple[int, int, int], features) -> tuple[Path, Path]:
     """The model folder and the CT-like image file (uncompressed NRRD) under ``work``, made once."""
     import SimpleITK as sitk
-    from nnunet_tiny import ct_like_image
+
+    from Testing.support.nnunet_tiny import ct_like_image
 
     work.mkdir(parents=True, exist_ok=True)
     model = work / f"folds{folds}_features{'-'.join(map(str, features))}"

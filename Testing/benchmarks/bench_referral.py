@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "SegUncertainty")]  # Testing.support; the module's SegUncertaintyMRML
 import slicer  # noqa: E402
-import slicer_headless  # noqa: E402
 from SegUncertaintyMRML import referral, regions, segments, volumes  # noqa: E402
+
+from Testing.support import slicer_headless  # noqa: E402
 
 
 def phantom(shape, seed=0):

@@ -25,8 +25,8 @@ from SegUncertaintyLib.core.methods import plan_samples
 from SegUncertaintyLib.inference.maps import uncertainty_maps
 from SegUncertaintyLib.inference.sliding_window import WindowConfig, _WindowSampler, run_sliding_window, scan_slices
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for the test network
-from conftest import DropoutContextNet  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for Testing.support
+from Testing.support.tiny_models import DropoutContextNet  # noqa: E402
 
 
 def volume(shape=(32, 32, 32), seed=0) -> np.ndarray:

@@ -19,16 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "SegUncertainty")]  # Testing.support; the module's SegUncertaintyMRML
 import SimpleITK as sitk  # noqa: E402
 import slicer  # noqa: E402
-import slicer_headless  # noqa: E402
-from conftest import sphere_phantom, write_threshold_model  # noqa: E402
 from SegUncertaintyMRML import results, segments, volumes  # noqa: E402
 from SegUncertaintyMRML.worklist import CohortWorklist, fingerprint  # noqa: E402
 
 from SegUncertaintyLib import cli  # noqa: E402
 from SegUncertaintyLib.cohort.worklist import COLUMNS, write_csv_atomic  # noqa: E402
+from Testing.support import slicer_headless  # noqa: E402
+from Testing.support.phantoms import sphere_phantom  # noqa: E402
+from Testing.support.tiny_models import write_threshold_model  # noqa: E402
 
 
 def make_cohort(folder: Path, shape: tuple[int, int, int], n: int) -> Path:

@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "Testing"))
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "SegUncertainty")]  # Testing.support; the module's SegUncertaintyMRML
 
 import slicer  # noqa: E402
-import slicer_headless  # noqa: E402  (puts SegUncertainty/ on sys.path)
-import slicer_render  # noqa: E402
 from SegUncertaintyMRML import overlays, process, referral, regions, results, scenario, segments, volumes  # noqa: E402
+
+from Testing.support import slicer_headless, slicer_render  # noqa: E402
 
 SAMPLE = ROOT / "SegUncertaintyLib" / "sample" / "colin27_t1_2mm.nii.gz"
 SIZE = (600, 600)

@@ -1,0 +1,354 @@
+"""The module's panel (SegUncertaintyWidget) as it will behave in Slicer: built from the real .ui, bound to a
+real parameter node on a real MRML scene, with the stand-ins of slicer_app_fakes / slicer_qt_fakes for what
+only the application has. Those reproduce what caused issue 10's bugs:
+
+- the PythonSlicer launcher: a real launcher process with the interpreter as its child, forwarding no signal;
+- launchConsoleProcess(blocking=False): callbacks only on the main thread, when the event loop polls (100 ms);
+- connectGui: clears and refills combo boxes, writes every parameter to its widget, observes the node in the
+  order observers were added; widgets emit Qt's signals (clear() emits currentIndexChanged(-1), clamping
+  emits valueChanged).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from Testing.support import slicer_app_fakes
+
+slicer_app_fakes.install()
+import SegUncertaintyModule  # noqa: E402
+import slicer  # noqa: E402
+from SegUncertaintyModule import environment, review_logic  # noqa: E402
+from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
+
+import SegUncertainty as module  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+_widgets: list = []
+
+
+@pytest.fixture(autouse=True)
+def clean_up_widgets():
+    """Each panel is cleaned up as Slicer does when the module is unloaded (observers removed)."""
+    yield
+    while _widgets:
+        widget = _widgets.pop()
+        if widget.logic is not None:
+            widget.cleanup()
+
+
+def make_widget():
+    widget = module.SegUncertaintyWidget()
+    widget.setup()
+    _widgets.append(widget)
+    return widget
+
+
+@pytest.fixture
+def widget_with_run(mrml_scene, head_run):
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    widget = make_widget()
+    widget._parameterNode.inputVolume = volume
+    run = widget.logic.importRun(head_run[1], volume)
+    widget.onFinished(run, None)
+    return widget, run, volume
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def tree_stops(tree, timeout: float = 15.0) -> bool:
+    """Whether every process of ``tree`` has ended (zombies count as ended) within ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in tree):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def node_ids(scene):
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+# -- 1. cancel -------------------------------------------------------------------------------------------------
+def test_cancel_stops_the_launcher_and_its_child_and_reports_cancelled(mrml_scene, head_run, tmp_path, monkeypatch):
+    """Press Segment, then Cancel after the first progress line: every process of the tree is gone within
+    seconds, the button says 'Cancelling...' (disabled) at once, a second press starts nothing, the stage
+    reads 'Cancelled.', no error box, and the scene is exactly as it was."""
+    launcher = slicer_app_fakes.write_launcher(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{launcher.parent}:{__import__('os').environ['PATH']}")
+    assert environment.python_executable() == str(launcher)
+    slicer.app.temporaryPath = str(tmp_path)
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    widget = make_widget()
+    params = widget._parameterNode
+    params.inputVolume, params.method, params.samples = volume, "ensemble+mc_dropout", 40
+    before, modified = node_ids(mrml_scene), volume.GetMTime()
+    slicer_app_fakes.shown_messages.clear()
+
+    widget.ui.applyButton.clicked.emit()
+    assert widget.ui.applyButton.text == "Cancel"
+    slicer_app_fakes.run_event_loop(until=lambda: widget.ui.progressBar.value > 0, timeout=120)
+    tree = [psutil.Process(widget.logic.process.pid)]
+    tree += tree[0].children(recursive=True)
+    assert len(tree) >= 2, "the launcher runs the interpreter as its child"
+
+    widget.ui.applyButton.clicked.emit()  # Cancel
+    assert (widget.ui.applyButton.text, widget.ui.applyButton.enabled) == ("Cancelling...", False)
+    widget.ui.applyButton.clicked.emit()  # a second press while cancelling starts nothing
+    assert widget.logic.runState() == "cancelling"
+    assert tree_stops(tree[1:]), "the interpreter, the launcher's child, still runs"
+    slicer_app_fakes.run_event_loop(until=lambda: not widget.logic.isRunning(), timeout=30)
+    assert widget.ui.stageLabel.text == "Cancelled."
+    assert widget.ui.applyButton.text == "Segment with uncertainty" and widget.ui.applyButton.enabled
+    assert slicer_app_fakes.shown_messages == []
+    assert node_ids(mrml_scene) == before and volume.GetMTime() == modified
+    assert list(tmp_path.glob("SegUncertainty-*")) == []
+
+
+def test_cleanup_and_scene_close_stop_the_child(mrml_scene, head_run, tmp_path, monkeypatch):
+    launcher = slicer_app_fakes.write_launcher(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{launcher.parent}:{__import__('os').environ['PATH']}")
+    slicer.app.temporaryPath = str(tmp_path)
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    for stop in ("cleanup", "close"):
+        widget = make_widget()
+        widget._parameterNode.inputVolume = volume
+        widget._parameterNode.samples = 40
+        widget.onApplyButton()
+        slicer_app_fakes.run_event_loop(until=lambda w=widget: w.ui.progressBar.value > 0, timeout=120)
+        tree = psutil.Process(widget.logic.process.pid).children(recursive=True)
+        assert tree
+        if stop == "cleanup":
+            widget.cleanup()
+        else:
+            mrml_scene.Clear(0)
+        assert tree_stops(tree), stop
+        slicer_app_fakes.wait_for_processes(timeout=30)
+        assert widget.logic.run is None
+        volume = volumes.read_volume(mrml_scene, head_run[0], "head") if stop == "close" else volume
+
+
+# -- 2, 3. the parameter node is the single source of truth -----------------------------------------------
+def test_reentering_and_colormap_keep_the_threshold_and_the_referral(widget_with_run):
+    widget, run, _ = widget_with_run
+    params, logic = widget._parameterNode, widget.logic
+    flagging = logic.flagging
+    assert params.threshold == pytest.approx(flagging.threshold_for_percent(review_logic.DEFAULT_FLAGGED_PERCENT))
+    widget.ui.thresholdSlider.value = params.threshold * 0.8  # the user moves the slider
+    user_threshold = params.threshold
+    assert flagging.threshold == pytest.approx(user_threshold), "a new threshold moves the flagged voxels"
+    logic.stepRegion(1)
+    navigator, chart = logic.navigator, logic.curveChart()
+
+    widget.exit()
+    widget.enter()  # connectGui clears and refills every combo box
+    widget.ui.colormapComboBox.currentIndex = widget.ui.colormapComboBox.items.index("Viridis")
+    assert params.colormap == "Viridis"
+    assert run.maps["entropy"].GetDisplayNode().GetColorNodeID().endswith("Viridis.txt")
+    assert logic.flagging is flagging, "no referral rebuild"
+    assert params.threshold == user_threshold and flagging.threshold == user_threshold
+    assert logic.navigator is navigator and logic.chart is chart
+
+    widget.ui.mapComboBox.currentIndex = widget.ui.mapComboBox.items.index("variance")
+    assert logic.flagging is not flagging and logic.flagging.map_node is run.maps["variance"]
+    assert params.threshold == pytest.approx(logic.flagging.threshold_for_percent(review_logic.DEFAULT_FLAGGED_PERCENT))
+    assert widget.ui.thresholdSlider.value == pytest.approx(params.threshold)
+
+
+def test_smallest_region_takes_effect_at_once(widget_with_run):
+    widget, _, _ = widget_with_run
+    widget.ui.minRegionSpinBox.value = 0.4
+    assert widget.logic.minRegionMl == 0.4
+    widget.logic.stepRegion(1)
+    assert all(r.volume_ml >= 0.4 - 1e-9 for r in widget.logic.navigator.regions)
+    widget.ui.regionOrderComboBox.currentIndex = widget.ui.regionOrderComboBox.items.index("most_uncertain")
+    assert widget.logic.order == "most_uncertain" and widget.logic.navigator is None
+
+
+def test_exit_removes_the_parameter_node_observer(widget_with_run):
+    widget, _, _ = widget_with_run
+    params = widget._parameterNode
+    widget.exit()
+    calls = []
+    widget.logic.applyParameters = lambda p: calls.append(p) or set()
+    params.colormap = "Viridis"
+    assert calls == []
+
+
+# -- 4. closing and reloading the scene --------------------------------------------------------------------
+def test_scene_close_resets_and_a_reloaded_run_is_restored(widget_with_run, tmp_path):
+    from SegUncertaintyMRML import persistence
+
+    widget, run, _ = widget_with_run
+    widget.ui.thresholdSlider.value = widget._parameterNode.threshold * 0.9
+    saved_threshold = widget._parameterNode.threshold
+    persistence.save_scene(slicer.mrmlScene, tmp_path / "review.mrb")
+    slicer.mrmlScene.Clear(0)
+    assert widget.logic.run is None and widget.logic.flagging is None
+    assert not any(getattr(widget.ui, n).enabled for n in ("resultsCollapsibleButton", "referralCollapsibleButton",
+                                                           "exportCollapsibleButton"))
+    persistence.load_scene(slicer.mrmlScene, tmp_path / "review.mrb", slicer.app_logic)  # -> EndImportEvent
+    assert widget.logic.run is not None and widget.logic.run.name == run.name
+    assert widget.ui.referralCollapsibleButton.enabled
+    assert widget._parameterNode.threshold == pytest.approx(saved_threshold), "the saved threshold is kept"
+
+
+# -- 5. undo leaves the flagged voxels alone ---------------------------------------------------------------
+def test_undo_after_correction_and_threshold_change_keeps_display_and_statistics(widget_with_run):
+    widget, run, volume = widget_with_run
+    logic, params = widget.logic, widget._parameterNode
+    logic.stepRegion(1)
+    brain = logic.structureSegmentId()
+    before = segments.segment_mask(run.segmentation, brain, volume)
+    logic.correctCurrentRegion("remove")
+    widget.ui.thresholdSlider.value = params.threshold * 0.7
+    logic.undo()
+    flagging = logic.flagging
+    flagged = segments.segment_mask(flagging.flagged_node, flagging.flagged_segment_id, volume)
+    assert np.array_equal(flagged, flagging.values > np.float32(params.threshold)), "display = threshold"
+    assert logic.stats.voxels == int(flagged.sum())
+    assert np.array_equal(segments.segment_mask(run.segmentation, brain, volume), before)
+    assert logic.stats.inside_segmentation == int((flagged & before).sum())
+    assert segments.segment_id_by_name(run.segmentation, referral.FLAGGED_SEGMENT) is None
+    logic.redo()
+    after = segments.segment_mask(run.segmentation, brain, volume)
+    assert not np.array_equal(after, before) and logic.stats.inside_segmentation == int((flagged & after).sum())
+
+
+# -- 6, 7. self-test and a run without scores ----------------------------------------------------------------
+def test_self_test_without_torch_is_skipped_not_failed(mrml_scene, monkeypatch):
+    monkeypatch.setattr(module.SegUncertaintyLogic, "missingPackages", staticmethod(lambda: ["torch"]))
+    test = module.SegUncertaintyTest()
+    test.runTest()  # returns: no SkipTest, no failure
+    assert "skipped" in test.messages[-1] and "torch" in test.messages[-1]
+
+
+def test_self_test_goes_through_the_buttons_path(mrml_scene, tmp_path, monkeypatch):
+    """The self-test starts the run with logic.start (non-blocking, callbacks on the event loop)."""
+    slicer.app.temporaryPath = str(tmp_path)
+    started = []
+    real_start = module.SegUncertaintyLogic.start
+    monkeypatch.setattr(module.SegUncertaintyLogic, "start",
+                        lambda self, *a, **k: started.append(a) or real_start(self, *a, **k))
+    test = module.SegUncertaintyTest()
+    test.runTest()
+    assert len(started) == 1 and test.messages[-1].startswith("Test passed")
+
+
+def test_a_run_without_scores_table_shows_an_empty_table(widget_with_run):
+    widget, run, _ = widget_with_run
+    slicer.mrmlScene.RemoveNode(run.scores)
+    run.scores = None
+    widget.showScores(None)
+    assert ("setMRMLTableNode", None) in widget.ui.scoresTableView.calls
+
+
+def test_older_slicer_is_refused_with_a_message(mrml_scene, monkeypatch):
+    monkeypatch.setattr(slicer.app, "minorVersion", 10)
+    slicer_app_fakes.shown_messages.clear()
+    widget = make_widget()
+    assert widget.logic is None and "5.12" in slicer_app_fakes.shown_messages[-1][1]
+    logic = module.SegUncertaintyLogic()
+    try:
+        with pytest.raises(RuntimeError, match="5.12"):
+            logic.start(None, "brainmask-t1", "softmax", 2, "cpu")
+    finally:
+        logic.cleanup()
+
+
+@pytest.fixture
+def restored_modules():
+    """The module and its parts as they were before a test that reloads them (reload changes them in place)."""
+    names = ["SegUncertainty", *(f"SegUncertaintyModule.{part}" for part in SegUncertaintyModule.PARTS)]
+    saved = {name: (sys.modules[name], dict(sys.modules[name].__dict__)) for name in names}
+    yield
+    for name, (mod, namespace) in saved.items():
+        mod.__dict__.clear()
+        mod.__dict__.update(namespace)
+        sys.modules[name] = mod
+
+
+def test_reload_builds_the_panel_and_logic_from_the_reloaded_parts(mrml_scene, restored_modules):
+    """Developer mode's Reload executes SegUncertainty.py again; the classes it then defines must be built
+    from the parts' new code, not from the parts imported before the reload."""
+    widget = make_widget()
+    old_logic_class, old_run_panel = module.SegUncertaintyLogic, sys.modules["SegUncertaintyModule.run_panel"].RunPanel
+    widget.onReload()
+    reloaded = sys.modules["SegUncertainty"]
+    parts = {part: sys.modules[f"SegUncertaintyModule.{part}"] for part in SegUncertaintyModule.PARTS}
+    assert reloaded is not module and reloaded.SegUncertaintyLogic is not old_logic_class
+    assert reloaded.SegUncertaintyLogic is parts["logic"].SegUncertaintyLogic
+    assert parts["run_panel"].RunPanel is not old_run_panel
+    sections = {"models_panel": "ModelsPanel", "run_panel": "RunPanel", "review_panel": "ReviewPanel",
+                "cohort_panel": "CohortPanel"}
+    for part, name in sections.items():
+        assert getattr(parts[part], name) in reloaded.SegUncertaintyWidget.__mro__, name
+    for part, name in {p.replace("panel", "logic"): n.replace("Panel", "Logic") for p, n in sections.items()}.items():
+        assert getattr(parts[part], name) in reloaded.SegUncertaintyLogic.__mro__, name
+    assert parts["logic"].SegUncertaintyParameterNode is parts["parameters"].SegUncertaintyParameterNode
+    assert parts["run_logic"].slicerVersionProblem is parts["environment"].slicerVersionProblem
+
+
+def test_reload_order_puts_each_part_after_the_parts_it_imports():
+    """SegUncertaintyModule.PARTS names every file of the package, each after those it imports."""
+    folder = Path(SegUncertaintyModule.__file__).parent
+    assert set(SegUncertaintyModule.PARTS) == {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    for index, part in enumerate(SegUncertaintyModule.PARTS):
+        tree = ast.parse((folder / f"{part}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert imported <= set(SegUncertaintyModule.PARTS[:index]), (part, imported)
+
+
+# -- issue 14 item 4: the model list and Add model... ---------------------------------------------------------
+def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(mrml_scene, tmp_path, monkeypatch):
+    """Every installed model is listed (a broken one greyed out with its reason); Add model... installs through
+    the logic, selects the new model through the parameter, shows a failure's one line; refilling the list
+    (on re-entry) never changes the selected model."""
+    from Testing.support.tiny_models import write_threshold_model
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    broken = tmp_path / "home" / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "card.json").write_text('{"name": "broken"}')
+    from SegUncertaintyLib.models import catalog
+
+    bundled = sorted(e.name for e in catalog.list_models() if e.error is None)  # before the broken one counts
+    broken_index = len(bundled)
+    widget = make_widget()
+    combo, params = widget.ui.modelComboBox, widget._parameterNode
+    assert combo.items == [*bundled, "broken"] and combo.currentText == params.model == "brainmask-t1"
+    assert combo.disabled == {broken_index} and "Cannot be used" in combo.itemData(broken_index, 3)  # ToolTipRole
+
+    slicer_app_fakes.shown_messages.clear()
+    slicer_app_fakes.file_dialog_answer[0] = str(tmp_path)  # not a model folder
+    widget.ui.addModelButton.clicked.emit()
+    kind, text = slicer_app_fakes.shown_messages[-1]
+    assert kind == "errorDisplay" and "not a model folder" in text and "\n" not in text
+    assert combo.items == [*bundled, "broken"] and params.model == "brainmask-t1"
+
+    slicer_app_fakes.file_dialog_answer[0] = str(write_threshold_model(tmp_path / "src"))
+    widget.ui.addModelButton.clicked.emit()
+    assert combo.items == [*bundled, "broken", "threshold-src"]  # bundled first, then by folder name
+    assert params.model == combo.currentText == "threshold-src" and combo.disabled == {broken_index}
+
+    widget.exit()
+    widget.enter()  # the list is refilled: clear() and the first addItem emit, the parameter must not follow
+    assert params.model == combo.currentText == "threshold-src"
+    slicer_app_fakes.file_dialog_answer[0] = ""  # Cancel
+    widget.ui.addModelButton.clicked.emit()
+    assert params.model == "threshold-src" and len(slicer_app_fakes.shown_messages) == 1
