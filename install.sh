@@ -25,4 +25,9 @@ if [ ! -d /usr/share/mricron/templates ] && command -v apt-get >/dev/null && [ "
     apt-get install -y -qq mricron-data >/dev/null 2>&1 \
         || echo "note: mricron-data not installed (only needed to retrain or re-evaluate the bundled model)"
 fi
+# dciodvfy (Debian dicom3tools): the DICOM output tests check every object with it.
+if ! command -v dciodvfy >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq dicom3tools >/dev/null 2>&1 \
+        || echo "note: dicom3tools not installed (the DICOM conformance tests skip without dciodvfy)"
+fi
 .venv/bin/seguncertainty models --verify
