@@ -108,6 +108,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                              "better (default: %(default)s)")
     parser.add_argument("--save-samples", action="store_true",
                         help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write DICOM SEG, Parametric Maps and a TID 1500 report in dicom/ (the input must "
+                             "be a DICOM series; README 'Hospital use')")
 
 
 def _input_name(path: Path) -> str:
@@ -161,14 +164,16 @@ def check_segment_options(args):
 def cmd_segment(args) -> int:
     from .core.progress import ProgressReporter
     from .inference.segment import segment_image
-    from .io.dicom import SERIES_UID_TAG
+    from .io.dicom import SERIES_UID_TAG, series_slice_files
     from .io.images import read_image
     from .models.loader import load_model
-    from .results.run_folder import output_folder, write_outputs
+    from .results.run_folder import check_dicom_input, output_folder, write_outputs
 
     options = check_segment_options(args)
-    cancel = _CancelFlag()
     path = SAMPLE_IMAGE if args.sample else Path(args.input)
+    if options.dicom:
+        check_dicom_input(path, None)
+    cancel = _CancelFlag()
     out = Path(args.out) if args.out else default_out(path)
     reporter = ProgressReporter(args.progress)
     try:
@@ -185,7 +190,9 @@ def cmd_segment(args) -> int:
             cancel.check()
             reporter("write", 0.0, f"writing to {out}")
             settings = options.settings(image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None)
-            manifest = write_outputs(outputs, folder, model.description, str(path), options, settings, cancel)
+            sources = series_slice_files(path, args.series) if options.dicom else None
+            manifest = write_outputs(outputs, folder, model.description, str(path), options, settings, cancel,
+                                     sources)
             reporter("write", 1.0, "done")
     finally:
         reporter.close()

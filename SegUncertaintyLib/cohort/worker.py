@@ -73,7 +73,7 @@ def resume_key(manifest: dict) -> dict:
     return {"input_sha256": settings.get("input_sha256"), "model": model.get("name"), "version": model.get("version"),
             "weights": [m.get("sha256") for m in model.get("members", [])], "method": manifest.get("method"),
             **{k: settings.get(k) for k in ("samples", "seed", "overlap", "max_batch", "format", "maps", "map_dtype",
-                                             "overview", "save_samples", "dicom_series")}}
+                                             "overview", "save_samples", "dicom_series", "dicom")}}
 
 
 def _load(options: SegmentOptions):
@@ -105,13 +105,17 @@ def _case_settings(item: dict, options: SegmentOptions, digest: str) -> dict:
 
 def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled) -> dict:
     from ..inference.segment import segment_image
+    from ..io.dicom import series_slice_files
     from ..io.images import read_image
-    from ..results.run_folder import output_folder, write_outputs
+    from ..results.run_folder import check_dicom_input, output_folder, write_outputs
 
+    if options.dicom:
+        check_dicom_input(item["path"], item["series"])
     with output_folder(item["out"]) as folder, folder.scratch() as scratch:
         image = read_image(item["path"], item["series"])
         outputs = segment_image(image, model, options, None, cancelled, scratch)
-        write_outputs(outputs, folder, model.description, item["input"], options, settings, cancelled)
+        sources = series_slice_files(Path(item["path"]), item["series"]) if options.dicom else None
+        write_outputs(outputs, folder, model.description, item["input"], options, settings, cancelled, sources)
     return outputs.scores
 
 

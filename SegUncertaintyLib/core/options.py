@@ -36,13 +36,15 @@ class SegmentOptions:
     map_dtype: str = "float32"
     overview: bool = True
     save_samples: bool = False
+    dicom: bool = False  # also the DICOM objects (results/dicom_objects.py); the input must be a DICOM series
 
     @classmethod
     def from_args(cls, args) -> SegmentOptions:
         return cls(model=args.model, method=args.method, samples=args.samples, overlap=args.overlap,
                    device=args.device, seed=args.seed, max_batch=args.max_batch, format=args.format,
                    maps=tuple(args.maps) if args.maps else None, map_dtype=args.map_dtype,
-                   overview=not args.no_overview, save_samples=args.save_samples)
+                   overview=not args.no_overview, save_samples=args.save_samples,
+                   dicom=getattr(args, "dicom", False))
 
     def check(self) -> SegmentOptions:
         """Refuse options out of range before anything is read (UsageError, exit 2); return ``self``."""
@@ -61,9 +63,10 @@ class SegmentOptions:
         return self
 
     def settings(self, dicom_series: str | None) -> dict:
-        """The manifest's ``settings`` as ``segment`` writes them."""
-        return {"overlap": self.overlap, "seed": self.seed, "max_batch": self.max_batch,
-                "device_requested": self.device, "format": self.format,
+        """The manifest's ``settings`` as ``segment`` writes them (``dicom`` only when set, so earlier runs'
+        settings, a cohort's resume key, stay as they were)."""
+        return {**({"dicom": True} if self.dicom else {}), "overlap": self.overlap, "seed": self.seed,
+                "max_batch": self.max_batch, "device_requested": self.device, "format": self.format,
                 "maps": list(self.maps or MAP_CHOICES), "map_dtype": self.map_dtype, "dicom_series": dicom_series}
 
     def as_dict(self) -> dict:

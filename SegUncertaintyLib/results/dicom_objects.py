@@ -6,7 +6,8 @@ Objects, one file each in the run's ``dicom/`` folder (README "Hospital use" has
   type AUTOMATIC with the model's name, version and weights' sha256, the card's terminology and colour;
 - ``probability_<class>.dcm``: Segmentation Storage, FRACTIONAL of type PROBABILITY (0-1 in steps of 1/255);
 - ``<map>.dcm``: Parametric Map Storage, float32 pixels, a real-world value mapping (identity) with the
-  quantity (private scheme :data:`SCHEME`), the unit (UCUM ``1``) and a derivation code;
+  quantity (private scheme :data:`SCHEME`), the unit (UCUM ``1``), a derivation code and the card's
+  ``anatomic_region`` as Frame Anatomy (dcmqi's ``paramap2itkimage`` needs both);
 - ``report.dcm``: Comprehensive 3D SR, TID 1500 Measurement Report: per class a TID 1411 group that
   references its segment and the source series, with the volume, its 95 % interval, each subject score
   (definition and paper in the code meaning and method) and the reading as a qualitative evaluation.
@@ -185,6 +186,7 @@ def write_dicom_objects(outputs, folder: Path, description, source_files: Sequen
             window_center=float(values.max()) / 2, window_width=float(values.max()) or 1.0, content_label=code[:16],
             **_common(description, f"map/{name}", key, "map", offset))
         _add_derivation(pmap, MAP_DERIVATION)
+        _add_frame_anatomy(pmap, description)
         for group in pmap.SharedFunctionalGroupsSequence[0].get("FrameVOILUTSequence", []):
             group.VOILUTFunction = "LINEAR_EXACT"  # the maps span 0-1: a LINEAR window must be >= 1 wide
         save(pmap, f"{name}.dcm", f"{meaning}, float32 (Parametric Map)", iod="Parametric Map", map=name)
@@ -202,6 +204,19 @@ def _add_derivation(dataset: pydicom.Dataset, code: hd.sr.CodedConcept) -> None:
     for frame in dataset.PerFrameFunctionalGroupsSequence:
         for item in frame.DerivationImageSequence:
             item.DerivationCodeSequence = [code]
+
+
+def _add_frame_anatomy(dataset: pydicom.Dataset, description) -> None:
+    """Add the card's ``anatomic_region`` (region code and laterality, as the model's author states them) as
+    the Frame Anatomy functional group: dcmqi's paramap2itkimage reads it unconditionally and crashes without
+    it. A card without one gives no Frame Anatomy (no laterality is guessed)."""
+    anatomy = description.info.get("anatomic_region")
+    if not anatomy:
+        return
+    item = pydicom.Dataset()
+    item.AnatomicRegionSequence = [_card_code(anatomy["region"])]
+    item.FrameLaterality = anatomy["laterality"]
+    dataset.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [item]
 
 
 def measurement_report(scores: Mapping, seg: hd.seg.Segmentation, sources: Sequence[pydicom.Dataset],

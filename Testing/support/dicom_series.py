@@ -44,7 +44,8 @@ def write_series(folder: Path, array: np.ndarray, uid: str, description: str = "
         image.SetOrigin(position.tolist())
         image.SetDirection(d.flatten().tolist())
         tags = {
-            "0008|0060": modality, "0020|0052": frame_of_reference, "0010|0020": "PATIENT1", "0020|000d": "1.2.826.0.1.3680043.2.1125.9",
+            "0008|0060": modality, "0020|0052": frame_of_reference,
+            "0010|0020": "PATIENT1", "0020|000d": "1.2.826.0.1.3680043.2.1125.9",
             "0020|000e": uid, "0008|103e": description, "0008|0018": f"{uid}.{k + 1}",
             "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in position),
             "0020|0037": "\\".join(f"{v:.6f}" for v in [*d[:, 0], *d[:, 1]]),
