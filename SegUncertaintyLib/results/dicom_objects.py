@@ -187,6 +187,7 @@ def write_dicom_objects(outputs, folder: Path, description, source_files: Sequen
             **_common(description, f"map/{name}", key, "map", offset))
         _add_derivation(pmap, MAP_DERIVATION)
         _add_frame_anatomy(pmap, description)
+        _frames_along_normal(pmap)
         for group in pmap.SharedFunctionalGroupsSequence[0].get("FrameVOILUTSequence", []):
             group.VOILUTFunction = "LINEAR_EXACT"  # the maps span 0-1: a LINEAR window must be >= 1 wide
         save(pmap, f"{name}.dcm", f"{meaning}, float32 (Parametric Map)", iod="Parametric Map", map=name)
@@ -204,6 +205,26 @@ def _add_derivation(dataset: pydicom.Dataset, code: hd.sr.CodedConcept) -> None:
     for frame in dataset.PerFrameFunctionalGroupsSequence:
         for item in frame.DerivationImageSequence:
             item.DerivationCodeSequence = [code]
+
+
+def _frames_along_normal(dataset: pydicom.Dataset) -> None:
+    """Store the float frames in ascending order along the DICOM slice normal (row x column cosines).
+
+    highdicom stores them in descending order (its volume convention); each frame carries its own position,
+    so both orders are valid, but dcmqi 1.5.7's paramap2itkimage fills its volume in stored order from the
+    lowest position and so would flip the map along the normal.
+    """
+    frames = dataset.PerFrameFunctionalGroupsSequence
+    cosines = np.asarray(dataset.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient,
+                         float)
+    normal = np.cross(cosines[:3], cosines[3:])
+    along = [float(np.dot(f.PlanePositionSequence[0].ImagePositionPatient, normal)) for f in frames]
+    order = np.argsort(along, kind="stable")
+    if np.array_equal(order, np.arange(len(order))):
+        return
+    pixels = np.frombuffer(dataset.FloatPixelData, np.float32).reshape(len(frames), -1)
+    dataset.FloatPixelData = np.ascontiguousarray(pixels[order]).tobytes()
+    dataset.PerFrameFunctionalGroupsSequence = [frames[int(i)] for i in order]
 
 
 def _add_frame_anatomy(dataset: pydicom.Dataset, description) -> None:
