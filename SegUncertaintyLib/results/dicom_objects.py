@@ -183,13 +183,13 @@ def write_dicom_objects(outputs, folder: Path, description, source_files: Sequen
         pmap = hd.pm.ParametricMap(
             source_images=sources, pixel_array=values, contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping], series_description=f"SegUncertainty {name}"[:64],
-            window_center=float(values.max()) / 2, window_width=float(values.max()) or 1.0, content_label=code[:16],
+            voi_lut_transformations=[hd.VOILUTTransformation(  # LINEAR_EXACT: a LINEAR window must be >= 1 wide
+                window_center=float(values.max()) / 2, window_width=float(values.max()) or 1.0,
+                voi_lut_function="LINEAR_EXACT")], content_label=code[:16],
             **_common(description, f"map/{name}", key, "map", offset))
         _add_derivation(pmap, MAP_DERIVATION)
         _add_frame_anatomy(pmap, description)
         _frames_along_normal(pmap)
-        for group in pmap.SharedFunctionalGroupsSequence[0].get("FrameVOILUTSequence", []):
-            group.VOILUTFunction = "LINEAR_EXACT"  # the maps span 0-1: a LINEAR window must be >= 1 wide
         save(pmap, f"{name}.dcm", f"{meaning}, float32 (Parametric Map)", iod="Parametric Map", map=name)
 
     check_cancel()
