@@ -90,7 +90,7 @@ def _earlier_run(folder: Path, wanted: dict) -> dict | None:
     try:
         manifest = read_manifest(folder, kinds=False)
         files = written_files(manifest)
-        if files is None or resume_key(manifest) != wanted or not all((folder / f).is_file() for f in files):
+        if files is None or resume_key(manifest) != wanted or not all((folder / f).exists() for f in files):
             return None
         return json.loads((folder / "scores.json").read_text(encoding="utf-8"))
     except (ManifestError, OSError, ValueError, AttributeError):

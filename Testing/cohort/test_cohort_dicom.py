@@ -36,6 +36,8 @@ def test_each_dicom_case_gets_its_dicom_objects(tmp_path, threshold_model):
         seg = pydicom.dcmread(case / "dicom" / "segmentation.dcm")
         seen.add(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
     assert seen == {"1.2.826.0.1.3680043.2.1125.9.61", "1.2.826.0.1.3680043.2.1125.9.62"}
+    assert _cohort(threshold_model, tmp_path / "out", tmp_path / "in") == 0  # resumed: both cases reused
+    assert (tmp_path / "out" / "worklist.csv").read_text().count(",skipped,") == 2
 
 
 def test_an_image_file_case_refuses_the_cohort_before_any_case(tmp_path, threshold_model, capsys):
