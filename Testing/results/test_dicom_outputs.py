@@ -200,3 +200,21 @@ def test_dicom_needs_a_dicom_series_input_exit_2_before_anything(tmp_path, model
     err = capsys.readouterr().err.strip()
     assert "--dicom needs a DICOM series" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_class_is_an_all_zero_segment(run, model, tmp_path):
+    """The documented rule for empty classes: the segment is written over every frame, all zero."""
+    from types import SimpleNamespace
+
+    from SegUncertaintyLib.models.loader import load_model
+    from SegUncertaintyLib.results.dicom_objects import write_dicom_objects
+
+    empty = sitk.Image(_nrrd(run, "segmentation"))
+    empty *= 0
+    outputs = SimpleNamespace(segmentation=empty, probabilities={}, maps={}, method="mc_dropout",
+                              scores=json.loads((run["run"] / "scores.json").read_text()))
+    write_dicom_objects(outputs, tmp_path, load_model(str(model)).description,
+                        series_slice_files(run["source"], None), "key", ())
+    seg = hd.seg.segread(tmp_path / "segmentation.dcm")
+    assert seg.number_of_segments == 1 and seg.NumberOfFrames == empty.GetSize()[2]
+    assert not seg.pixel_array.any()
