@@ -21,8 +21,10 @@ from . import __version__
 from .cohort.executors import EXECUTORS
 from .core.errors import (
     CANCELLED_MESSAGE,
+    COHORT_CASES_FAILED,
     CancelledError,
     InputImageError,
+    ModelError,
     ResourceError,
     SegUncertaintyError,
     UsageError,
@@ -30,7 +32,6 @@ from .core.errors import (
 from .core.options import DEVICES
 from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
 
-COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
 
@@ -362,7 +363,7 @@ def cmd_models(args) -> int:
     broken = [e.name for e in entries if e.error]
     if args.verify and broken:
         print(f"seguncertainty: error: {len(broken)} model(s) failed the check: {', '.join(broken)}", file=sys.stderr)
-        return 4
+        return ModelError.exit_code
     return 0
 
 

@@ -12,7 +12,6 @@ correlations or the figures. An in-distribution case without a reference is skip
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import zipfile
@@ -23,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputImageError, UsageError
+from ..core.files import read_json_object
 from ..core.manifest import MANIFEST, ManifestError, is_plain_name, parse_manifest
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
 from ..io.header import describe_grid, read_header, same_grid
@@ -161,15 +161,7 @@ def find_reference(refs: Path, case: str, what: str = "reference segmentation", 
 
 def read_json(path: Path, what: str) -> dict:
     """A JSON object from an untrusted file; InputImageError naming ``what`` and the problem otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputImageError(f"Cannot read {what} {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise InputImageError(f"{what.capitalize()} {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputImageError(f"{what.capitalize()} {path} is not a JSON object")
-    return data
+    return read_json_object(path, what, InputImageError)
 
 
 def check_case_manifest(manifest: dict, path: Path) -> dict:
