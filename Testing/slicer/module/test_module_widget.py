@@ -25,7 +25,7 @@ slicer_app_fakes.install()
 import SegUncertaintyModule  # noqa: E402
 import slicer  # noqa: E402
 from SegUncertaintyModule import environment, review_logic  # noqa: E402
-from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
+from SegUncertaintyMRML import flagged_voxels, segments, volumes  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
 
@@ -224,7 +224,7 @@ def test_undo_after_correction_and_threshold_change_keeps_display_and_statistics
     assert logic.stats.voxels == int(flagged.sum())
     assert np.array_equal(segments.segment_mask(run.segmentation, brain, volume), before)
     assert logic.stats.inside_segmentation == int((flagged & before).sum())
-    assert segments.segment_id_by_name(run.segmentation, referral.FLAGGED_SEGMENT) is None
+    assert segments.segment_id_by_name(run.segmentation, flagged_voxels.FLAGGED_SEGMENT) is None
     logic.redo()
     after = segments.segment_mask(run.segmentation, brain, volume)
     assert not np.array_equal(after, before) and logic.stats.inside_segmentation == int((flagged & after).sum())
@@ -310,7 +310,9 @@ def test_reload_order_puts_each_part_after_the_parts_it_imports():
     assert set(SegUncertaintyModule.PARTS) == {p.stem for p in folder.glob("*.py")} - {"__init__"}
     for index, part in enumerate(SegUncertaintyModule.PARTS):
         tree = ast.parse((folder / f"{part}.py").read_text())
-        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1]
+        imported = {node.module for node in relative if node.module} | {
+            alias.name for node in relative if node.module is None for alias in node.names}  # from . import x
         assert imported <= set(SegUncertaintyModule.PARTS[:index]), (part, imported)
 
 
