@@ -30,7 +30,7 @@ from .core.errors import (
     UsageError,
 )
 from .core.options import DEVICES
-from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
+from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, METHODS, OUTPUT_FORMATS
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
@@ -93,7 +93,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
                              "(default: all the model declares, at most 8)")
-    parser.add_argument("--format", default="nrrd", choices=FORMATS)
+    parser.add_argument("--format", default="nrrd", choices=OUTPUT_FORMATS)
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")

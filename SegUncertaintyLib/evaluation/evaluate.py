@@ -51,7 +51,7 @@ FRACTIONS = np.linspace(0, 0.2, 41)  # referral curve: 0-20 % of voxels, in 0.5 
 # short citations; the full titles are in PAPERS (summary "papers", the report's Papers section)
 JUNGO, SANDER = "Jungo and Reyes 2019", "Sander et al. 2019"
 MEHRTASH, CZOLBE = "Mehrtash et al. 2020", "Czolbe et al. 2021"
-CONVENTIONS = {
+EVALUATION_CONVENTIONS = {
     "ece_bins": f"foreground-probability ECE (columns ece_volume, ece_box, ece_mask; {JUNGO}, their public code): "
                 "10 bins, edges linspace(0, 1 + 1e-8, 11), [a, b), empty bins dropped; binary NLL and Brier",
     "ece_top_label": f"top-label ECE ({MEHRTASH}, eq. 5; columns *_toplabel_*): confidence = probability of the "
@@ -191,7 +191,7 @@ def check_case_manifest(manifest: dict, path: Path) -> dict:
     return manifest
 
 
-MAP_NAMES = (*REFERRAL_MAPS, "expected_entropy")
+PLAIN_FOLDER_MAPS = (*REFERRAL_MAPS, "expected_entropy")
 
 
 def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
@@ -212,7 +212,7 @@ def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict
     outputs = [{"file": images["segmentation"], "kind": "labelmap"}]
     outputs += [{"file": images[f"probability_{name}"], "kind": "probability", "label": name}
                 for name in labels.values() if f"probability_{name}" in images]
-    outputs += [{"file": images[m], "kind": "uncertainty", "map": m} for m in MAP_NAMES if m in images]
+    outputs += [{"file": images[m], "kind": "uncertainty", "map": m} for m in PLAIN_FOLDER_MAPS if m in images]
     if (case_dir / "scores.json").is_file():
         outputs.append({"file": "scores.json", "kind": "scores"})
     return {"labels": {"0": "background", **{str(k): v for k, v in labels.items()}}, "outputs": outputs}
@@ -399,7 +399,7 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
     """Dataset summary per foreground class from the in-distribution results; adds the BnF columns at BnF's
     best threshold to each row. ood_scores: {case: {class: {score: value}}} from the OOD cases' scores.json,
     reported apart (``ood`` block)."""
-    summary: dict = {"conventions": CONVENTIONS, "papers": PAPERS, "notes": list(notes or []), "classes": {}}
+    summary: dict = {"conventions": EVALUATION_CONVENTIONS, "papers": PAPERS, "notes": list(notes or []), "classes": {}}
     ood_scores = ood_scores or {}
     for label in sorted({r.label for r in results}):
         mine = [r for r in results if r.label == label]

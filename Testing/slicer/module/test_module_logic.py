@@ -218,7 +218,7 @@ def test_cancelled_run_leaves_the_scene_exactly_as_it_was(mrml_scene, head_run, 
     assert logic.run is None and list(temporary.iterdir()) == []
 
 
-# -- models: the list and Add model... (issue 14 item 4) -----------------------------------------------------
+# -- models: the list and Add model... -----------------------------------------------------------------------
 def broken_user_model(home: Path) -> Path:
     folder = home / "models" / "broken"
     folder.mkdir(parents=True)

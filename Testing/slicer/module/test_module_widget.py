@@ -1,6 +1,6 @@
 """The module's panel (SegUncertaintyWidget) as it will behave in Slicer: built from the real .ui, bound to a
 real parameter node on a real MRML scene, with the stand-ins of slicer_app_fakes / slicer_qt_fakes for what
-only the application has. Those reproduce what caused issue 10's bugs:
+only the application has. Those reproduce what caused earlier bugs:
 
 - the PythonSlicer launcher: a real launcher process with the interpreter as its child, forwarding no signal;
 - launchConsoleProcess(blocking=False): callbacks only on the main thread, when the event loop polls (100 ms);
@@ -316,7 +316,7 @@ def test_reload_order_puts_each_part_after_the_parts_it_imports():
         assert imported <= set(SegUncertaintyModule.PARTS[:index]), (part, imported)
 
 
-# -- issue 14 item 4: the model list and Add model... ---------------------------------------------------------
+# -- the model list and Add model... ------------------------------------------------------------------------
 def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(mrml_scene, tmp_path, monkeypatch):
     """Every installed model is listed (a broken one greyed out with its reason); Add model... installs through
     the logic, selects the new model through the parameter, shows a failure's one line; refilling the list
