@@ -17,6 +17,7 @@ import time
 import SegUncertaintyModule
 import slicer
 import vtk
+from SegUncertaintyModule import scenario
 from SegUncertaintyModule.cohort_panel import CohortPanel
 from SegUncertaintyModule.environment import slicerVersionProblem
 from SegUncertaintyModule.logic import SegUncertaintyLogic
@@ -24,7 +25,6 @@ from SegUncertaintyModule.models_panel import ModelsPanel
 from SegUncertaintyModule.parameters import SegUncertaintyParameterNode
 from SegUncertaintyModule.review_panel import ReviewPanel
 from SegUncertaintyModule.run_panel import RunPanel
-from SegUncertaintyMRML import scenario
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (

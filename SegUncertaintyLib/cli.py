@@ -21,16 +21,17 @@ from . import __version__
 from .cohort.executors import EXECUTORS
 from .core.errors import (
     CANCELLED_MESSAGE,
+    COHORT_CASES_FAILED,
     CancelledError,
     InputImageError,
+    ModelError,
     ResourceError,
     SegUncertaintyError,
     UsageError,
 )
 from .core.options import DEVICES
-from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
+from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, METHODS, OUTPUT_FORMATS
 
-COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
 
@@ -92,7 +93,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
                              "(default: all the model declares, at most 8)")
-    parser.add_argument("--format", default="nrrd", choices=FORMATS)
+    parser.add_argument("--format", default="nrrd", choices=OUTPUT_FORMATS)
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
@@ -369,7 +370,7 @@ def cmd_models(args) -> int:
     broken = [e.name for e in entries if e.error]
     if args.verify and broken:
         print(f"seguncertainty: error: {len(broken)} model(s) failed the check: {', '.join(broken)}", file=sys.stderr)
-        return 4
+        return ModelError.exit_code
     return 0
 
 

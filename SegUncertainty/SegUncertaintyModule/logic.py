@@ -4,7 +4,7 @@ review_logic, cohort_logic); here its state, the scene's life (close, load) and 
 from __future__ import annotations
 
 import slicer
-from SegUncertaintyMRML import corrections, referral, regions, results, worklist
+from SegUncertaintyMRML import cohort_scene, corrections, flagged_voxels, regions, results
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 from slicer.util import VTKObservationMixin
 
@@ -35,10 +35,10 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
         self.onStatisticsChanged = None
         self._shown: dict = {}  # the parameters last applied to the scene (applyParameters)
         self._keepThreshold = False
-        self.stats: referral.ReferralStats | None = None
+        self.stats: flagged_voxels.ReferralStats | None = None
         self.run: results.RunNodes | None = None
         self.inputVolume = None
-        self.flagging: referral.Referral | None = None
+        self.flagging: flagged_voxels.Referral | None = None
         self.navigator: regions.RegionNavigator | None = None
         self.labels = None
         self.chart = None
@@ -47,7 +47,7 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
         self._cuda: bool | None = None
         self.editing: corrections.Corrections | None = None
         self._editorNode = None
-        self.cohort: worklist.CohortWorklist | None = None
+        self.cohort: cohort_scene.CohortWorklist | None = None
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)

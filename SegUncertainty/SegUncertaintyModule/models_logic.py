@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import slicer
-from SegUncertaintyMRML import process
 from slicer.i18n import tr as _
+
+from . import process
 
 # Installed on first use, after asking (torch itself through the PyTorch extension).
 PIP_REQUIREMENTS = {"monai": "monai>=1.4", "SimpleITK": "SimpleITK>=2.3", "scipy": "scipy>=1.10",

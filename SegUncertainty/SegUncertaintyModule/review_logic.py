@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import slicer
-from SegUncertaintyMRML import corrections, overlays, persistence, referral, regions, results, volumes
+from SegUncertaintyMRML import corrections, flagged_voxels, overlays, persistence, regions, results, volumes
 from slicer.i18n import tr as _
 
 DEFAULT_FLAGGED_PERCENT = 5.0  # a new map starts with the threshold that flags this % of the segmentation
@@ -67,15 +67,16 @@ class ReviewLogic:
     def structureSegmentId(self) -> str:
         segmentation = self.run.segmentation.GetSegmentation()
         return next(segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
-                    if segmentation.GetNthSegment(i).GetName() != referral.FLAGGED_SEGMENT)
+                    if segmentation.GetNthSegment(i).GetName() != flagged_voxels.FLAGGED_SEGMENT)
 
-    def showMap(self, mapName: str, colormap: str, opacity: float) -> referral.Referral:
+    def showMap(self, mapName: str, colormap: str, opacity: float) -> flagged_voxels.Referral:
         """Show one uncertainty map over the input and prepare referral on it."""
         mapNode = self.run.maps[mapName]
         overlays.style_map(mapNode, colormap)
         overlays.show_layers(slicer.mrmlScene, self.inputVolume, mapNode, opacity)
         overlays.show_only_legend(self.run.maps.values(), mapNode)
-        self.flagging = referral.Referral(self.run.segmentation, self.structureSegmentId(), mapNode, self.inputVolume)
+        self.flagging = flagged_voxels.Referral(self.run.segmentation, self.structureSegmentId(), mapNode,
+                                                self.inputVolume)
         self.chart = self.navigator = self.labels = self.stats = None
         return self.flagging
 
@@ -85,7 +86,7 @@ class ReviewLogic:
         self.order, self.minRegionMl = order, minRegionMl
         self.navigator = self.labels = None  # regions are found on demand, when the user steps through them
         if self.chart is not None:
-            referral.update_curve_marker(self.chart, threshold)
+            flagged_voxels.update_curve_marker(self.chart, threshold)
         return stats
 
     def findRegions(self) -> regions.RegionNavigator:
@@ -103,8 +104,9 @@ class ReviewLogic:
         if self.flagging is None:
             return None
         if self.chart is None:
-            self.chart = referral.add_curve_plot(slicer.mrmlScene, self.flagging, f"{self.run.name} referral curve")
-        referral.update_curve_marker(self.chart, self.flagging.threshold or 0.0)
+            self.chart = flagged_voxels.add_curve_plot(slicer.mrmlScene, self.flagging,
+                                                       f"{self.run.name} referral curve")
+        flagged_voxels.update_curve_marker(self.chart, self.flagging.threshold or 0.0)
         return self.chart
 
     def stepRegion(self, direction: int):

@@ -10,9 +10,10 @@ import tempfile
 from pathlib import Path
 
 import slicer
-from SegUncertaintyMRML import process, volumes
+from SegUncertaintyMRML import volumes
 from slicer.i18n import tr as _
 
+from . import process
 from .environment import library_dir, python_executable, slicerVersionProblem
 
 STOP_TIMEOUT_S = 3.0  # how long a cancelled process tree gets to exit before it is killed

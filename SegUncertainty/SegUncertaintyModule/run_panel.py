@@ -4,8 +4,10 @@ bar and log, and showing a finished (or restored) run with its scores table."""
 from __future__ import annotations
 
 import slicer
-from SegUncertaintyMRML import process, scores_table
+from SegUncertaintyMRML import scores_table
 from slicer.i18n import tr as _
+
+from . import process
 
 
 class RunPanel:

@@ -17,7 +17,6 @@ The result: ``case``, ``status`` ("done", "skipped", "failed" or "cancelled"), `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import signal
@@ -26,12 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core.files import series_sha256, sha256_file
 from ..core.manifest import ManifestError, model_record, read_manifest, written_files
 from ..core.options import SegmentOptions
 
 _models: dict[tuple[str, str], object] = {}  # (model ref, device) -> loaded model: one load per worker process
 _cancelled: Callable[[], bool] | None = None  # set by run.py when the cases run in its own process
-CHUNK = 1 << 20
 
 
 def set_cancel(flag: Callable[[], bool] | None) -> None:
@@ -46,23 +45,9 @@ def release_models() -> None:
 
 
 def input_sha256(path: str, files: tuple[str, ...] | list[str] = ()) -> str:
-    """sha256 of an image file, or of a DICOM series: each file's name and its sha256, in name order.
-
-    A .nhdr / .mhd header with a detached data file: the header only (a changed data file is not seen)."""
-    def file_digest(name: str) -> str:
-        digest = hashlib.sha256()
-        with open(name, "rb") as stream:
-            while block := stream.read(CHUNK):
-                digest.update(block)
-        return digest.hexdigest()
-
-    if not files:
-        return file_digest(path)
-    series = hashlib.sha256()
-    for name in sorted(files):
-        series.update(f"{Path(name).relative_to(path)}\0{file_digest(name)}\n".encode("utf-8", "surrogateescape"))
-    return series.hexdigest()
-
+    """sha256 of an image file, or of a DICOM series (core.files.series_sha256, the digest the Slicer
+    worklist checks). A .nhdr / .mhd header with a detached data file: the header only."""
+    return series_sha256(path, files) if files else sha256_file(path)
 
 def resume_key(manifest: dict) -> dict:
     """What must match for a case folder to be reused: the input's sha256, the model (name, version,

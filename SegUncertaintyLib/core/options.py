@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from .errors import UsageError
 from .methods import DEFAULT_METHOD, plan_samples
-from .vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES
+from .vocabulary import DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, OUTPUT_FORMATS
 
 DEVICES = ("auto", "cuda", "cpu")  # auto: CUDA when available
 
@@ -53,8 +53,8 @@ class SegmentOptions:
         check_overlap_range(self.overlap)
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.format not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format not in OUTPUT_FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
         if self.map_dtype not in MAP_DTYPES:
             raise UsageError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
         if self.maps is not None and not set(self.maps) <= set(MAP_CHOICES):

@@ -1,7 +1,7 @@
 """The thin stand-ins for what only Slicer's application has, so SegUncertainty.py runs under slicer-core.
 
 Each stand-in is written from Slicer's source (github.com/Slicer/Slicer, main and v5.12) and reproduces the
-behaviour the module depends on, including the behaviour that caused the bugs of issue 10:
+behaviour the module depends on, including the behaviour that caused earlier bugs:
 
 - ``launch_console_process`` is ``slicer.util.launchConsoleProcess(blocking=False)``
   (Base/Python/slicer/util.py, ``_startAsyncProcessHandling``): a background thread reads the process's

@@ -13,7 +13,7 @@ from Testing.support import slicer_app_fakes
 
 slicer_app_fakes.install()
 import slicer  # noqa: E402
-from SegUncertaintyMRML.worklist import CASE_ATTRIBUTE  # noqa: E402
+from SegUncertaintyMRML.cohort_scene import CASE_ATTRIBUTE  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
 from SegUncertaintyLib.cohort import review  # noqa: E402

@@ -15,12 +15,11 @@ from Testing.support import slicer_app_fakes, slicer_headless
 
 slicer_app_fakes.install()
 import slicer  # noqa: E402
-from SegUncertaintyModule import environment, parameters  # noqa: E402
+from SegUncertaintyModule import environment, parameters, process  # noqa: E402
 from SegUncertaintyMRML import (  # noqa: E402
+    flagged_voxels,
     overlays,
     persistence,
-    process,
-    referral,
     results,
     segments,
     volumes,
@@ -136,10 +135,10 @@ def test_export_and_restore_after_scene_reload(logic_with_run, mrml_scene, tmp_p
     restored = new_logic().restoreRun(segmentation)
     assert restored is not None and restored.name == run.name
     assert set(restored.maps) == set(run.maps) and restored.scores is not None
-    flagged_node = restored.segmentation.GetNodeReference(referral.FLAGGED_REFERENCE)
+    flagged_node = restored.segmentation.GetNodeReference(flagged_voxels.FLAGGED_REFERENCE)
     assert flagged_node is not None and results.find_runs(scene)[run.name]["flagged"] is flagged_node
-    assert segments.segment_id_by_name(flagged_node, referral.FLAGGED_SEGMENT) is not None
-    assert segments.segment_id_by_name(restored.segmentation, referral.FLAGGED_SEGMENT) is None
+    assert segments.segment_id_by_name(flagged_node, flagged_voxels.FLAGGED_SEGMENT) is not None
+    assert segments.segment_id_by_name(restored.segmentation, flagged_voxels.FLAGGED_SEGMENT) is None
     assert new_logic().restoreRun(None) is None
     assert results.find_runs(scene)[run.name]["segmentation"] is segmentation
 
@@ -219,7 +218,7 @@ def test_cancelled_run_leaves_the_scene_exactly_as_it_was(mrml_scene, head_run, 
     assert logic.run is None and list(temporary.iterdir()) == []
 
 
-# -- models: the list and Add model... (issue 14 item 4) -----------------------------------------------------
+# -- models: the list and Add model... -----------------------------------------------------------------------
 def broken_user_model(home: Path) -> Path:
     folder = home / "models" / "broken"
     folder.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """The module's panel (SegUncertaintyWidget) as it will behave in Slicer: built from the real .ui, bound to a
 real parameter node on a real MRML scene, with the stand-ins of slicer_app_fakes / slicer_qt_fakes for what
-only the application has. Those reproduce what caused issue 10's bugs:
+only the application has. Those reproduce what caused earlier bugs:
 
 - the PythonSlicer launcher: a real launcher process with the interpreter as its child, forwarding no signal;
 - launchConsoleProcess(blocking=False): callbacks only on the main thread, when the event loop polls (100 ms);
@@ -25,7 +25,7 @@ slicer_app_fakes.install()
 import SegUncertaintyModule  # noqa: E402
 import slicer  # noqa: E402
 from SegUncertaintyModule import environment, review_logic  # noqa: E402
-from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
+from SegUncertaintyMRML import flagged_voxels, segments, volumes  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
 
@@ -224,7 +224,7 @@ def test_undo_after_correction_and_threshold_change_keeps_display_and_statistics
     assert logic.stats.voxels == int(flagged.sum())
     assert np.array_equal(segments.segment_mask(run.segmentation, brain, volume), before)
     assert logic.stats.inside_segmentation == int((flagged & before).sum())
-    assert segments.segment_id_by_name(run.segmentation, referral.FLAGGED_SEGMENT) is None
+    assert segments.segment_id_by_name(run.segmentation, flagged_voxels.FLAGGED_SEGMENT) is None
     logic.redo()
     after = segments.segment_mask(run.segmentation, brain, volume)
     assert not np.array_equal(after, before) and logic.stats.inside_segmentation == int((flagged & after).sum())
@@ -310,11 +310,13 @@ def test_reload_order_puts_each_part_after_the_parts_it_imports():
     assert set(SegUncertaintyModule.PARTS) == {p.stem for p in folder.glob("*.py")} - {"__init__"}
     for index, part in enumerate(SegUncertaintyModule.PARTS):
         tree = ast.parse((folder / f"{part}.py").read_text())
-        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1]
+        imported = {node.module for node in relative if node.module} | {
+            alias.name for node in relative if node.module is None for alias in node.names}  # from . import x
         assert imported <= set(SegUncertaintyModule.PARTS[:index]), (part, imported)
 
 
-# -- issue 14 item 4: the model list and Add model... ---------------------------------------------------------
+# -- the model list and Add model... ------------------------------------------------------------------------
 def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(mrml_scene, tmp_path, monkeypatch):
     """Every installed model is listed (a broken one greyed out with its reason); Add model... installs through
     the logic, selects the new model through the parameter, shows a failure's one line; refilling the list

@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-from SegUncertaintyMRML import persistence, process, results, scenario, scores_table, segments, volumes
+from SegUncertaintyModule import process, scenario
+from SegUncertaintyMRML import persistence, results, scores_table, segments, volumes
 
 from SegUncertaintyLib.core.methods import plan_samples
 from SegUncertaintyLib.core.vocabulary import METHODS as LIBRARY_METHODS

@@ -11,9 +11,10 @@ import json
 import math
 from dataclasses import dataclass
 
-# The panel's methods come from the library's torch-free module (re-exported here: the module's scripts
-# import no library module when Slicer loads them).
+# The panel's methods, devices and exit codes: the library's core, standard library only (re-exported here)
+from SegUncertaintyLib.core.errors import CancelledError
 from SegUncertaintyLib.core.methods import DEFAULT_METHOD, METHOD_LABELS, count_passes, samples_option  # noqa: F401
+from SegUncertaintyLib.core.options import DEVICES  # noqa: F401
 
 # Stages in order, with their share of the whole run (inference dominates).
 STAGES = {
@@ -23,8 +24,7 @@ STAGES = {
     "postprocess": ("Maps and scores", 0.08),
     "write": ("Writing results", 0.05),
 }
-DEVICES = ("auto", "cuda", "cpu")
-EXIT_CANCELLED = 130
+EXIT_CANCELLED = CancelledError.exit_code
 CANCELLED_MESSAGE = "Cancelled."
 # Forward passes per litre of field of view per second, bundled UNet at 3 mm, measured on a 2-core x86_64 CPU.
 CPU_SECONDS_PER_PASS_LITRE = 0.05
