@@ -46,7 +46,6 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
         self._plans: dict[str, tuple[int, tuple[int, ...]] | None] = {}  # model -> (members, flip axes)
         self._cuda: bool | None = None
         self.editing: corrections.Corrections | None = None
-        self._editorNode = None
         self.cohort: cohort_scene.CohortWorklist | None = None
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -81,7 +80,7 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
             self.removeObserver(self.run.segmentation, slicer.vtkSegmentation.SegmentModified,
                                 self.onSegmentationModified)
         self.run = self.inputVolume = self.flagging = self.navigator = self.labels = self.chart = None
-        self.editing = self.stats = self._editorNode = None
+        self.editing = self.stats = None
         self._shown, self._keepThreshold = {}, False
 
     # -- the run under review ------------------------------------------------------------------------

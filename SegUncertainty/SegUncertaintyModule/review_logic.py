@@ -60,9 +60,9 @@ class ReviewLogic:
         return changed
 
     def segmentEditorNode(self):
-        if self._editorNode is None or self._editorNode.GetScene() is None:
-            self._editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "SegUncertainty")
-        return self._editorNode
+        """The scene's one SegUncertainty segment editor node (corrections.editor_node): the embedded Segment
+        Editor's, and the corrections'; a new one after the scene was closed."""
+        return corrections.editor_node(slicer.mrmlScene)
 
     def structureSegmentId(self) -> str:
         segmentation = self.run.segmentation.GetSegmentation()

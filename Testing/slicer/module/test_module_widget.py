@@ -45,9 +45,12 @@ def clean_up_widgets():
 
 
 def make_widget():
+    """A panel as Slicer makes it when the user first selects the module: setup(), then enter()."""
     widget = module.SegUncertaintyWidget()
     widget.setup()
     _widgets.append(widget)
+    if widget.logic is not None:
+        slicer_app_fakes.enter_module(widget)
     return widget
 
 
@@ -155,8 +158,8 @@ def test_reentering_and_colormap_keep_the_threshold_and_the_referral(widget_with
     logic.stepRegion(1)
     navigator, chart = logic.navigator, logic.curveChart()
 
-    widget.exit()
-    widget.enter()  # connectGui clears and refills every combo box
+    slicer_app_fakes.exit_module(widget)
+    slicer_app_fakes.enter_module(widget)  # connectGui clears and refills every combo box
     widget.ui.colormapComboBox.currentIndex = widget.ui.colormapComboBox.items.index("Viridis")
     assert params.colormap == "Viridis"
     assert run.maps["entropy"].GetDisplayNode().GetColorNodeID().endswith("Viridis.txt")
@@ -183,7 +186,7 @@ def test_smallest_region_takes_effect_at_once(widget_with_run):
 def test_exit_removes_the_parameter_node_observer(widget_with_run):
     widget, _, _ = widget_with_run
     params = widget._parameterNode
-    widget.exit()
+    slicer_app_fakes.exit_module(widget)
     calls = []
     widget.logic.applyParameters = lambda p: calls.append(p) or set()
     params.colormap = "Viridis"
@@ -348,8 +351,8 @@ def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(
     assert combo.items == [*bundled, "broken", "threshold-src"]  # bundled first, then by folder name
     assert params.model == combo.currentText == "threshold-src" and combo.disabled == {broken_index}
 
-    widget.exit()
-    widget.enter()  # the list is refilled: clear() and the first addItem emit, the parameter must not follow
+    slicer_app_fakes.exit_module(widget)
+    slicer_app_fakes.enter_module(widget)  # the list is refilled: clear() and the first addItem emit, the parameter must not follow
     assert params.model == combo.currentText == "threshold-src"
     slicer_app_fakes.file_dialog_answer[0] = ""  # Cancel
     widget.ui.addModelButton.clicked.emit()
