@@ -25,7 +25,7 @@ from SegUncertaintyModule.logic import SegUncertaintyLogic
 from SegUncertaintyModule.models_panel import ModelsPanel
 from SegUncertaintyModule.parameters import SegUncertaintyParameterNode
 from SegUncertaintyModule.review_panel import ReviewPanel
-from SegUncertaintyModule.run_panel import RunPanel
+from SegUncertaintyModule.run_panel import RunPanel, inputCandidates
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
@@ -163,8 +163,9 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
 
     def initializeParameterNode(self) -> None:
         params = self.logic.getParameterNode()
+        self.updateInputSelector()
         if not params.inputVolume:
-            params.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            params.inputVolume = next(iter(inputCandidates()), None)
         if self.logic.run is None:
             self.logic.restoreRun(params.segmentation)
         self.setParameterNode(params)
@@ -190,6 +191,7 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
         params = self._parameterNode
         if params is None:
             return
+        self.showMethod()
         if self.ui.modelComboBox.currentText != params.model:
             if self.ui.modelComboBox.findText(params.model) < 0:
                 self.updateModelList()  # e.g. a loaded scene names a model not in the list: shown, disabled

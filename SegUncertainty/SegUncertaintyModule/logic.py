@@ -90,7 +90,13 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
         return list(runs.values())[-1].get("segmentation") if runs else None
 
     def importRun(self, outDir, inputVolume) -> results.RunNodes:
-        return self.useRun(results.import_results(slicer.mrmlScene, outDir, inputVolume), inputVolume)
+        """Import a finished run's results; every node goes under the input's parent transform, since the
+        files hold the input's own (untransformed) geometry."""
+        run = results.import_results(slicer.mrmlScene, outDir, inputVolume)
+        for node in run.all_nodes():
+            if node is not None and hasattr(node, "SetAndObserveTransformNodeID"):
+                node.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+        return self.useRun(run, inputVolume)
 
     def useRun(self, run: results.RunNodes, inputVolume) -> results.RunNodes:
         """Review this run (a new one, or one found in a reloaded scene by results.find_runs)."""

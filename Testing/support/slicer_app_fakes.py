@@ -236,8 +236,13 @@ class EffectFactory:
     def connect(self, signal: str, slot) -> None:
         self.slots.setdefault(signal, []).append(slot)
 
-    def disconnect(self, signal: str, slot) -> None:
-        self.slots[signal].remove(slot)
+    def disconnect(self, signal: str, slot) -> bool:
+        """False, nothing else, when the slot is not connected (QObject::disconnect)."""
+        slots = self.slots.get(signal, [])
+        if slot not in slots:
+            return False
+        slots.remove(slot)
+        return True
 
     def register(self, name: str) -> None:
         for slot in list(self.slots.get("effectRegistered(QString)", [])):

@@ -270,14 +270,35 @@ class ValueWidget(Widget):
 
 
 class NodeComboBox(Widget):
-    """qMRMLNodeComboBox: the current node; currentNodeChanged on a change."""
+    """qMRMLNodeComboBox: the current node; currentNodeChanged on a change. ``listedNodes()`` is what the list
+    offers, filtered as qMRMLSortFilterProxyModel::filterAcceptsNode does for the properties used here
+    (Libs/MRML/Widgets/qMRMLSortFilterProxyModel.cxx): a node of one of ``nodeTypes`` (exactly that class when
+    showChildNodeTypes is false), not hidden from editors, not in ``sortFilterProxyModel().hiddenNodeIDs``."""
 
     SIGNALS = ("currentNodeChanged",)
-    NO_OPS = ("setMRMLScene",)
 
     def __init__(self, name, properties=None):
         super().__init__(name, properties)
-        self._node = None
+        self._node, self._scene = None, None
+        self._proxy = type("qMRMLSortFilterProxyModel", (), {"hiddenNodeIDs": []})()
+        self.nodeTypes = list(self._properties.get("nodeTypes") or [])
+        self.showChildNodeTypes = self._properties.get("showChildNodeTypes", True)
+
+    def setMRMLScene(self, scene) -> None:
+        self._scene = scene
+
+    def sortFilterProxyModel(self):
+        return self._proxy
+
+    def listedNodes(self) -> list:
+        listed = []
+        for index in range(self._scene.GetNumberOfNodes()):
+            node = self._scene.GetNthNode(index)
+            typed = any(node.GetClassName() == t if not self.showChildNodeTypes else node.IsA(t)
+                        for t in self.nodeTypes)
+            if typed and not node.GetHideFromEditors() and node.GetID() not in self._proxy.hiddenNodeIDs:
+                listed.append(node)
+        return listed
 
     def currentNode(self):
         return self._node
@@ -357,13 +378,16 @@ class TableView(Widget):
 
 
 WIDGET_CLASSES = {"qMRMLTableView": TableView, "QProgressBar": ProgressBar, "QPlainTextEdit": PlainTextEdit,
-                  "ctkDirectoryButton": DirectoryButton, "qMRMLSegmentEditorWidget": SegmentEditorWidget, "QComboBox": QComboBox, "ctkComboBox": QComboBox,
+                  "ctkDirectoryButton": DirectoryButton, "qMRMLSegmentEditorWidget": SegmentEditorWidget,
+                  "QComboBox": QComboBox, "ctkComboBox": QComboBox,
                   "QSpinBox": ValueWidget,
                   "QDoubleSpinBox": ValueWidget, "ctkSliderWidget": ValueWidget, "qMRMLNodeComboBox": NodeComboBox,
                   "QLineEdit": LineEdit, "QCheckBox": CheckBox}
 
 
 def _property_value(element):
+    if element.find("stringlist") is not None:
+        return [child.text or "" for child in element.find("stringlist").findall("string")]
     for tag, convert in (("string", str), ("double", float), ("number", float), ("bool", lambda t: t == "true")):
         child = element.find(tag)
         if child is not None:

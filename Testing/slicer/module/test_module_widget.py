@@ -352,7 +352,7 @@ def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(
     assert params.model == combo.currentText == "threshold-src" and combo.disabled == {broken_index}
 
     slicer_app_fakes.exit_module(widget)
-    slicer_app_fakes.enter_module(widget)  # the list is refilled: clear() and the first addItem emit, the parameter must not follow
+    slicer_app_fakes.enter_module(widget)  # the list is refilled: clear() and addItem emit; the parameter stays
     assert params.model == combo.currentText == "threshold-src"
     slicer_app_fakes.file_dialog_answer[0] = ""  # Cancel
     widget.ui.addModelButton.clicked.emit()
