@@ -20,13 +20,16 @@ EDITOR_NODE_TAG = "SegUncertainty"  # the singleton tag of the module's one segm
 
 def editor_node(scene):
     """The scene's one SegUncertainty segment editor node (singleton-tagged, as Slicer's Segment Editor module
-    keeps its own: Modules/Scripted/SegmentEditor/SegmentEditor.py, selectParameterNode); added if missing."""
+    keeps its own: Modules/Scripted/SegmentEditor/SegmentEditor.py, selectParameterNode); added if missing.
+    Not saved with the scene: a loaded scene would otherwise merge its segmentation reference into the node
+    behind the editor's back, and its undo history would not follow that segmentation."""
     node = scene.GetSingletonNode(EDITOR_NODE_TAG, "vtkMRMLSegmentEditorNode")
     if node is None:
         node = slicer.vtkMRMLSegmentEditorNode()
         node.SetSingletonTag(EDITOR_NODE_TAG)
         node.SetName("SegUncertainty editor")
         node.SetHideFromEditors(True)
+        node.SetSaveWithScene(False)
         node = scene.AddNode(node)
     return node
 
