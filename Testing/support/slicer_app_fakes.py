@@ -26,8 +26,12 @@ behaviour the module depends on, including the behaviour that caused earlier bug
 - ``qt``: only ``Qt.ToolTipRole`` (Qt's value, 3) and ``QFileDialog.getExistingDirectory`` /
   ``getOpenFileName``, which return ``file_dialog_answer`` (a test sets it; "" is Cancel, as Qt returns;
   PythonQt's getOpenFileName returns the path alone, not PyQt's (path, filter) tuple).
-- ``slicer.i18n`` (translation returns the text) and ``slicer.app`` (temporaryPath, version 5.13,
-  testingEnabled).
+- ``slicer.i18n`` (translation returns the text) and ``slicer.app`` (temporaryPath, defaultScenePath, version
+  5.13, testingEnabled).
+- the module widget's C++ parent (``ModuleWidgetParent``): ``isEntered`` only between ``enter_module`` and
+  ``exit_module``, as qSlicerAbstractModuleWidget sets it; ``slicer.qSlicerSegmentEditorEffectFactory``: the
+  effectRegistered(QString) signal, by PythonQt's signature-string connect.
+- the event loop stops polling a process whose line callback raised, as Slicer's checkOutput does.
 
 The MRML scene, the logics, the nodes and the processes are real.
 """

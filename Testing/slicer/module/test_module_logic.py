@@ -353,8 +353,9 @@ def test_an_onnx_model_is_run_by_name_like_any_card_model(mrml_scene, new_logic,
 def test_packages_install_with_the_installed_torch_pinned_and_the_format_package(mrml_scene, new_logic, tmp_path,
                                                                                   monkeypatch):
     """Missing packages go to slicer.packaging.pip_install with a constraints file (Slicer 5.12's
-    ``constraints=``, passed to pip as ``-c``) that pins the installed torch; an ONNX model also gets
-    onnxruntime, offered by the module (not a pip hint for the library's extras)."""
+    ``constraints=``, passed to pip as ``-c``) that pins the installed torch; a model whose format needs a
+    package (nnunetv2, onnxruntime; here a card model given a package that is not installed) gets it too,
+    offered by the module rather than by a pip hint for the library's extras."""
     import importlib.metadata
 
     from SegUncertaintyModule import models_logic
