@@ -41,21 +41,25 @@ class Progress:
 
 
 def parse_line(line: str) -> Progress | None:
-    """A Progress for a JSON progress line; None for any other (log) line."""
+    """A Progress for a JSON progress line; None for any line it cannot read as one (log text, or a JSON
+    object whose stage is not a string or whose fraction or elapsed_s is not a finite number)."""
     line = line.strip()
     if not line.startswith("{"):
         return None
     try:
         data = json.loads(line)
         stage, fraction = data["stage"], float(data["fraction"])
-    except (ValueError, KeyError, TypeError):
+        elapsed_s = float(data.get("elapsed_s", 0.0))
+    except (ValueError, KeyError, TypeError, AttributeError):  # AttributeError: a JSON list, not an object
+        return None
+    if not isinstance(stage, str) or not (math.isfinite(fraction) and math.isfinite(elapsed_s)):
         return None
     names = list(STAGES)
     done = sum(STAGES[s][1] for s in names[: names.index(stage)]) if stage in STAGES else 0.0
     share = STAGES.get(stage, (stage, 0.0))[1]
     return Progress(stage=stage, label=STAGES.get(stage, (stage,))[0], fraction=fraction,
                     overall=min(1.0, done + share * fraction), message=str(data.get("message", "")),
-                    elapsed_s=float(data.get("elapsed_s", 0.0)))
+                    elapsed_s=elapsed_s)
 
 
 def error_message(log_lines: list[str], return_code: int) -> str:

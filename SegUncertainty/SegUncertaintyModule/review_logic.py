@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import slicer
+import vtk
 from SegUncertaintyMRML import corrections, flagged_voxels, overlays, persistence, regions, results, volumes
 from slicer.i18n import tr as _
 
@@ -60,9 +61,9 @@ class ReviewLogic:
         return changed
 
     def segmentEditorNode(self):
-        if self._editorNode is None or self._editorNode.GetScene() is None:
-            self._editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "SegUncertainty")
-        return self._editorNode
+        """The scene's one SegUncertainty segment editor node (corrections.editor_node): the embedded Segment
+        Editor's, and the corrections'; a new one after the scene was closed."""
+        return corrections.editor_node(slicer.mrmlScene)
 
     def structureSegmentId(self) -> str:
         segmentation = self.run.segmentation.GetSegmentation()
@@ -77,6 +78,7 @@ class ReviewLogic:
         overlays.show_only_legend(self.run.maps.values(), mapNode)
         self.flagging = flagged_voxels.Referral(self.run.segmentation, self.structureSegmentId(), mapNode,
                                                 self.inputVolume)
+        self.flagging.flagged_node.SetAndObserveTransformNodeID(self.inputVolume.GetTransformNodeID())
         self.chart = self.navigator = self.labels = self.stats = None
         return self.flagging
 
@@ -114,8 +116,18 @@ class ReviewLogic:
             self.findRegions()
         region = self.navigator.step(direction) if self.navigator else None
         if region is not None:
-            regions.centre_views_on(slicer.mrmlScene, region.focus_ras)
+            regions.centre_views_on(slicer.mrmlScene, self.worldPoint(region.focus_ras))
         return region
+
+    def worldPoint(self, ras) -> tuple[float, float, float]:
+        """A point of the input's own RAS space (where regions are found) in world RAS, through the input's
+        parent transforms (the identity when it has none)."""
+        transformNode = self.inputVolume.GetParentTransformNode()
+        if transformNode is None:
+            return tuple(float(v) for v in ras)
+        toWorld = vtk.vtkGeneralTransform()
+        transformNode.GetTransformToWorld(toWorld)
+        return tuple(toWorld.TransformPoint([float(v) for v in ras]))
 
     def markReviewed(self) -> None:
         if self.navigator and self.navigator.current:

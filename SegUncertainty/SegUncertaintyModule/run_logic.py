@@ -4,6 +4,7 @@ progress, import its results, and cancel it (with its whole process tree)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -78,13 +79,18 @@ class RunLogic:
         log: list[str] = []
 
         def onLine(line: str) -> None:
-            progress = process.parse_line(line)
-            if progress is None:
-                log.append(line)
-                if onLog:
-                    onLog(line)
-            elif onProgress and not self._cancelRequested:
-                onProgress(progress)
+            # Slicer's poll stops for good when a callback raises (util.py, _startAsyncProcessHandling): the run
+            # would never finish. A failing display is logged, and the run goes on.
+            try:
+                progress = process.parse_line(line)
+                if progress is None:
+                    log.append(line)
+                    if onLog:
+                        onLog(line)
+                elif onProgress and not self._cancelRequested:
+                    onProgress(progress)
+            except Exception:
+                logging.exception("SegUncertainty: showing a line of the segmentation process failed: %r", line)
 
         def onCompleted(returnCode: int) -> None:
             run, error = None, None

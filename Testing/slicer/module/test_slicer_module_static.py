@@ -116,7 +116,15 @@ def test_ui_parameter_bindings_match_the_parameter_node():
     assert set(bindings) <= fields, f"bound to unknown parameters: {sorted(set(bindings) - fields)}"
     assert all(len(w) == 1 for w in bindings.values()), bindings
     unbound = fields - set(bindings)
-    assert unbound == {"model", "segmentation"}, f"parameters without a widget: {sorted(unbound)}"
+    assert unbound == {"model", "method", "segmentation"}, f"parameters without a widget: {sorted(unbound)}"
+
+
+def test_ui_parameter_names_are_dynamic_properties():
+    """SlicerParameterName is no Qt property of any widget: the .ui must mark it stdset="0" (a dynamic
+    property), as Slicer's own .ui files do (Modules/Scripted/LineProfile/Resources/UI/LineProfile.ui)."""
+    properties = [p for w in ui_widgets().values() for p in w.findall("property")
+                  if p.get("name") == "SlicerParameterName"]
+    assert properties and all(p.get("stdset") == "0" for p in properties)
 
 
 def test_ui_is_well_formed_with_unique_names_and_declared_custom_widgets():
