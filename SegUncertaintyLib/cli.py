@@ -220,22 +220,30 @@ def cmd_cohort(args) -> int:
     return 0
 
 
-def _print_summary(outputs, manifest: Path) -> None:
-    from .inference.scores import SUBJECT_SCORES
+def plural(n: int, noun: str) -> str:
+    """``1 sample``, ``2 samples``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
-    print(f"Wrote {manifest.parent} ({outputs.method}, {outputs.n_samples} samples, {outputs.device})",
-          file=sys.stderr)
+
+def _print_summary(outputs, manifest: Path) -> None:
+    """The run's result on stdout: the folder, then per class its volume, scores and their readings."""
+    from .inference.scores import NO_RANGE, REVIEW, SUBJECT_SCORES
+
+    print(f"Wrote {manifest.parent} ({outputs.method}, {plural(outputs.n_samples, 'sample')}, {outputs.device})")
     for name, scores in outputs.scores["classes"].items():
         parts = [f"volume {scores['volume_ml']:.1f} mL"]
         for key in SUBJECT_SCORES:
             if scores[key] is not None:
                 parts.append(f"{key} {scores[key]:.4f}")
-        print(f"  {name}: " + ", ".join(parts), file=sys.stderr)
+        print(f"  {name}: " + ", ".join(parts))
         readings = outputs.scores.get("readings", {}).get(name, {})
-        review = [f"{k} ({v['usual_range']})" for k, v in readings.items() if v["reading"] == "review recommended"]
-        if readings:
+        review = [f"{k} ({v['usual_range']})" for k, v in readings.items() if v["reading"] == REVIEW]
+        if readings and all(v["reading"] == NO_RANGE for v in readings.values()):
+            print(f"  {name}: {NO_RANGE} (the model card's ranges were measured with "
+                  f"{outputs.scores['reference_measured_with']})")
+        elif readings:
             print(f"  {name}: " + (f"review recommended, outside the model's usual range: {', '.join(review)}"
-                                   if review else "all scores within the model's usual range"), file=sys.stderr)
+                                   if review else "all scores within the model's usual range"))
 
 
 def parse_maps(text: str) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ Review priority (``rank_rows``; higher = review first):
   over all bounded (class, score) pairs: a case ranks by its single worst score, and every case outside
   some usual range ranks before every case inside all of them. Undefined scores (null: one sample, an
   empty segment) are left out; a case with no defined bounded score has no priority;
-- when the card gives no usual ranges (fallback): each score of each class is ranked within the cohort,
+- when the card gives no usual ranges for the run's method and sample count (fallback): each score of each class is ranked within the cohort,
   on its uncertain side (dpw negated), as a mid-rank percentile from 0 (least uncertain case) to 1
   (most uncertain); the priority is the mean percentile over the case's defined scores. It only orders
   this cohort: it says nothing about whether any case is outside what the model usually does;
@@ -155,7 +155,7 @@ def rank_rows(results: list[dict], reference: dict | None) -> list[dict]:
             if ranks:
                 priority = sum(ranks.values()) / len(ranks)
                 top = max(ranks, key=lambda k: (ranks[k], k))
-                reason = (f"no usual ranges in the model card: mean percentile within this cohort "
+                reason = (f"no usual ranges for this method in the model card: mean percentile within this cohort "
                           f"{priority:.2f} over {len(ranks)} scores; highest {top[0]} {top[1]} ({ranks[top]:.2f})")
             else:
                 priority, reason = None, "no score defined (one sample or an empty segment)"

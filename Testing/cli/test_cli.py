@@ -37,7 +37,7 @@ def test_segment_phantom_writes_every_output_named_in_the_manifest(phantom_file,
     proc = run("segment", str(phantom_file), "--model", str(threshold_model), "--method", "ensemble+mc_dropout",
                "--samples", "6", "--out", str(out), "--progress", "json", "--format", "nii.gz")
     assert proc.returncode == 0, proc.stderr
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {"load", "preprocess", "inference", "postprocess", "write"} <= {e["stage"] for e in events}
     inference = [e["fraction"] for e in events if e["stage"] == "inference"]
     assert inference == sorted(inference) and inference[-1] == 1.0
@@ -63,7 +63,8 @@ def test_segment_phantom_writes_every_output_named_in_the_manifest(phantom_file,
     assert 0 < scores["cv"] < 0.2 and 0.5 < scores["dpw"] < 1
     low, high = scores["volume_ml_interval95"]
     assert low <= scores["volume_ml"] <= high
-    assert "Wrote" in proc.stderr
+    assert "Wrote" in proc.stdout and "Wrote" not in proc.stderr  # the result on stdout, after the JSON lines
+    assert proc.stdout.splitlines()[-2].startswith("Wrote")
 
 
 @pytest.mark.slow
