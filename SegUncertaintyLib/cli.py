@@ -159,23 +159,39 @@ def check_segment_options(args):
     return SegmentOptions.from_args(args).check()
 
 
+def check_before_loading(options, path: Path) -> None:
+    """What can be refused in a fraction of a second, before torch is imported or weights are loaded: a
+    missing input (exit 3) and a method or sample count a card model cannot run (exit 2 or 4)."""
+    from .models.catalog import check_card_plan
+
+    if not path.exists():
+        raise InputImageError(f"Input image not found: {path}")
+    check_card_plan(options.model, options.method, options.samples)
+
+
 def cmd_segment(args) -> int:
-    from .core.progress import ProgressReporter
-    from .inference.segment import segment_image
-    from .io.dicom import SERIES_UID_TAG
-    from .io.images import read_image
-    from .models.loader import load_model
-    from .results.run_folder import output_folder, write_outputs
+    from .io.publish import output_folder
 
     options = check_segment_options(args)
-    cancel = _CancelFlag()
     path = SAMPLE_IMAGE if args.sample else Path(args.input)
+    check_before_loading(options, path)
     out = Path(args.out) if args.out else default_out(path)
-    reporter = ProgressReporter(args.progress)
+    cancel = _CancelFlag()
+    reporter = None
     try:
-        # lock, leftovers of killed runs, refusal: before the long part; large intermediate data and the
+        # lock, leftovers of killed runs, refusal: before the heavy imports; large intermediate data and the
         # output volumes of whole-volume models wait in the scratch folder beside the output
         with output_folder(out) as folder, folder.scratch() as scratch:
+            from .core.progress import ProgressReporter
+            from .inference.segment import segment_image
+            from .inference.sliding_window import pick_device
+            from .io.dicom import SERIES_UID_TAG
+            from .io.images import read_image
+            from .models.loader import load_model
+            from .results.run_folder import write_outputs
+
+            pick_device(options.device)  # --device cuda without a GPU: exit 2 before the model loads
+            reporter = ProgressReporter(args.progress)
             reporter("load", 0.0, f"reading {path.name}")
             image = read_image(path, args.series)
             cancel.check()
@@ -189,7 +205,8 @@ def cmd_segment(args) -> int:
             manifest = write_outputs(outputs, folder, model.description, str(path), options, settings, cancel)
             reporter("write", 1.0, "done")
     finally:
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
         cancel.restore()
     for note in outputs.notes:
         logging.warning(note)

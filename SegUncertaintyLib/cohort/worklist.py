@@ -29,10 +29,11 @@ Review priority (``rank_rows``; higher = review first):
   over all bounded (class, score) pairs: a case ranks by its single worst score, and every case outside
   some usual range ranks before every case inside all of them. Undefined scores (null: one sample, an
   empty segment) are left out; a case with no defined bounded score has no priority;
-- when the card gives no usual ranges for the run's method and sample count (fallback): each score of each class is ranked within the cohort,
-  on its uncertain side (dpw negated), as a mid-rank percentile from 0 (least uncertain case) to 1
-  (most uncertain); the priority is the mean percentile over the case's defined scores. It only orders
-  this cohort: it says nothing about whether any case is outside what the model usually does;
+- when the card gives no usual ranges for the run's method and sample count (fallback): each score of
+  each class is ranked within the cohort, on its uncertain side (dpw negated), as a mid-rank percentile
+  from 0 (least uncertain case) to 1 (most uncertain); the priority is the mean percentile over the
+  case's defined scores. It only orders this cohort: it says nothing about whether any case is outside
+  what the model usually does;
 - order: cases with a priority (highest first), then finished cases without one, then failed cases
   last (they have no outputs to review; the command's exit code 8 and its summary name them); ties by
   case id.

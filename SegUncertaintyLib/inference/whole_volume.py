@@ -24,7 +24,7 @@ from ..core.progress import ProgressCallback
 from .accumulator import MomentAccumulator, sums_nbytes
 from .assembly import PassStatistics, PlacedImages, SegmentationOutputs, assemble
 from .preprocessing import array_on_grid
-from .sliding_window import device_notes, pick_device
+from .sliding_window import pick_device
 from .volume_store import VolumeStore
 
 
@@ -43,7 +43,7 @@ def segment_whole_volume(image: sitk.Image, model, options: SegmentOptions, repo
     n_classes = description.n_classes
     plan = model.plan(options.method, options.samples)
     dev = pick_device(options.device)
-    notes = [*model.method_notes(options.method), *device_notes(options.device, dev)]
+    notes = [*model.method_notes(options.method)]
     shape = tuple(reversed(image.GetSize()))
     # the passes' intermediate files (inputs, logits, sums) live in a folder removed when the passes are done
     with tempfile.TemporaryDirectory(prefix="seguncertainty-passes-", dir=scratch) as tmp:

@@ -37,3 +37,26 @@ def test_models_list_does_not_import_torch_for_card_models():
             "    assert cli.main(['models']) == 0\n"
             "assert 'brainmask-t1' in out.getvalue()")
     assert _heavy_modules_after(code) == []
+
+
+def _refused_without_torch(argv: list[str], tmp: str) -> tuple[int, list[str]]:
+    code = (f"import os, SegUncertaintyLib.cli as cli\nos.chdir({tmp!r})\nrc = cli.main({argv!r})\n"
+            "print(rc)")
+    probe = code + f"\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    lines = done.stdout.strip().splitlines()
+    return int(lines[-2]), json.loads(lines[-1])
+
+
+def test_a_missing_input_and_an_impossible_sample_count_are_refused_before_torch(tmp_path):
+    """Slow failures (seconds of imports and model loading before the refusal): a missing input (exit 3)
+    and more TTA samples than the card's declared flips give (exit 2) are refused without torch, the
+    output folder untouched."""
+    out = str(tmp_path / "out")
+    assert _refused_without_torch(["segment", str(tmp_path / "missing.nii.gz"), "--out", out],
+                                  str(tmp_path)) == (3, [])
+    assert _refused_without_torch(["segment", "--sample", "--method", "tta", "--samples", "5", "--out", out],
+                                  str(tmp_path)) == (2, [])
+    assert _refused_without_torch(["segment", "--sample", "--model", "brainmask-t1", "--method", "ensemble+tta",
+                                   "--samples", "3", "--out", out], str(tmp_path)) == (2, [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
