@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -89,16 +90,27 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder "
                              "(default: %(default)s)")
-    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                        help="uncertainty method: one pass (softmax), MC dropout, ensemble, test-time flips or a "
+                             "combination (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
                              "(default: all the model declares, at most 8)")
-    parser.add_argument("--format", default="nrrd", choices=OUTPUT_FORMATS)
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
-    parser.add_argument("--max-batch", type=int, default=8, help="samples per forward pass (memory budget)")
-    parser.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
+    parser.add_argument("--format", default="nrrd", choices=OUTPUT_FORMATS,
+                        help="image format of the written volumes (default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="auto: a CUDA GPU when there is one, else the CPU; cuda: exit 2 when there is none "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the dropout masks: the same seed gives the same outputs "
+                             "(default: %(default)s)")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="sliding-window overlap in [0, 1) (default: %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="samples per forward pass (memory budget; default: %(default)s)")
+    parser.add_argument("--progress", default="bar", choices=("bar", "json", "none"),
+                        help="bar: on stderr (plain lines when stderr is not a terminal); json: one JSON line "
+                             "per step on stdout, for programs (default: %(default)s)")
     parser.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
     parser.add_argument("--maps", type=parse_maps, default=None, metavar="NAME[,NAME...]",
                         help=f"maps to write, from {','.join(MAP_CHOICES)} (probability: every class's probability "
@@ -345,10 +357,13 @@ def _add_models_parser(sub) -> None:
                          help="also check every weight file's sha256")
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="list as JSON")
     add = actions.add_parser("add", help="check a model and install a copy in the user's model folder")
-    add.add_argument("path", help="model folder (card.json with its weights)")
+    add.add_argument("path", help="model folder: a model card (card.json with its PyTorch or ONNX weights), an "
+                                  "nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_*/) or a MONAI "
+                                  "bundle (configs/inference.json or .yaml)")
     add.add_argument("--name", type=_model_name, default=None, help="install under this name")
     check = actions.add_parser("check", help="check a model folder against the model contract")
-    check.add_argument("path", help="model folder")
+    check.add_argument("path", help="model folder: a model card, an nnU-Net v2 trained-model folder or a MONAI "
+                                    "bundle")
     remove = actions.add_parser("remove", help="remove a model installed by 'models add'")
     remove.add_argument("name", help="installed model name")
 
@@ -399,6 +414,9 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code. Every failure is one line on stderr, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="seguncertainty: %(message)s")
+    if not sys.warnoptions:  # libraries' deprecation notices (MONAI's FutureWarnings) are for developers; -W wins
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         args = _parser().parse_args(argv)
         commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models}

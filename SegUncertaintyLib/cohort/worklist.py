@@ -115,13 +115,15 @@ def _priority_from_ranges(scores: dict, reference: dict) -> tuple[float | None, 
                 for score, bound in bounds.items() if scores[name].get(score) is not None]
     if not excesses:
         return None, "no bounded score defined (one sample or an empty segment)"
+    from ..inference.scores import read_score
+
     worst, name, score = max(excesses)
     outside = sum(e > 0 for e, _, _ in excesses)
+    usual = read_score(None, reference["classes"][name][score])["usual_range"]
+    shown = f"{name} {score} {scores[name][score]:.4g} (usual range {usual})"
     if outside:
-        return worst, (f"{outside} score(s) outside the model's usual range; worst {name} {score} "
-                       f"{scores[name][score]:.4g}, {100 * worst:.1f}% beyond its limit")
-    return worst, (f"all scores within the model's usual range; closest {name} {score} "
-                   f"{scores[name][score]:.4g}, {100 * -worst:.1f}% inside its limit")
+        return worst, f"{outside} score(s) outside the model's usual range; worst {shown}"
+    return worst, f"all scores within the model's usual range; closest {shown}"
 
 
 def _percentiles(finished: list[dict]) -> dict[str, dict[tuple[str, str], float]]:

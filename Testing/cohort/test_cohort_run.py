@@ -350,6 +350,9 @@ def test_ranking_against_usual_ranges_by_hand():
     assert rows[1]["brain:cv:reading"] == REVIEW and rows[3]["brain:cv:reading"] == WITHIN
     assert rows[4]["brain:cv:reading"] == "not defined"
     assert "dpw" in rows[0]["reason"] and "outside" in rows[0]["reason"] and "boom" in rows[5]["reason"]
+    # the value and its limit, not a percentage of the limit's distance from certainty
+    assert rows[0]["reason"] == "2 score(s) outside the model's usual range; worst brain dpw 0.84 (usual range >= 0.9)"
+    assert rows[3]["reason"] == "all scores within the model's usual range; closest brain cv 0.01 (usual range <= 0.02)"
     assert set(rows[0]) <= set(COLUMNS) | {f"brain:{k}" for k in ("volume_ml", "cv", "cv:reading", "dpw",
                                                                    "dpw:reading", "ulabelled", "ulabelled:reading",
                                                                    "segment_entropy", "segment_entropy:reading",
