@@ -25,7 +25,7 @@ from ..inference.model_grid import samples_on_input_grid
 from ..io.images import write_image, write_json
 from ..io.publish import OutputFolder, output_folder
 from ..models.description import ModelDescription
-from .overview import save_overview
+from .overview import class_colours, save_overview
 
 # SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores
 # (BENCHMARKS.md, nnU-Net section), at the cost of two volumes in memory at once instead of one.
@@ -101,7 +101,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         if options.overview:
             check_cancel()
             title = f"{Path(input_name).name} — {description.name} — {outputs.method}"
-            save_overview(outputs, stage / "overview.png", title=title)
+            save_overview(outputs, stage / "overview.png", title=title,
+                          classes=class_colours(description.labels, description.info.get("terminology")))
             entries.append({"file": "overview.png", "kind": "figure",
                             "meaning": "Mid-slices: image with segmentation contour and uncertainty maps"})
         manifest = build_manifest(version=__version__, input_name=input_name, description=description,
