@@ -173,7 +173,7 @@ def check_segment_options(args):
 
 def check_before_loading(options, path: Path) -> None:
     """What can be refused in a fraction of a second, before torch is imported or weights are loaded: a
-    missing input (exit 3) and a method or sample count a card model cannot run (exit 2 or 4)."""
+    missing input (exit 3) and a sample count a card model cannot run (exit 2, or 4 for an ensemble of one)."""
     from .models.catalog import check_card_plan
 
     if not path.exists():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core.errors import ModelError
 from ..core.files import sha256_file
-from ..core.methods import parse_method, plan_samples
+from ..core.methods import plan_samples
 from ..core.vocabulary import DEFAULT_MODEL  # noqa: F401 (re-exported)
 from .card import CARD_FILENAME, ModelCard, SchemaUnavailableError, card_schema, confined_file, load_card
 from .registry import ModelSummary, format_named, model_format
@@ -218,14 +218,10 @@ def find_card(name_or_path: str | os.PathLike) -> ModelCard | None:
 
 
 def check_card_plan(name_or_path: str | os.PathLike, method: str, samples: int | None) -> None:
-    """Refuse, before any weights are loaded, what a card model cannot run: a method its card does not list
-    (ModelError, exit 4) or a sample count it cannot use, e.g. more TTA samples than its declared flips give
-    (UsageError, exit 2). Other formats are checked when they are loaded."""
+    """Refuse, before any weights are loaded, a sample plan a card model cannot run: a sample count it
+    cannot use, e.g. more TTA samples than its declared flips give (UsageError, exit 2), or an ensemble of
+    one member (ModelError, exit 4). Whether the model can do the method at all is checked when it loads,
+    with the format's reason; other formats are checked when they load."""
     card = find_card(name_or_path)
-    if card is None:
-        return
-    for part in parse_method(method).parts:
-        if part not in card.methods:
-            raise ModelError(f"Model '{card.name}' does not support '{part}' "
-                             f"(its card lists: {', '.join(card.methods)})")
-    plan_samples(method, len(card.members), samples, card.flip_axes)
+    if card is not None:
+        plan_samples(method, len(card.members), samples, card.flip_axes)
