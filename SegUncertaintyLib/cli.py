@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -89,16 +90,27 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder "
                              "(default: %(default)s)")
-    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                        help="uncertainty method: one pass (softmax), MC dropout, ensemble, test-time flips or a "
+                             "combination (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
                              "(default: all the model declares, at most 8)")
-    parser.add_argument("--format", default="nrrd", choices=OUTPUT_FORMATS)
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
-    parser.add_argument("--max-batch", type=int, default=8, help="samples per forward pass (memory budget)")
-    parser.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
+    parser.add_argument("--format", default="nrrd", choices=OUTPUT_FORMATS,
+                        help="image format of the written volumes (default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="auto: a CUDA GPU when there is one, else the CPU; cuda: exit 2 when there is none "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the dropout masks: the same seed gives the same outputs "
+                             "(default: %(default)s)")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="sliding-window overlap in [0, 1) (default: %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="samples per forward pass (memory budget; default: %(default)s)")
+    parser.add_argument("--progress", default="bar", choices=("bar", "json", "none"),
+                        help="bar: on stderr (plain lines when stderr is not a terminal); json: one JSON line "
+                             "per step on stdout, for programs (default: %(default)s)")
     parser.add_argument("--no-overview", action="store_true", help="skip the overview PNG")
     parser.add_argument("--maps", type=parse_maps, default=None, metavar="NAME[,NAME...]",
                         help=f"maps to write, from {','.join(MAP_CHOICES)} (probability: every class's probability "
@@ -162,25 +174,43 @@ def check_segment_options(args):
     return SegmentOptions.from_args(args).check()
 
 
+def check_before_loading(options, path: Path) -> None:
+    """What can be refused in a fraction of a second, before torch is imported or weights are loaded: a
+    missing input (exit 3) and a sample count a card model cannot run (exit 2, or 4 for an ensemble of one)."""
+    from .models.catalog import check_card_plan
+
+    if not path.exists():
+        raise InputImageError(f"Input image not found: {path}")
+    check_card_plan(options.model, options.method, options.samples)
+
+
 def cmd_segment(args) -> int:
-    from .core.progress import ProgressReporter
-    from .inference.segment import segment_image
-    from .io.dicom import SERIES_UID_TAG, series_slice_files
-    from .io.images import read_image
-    from .models.loader import load_model
-    from .results.run_folder import check_dicom_input, output_folder, write_outputs
+    from .io.publish import output_folder
 
     options = check_segment_options(args)
     path = SAMPLE_IMAGE if args.sample else Path(args.input)
+    check_before_loading(options, path)
     if options.dicom:
+        from .results.run_folder import check_dicom_input
+
         check_dicom_input(path, None)
-    cancel = _CancelFlag()
     out = Path(args.out) if args.out else default_out(path)
-    reporter = ProgressReporter(args.progress)
+    cancel = _CancelFlag()
+    reporter = None
     try:
-        # lock, leftovers of killed runs, refusal: before the long part; large intermediate data and the
+        # lock, leftovers of killed runs, refusal: before the heavy imports; large intermediate data and the
         # output volumes of whole-volume models wait in the scratch folder beside the output
         with output_folder(out) as folder, folder.scratch() as scratch:
+            from .core.progress import ProgressReporter
+            from .inference.segment import segment_image
+            from .inference.sliding_window import pick_device
+            from .io.dicom import SERIES_UID_TAG, series_slice_files
+            from .io.images import read_image
+            from .models.loader import load_model
+            from .results.run_folder import write_outputs
+
+            pick_device(options.device)  # --device cuda without a GPU: exit 2 before the model loads
+            reporter = ProgressReporter(args.progress)
             reporter("load", 0.0, f"reading {path.name}")
             image = read_image(path, args.series)
             cancel.check()
@@ -196,7 +226,8 @@ def cmd_segment(args) -> int:
                                      sources)
             reporter("write", 1.0, "done")
     finally:
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
         cancel.restore()
     for note in outputs.notes:
         logging.warning(note)
@@ -227,22 +258,30 @@ def cmd_cohort(args) -> int:
     return 0
 
 
-def _print_summary(outputs, manifest: Path) -> None:
-    from .inference.scores import SUBJECT_SCORES
+def plural(n: int, noun: str) -> str:
+    """``1 sample``, ``2 samples``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
-    print(f"Wrote {manifest.parent} ({outputs.method}, {outputs.n_samples} samples, {outputs.device})",
-          file=sys.stderr)
+
+def _print_summary(outputs, manifest: Path) -> None:
+    """The run's result on stdout: the folder, then per class its volume, scores and their readings."""
+    from .inference.scores import NO_RANGE, REVIEW, SUBJECT_SCORES
+
+    print(f"Wrote {manifest.parent} ({outputs.method}, {plural(outputs.n_samples, 'sample')}, {outputs.device})")
     for name, scores in outputs.scores["classes"].items():
         parts = [f"volume {scores['volume_ml']:.1f} mL"]
         for key in SUBJECT_SCORES:
             if scores[key] is not None:
                 parts.append(f"{key} {scores[key]:.4f}")
-        print(f"  {name}: " + ", ".join(parts), file=sys.stderr)
+        print(f"  {name}: " + ", ".join(parts))
         readings = outputs.scores.get("readings", {}).get(name, {})
-        review = [f"{k} ({v['usual_range']})" for k, v in readings.items() if v["reading"] == "review recommended"]
-        if readings:
+        review = [f"{k} ({v['usual_range']})" for k, v in readings.items() if v["reading"] == REVIEW]
+        if readings and all(v["reading"] == NO_RANGE for v in readings.values()):
+            print(f"  {name}: {NO_RANGE} (the model card's ranges were measured with "
+                  f"{outputs.scores['reference_measured_with']})")
+        elif readings:
             print(f"  {name}: " + (f"review recommended, outside the model's usual range: {', '.join(review)}"
-                                   if review else "all scores within the model's usual range"), file=sys.stderr)
+                                   if review else "all scores within the model's usual range"))
 
 
 def parse_maps(text: str) -> tuple[str, ...]:
@@ -327,10 +366,13 @@ def _add_models_parser(sub) -> None:
                          help="also check every weight file's sha256")
     listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="list as JSON")
     add = actions.add_parser("add", help="check a model and install a copy in the user's model folder")
-    add.add_argument("path", help="model folder (card.json with its weights)")
+    add.add_argument("path", help="model folder: a model card (card.json with its PyTorch or ONNX weights), an "
+                                  "nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_*/) or a MONAI "
+                                  "bundle (configs/inference.json or .yaml)")
     add.add_argument("--name", type=_model_name, default=None, help="install under this name")
     check = actions.add_parser("check", help="check a model folder against the model contract")
-    check.add_argument("path", help="model folder")
+    check.add_argument("path", help="model folder: a model card, an nnU-Net v2 trained-model folder or a MONAI "
+                                    "bundle")
     remove = actions.add_parser("remove", help="remove a model installed by 'models add'")
     remove.add_argument("name", help="installed model name")
 
@@ -381,6 +423,9 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code. Every failure is one line on stderr, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="seguncertainty: %(message)s")
+    if not sys.warnoptions:  # libraries' deprecation notices (MONAI's FutureWarnings) are for developers; -W wins
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         args = _parser().parse_args(argv)
         commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models}

@@ -58,3 +58,17 @@ def test_every_marker_used_is_registered(pytestconfig):
     used = used_markers()
     assert {"slow", "slicer", "nnunet", "cluster"} <= set(used)
     assert {name: where for name, where in used.items() if name not in registered | BUILTIN_MARKERS} == {}
+
+
+def test_the_package_configuration_installs_every_library_package_and_the_bundled_models():
+    """pyproject's packages, as setuptools expands them, hold every library folder with an __init__.py (a
+    hand-written list once left out core and results) and the bundled model folders its package-data names
+    (else setuptools warns "Package would be ignored" and a wheel lacks the weights)."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    root = TESTING.parent
+    packages = set(read_configuration(root / "pyproject.toml", expand=True)["tool"]["setuptools"]["packages"])
+    library = {".".join(p.parent.relative_to(root).parts) for p in (root / "SegUncertaintyLib").rglob("__init__.py")}
+    bundled = {".".join(p.relative_to(root).parts)
+               for p in (root / "SegUncertaintyLib/models/bundled").iterdir() if p.is_dir() and p.name[0] != "_"}
+    assert library | bundled <= packages

@@ -125,6 +125,7 @@ def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
 def process_case(item: dict) -> dict:
     """Segment one case into its folder (or skip it when its outputs are current); never raises."""
     from ..core.errors import CancelledError, SegUncertaintyError
+    from ..inference.scores import reference_applies
 
     if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a local worker process: Ctrl-C is the cohort's to handle
@@ -132,7 +133,8 @@ def process_case(item: dict) -> dict:
     result = {"case": item["case"], "status": "failed", "error": "", "scores": None, "score_reference": None}
     try:
         status, scores, reference = _run(item, _cancelled)
-        result.update(status=status, scores=scores.get("classes", {}), score_reference=reference)
+        applies = reference_applies(reference, scores.get("method"), scores.get("n_samples"))
+        result.update(status=status, scores=scores.get("classes", {}), score_reference=reference if applies else None)
     except CancelledError:
         result["status"] = "cancelled"
     except SegUncertaintyError as exc:

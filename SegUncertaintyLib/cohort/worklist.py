@@ -29,10 +29,11 @@ Review priority (``rank_rows``; higher = review first):
   over all bounded (class, score) pairs: a case ranks by its single worst score, and every case outside
   some usual range ranks before every case inside all of them. Undefined scores (null: one sample, an
   empty segment) are left out; a case with no defined bounded score has no priority;
-- when the card gives no usual ranges (fallback): each score of each class is ranked within the cohort,
-  on its uncertain side (dpw negated), as a mid-rank percentile from 0 (least uncertain case) to 1
-  (most uncertain); the priority is the mean percentile over the case's defined scores. It only orders
-  this cohort: it says nothing about whether any case is outside what the model usually does;
+- when the card gives no usual ranges for the run's method and sample count (fallback): each score of
+  each class is ranked within the cohort, on its uncertain side (dpw negated), as a mid-rank percentile
+  from 0 (least uncertain case) to 1 (most uncertain); the priority is the mean percentile over the
+  case's defined scores. It only orders this cohort: it says nothing about whether any case is outside
+  what the model usually does;
 - order: cases with a priority (highest first), then finished cases without one, then failed cases
   last (they have no outputs to review; the command's exit code 8 and its summary name them); ties by
   case id.
@@ -114,13 +115,15 @@ def _priority_from_ranges(scores: dict, reference: dict) -> tuple[float | None, 
                 for score, bound in bounds.items() if scores[name].get(score) is not None]
     if not excesses:
         return None, "no bounded score defined (one sample or an empty segment)"
+    from ..inference.scores import read_score
+
     worst, name, score = max(excesses)
     outside = sum(e > 0 for e, _, _ in excesses)
+    usual = read_score(None, reference["classes"][name][score])["usual_range"]
+    shown = f"{name} {score} {scores[name][score]:.4g} (usual range {usual})"
     if outside:
-        return worst, (f"{outside} score(s) outside the model's usual range; worst {name} {score} "
-                       f"{scores[name][score]:.4g}, {100 * worst:.1f}% beyond its limit")
-    return worst, (f"all scores within the model's usual range; closest {name} {score} "
-                   f"{scores[name][score]:.4g}, {100 * -worst:.1f}% inside its limit")
+        return worst, f"{outside} score(s) outside the model's usual range; worst {shown}"
+    return worst, f"all scores within the model's usual range; closest {shown}"
 
 
 def _percentiles(finished: list[dict]) -> dict[str, dict[tuple[str, str], float]]:
@@ -155,7 +158,7 @@ def rank_rows(results: list[dict], reference: dict | None) -> list[dict]:
             if ranks:
                 priority = sum(ranks.values()) / len(ranks)
                 top = max(ranks, key=lambda k: (ranks[k], k))
-                reason = (f"no usual ranges in the model card: mean percentile within this cohort "
+                reason = (f"no usual ranges for this method in the model card: mean percentile within this cohort "
                           f"{priority:.2f} over {len(ranks)} scores; highest {top[0]} {top[1]} ({ranks[top]:.2f})")
             else:
                 priority, reason = None, "no score defined (one sample or an empty segment)"

@@ -98,3 +98,12 @@ def written_files(manifest: dict) -> set[str] | None:
     if not all(is_plain_name(n) for n in names):
         return None
     return set(names) | {MANIFEST}
+
+
+def run_files(folder: Path) -> set[str] | None:
+    """The file names an earlier segmentation run wrote in ``folder`` (its manifest's outputs and the
+    manifest itself), or None when ``folder`` has no readable manifest written by this tool."""
+    try:
+        return written_files(read_manifest(folder, kinds=False))
+    except ManifestError:
+        return None

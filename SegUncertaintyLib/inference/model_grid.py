@@ -19,6 +19,7 @@ from ..core.options import SegmentOptions
 from ..core.progress import ProgressCallback
 from ..models.loader import LoadedModel, check_mc_dropout
 from .assembly import PassStatistics, PlacedImages, SegmentationOutputs, assemble
+from .budget import check_run_memory
 from .maps import class_argmax
 from .preprocessing import array_on_grid, to_input_space, to_model_space
 from .sliding_window import WindowConfig, check_overlap, run_sliding_window
@@ -53,6 +54,7 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
 
     report("preprocess", 0.0, "resampling to the model grid")
     array, grid = to_model_space(image, card)
+    check_run_memory(math.prod(array.shape), description.n_classes, len(plan))
     check_cancel()
     report("preprocess", 1.0, f"model grid {grid.GetSize()} at {card.spacing_mm} mm")
     config = WindowConfig(window=window, overlap=options.overlap, max_batch=options.max_batch,

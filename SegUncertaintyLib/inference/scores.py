@@ -184,6 +184,7 @@ def subject_scores(
 
 WITHIN = "within the model's usual range"
 REVIEW = "review recommended"
+NO_RANGE = "no usual range for this method"
 
 
 def read_score(value, bound: dict) -> dict:
@@ -209,9 +210,32 @@ def score_readings(per_class: dict, reference: dict | None) -> dict:
             for name, values in per_class.items()}
 
 
+def measured_with(reference: dict) -> str:
+    """``"ensemble+mc_dropout, 15 samples"``: the method and total sample count a usual range was measured with."""
+    method, n = reference.get("method"), reference.get("n_samples")
+    if method is None or n is None:
+        return "an unrecorded method"
+    return f"{method}, {n} sample{'s' if n != 1 else ''}"
+
+
+def reference_applies(reference: dict | None, method: str, n_samples: int) -> bool:
+    """Whether a ``score_reference`` holds for a run: the scores' spread depends on the method and the number
+    of samples, so a usual range applies only to the ``method`` and total ``n_samples`` it records."""
+    return bool(reference) and reference.get("method") == method and reference.get("n_samples") == n_samples
+
+
 def scores_document(per_class: dict, method: str, n_samples: int, reference: dict | None = None) -> dict:
     """The scores.json content: values, each score's definition and direction, and readings against the
-    model card's usual ranges where the card gives them."""
+    model card's usual ranges where the card gives them for this run's method and sample count (else each
+    bounded score reads "no usual range for this method")."""
+    readings = score_readings(per_class, reference)
+    source = (reference or {}).get("source", "none: the model card gives no usual ranges")
+    if reference and not reference_applies(reference, method, n_samples):
+        readings = {name: {score: {"reading": NO_RANGE,
+                                   "usual_range": f"{r['usual_range']} with {measured_with(reference)}"}
+                           for score, r in scores.items()} for name, scores in readings.items()}
+        source = (f"not applied: the usual ranges were measured with {measured_with(reference)}, this run used "
+                  f"{method}, {n_samples} sample{'s' if n_samples != 1 else ''} ({source})")
     return {
         "method": method,
         "n_samples": n_samples,
@@ -220,7 +244,8 @@ def scores_document(per_class: dict, method: str, n_samples: int, reference: dic
         "definitions": {k: {"definition": d, "direction": r} for k, (d, r) in DEFINITIONS.items()},
         "conventions": SCORE_CONVENTIONS,
         "papers": PAPERS,
-        "readings": score_readings(per_class, reference),
-        "reference_source": (reference or {}).get("source", "none: the model card gives no usual ranges"),
+        "readings": readings,
+        "reference_source": source,
+        "reference_measured_with": measured_with(reference) if reference else None,
         "missing_values": SCORE_CONVENTIONS["missing_values"],
     }

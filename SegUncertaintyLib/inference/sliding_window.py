@@ -41,7 +41,6 @@ from ..models.dropout import per_sample_dropout, per_sample_dropout_possible, sa
 from .maps import class_argmax, normalized_entropy, uncertainty_maps
 
 log = logging.getLogger(__name__)
-NO_GPU_NOTE = "No CUDA GPU available: ran on the CPU."
 
 
 @dataclass
@@ -73,18 +72,12 @@ class WindowResult:
 
 
 def pick_device(requested: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU -> CPU (the caller is told)."""
-    if requested in ("auto", "cuda"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if requested != "auto":
-            log.warning("No CUDA GPU available: running on the CPU")
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU: UsageError (exit 2), never a silent CPU run."""
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise UsageError("--device cuda: no CUDA GPU is available (use --device auto or cpu)")
     return torch.device("cpu")
-
-
-def device_notes(requested: str, device: torch.device) -> list[str]:
-    """The note a run records when a GPU was asked for and the CPU ran it."""
-    return [NO_GPU_NOTE] if requested == "cuda" and device.type == "cpu" else []
 
 
 def check_overlap(window: Sequence[int], overlap: float) -> None:
@@ -121,7 +114,6 @@ class _WindowSampler:
         self.networks, self.plan, self.notes, self.cancelled = networks, plan, notes, cancelled
         self.seed = config.seed
         self.device = pick_device(config.device)
-        notes.extend(device_notes(config.device, self.device))
         self.batch = max(1, config.max_batch)
         self.amp = config.amp
         self.hookable = [per_sample_dropout_possible(net) for net in networks]

@@ -23,8 +23,9 @@ from ..core.options import SegmentOptions
 from ..core.progress import ProgressCallback
 from .accumulator import MomentAccumulator, sums_nbytes
 from .assembly import PassStatistics, PlacedImages, SegmentationOutputs, assemble
+from .budget import check_run_memory
 from .preprocessing import array_on_grid
-from .sliding_window import device_notes, pick_device
+from .sliding_window import pick_device
 from .volume_store import VolumeStore
 
 
@@ -43,15 +44,16 @@ def segment_whole_volume(image: sitk.Image, model, options: SegmentOptions, repo
     n_classes = description.n_classes
     plan = model.plan(options.method, options.samples)
     dev = pick_device(options.device)
-    notes = [*model.method_notes(options.method), *device_notes(options.device, dev)]
+    notes = [*model.method_notes(options.method)]
     shape = tuple(reversed(image.GetSize()))
+    large = sums_nbytes(n_classes, shape, len(plan)) >= spill.SPILL_BYTES
+    check_run_memory(math.prod(shape), n_classes, len(plan), sums_in_memory=not large)
     # the passes' intermediate files (inputs, logits, sums) live in a folder removed when the passes are done
     with tempfile.TemporaryDirectory(prefix="seguncertainty-passes-", dir=scratch) as tmp:
         work = Path(tmp)
         report("preprocess", 0.0, f"{model.format} preprocessing")
         prepared = model.prepare(image, dev, work)
         report("preprocess", 1.0, "done")
-        large = sums_nbytes(n_classes, shape, len(plan)) >= spill.SPILL_BYTES
         accumulator = MomentAccumulator(n_classes, shape, len(plan), folder=work if large else None)
         for i, spec in enumerate(plan):
             if cancelled is not None and cancelled():

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..core.errors import CancelledError, OutputError
+from ..core.manifest import run_files
 
 try:
     import fcntl
@@ -120,6 +121,9 @@ class OutputFolder:
             raise OutputError(f"Cannot use {self.requested} as output folder; name a sub-folder")
         if path.exists() and not path.is_dir():
             raise OutputError(f"Output folder {self.requested} is an existing file; name a folder")
+        if path.is_dir() and os.path.ismount(path):  # a mount point cannot be swapped by a rename
+            raise OutputError(f"Output folder {self.requested} is a mount point, which cannot be replaced; "
+                              "name a sub-folder")
         self.parent = path.parent
         try:
             self.parent.mkdir(parents=True, exist_ok=True)
@@ -266,3 +270,9 @@ class OutputFolder:
             raise OutputError(f"Cannot publish the run into {self.requested}: {exc.strerror or exc}; "
                               "the previous content was kept") from exc
         shutil.rmtree(stage, ignore_errors=True)  # the previous run, now replaced
+
+
+def output_folder(out_dir: str | os.PathLike) -> OutputFolder:
+    """The locked, checked output folder of a segmentation run (use as a context manager). Light: the
+    command line takes it before anything heavy is imported."""
+    return OutputFolder(out_dir, run_files)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from ..core.errors import ModelError
 from ..core.files import sha256_file
+from ..core.methods import plan_samples
 from ..core.vocabulary import DEFAULT_MODEL  # noqa: F401 (re-exported)
-from .card import CARD_FILENAME, SchemaUnavailableError, card_schema, confined_file, load_card
+from .card import CARD_FILENAME, ModelCard, SchemaUnavailableError, card_schema, confined_file, load_card
 from .registry import ModelSummary, format_named, model_format
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -202,3 +203,25 @@ def remove_model(name: str) -> tuple[Path, list[str]]:
     del registry["models"][name]
     write_installed(root, registry)
     return folder, left
+
+
+def find_card(name_or_path: str | os.PathLike) -> ModelCard | None:
+    """The card of the card model at a path or of that name, read without loading weights (torch-free);
+    None for another format or an unknown name (loading reports those). ModelError for an invalid card."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return load_card(path)
+    if path.exists():
+        return load_card(path) if model_format(path).has_card else None
+    folder = available_models().get(str(name_or_path))
+    return load_card(folder) if folder is not None else None
+
+
+def check_card_plan(name_or_path: str | os.PathLike, method: str, samples: int | None) -> None:
+    """Refuse, before any weights are loaded, a sample plan a card model cannot run: a sample count it
+    cannot use, e.g. more TTA samples than its declared flips give (UsageError, exit 2), or an ensemble of
+    one member (ModelError, exit 4). Whether the model can do the method at all is checked when it loads,
+    with the format's reason; other formats are checked when they load."""
+    card = find_card(name_or_path)
+    if card is not None:
+        plan_samples(method, len(card.members), samples, card.flip_axes)

@@ -17,34 +17,20 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..core.errors import CancelledError, UsageError
-from ..core.manifest import MANIFEST, ManifestError, build_manifest, model_record, read_manifest, written_files
+from ..core.manifest import MANIFEST, build_manifest, model_record, run_files  # noqa: F401 (run_files re-exported)
 from ..core.options import SegmentOptions
 from ..core.vocabulary import MAP_CHOICES
 from ..inference.assembly import MAP_MEANINGS, SegmentationOutputs
 from ..inference.model_grid import samples_on_input_grid
 from ..io.images import write_image, write_json
-from ..io.publish import OutputFolder
+from ..io.publish import OutputFolder, output_folder
 from ..models.description import ModelDescription
-from .overview import save_overview
+from .overview import class_colours, save_overview
 
 # SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores
 # (BENCHMARKS.md, nnU-Net section), at the cost of two volumes in memory at once instead of one.
 IMAGE_WRITERS = 2
 DICOM_FOLDER = "dicom"
-
-
-def run_files(folder: Path) -> set[str] | None:
-    """The file names an earlier segmentation run wrote in ``folder`` (its manifest's outputs and the
-    manifest itself), or None when ``folder`` has no readable manifest written by this tool."""
-    try:
-        return written_files(read_manifest(folder, kinds=False))
-    except ManifestError:
-        return None
-
-
-def output_folder(out_dir: str | Path) -> OutputFolder:
-    """The locked, checked output folder of a segmentation run (use as a context manager)."""
-    return OutputFolder(out_dir, run_files)
 
 
 def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, description: ModelDescription,
@@ -123,7 +109,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         if options.overview:
             check_cancel()
             title = f"{Path(input_name).name} — {description.name} — {outputs.method}"
-            save_overview(outputs, stage / "overview.png", title=title)
+            save_overview(outputs, stage / "overview.png", title=title,
+                          classes=class_colours(description.labels, description.info.get("terminology")))
             entries.append({"file": "overview.png", "kind": "figure",
                             "meaning": "Mid-slices: image with segmentation contour and uncertainty maps"})
         manifest = build_manifest(version=__version__, input_name=input_name, description=description,

@@ -37,7 +37,7 @@ def test_segment_phantom_writes_every_output_named_in_the_manifest(phantom_file,
     proc = run("segment", str(phantom_file), "--model", str(threshold_model), "--method", "ensemble+mc_dropout",
                "--samples", "6", "--out", str(out), "--progress", "json", "--format", "nii.gz")
     assert proc.returncode == 0, proc.stderr
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {"load", "preprocess", "inference", "postprocess", "write"} <= {e["stage"] for e in events}
     inference = [e["fraction"] for e in events if e["stage"] == "inference"]
     assert inference == sorted(inference) and inference[-1] == 1.0
@@ -63,7 +63,8 @@ def test_segment_phantom_writes_every_output_named_in_the_manifest(phantom_file,
     assert 0 < scores["cv"] < 0.2 and 0.5 < scores["dpw"] < 1
     low, high = scores["volume_ml_interval95"]
     assert low <= scores["volume_ml"] <= high
-    assert "Wrote" in proc.stderr
+    assert "Wrote" in proc.stdout and "Wrote" not in proc.stderr  # the result on stdout, after the JSON lines
+    assert next(line for line in proc.stdout.splitlines() if not line.startswith("{")).startswith("Wrote")
 
 
 @pytest.mark.slow
@@ -173,3 +174,27 @@ def test_models_lists_and_verifies_the_bundled_model():
     proc = run("models", "--verify")
     assert proc.returncode == 0 and "brainmask-t1" in proc.stdout and "sha256 ok" in proc.stdout
 
+
+
+def test_device_cuda_without_a_gpu_is_refused_before_the_model_loads(tmp_path, capsys):
+    """--device cuda on a machine without a GPU: exit 2 and one line, nothing written (it used to run on the
+    CPU with a note); --device auto falls back to the CPU."""
+    import torch
+
+    from SegUncertaintyLib.inference.sliding_window import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert cli.main(["segment", "--sample", "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == ("seguncertainty: error: --device cuda: no CUDA GPU is available "
+                                               "(use --device auto or cpu)")
+    assert list(tmp_path.iterdir()) == []
+    assert pick_device("auto").type == "cpu"
+
+
+def test_a_mount_point_is_refused_as_output_folder_before_anything_is_written():
+    """A mount point cannot be swapped by a rename: refused at once (it used to fail after the inference)."""
+    if not os.path.ismount("/dev/shm"):
+        pytest.skip("no /dev/shm mount point here")
+    with pytest.raises(OutputError, match="mount point"), run_folder.output_folder("/dev/shm"):
+        pass

@@ -30,8 +30,9 @@ from Testing.support.files import load_json
 from Testing.support.phantoms import sphere_phantom
 from Testing.support.tiny_models import write_threshold_model
 
-REFERENCE = {"source": "test", "classes": {"sphere": {"cv": {"review_above": 0.012},
-                                                      "segment_entropy": {"review_above": 0.36}}}}
+REFERENCE = {"source": "test", "method": "mc_dropout", "n_samples": 4,
+             "classes": {"sphere": {"cv": {"review_above": 0.012},
+                                    "segment_entropy": {"review_above": 0.36}}}}
 
 
 def _sphere(path: Path, radius: float, noise: float = 0.0) -> Path:
@@ -216,6 +217,20 @@ def test_cases_from_folders_csv_and_dicom(tmp_path):
     assert len(find_cases([str(tmp_path / "data")])) == 4
 
 
+def test_usual_ranges_for_another_sample_count_give_no_readings(tmp_path):
+    """The card's ranges were measured with mc_dropout and 4 samples: a cohort with 5 samples has no reading
+    and ranks within the cohort, saying why (before, every case read against ranges that do not hold)."""
+    _sphere(tmp_path / "in" / "a.nii.gz", 20.0)
+    _sphere(tmp_path / "in" / "b.nii.gz", 15.0, noise=0.1)
+    model = _model(tmp_path / "model", REFERENCE)
+    argv = _argv([tmp_path / "in"], tmp_path / "out", model)
+    argv[argv.index("--samples") + 1] = "5"
+    assert cli.main(argv) == 0
+    rows = read_worklist(tmp_path / "out")
+    assert {row["sphere:cv:reading"] for row in rows} == {""}
+    assert all("no usual ranges for this method" in row["reason"] for row in rows)
+
+
 @pytest.mark.parametrize(("files", "code", "message"), [
     ({"l.csv": "file\nx.nii.gz\n"}, 2, "no 'path' column"),
     ({"l.csv": "path,case\na.nii.gz,../evil\n"}, 2, "Unsafe case name"),
@@ -335,6 +350,9 @@ def test_ranking_against_usual_ranges_by_hand():
     assert rows[1]["brain:cv:reading"] == REVIEW and rows[3]["brain:cv:reading"] == WITHIN
     assert rows[4]["brain:cv:reading"] == "not defined"
     assert "dpw" in rows[0]["reason"] and "outside" in rows[0]["reason"] and "boom" in rows[5]["reason"]
+    # the value and its limit, not a percentage of the limit's distance from certainty
+    assert rows[0]["reason"] == "2 score(s) outside the model's usual range; worst brain dpw 0.84 (usual range >= 0.9)"
+    assert rows[3]["reason"] == "all scores within the model's usual range; closest brain cv 0.01 (usual range <= 0.02)"
     assert set(rows[0]) <= set(COLUMNS) | {f"brain:{k}" for k in ("volume_ml", "cv", "cv:reading", "dpw",
                                                                    "dpw:reading", "ulabelled", "ulabelled:reading",
                                                                    "segment_entropy", "segment_entropy:reading",

@@ -134,3 +134,25 @@ def test_readings_against_model_card_bounds():
     assert "ulabelled" not in readings
     assert score_readings({"brain": {"dpw": 0.96}}, reference)["brain"]["dpw"]["reading"] == REVIEW
     assert score_readings(per_class, None) == {"brain": {}}
+
+
+def test_usual_ranges_apply_only_to_the_method_and_sample_count_they_were_measured_with():
+    """A card's ranges measured with ensemble+mc_dropout (15 samples) read nothing for mc_dropout or for
+    another sample count: each bounded score reads "no usual range for this method", never "within"; a
+    reference that does not record its method applies to no run."""
+    from SegUncertaintyLib.inference.scores import NO_RANGE, REVIEW, WITHIN
+
+    reference = {"source": "card", "method": "ensemble+mc_dropout", "n_samples": 15,
+                 "classes": {"liver": {"cv": {"review_above": 0.144}, "dpw": {"review_below": 0.662}}}}
+    per_class = {"liver": {"cv": 0.01, "dpw": 0.5}}
+    same = scores_document(per_class, "ensemble+mc_dropout", 15, reference)
+    assert {k: v["reading"] for k, v in same["readings"]["liver"].items()} == {"cv": WITHIN, "dpw": REVIEW}
+    for method, n in (("mc_dropout", 20), ("ensemble+mc_dropout", 30), ("mc_dropout", 15)):
+        other = scores_document(per_class, method, n, reference)
+        assert {v["reading"] for v in other["readings"]["liver"].values()} == {NO_RANGE}
+        assert other["readings"]["liver"]["cv"]["usual_range"] == "<= 0.144 with ensemble+mc_dropout, 15 samples"
+        assert other["reference_source"].startswith("not applied") and f"{method}, {n} samples" in \
+            other["reference_source"]
+    unrecorded = scores_document(per_class, "mc_dropout", 20, {"classes": reference["classes"]})
+    assert {v["reading"] for v in unrecorded["readings"]["liver"].values()} == {NO_RANGE}
+    assert unrecorded["reference_measured_with"] == "an unrecorded method"

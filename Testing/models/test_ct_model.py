@@ -186,11 +186,24 @@ def test_proposed_bounds_follow_each_scores_own_range():
     bound cannot), diversity up to 1, cv unbounded; dpw's lower bound must stay above 0."""
     import evaluate_ct_model
 
-    worst = {"liver": {"ulabelled": 0.8, "segment_entropy": 0.5, "diversity": 0.7, "cv": 2.0, "dpw": 0.5},
+    worst = {"liver": {"ulabelled": 0.8, "segment_entropy": 0.5, "diversity": 0.7, "cv": 0.3, "dpw": 0.5},
              "spleen": {"ulabelled": 1.3, "segment_entropy": 0.4, "diversity": 0.6, "dpw": 0.2}}
     bounds = evaluate_ct_model.propose_bounds(worst, n_classes=6)
-    assert bounds["liver"] == {"ulabelled": {"review_above": 1.2}, "cv": {"review_above": 3.0},
+    assert bounds["liver"] == {"ulabelled": {"review_above": 1.2}, "cv": {"review_above": 0.45},
                                "dpw": {"review_below": 0.25}}
     assert bounds["spleen"] == {"segment_entropy": {"review_above": 0.6}, "diversity": {"review_above": 0.9}}
     # with two classes ulabelled's range ends at ln 2: the same 1.2 bound could never fire
     assert "ulabelled" not in evaluate_ct_model.propose_bounds(worst, n_classes=2)["liver"]
+
+
+def test_an_organ_unreliable_in_distribution_gets_no_usual_range():
+    """A cv already near 0.8 on the training scan gives a bound near 1.2 that hardly ever fires: the organ gets
+    no bounds (its scores no reading), as the bundled card's left kidney and stomach."""
+    import evaluate_ct_model
+
+    worst = {"liver": {"cv": 0.1, "dpw": 0.9}, "stomach": {"cv": 0.86, "dpw": 0.8}}
+    assert set(evaluate_ct_model.propose_bounds(worst, n_classes=6)) == {"liver"}
+    card = json.loads((Path(evaluate_ct_model.REPO) / "SegUncertaintyLib/models/bundled/abdomen_ct_demo/card.json")
+                      .read_text())
+    assert not {"left kidney", "stomach"} & set(card["score_reference"]["classes"])
+    assert card["score_reference"]["method"] == "ensemble+mc_dropout" and card["score_reference"]["n_samples"] == 15

@@ -234,7 +234,8 @@ def test_cli_segment_with_an_nnunet_folder_writes_maps_scores_and_readings(tiny,
     folder, _, _ = tiny
     model_dir = tmp_path / "model"
     shutil.copytree(folder, model_dir)
-    reference = {"source": "test bounds", "classes": {"organ2": {"dpw": {"review_below": 1.01}}}}
+    reference = {"source": "test bounds", "method": "ensemble", "n_samples": 2,
+                 "classes": {"organ2": {"dpw": {"review_below": 1.01}}}}
     (model_dir / "score_reference.json").write_text(json.dumps(reference))
     image_path = tmp_path / "ct.nii.gz"
     sitk.WriteImage(ct_like_image(), str(image_path))
@@ -249,7 +250,7 @@ def test_cli_segment_with_an_nnunet_folder_writes_maps_scores_and_readings(tiny,
         assert (out / f"{name}.nii.gz").is_file()
     scores = json.loads((out / "scores.json").read_text())
     assert scores["readings"]["organ2"]["dpw"]["reading"] == "review recommended"
-    assert "review recommended" in capsys.readouterr().err
+    assert "review recommended" in capsys.readouterr().out  # the result on stdout
     # the command line keeps the volumes in a scratch folder beside the output: the same numbers as in
     # memory, and the folder gone afterwards
     in_memory = segment_image(ct_like_image(), tiny[2], SegmentOptions(method="ensemble"))

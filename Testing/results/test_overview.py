@@ -53,3 +53,24 @@ def test_class_colours_come_from_the_card_else_a_palette():
     colours = class_colours({0: "background", 1: "liver", 2: "spleen"}, {"1": {"color": [0.9, 0.5, 0.4]}})
     assert colours[1] == ("liver", (0.9, 0.5, 0.4)) and colours[2][0] == "spleen" and len(colours[2][1]) == 3
     assert 0 not in colours
+
+
+def test_the_written_overview_draws_each_class_in_its_cards_colour(tmp_path, threshold_model):
+    """write_outputs passes the card's terminology colours to the overview (before, the palette's)."""
+    import dataclasses
+
+    import matplotlib.image
+
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.inference.segment import segment_image
+    from SegUncertaintyLib.models.loader import load_model
+    from SegUncertaintyLib.results.run_folder import write_outputs
+    from Testing.support.phantoms import sphere_phantom
+
+    model = load_model(threshold_model)
+    outputs = segment_image(sphere_phantom(), model, SegmentOptions(method="ensemble"))
+    magenta = {"1": {"color": [1.0, 0.0, 1.0]}}
+    description = dataclasses.replace(model.description, info={**model.description.info, "terminology": magenta})
+    write_outputs(outputs, tmp_path / "out", description, "/some/machine/path/phantom.nii.gz")
+    pixels = matplotlib.image.imread(str(tmp_path / "out" / "overview.png"))[..., :3]
+    assert (np.abs(pixels - [1.0, 0.0, 1.0]).max(axis=-1) < 0.02).sum() > 20

@@ -89,12 +89,19 @@ HEADER = ("| input | organ | Dice | volume mL | " + " | ".join(SCORES) + " | rev
           "|---|---|---|---|" + "---|" * (len(SCORES) + 1))
 
 
+UNRELIABLE_CV = 0.5  # in-distribution cv above this: the samples disagree on the organ's very volume
+
+
 def propose_bounds(worst: dict, n_classes: int) -> dict:
     """{organ: {score: bound}}: dpw below 1 - 1.5 (1 - worst), the others above 1.5 worst; a bound outside the
     score's own range (scores.score_range: ulabelled up to ln C, segment_entropy up to ln 2) is dropped: it could
-    never fire."""
+    never fire. An organ whose worst in-distribution cv exceeds UNRELIABLE_CV gets no bounds at all: the model
+    is already unreliable on its training scan, a bound 1.5 times that (cv above 0.75) would hardly ever fire,
+    and "within the usual range" would reassure falsely; its scores then carry no reading."""
     proposal = {}
     for organ, values in worst.items():
+        if values.get("cv") is not None and values["cv"] > UNRELIABLE_CV:
+            continue
         bounds = {}
         for score, value in values.items():
             low, high = score_range(score, n_classes)
@@ -155,8 +162,10 @@ def main() -> None:
                     pick = min if k == "dpw" else max
                     worst[organ][k] = values[k] if best is None else pick(best, values[k])
     print("\nProposed score_reference classes (worst in-distribution value, 50 % margin on the uncertain side; "
-          "a bound outside the score's own range, which could never fire, is left out):\n"
-          + json.dumps(propose_bounds(worst, len(model.card.labels))))
+          "a bound outside the score's own range, which could never fire, is left out, and so is an organ with "
+          f"in-distribution cv above {UNRELIABLE_CV}; method and n_samples as measured):\n"
+          + json.dumps({"method": METHOD, "n_samples": args.samples * len(model.card.members),
+                       "classes": propose_bounds(worst, len(model.card.labels))}))
 
     print("\nOut of distribution:\n\n" + HEADER)
     from brain_data import _from_nibabel

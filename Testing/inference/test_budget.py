@@ -1,0 +1,46 @@
+"""The memory a run needs, checked before its long part: a huge --samples is refused with exit 6 at once."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from SegUncertaintyLib.core.errors import ResourceError
+from SegUncertaintyLib.core.options import SegmentOptions
+from SegUncertaintyLib.inference.budget import PAIR_MATRICES, run_nbytes
+from SegUncertaintyLib.inference.scores import sample_overlaps
+from SegUncertaintyLib.inference.segment import segment_image
+from SegUncertaintyLib.io.header import MEMORY_FRACTION, available_memory
+from SegUncertaintyLib.models.loader import load_model
+from Testing.support.phantoms import sphere_phantom
+
+
+def test_the_estimate_counts_what_a_run_allocates(threshold_model):
+    """Its terms are the sizes of the arrays a real run holds: the bit-packed samples of the model grid and
+    the scores' (T, T) pair counts."""
+    model = load_model(threshold_model)
+    out = segment_image(sphere_phantom(), model, SegmentOptions(method="mc_dropout", samples=10))
+    bits = out.model_grid_sample_bits
+    voxels, classes, samples = math.prod(bits.shape[2:]), bits.shape[0] + 1, out.n_samples
+    assert bits.size == voxels * (classes - 1) * math.ceil(samples / 8)
+    assert sample_overlaps(bits[0], samples).nbytes * PAIR_MATRICES == run_nbytes(0, classes, samples, False)
+    assert run_nbytes(voxels, classes, samples, False) == bits.size + PAIR_MATRICES * 8 * samples ** 2
+    assert run_nbytes(voxels, classes, samples) > run_nbytes(voxels, classes, samples, False)
+
+
+def test_huge_samples_are_refused_before_the_first_pass(threshold_model):
+    """Enough samples that their pair matrices alone exceed the available memory: ResourceError (exit 6) in
+    seconds, no forward pass run (before, the run went on allocating until it failed or was killed)."""
+    available = available_memory()
+    if available is None:
+        pytest.skip("available memory unknown here")
+    samples = math.isqrt(int(available / (PAIR_MATRICES * 8))) + 1
+    stages = []
+    start = time.monotonic()
+    with pytest.raises(ResourceError, match=f"{samples:,} samples .* use fewer --samples") as refused:
+        segment_image(sphere_phantom(), load_model(threshold_model), SegmentOptions(samples=samples),
+                      lambda stage, *_: stages.append(stage))
+    assert time.monotonic() - start < 30 and "inference" not in stages
+    assert refused.value.exit_code == 6 and MEMORY_FRACTION < 1
