@@ -220,7 +220,7 @@ def cmd_cohort(args) -> int:
 
 
 def _print_summary(outputs, manifest: Path) -> None:
-    from .inference.scores import SUBJECT_SCORES
+    from .inference.scores import NO_SEGMENTATION, SUBJECT_SCORES
 
     print(f"Wrote {manifest.parent} ({outputs.method}, {outputs.n_samples} samples, {outputs.device})",
           file=sys.stderr)
@@ -230,6 +230,9 @@ def _print_summary(outputs, manifest: Path) -> None:
             if scores[key] is not None:
                 parts.append(f"{key} {scores[key]:.4f}")
         print(f"  {name}: " + ", ".join(parts), file=sys.stderr)
+        if scores.get("empty_prediction"):
+            print(f"  {name}: {NO_SEGMENTATION}", file=sys.stderr)
+            continue
         readings = outputs.scores.get("readings", {}).get(name, {})
         review = [f"{k} ({v['usual_range']})" for k, v in readings.items() if v["reading"] == "review recommended"]
         if readings:
