@@ -15,16 +15,17 @@ import tempfile
 import time
 
 import SegUncertaintyModule
+import SegUncertaintyMRML
 import slicer
 import vtk
+from SegUncertaintyModule import scenario
 from SegUncertaintyModule.cohort_panel import CohortPanel
 from SegUncertaintyModule.environment import slicerVersionProblem
 from SegUncertaintyModule.logic import SegUncertaintyLogic
 from SegUncertaintyModule.models_panel import ModelsPanel
 from SegUncertaintyModule.parameters import SegUncertaintyParameterNode
 from SegUncertaintyModule.review_panel import ReviewPanel
-from SegUncertaintyModule.run_panel import RunPanel
-from SegUncertaintyMRML import scenario
+from SegUncertaintyModule.run_panel import RunPanel, inputCandidates
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
@@ -84,7 +85,18 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
         self.logic.onSceneChanged = self.onLogicSceneChanged
         self.logic.onStatisticsChanged = self.updateReferral  # any edit, Undo or Redo of the segmentation
 
-        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        # The embedded Segment Editor's life, as Modules/Scripted/SegmentEditor/SegmentEditor.py (Slicer 5.12,
+        # lines 67-76 and 81-156) handles it: effects registered later are listed, its editor node is selected
+        # again after the scene was closed or imported (before the logic's observers restore a run: priority).
+        self.selectSegmentEditorNode()
+        self._effectFactory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        self._effectFactory.connect("effectRegistered(QString)", self.onEffectRegistered)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndCloseOrImport,
+                         priority=1.0)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndCloseOrImport,
+                         priority=1.0)
+        self.ui.exportDirectoryButton.directory = slicer.app.defaultScenePath  # not the process's working folder
         self.setupModelsPanel()
         self.setupRunPanel()
         self.setupReviewPanel()
@@ -94,24 +106,51 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
 
     def onReload(self) -> None:
         """Developer mode's Reload: Slicer executes SegUncertainty.py again (slicer.util.reloadScriptedModule),
-        which would import the parts it is built from as they were; they are reloaded first, in import order."""
-        for part in SegUncertaintyModule.PARTS:
-            importlib.reload(importlib.import_module(f"SegUncertaintyModule.{part}"))
+        which would import the parts it is built from as they were; they are reloaded first, in import order (the MRML
+        glue first: the module's parts import it)."""
+        for package in (SegUncertaintyMRML, SegUncertaintyModule):
+            for part in package.PARTS:
+                importlib.reload(importlib.import_module(f"{package.__name__}.{part}"))
         ScriptedLoadableModuleWidget.onReload(self)
 
     # -- parameter node ------------------------------------------------------------------------------
     def cleanup(self) -> None:
-        if self.logic is not None:
+        if self.logic is not None:  # None when setup() stopped early (Slicer too old): nothing was built
+            self._effectFactory.disconnect("effectRegistered(QString)", self.onEffectRegistered)
             self.logic.cleanup()
-        self.setParameterNode(None)
+            self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         if self.logic is not None:
+            self.selectSegmentEditorNode()
             self.initializeParameterNode()
 
     def exit(self) -> None:
+        if self.logic is None:
+            return
+        # an active effect (Paint...) would go on editing the run from other modules
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
         self.setParameterNode(None)
+
+    # -- the embedded Segment Editor -----------------------------------------------------------------
+    def selectSegmentEditorNode(self) -> None:
+        """Give the embedded editor the scene's SegUncertainty editor node (a new one after Close Scene)."""
+        node = self.logic.segmentEditorNode()
+        if self.ui.segmentEditorWidget.mrmlSegmentEditorNode() is not node:
+            self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(node)
+
+    def onEffectRegistered(self, name=None) -> None:
+        self.ui.segmentEditorWidget.updateEffectList()
+
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
+
+    def onSceneEndCloseOrImport(self, caller=None, event=None) -> None:
+        if self.parent.isEntered:
+            self.selectSegmentEditorNode()
 
     def onLogicSceneChanged(self) -> None:
         """The scene was closed (logic reset) or a scene was loaded (a saved run restored)."""
@@ -124,8 +163,9 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
 
     def initializeParameterNode(self) -> None:
         params = self.logic.getParameterNode()
+        self.updateInputSelector()
         if not params.inputVolume:
-            params.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            params.inputVolume = next(iter(inputCandidates()), None)
         if self.logic.run is None:
             self.logic.restoreRun(params.segmentation)
         self.setParameterNode(params)
@@ -143,6 +183,7 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.updateModelList()  # on every entry: models added meanwhile (e.g. from the command line) show
             self.onParameterNodeModified()
+            self.updateReferral()  # connectGui reset the threshold slider's range to the parameter's 0-10
         self.updateButtons()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -150,6 +191,7 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
         params = self._parameterNode
         if params is None:
             return
+        self.showMethod()
         if self.ui.modelComboBox.currentText != params.model:
             if self.ui.modelComboBox.findText(params.model) < 0:
                 self.updateModelList()  # e.g. a loaded scene names a model not in the list: shown, disabled

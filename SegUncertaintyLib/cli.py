@@ -21,16 +21,17 @@ from . import __version__
 from .cohort.executors import EXECUTORS
 from .core.errors import (
     CANCELLED_MESSAGE,
+    COHORT_CASES_FAILED,
     CancelledError,
     InputImageError,
+    ModelError,
     ResourceError,
     SegUncertaintyError,
     UsageError,
 )
 from .core.options import DEVICES
-from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES, METHODS
+from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, METHODS, OUTPUT_FORMATS
 
-COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
 
@@ -92,7 +93,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per member: MC dropout passes (default 20) or TTA flip combinations "
                              "(default: all the model declares, at most 8)")
-    parser.add_argument("--format", default="nrrd", choices=FORMATS)
+    parser.add_argument("--format", default="nrrd", choices=OUTPUT_FORMATS)
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1)")
@@ -108,6 +109,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                              "better (default: %(default)s)")
     parser.add_argument("--save-samples", action="store_true",
                         help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write DICOM SEG, Parametric Maps and a TID 1500 report in dicom/ (the input must "
+                             "be a DICOM series; README 'Hospital use')")
 
 
 def _input_name(path: Path) -> str:
@@ -161,14 +165,16 @@ def check_segment_options(args):
 def cmd_segment(args) -> int:
     from .core.progress import ProgressReporter
     from .inference.segment import segment_image
-    from .io.dicom import SERIES_UID_TAG
+    from .io.dicom import SERIES_UID_TAG, series_slice_files
     from .io.images import read_image
     from .models.loader import load_model
-    from .results.run_folder import output_folder, write_outputs
+    from .results.run_folder import check_dicom_input, output_folder, write_outputs
 
     options = check_segment_options(args)
-    cancel = _CancelFlag()
     path = SAMPLE_IMAGE if args.sample else Path(args.input)
+    if options.dicom:
+        check_dicom_input(path, None)
+    cancel = _CancelFlag()
     out = Path(args.out) if args.out else default_out(path)
     reporter = ProgressReporter(args.progress)
     try:
@@ -185,7 +191,9 @@ def cmd_segment(args) -> int:
             cancel.check()
             reporter("write", 0.0, f"writing to {out}")
             settings = options.settings(image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None)
-            manifest = write_outputs(outputs, folder, model.description, str(path), options, settings, cancel)
+            sources = series_slice_files(path, args.series) if options.dicom else None
+            manifest = write_outputs(outputs, folder, model.description, str(path), options, settings, cancel,
+                                     sources)
             reporter("write", 1.0, "done")
     finally:
         reporter.close()
@@ -365,7 +373,7 @@ def cmd_models(args) -> int:
     broken = [e.name for e in entries if e.error]
     if args.verify and broken:
         print(f"seguncertainty: error: {len(broken)} model(s) failed the check: {', '.join(broken)}", file=sys.stderr)
-        return 4
+        return ModelError.exit_code
     return 0
 
 

@@ -63,7 +63,8 @@ def head_run(tmp_path_factory):
     import sys
 
     import slicer
-    from SegUncertaintyMRML import process, scenario, volumes
+    from SegUncertaintyModule import process, scenario
+    from SegUncertaintyMRML import volumes
 
     from Testing.support import slicer_headless
 

@@ -15,17 +15,33 @@ from . import segments, volumes
 
 MODES = ("add", "remove")
 REVIEW_ATTRIBUTE = "SegUncertainty.Review"
+EDITOR_NODE_TAG = "SegUncertainty"  # the singleton tag of the module's one segment editor node
+
+
+def editor_node(scene):
+    """The scene's one SegUncertainty segment editor node (singleton-tagged, as Slicer's Segment Editor module
+    keeps its own: Modules/Scripted/SegmentEditor/SegmentEditor.py, selectParameterNode); added if missing.
+    Not saved with the scene: a loaded scene would otherwise merge its segmentation reference into the node
+    behind the editor's back, and its undo history would not follow that segmentation."""
+    node = scene.GetSingletonNode(EDITOR_NODE_TAG, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = slicer.vtkMRMLSegmentEditorNode()
+        node.SetSingletonTag(EDITOR_NODE_TAG)
+        node.SetName("SegUncertainty editor")
+        node.SetHideFromEditors(True)
+        node.SetSaveWithScene(False)
+        node = scene.AddNode(node)
+    return node
 
 
 def editor_logic(scene, segmentation_node, source_volume):
-    """A segment editor logic on its own segment editor node, for ``segmentation_node``."""
+    """A segment editor logic on the scene's SegUncertainty editor node (``editor_node``), for
+    ``segmentation_node``."""
     logic = slicer.vtkSlicerSegmentEditorLogic()
     app_logic = getattr(slicer, "app_logic", None) or slicer.app.applicationLogic()
     logic.SetMRMLApplicationLogic(app_logic)
     logic.SetMRMLScene(scene)
-    editor_node = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "SegUncertainty editor")
-    editor_node.SetHideFromEditors(True)
-    logic.SetSegmentEditorNode(editor_node)
+    logic.SetSegmentEditorNode(editor_node(scene))
     logic.SetSegmentationNode(segmentation_node)
     logic.SetSourceVolumeNode(source_volume)
     return logic

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from . import referral, segments, volumes
+from . import flagged_voxels, segments, volumes
 from .files import write_atomically
 
 
@@ -37,7 +37,7 @@ def structure_labelmap(segmentation_node, reference_volume) -> np.ndarray:
     segmentation = segmentation_node.GetSegmentation()
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
-        if segment.GetName() == referral.FLAGGED_SEGMENT:
+        if segment.GetName() == flagged_voxels.FLAGGED_SEGMENT:
             continue
         mask = segments.segment_mask(segmentation_node, segmentation.GetNthSegmentID(index), reference_volume)
         labelmap[mask] = segment.GetLabelValue()
@@ -65,8 +65,8 @@ def export_run(scene, run, reference_volume, folder: str | Path, extension: str 
     written = []
     labelmap = structure_labelmap(seg_node, reference_volume)
     written.append(_write_array(scene, labelmap, reference_volume, folder / f"segmentation_corrected{extension}"))
-    flagged_node = seg_node.GetNodeReference(referral.FLAGGED_REFERENCE)
-    flagged_id = segments.segment_id_by_name(flagged_node, referral.FLAGGED_SEGMENT) if flagged_node else None
+    flagged_node = seg_node.GetNodeReference(flagged_voxels.FLAGGED_REFERENCE)
+    flagged_id = segments.segment_id_by_name(flagged_node, flagged_voxels.FLAGGED_SEGMENT) if flagged_node else None
     if flagged_id is not None:
         flagged = segments.segment_mask(flagged_node, flagged_id, reference_volume).astype(np.uint8)
         written.append(_write_array(scene, flagged, reference_volume, folder / f"flagged_for_review{extension}"))

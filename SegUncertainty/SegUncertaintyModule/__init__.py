@@ -7,10 +7,12 @@
   ``cohort_logic`` (the cohort worklist).
 - ``*_panel``: the panel's sections, mixed into ``SegUncertaintyWidget``: ``models_panel``, ``run_panel``,
   ``review_panel``, ``cohort_panel``.
+- ``process``: the background command line's arguments and its progress lines read back.
+- ``scenario``: the self-test's run on a synthetic head (the pytest suite runs it too).
 
 The logic files use no Qt; the MRML work itself is in SegUncertaintyMRML.
 """
 
 # Every part, each after the parts it imports: the order in which the panel's Reload reloads them.
-PARTS = ("environment", "parameters", "models_logic", "run_logic", "review_logic", "cohort_logic", "logic",
-         "models_panel", "run_panel", "review_panel", "cohort_panel")
+PARTS = ("environment", "process", "parameters", "models_logic", "run_logic", "review_logic", "cohort_logic",
+         "logic", "models_panel", "run_panel", "review_panel", "cohort_panel", "scenario")

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import slicer
-from SegUncertaintyMRML import worklist
+from SegUncertaintyMRML import cohort_scene
 
 
 class CohortLogic:
-    """Mixed into SegUncertaintyLogic; keeps ``self.cohort`` (the open worklist.CohortWorklist, or None)."""
+    """Mixed into SegUncertaintyLogic; keeps ``self.cohort`` (the open cohort_scene.CohortWorklist, or None)."""
 
-    def openWorklist(self, path: str) -> worklist.CohortWorklist:
-        """Open a cohort's worklist (worklist.CohortWorklist; CohortError, scene untouched, when refused); the
+    def openWorklist(self, path: str) -> cohort_scene.CohortWorklist:
+        """Open a cohort's worklist (cohort_scene.CohortWorklist; CohortError, scene untouched, when refused); the
         cases of a worklist open before leave the scene, unless edited."""
-        cohort = worklist.CohortWorklist(path)
+        cohort = cohort_scene.CohortWorklist(path)
         if self.cohort is not None:
             self.cohort.unload_all(slicer.mrmlScene)
             self.forgetRemovedRun()
@@ -20,7 +20,7 @@ class CohortLogic:
         return cohort
 
     def showCase(self):
-        """Load the worklist's current case if it is not in the scene (worklist.CohortWorklist.load_case) and
+        """Load the worklist's current case if it is not in the scene (cohort_scene.CohortWorklist.load_case) and
         review its run; None for a failed case. CohortError, the scene as it was, when it cannot load."""
         nodes = self.cohort.load_case(slicer.mrmlScene)
         if nodes is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import qt
 import slicer
-from SegUncertaintyMRML import worklist
+from SegUncertaintyMRML import cohort_scene
 from slicer.i18n import tr as _
 
 
@@ -31,7 +31,7 @@ class CohortPanel:
         """Open a cohort's worklist.csv and load its first case (rank 1)."""
         try:
             self.logic.openWorklist(path)
-        except worklist.CohortError as exc:
+        except cohort_scene.CohortError as exc:
             slicer.util.errorDisplay(_("Could not open the worklist: ") + str(exc))
             return
         self.showCase()
@@ -39,7 +39,7 @@ class CohortPanel:
     def onStepCase(self, direction: int) -> None:
         try:
             self.logic.cohort.reload()  # marks written meanwhile (another Slicer) count when skipping
-        except worklist.CohortError as exc:
+        except cohort_scene.CohortError as exc:
             slicer.util.errorDisplay(str(exc))
             return
         if self.logic.cohort.step(direction, skip=self.ui.cohortSkipCheckBox.checked):
@@ -53,7 +53,7 @@ class CohortPanel:
         """Load the worklist's current case (on demand) and show it as the run under review."""
         try:
             nodes = self.logic.showCase()
-        except worklist.CohortError as exc:
+        except cohort_scene.CohortError as exc:
             slicer.util.errorDisplay(_("Could not load the case: ") + str(exc))
             nodes = None
         if nodes is not None:
@@ -67,7 +67,7 @@ class CohortPanel:
     def onMarkCaseReviewed(self) -> None:
         try:
             self.logic.cohort.mark_reviewed(note=self.ui.cohortNoteLineEdit.text)
-        except worklist.CohortError as exc:
+        except cohort_scene.CohortError as exc:
             slicer.util.errorDisplay(str(exc))
         self.updateCohort()
 

@@ -4,7 +4,7 @@ review_logic, cohort_logic); here its state, the scene's life (close, load) and 
 from __future__ import annotations
 
 import slicer
-from SegUncertaintyMRML import corrections, referral, regions, results, worklist
+from SegUncertaintyMRML import cohort_scene, corrections, flagged_voxels, regions, results
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 from slicer.util import VTKObservationMixin
 
@@ -35,10 +35,10 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
         self.onStatisticsChanged = None
         self._shown: dict = {}  # the parameters last applied to the scene (applyParameters)
         self._keepThreshold = False
-        self.stats: referral.ReferralStats | None = None
+        self.stats: flagged_voxels.ReferralStats | None = None
         self.run: results.RunNodes | None = None
         self.inputVolume = None
-        self.flagging: referral.Referral | None = None
+        self.flagging: flagged_voxels.Referral | None = None
         self.navigator: regions.RegionNavigator | None = None
         self.labels = None
         self.chart = None
@@ -46,8 +46,7 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
         self._plans: dict[str, tuple[int, tuple[int, ...]] | None] = {}  # model -> (members, flip axes)
         self._cuda: bool | None = None
         self.editing: corrections.Corrections | None = None
-        self._editorNode = None
-        self.cohort: worklist.CohortWorklist | None = None
+        self.cohort: cohort_scene.CohortWorklist | None = None
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
@@ -81,7 +80,7 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
             self.removeObserver(self.run.segmentation, slicer.vtkSegmentation.SegmentModified,
                                 self.onSegmentationModified)
         self.run = self.inputVolume = self.flagging = self.navigator = self.labels = self.chart = None
-        self.editing = self.stats = self._editorNode = None
+        self.editing = self.stats = None
         self._shown, self._keepThreshold = {}, False
 
     # -- the run under review ------------------------------------------------------------------------
@@ -91,7 +90,13 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
         return list(runs.values())[-1].get("segmentation") if runs else None
 
     def importRun(self, outDir, inputVolume) -> results.RunNodes:
-        return self.useRun(results.import_results(slicer.mrmlScene, outDir, inputVolume), inputVolume)
+        """Import a finished run's results; every node goes under the input's parent transform, since the
+        files hold the input's own (untransformed) geometry."""
+        run = results.import_results(slicer.mrmlScene, outDir, inputVolume)
+        for node in run.all_nodes():
+            if node is not None and hasattr(node, "SetAndObserveTransformNodeID"):
+                node.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+        return self.useRun(run, inputVolume)
 
     def useRun(self, run: results.RunNodes, inputVolume) -> results.RunNodes:
         """Review this run (a new one, or one found in a reloaded scene by results.find_runs)."""

@@ -3,19 +3,28 @@ their reason), "Add model...", the CPU time estimate, and installing torch and t
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import slicer
-from SegUncertaintyMRML import process
 from slicer.i18n import tr as _
+
+from . import process
 
 # Installed on first use, after asking (torch itself through the PyTorch extension).
 PIP_REQUIREMENTS = {"monai": "monai>=1.4", "SimpleITK": "SimpleITK>=2.3", "scipy": "scipy>=1.10",
                     "matplotlib": "matplotlib>=3.7", "jsonschema": "jsonschema>=4.18",
                     "psutil": "psutil>=5.9"}
+# What an optional model format needs (pyproject's extras 'nnunet' and 'onnx'), installed when such a model is
+# added or run, after asking: format -> (module, requirement).
+FORMAT_REQUIREMENTS = {"nnunet": ("nnunetv2", "nnunetv2>=2.8.1"), "onnx": ("onnxruntime", "onnxruntime>=1.17")}
+# The torch distributions the PyTorch extension installs together; pip must not replace them (a CPU-only
+# build on Windows, a build the driver cannot run, or one other extensions were not built against).
+TORCH_DISTRIBUTIONS = ("torch", "torchvision", "torchaudio")
 
 
 @dataclass(frozen=True)
@@ -140,12 +149,49 @@ class ModelsLogic:
         return self._cuda
 
     @staticmethod
-    def missingPackages() -> list[str]:
-        return [name for name in ("torch", *PIP_REQUIREMENTS) if importlib.util.find_spec(name) is None]
+    def missingPackages(model: str | None = None) -> list[str]:
+        """The modules not installed that a run needs; with ``model`` (a name or a model folder), also the one
+        its format needs (FORMAT_REQUIREMENTS)."""
+        names = ["torch", *PIP_REQUIREMENTS]
+        formatPackage = FORMAT_REQUIREMENTS.get(ModelsLogic.modelFormat(model), (None,))[0] if model else None
+        if formatPackage:
+            names.append(formatPackage)
+        return [name for name in names if importlib.util.find_spec(name) is None]
 
-    def ensureDependencies(self, ask: bool = True) -> bool:
-        """Install missing torch (PyTorch extension) and Python packages, after asking; True when ready."""
-        missing = self.missingPackages()
+    @staticmethod
+    def modelFormat(model: str) -> str | None:
+        """The format of an installed model (by name) or of a model folder; None when not known."""
+        from SegUncertaintyLib.models import catalog, registry
+
+        entry = next((e for e in catalog.list_models() if e.name == model), None)
+        if entry is not None:
+            return entry.format
+        try:
+            return registry.detect_format(model) if Path(model).exists() else None
+        except Exception:  # not a model folder: adding it reports why
+            return None
+
+    @staticmethod
+    def torchConstraints(folder: str) -> Path | None:
+        """A pip constraints file in ``folder`` pinning every installed TORCH_DISTRIBUTIONS to its installed
+        version (local label included, e.g. 2.5.1+cu121), or None when torch is not installed."""
+        pins = []
+        for name in TORCH_DISTRIBUTIONS:
+            try:
+                pins.append(f"{name}=={importlib.metadata.version(name)}")
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        if not any(pin.startswith("torch==") for pin in pins):
+            return None
+        path = Path(tempfile.mkdtemp(prefix="SegUncertainty-pip-", dir=folder)) / "constraints.txt"
+        path.write_text("\n".join(pins) + "\n")
+        return path
+
+    def ensureDependencies(self, ask: bool = True, model: str | None = None) -> bool:
+        """Install missing torch (PyTorch extension) and Python packages, and the package ``model``'s format
+        needs (a name or a model folder), after asking; True when ready. pip runs with the installed torch
+        pinned (torchConstraints): a requirement that needs another torch fails instead of replacing it."""
+        missing = self.missingPackages(model)
         if not missing:
             return True
         if ask and not slicer.util.confirmOkCancelDisplay(
@@ -159,7 +205,9 @@ class ModelsLogic:
                 raise RuntimeError(_("Install the PyTorch extension from the Extensions Manager first.")) from exc
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
                 raise RuntimeError(_("PyTorch could not be installed."))
-        requirements = [PIP_REQUIREMENTS[name] for name in missing if name in PIP_REQUIREMENTS]
+        byModule = dict(PIP_REQUIREMENTS, **dict(FORMAT_REQUIREMENTS.values()))
+        requirements = [byModule[name] for name in missing if name in byModule]
         if requirements:
-            slicer.util.pip_install(requirements)
-        return not self.missingPackages()
+            # slicer.packaging.pip_install(requirements, constraints=...) (Slicer 5.12: pip install -c FILE)
+            slicer.util.pip_install(requirements, constraints=self.torchConstraints(slicer.app.temporaryPath))
+        return not self.missingPackages(model)

@@ -46,7 +46,8 @@ class ModelsPanel:
             return
         name = None
         try:
-            if self.logic.ensureDependencies(ask=True):  # checking a model loads its networks (torch)
+            # checking a model loads its networks (torch, and nnunetv2 or onnxruntime for those formats)
+            if self.logic.ensureDependencies(ask=True, model=folder):
                 name = self.logic.addModel(folder)
         except RuntimeError as exc:
             slicer.util.errorDisplay(_("Could not add the model: ") + str(exc))

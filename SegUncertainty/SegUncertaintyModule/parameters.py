@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from SegUncertaintyMRML import overlays, process, regions
+from SegUncertaintyMRML import overlays, regions
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from . import process
 
 MAPS = ["entropy", "mutual_information", "variance"]
 

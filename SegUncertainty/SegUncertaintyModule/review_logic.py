@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import slicer
-from SegUncertaintyMRML import corrections, overlays, persistence, referral, regions, results, volumes
+import vtk
+from SegUncertaintyMRML import corrections, flagged_voxels, overlays, persistence, regions, results, volumes
 from slicer.i18n import tr as _
 
 DEFAULT_FLAGGED_PERCENT = 5.0  # a new map starts with the threshold that flags this % of the segmentation
@@ -60,22 +61,24 @@ class ReviewLogic:
         return changed
 
     def segmentEditorNode(self):
-        if self._editorNode is None or self._editorNode.GetScene() is None:
-            self._editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "SegUncertainty")
-        return self._editorNode
+        """The scene's one SegUncertainty segment editor node (corrections.editor_node): the embedded Segment
+        Editor's, and the corrections'; a new one after the scene was closed."""
+        return corrections.editor_node(slicer.mrmlScene)
 
     def structureSegmentId(self) -> str:
         segmentation = self.run.segmentation.GetSegmentation()
         return next(segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
-                    if segmentation.GetNthSegment(i).GetName() != referral.FLAGGED_SEGMENT)
+                    if segmentation.GetNthSegment(i).GetName() != flagged_voxels.FLAGGED_SEGMENT)
 
-    def showMap(self, mapName: str, colormap: str, opacity: float) -> referral.Referral:
+    def showMap(self, mapName: str, colormap: str, opacity: float) -> flagged_voxels.Referral:
         """Show one uncertainty map over the input and prepare referral on it."""
         mapNode = self.run.maps[mapName]
         overlays.style_map(mapNode, colormap)
         overlays.show_layers(slicer.mrmlScene, self.inputVolume, mapNode, opacity)
         overlays.show_only_legend(self.run.maps.values(), mapNode)
-        self.flagging = referral.Referral(self.run.segmentation, self.structureSegmentId(), mapNode, self.inputVolume)
+        self.flagging = flagged_voxels.Referral(self.run.segmentation, self.structureSegmentId(), mapNode,
+                                                self.inputVolume)
+        self.flagging.flagged_node.SetAndObserveTransformNodeID(self.inputVolume.GetTransformNodeID())
         self.chart = self.navigator = self.labels = self.stats = None
         return self.flagging
 
@@ -85,7 +88,7 @@ class ReviewLogic:
         self.order, self.minRegionMl = order, minRegionMl
         self.navigator = self.labels = None  # regions are found on demand, when the user steps through them
         if self.chart is not None:
-            referral.update_curve_marker(self.chart, threshold)
+            flagged_voxels.update_curve_marker(self.chart, threshold)
         return stats
 
     def findRegions(self) -> regions.RegionNavigator:
@@ -103,8 +106,9 @@ class ReviewLogic:
         if self.flagging is None:
             return None
         if self.chart is None:
-            self.chart = referral.add_curve_plot(slicer.mrmlScene, self.flagging, f"{self.run.name} referral curve")
-        referral.update_curve_marker(self.chart, self.flagging.threshold or 0.0)
+            self.chart = flagged_voxels.add_curve_plot(slicer.mrmlScene, self.flagging,
+                                                       f"{self.run.name} referral curve")
+        flagged_voxels.update_curve_marker(self.chart, self.flagging.threshold or 0.0)
         return self.chart
 
     def stepRegion(self, direction: int):
@@ -112,8 +116,18 @@ class ReviewLogic:
             self.findRegions()
         region = self.navigator.step(direction) if self.navigator else None
         if region is not None:
-            regions.centre_views_on(slicer.mrmlScene, region.focus_ras)
+            regions.centre_views_on(slicer.mrmlScene, self.worldPoint(region.focus_ras))
         return region
+
+    def worldPoint(self, ras) -> tuple[float, float, float]:
+        """A point of the input's own RAS space (where regions are found) in world RAS, through the input's
+        parent transforms (the identity when it has none)."""
+        transformNode = self.inputVolume.GetParentTransformNode()
+        if transformNode is None:
+            return tuple(float(v) for v in ras)
+        toWorld = vtk.vtkGeneralTransform()
+        transformNode.GetTransformToWorld(toWorld)
+        return tuple(toWorld.TransformPoint([float(v) for v in ras]))
 
     def markReviewed(self) -> None:
         if self.navigator and self.navigator.current:

@@ -4,15 +4,17 @@ progress, import its results, and cancel it (with its whole process tree)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import slicer
-from SegUncertaintyMRML import process, volumes
+from SegUncertaintyMRML import volumes
 from slicer.i18n import tr as _
 
+from . import process
 from .environment import library_dir, python_executable, slicerVersionProblem
 
 STOP_TIMEOUT_S = 3.0  # how long a cancelled process tree gets to exit before it is killed
@@ -77,13 +79,18 @@ class RunLogic:
         log: list[str] = []
 
         def onLine(line: str) -> None:
-            progress = process.parse_line(line)
-            if progress is None:
-                log.append(line)
-                if onLog:
-                    onLog(line)
-            elif onProgress and not self._cancelRequested:
-                onProgress(progress)
+            # Slicer's poll stops for good when a callback raises (util.py, _startAsyncProcessHandling): the run
+            # would never finish. A failing display is logged, and the run goes on.
+            try:
+                progress = process.parse_line(line)
+                if progress is None:
+                    log.append(line)
+                    if onLog:
+                        onLog(line)
+                elif onProgress and not self._cancelRequested:
+                    onProgress(progress)
+            except Exception:
+                logging.exception("SegUncertainty: showing a line of the segmentation process failed: %r", line)
 
         def onCompleted(returnCode: int) -> None:
             run, error = None, None

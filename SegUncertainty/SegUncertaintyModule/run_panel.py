@@ -4,8 +4,18 @@ bar and log, and showing a finished (or restored) run with its scores table."""
 from __future__ import annotations
 
 import slicer
-from SegUncertaintyMRML import process, scores_table
+import vtk
+from SegUncertaintyMRML import results, scores_table
 from slicer.i18n import tr as _
+
+from . import process
+
+
+def inputCandidates() -> list:
+    """The volumes the input list offers: scalar volumes, not label maps (a subclass: the .ui's
+    showChildNodeTypes=false), and not the maps and probabilities of earlier runs."""
+    return [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not node.GetAttribute(results.ROLE_ATTRIBUTE)]
 
 
 class RunPanel:
@@ -13,6 +23,24 @@ class RunPanel:
 
     def setupRunPanel(self) -> None:
         self.ui.applyButton.clicked.connect(self.onApplyButton)
+        # the method by its readable label (process.METHOD_LABELS), bound to the parameter by index
+        for label in process.METHOD_LABELS.values():
+            self.ui.methodComboBox.addItem(label)
+        self.ui.methodComboBox.currentIndexChanged.connect(self.onMethodChanged)
+        self._scoresObserved = None  # the scores table whose rebuilds restore the tooltips
+
+    def onMethodChanged(self, index: int) -> None:
+        if self._parameterNode and 0 <= index < len(process.METHOD_LABELS):
+            self._parameterNode.method = list(process.METHOD_LABELS)[index]
+
+    def showMethod(self) -> None:
+        self.ui.methodComboBox.currentIndex = list(process.METHOD_LABELS).index(self._parameterNode.method)
+
+    def updateInputSelector(self) -> None:
+        """Hide the runs' maps and probabilities from the input list (inputCandidates), by ID."""
+        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = [
+            node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if node.GetAttribute(results.ROLE_ATTRIBUTE)]
 
     def updateButtons(self) -> None:
         """The Segment / Cancel button and which sections can be used."""
@@ -42,9 +70,9 @@ class RunPanel:
             self.updateButtons()
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            if not self.logic.ensureDependencies(ask=True):
-                return
             params = self._parameterNode
+            if not self.logic.ensureDependencies(ask=True, model=params.model):
+                return
             self.ui.logTextEdit.clear()
             self.ui.progressBar.value = 0
             self.logic.start(params.inputVolume, params.model, params.method, params.samples, params.device,
@@ -71,6 +99,7 @@ class RunPanel:
         params = self._parameterNode
         if params is None:
             return
+        self.updateInputSelector()
         self.showScores(run.scores)
         self.ui.segmentEditorWidget.setSegmentationNode(run.segmentation)
         self.ui.segmentEditorWidget.setSourceVolumeNode(self.logic.inputVolume)
@@ -81,11 +110,24 @@ class RunPanel:
 
     def showScores(self, tableNode) -> None:
         """The scores table with each row's definition as its tooltip (the Definition column hidden); an
-        empty view when the run has no scores table (e.g. deleted before the scene was saved)."""
-        view = self.ui.scoresTableView
-        view.setMRMLTableNode(tableNode)
+        empty view when the run has no scores table (e.g. deleted before the scene was saved). qMRMLTableView
+        makes new items whenever the table node is modified, so the tooltips are set again after each
+        rebuild (an observer of lower priority than the view's)."""
+        if self._scoresObserved is not None:
+            self.removeObserver(self._scoresObserved, vtk.vtkCommand.ModifiedEvent, self.onScoresModified)
+            self._scoresObserved = None
+        self.ui.scoresTableView.setMRMLTableNode(tableNode)
         if tableNode is None:
             return
+        self._scoresObserved = tableNode
+        self.addObserver(tableNode, vtk.vtkCommand.ModifiedEvent, self.onScoresModified, priority=-1.0)
+        self.setScoreTooltips(tableNode)
+
+    def onScoresModified(self, caller=None, event=None) -> None:
+        self.setScoreTooltips(caller)
+
+    def setScoreTooltips(self, tableNode) -> None:
+        view = self.ui.scoresTableView
         definitionColumn = scores_table.COLUMNS.index("Definition")
         model = view.tableModel()
         for row, values in enumerate(scores_table.table_rows(tableNode)):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..core.errors import CancelledError, SegUncertaintyError
+from ..core.errors import CancelledError, SegUncertaintyError, UsageError
 from ..core.options import SegmentOptions
 from . import review, worker
 from .cases import COHORT_MANIFEST, Case, find_cases
@@ -101,6 +101,10 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
     if Path(options.model).exists():  # a model folder or card: the same one from any worker's folder
         options = dataclasses.replace(options, model=str(Path(options.model).resolve()))
     cases = find_cases([os.fspath(p) for p in inputs])
+    images = [c.given for c in cases if c.series is None]
+    if options.dicom and images:
+        more = f" and {len(images) - 1} more" if len(images) > 1 else ""
+        raise UsageError(f"--dicom needs DICOM series inputs; {images[0]}{more} is not a DICOM series")
     with OutputFolder(out, cohort_files) as cohort:
         root = cohort.path
         root.mkdir(exist_ok=True)

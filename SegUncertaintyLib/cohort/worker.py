@@ -17,7 +17,6 @@ The result: ``case``, ``status`` ("done", "skipped", "failed" or "cancelled"), `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import signal
@@ -26,12 +25,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core.files import series_sha256, sha256_file
 from ..core.manifest import ManifestError, model_record, read_manifest, written_files
 from ..core.options import SegmentOptions
 
 _models: dict[tuple[str, str], object] = {}  # (model ref, device) -> loaded model: one load per worker process
 _cancelled: Callable[[], bool] | None = None  # set by run.py when the cases run in its own process
-CHUNK = 1 << 20
 
 
 def set_cancel(flag: Callable[[], bool] | None) -> None:
@@ -46,23 +45,9 @@ def release_models() -> None:
 
 
 def input_sha256(path: str, files: tuple[str, ...] | list[str] = ()) -> str:
-    """sha256 of an image file, or of a DICOM series: each file's name and its sha256, in name order.
-
-    A .nhdr / .mhd header with a detached data file: the header only (a changed data file is not seen)."""
-    def file_digest(name: str) -> str:
-        digest = hashlib.sha256()
-        with open(name, "rb") as stream:
-            while block := stream.read(CHUNK):
-                digest.update(block)
-        return digest.hexdigest()
-
-    if not files:
-        return file_digest(path)
-    series = hashlib.sha256()
-    for name in sorted(files):
-        series.update(f"{Path(name).relative_to(path)}\0{file_digest(name)}\n".encode("utf-8", "surrogateescape"))
-    return series.hexdigest()
-
+    """sha256 of an image file, or of a DICOM series (core.files.series_sha256, the digest the Slicer
+    worklist checks). A .nhdr / .mhd header with a detached data file: the header only."""
+    return series_sha256(path, files) if files else sha256_file(path)
 
 def resume_key(manifest: dict) -> dict:
     """What must match for a case folder to be reused: the input's sha256, the model (name, version,
@@ -73,7 +58,7 @@ def resume_key(manifest: dict) -> dict:
     return {"input_sha256": settings.get("input_sha256"), "model": model.get("name"), "version": model.get("version"),
             "weights": [m.get("sha256") for m in model.get("members", [])], "method": manifest.get("method"),
             **{k: settings.get(k) for k in ("samples", "seed", "overlap", "max_batch", "format", "maps", "map_dtype",
-                                             "overview", "save_samples", "dicom_series")}}
+                                             "overview", "save_samples", "dicom_series", "dicom")}}
 
 
 def _load(options: SegmentOptions):
@@ -90,7 +75,7 @@ def _earlier_run(folder: Path, wanted: dict) -> dict | None:
     try:
         manifest = read_manifest(folder, kinds=False)
         files = written_files(manifest)
-        if files is None or resume_key(manifest) != wanted or not all((folder / f).is_file() for f in files):
+        if files is None or resume_key(manifest) != wanted or not all((folder / f).exists() for f in files):
             return None
         return json.loads((folder / "scores.json").read_text(encoding="utf-8"))
     except (ManifestError, OSError, ValueError, AttributeError):
@@ -105,13 +90,17 @@ def _case_settings(item: dict, options: SegmentOptions, digest: str) -> dict:
 
 def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled) -> dict:
     from ..inference.segment import segment_image
+    from ..io.dicom import series_slice_files
     from ..io.images import read_image
-    from ..results.run_folder import output_folder, write_outputs
+    from ..results.run_folder import check_dicom_input, output_folder, write_outputs
 
+    if options.dicom:
+        check_dicom_input(item["path"], item["series"])
     with output_folder(item["out"]) as folder, folder.scratch() as scratch:
         image = read_image(item["path"], item["series"])
         outputs = segment_image(image, model, options, None, cancelled, scratch)
-        write_outputs(outputs, folder, model.description, item["input"], options, settings, cancelled)
+        sources = series_slice_files(Path(item["path"]), item["series"]) if options.dicom else None
+        write_outputs(outputs, folder, model.description, item["input"], options, settings, cancelled, sources)
     return outputs.scores
 
 

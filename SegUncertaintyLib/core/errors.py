@@ -1,4 +1,8 @@
-"""Errors a user can act on. Each message names the problem; the CLI maps each class to an exit code."""
+"""Errors a user can act on, and the command line's exit codes: each class carries its own; 0 is success,
+1 an unexpected error (a bug), and COHORT_CASES_FAILED a cohort that ran but some of whose cases failed.
+Each message names the problem. Standard library only (the Slicer glue reads the codes)."""
+
+COHORT_CASES_FAILED = 8  # exit code: the cohort ran, some cases failed (each recorded in its worklist)
 
 
 class SegUncertaintyError(Exception):

@@ -4,6 +4,7 @@ sha256, the DICOM preamble. Standard library only."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -56,3 +57,17 @@ def series_sha256(folder: str | os.PathLike, files: Iterable[str | os.PathLike])
         line = f"{relative}\0{sha256_file(os.path.join(root, relative))}\n"
         digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def read_json_object(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> dict:
+    """The JSON object in an untrusted file; ``error`` (one line naming ``what``, the file and the problem)
+    when it cannot be read, is not JSON or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"Cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        raise error(f"{what[:1].upper()}{what[1:]} {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{what[:1].upper()}{what[1:]} {path} is not a JSON object")
+    return data

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from .errors import UsageError
 from .methods import DEFAULT_METHOD, plan_samples
-from .vocabulary import DEFAULT_MODEL, FORMATS, MAP_CHOICES, MAP_DTYPES
+from .vocabulary import DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, OUTPUT_FORMATS
 
 DEVICES = ("auto", "cuda", "cpu")  # auto: CUDA when available
 
@@ -36,13 +36,15 @@ class SegmentOptions:
     map_dtype: str = "float32"
     overview: bool = True
     save_samples: bool = False
+    dicom: bool = False  # also the DICOM objects (results/dicom_objects.py); the input must be a DICOM series
 
     @classmethod
     def from_args(cls, args) -> SegmentOptions:
         return cls(model=args.model, method=args.method, samples=args.samples, overlap=args.overlap,
                    device=args.device, seed=args.seed, max_batch=args.max_batch, format=args.format,
                    maps=tuple(args.maps) if args.maps else None, map_dtype=args.map_dtype,
-                   overview=not args.no_overview, save_samples=args.save_samples)
+                   overview=not args.no_overview, save_samples=args.save_samples,
+                   dicom=getattr(args, "dicom", False))
 
     def check(self) -> SegmentOptions:
         """Refuse options out of range before anything is read (UsageError, exit 2); return ``self``."""
@@ -51,8 +53,8 @@ class SegmentOptions:
         check_overlap_range(self.overlap)
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.format not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format not in OUTPUT_FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
         if self.map_dtype not in MAP_DTYPES:
             raise UsageError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
         if self.maps is not None and not set(self.maps) <= set(MAP_CHOICES):
@@ -61,9 +63,10 @@ class SegmentOptions:
         return self
 
     def settings(self, dicom_series: str | None) -> dict:
-        """The manifest's ``settings`` as ``segment`` writes them."""
-        return {"overlap": self.overlap, "seed": self.seed, "max_batch": self.max_batch,
-                "device_requested": self.device, "format": self.format,
+        """The manifest's ``settings`` as ``segment`` writes them (``dicom`` only when set, so earlier runs'
+        settings, a cohort's resume key, stay as they were)."""
+        return {**({"dicom": True} if self.dicom else {}), "overlap": self.overlap, "seed": self.seed,
+                "max_batch": self.max_batch, "device_requested": self.device, "format": self.format,
                 "maps": list(self.maps or MAP_CHOICES), "map_dtype": self.map_dtype, "dicom_series": dicom_series}
 
     def as_dict(self) -> dict:

@@ -6,7 +6,7 @@ The modules that implement them re-export these names: one definition each.
 from .methods import DEFAULT_METHOD, METHODS  # noqa: F401 (sampling methods: core/methods.py defines them)
 
 DEFAULT_MODEL = "brainmask-t1"  # the bundled model used when none is named
-FORMATS = ("nrrd", "nii.gz")  # output image formats
+OUTPUT_FORMATS = ("nrrd", "nii.gz")  # output image formats
 MAP_NAMES = ("entropy", "expected_entropy", "mutual_information", "variance")  # voxel uncertainty maps
 MAP_CHOICES = (*MAP_NAMES, "probability")  # what --maps may name ("probability": every class's probability map)
 # Precision of the written maps and probabilities. "float16" rounds each value to float16 (11 significant

@@ -12,7 +12,6 @@ correlations or the figures. An in-distribution case without a reference is skip
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import zipfile
@@ -23,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputImageError, UsageError
+from ..core.files import read_json_object
 from ..core.manifest import MANIFEST, ManifestError, is_plain_name, parse_manifest
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
 from ..io.header import describe_grid, read_header, same_grid
@@ -51,7 +51,7 @@ FRACTIONS = np.linspace(0, 0.2, 41)  # referral curve: 0-20 % of voxels, in 0.5 
 # short citations; the full titles are in PAPERS (summary "papers", the report's Papers section)
 JUNGO, SANDER = "Jungo and Reyes 2019", "Sander et al. 2019"
 MEHRTASH, CZOLBE = "Mehrtash et al. 2020", "Czolbe et al. 2021"
-CONVENTIONS = {
+EVALUATION_CONVENTIONS = {
     "ece_bins": f"foreground-probability ECE (columns ece_volume, ece_box, ece_mask; {JUNGO}, their public code): "
                 "10 bins, edges linspace(0, 1 + 1e-8, 11), [a, b), empty bins dropped; binary NLL and Brier",
     "ece_top_label": f"top-label ECE ({MEHRTASH}, eq. 5; columns *_toplabel_*): confidence = probability of the "
@@ -161,15 +161,7 @@ def find_reference(refs: Path, case: str, what: str = "reference segmentation", 
 
 def read_json(path: Path, what: str) -> dict:
     """A JSON object from an untrusted file; InputImageError naming ``what`` and the problem otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputImageError(f"Cannot read {what} {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise InputImageError(f"{what.capitalize()} {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputImageError(f"{what.capitalize()} {path} is not a JSON object")
-    return data
+    return read_json_object(path, what, InputImageError)
 
 
 def check_case_manifest(manifest: dict, path: Path) -> dict:
@@ -199,7 +191,7 @@ def check_case_manifest(manifest: dict, path: Path) -> dict:
     return manifest
 
 
-MAP_NAMES = (*REFERRAL_MAPS, "expected_entropy")
+PLAIN_FOLDER_MAPS = (*REFERRAL_MAPS, "expected_entropy")
 
 
 def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
@@ -220,7 +212,7 @@ def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict
     outputs = [{"file": images["segmentation"], "kind": "labelmap"}]
     outputs += [{"file": images[f"probability_{name}"], "kind": "probability", "label": name}
                 for name in labels.values() if f"probability_{name}" in images]
-    outputs += [{"file": images[m], "kind": "uncertainty", "map": m} for m in MAP_NAMES if m in images]
+    outputs += [{"file": images[m], "kind": "uncertainty", "map": m} for m in PLAIN_FOLDER_MAPS if m in images]
     if (case_dir / "scores.json").is_file():
         outputs.append({"file": "scores.json", "kind": "scores"})
     return {"labels": {"0": "background", **{str(k): v for k, v in labels.items()}}, "outputs": outputs}
@@ -431,7 +423,7 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
     """Dataset summary per foreground class from the in-distribution results; adds the BnF columns at BnF's
     best threshold to each row. ood_scores: {case: {class: {score: value}}} from the OOD cases' scores.json,
     reported apart (``ood`` block)."""
-    summary: dict = {"conventions": CONVENTIONS, "papers": PAPERS, "notes": list(notes or []), "classes": {}}
+    summary: dict = {"conventions": EVALUATION_CONVENTIONS, "papers": PAPERS, "notes": list(notes or []), "classes": {}}
     ood_scores = ood_scores or {}
     for label in sorted({r.label for r in results}):
         mine = [r for r in results if r.label == label]

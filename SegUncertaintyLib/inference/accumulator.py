@@ -23,7 +23,7 @@ Precision of M2 in float16: M2 only grows, and each of the T - 1 updates rounds 
 bits, so the variance map's error is at most (T - 1) * 2^-11 of its value (plus 2^-24 per update below
 float16's normal range): 0.05 % for two folds, 2 % for T = 40 passes at worst (random rounding: about
 sqrt(T - 1) * 2^-12). Sums of p and of H stay float32, so the mean probability (the background's to about
-1e-7), entropy, expected entropy and MI are as before.
+1e-7), entropy, expected entropy and MI keep float32 precision.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def score_range(score: str, n_classes: int) -> tuple[float, float]:
     with the background); segment_entropy a binary entropy in nats, 0 to ln 2; cv 0 up (unbounded)."""
     return {"cv": (0.0, math.inf), "dpw": (0.0, 1.0), "diversity": (0.0, 1.0),
             "ulabelled": (0.0, math.log(n_classes)), "segment_entropy": (0.0, math.log(2))}[score]
-CONVENTIONS = {
+SCORE_CONVENTIONS = {
     "grid": "scores on the model grid (the card's spacing); segmentation_volume_ml on the input grid",
     "entropy_unit": "nats (natural logarithm) for ulabelled and segment_entropy; the voxel maps are normalized "
                     "by ln C to 0-1 (multiply by ln C for nats)",
@@ -233,12 +233,12 @@ def scores_document(per_class: dict, method: str, n_samples: int, reference: dic
     return {
         "method": method,
         "n_samples": n_samples,
-        "grid": CONVENTIONS["grid"],
+        "grid": SCORE_CONVENTIONS["grid"],
         "classes": per_class,
         "definitions": {k: {"definition": d, "direction": r} for k, (d, r) in DEFINITIONS.items()},
-        "conventions": CONVENTIONS,
+        "conventions": SCORE_CONVENTIONS,
         "papers": PAPERS,
         "readings": score_readings(per_class, reference),
         "reference_source": (reference or {}).get("source", "none: the model card gives no usual ranges"),
-        "missing_values": CONVENTIONS["missing_values"],
+        "missing_values": SCORE_CONVENTIONS["missing_values"],
     }

@@ -143,6 +143,11 @@ def sorted_slices(series: Series, folder: Path) -> tuple[list[str], float]:
     return [series.files[i] for i in order], median
 
 
+def series_slice_files(folder: Path, uid: str | None = None) -> list[str]:
+    """The files of the series ``read_dicom_folder(folder, uid)`` reads, in its slice (z) order."""
+    return sorted_slices(choose_series(folder, find_series(folder), uid), folder)[0]
+
+
 def read_dicom_folder(folder: Path, uid: str | None = None) -> sitk.Image:
     """The chosen series as one image (pixel type as stored), its series UID in metadata ``0020|000e``."""
     with quiet_itk():

@@ -8,7 +8,6 @@ Every problem is one ``ModelError`` naming the field and what is expected. Needs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..core.errors import ChecksumError, ModelError
+from ..core.files import sha256_file
 
 CARD_FILENAME = "card.json"
 SCHEMA_PATH = Path(__file__).with_name("card.schema.json")
@@ -85,15 +85,6 @@ class ModelCard:
                     f"(card says sha256 {member.sha256[:12]}…, file has {actual[:12]}…). "
                     "The file is corrupt or was replaced; reinstall the model."
                 )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- schema -----------------------------------------------------------------------------------------------

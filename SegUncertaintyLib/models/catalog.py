@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.errors import ModelError
+from ..core.files import sha256_file
 from ..core.vocabulary import DEFAULT_MODEL  # noqa: F401 (re-exported)
-from .card import CARD_FILENAME, SchemaUnavailableError, card_schema, confined_file, load_card, sha256_file
+from .card import CARD_FILENAME, SchemaUnavailableError, card_schema, confined_file, load_card
 from .registry import ModelSummary, format_named, model_format
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.errors import ModelError
-from .card import CARD_FILENAME, confined_file, load_card, sha256_file
+from ..core.files import sha256_file
+from .card import CARD_FILENAME, confined_file, load_card
 from .catalog import check_name, list_models, read_installed, user_model_dir, write_installed
 from .loader import check_mc_dropout, load_model
 from .registry import ModelSummary, check_model, format_named

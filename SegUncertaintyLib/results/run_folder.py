@@ -16,8 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..core.errors import CancelledError
-from ..core.manifest import MANIFEST, ManifestError, build_manifest, read_manifest, written_files
+from ..core.errors import CancelledError, UsageError
+from ..core.manifest import MANIFEST, ManifestError, build_manifest, model_record, read_manifest, written_files
 from ..core.options import SegmentOptions
 from ..core.vocabulary import MAP_CHOICES
 from ..inference.assembly import MAP_MEANINGS, SegmentationOutputs
@@ -30,6 +30,7 @@ from .overview import save_overview
 # SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores
 # (BENCHMARKS.md, nnU-Net section), at the cost of two volumes in memory at once instead of one.
 IMAGE_WRITERS = 2
+DICOM_FOLDER = "dicom"
 
 
 def run_files(folder: Path) -> set[str] | None:
@@ -48,7 +49,7 @@ def output_folder(out_dir: str | Path) -> OutputFolder:
 
 def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, description: ModelDescription,
                   input_name: str, options: SegmentOptions | None = None, settings: dict | None = None,
-                  cancelled: Callable[[], bool] | None = None) -> Path:
+                  cancelled: Callable[[], bool] | None = None, dicom_sources: Sequence[str] | None = None) -> Path:
     """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest.
 
     ``out_dir``: a folder path, or an :class:`OutputFolder` already entered (the command line takes it
@@ -58,7 +59,9 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     one-sample run, is skipped); ``map_dtype``, the precision of the maps and probabilities (see
     core.vocabulary.MAP_DTYPES); ``overview``; ``save_samples``, also each class's per-sample segmentations on
     the input grid, bit-packed (``samples_<label>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of
-    byte t // 8 is sample t). ``settings``: the manifest's settings (default: ``options.settings(None)``).
+    byte t // 8 is sample t); ``dicom``, also the DICOM objects in ``dicom/`` (:mod:`.dicom_objects`) from
+    ``dicom_sources``, the source series' files in the image's slice order. ``settings``: the manifest's
+    settings (default: ``options.settings(None)``).
     ``cancelled`` is polled between files: CancelledError, nothing published. The manifest lists exactly
     the files written, each image with its dtype.
     """
@@ -66,7 +69,10 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     settings = options.settings(None) if settings is None else settings
     if not isinstance(out_dir, OutputFolder):
         with output_folder(out_dir) as folder:
-            return write_outputs(outputs, folder, description, input_name, options, settings, cancelled)
+            return write_outputs(outputs, folder, description, input_name, options, settings, cancelled,
+                                 dicom_sources)
+    if options.dicom and not dicom_sources:
+        raise UsageError("--dicom needs a DICOM series as input (its files are the objects' sources)")
     fmt, map_dtype = options.format, options.map_dtype
     chosen = set(options.maps or MAP_CHOICES)
 
@@ -109,6 +115,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                 entries.append({"file": f"samples_{name}.npz", "kind": "samples", "label": name,
                                 "meaning": f"Per-sample segmentations of '{name}' on the input grid, bit-packed: "
                                            "bits[t // 8] >> (t % 8) & 1 is sample t"})
+        if options.dicom:
+            entries.append(_dicom_entry(outputs, stage, description, dicom_sources, settings, chosen, check_cancel))
         write_json(outputs.scores, stage / "scores.json")
         entries.append({"file": "scores.json", "kind": "scores",
                         "meaning": "Subject-level scores per class, with definitions and directions"})
@@ -123,6 +131,28 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                                   settings=settings, notes=outputs.notes, outputs=entries)
         write_json(manifest, stage / MANIFEST)
     return out_dir.path / MANIFEST
+
+
+def check_dicom_input(path: str | Path, series: str | None) -> None:
+    """UsageError (exit 2) unless ``path`` is a DICOM series folder: ``--dicom`` objects need their sources."""
+    if series is None and not Path(path).is_dir():
+        raise UsageError(f"--dicom needs a DICOM series as input; {path} is not a DICOM folder")
+
+
+def _dicom_entry(outputs: SegmentationOutputs, stage: Path, description: ModelDescription, sources: Sequence[str],
+                 settings: dict, chosen: set[str], check_cancel: Callable[[], None]) -> dict:
+    """Write the DICOM objects into ``stage/dicom``; the manifest entry of that folder, listing each object."""
+    from .dicom_objects import run_key, write_dicom_objects  # highdicom: only for --dicom
+
+    key = run_key(str(settings.get("dicom_series")),
+                  {"model": model_record(description), "method": outputs.method, "n_samples": outputs.n_samples,
+                   "settings": {k: v for k, v in settings.items() if k != "device_requested"}},
+                  sitk.GetArrayViewFromImage(outputs.segmentation))
+    objects = write_dicom_objects(outputs, stage / DICOM_FOLDER, description, sources, key,
+                                  [m for m in MAP_CHOICES if m in chosen], check_cancel)
+    return {"file": DICOM_FOLDER, "kind": "dicom", "objects": objects,
+            "meaning": "DICOM objects of this run (SEG, Parametric Maps, TID 1500 SR), a new series each in the "
+                       "input's study, UIDs derived from the run's content"}
 
 
 def _in_parallel(function: Callable, jobs: Sequence, check_cancel: Callable[[], None]) -> list:

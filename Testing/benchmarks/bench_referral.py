@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "SegUncertainty")]  # Testing.support; the module's SegUncertaintyMRML
 import slicer  # noqa: E402
-from SegUncertaintyMRML import referral, regions, segments, volumes  # noqa: E402
+from SegUncertaintyMRML import flagged_voxels, regions, segments, volumes  # noqa: E402
 
 from Testing.support import slicer_headless  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> None:
     structure_id = segmentation.GetSegmentation().AddEmptySegment("structure", "structure")
     segments.set_segment_mask(segmentation, structure_id, structure, volume)
 
-    setup_ms, flagging = timed(referral.Referral, segmentation, structure_id, map_node, volume)
+    setup_ms, flagging = timed(flagged_voxels.Referral, segmentation, structure_id, map_node, volume)
     thresholds = np.linspace(0.2, 0.95, args.steps)
     fast, naive = [], []
     naive_id = segmentation.GetSegmentation().AddEmptySegment("naive", "naive")

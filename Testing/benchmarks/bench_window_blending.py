@@ -1,4 +1,4 @@
-"""How window blending changes MI and variance (issue 13): windowed maps against one pass over the whole
+"""How window blending changes MI and variance: windowed maps against one pass over the whole
 volume, on a volume that fits in one window, for three ways of blending the overlapping windows.
 
 - moments: blend E[p], E[p^2], E[H] with the Gaussian weight, derive the maps after stitching (before the fix)

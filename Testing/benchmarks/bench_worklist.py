@@ -1,4 +1,4 @@
-"""Benchmark: stepping through a cohort's worklist in the Slicer module's glue (SegUncertaintyMRML.worklist) in a
+"""Benchmark: stepping through a cohort's worklist in the Slicer module's glue (SegUncertaintyMRML.cohort_scene) in a
 real MRML scene (slicer-core): the time to step to a case (input + results loaded on demand, the case left
 removed) and the image memory the scene holds after each step, against the naive way (import every case and
 keep it); and the edit check (fingerprint, read in place) against hashing masks exported through
@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "SegUncertainty")]  # Testing.support; the
 import SimpleITK as sitk  # noqa: E402
 import slicer  # noqa: E402
 from SegUncertaintyMRML import results, segments, volumes  # noqa: E402
-from SegUncertaintyMRML.worklist import CohortWorklist, fingerprint  # noqa: E402
+from SegUncertaintyMRML.cohort_scene import CohortWorklist, fingerprint  # noqa: E402
 
 from SegUncertaintyLib import cli  # noqa: E402
 from SegUncertaintyLib.cohort.worklist import COLUMNS, write_csv_atomic  # noqa: E402

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-from SegUncertaintyMRML import process, results, volumes
+from SegUncertaintyModule import process
+from SegUncertaintyMRML import results, volumes
 
 from SegUncertaintyLib.models.loader import load_model
 

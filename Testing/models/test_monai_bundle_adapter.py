@@ -91,7 +91,7 @@ def test_bad_bundles_exit_4_with_one_line(tmp_path, capsys, breaker, words):
 
 
 def test_models_add_list_use_by_name_and_remove_a_bundle(tmp_path, monkeypatch, capsys):
-    from SegUncertaintyLib.models.card import sha256_file
+    from SegUncertaintyLib.core.files import sha256_file
 
     monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
     bundle = make_bundle(tmp_path)

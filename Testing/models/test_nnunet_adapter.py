@@ -458,7 +458,7 @@ def test_a_3d_lowres_configuration_is_nnunets_own_output_resampled_down_and_back
         assert min(dices) >= 0.99
         # Measured here (x86_64, 2 cores, CPU): 100 % within 1e-3, max |diff| ~1e-7: each pass resamples
         # nnU-Net's own float16 logits back with its own function. The bounds leave room for the float16 tile
-        # sums (issue 14: up to ~0.1 apart at a handful of voxels). Resampling back with order 0 or 3
+        # sums (up to ~0.1 apart at a handful of voxels). Resampling back with order 0 or 3
         # instead of the plans' order 1 gives 26 % and 32 % within 1e-3; in the anisotropic case, without
         # the separate order-0 pass along the low-resolution axis (or with order 1 there) 42 %.
         assert within >= 0.999 and difference.max() <= 0.1

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "SegUncertainty")]  # Testing.support; the module's SegUncertaintyMRML
 
 import slicer  # noqa: E402
-from SegUncertaintyMRML import overlays, process, referral, regions, results, scenario, segments, volumes  # noqa: E402
+from SegUncertaintyModule import process, scenario  # noqa: E402
+from SegUncertaintyMRML import flagged_voxels, overlays, regions, results, segments, volumes  # noqa: E402
 
 from Testing.support import slicer_headless, slicer_render  # noqa: E402
 
@@ -97,7 +98,7 @@ def render_all(scene, views: dict, tmp: Path, out: Path) -> list[Path]:
     legend.AddViewNodeID(views["Green"].slice_node.GetID())  # one legend in the strip, on its right
     written.append(slicer_render.write_png([v.render() for v in views.values()], out / "three_views.png"))
 
-    flagging = referral.Referral(run.segmentation, brain_id, entropy, volume)
+    flagging = flagged_voxels.Referral(run.segmentation, brain_id, entropy, volume)
     stats = flagging.set_threshold(flagging.threshold_for_percent(3.0))
     _, found = regions.find_regions(flagging.mask, flagging.values, volumes.ijk_to_ras(volume),
                                     flagging.voxel_ml, order="largest", min_voxels=5)

@@ -24,7 +24,8 @@ def _keep_locale() -> Iterator[None]:
 
 def write_series(folder: Path, array: np.ndarray, uid: str, description: str = "T1",
                  spacing=(0.8, 0.9, 2.0), origin=(-10.0, -20.0, 30.0), direction=None, prefix: str = "IM",
-                 skip=(), positions=None) -> list[Path]:
+                 skip=(), positions=None, modality: str = "MR",
+                 frame_of_reference: str = "1.2.826.0.1.3680043.2.1125.9.77") -> list[Path]:
     """``array`` (z, y, x) int16 as one file per slice in ``folder``; returns the files written.
 
     Slice k sits at origin + k * spacing[2] * normal (or at ``positions[k]``); ``skip`` leaves slices out.
@@ -43,7 +44,8 @@ def write_series(folder: Path, array: np.ndarray, uid: str, description: str = "
         image.SetOrigin(position.tolist())
         image.SetDirection(d.flatten().tolist())
         tags = {
-            "0008|0060": "MR", "0010|0020": "PATIENT1", "0020|000d": "1.2.826.0.1.3680043.2.1125.9",
+            "0008|0060": modality, "0020|0052": frame_of_reference,
+            "0010|0020": "PATIENT1", "0020|000d": "1.2.826.0.1.3680043.2.1125.9",
             "0020|000e": uid, "0008|103e": description, "0008|0018": f"{uid}.{k + 1}",
             "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in position),
             "0020|0037": "\\".join(f"{v:.6f}" for v in [*d[:, 0], *d[:, 1]]),

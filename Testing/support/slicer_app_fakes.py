@@ -1,7 +1,7 @@
 """The thin stand-ins for what only Slicer's application has, so SegUncertainty.py runs under slicer-core.
 
 Each stand-in is written from Slicer's source (github.com/Slicer/Slicer, main and v5.12) and reproduces the
-behaviour the module depends on, including the behaviour that caused the bugs of issue 10:
+behaviour the module depends on, including the behaviour that caused earlier bugs:
 
 - ``launch_console_process`` is ``slicer.util.launchConsoleProcess(blocking=False)``
   (Base/Python/slicer/util.py, ``_startAsyncProcessHandling``): a background thread reads the process's
@@ -26,8 +26,12 @@ behaviour the module depends on, including the behaviour that caused the bugs of
 - ``qt``: only ``Qt.ToolTipRole`` (Qt's value, 3) and ``QFileDialog.getExistingDirectory`` /
   ``getOpenFileName``, which return ``file_dialog_answer`` (a test sets it; "" is Cancel, as Qt returns;
   PythonQt's getOpenFileName returns the path alone, not PyQt's (path, filter) tuple).
-- ``slicer.i18n`` (translation returns the text) and ``slicer.app`` (temporaryPath, version 5.13,
-  testingEnabled).
+- ``slicer.i18n`` (translation returns the text) and ``slicer.app`` (temporaryPath, defaultScenePath, version
+  5.13, testingEnabled).
+- the module widget's C++ parent (``ModuleWidgetParent``): ``isEntered`` only between ``enter_module`` and
+  ``exit_module``, as qSlicerAbstractModuleWidget sets it; ``slicer.qSlicerSegmentEditorEffectFactory``: the
+  effectRegistered(QString) signal, by PythonQt's signature-string connect.
+- the event loop stops polling a process whose line callback raised, as Slicer's checkOutput does.
 
 The MRML scene, the logics, the nodes and the processes are real.
 """
@@ -75,9 +79,31 @@ class ScriptedLoadableModuleLogic:
         return slicer.mrmlScene.AddNode(node)
 
 
+class ModuleWidgetParent:
+    """The C++ qSlicerScriptedLoadableModuleWidget behind a Python module widget: ``isEntered`` is True only
+    between entering and leaving the module, set before the Python enter() and cleared before its exit()
+    (Base/QTGUI/qSlicerAbstractModuleWidget.cxx lines 54-67, qSlicerScriptedLoadableModuleWidget.cxx 216-229).
+    Tests switch modules with ``enter_module`` / ``exit_module``."""
+
+    def __init__(self):
+        self.isEntered = False
+
+
+def enter_module(widget) -> None:
+    """The user selects the module (Slicer: qSlicerScriptedLoadableModuleWidget::enter)."""
+    widget.parent.isEntered = True
+    widget.enter()
+
+
+def exit_module(widget) -> None:
+    """The user switches to another module (Slicer: qSlicerScriptedLoadableModuleWidget::exit)."""
+    widget.parent.isEntered = False
+    widget.exit()
+
+
 class _Base:
     def __init__(self, parent=None):
-        self.parent = parent if parent is not None else types.SimpleNamespace(isEntered=True)
+        self.parent = parent if parent is not None else ModuleWidgetParent()
 
 
 class ScriptedLoadableModuleWidget(_Base):
@@ -148,7 +174,10 @@ def launch_console_process(args, useStartupEnvironment=True, updateEnvironment=N
 
 
 def process_events() -> None:
-    """One pass of the main thread's event loop: every due poll delivers what its queue holds."""
+    """One pass of the main thread's event loop: every due poll delivers what its queue holds. A callback that
+    raises ends its process's polling for good (Slicer's checkOutput reschedules itself only after the
+    callbacks returned, and catches nothing: Base/Python/slicer/util.py, v5.12.0, lines 4177-4208); the
+    exception reaches the event loop (here: the caller)."""
     for entry in list(_pending):
         proc, output, on_line, on_done = entry
         while True:
@@ -158,7 +187,11 @@ def process_events() -> None:
                 break
             if kind == "line":
                 if on_line:
-                    on_line(data)
+                    try:
+                        on_line(data)
+                    except Exception:
+                        _pending.remove(entry)
+                        raise
             else:
                 _pending.remove(entry)
                 if on_done:
@@ -197,6 +230,32 @@ def write_launcher(folder: Path) -> Path:
     return path
 
 
+class EffectFactory:
+    """qSlicerSegmentEditorEffectFactory.instance(): PythonQt's connect/disconnect by signal signature;
+    ``register`` emits effectRegistered(QString) as registerEffect does."""
+
+    def __init__(self):
+        self.slots: dict[str, list] = {}
+
+    def connect(self, signal: str, slot) -> None:
+        self.slots.setdefault(signal, []).append(slot)
+
+    def disconnect(self, signal: str, slot) -> bool:
+        """False, nothing else, when the slot is not connected (QObject::disconnect)."""
+        slots = self.slots.get(signal, [])
+        if slot not in slots:
+            return False
+        slots.remove(slot)
+        return True
+
+    def register(self, name: str) -> None:
+        for slot in list(self.slots.get("effectRegistered(QString)", [])):
+            slot(name)
+
+
+effect_factory = EffectFactory()
+
+
 # -- messages shown to the user -----------------------------------------------------------------------------
 file_dialog_answer: list[str] = [""]  # what the next QFileDialog returns ("" = the user cancelled)
 shown_messages: list[tuple[str, str]] = []  # (kind, text) of errorDisplay / infoDisplay / warningDisplay
@@ -220,7 +279,9 @@ def install() -> None:
             ScriptedLoadableModuleLogic=ScriptedLoadableModuleLogic)
     _module("slicer.parameterNodeWrapper", **slicer_qt_fakes.parameter_node_wrapper_module())
     slicer.app = types.SimpleNamespace(temporaryPath=tempfile.gettempdir(), majorVersion=5, minorVersion=13,
+                                       defaultScenePath=str(Path(tempfile.gettempdir()) / "SlicerScenes"),
                                        testingEnabled=lambda: True, processEvents=process_events)
+    slicer.qSlicerSegmentEditorEffectFactory = types.SimpleNamespace(instance=lambda: effect_factory)
     slicer.util.launchConsoleProcess = launch_console_process
     slicer.util.loadUI = slicer_qt_fakes.load_ui
     slicer.util.childWidgetVariables = slicer_qt_fakes.child_widget_variables

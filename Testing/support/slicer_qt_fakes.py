@@ -33,9 +33,11 @@ class Signal:
 
 
 class Widget:
-    """A generic widget: Qt properties as attributes; methods without behaviour here are recorded no-ops."""
+    """A generic widget: Qt properties as attributes, the methods in NO_OPS recorded in ``calls`` and doing
+    nothing. Any other attribute raises AttributeError, as PythonQt does for a name the Qt class lacks."""
 
     SIGNALS = ("clicked",)
+    NO_OPS: tuple[str, ...] = ()
 
     def __init__(self, name: str, properties: dict | None = None):
         self.objectName, self.enabled, self.visible, self.text, self.toolTip = name, True, True, "", ""
@@ -48,9 +50,116 @@ class Widget:
         return self._properties.get(name)
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return lambda *args, **kwargs: self.calls.append((name, *args))
+        if name in type(self).NO_OPS:
+            return lambda *args, **kwargs: self.calls.append((name, *args))
+        raise AttributeError(f"'{type(self).__name__}' object ('{self.objectName}') has no attribute '{name}'")
+
+
+class UiRoot(Widget):
+    """The widget loadUI returns; setMRMLScene reaches the widgets the .ui's <connections> name as receivers
+    of mrmlSceneChanged -> setMRMLScene (Qt makes those connections when the .ui is loaded)."""
+
+    def __init__(self, children: dict, scene_receivers: list[str]):
+        super().__init__("root")
+        self._children, self._scene_receivers = children, scene_receivers
+
+    def setMRMLScene(self, scene) -> None:
+        for name in self._scene_receivers:
+            receiver = self._children[name]
+            if hasattr(receiver, "setMRMLScene"):
+                receiver.setMRMLScene(scene)
+
+
+class ProgressBar(Widget):
+    SIGNALS = ()
+
+    def __init__(self, name, properties=None):
+        super().__init__(name, properties)
+        self.value = int(self._properties.get("value") or 0)
+
+
+class PlainTextEdit(Widget):
+    """QPlainTextEdit: its lines (appendPlainText, clear)."""
+
+    SIGNALS = ()
+
+    def __init__(self, name, properties=None):
+        super().__init__(name, properties)
+        self.lines: list[str] = []
+
+    def appendPlainText(self, text: str) -> None:
+        self.lines.append(text)
+
+    def clear(self) -> None:
+        self.lines.clear()
+
+
+class DirectoryButton(Widget):
+    """ctkDirectoryButton: ``directory`` is QDir().path(), ".", until set (CTK's
+    Libs/Widgets/ctkDirectoryButton.cpp keeps a default-constructed QDir)."""
+
+    SIGNALS = ("directoryChanged",)
+
+    def __init__(self, name, properties=None):
+        super().__init__(name, properties)
+        self.directory = self._properties.get("directory") or "."
+
+
+class SegmentEditorWidget(Widget):
+    """qMRMLSegmentEditorWidget over a real vtkSlicerSegmentEditorLogic, as the widget is in Slicer 5.12
+    (Modules/Loadable/Segmentations/Widgets/qMRMLSegmentEditorWidget.cxx): setMRMLSegmentEditorNode sets the
+    logic's editor node (lines 1248-1272), setSegmentationNode sets it through that node and deactivates the
+    effect (1319-1330), saveStateForUndo / undo / redo are the logic's (1993-1997, 2286-2298). So a
+    segmentation set while the editor node is no longer in the scene resolves to nothing, and Undo then does
+    nothing, as in Slicer. Effects and view observations are recorded only."""
+
+    SIGNALS = ()
+    NO_OPS = ("updateEffectList", "removeViewObservations", "installKeyboardShortcuts", "uninstallKeyboardShortcuts")
+
+    def __init__(self, name, properties=None):
+        super().__init__(name, properties)
+        self.Logic = slicer.vtkSlicerSegmentEditorLogic()
+        self.Logic.SetMRMLApplicationLogic(getattr(slicer, "app_logic", None))
+        self._editor_node, self._active_effect = None, None
+
+    def setMRMLScene(self, scene) -> None:
+        self.Logic.SetMRMLScene(scene)
+
+    def setMRMLSegmentEditorNode(self, node) -> None:
+        if node is not self._editor_node:
+            self._editor_node = node
+            self.Logic.SetSegmentEditorNode(node)
+
+    def mrmlSegmentEditorNode(self):
+        return self._editor_node
+
+    def setSegmentationNode(self, node) -> None:
+        if self.Logic.GetSegmentationNode() is node:
+            return
+        self.Logic.SetSegmentationNode(node)
+        self.setActiveEffect(None)
+
+    def segmentationNode(self):
+        return self.Logic.GetSegmentationNode()
+
+    def setSourceVolumeNode(self, node) -> None:
+        self.Logic.SetSourceVolumeNode(node)
+
+    def setActiveEffect(self, effect) -> None:
+        self._active_effect = effect
+        self.calls.append(("setActiveEffect", effect))
+
+    def activeEffect(self):
+        return self._active_effect
+
+    def saveStateForUndo(self) -> None:
+        self.Logic.SaveStateForUndo()
+
+    def undo(self) -> None:
+        self.Logic.Undo()
+
+    def redo(self) -> None:
+        self.Logic.Redo()
 
 
 class QComboBox(Widget):
@@ -161,13 +270,35 @@ class ValueWidget(Widget):
 
 
 class NodeComboBox(Widget):
-    """qMRMLNodeComboBox: the current node; currentNodeChanged on a change."""
+    """qMRMLNodeComboBox: the current node; currentNodeChanged on a change. ``listedNodes()`` is what the list
+    offers, filtered as qMRMLSortFilterProxyModel::filterAcceptsNode does for the properties used here
+    (Libs/MRML/Widgets/qMRMLSortFilterProxyModel.cxx): a node of one of ``nodeTypes`` (exactly that class when
+    showChildNodeTypes is false), not hidden from editors, not in ``sortFilterProxyModel().hiddenNodeIDs``."""
 
     SIGNALS = ("currentNodeChanged",)
 
     def __init__(self, name, properties=None):
         super().__init__(name, properties)
-        self._node = None
+        self._node, self._scene = None, None
+        self._proxy = type("qMRMLSortFilterProxyModel", (), {"hiddenNodeIDs": []})()
+        self.nodeTypes = list(self._properties.get("nodeTypes") or [])
+        self.showChildNodeTypes = self._properties.get("showChildNodeTypes", True)
+
+    def setMRMLScene(self, scene) -> None:
+        self._scene = scene
+
+    def sortFilterProxyModel(self):
+        return self._proxy
+
+    def listedNodes(self) -> list:
+        listed = []
+        for index in range(self._scene.GetNumberOfNodes()):
+            node = self._scene.GetNthNode(index)
+            typed = any(node.GetClassName() == t if not self.showChildNodeTypes else node.IsA(t)
+                        for t in self.nodeTypes)
+            if typed and not node.GetHideFromEditors() and node.GetID() not in self._proxy.hiddenNodeIDs:
+                listed.append(node)
+        return listed
 
     def currentNode(self):
         return self._node
@@ -201,20 +332,62 @@ class CheckBox(Widget):
     checked = property(lambda self: self._checked, _set_checked)
 
 
+class TableItem:
+    """A QStandardItem's tooltip."""
+
+    def __init__(self):
+        self._tooltip = ""
+
+    def setToolTip(self, text: str) -> None:
+        self._tooltip = text
+
+    def toolTip(self) -> str:
+        return self._tooltip
+
+
 class TableView(Widget):
-    """qMRMLTableView: its model's items (none here: tooltips are not checked)."""
+    """qMRMLTableView: qMRMLTableModel makes new items, so without tooltips, whenever the table node is
+    modified (Libs/MRML/Widgets/qMRMLTableModel.cxx: onMRMLTableNodeModified -> updateModelFromMRML)."""
+
+    SIGNALS = ()
+    NO_OPS = ("setColumnHidden", "setMRMLScene")
+
+    def __init__(self, name, properties=None):
+        super().__init__(name, properties)
+        self._node, self._items, self._built_at = None, {}, None
+
+    def setMRMLTableNode(self, node) -> None:
+        self.calls.append(("setMRMLTableNode", node))
+        self._node = node
+
+    def mrmlTableNode(self):
+        return self._node
 
     def tableModel(self):
-        return type("Model", (), {"item": staticmethod(lambda row, column: None)})()
+        view = self
+        if self._node is not None and self._built_at != self._node.GetMTime():
+            self._items, self._built_at = {}, self._node.GetMTime()
+
+        class Model:
+            def item(self, row: int, column: int):
+                if view._node is None:
+                    return None
+                return view._items.setdefault((row, column), TableItem())
+
+        return Model()
 
 
-WIDGET_CLASSES = {"qMRMLTableView": TableView, "QComboBox": QComboBox, "ctkComboBox": QComboBox,
+WIDGET_CLASSES = {"qMRMLTableView": TableView, "QProgressBar": ProgressBar, "QPlainTextEdit": PlainTextEdit,
+                  "ctkDirectoryButton": DirectoryButton, "qMRMLSegmentEditorWidget": SegmentEditorWidget,
+                  "QComboBox": QComboBox, "ctkComboBox": QComboBox,
                   "QSpinBox": ValueWidget,
                   "QDoubleSpinBox": ValueWidget, "ctkSliderWidget": ValueWidget, "qMRMLNodeComboBox": NodeComboBox,
                   "QLineEdit": LineEdit, "QCheckBox": CheckBox}
 
 
 def _property_value(element):
+    if element.find("stringlist") is not None:
+        return [child.text or "" for child in element.find("stringlist").findall("string")]
     for tag, convert in (("string", str), ("double", float), ("number", float), ("bool", lambda t: t == "true")):
         child = element.find(tag)
         if child is not None:
@@ -225,13 +398,14 @@ def _property_value(element):
 def load_ui(path: str):
     """slicer.util.loadUI: here, the .ui's widgets (by name, in file order) as stand-in widgets."""
     widgets = {}
-    for element in ET.parse(path).iter("widget"):
+    tree = ET.parse(path)
+    for element in tree.iter("widget"):
         properties = {p.get("name"): _property_value(p) for p in element.findall("property")}
         cls = WIDGET_CLASSES.get(element.get("class"), Widget)
         widgets[element.get("name")] = cls(element.get("name"), properties)
-    root = Widget("root")
-    root._children = widgets
-    return root
+    receivers = [c.findtext("receiver") for c in tree.iter("connection")
+                 if (c.findtext("slot") or "").startswith("setMRMLScene")]
+    return UiRoot(widgets, receivers)
 
 
 def child_widget_variables(root):

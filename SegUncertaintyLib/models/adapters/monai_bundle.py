@@ -18,8 +18,9 @@ import SimpleITK as sitk
 import torch
 
 from ...core.errors import ModelError
+from ...core.files import sha256_file
 from ...core.methods import SampleSpec, check_capable, plan_samples
-from ..card import Member, sha256_file
+from ..card import Member
 from ..description import ModelDescription
 from ..dropout import count_active_dropout, set_dropout
 from ..registry import MONAI_BUNDLE, ModelSummary, bundle_config

@@ -17,7 +17,6 @@ import contextlib
 import importlib
 import inspect
 import io
-import json
 import math
 import pkgutil
 import re
@@ -31,9 +30,10 @@ import torch
 
 from ...core import spill
 from ...core.errors import ModelError
+from ...core.files import read_json_object, sha256_file
 from ...core.methods import SampleSpec, check_capable, parse_method, plan_samples
 from ...core.spill import InMemoryArray, RawArray, SlabWriter, spill_if_large
-from ..card import Member, sha256_file
+from ..card import Member
 from ..description import ModelDescription
 from ..dropout import count_active_dropout, set_dropout
 from ..registry import NNUNET, ModelSummary, nnunet_model_folder
@@ -56,16 +56,6 @@ def _nnunet():
     except ImportError as exc:
         raise ModelError(f"{INSTALL_HINT} ({exc})") from exc
     return predict_from_raw_data
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"nnU-Net model: cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"nnU-Net model: {path} must hold a JSON object")
-    return data
 
 
 def find_folds(folder: Path) -> list[tuple[str, Path]]:
@@ -150,8 +140,8 @@ class NnUNetModel(WholeVolumeModel):
         self.folder = Path(folder)
         self.name = name or self.folder.name
         self.notes: list[str] = []
-        self.dataset_json = _read_json(self.folder / "dataset.json")
-        plans = _read_json(self.folder / "plans.json")
+        self.dataset_json = read_json_object(self.folder / "dataset.json", "nnU-Net file", ModelError)
+        plans = read_json_object(self.folder / "plans.json", "nnU-Net file", ModelError)
         self.folds = find_folds(self.folder)
         checkpoints = [load_checkpoint(path) for _, path in self.folds]
         first = checkpoints[0]
@@ -267,7 +257,7 @@ class NnUNetModel(WholeVolumeModel):
         path = self.folder / SCORE_REFERENCE
         if not path.is_file():
             return {}
-        reference = _read_json(path)
+        reference = read_json_object(path, "nnU-Net file", ModelError)
         if not isinstance(reference.get("classes"), dict):
             raise ModelError(f"nnU-Net model {self.folder.name}: {SCORE_REFERENCE} needs a 'classes' object")
         return {"score_reference": reference}

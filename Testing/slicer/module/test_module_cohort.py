@@ -13,7 +13,7 @@ from Testing.support import slicer_app_fakes
 
 slicer_app_fakes.install()
 import slicer  # noqa: E402
-from SegUncertaintyMRML.worklist import CASE_ATTRIBUTE  # noqa: E402
+from SegUncertaintyMRML.cohort_scene import CASE_ATTRIBUTE  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
 from SegUncertaintyLib.cohort import review  # noqa: E402
@@ -37,6 +37,7 @@ def cohort(cohort_template, tmp_path):
 def widget(mrml_scene):
     panel = module.SegUncertaintyWidget()
     panel.setup()
+    slicer_app_fakes.enter_module(panel)
     slicer_app_fakes.shown_messages.clear()
     yield panel
     panel.cleanup()
@@ -92,6 +93,7 @@ def test_open_step_review_and_mark_through_the_panel(widget, cohort, mrml_scene)
 
     reopened = module.SegUncertaintyWidget()  # a second panel (another Slicer) shows the mark on opening
     reopened.setup()
+    slicer_app_fakes.enter_module(reopened)
     try:
         reopened.openWorklist(str(cohort))
         assert reopened.ui.cohortNoteLineEdit.text == "fine" and "Reviewed " in reopened.ui.cohortCaseLabel.text

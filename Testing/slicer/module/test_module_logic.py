@@ -15,12 +15,11 @@ from Testing.support import slicer_app_fakes, slicer_headless
 
 slicer_app_fakes.install()
 import slicer  # noqa: E402
-from SegUncertaintyModule import environment, parameters  # noqa: E402
+from SegUncertaintyModule import environment, parameters, process  # noqa: E402
 from SegUncertaintyMRML import (  # noqa: E402
+    flagged_voxels,
     overlays,
     persistence,
-    process,
-    referral,
     results,
     segments,
     volumes,
@@ -136,10 +135,10 @@ def test_export_and_restore_after_scene_reload(logic_with_run, mrml_scene, tmp_p
     restored = new_logic().restoreRun(segmentation)
     assert restored is not None and restored.name == run.name
     assert set(restored.maps) == set(run.maps) and restored.scores is not None
-    flagged_node = restored.segmentation.GetNodeReference(referral.FLAGGED_REFERENCE)
+    flagged_node = restored.segmentation.GetNodeReference(flagged_voxels.FLAGGED_REFERENCE)
     assert flagged_node is not None and results.find_runs(scene)[run.name]["flagged"] is flagged_node
-    assert segments.segment_id_by_name(flagged_node, referral.FLAGGED_SEGMENT) is not None
-    assert segments.segment_id_by_name(restored.segmentation, referral.FLAGGED_SEGMENT) is None
+    assert segments.segment_id_by_name(flagged_node, flagged_voxels.FLAGGED_SEGMENT) is not None
+    assert segments.segment_id_by_name(restored.segmentation, flagged_voxels.FLAGGED_SEGMENT) is None
     assert new_logic().restoreRun(None) is None
     assert results.find_runs(scene)[run.name]["segmentation"] is segmentation
 
@@ -219,7 +218,7 @@ def test_cancelled_run_leaves_the_scene_exactly_as_it_was(mrml_scene, head_run, 
     assert logic.run is None and list(temporary.iterdir()) == []
 
 
-# -- models: the list and Add model... (issue 14 item 4) -----------------------------------------------------
+# -- models: the list and Add model... -----------------------------------------------------------------------
 def broken_user_model(home: Path) -> Path:
     folder = home / "models" / "broken"
     folder.mkdir(parents=True)
@@ -348,3 +347,58 @@ def test_an_onnx_model_is_run_by_name_like_any_card_model(mrml_scene, new_logic,
     choices = {c.name: c for c in new_logic().modelChoices()}
     assert choices["graph-model"].usable and "ONNX (user)" in choices["graph-model"].tooltip
     assert choices["graph-model"].argument == "graph-model"
+
+
+# -- installing packages: never replace the PyTorch extension's torch ----------------------------------------
+def test_packages_install_with_the_installed_torch_pinned_and_the_format_package(mrml_scene, new_logic, tmp_path,
+                                                                                  monkeypatch):
+    """Missing packages go to slicer.packaging.pip_install with a constraints file (Slicer 5.12's
+    ``constraints=``, passed to pip as ``-c``) that pins the installed torch; a model whose format needs a
+    package (nnunetv2, onnxruntime; here a card model given a package that is not installed) gets it too,
+    offered by the module rather than by a pip hint for the library's extras."""
+    import importlib.metadata
+
+    from SegUncertaintyModule import models_logic
+
+    from Testing.support.tiny_models import write_threshold_model
+
+    monkeypatch.setitem(models_logic.PIP_REQUIREMENTS, "absent_package_x", "absent-package-x>=1")
+    monkeypatch.setitem(models_logic.FORMAT_REQUIREMENTS, "card", ("absent_runtime_y", "absent-runtime-y>=2"))
+    slicer.app.temporaryPath = str(tmp_path)
+    calls = []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, *a, **k: True, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **kwargs: calls.append(
+        (requirements, Path(kwargs["constraints"]).read_text())), raising=False)
+    model = write_threshold_model(tmp_path / "model")
+    assert models_logic.ModelsLogic.modelFormat(str(model)) == "card"
+    assert new_logic().ensureDependencies(ask=True, model=str(model)) is False  # still absent: not ready
+    (requirements, constraints), = calls
+    assert requirements == ["absent-package-x>=1", "absent-runtime-y>=2"]
+    assert f"torch=={importlib.metadata.version('torch')}" in constraints.splitlines()
+
+
+# -- a transformed input ---------------------------------------------------------------------------------------
+def test_a_transformed_inputs_results_follow_its_transform(mrml_scene, head_run, new_logic):
+    """The results hold the input's own geometry: every run node, the flagged one included, goes under the
+    input's parent transform, and stepping to a region centres the views on its world position."""
+    import vtk
+
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = np.array([40.0, -25.0, 10.0])
+    matrix = vtk.vtkMatrix4x4()
+    for axis in range(3):
+        matrix.SetElement(axis, 3, shift[axis])
+    transform.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    logic = new_logic()
+    run = logic.importRun(head_run[1], volume)
+    flagging = logic.showMap("entropy", "Inferno", 0.5)
+    logic.setThreshold(flagging.threshold_for_percent(5.0))
+    nodes = [n for n in (*run.all_nodes(), flagging.flagged_node) if n and n.IsA("vtkMRMLTransformableNode")]
+    assert len(nodes) >= 5 and all(n.GetTransformNodeID() == transform.GetID() for n in nodes)
+    region = logic.stepRegion(1)
+    world = np.asarray(region.focus_ras) + shift
+    for slice_node in slicer.util.getNodesByClass("vtkMRMLSliceNode", mrml_scene):
+        centre = np.array([slice_node.GetSliceToRAS().GetElement(axis, 3) for axis in range(3)])
+        assert np.allclose(centre, world, atol=1e-3), slice_node.GetName()

@@ -1,6 +1,6 @@
 """The module's panel (SegUncertaintyWidget) as it will behave in Slicer: built from the real .ui, bound to a
 real parameter node on a real MRML scene, with the stand-ins of slicer_app_fakes / slicer_qt_fakes for what
-only the application has. Those reproduce what caused issue 10's bugs:
+only the application has. Those reproduce what caused earlier bugs:
 
 - the PythonSlicer launcher: a real launcher process with the interpreter as its child, forwarding no signal;
 - launchConsoleProcess(blocking=False): callbacks only on the main thread, when the event loop polls (100 ms);
@@ -23,9 +23,10 @@ from Testing.support import slicer_app_fakes
 
 slicer_app_fakes.install()
 import SegUncertaintyModule  # noqa: E402
+import SegUncertaintyMRML  # noqa: E402
 import slicer  # noqa: E402
 from SegUncertaintyModule import environment, review_logic  # noqa: E402
-from SegUncertaintyMRML import referral, segments, volumes  # noqa: E402
+from SegUncertaintyMRML import flagged_voxels, segments, volumes  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
 
@@ -45,9 +46,12 @@ def clean_up_widgets():
 
 
 def make_widget():
+    """A panel as Slicer makes it when the user first selects the module: setup(), then enter()."""
     widget = module.SegUncertaintyWidget()
     widget.setup()
     _widgets.append(widget)
+    if widget.logic is not None:
+        slicer_app_fakes.enter_module(widget)
     return widget
 
 
@@ -155,8 +159,8 @@ def test_reentering_and_colormap_keep_the_threshold_and_the_referral(widget_with
     logic.stepRegion(1)
     navigator, chart = logic.navigator, logic.curveChart()
 
-    widget.exit()
-    widget.enter()  # connectGui clears and refills every combo box
+    slicer_app_fakes.exit_module(widget)
+    slicer_app_fakes.enter_module(widget)  # connectGui clears and refills every combo box
     widget.ui.colormapComboBox.currentIndex = widget.ui.colormapComboBox.items.index("Viridis")
     assert params.colormap == "Viridis"
     assert run.maps["entropy"].GetDisplayNode().GetColorNodeID().endswith("Viridis.txt")
@@ -183,7 +187,7 @@ def test_smallest_region_takes_effect_at_once(widget_with_run):
 def test_exit_removes_the_parameter_node_observer(widget_with_run):
     widget, _, _ = widget_with_run
     params = widget._parameterNode
-    widget.exit()
+    slicer_app_fakes.exit_module(widget)
     calls = []
     widget.logic.applyParameters = lambda p: calls.append(p) or set()
     params.colormap = "Viridis"
@@ -224,7 +228,7 @@ def test_undo_after_correction_and_threshold_change_keeps_display_and_statistics
     assert logic.stats.voxels == int(flagged.sum())
     assert np.array_equal(segments.segment_mask(run.segmentation, brain, volume), before)
     assert logic.stats.inside_segmentation == int((flagged & before).sum())
-    assert segments.segment_id_by_name(run.segmentation, referral.FLAGGED_SEGMENT) is None
+    assert segments.segment_id_by_name(run.segmentation, flagged_voxels.FLAGGED_SEGMENT) is None
     logic.redo()
     after = segments.segment_mask(run.segmentation, brain, volume)
     assert not np.array_equal(after, before) and logic.stats.inside_segmentation == int((flagged & after).sum())
@@ -263,6 +267,9 @@ def test_older_slicer_is_refused_with_a_message(mrml_scene, monkeypatch):
     slicer_app_fakes.shown_messages.clear()
     widget = make_widget()
     assert widget.logic is None and "5.12" in slicer_app_fakes.shown_messages[-1][1]
+    slicer_app_fakes.enter_module(widget)  # switching modules and unloading raise nothing
+    slicer_app_fakes.exit_module(widget)
+    widget.cleanup()
     logic = module.SegUncertaintyLogic()
     try:
         with pytest.raises(RuntimeError, match="5.12"):
@@ -274,7 +281,8 @@ def test_older_slicer_is_refused_with_a_message(mrml_scene, monkeypatch):
 @pytest.fixture
 def restored_modules():
     """The module and its parts as they were before a test that reloads them (reload changes them in place)."""
-    names = ["SegUncertainty", *(f"SegUncertaintyModule.{part}" for part in SegUncertaintyModule.PARTS)]
+    names = ["SegUncertainty", *(f"SegUncertaintyModule.{part}" for part in SegUncertaintyModule.PARTS),
+             *(f"SegUncertaintyMRML.{part}" for part in SegUncertaintyMRML.PARTS)]
     saved = {name: (sys.modules[name], dict(sys.modules[name].__dict__)) for name in names}
     yield
     for name, (mod, namespace) in saved.items():
@@ -288,7 +296,9 @@ def test_reload_builds_the_panel_and_logic_from_the_reloaded_parts(mrml_scene, r
     from the parts' new code, not from the parts imported before the reload."""
     widget = make_widget()
     old_logic_class, old_run_panel = module.SegUncertaintyLogic, sys.modules["SegUncertaintyModule.run_panel"].RunPanel
+    old_referral = sys.modules["SegUncertaintyMRML.flagged_voxels"].Referral
     widget.onReload()
+    assert sys.modules["SegUncertaintyMRML.flagged_voxels"].Referral is not old_referral, "the MRML glue is reloaded"
     reloaded = sys.modules["SegUncertainty"]
     parts = {part: sys.modules[f"SegUncertaintyModule.{part}"] for part in SegUncertaintyModule.PARTS}
     assert reloaded is not module and reloaded.SegUncertaintyLogic is not old_logic_class
@@ -304,17 +314,20 @@ def test_reload_builds_the_panel_and_logic_from_the_reloaded_parts(mrml_scene, r
     assert parts["run_logic"].slicerVersionProblem is parts["environment"].slicerVersionProblem
 
 
-def test_reload_order_puts_each_part_after_the_parts_it_imports():
-    """SegUncertaintyModule.PARTS names every file of the package, each after those it imports."""
-    folder = Path(SegUncertaintyModule.__file__).parent
-    assert set(SegUncertaintyModule.PARTS) == {p.stem for p in folder.glob("*.py")} - {"__init__"}
-    for index, part in enumerate(SegUncertaintyModule.PARTS):
+@pytest.mark.parametrize("package", [SegUncertaintyModule, SegUncertaintyMRML])
+def test_reload_order_puts_each_part_after_the_parts_it_imports(package):
+    """PARTS names every file of the package, each after those it imports."""
+    folder = Path(package.__file__).parent
+    assert set(package.PARTS) == {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    for index, part in enumerate(package.PARTS):
         tree = ast.parse((folder / f"{part}.py").read_text())
-        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
-        assert imported <= set(SegUncertaintyModule.PARTS[:index]), (part, imported)
+        relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1]
+        imported = {node.module for node in relative if node.module} | {
+            alias.name for node in relative if node.module is None for alias in node.names}  # from . import x
+        assert imported <= set(package.PARTS[:index]), (part, imported)
 
 
-# -- issue 14 item 4: the model list and Add model... ---------------------------------------------------------
+# -- the model list and Add model... ------------------------------------------------------------------------
 def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(mrml_scene, tmp_path, monkeypatch):
     """Every installed model is listed (a broken one greyed out with its reason); Add model... installs through
     the logic, selects the new model through the parameter, shows a failure's one line; refilling the list
@@ -346,9 +359,115 @@ def test_model_list_and_add_model_button_keep_the_parameter_the_source_of_truth(
     assert combo.items == [*bundled, "broken", "threshold-src"]  # bundled first, then by folder name
     assert params.model == combo.currentText == "threshold-src" and combo.disabled == {broken_index}
 
-    widget.exit()
-    widget.enter()  # the list is refilled: clear() and the first addItem emit, the parameter must not follow
+    slicer_app_fakes.exit_module(widget)
+    slicer_app_fakes.enter_module(widget)  # the list is refilled: clear() and addItem emit; the parameter stays
     assert params.model == combo.currentText == "threshold-src"
     slicer_app_fakes.file_dialog_answer[0] = ""  # Cancel
     widget.ui.addModelButton.clicked.emit()
     assert params.model == "threshold-src" and len(slicer_app_fakes.shown_messages) == 1
+
+
+# -- the panel's life in Slicer: Close Scene, module switches, effects, re-entry -----------------------------
+def test_undo_through_the_embedded_editor_works_after_close_scene(widget_with_run, tmp_path):
+    """Close Scene removes the editor node; the panel must select a new one (as Slicer's Segment Editor module
+    does on EndClose / EndImport), so that a correction saved in the embedded editor's history is reverted by
+    the panel's Undo button, which calls the editor's undo. One editor node, whatever the number of runs."""
+    from SegUncertaintyMRML import persistence
+
+    widget, run, _ = widget_with_run
+    persistence.save_scene(slicer.mrmlScene, tmp_path / "review.mrb")
+    slicer.mrmlScene.Clear(0)
+    persistence.load_scene(slicer.mrmlScene, tmp_path / "review.mrb", slicer.app_logic)
+    logic, editor = widget.logic, widget.ui.segmentEditorWidget
+    assert editor.mrmlSegmentEditorNode().GetScene() is slicer.mrmlScene
+    assert editor.segmentationNode() is logic.run.segmentation
+    brain, volume = logic.structureSegmentId(), logic.inputVolume
+    before = segments.segment_mask(logic.run.segmentation, brain, volume)
+    widget.ui.nextRegionButton.clicked.emit()
+    widget.ui.removeRegionButton.clicked.emit()
+    assert "Undo reverts" in widget.ui.regionLabel.text
+    assert not np.array_equal(segments.segment_mask(logic.run.segmentation, brain, volume), before)
+    widget.ui.undoButton.clicked.emit()
+    assert np.array_equal(segments.segment_mask(logic.run.segmentation, brain, volume), before)
+    assert len(slicer.util.getNodesByClass("vtkMRMLSegmentEditorNode")) == 1
+
+
+def test_leaving_the_module_stops_the_effect_and_later_effects_are_listed(widget_with_run):
+    widget, _, _ = widget_with_run
+    editor = widget.ui.segmentEditorWidget
+    editor.setActiveEffect("Paint")
+    slicer_app_fakes.exit_module(widget)
+    assert editor.activeEffect() is None and ("removeViewObservations",) in editor.calls
+    slicer_app_fakes.effect_factory.register("Local threshold")  # an extension registers an effect later
+    assert editor.calls.count(("updateEffectList",)) == 1
+    widget.cleanup()
+    slicer_app_fakes.effect_factory.register("Another")
+    assert editor.calls.count(("updateEffectList",)) == 1, "cleanup disconnects"
+
+
+def test_reentry_keeps_the_threshold_range_and_export_defaults_to_the_scene_folder(widget_with_run):
+    widget, _, _ = widget_with_run
+    maximum = max(widget.logic.flagging.maximum, widget._parameterNode.threshold)
+    assert widget.ui.thresholdSlider.maximum == pytest.approx(maximum)
+    slicer_app_fakes.exit_module(widget)
+    slicer_app_fakes.enter_module(widget)  # connectGui sets the slider to the parameter's range, 0-10
+    assert widget.ui.thresholdSlider.maximum == pytest.approx(maximum)
+    assert widget.ui.exportDirectoryButton.directory == slicer.app.defaultScenePath
+    with pytest.raises(AttributeError):
+        getattr(widget.ui.exportDirectoryButton, "notAQtMethod")  # noqa: B009  (PythonQt: no such attribute)
+
+
+def test_methods_inputs_and_score_tooltips_in_the_panel(widget_with_run):
+    """Readable method names bound to the parameter; the input list offers neither label maps nor a run's
+    maps; the scores' tooltips survive the table view rebuilding its items."""
+    from SegUncertaintyLib.core.methods import METHOD_LABELS
+
+    widget, run, volume = widget_with_run
+    combo, params = widget.ui.methodComboBox, widget._parameterNode
+    assert combo.items == list(METHOD_LABELS.values()) and combo.currentText == METHOD_LABELS[params.method]
+    combo.currentIndex = combo.items.index("Ensemble + TTA")
+    assert params.method == "ensemble+tta"
+    params.method = "softmax"
+    assert combo.currentText == "Softmax (one pass)"
+
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    listed = widget.ui.inputVolumeSelector.listedNodes()
+    assert volume in listed and labelmap not in listed and not set(run.maps.values()) & set(listed)
+
+    view = widget.ui.scoresTableView
+    first = view.tableModel().item(0, 0).toolTip()
+    assert first
+    run.scores.Modified()  # qMRMLTableModel makes new items
+    assert view.tableModel().item(0, 0).toolTip() == first
+
+
+def test_a_raising_progress_display_does_not_stop_the_run(mrml_scene, head_run, tmp_path):
+    """Slicer's poll stops for good when a callback raises; the logic's own line callback must not."""
+    slicer.app.temporaryPath = str(tmp_path)
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    logic = module.SegUncertaintyLogic()
+    finished = {}
+
+    def broken(progress):
+        raise ValueError("a display that fails")
+
+    try:
+        logic.start(volume, "brainmask-t1", "softmax", 2, "cpu", onProgress=broken, onLog=broken,
+                    onFinished=lambda run, error: finished.update(run=run, error=error))
+        slicer_app_fakes.run_event_loop(until=lambda: bool(finished), timeout=240)
+    finally:
+        logic.cleanup()
+    assert finished["error"] is None and finished["run"] is not None
+
+
+def test_the_event_loop_stops_polling_a_process_whose_callback_raised():
+    """The stand-in behaves as Slicer's checkOutput: an exception ends that process's polling."""
+    def raising(line):
+        raise RuntimeError(line)
+
+    done = []
+    slicer_app_fakes.launch_console_process([sys.executable, "-c", "print('one'); print('two')"], blocking=False,
+                                           logCallback=raising, completedCallback=done.append)
+    with pytest.raises(RuntimeError, match="one"):
+        slicer_app_fakes.run_event_loop(timeout=30)
+    assert slicer_app_fakes._pending == [] and done == []

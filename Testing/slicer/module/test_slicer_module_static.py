@@ -116,7 +116,15 @@ def test_ui_parameter_bindings_match_the_parameter_node():
     assert set(bindings) <= fields, f"bound to unknown parameters: {sorted(set(bindings) - fields)}"
     assert all(len(w) == 1 for w in bindings.values()), bindings
     unbound = fields - set(bindings)
-    assert unbound == {"model", "segmentation"}, f"parameters without a widget: {sorted(unbound)}"
+    assert unbound == {"model", "method", "segmentation"}, f"parameters without a widget: {sorted(unbound)}"
+
+
+def test_ui_parameter_names_are_dynamic_properties():
+    """SlicerParameterName is no Qt property of any widget: the .ui must mark it stdset="0" (a dynamic
+    property), as Slicer's own .ui files do (Modules/Scripted/LineProfile/Resources/UI/LineProfile.ui)."""
+    properties = [p for w in ui_widgets().values() for p in w.findall("property")
+                  if p.get("name") == "SlicerParameterName"]
+    assert properties and all(p.get("stdset") == "0" for p in properties)
 
 
 def test_ui_is_well_formed_with_unique_names_and_declared_custom_widgets():
@@ -215,14 +223,21 @@ def test_module_imports_no_heavy_package_at_import_time(path):
     top_level = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
-            top_level |= {a.name.split(".")[0] for a in node.names}
+            top_level |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            top_level.add(node.module.split(".")[0])
+            top_level.add(node.module)
+    top_level -= MODULE_LIBRARY_MODULES  # the library's standard-library-only core (checked below)
     heavy = {"torch", "monai", "SimpleITK", "scipy", "matplotlib", "jsonschema", "psutil", "SegUncertaintyLib"}
-    assert not top_level & heavy, top_level
+    assert not {name.split(".")[0] for name in top_level} & heavy, top_level
 
 
-@pytest.mark.parametrize("name", sorted(GLUE_LIBRARY_MODULES))
+# Library modules the module's own scripts may import when Slicer loads them: the methods the panel offers,
+# its devices and exit codes.
+MODULE_LIBRARY_MODULES = {"SegUncertaintyLib.core.errors", "SegUncertaintyLib.core.methods",
+                          "SegUncertaintyLib.core.options"}
+
+
+@pytest.mark.parametrize("name", sorted(GLUE_LIBRARY_MODULES | MODULE_LIBRARY_MODULES))
 def test_library_modules_of_the_glue_import_the_standard_library_only(name):
     """Imported in a fresh interpreter, they load no third-party package (torch, numpy, SimpleITK...)."""
     import subprocess

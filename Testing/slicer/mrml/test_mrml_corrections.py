@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-from SegUncertaintyMRML import corrections, persistence, referral, results, scores_table, segments, volumes
+from SegUncertaintyMRML import corrections, flagged_voxels, persistence, results, scores_table, segments, volumes
 
 from Testing.support import slicer_headless
 
@@ -157,7 +157,7 @@ def test_edits_and_review_state_survive_save_and_load_into_a_new_scene(setup, mr
     volume, seg, ids, brain, lesion, map_node, editing = setup
     region = box((3, 10), (4, 12), (6, 16))
     editing.apply(ids["brain"], region, "remove")
-    flagging = referral.Referral(seg, ids["brain"], map_node, volume)
+    flagging = flagged_voxels.Referral(seg, ids["brain"], map_node, volume)
     flagging.set_threshold(0.8)
     flagged = flagging.mask.copy()
     corrections.save_review_state(seg, "entropy", 0.8, "largest", {1, 3})
@@ -185,8 +185,8 @@ def test_edits_and_review_state_survive_save_and_load_into_a_new_scene(setup, mr
     assert np.array_equal(mask("brain"), brain & ~region)
     assert np.array_equal(mask("lesion"), lesion)
     flagged_node = roles["flagged"]
-    assert loaded_seg.GetNodeReference(referral.FLAGGED_REFERENCE) is flagged_node
-    flagged_id = segments.segment_id_by_name(flagged_node, referral.FLAGGED_SEGMENT)
+    assert loaded_seg.GetNodeReference(flagged_voxels.FLAGGED_REFERENCE) is flagged_node
+    flagged_id = segments.segment_id_by_name(flagged_node, flagged_voxels.FLAGGED_SEGMENT)
     assert np.array_equal(segments.segment_mask(flagged_node, flagged_id, loaded_volume), flagged)
     assert np.array_equal(slicer.util.arrayFromVolume(loaded_map), slicer.util.arrayFromVolume(map_node))
     assert corrections.load_review_state(loaded_seg) == {"map": "entropy", "threshold": 0.8, "order": "largest",
@@ -214,7 +214,7 @@ def test_export_run_writes_the_corrected_run(setup, mrml_scene, tmp_path):
     volume, seg, ids, brain, lesion, map_node, editing = setup
     region = box((8, 14), (6, 13), (4, 24))
     editing.apply(ids["brain"], region, "remove")
-    flagging = referral.Referral(seg, ids["brain"], map_node, volume)
+    flagging = flagged_voxels.Referral(seg, ids["brain"], map_node, volume)
     flagging.set_threshold(0.7)
     table = scores_table.add_scores_table(mrml_scene, SCORES, "run scores")
     run = {"segmentation": seg, "scores": table, "map:entropy": map_node}

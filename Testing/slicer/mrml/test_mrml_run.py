@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-from SegUncertaintyMRML import persistence, process, results, scenario, scores_table, segments, volumes
+from SegUncertaintyModule import process, scenario
+from SegUncertaintyMRML import persistence, results, scores_table, segments, volumes
 
 from SegUncertaintyLib.core.methods import plan_samples
 from SegUncertaintyLib.core.vocabulary import METHODS as LIBRARY_METHODS
@@ -375,8 +376,10 @@ def test_parse_line_values_and_non_progress_lines():
     assert process.parse_line('{"stage": "write", "fraction": 1.0}').overall == pytest.approx(1.0)
     for line in ("Wrote /tmp/out (ensemble, 3 samples, cpu)", "", "{not json", '{"stage": "load"}',
                  '{"fraction": 0.5}', '{"stage": "load", "fraction": "half"}', '{"stage": "load", "fraction": null}',
-                 "[1, 2]", "  brain: volume 1747.5 mL"):
-        assert process.parse_line(line) is None, line
+                 "[1, 2]", "  brain: volume 1747.5 mL", '{"stage": ["load"], "fraction": 0.5}',
+                 '{"stage": "load", "fraction": 0.5, "elapsed_s": null}', '{"stage": {}, "fraction": 0.5}',
+                 '{"stage": "load", "fraction": NaN}', '{"stage": "load", "fraction": 0.5, "elapsed_s": "x"}'):
+        assert process.parse_line(line) is None, line  # never raises: a raising callback stops Slicer's poll
 
 
 def test_error_message_of_a_real_failed_run(tmp_path):

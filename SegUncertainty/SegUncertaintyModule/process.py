@@ -11,9 +11,10 @@ import json
 import math
 from dataclasses import dataclass
 
-# The panel's methods come from the library's torch-free module (re-exported here: the module's scripts
-# import no library module when Slicer loads them).
+# The panel's methods, devices and exit codes: the library's core, standard library only (re-exported here)
+from SegUncertaintyLib.core.errors import CancelledError
 from SegUncertaintyLib.core.methods import DEFAULT_METHOD, METHOD_LABELS, count_passes, samples_option  # noqa: F401
+from SegUncertaintyLib.core.options import DEVICES  # noqa: F401
 
 # Stages in order, with their share of the whole run (inference dominates).
 STAGES = {
@@ -23,8 +24,7 @@ STAGES = {
     "postprocess": ("Maps and scores", 0.08),
     "write": ("Writing results", 0.05),
 }
-DEVICES = ("auto", "cuda", "cpu")
-EXIT_CANCELLED = 130
+EXIT_CANCELLED = CancelledError.exit_code
 CANCELLED_MESSAGE = "Cancelled."
 # Forward passes per litre of field of view per second, bundled UNet at 3 mm, measured on a 2-core x86_64 CPU.
 CPU_SECONDS_PER_PASS_LITRE = 0.05
@@ -41,21 +41,25 @@ class Progress:
 
 
 def parse_line(line: str) -> Progress | None:
-    """A Progress for a JSON progress line; None for any other (log) line."""
+    """A Progress for a JSON progress line; None for any line it cannot read as one (log text, or a JSON
+    object whose stage is not a string or whose fraction or elapsed_s is not a finite number)."""
     line = line.strip()
     if not line.startswith("{"):
         return None
     try:
         data = json.loads(line)
         stage, fraction = data["stage"], float(data["fraction"])
-    except (ValueError, KeyError, TypeError):
+        elapsed_s = float(data.get("elapsed_s", 0.0))
+    except (ValueError, KeyError, TypeError, AttributeError):  # AttributeError: a JSON list, not an object
+        return None
+    if not isinstance(stage, str) or not (math.isfinite(fraction) and math.isfinite(elapsed_s)):
         return None
     names = list(STAGES)
     done = sum(STAGES[s][1] for s in names[: names.index(stage)]) if stage in STAGES else 0.0
     share = STAGES.get(stage, (stage, 0.0))[1]
     return Progress(stage=stage, label=STAGES.get(stage, (stage,))[0], fraction=fraction,
                     overall=min(1.0, done + share * fraction), message=str(data.get("message", "")),
-                    elapsed_s=float(data.get("elapsed_s", 0.0)))
+                    elapsed_s=elapsed_s)
 
 
 def error_message(log_lines: list[str], return_code: int) -> str:

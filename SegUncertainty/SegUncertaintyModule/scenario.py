@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import slicer
+from SegUncertaintyMRML import corrections, flagged_voxels, overlays, persistence, regions, results, segments, volumes
 
-from . import corrections, overlays, persistence, process, referral, regions, results, segments, volumes
+from . import process
 
 HEAD_SHAPE = (60, 72, 60)  # (k, j, i) voxels of 3 mm: 18 x 21.6 x 18 cm
 
@@ -92,7 +93,7 @@ def review_run(scene, run, volume, brain: np.ndarray, workdir: str | Path) -> di
     assert {"entropy", "mutual_information", "variance"} <= set(run.maps), sorted(run.maps)
 
     overlays.show_layers(scene, volume, run.maps["entropy"], opacity=0.5)
-    flagging = referral.Referral(run.segmentation, brain_id, run.maps["entropy"], volume)
+    flagging = flagged_voxels.Referral(run.segmentation, brain_id, run.maps["entropy"], volume)
     threshold = flagging.threshold_for_percent(5.0)
     stats = flagging.set_threshold(threshold)
     flagged = segments.segment_mask(flagging.flagged_node, flagging.flagged_segment_id, volume)

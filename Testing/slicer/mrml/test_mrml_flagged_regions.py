@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import slicer
-from SegUncertaintyMRML import referral, regions, segments
+from SegUncertaintyMRML import flagged_voxels, regions, segments
 
 SHAPE = (20, 24, 28)  # (k, j, i)
 SPACING = (0.9, 1.2, 2.5)
@@ -49,7 +49,7 @@ def setup(mrml_scene):
 def test_set_threshold_flags_exactly_the_voxels_above(setup):
     """The flagged segment is values > t; the statistics equal direct counts; the structure is unchanged."""
     volume, map_node, seg, brain_id, values, structure = setup
-    flagging = referral.Referral(seg, brain_id, map_node, volume)
+    flagging = flagged_voxels.Referral(seg, brain_id, map_node, volume)
     voxel_ml = np.prod(SPACING) / 1000.0
     for t in (0.9, 0.25, 0.6):  # down then up: the segment is replaced, not accumulated
         stats = flagging.set_threshold(t)
@@ -65,14 +65,14 @@ def test_set_threshold_flags_exactly_the_voxels_above(setup):
         assert stats == flagging.stats(t)
         assert np.array_equal(segments.segment_mask(seg, brain_id, volume), structure)
     flagged_segment = flagging.flagged_node.GetSegmentation().GetSegment(flagging.flagged_segment_id)
-    assert flagged_segment.GetName() == referral.FLAGGED_SEGMENT
+    assert flagged_segment.GetName() == flagged_voxels.FLAGGED_SEGMENT
     assert seg.GetSegmentation().GetNumberOfSegments() == 1, "the flagged segment is in its own node"
 
 
 def test_threshold_at_or_above_the_maximum_flags_nothing(setup):
     """Flagging is strict (>): at the maximum and above, no voxel is flagged; below the minimum, all are."""
     volume, map_node, seg, brain_id, values, structure = setup
-    flagging = referral.Referral(seg, brain_id, map_node, volume)
+    flagging = flagged_voxels.Referral(seg, brain_id, map_node, volume)
     assert flagging.maximum == pytest.approx(float(values.max()))
     for t in (float(values.max()), float(values.max()) + 1.0):
         stats = flagging.set_threshold(t)
@@ -86,7 +86,7 @@ def test_threshold_at_or_above_the_maximum_flags_nothing(setup):
 def test_curve_is_monotone_and_equals_direct_counts(setup):
     """curve(): thresholds 0..max; % of all voxels flagged, non-increasing, equal to counting values > t."""
     volume, map_node, seg, brain_id, values, _ = setup
-    flagging = referral.Referral(seg, brain_id, map_node, volume)
+    flagging = flagged_voxels.Referral(seg, brain_id, map_node, volume)
     thresholds, percents = flagging.curve(n_points=41)
     assert len(thresholds) == len(percents) == 41
     assert thresholds[0] == 0.0 and thresholds[-1] == pytest.approx(values.max())
@@ -101,7 +101,7 @@ def test_threshold_for_percent_flags_about_that_percentage(setup, percent):
     """threshold_for_percent(p) then set_threshold flags p % of the segmented voxel count, within 1 voxel
     (all map values are distinct, so an exact count is reachable)."""
     volume, map_node, seg, brain_id, _, structure = setup
-    flagging = referral.Referral(seg, brain_id, map_node, volume)
+    flagging = flagged_voxels.Referral(seg, brain_id, map_node, volume)
     wanted = structure.sum() * percent / 100.0
     stats = flagging.set_threshold(flagging.threshold_for_percent(percent))
     assert abs(stats.voxels - wanted) <= 1.0, (stats.voxels, wanted)
@@ -111,7 +111,7 @@ def test_threshold_for_percent_flags_about_that_percentage(setup, percent):
 def test_threshold_for_the_smallest_percentage_flags_one_voxel(setup):
     """A percentage worth one segmented voxel flags that one voxel (the most uncertain), not none."""
     volume, map_node, seg, brain_id, values, structure = setup
-    flagging = referral.Referral(seg, brain_id, map_node, volume)
+    flagging = flagged_voxels.Referral(seg, brain_id, map_node, volume)
     stats = flagging.set_threshold(flagging.threshold_for_percent(100.0 / structure.sum()))
     assert stats.voxels == 1
     assert flagging.mask[np.unravel_index(np.argmax(values), values.shape)]
@@ -120,7 +120,7 @@ def test_threshold_for_the_smallest_percentage_flags_one_voxel(setup):
 def test_threshold_for_zero_percent_flags_nothing(setup):
     """0 % gives the maximum as threshold: nothing flagged."""
     volume, map_node, seg, brain_id, _, _ = setup
-    flagging = referral.Referral(seg, brain_id, map_node, volume)
+    flagging = flagged_voxels.Referral(seg, brain_id, map_node, volume)
     assert flagging.set_threshold(flagging.threshold_for_percent(0.0)).voxels == 0
 
 
@@ -132,7 +132,7 @@ def test_non_finite_map_raises(setup, bad):
     broken[3, 4, 5] = bad
     map_node = slicer.util.addVolumeFromArray(broken, oblique_matrix(), "broken")
     with pytest.raises(ValueError, match="NaN or infinite"):
-        referral.Referral(seg, brain_id, map_node, volume)
+        flagged_voxels.Referral(seg, brain_id, map_node, volume)
 
 
 def test_map_on_another_grid_raises(setup):
@@ -140,22 +140,22 @@ def test_map_on_another_grid_raises(setup):
     volume, _, seg, brain_id, values, _ = setup
     shifted = oblique_matrix(origin=(-11.0, 23.5, 5.25))
     with pytest.raises(ValueError, match="not on the grid"):
-        referral.Referral(seg, brain_id, slicer.util.addVolumeFromArray(values, shifted, "shifted"), volume)
+        flagged_voxels.Referral(seg, brain_id, slicer.util.addVolumeFromArray(values, shifted, "shifted"), volume)
 
 
 def test_second_referral_reuses_the_flagged_segment(setup):
     """A new Referral on the same segmentation (another map) reuses "Flagged for review" and replaces its voxels."""
     volume, map_node, seg, brain_id, values, _ = setup
-    first = referral.Referral(seg, brain_id, map_node, volume)
+    first = flagged_voxels.Referral(seg, brain_id, map_node, volume)
     first.set_threshold(0.5)
     other_values = (1.0 - values).astype(np.float32)
-    second = referral.Referral(seg, brain_id, slicer.util.addVolumeFromArray(other_values, oblique_matrix(), "mi"),
-                               volume)
+    second = flagged_voxels.Referral(seg, brain_id,
+                                     slicer.util.addVolumeFromArray(other_values, oblique_matrix(), "mi"), volume)
     assert second.flagged_segment_id == first.flagged_segment_id
     second.set_threshold(0.9)
     assert second.flagged_node is first.flagged_node
     assert second.flagged_node.GetSegmentation().GetNumberOfSegments() == 1
-    assert segments.segment_id_by_name(seg, referral.FLAGGED_SEGMENT) is None, "never in the edited segmentation"
+    assert segments.segment_id_by_name(seg, flagged_voxels.FLAGGED_SEGMENT) is None, "never in the edited segmentation"
     flagged = segments.segment_mask(second.flagged_node, second.flagged_segment_id, volume)
     assert np.array_equal(flagged, other_values > 0.9)
 
@@ -170,8 +170,8 @@ def test_curve_plot_and_marker(setup, mrml_scene):
     """add_curve_plot: a chart with two series; the curve series' table holds curve(); the marker is a
     vertical line that update_curve_marker moves to the threshold."""
     volume, map_node, seg, brain_id, _, _ = setup
-    flagging = referral.Referral(seg, brain_id, map_node, volume)
-    chart = referral.add_curve_plot(mrml_scene, flagging, "curve")
+    flagging = flagged_voxels.Referral(seg, brain_id, map_node, volume)
+    chart = flagged_voxels.add_curve_plot(mrml_scene, flagging, "curve")
     assert chart.GetNumberOfPlotSeriesNodes() == 2
     series = [chart.GetNthPlotSeriesNode(i) for i in range(2)]
     assert all(s.GetXColumnName() == "threshold" and s.GetYColumnName() == "percent flagged" for s in series)
@@ -183,7 +183,7 @@ def test_curve_plot_and_marker(setup, mrml_scene):
     assert marker_table.GetID() == chart.GetAttribute("SegUncertainty.MarkerTable")
     np.testing.assert_allclose(table_column(marker_table, "threshold"), [0.0, 0.0])
     for t in (0.37, 0.81):
-        referral.update_curve_marker(chart, t)
+        flagged_voxels.update_curve_marker(chart, t)
         np.testing.assert_allclose(table_column(marker_table, "threshold"), [t, t])
         y = table_column(marker_table, "percent flagged")
         assert y[0] == 0.0 and y[1] == pytest.approx(percents.max())  # spans the whole curve

@@ -1,4 +1,4 @@
-"""The cohort worklist in a real MRML scene (SegUncertaintyMRML.worklist): real ``segment`` run folders of a
+"""The cohort worklist in a real MRML scene (SegUncertaintyMRML.cohort_scene): real ``segment`` run folders of a
 small cohort (cohort_cases), stepped through in rank order, each case loaded only when stepped to, marks
 written to worklist.csv, failed cases, edited cases kept, and refusals that leave the scene as it was."""
 
@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-from SegUncertaintyMRML import referral, segments, volumes
-from SegUncertaintyMRML.worklist import CASE_ATTRIBUTE, CohortError, CohortWorklist
+from SegUncertaintyMRML import flagged_voxels, segments, volumes
+from SegUncertaintyMRML.cohort_scene import CASE_ATTRIBUTE, CohortError, CohortWorklist
 
 from SegUncertaintyLib.cohort.worklist import read_worklist, write_csv_atomic
 from Testing.support.cohort_cases import CASES, RANK_ORDER, make_cohort
@@ -188,7 +188,7 @@ def test_another_segmentation_on_the_case_input_keeps_the_case(mrml_scene, cohor
     so the volume is not removed from under it."""
     worklist = CohortWorklist(cohort)
     large = worklist.load_case(mrml_scene)
-    referral.flagged_node(large.run.segmentation, large.volume)  # the run's own flagged voxels: not the reviewer's
+    flagged_voxels.flagged_node(large.run.segmentation, large.volume)  # the run's own: not the reviewer's
     assert not worklist.edited(large)
     mine = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "by hand")
     mine.SetReferenceImageGeometryParameterFromVolumeNode(large.volume)
