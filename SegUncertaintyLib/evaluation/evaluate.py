@@ -404,7 +404,7 @@ def empty_prediction(class_scores: dict, predicted_ml: float | None = None) -> b
 def empty_as_most_uncertain(rows: list[dict], score: str, others: list[dict] = ()) -> np.ndarray:
     """``score`` of each row, where an empty prediction (``empty_prediction``) takes the most uncertain value
     the non-empty rows of ``rows`` and ``others`` reach (the maximum; the minimum for dpw): the stated
-    convention (scores.CONVENTIONS["empty_prediction"]) that keeps missed structures in the statistics,
+    convention (scores.SCORE_CONVENTIONS["empty_prediction"]) that keeps missed structures in the statistics,
     ranked at least as uncertain as every other case. NaN when no non-empty row defines the score."""
     values = _score_column(rows, score)
     reached = uncertain_side(score, np.concatenate([

@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 
 from SegUncertaintyLib.evaluation.cohort_stats import score_quality_correlation
 from SegUncertaintyLib.evaluation.evaluate import empty_as_most_uncertain, empty_prediction
-from SegUncertaintyLib.inference.scores import CONVENTIONS
+from SegUncertaintyLib.inference.scores import SCORE_CONVENTIONS
 
 
 def test_empty_prediction_takes_the_most_uncertain_value_reached():
@@ -19,7 +19,7 @@ def test_empty_prediction_takes_the_most_uncertain_value_reached():
     others = [{"cv": 0.9, "dpw": 0.1}]
     assert empty_as_most_uncertain(rows, "cv", others)[2] == 0.9
     assert math.isnan(empty_as_most_uncertain([{"cv": None, "empty_prediction": True}], "cv")[0])
-    assert "most uncertain" in CONVENTIONS["empty_prediction"]
+    assert "most uncertain" in SCORE_CONVENTIONS["empty_prediction"]
 
 
 def test_empty_prediction_stays_in_the_correlation():
