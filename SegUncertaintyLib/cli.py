@@ -265,7 +265,7 @@ def plural(n: int, noun: str) -> str:
 
 def _print_summary(outputs, manifest: Path) -> None:
     """The run's result on stdout: the folder, then per class its volume, scores and their readings."""
-    from .inference.scores import NO_RANGE, REVIEW, SUBJECT_SCORES
+    from .inference.scores import NO_RANGE, NO_SEGMENTATION, REVIEW, SUBJECT_SCORES
 
     print(f"Wrote {manifest.parent} ({outputs.method}, {plural(outputs.n_samples, 'sample')}, {outputs.device})")
     for name, scores in outputs.scores["classes"].items():
@@ -274,6 +274,9 @@ def _print_summary(outputs, manifest: Path) -> None:
             if scores[key] is not None:
                 parts.append(f"{key} {scores[key]:.4f}")
         print(f"  {name}: " + ", ".join(parts))
+        if scores.get("empty_prediction"):
+            print(f"  {name}: {NO_SEGMENTATION}")
+            continue
         readings = outputs.scores.get("readings", {}).get(name, {})
         review = [f"{k} ({v['usual_range']})" for k, v in readings.items() if v["reading"] == REVIEW]
         if readings and all(v["reading"] == NO_RANGE for v in readings.values()):

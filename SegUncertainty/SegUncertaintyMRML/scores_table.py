@@ -9,9 +9,11 @@ NO_REFERENCE = "no reference range in the model card"
 
 
 def format_value(value) -> str:
-    """Numbers to 4 significant digits, intervals as 'a - b', missing values as 'n/a'."""
+    """Numbers to 4 significant digits, intervals as 'a - b', flags as 'yes'/'no', missing values as 'n/a'."""
     if value is None:
         return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, (list, tuple)):
         return " - ".join(format_value(v) for v in value)
     return f"{value:.4g}"

@@ -34,8 +34,12 @@ Review priority (``rank_rows``; higher = review first):
   from 0 (least uncertain case) to 1 (most uncertain); the priority is the mean percentile over the
   case's defined scores. It only orders this cohort: it says nothing about whether any case is outside
   what the model usually does;
-- order: cases with a priority (highest first), then finished cases without one, then failed cases
-  last (they have no outputs to review; the command's exit code 8 and its summary name them); ties by
+- empty predictions first: a finished case where some class's delivered segmentation is empty
+  (scores.json ``empty_prediction``) ranks before every other case, its reason "no segmentation of
+  <class>: review" (a missed structure reads as certain in every score, so no score can rank it);
+- order: empty predictions, then cases with a priority (highest first), then finished cases without one,
+  then failed cases last (they have no outputs to review; the command's exit code 8 and its summary name
+  them); ties by
   case id.
 
 Files are written to a temporary file in the same folder and renamed over the old one.
@@ -162,7 +166,10 @@ def rank_rows(results: list[dict], reference: dict | None) -> list[dict]:
                           f"{priority:.2f} over {len(ranks)} scores; highest {top[0]} {top[1]} ({ranks[top]:.2f})")
             else:
                 priority, reason = None, "no score defined (one sample or an empty segment)"
-        group = 2 if r["status"] == "failed" else (1 if priority is None else 0)
+        empty = [name for name, values in (r.get("scores") or {}).items() if values.get("empty_prediction")]
+        if r["status"] != "failed" and empty:
+            reason = f"no segmentation of {', '.join(empty)}: review; " + reason
+        group = 3 if r["status"] == "failed" else (0 if empty else 2 if priority is None else 1)
         keyed.append(((group, -(priority or 0.0), r["case"]), priority, reason, r))
     keyed.sort(key=lambda k: k[0])
     rows = []

@@ -268,6 +268,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
             row |= {f"{k}_{region}": v for k, v in stats.summary().items() if k != "voxels"}
         row["signed_calibration_error"] = bins["volume"].signed_error()
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
+        row["empty_prediction"] = empty_prediction(scores.get(label, {}), row["predicted_ml"])
         entropy = maps.get("entropy")
         if entropy is None:  # left out by segment --maps: the entropy-based values are n/a (NaN), not zeros
             missing = np.full(len(THRESHOLDS), np.nan)
@@ -391,6 +392,29 @@ def _score_column(rows: list[dict], score: str) -> np.ndarray:
     return np.array([np.nan if row.get(score) is None else row[score] for row in rows], dtype=float)
 
 
+def empty_prediction(class_scores: dict, predicted_ml: float | None = None) -> bool:
+    """A class's scores.json ``empty_prediction`` flag; for a scores.json without it, whether the delivered
+    segmentation is empty (``predicted_ml`` = 0, else its ``segmentation_volume_ml`` = 0)."""
+    if "empty_prediction" in class_scores:
+        return bool(class_scores["empty_prediction"])
+    volume = predicted_ml if predicted_ml is not None else class_scores.get("segmentation_volume_ml")
+    return volume == 0
+
+
+def empty_as_most_uncertain(rows: list[dict], score: str, others: list[dict] = ()) -> np.ndarray:
+    """``score`` of each row, where an empty prediction (``empty_prediction``) takes the most uncertain value
+    the non-empty rows of ``rows`` and ``others`` reach (the maximum; the minimum for dpw): the stated
+    convention (scores.SCORE_CONVENTIONS["empty_prediction"]) that keeps missed structures in the statistics,
+    ranked at least as uncertain as every other case. NaN when no non-empty row defines the score."""
+    values = _score_column(rows, score)
+    reached = uncertain_side(score, np.concatenate([
+        _score_column([r for r in group if not r.get("empty_prediction")], score) for group in (rows, others)]))
+    reached = reached[np.isfinite(reached)]
+    worst = float(uncertain_side(score, [reached.max()])[0]) if reached.size else np.nan
+    empty = np.array([bool(r.get("empty_prediction")) for r in rows], dtype=bool)
+    return np.where(empty, worst, values)
+
+
 PER_CASE_COLUMNS = ("dice", "hd95_mm", "ece_volume", "ece_toplabel_volume", "reference_ml", "predicted_ml")
 
 
@@ -450,7 +474,9 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
         dice = np.array([x["dice"] for x in rows])
         block["per_case"] = {"case": [x["case"] for x in rows],
                              **{c: _score_column(rows, c).tolist() for c in PER_CASE_COLUMNS},
-                             **{s: _score_column(rows, s).tolist() for s in SUBJECT_SCORES}}
+                             **{s: _score_column(rows, s).tolist() for s in SUBJECT_SCORES},
+                             "empty_prediction": [bool(x.get("empty_prediction")) for x in rows]}
+        block["empty_predictions"] = sum(bool(x.get("empty_prediction")) for x in rows)
         if any("annotators" in x for x in rows):
             disagreement = _score_column(rows, "annotator_disagreement")
             ged2 = _score_column(rows, "ged2")
@@ -458,17 +484,19 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
             block["annotator_disagreement_mean"] = float(np.nanmean(disagreement))
             voxel_r = _score_column(rows, "entropy_vs_vote_entropy_r")
             block["entropy_vs_vote_entropy_r_mean"] = float(np.nanmean(voxel_r))
-            block["scores_vs_disagreement"] = {s: score_quality_correlation(_score_column(rows, s), disagreement)
-                                               for s in SUBJECT_SCORES}
-        block["score_vs_dice"] = {s: score_quality_correlation(_score_column(rows, s), dice) for s in SUBJECT_SCORES}
-        ood_rows = [{"case": case, **classes[label]} for case, classes in sorted(ood_scores.items())
-                    if label in classes]
+            block["scores_vs_disagreement"] = {
+                s: score_quality_correlation(empty_as_most_uncertain(rows, s), disagreement) for s in SUBJECT_SCORES}
+        block["score_vs_dice"] = {s: score_quality_correlation(empty_as_most_uncertain(rows, s), dice)
+                                  for s in SUBJECT_SCORES}
+        ood_rows = [{"case": case, **classes[label], "empty_prediction": empty_prediction(classes[label])}
+                    for case, classes in sorted(ood_scores.items()) if label in classes]
         if ood_rows:
             block["ood"] = {
                 "cases": [x["case"] for x in ood_rows],
                 "scores": {s: _score_column(ood_rows, s).tolist() for s in SUBJECT_SCORES},
-                "auroc": {s: ood_detection(uncertain_side(s, _score_column(ood_rows, s)),
-                                           uncertain_side(s, _score_column(rows, s))) for s in SUBJECT_SCORES},
+                "auroc": {s: ood_detection(uncertain_side(s, empty_as_most_uncertain(ood_rows, s, rows)),
+                                           uncertain_side(s, empty_as_most_uncertain(rows, s, ood_rows)))
+                          for s in SUBJECT_SCORES},
             }
         summary["classes"][label] = block
     return summary

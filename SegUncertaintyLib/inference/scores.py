@@ -14,7 +14,10 @@ Computed on the model grid from the per-sample segmentations (bits) and the stit
   inside its interval (for one sample both are that sample's volume);
 - diversity: E[1 - IoU(s, s')] over all T^2 ordered sample pairs, drawn with replacement (the last term of
   the generalized energy distance of Czolbe et al. 2021; 0 when all samples agree);
-- segmentation_volume_ml: volume of the delivered labelmap on the input grid (information only).
+- segmentation_volume_ml: volume of the delivered labelmap on the input grid (information only);
+- empty_prediction: true when the delivered segmentation has no voxel of the class (segmentation_volume_ml
+  = 0). A missed structure otherwise reads as certain (all samples empty: dpw 1, diversity 0; cv,
+  ulabelled and segment_entropy null), so the flag reads "no segmentation: review" whatever the card says.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ DEFINITIONS = {
                              "wider = more uncertain"),
     "segmentation_volume_ml": ("Volume of the delivered segmentation (argmax of the mean probability) on the "
                                "input grid, mL", "information"),
+    "empty_prediction": ("True when the delivered segmentation has no voxel of the class (segmentation_volume_ml "
+                         "= 0): a missed structure, which the other scores would read as certain",
+                         "true = review"),
 }
 SUBJECT_SCORES = ("cv", "dpw", "ulabelled", "segment_entropy", "diversity")  # the scalar uncertainty scores
 LOWER_IS_UNCERTAIN = frozenset(k for k in SUBJECT_SCORES if DEFINITIONS[k][1].startswith("lower"))
@@ -79,7 +85,12 @@ SCORE_CONVENTIONS = {
     "pairs": "dpw over distinct pairs; diversity over all ordered pairs with replacement (self-pairs included)",
     "volume": "median and 2.5/97.5 percentiles (numpy linear interpolation) of the T per-sample volumes",
     "missing_values": "null where undefined: a single sample (no spread) or an empty segment",
+    "empty_prediction": "a class whose delivered segmentation is empty is flagged (empty_prediction true) and "
+                        "reads 'no segmentation: review'; cohort worklists rank it first; evaluate's score "
+                        "statistics count it as the most uncertain case: each of its scores takes the most "
+                        "uncertain value the class's non-empty cases reach (the maximum, the minimum for dpw)",
 }
+NO_SEGMENTATION = "no segmentation: review"
 
 
 def uncertain_side(score: str, values: np.ndarray) -> np.ndarray:
@@ -178,6 +189,7 @@ def subject_scores(
             scores["segment_entropy"] = sum_binary / n_inside
         else:
             scores["ulabelled"] = scores["segment_entropy"] = None
+        scores["empty_prediction"] = scores["segmentation_volume_ml"] == 0
         result[labels[k]] = {name: scores[name] for name in DEFINITIONS}
     return result
 
@@ -204,10 +216,16 @@ def score_readings(per_class: dict, reference: dict | None) -> dict:
     """Readings per class and score for the scores a model card's ``score_reference`` bounds.
 
     reference: {"source": text, "classes": {class name: {score: {"review_above"|"review_below": x}}}}.
+    An empty prediction (``empty_prediction`` true) adds {"empty_prediction": {"reading": NO_SEGMENTATION,
+    "usual_range": "a non-empty segmentation"}} to its class, with or without a card.
     """
     bounds = (reference or {}).get("classes", {})
-    return {name: {score: read_score(values.get(score), bound) for score, bound in bounds.get(name, {}).items()}
-            for name, values in per_class.items()}
+    readings = {name: {score: read_score(values.get(score), bound) for score, bound in bounds.get(name, {}).items()}
+                for name, values in per_class.items()}
+    for name, values in per_class.items():
+        if values.get("empty_prediction"):
+            readings[name]["empty_prediction"] = {"reading": NO_SEGMENTATION, "usual_range": "a non-empty segmentation"}
+    return readings
 
 
 def measured_with(reference: dict) -> str:

@@ -9,7 +9,8 @@ probabilities instead would average independent dropout draws in overlap zones a
 (seams).
 
 Why MI and variance are blended as maps, not as moments E[p^2], E[H]: each window draws its own
-dropout masks, so at a voxel the windows' sample means differ; blended moments add that between-window
+elementwise dropout masks (channel dropout masks are shared by all windows of a sample: models/dropout.py),
+so at a voxel the windows' sample means differ; blended moments add that between-window
 spread to the variance and, by the concavity of the entropy, to the MI; blended maps stay close to one
 pass over the whole volume (Testing/benchmarks/bench_window_blending.py). In overlap zones the entropy
 map is therefore the weighted mean of the windows' H(E_t p), at most the entropy of the blended mean
@@ -37,7 +38,14 @@ from ..core.methods import SampleSpec
 from ..core.options import check_overlap_range
 from ..core.progress import ProgressCallback
 from ..core.vocabulary import MAP_NAMES
-from ..models.dropout import per_sample_dropout, per_sample_dropout_possible, sample_seed, set_dropout
+from ..models.dropout import (
+    only_channel_dropout,
+    per_sample_dropout,
+    per_sample_dropout_possible,
+    sample_channel_seed,
+    sample_seed,
+    set_dropout,
+)
 from .maps import class_argmax, normalized_entropy, uncertainty_maps
 
 log = logging.getLogger(__name__)
@@ -105,8 +113,10 @@ def _is_oom(exc: BaseException) -> bool:
 class _WindowSampler:
     """Runs the sample plan on one window, halving the batch (then leaving the GPU) on out-of-memory.
 
-    Sample t of window w uses the seed ``sample_seed(config.seed, w, t)`` whatever the batch, so a retry
-    with a smaller batch gives the same samples. ``cancelled`` is polled before every forward pass.
+    Sample t of window w draws its elementwise masks from ``sample_seed(config.seed, w, t)`` and its channel
+    masks from (config.seed, t, call) whatever the window and the batch (models/dropout.py), so a retry with
+    a smaller batch gives the same samples and every window of sample t uses the same channel masks.
+    ``cancelled`` is polled before every forward pass.
     """
 
     def __init__(self, networks: list[nn.Module], plan: list[SampleSpec], config: WindowConfig, notes: list[str],
@@ -117,6 +127,7 @@ class _WindowSampler:
         self.batch = max(1, config.max_batch)
         self.amp = config.amp
         self.hookable = [per_sample_dropout_possible(net) for net in networks]
+        self.channel_only = [only_channel_dropout(net) for net in networks]
         for net in networks:
             net.to(self.device)
 
@@ -132,17 +143,24 @@ class _WindowSampler:
         ])
         return torch.softmax(logits, dim=1)
 
-    def _forward(self, x: torch.Tensor, specs: list[SampleSpec], seeds: list[int]) -> torch.Tensor:
-        """(B, C, *w) softmax of the samples ``specs``; dropout masks drawn from each sample's seed."""
+    def _forward(self, x: torch.Tensor, specs: list[SampleSpec], window: int, samples: range) -> torch.Tensor:
+        """(B, C, *w) softmax of the samples ``specs`` (plan indices ``samples``) on window ``window``."""
         member = specs[0].member
         net = self.networks[member]
         set_dropout(net, specs[0].dropout)
         if not specs[0].dropout:
             return self._pass(net, x, specs)
         if self.hookable[member]:
-            with per_sample_dropout(net, seeds, self.device):
+            with per_sample_dropout(net, [sample_seed(self.seed, window, t) for t in samples], samples, self.seed,
+                                    self.device):
                 return self._pass(net, x, specs)
-        # dropout the hooks cannot reach (TorchScript): one sample per pass, global generator seeded per sample
+        # dropout the hooks cannot reach (TorchScript): one sample per pass, global generator seeded per sample;
+        # channel-only dropout draws (N, C, 1, ...) masks, so a seed without the window shares them across windows.
+        # Mixed elementwise and channel TorchScript dropout keeps per-window channel masks (a known limit).
+        if self.channel_only[member]:
+            seeds = [sample_channel_seed(self.seed, t) for t in samples]
+        else:
+            seeds = [sample_seed(self.seed, window, t) for t in samples]
         out = []
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         for spec, seed in zip(specs, seeds, strict=True):
@@ -201,8 +219,7 @@ class _WindowSampler:
                            device=x.device)
         for start, stop in self._chunks():
             self._check_cancel()
-            seeds = [sample_seed(self.seed, index, t) for t in range(start, stop)]
-            p = self._forward(x, self.plan[start:stop], seeds)
+            p = self._forward(x, self.plan[start:stop], index, range(start, stop))
             h = normalized_entropy(p, 1)
             labels = class_argmax(p, 1)
             if sum_p is None:

@@ -14,7 +14,8 @@ import SegUncertaintyLib
 
 PACKAGE = Path(SegUncertaintyLib.__file__).parent
 # bottom to top; the README's "Layout" section shows the same order
-LAYERS = (("core", "sample"), ("io",), ("models",), ("inference",), ("results",), ("cohort", "evaluation"), ("cli",))
+LAYERS = (("core", "sample"), ("io", "calibration"), ("models",), ("inference",), ("results",),
+          ("cohort", "evaluation"), ("cli",))
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 
 
