@@ -1,7 +1,7 @@
-"""Command line: ``seguncertainty segment``, ``cohort``, ``evaluate`` and ``models``.
+"""Command line: ``seguncertainty segment``, ``cohort``, ``evaluate``, ``models`` and ``send``.
 
 Exit codes: 0 success, 2 usage, 3 bad input image, 4 model problem, 5 output not writable or not
-ours to replace, 6 out of memory, 8 a cohort finished but some of its cases failed (each recorded in
+ours to replace, 6 out of memory, 7 a PACS failed (unreachable, timeout, TLS, refused, series changed), 8 a cohort finished but some of its cases failed (each recorded in
 its worklist), 130 cancelled (SIGINT/SIGTERM), 1 unexpected error. Every error is one line on stderr,
 ``seguncertainty: error: ...``; no traceback.
 """
@@ -59,9 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     add_segment_options(seg)
 
     cohort = sub.add_parser("cohort", help="segment many volumes; write a review worklist ranked by uncertainty")
-    cohort.add_argument("inputs", nargs="+", metavar="INPUT",
+    cohort.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image files (NIfTI, NRRD, MHA), folders (searched recursively for those and for "
-                             "DICOM series) and CSV files with a 'path' column (optional 'case' column)")
+                             "DICOM series) and CSV files with a 'path' column (optional 'case' column); or none "
+                             "with --dicomweb")
     cohort.add_argument("--out", required=True, help="cohort folder: one sub-folder per case and worklist.csv")
     add_segment_options(cohort)
     cohort.add_argument("--workers", type=int, default=1, help="cases run at the same time (default: %(default)s)")
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="local worker processes, or a Ray or Dask cluster (default: %(default)s)")
     cohort.add_argument("--address", default=None,
                         help="address of a running Ray or Dask cluster to join (default: start a local one)")
+    add_pacs_options(cohort, reading=True)
+
+    send = sub.add_parser("send", help="send the DICOM objects of a run or cohort folder to a PACS")
+    send.add_argument("folder", help="a run folder written with --dicom, or a cohort folder")
+    add_pacs_options(send, reading=False)
 
     ev = sub.add_parser("evaluate", help="compare segment outputs with reference segmentations")
     ev.add_argument("predictions", nargs="+",
@@ -124,6 +130,50 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom", action="store_true",
                         help="also write DICOM SEG, Parametric Maps and a TID 1500 report in dicom/ (the input must "
                              "be a DICOM series; README 'Hospital use')")
+
+
+def add_pacs_options(parser: argparse.ArgumentParser, reading: bool) -> None:
+    """The PACS options of ``cohort`` (``reading``) and ``send`` (README 'Hospital use')."""
+    pacs = parser.add_argument_group("PACS (credentials: SEGUNCERTAINTY_DICOMWEB_USER/_PASSWORD or _TOKEN, or "
+                                     "--credentials FILE)")
+    pacs.add_argument("--dicomweb", default=None, metavar="URL",
+                      help="DICOMweb service root, e.g. http://host:8042/dicom-web" + (
+                          ": read the cohort's CT and MR series from it" if reading else ": send to it (STOW-RS)"))
+    if reading:
+        pacs.add_argument("--study", action="extend", nargs="+", default=[], metavar="UID",
+                          help="with --dicomweb: the StudyInstanceUIDs to read")
+        pacs.add_argument("--query", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                          help="with --dicomweb: a QIDO-RS search, e.g. PatientID=123 StudyDate=20240101-20240131")
+        pacs.add_argument("--pacs-series", dest="pacs_series", action="extend", nargs="+", default=[],
+                          metavar="UID", help="with --dicomweb: only these SeriesInstanceUIDs")
+        pacs.add_argument("--store", action="store_true",
+                          help="send the DICOM results to the --dicomweb server (STOW-RS); implies --dicom")
+    pacs.add_argument("--store-dimse", default=None, metavar="AET@HOST:PORT",
+                      help="send the DICOM results by C-STORE to this DICOM node" + ("; implies --dicom" if reading
+                                                                                     else ""))
+    pacs.add_argument("--credentials", default=None, metavar="FILE",
+                      help="file of SEGUNCERTAINTY_DICOMWEB_USER=..., _PASSWORD=... or _TOKEN=... lines")
+    pacs.add_argument("--ca-bundle", default=None, metavar="FILE",
+                      help="CA certificates (PEM) to verify the server's TLS certificate with (default: the system's)")
+    pacs.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                      help="seconds to wait for each answer of the server (default: %(default)s)")
+
+
+def _dicomweb(args):
+    """The DICOMweb server ``--dicomweb`` names, with the credentials and CA bundle; UsageError before any
+    request on a bad URL, credentials file or timeout."""
+    from .io.dicomweb import DicomWeb, read_credentials
+
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    return DicomWeb(args.dicomweb, read_credentials(args.credentials), args.ca_bundle, args.timeout)
+
+
+def _query(items: list[str]) -> dict[str, str]:
+    pairs = [item.partition("=") for item in items]
+    if any(not key or not sep or not value for key, sep, value in pairs):
+        raise UsageError(f"--query expects KEY=VALUE (a DICOM keyword or tag), got {' '.join(items)!r}")
+    return {key: value for key, _, value in pairs}
 
 
 def _input_name(path: Path) -> str:
@@ -239,11 +289,31 @@ def cmd_cohort(args) -> int:
     from .cohort.run import run_cohort
     from .core.options import SegmentOptions
 
+    from .cohort.pacs import Destination, fetch_series, store_cohort
+
+    if args.store or args.store_dimse:
+        args.dicom = True
     options = SegmentOptions.from_args(args).check()
+    if bool(args.inputs) == bool(args.dicomweb):
+        raise UsageError("cohort: give INPUT paths or --dicomweb URL (not both)")
+    if (args.study or args.query or args.pacs_series) and not args.dicomweb:
+        raise UsageError("--study, --query and --pacs-series need --dicomweb URL")
+    if args.dicomweb and not (args.study or args.query):
+        raise UsageError("--dicomweb needs --study UID... or --query KEY=VALUE... (what to read)")
+    if args.store and not args.dicomweb:
+        raise UsageError("--store sends to the --dicomweb server; for another node use --store-dimse AET@HOST:PORT")
+    server = _dicomweb(args) if args.dicomweb else None
+    query = _query(args.query)
+    fetch = (lambda root: fetch_series(server, root, args.study, query, args.pacs_series)) if server else None
+    destination = Destination(dimse=args.store_dimse) if args.store_dimse else Destination(web=server) \
+        if args.store else None
     cancel = _CancelFlag()
     try:
         rows = run_cohort(args.inputs, args.out, options, args.workers, args.executor, args.address,
-                          args.progress, cancel)
+                          args.progress, cancel, fetch)
+        if destination is not None:
+            stored, rows = store_cohort(Path(args.out), destination, rows)
+            print(f"Stored {plural(stored, 'DICOM object')} on {destination.label}", file=sys.stderr)
     finally:
         cancel.restore()
     failed = [row["case"] for row in rows if row["status"] == "failed"]
@@ -255,6 +325,17 @@ def cmd_cohort(args) -> int:
         print(f"seguncertainty: error: {len(failed)} case(s) failed (errors in worklist.csv): {shown}",
               file=sys.stderr)
         return COHORT_CASES_FAILED
+    return 0
+
+
+def cmd_send(args) -> int:
+    from .cohort.pacs import Destination, send_folder
+
+    if bool(args.dicomweb) == bool(args.store_dimse):
+        raise UsageError("send: give --dicomweb URL or --store-dimse AET@HOST:PORT (one of them)")
+    destination = Destination(web=_dicomweb(args)) if args.dicomweb else Destination(dimse=args.store_dimse)
+    stored, cases = send_folder(Path(args.folder), destination)
+    print(f"Stored {plural(stored, 'DICOM object')} of {plural(cases, 'run')} on {destination.label}")
     return 0
 
 
@@ -431,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         args = _parser().parse_args(argv)
-        commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models}
+        commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models,
+                    "send": cmd_send}
         return commands[args.command](args)
     except SegUncertaintyError as exc:
         code, message = exc.exit_code, str(exc)

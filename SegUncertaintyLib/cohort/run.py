@@ -78,9 +78,20 @@ def _keep_reviews(rows: list[dict], folder: Path) -> list[dict]:
     return rows + kept
 
 
+def _cases(inputs: Sequence[str | os.PathLike], options: SegmentOptions) -> list[Case]:
+    """The inputs' cases (cases.find_cases); UsageError for an image-file case with ``--dicom``."""
+    cases = find_cases([os.fspath(p) for p in inputs])
+    images = [c.given for c in cases if c.series is None]
+    if options.dicom and images:
+        more = f" and {len(images) - 1} more" if len(images) > 1 else ""
+        raise UsageError(f"--dicom needs DICOM series inputs; {images[0]}{more} is not a DICOM series")
+    return cases
+
+
 def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options: SegmentOptions | None = None,
                workers: int = 1, executor: str = "local", address: str | None = None, progress: str = "none",
-               cancelled: Callable[[], bool] | None = None) -> list[dict]:
+               cancelled: Callable[[], bool] | None = None,
+               fetch: Callable[[Path], Sequence[str]] | None = None) -> list[dict]:
     """Segment every case ``inputs`` name into ``out``/<case id>/ and write ``out``/worklist.csv; return its
     rows (dicts of strings, in review order).
 
@@ -90,7 +101,8 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
     the finished ones, then CancelledError. An executor that fails itself (a cluster lost; not a case's
     error) also leaves the worklist of the finished cases, then SegUncertaintyError (exit 1). Refusals
     before any case runs: UsageError (options, CSV, case names), InputImageError (no inputs), OutputError
-    (``out`` not ours, or another run holds it).
+    (``out`` not ours, or another run holds it). ``fetch`` (cohort/pacs.py): called with the cohort folder,
+    locked and listing ``pacs.CACHE``, it fills that cache and returns the inputs (``inputs`` is then unused).
     """
     from ..core.progress import CohortProgress
     from ..io.publish import OutputFolder
@@ -100,14 +112,15 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
     check_executor(executor, workers, address)  # before the cohort folder is touched
     if Path(options.model).exists():  # a model folder or card: the same one from any worker's folder
         options = dataclasses.replace(options, model=str(Path(options.model).resolve()))
-    cases = find_cases([os.fspath(p) for p in inputs])
-    images = [c.given for c in cases if c.series is None]
-    if options.dicom and images:
-        more = f" and {len(images) - 1} more" if len(images) > 1 else ""
-        raise UsageError(f"--dicom needs DICOM series inputs; {images[0]}{more} is not a DICOM series")
+    cases = _cases(inputs, options) if fetch is None else []
     with OutputFolder(out, cohort_files) as cohort:
         root = cohort.path
         root.mkdir(exist_ok=True)
+        if fetch is not None:
+            from .pacs import CACHE
+
+            _write_manifest(root, (_listed(root) or set()) | {CACHE})
+            cases = _cases(fetch(root), options)
         _write_manifest(root, (_listed(root) or set()) | {c.id for c in cases} | {WORKLIST_CSV, WORKLIST_HTML})
         in_process = executor == "local" and workers == 1
         threads = max(1, (os.cpu_count() or 1) // workers) if executor == "local" and workers > 1 else None

@@ -15,7 +15,8 @@ empty where the card gives no range):
 - reviewed: "" or "yes"; reviewed_at: ISO 8601 time it was marked; reviewer_note: free text;
 - input: the input path as given; output: the case's output folder relative to the worklist's folder
   (empty for a failed case);
-- seconds: wall time of the case; error: one-line error of a failed case.
+- seconds: wall time of the case; error: one-line error of a failed case;
+- after ``--store``/``--store-dimse``/``send`` only: stored_to, stored, store_error (cohort/pacs.py).
 
 Review priority (``rank_rows``; higher = review first):
 
@@ -58,6 +59,7 @@ WORKLIST_CSV = "worklist.csv"
 COLUMNS = ("rank", "case", "status", "priority", "reason", "reviewed", "reviewed_at", "reviewer_note",
            "input", "output", "seconds", "error")
 STATUSES = ("done", "skipped", "failed")
+STORE_COLUMNS = ("stored_to", "stored", "store_error")  # cohort/pacs.py: where a case's DICOM objects went
 REVIEW_FIELDS = ("reviewed", "reviewed_at", "reviewer_note")  # the reviewer's, kept when a worklist is rewritten
 
 
@@ -203,4 +205,5 @@ def worklist_columns(rows: list[dict]) -> list[str]:
         for key in row:
             if key.endswith(":volume_ml") and key[: -len(":volume_ml")] not in names:
                 names.append(key[: -len(":volume_ml")])
-    return [*COLUMNS, *class_columns(names)]
+    stored = any(key in row for row in rows for key in STORE_COLUMNS)
+    return [*COLUMNS, *class_columns(names), *(STORE_COLUMNS if stored else ())]

@@ -42,6 +42,13 @@ class ResourceError(SegUncertaintyError):
 CANCELLED_MESSAGE = "Cancelled by the user; nothing was written"
 
 
+class PacsError(SegUncertaintyError):
+    """A PACS (DICOMweb or DIMSE node) cannot be reached, times out, refuses the request (401, 403, 409) or
+    changes a series while it is read. Nothing local is deleted."""
+
+    exit_code = 7
+
+
 class CancelledError(SegUncertaintyError):
     """The run was cancelled by the user; nothing was written (the default message)."""
 

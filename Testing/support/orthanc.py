@@ -1,0 +1,112 @@
+"""A real Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``) on free loopback ports, for the PACS tests.
+
+``Orthanc`` writes a generated configuration (HTTP and DICOM ports, storage in a temporary folder, the
+DICOMweb plugin, remote access off, optionally HTTP basic authentication), starts ``Orthanc CONFIG.json``,
+waits until ``/system`` answers and stops the process afterwards (``stop``/``start`` also let a test take
+the server down in the middle of a run).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # dpkg -L orthanc-dicomweb
+HOST = "127.0.0.1"
+
+
+def available() -> bool:
+    """Whether Orthanc and its DICOMweb plugin are installed here (install.sh installs them as root)."""
+    return shutil.which("Orthanc") is not None and PLUGIN.exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    """One Orthanc process; ``users`` ({name: password}) turns HTTP basic authentication on."""
+
+    def __init__(self, folder: Path, users: dict[str, str] | None = None, aet: str = "ORTHANC"):
+        self.folder = folder
+        self.users = users
+        self.aet = aet
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "seguncertainty-test", "HttpPort": self.http_port, "DicomPort": self.dicom_port,
+            "DicomAet": aet, "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
+            "Plugins": [str(PLUGIN)], "RemoteAccessAllowed": False, "HttpTimeout": 30,
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "AuthenticationEnabled": users is not None, "RegisteredUsers": users or {},
+            "StableAge": 1, "ConcurrentJobs": 1,
+        }
+        self.config = folder / "orthanc.json"
+        self.config.write_text(json.dumps(config, indent=1))
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        return next(iter(self.users.items())) if self.users else None
+
+    def start(self, timeout: float = 30.0) -> Orthanc:
+        log = (self.folder / "orthanc.log").open("ab")
+        self.process = subprocess.Popen(["Orthanc", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=self.folder)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.process.returncode}: "
+                                   f"{(self.folder / 'orthanc.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.url}/system", auth=self.auth, timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Orthanc did not answer on {self.url}/system within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        """A REST call (``/instances``, ``/series/ID``...) with the server's credentials."""
+        return requests.get(f"{self.url}{path}", auth=self.auth, timeout=30, **kwargs)
+
+    def upload(self, files) -> list[str]:
+        """POST each DICOM file to ``/instances``; the Orthanc instance ids."""
+        ids = []
+        for path in files:
+            response = requests.post(f"{self.url}/instances", data=Path(path).read_bytes(), auth=self.auth, timeout=30)
+            response.raise_for_status()
+            ids.append(response.json()["ID"])
+        return ids
+
+    def instances(self) -> list[str]:
+        return self.get("/instances").json()
