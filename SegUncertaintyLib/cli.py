@@ -1,9 +1,10 @@
 """Command line: ``seguncertainty segment``, ``cohort``, ``evaluate``, ``models`` and ``send``.
 
 Exit codes: 0 success, 2 usage, 3 bad input image, 4 model problem, 5 output not writable or not
-ours to replace, 6 out of memory, 7 a PACS failed (unreachable, timeout, TLS, refused, series changed), 8 a cohort finished but some of its cases failed (each recorded in
-its worklist), 130 cancelled (SIGINT/SIGTERM), 1 unexpected error. Every error is one line on stderr,
-``seguncertainty: error: ...``; no traceback.
+ours to replace, 6 out of memory, 7 a PACS failed (unreachable, timeout, TLS, refused, series changed),
+8 a cohort finished but some of its cases failed (each recorded in its worklist), 130 cancelled
+(SIGINT/SIGTERM), 1 unexpected error. Every error is one line on stderr, ``seguncertainty: error: ...``;
+no traceback.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ def add_pacs_options(parser: argparse.ArgumentParser, reading: bool) -> None:
                           help="with --dicomweb: the StudyInstanceUIDs to read")
         pacs.add_argument("--query", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                           help="with --dicomweb: a QIDO-RS search, e.g. PatientID=123 StudyDate=20240101-20240131")
-        pacs.add_argument("--pacs-series", dest="pacs_series", action="extend", nargs="+", default=[],
-                          metavar="UID", help="with --dicomweb: only these SeriesInstanceUIDs")
+        pacs.add_argument("--series", action="extend", nargs="+", default=[], metavar="UID",
+                          help="with --dicomweb: these SeriesInstanceUIDs (only these, with --study or --query)")
         pacs.add_argument("--store", action="store_true",
                           help="send the DICOM results to the --dicomweb server (STOW-RS); implies --dicom")
     pacs.add_argument("--store-dimse", default=None, metavar="AET@HOST:PORT",
@@ -286,25 +287,24 @@ def cmd_segment(args) -> int:
 
 
 def cmd_cohort(args) -> int:
+    from .cohort.pacs import Destination, fetch_series, store_cohort
     from .cohort.run import run_cohort
     from .core.options import SegmentOptions
-
-    from .cohort.pacs import Destination, fetch_series, store_cohort
 
     if args.store or args.store_dimse:
         args.dicom = True
     options = SegmentOptions.from_args(args).check()
     if bool(args.inputs) == bool(args.dicomweb):
         raise UsageError("cohort: give INPUT paths or --dicomweb URL (not both)")
-    if (args.study or args.query or args.pacs_series) and not args.dicomweb:
-        raise UsageError("--study, --query and --pacs-series need --dicomweb URL")
-    if args.dicomweb and not (args.study or args.query):
-        raise UsageError("--dicomweb needs --study UID... or --query KEY=VALUE... (what to read)")
+    if (args.study or args.query or args.series) and not args.dicomweb:
+        raise UsageError("--study, --query and --series need --dicomweb URL")
+    if args.dicomweb and not (args.study or args.query or args.series):
+        raise UsageError("--dicomweb needs --study UID..., --series UID... or --query KEY=VALUE... (what to read)")
     if args.store and not args.dicomweb:
         raise UsageError("--store sends to the --dicomweb server; for another node use --store-dimse AET@HOST:PORT")
     server = _dicomweb(args) if args.dicomweb else None
     query = _query(args.query)
-    fetch = (lambda root: fetch_series(server, root, args.study, query, args.pacs_series)) if server else None
+    fetch = (lambda root: fetch_series(server, root, args.study, query, args.series)) if server else None
     destination = Destination(dimse=args.store_dimse) if args.store_dimse else Destination(web=server) \
         if args.store else None
     cancel = _CancelFlag()

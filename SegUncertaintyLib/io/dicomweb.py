@@ -157,11 +157,12 @@ class DicomWeb:
     def find_series(self, studies: Sequence[str] = (), query: dict[str, str] | None = None,
                     series: Sequence[str] = ()) -> list[RemoteSeries]:
         """The CT and MR series of ``studies`` (each StudyInstanceUID), or of the QIDO-RS ``query`` (attribute
-        keyword or tag -> value, e.g. PatientID, StudyDate), restricted to ``series`` UIDs when given; sorted
-        by study and series UID."""
+        keyword or tag -> value, e.g. PatientID, StudyDate), restricted to ``series`` UIDs when given (alone:
+        those series, wherever they are); sorted by study and series UID."""
         found: dict[str, RemoteSeries] = {}
         fields = ["Modality", "SeriesDescription", "NumberOfSeriesRelatedInstances"]
-        searches = [(s, dict(query or {})) for s in studies] or [(None, dict(query or {}))]
+        searches = [(s, dict(query or {})) for s in studies] or (
+            [(None, dict(query))] if query else [(None, {"SeriesInstanceUID": s}) for s in series])
         for study, filters in searches:
             results = self.call("searching for series", self.client.search_for_series, study_instance_uid=study,
                                 search_filters=filters, fields=fields, get_remaining=True)
