@@ -75,3 +75,37 @@ def head_run(tmp_path_factory):
     scenario.run_command(process.segment_command(sys.executable, str(folder / "input.nrrd"), str(folder / "out"),
                                                  method="ensemble"))
     return folder / "input.nrrd", folder / "out"
+
+
+def _orthanc(tmp_path_factory, users):
+    from Testing.support import orthanc
+
+    if not orthanc.available():
+        pytest.skip("needs Debian's orthanc and orthanc-dicomweb (install.sh installs them as root)")
+    server = orthanc.Orthanc(tmp_path_factory.mktemp("orthanc"), users).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def orthanc_server(tmp_path_factory):
+    """A real Orthanc with DICOMweb on free loopback ports, no authentication (Testing/support/orthanc.py)."""
+    yield from _orthanc(tmp_path_factory, None)
+
+
+@pytest.fixture
+def orthanc_auth(tmp_path_factory):
+    """A real Orthanc requiring HTTP basic authentication as user 'alice', password 's3cret-pw'."""
+    yield from _orthanc(tmp_path_factory, {"alice": "s3cret-pw"})
+
+
+@pytest.fixture
+def storage_scp():
+    """A pynetdicom storage SCP on a free loopback port (Testing/support/storage_scp.py)."""
+    from Testing.support.storage_scp import StorageSCP
+
+    scp = StorageSCP()
+    yield scp
+    scp.stop()

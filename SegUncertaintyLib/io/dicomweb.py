@@ -135,6 +135,9 @@ class DicomWeb:
             session.auth = (credentials.user, credentials.password)
         self.session = session
         self.client = DICOMwebClient(self.url, session=session, timeout=timeout)
+        # its default retries a timeout 5 times with exponential waits (and logs each traceback): --timeout
+        # is the user's bound on waiting, and the next run resumes
+        self.client.set_http_retry_params(retry=False)
 
     def call(self, what: str, function: Callable[..., T], *args, **kwargs) -> T:
         """``function(*args, **kwargs)``, its failures as one-line PacsErrors saying ``what`` was being done."""

@@ -1,0 +1,267 @@
+"""A cohort read from a real Orthanc (DICOMweb) and its DICOM results sent back (STOW-RS, or C-STORE to a
+pynetdicom storage SCP): round trips, refusals and failures of the server.
+
+Oracles: Orthanc's own REST listing (what it holds), highdicom (the objects read back), the run's local
+files (byte for byte the same pixel data and UIDs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from SegUncertaintyLib import cli
+from SegUncertaintyLib.cohort.pacs import Destination, retrieve
+from SegUncertaintyLib.core.errors import PacsError, UsageError
+from SegUncertaintyLib.io.dicomweb import (
+    ENV_PASSWORD,
+    ENV_TOKEN,
+    ENV_USER,
+    DicomWeb,
+    check_url,
+    parse_dimse,
+    read_credentials,
+)
+from Testing.support.dicom_series import volume, write_series
+from Testing.support.orthanc import free_port
+from Testing.support.tiny_models import write_threshold_model
+
+pytestmark = [pytest.mark.pacs, pytest.mark.dicom]
+
+STUDY = "1.2.826.0.1.3680043.2.1125.9"  # write_series' study
+SERIES = ("1.2.826.0.1.3680043.2.1125.9.61", "1.2.826.0.1.3680043.2.1125.9.62")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _series(tmp_path: Path, uid: str, seed: int = 0) -> list[Path]:
+    array = (volume((5, 12, 10), seed) % 1000).astype(np.int16)
+    array[1:4, 3:9, 3:8] += 600
+    return write_series(tmp_path / "src" / uid, array, uid, f"CT {uid[-2:]}", modality="CT")
+
+
+def _model(folder: Path) -> Path:
+    write_threshold_model(folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["preprocessing"]["intensity"] = {"method": "window", "lower": 0, "upper": 1000}
+    card["anatomic_region"] = {"region": ["SCT", "818981001", "Abdomen"], "laterality": "U"}
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+def _cohort(server, out: Path, model: Path, *extra: str) -> list[str]:
+    return ["cohort", "--dicomweb", server.dicomweb, "--study", STUDY, "--out", str(out), "--model", str(model),
+            "--method", "mc_dropout", "--samples", "3", "--maps", "entropy", "--progress", "none", "--no-overview",
+            *extra]
+
+
+def _worklist(out: Path) -> list[dict]:
+    with (out / "worklist.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _local_objects(case: Path) -> dict[str, Path]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in (case / "dicom").glob("*.dcm")}
+
+
+# -- options, credentials ---------------------------------------------------------------------------
+def test_credentials_come_from_the_environment_or_a_file_and_are_never_shown(tmp_path):
+    basic = read_credentials(environ={ENV_USER: "alice", ENV_PASSWORD: "pw-123"})
+    assert (basic.user, basic.password, basic.token) == ("alice", "pw-123", None)
+    assert "pw-123" not in repr(basic) and "alice" not in repr(basic)
+    assert read_credentials(environ={}) is None
+    file = tmp_path / "creds"
+    file.write_text(f"# PACS\n{ENV_TOKEN}=tok-9\n")
+    assert read_credentials(file, environ={ENV_USER: "x", ENV_PASSWORD: "y"}).token == "tok-9"
+    file.write_text("password: pw-123\n")
+    with pytest.raises(UsageError, match="line 1") as refused:
+        read_credentials(file)
+    assert "pw-123" not in str(refused.value)
+    with pytest.raises(UsageError, match="without"):
+        read_credentials(environ={ENV_USER: "alice"})
+
+
+def test_urls_with_credentials_and_bad_dimse_addresses_are_refused():
+    assert check_url("http://127.0.0.1:8042/dicom-web/") == "http://127.0.0.1:8042/dicom-web"
+    for bad in ("http://alice:pw@host/dicom-web", "ftp://host/x", "host:8042", "http://host/x?token=1"):
+        with pytest.raises(UsageError):
+            check_url(bad)
+    assert parse_dimse("PACS@10.0.0.5:104") == ("PACS", "10.0.0.5", 104)
+    for bad in ("PACS@host", "@host:104", "A" * 17 + "@host:104", "PACS@host:0", "PACS@host:70000"):
+        with pytest.raises(UsageError):
+            parse_dimse(bad)
+
+
+def test_cohort_pacs_options_are_checked_before_anything_is_read(tmp_path, capsys):
+    out = tmp_path / "c"
+    for argv in (["cohort", "--out", str(out), "--study", "1.2.3"],
+                 ["cohort", "--out", str(out), "--dicomweb", "http://127.0.0.1:9/dicom-web"],
+                 ["cohort", str(tmp_path), "--out", str(out), "--store"],
+                 ["cohort", "--out", str(out), "--dicomweb", "http://u:p@127.0.0.1:9/x", "--study", "1.2"],
+                 ["send", str(tmp_path)]):
+        assert cli.main(argv) == 2, argv
+    assert not out.exists()
+    assert "p@" not in capsys.readouterr().err
+
+
+# -- failures of the server -------------------------------------------------------------------------
+def test_wrong_or_missing_credentials_exit_7_in_one_line_without_the_password(orthanc_auth, tmp_path, capsys,
+                                                                            monkeypatch):
+    orthanc_auth.upload(_series(tmp_path, SERIES[0]))
+    out = tmp_path / "c"
+    monkeypatch.setenv(ENV_USER, "alice")
+    monkeypatch.setenv(ENV_PASSWORD, "wrong-pw-77")
+    assert cli.main(["cohort", "--dicomweb", orthanc_auth.dicomweb, "--study", STUDY, "--out", str(out)]) == 7
+    err = capsys.readouterr().err
+    assert "401" in err and "wrong-pw-77" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.delenv(ENV_USER)
+    monkeypatch.delenv(ENV_PASSWORD)
+    assert cli.main(["cohort", "--dicomweb", orthanc_auth.dicomweb, "--study", STUDY, "--out", str(out)]) == 7
+    assert "401" in capsys.readouterr().err
+    # the right ones, from a file: the search succeeds and the series lands in the cache
+    file = tmp_path / "creds"
+    file.write_text(f"{ENV_USER}=alice\n{ENV_PASSWORD}=s3cret-pw\n")
+    server = DicomWeb(orthanc_auth.dicomweb, read_credentials(file))
+    assert [s.series for s in server.find_series([STUDY])] == [SERIES[0]]
+
+
+def test_a_server_that_is_down_or_silent_exits_7_and_deletes_nothing(tmp_path, capsys):
+    out = tmp_path / "c"
+    out.mkdir()
+    down = f"http://127.0.0.1:{free_port()}/dicom-web"
+    assert cli.main(["cohort", "--dicomweb", down, "--study", STUDY, "--out", str(out), "--timeout", "2"]) == 7
+    assert "Cannot reach" in capsys.readouterr().err
+    silent = __import__("socket").socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/dicom-web"
+    started = time.monotonic()
+    assert cli.main(["cohort", "--dicomweb", url, "--study", STUDY, "--out", str(out), "--timeout", "1"]) == 7
+    assert "did not answer within 1 s" in capsys.readouterr().err and time.monotonic() - started < 10
+    silent.close()
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.json"]  # the folder is ours; nothing else written
+
+
+def test_a_series_that_changes_between_listing_and_retrieval_is_refused(orthanc_server, tmp_path):
+    files = _series(tmp_path, SERIES[0])
+    orthanc_server.upload(files[:-1])
+    server = DicomWeb(orthanc_server.dicomweb)
+    (remote,) = server.find_series([STUDY])
+
+    class Growing(DicomWeb):  # the real server; the last slice arrives after the listing
+        def retrieve_series(self, study, series):
+            orthanc_server.upload(files[-1:])
+            return super().retrieve_series(study, series)
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with pytest.raises(PacsError, match=r"changed on .* \(4 instances listed, 5 retrieved"):
+        retrieve(Growing(orthanc_server.dicomweb), remote, cache)
+    assert list(cache.iterdir()) == []
+    folder = retrieve(server, remote, cache)  # complete now: retrieved, with its checksum record
+    record = json.loads((cache / f"{SERIES[0]}.json").read_text())
+    assert len(record["instances"]) == 5 and len(list(folder.glob("*.dcm"))) == 5
+    stamp = (folder / "1.dcm").stat().st_mtime_ns
+    assert retrieve(server, remote, cache) == folder and (folder / "1.dcm").stat().st_mtime_ns == stamp  # cached
+    (folder / "1.dcm").write_bytes((folder / "1.dcm").read_bytes()[:-2] + b"\0\0")  # damaged: retrieved again
+    retrieve(server, remote, cache)
+    assert json.loads((cache / f"{SERIES[0]}.json").read_text())["sha256"] == record["sha256"]
+
+
+# -- round trips ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_round_trip_two_series_store_query_back_and_no_duplicates(orthanc_server, tmp_path):
+    for uid in SERIES:  # a study with two series
+        orthanc_server.upload(_series(tmp_path, uid, seed=len(uid)))
+    before = set(orthanc_server.instances())
+    model = _model(tmp_path / "model")
+    out = tmp_path / "cohort"
+    assert cli.main(_cohort(orthanc_server, out, model, "--store")) == 0
+    rows = _worklist(out)
+    assert sorted(r["status"] for r in rows) == ["done", "done"]
+    new = set(orthanc_server.instances()) - before
+    server = DicomWeb(orthanc_server.dicomweb)
+    for row in rows:
+        local = _local_objects(out / row["output"])
+        assert row["stored_to"] == orthanc_server.dicomweb and row["stored"] == f"{len(local)}/{len(local)}"
+        assert set(local) <= server.instance_uids(STUDY)  # queried back by QIDO-RS
+        seg_uid = next(u for u, p in local.items() if p.name == "segmentation.dcm")
+        seg_series = str(pydicom.dcmread(local[seg_uid], stop_before_pixels=True).SeriesInstanceUID)
+        (remote,) = [d for d in server.retrieve_series(STUDY, seg_series)]
+        seg = hd.seg.Segmentation.from_dataset(remote)
+        assert np.array_equal(seg.pixel_array, pydicom.dcmread(local[seg_uid]).pixel_array)
+        assert str(seg.SeriesInstanceUID) == seg_series and str(seg.StudyInstanceUID) == STUDY
+    assert len(new) == sum(len(_local_objects(out / r["output"])) for r in rows)
+    # a second --store: cases skipped, every object already there, nothing duplicated
+    assert cli.main(_cohort(orthanc_server, out, model, "--store")) == 0
+    assert sorted(r["status"] for r in _worklist(out)) == ["skipped", "skipped"]
+    assert set(orthanc_server.instances()) == before | new
+    json.loads((out / "cohort.json").read_text())  # still a cohort folder: the cache is listed
+    assert "dicomweb" in {e["file"] for e in json.loads((out / "cohort.json").read_text())["outputs"]}
+
+
+@pytest.mark.slow
+def test_orthanc_stopped_mid_run_exits_7_keeps_everything_and_the_next_run_completes(orthanc_server, tmp_path):
+    for uid in SERIES:
+        orthanc_server.upload(_series(tmp_path, uid))
+    model = _model(tmp_path / "model")
+    out = tmp_path / "cohort"
+    argv = [sys.executable, "-m", "SegUncertaintyLib.cli", *_cohort(orthanc_server, out, model, "--store")]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # the first case's folder: segmenting
+        if any(p.is_dir() and (p / "manifest.json").exists() for p in out.glob("*-*")):
+            break
+        time.sleep(0.02)
+    orthanc_server.stop()
+    err = process.communicate(timeout=180)[1]
+    assert process.returncode == 7, err
+    assert "Cannot reach" in err.strip().splitlines()[-1]
+    rows = _worklist(out)
+    assert sorted(r["status"] for r in rows) == ["done", "done"] and all(r["store_error"] for r in rows)
+    assert all(_local_objects(out / r["output"]) for r in rows)  # nothing local deleted
+    orthanc_server.start()
+    assert cli.main(["send", str(out), "--dicomweb", orthanc_server.dicomweb]) == 0
+    rows = _worklist(out)
+    assert all(r["store_error"] == "" and r["stored"].split("/")[0] == r["stored"].split("/")[1] for r in rows)
+    on_server = DicomWeb(orthanc_server.dicomweb).instance_uids(STUDY)
+    assert all(set(_local_objects(out / r["output"])) <= on_server for r in rows)
+
+
+@pytest.mark.slow
+def test_store_dimse_half_failed_is_completed_by_the_next_run(orthanc_server, storage_scp, tmp_path, capsys):
+    orthanc_server.upload(_series(tmp_path, SERIES[0]))
+    model = _model(tmp_path / "model")
+    out = tmp_path / "cohort"
+    storage_scp.refuse_after = 2
+    assert cli.main(_cohort(orthanc_server, out, model, "--store-dimse", storage_scp.address)) == 7
+    assert "0xA700" in capsys.readouterr().err
+    (row,) = _worklist(out)
+    assert row["stored_to"] == f"dimse:{storage_scp.address}" and "0xA700" in row["store_error"]
+    local = _local_objects(out / row["output"])
+    assert len(storage_scp.received) == 2 < len(local)
+    storage_scp.refuse_after = None
+    assert cli.main(_cohort(orthanc_server, out, model, "--store-dimse", storage_scp.address)) == 0
+    (row,) = _worklist(out)
+    assert row["status"] == "skipped" and row["stored"] == f"{len(local)}/{len(local)}" and not row["store_error"]
+    assert set(storage_scp.received) == set(local)  # one copy of each object, by its run-derived UID
+    for uid, path in local.items():
+        assert storage_scp.received[uid].PixelData == pydicom.dcmread(path).PixelData if "PixelData" in \
+            storage_scp.received[uid] else True
+
+
+def test_destination_needs_exactly_one_target():
+    with pytest.raises(UsageError):
+        Destination()
+    with pytest.raises(UsageError):
+        Destination(dimse="nonsense")
