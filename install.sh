@@ -36,4 +36,7 @@ apt_install mricron-data "only needed to retrain or re-evaluate the bundled mode
 apt_install chromium "the worklist.html browser test is skipped without it"
 # dciodvfy: the DICOM output tests check every object with it
 apt_install dicom3tools "the DICOM conformance test is skipped without dciodvfy"
+# a real Orthanc with DICOMweb: the PACS round-trip tests (Testing/cohort/test_pacs.py) start one
+apt_install orthanc "the PACS tests are skipped without Orthanc"
+apt_install orthanc-dicomweb "the PACS tests are skipped without Orthanc's DICOMweb plugin"
 .venv/bin/seguncertainty models --verify
