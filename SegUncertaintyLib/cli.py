@@ -513,7 +513,8 @@ def cmd_calibrate(args) -> int:
         raise UsageError(f"calibrate: --alpha must lie in (0, 1), got {args.alpha}")
     labels = Path(args.labels)
     if not labels.is_dir():
-        raise InputImageError(f"--labels {labels} is not a folder" if labels.exists() else f"--labels {labels} not found")
+        raise InputImageError(f"--labels {labels} is not a folder" if labels.exists()
+                              else f"--labels {labels} not found")
     options = SegmentOptions(model=args.model, method=args.method, samples=args.samples, device=args.device,
                              seed=args.seed, maps=(args.map,), overview=False, calibration="none").check()
     out = Path(args.out) if args.out else Path("seguncertainty_calibration") / (
