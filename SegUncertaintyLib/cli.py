@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="label names for case folders of plain volumes without manifest.json, e.g. 1=liver,2=tumour")
 
     _add_models_parser(sub)
+    _add_calibrate_parser(sub)
     return parser
 
 
@@ -131,6 +132,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom", action="store_true",
                         help="also write DICOM SEG, Parametric Maps and a TID 1500 report in dicom/ (the input must "
                              "be a DICOM series; README 'Hospital use')")
+    parser.add_argument("--calibration", default="auto", metavar="auto|none|FILE",
+                        help="auto: the newest calibration made by 'calibrate' for these weights, method and "
+                             "samples (never another); none: off; or a calibration file (default: %(default)s)")
 
 
 def add_pacs_options(parser: argparse.ArgumentParser, reading: bool) -> None:
@@ -267,11 +271,21 @@ def cmd_segment(args) -> int:
             cancel.check()
             model = load_model(options.model)
             reporter("load", 1.0, f"model {model.description.name} {model.description.version}")
+            selected = _select_calibration(options, model.description)
             cancel.check()
             outputs = segment_image(image, model, options, reporter, cancel, scratch)
             cancel.check()
             reporter("write", 0.0, f"writing to {out}")
             settings = options.settings(image.GetMetaData(SERIES_UID_TAG) if path.is_dir() else None)
+            if selected is not None:
+                from .calibration.store import calibration_record
+                from .inference.calibrated import apply_calibration
+
+                note = apply_calibration(outputs, *selected)
+                if note:
+                    outputs.notes.append(note)
+                else:
+                    settings["calibration"] = calibration_record(*selected)
             sources = series_slice_files(path, args.series) if options.dicom else None
             manifest = write_outputs(outputs, folder, model.description, str(path), options, settings, cancel,
                                      sources)
@@ -339,6 +353,12 @@ def cmd_send(args) -> int:
     return 0
 
 
+def _select_calibration(options, description):
+    from .cohort.worker import select_for_run
+
+    return select_for_run(options, description)
+
+
 def plural(n: int, noun: str) -> str:
     """``1 sample``, ``2 samples``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
@@ -366,6 +386,27 @@ def _print_summary(outputs, manifest: Path) -> None:
         elif readings:
             print(f"  {name}: " + (f"review recommended, outside the model's usual range: {', '.join(review)}"
                                    if review else "all scores within the model's usual range"))
+        if "predicted_dice" in scores:
+            p = scores["predicted_dice"]
+            print(f"  {name}: predicted Dice {p['value']:.3f}, interval [{p['interval'][0]:.3f}, "
+                  f"{p['interval'][1]:.3f}] at coverage {p['coverage']:g}"
+                  + (f"; {readings['calibration']['reading']}" if "calibration" in readings else ""))
+    _print_calibration(outputs.scores)
+
+
+def _print_calibration(scores: dict) -> None:
+    from .calibration.apply import NOT_CALIBRATED
+
+    referral = scores.get("referral")
+    if referral is None:
+        print(f"  {NOT_CALIBRATED}")
+        return
+    flagged = ("" if referral["flagged_ml"] is None else
+               f": {referral['flagged_ml']:.1f} mL flagged"
+               + ("" if referral["flagged_percent_of_segment"] is None
+                  else f" ({referral['flagged_percent_of_segment']:.1f} % of the segment)"))
+    print(f"  referral: {referral['map']} >= {referral['threshold']} (calibration {scores['calibration']['id']}, "
+          f"n = {referral['n_calibration']}, alpha = {referral['alpha']}){flagged}")
 
 
 def parse_maps(text: str) -> tuple[str, ...]:
@@ -493,10 +534,96 @@ def cmd_models(args) -> int:
         print(f"{e.name}  v{s.version}  {s.task}  format={e.format}  modality={s.modality}  "
               f"labels={','.join(s.labels.values())}  methods={','.join(s.methods)}  members={s.members}  "
               f"{e.folder}{status}")
+        for line in _calibration_lines(e.name):
+            print(f"    {line}")
     broken = [e.name for e in entries if e.error]
     if args.verify and broken:
         print(f"seguncertainty: error: {len(broken)} model(s) failed the check: {', '.join(broken)}", file=sys.stderr)
         return ModelError.exit_code
+    return 0
+
+
+def _calibration_lines(model_name: str) -> list[str]:
+    """One line per calibration made for ``model_name`` (name match; applying also checks the weights)."""
+    from .calibration.store import list_calibrations
+
+    return [f"calibration {doc['id']}: method {doc['method']}, samples "
+            f"{doc['samples'] if doc['samples'] is not None else 'default'}, n = {doc['n']}, alpha = {doc['alpha']}, "
+            f"{doc['created'][:10]}" for _, doc in list_calibrations() if doc["model"]["name"] == model_name]
+
+
+# -- seguncertainty calibrate ---------------------------------------------------------------------------
+def _add_calibrate_parser(sub) -> None:
+    cal = sub.add_parser("calibrate", help="fit a referral threshold with a guarantee and a predicted Dice on "
+                                           "labelled cases")
+    cal.add_argument("model", help="model name, card path, nnU-Net v2 trained-model folder or MONAI bundle folder")
+    cal.add_argument("--images", nargs="+", required=True, metavar="INPUT",
+                     help="what cohort accepts: image files, folders (DICOM series included), CSV files")
+    cal.add_argument("--labels", required=True,
+                     help="folder of reference labelmaps named as the cases' inputs (case_0000.nii.gz pairs with "
+                          "case.nii.gz)")
+    cal.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                     help="uncertainty method (default: %(default)s)")
+    cal.add_argument("--samples", type=int, default=None, help="samples per member (default: the method's)")
+    cal.add_argument("--alpha", type=float, default=0.1,
+                     help="target expected fraction of missed errors, and 1 - the Dice intervals' coverage "
+                          "(default: %(default)s)")
+    cal.add_argument("--map", default="entropy", choices=[m for m in MAP_CHOICES if m != "probability"],
+                     help="uncertainty map the referral threshold applies to (default: %(default)s)")
+    cal.add_argument("--failure-dice", type=float, default=0.8,
+                     help="a case fails below this Dice, for the failure AUROC (default: %(default)s)")
+    cal.add_argument("--workers", type=int, default=1, help="cases run at the same time (default: %(default)s)")
+    cal.add_argument("--executor", default="local", choices=EXECUTORS, help="(default: %(default)s)")
+    cal.add_argument("--address", default=None, help="address of a running Ray or Dask cluster to join")
+    cal.add_argument("--device", default="auto", choices=DEVICES, help="(default: %(default)s)")
+    cal.add_argument("--seed", type=int, default=0, help="random seed of the dropout masks (default: %(default)s)")
+    cal.add_argument("--progress", default="bar", choices=("bar", "json", "none"), help="(default: %(default)s)")
+    cal.add_argument("--out", default=None,
+                     help="report folder; the cases' outputs go to its cases/ sub-folder, resumable "
+                          "(default: ./seguncertainty_calibration/<model name>-<method>)")
+
+
+def cmd_calibrate(args) -> int:
+    from .calibration.store import write_calibration
+    from .cohort.run import run_cohort
+    from .core.options import SegmentOptions
+    from .evaluation.calibrate import calibration_document, pair_references, write_report
+    from .evaluation.calibration_fit import FEW_CASES, MIN_CASES
+
+    if not 0.0 < args.alpha < 1.0:
+        raise UsageError(f"calibrate: --alpha must lie in (0, 1), got {args.alpha}")
+    labels = Path(args.labels)
+    if not labels.is_dir():
+        raise InputImageError(f"--labels {labels} is not a folder" if labels.exists()
+                              else f"--labels {labels} not found")
+    options = SegmentOptions(model=args.model, method=args.method, samples=args.samples, device=args.device,
+                             seed=args.seed, maps=(args.map,), overview=False, calibration="none").check()
+    out = Path(args.out) if args.out else Path("seguncertainty_calibration") / (
+        f"{Path(args.model).name}-{args.method}")
+    cancel = _CancelFlag()
+    try:
+        rows = run_cohort(args.images, out / "cases", options, args.workers, args.executor, args.address,
+                          args.progress, cancel)
+    finally:
+        cancel.restore()
+    pairs, notes = pair_references(rows, out / "cases", labels)
+    failed = [row["case"] for row in rows if row["status"] == "failed"]
+    if failed:
+        notes.append(f"{len(failed)} case(s) failed (errors in {out / 'cases' / 'worklist.csv'}): "
+                     f"{', '.join(failed[:5])}")
+    for note in notes:
+        logging.warning(note)
+    if len(pairs) < MIN_CASES:
+        raise UsageError(f"calibrate: needs at least {MIN_CASES} labelled cases, got {len(pairs)}")
+    if len(pairs) < FEW_CASES:
+        logging.warning(f"only {len(pairs)} labelled cases: the conformal corrections cost 1/(n+1) = "
+                        f"{1 / (len(pairs) + 1):.3f} of alpha; {FEW_CASES} or more are advised")
+    doc = calibration_document(pairs, args.alpha, args.map, args.failure_dice, args.samples)
+    path = write_calibration(doc, doc["model"]["folder"])
+    report = write_report(doc, path, out)
+    referral = doc["referral"]
+    print(f"Wrote calibration {path} (n = {doc['n']}, alpha = {doc['alpha']}, {doc['map']} threshold "
+          f"{referral['threshold']}) and {report}")
     return 0
 
 
@@ -513,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models,
-                    "send": cmd_send}
+                    "send": cmd_send, "calibrate": cmd_calibrate}
         return commands[args.command](args)
     except SegUncertaintyError as exc:
         code, message = exc.exit_code, str(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 cuda = torch.cuda.is_available()
             if not cuda:
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory):
+    """Every test (and every process it starts) sees its own empty $SEGUNCERTAINTY_HOME: no model or
+    calibration the developer installed can change a result (a test may still set its own)."""
+    previous = os.environ.get("SEGUNCERTAINTY_HOME")
+    os.environ["SEGUNCERTAINTY_HOME"] = str(tmp_path_factory.mktemp("seguncertainty_home"))
+    yield
+    if previous is None:
+        os.environ.pop("SEGUNCERTAINTY_HOME", None)
+    else:
+        os.environ["SEGUNCERTAINTY_HOME"] = previous
 
 
 @pytest.fixture

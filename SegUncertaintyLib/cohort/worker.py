@@ -58,7 +58,7 @@ def resume_key(manifest: dict) -> dict:
     return {"input_sha256": settings.get("input_sha256"), "model": model.get("name"), "version": model.get("version"),
             "weights": [m.get("sha256") for m in model.get("members", [])], "method": manifest.get("method"),
             **{k: settings.get(k) for k in ("samples", "seed", "overlap", "max_batch", "format", "maps", "map_dtype",
-                                             "overview", "save_samples", "dicom_series", "dicom")}}
+                                             "overview", "save_samples", "dicom_series", "dicom", "calibration")}}
 
 
 def _load(options: SegmentOptions):
@@ -88,7 +88,16 @@ def _case_settings(item: dict, options: SegmentOptions, digest: str) -> dict:
             "samples": options.samples, "overview": options.overview, "save_samples": options.save_samples}
 
 
-def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled) -> dict:
+def select_for_run(options: SegmentOptions, description) -> tuple[dict, Path] | None:
+    """The calibration (document, file) a run of ``description`` with ``options`` applies, or None."""
+    from ..calibration.store import select_calibration
+
+    weights = [m["sha256"] for m in model_record(description)["members"]]
+    return select_calibration(options.calibration, weights, options.method, options.samples)
+
+
+def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled, selected=None) -> dict:
+    from ..inference.calibrated import apply_calibration
     from ..inference.segment import segment_image
     from ..io.dicom import series_slice_files
     from ..io.images import read_image
@@ -99,6 +108,11 @@ def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancell
     with output_folder(item["out"]) as folder, folder.scratch() as scratch:
         image = read_image(item["path"], item["series"])
         outputs = segment_image(image, model, options, None, cancelled, scratch)
+        if selected is not None:
+            note = apply_calibration(outputs, *selected)
+            if note:
+                outputs.notes.append(note)
+                settings.pop("calibration", None)
         sources = series_slice_files(Path(item["path"]), item["series"]) if options.dicom else None
         write_outputs(outputs, folder, model.description, item["input"], options, settings, cancelled, sources)
     return outputs.scores
@@ -114,12 +128,17 @@ def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
     settings = _case_settings(item, options, input_sha256(item["path"], item.get("files", ())))
     model = _load(options)
     description = model.description
+    selected = select_for_run(options, description)
+    if selected is not None:
+        from ..calibration.store import calibration_record
+
+        settings["calibration"] = calibration_record(*selected)
     wanted = resume_key({"settings": settings, "model": model_record(description), "method": options.method})
     reference = description.info.get("score_reference")
     earlier = _earlier_run(Path(item["out"]), wanted)
     if earlier is not None:
         return "skipped", earlier, reference
-    return "done", _segment(item, options, model, settings, cancelled), reference
+    return "done", _segment(item, options, model, settings, cancelled, selected), reference
 
 
 def process_case(item: dict) -> dict:

@@ -37,6 +37,7 @@ class SegmentOptions:
     overview: bool = True
     save_samples: bool = False
     dicom: bool = False  # also the DICOM objects (results/dicom_objects.py); the input must be a DICOM series
+    calibration: str = "auto"  # auto: the newest calibration for these weights + method + samples; none; a file
 
     @classmethod
     def from_args(cls, args) -> SegmentOptions:
@@ -44,7 +45,7 @@ class SegmentOptions:
                    device=args.device, seed=args.seed, max_batch=args.max_batch, format=args.format,
                    maps=tuple(args.maps) if args.maps else None, map_dtype=args.map_dtype,
                    overview=not args.no_overview, save_samples=args.save_samples,
-                   dicom=getattr(args, "dicom", False))
+                   dicom=getattr(args, "dicom", False), calibration=getattr(args, "calibration", "auto"))
 
     def check(self) -> SegmentOptions:
         """Refuse options out of range before anything is read (UsageError, exit 2); return ``self``."""

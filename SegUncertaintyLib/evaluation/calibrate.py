@@ -1,0 +1,120 @@
+"""``seguncertainty calibrate``'s fitting half: pair a cohort's case folders with reference labelmaps, fit
+(evaluation/calibration_fit.py), and build the calibration file's document and the report.
+
+Pairing: the reference of a case is ``LABELS/<name>.<ext>`` where name is the case's input file name without
+its image suffix, or, nnU-Net style, that name without a trailing ``_0000`` channel suffix (``case_0000.nii.gz``
+pairs with ``case.nii.gz``), or the case id (a CSV's ``case`` column). A case without a reference is left out
+with a note.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from pathlib import Path
+
+from .. import __version__
+from ..calibration.store import FORMAT_VERSION, threshold_to_json
+from ..core.errors import InputImageError
+from ..io.images import IMAGE_SUFFIXES, image_suffix
+from .calibration_fit import fit_calibration, read_labelled_case
+from .evaluate import read_json
+
+_CHANNEL = re.compile(r"_\d{4}$")
+
+
+def reference_names(case: str, given: str) -> list[str]:
+    """Candidate reference names for a case (see the module docstring), in the order tried."""
+    name = Path(given.rstrip("/")).name
+    suffix = image_suffix(name)
+    stem = name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+    return list(dict.fromkeys([stem, _CHANNEL.sub("", stem), case]))
+
+
+def pair_references(rows: list[dict], cohort: Path, labels: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(case folder, reference) for every finished row with a reference, and notes for those without."""
+    pairs, notes = [], []
+    for row in rows:
+        if row["status"] == "failed":
+            continue
+        found = next((labels / f"{n}{s}" for n in reference_names(row["case"], row["input"]) for s in IMAGE_SUFFIXES
+                      if (labels / f"{n}{s}").is_file()), None)
+        if found is None:
+            notes.append(f"case {row['case']} ({row['input']}): no reference in {labels}; left out")
+        else:
+            pairs.append((cohort / row["case"], found))
+    return pairs, notes
+
+
+def calibration_document(pairs: list[tuple[Path, Path]], alpha: float, map_name: str, failure_dice: float,
+                         samples: int | None) -> dict:
+    """The calibration file's content (schema: calibration/calibration.schema.json) fitted on ``pairs``."""
+    cases = [read_labelled_case(folder, reference, map_name) for folder, reference in pairs]
+    fitted = fit_calibration(cases, alpha, map_name, failure_dice)
+    manifests = [read_json(folder / "manifest.json", "manifest") for folder, _ in pairs]
+    scores = read_json(pairs[0][0] / "scores.json", "scores")
+    first = manifests[0]
+    keys = {(tuple(m["sha256"] for m in x["model"]["members"]), x["method"]) for x in manifests}
+    if len(keys) != 1:
+        raise InputImageError("the calibration cases were run with different weights or methods")
+    created = datetime.datetime.now(datetime.timezone.utc)
+    weights = [m["sha256"] for m in first["model"]["members"]]
+    doc_id = (f"{first['model']['name']}-{first['method']}-{samples or 'default'}-"
+              f"{created.strftime('%Y%m%dT%H%M%SZ')}-{weights[0][:8]}")
+    fitted["referral"]["threshold"] = threshold_to_json(fitted["referral"]["threshold"])
+    return {
+        "format_version": FORMAT_VERSION, "id": re.sub(r"[^A-Za-z0-9._-]", "_", doc_id),
+        "created": created.isoformat(timespec="seconds"), "tool": f"seguncertainty {__version__}",
+        "model": {"name": first["model"]["name"], "version": first["model"]["version"], "weights": weights,
+                  "folder": first["model"].get("folder", "")},
+        "method": first["method"], "samples": samples, "n_samples": scores["n_samples"], "n": fitted["n"],
+        "alpha": alpha, "map": map_name, "failure_dice": failure_dice,
+        "cases": [{"case": folder.name, "reference": str(reference),
+                   "input_sha256": m.get("settings", {}).get("input_sha256") or ""}
+                  for (folder, reference), m in zip(pairs, manifests, strict=True)],
+        "referral": fitted["referral"], "classes": fitted["classes"], "notes": fitted["notes"],
+    }
+
+
+def _number(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+
+
+def write_report(doc: dict, calibration_file: Path, out: Path) -> Path:
+    """``out``/report.md (and a copy of the calibration as calibration.json); returns report.md."""
+    referral = doc["referral"]
+    lines = [f"# Calibration {doc['id']}", "",
+             f"Model {doc['model']['name']} {doc['model']['version']}, method {doc['method']}, "
+             f"samples {doc['samples'] if doc['samples'] is not None else 'default'} ({doc['n_samples']} in all), "
+             f"n = {doc['n']} labelled cases, alpha = {doc['alpha']}. Calibration file: `{calibration_file}`. "
+             "It applies only to runs of these weights, this method and this sample count.", "",
+             *(f"- Note: {note}" for note in doc["notes"]), "",
+             "## Referral threshold (conformal risk control)", "",
+             f"Map `{doc['map']}`, threshold {referral['threshold']}; mean missed-error fraction on the "
+             f"calibration cases {_number(referral['mean_missed_error_fraction'])}, bound "
+             f"n/(n+1)·mean + 1/(n+1) = {_number(referral['bound'])} <= alpha.", "",
+             f"Guarantee: {referral['guarantee']}", "",
+             f"Workload at the threshold (mean over the calibration cases): "
+             f"{_number(referral['workload_mean']['flagged_ml'])} mL flagged, "
+             f"{_number(referral['workload_mean']['flagged_percent_of_segment'])} % of the segment.", ""]
+    for name, block in doc["classes"].items():
+        lines += [f"## Class {name}", "", f"Predicted Dice: {block['predicted_dice']['method']}, coverage "
+                  f"{block['predicted_dice']['coverage']:g}.", "",
+                  f"Failure detection on held-out folds (failure: Dice < {doc['failure_dice']}):", "",
+                  "| score | AURC | E-AURC | oracle AURC | random AURC | failure AUROC |", "|---|---|---|---|---|---|"]
+        for score, d in block["failure_detection"].items():
+            lines.append(f"| {score} | {_number(d['aurc'])} | {_number(d['e_aurc'])} | {_number(d['oracle_aurc'])} "
+                         f"| {_number(d['random_aurc'])} | {_number(d['failure_auroc'])} |")
+        best = min(block["failure_detection"].items(), key=lambda kv: (math.inf if math.isnan(kv[1]["aurc"])
+                                                                        else kv[1]["aurc"]))[0]
+        lines += ["", f"Lowest AURC (best failure detector here): {best}. Zenk et al. 2025 found pairwise Dice "
+                  f"(dpw) the strongest detector; {'this holds' if best == 'dpw' else 'this does not hold'} here.",
+                  "", "Calibration range per score (min, max; cases outside read 'outside the calibration data'): "
+                  + ", ".join(f"{s} [{lo:.4g}, {hi:.4g}]" for s, (lo, hi) in block["usual_ranges"].items()), ""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,30 @@
+"""Apply a selected calibration (calibration/store.py) to a run's outputs before they are written."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..calibration.apply import calibrated_scores
+from ..calibration.store import calibration_record, threshold_from_json
+from .assembly import SegmentationOutputs
+
+
+def apply_calibration(outputs: SegmentationOutputs, doc: dict, path: Path) -> str | None:
+    """Replace ``outputs.scores`` by the calibrated scores; return a note instead (nothing applied) when the
+    run's total sample count differs from the calibration's."""
+    if outputs.n_samples != doc["n_samples"]:
+        return (f"calibration {doc['id']} not applied: made with {doc['n_samples']} samples in all, this run has "
+                f"{outputs.n_samples}")
+    segmentation = sitk.GetArrayViewFromImage(outputs.segmentation)
+    flagged = None
+    if doc["map"] in outputs.maps:
+        values = sitk.GetArrayViewFromImage(outputs.maps[doc["map"]])
+        flagged = int(np.count_nonzero(values >= threshold_from_json(doc["referral"]["threshold"])))
+    voxel_ml = math.prod(outputs.segmentation.GetSpacing()) / 1000.0
+    outputs.scores = calibrated_scores(doc, outputs.scores, flagged, int(np.count_nonzero(segmentation)), voxel_ml,
+                                       calibration_record(doc, path))
+    return None
