@@ -248,8 +248,9 @@ def cmd_cohort(args) -> int:
         cancel.restore()
     failed = [row["case"] for row in rows if row["status"] == "failed"]
     counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "skipped", "failed")}
+    stale = sum(row["status"] == "stale" for row in rows)
     print(f"Wrote {Path(args.out) / 'worklist.csv'}: {counts['done']} done, {counts['skipped']} skipped, "
-          f"{counts['failed']} failed", file=sys.stderr)
+          f"{counts['failed']} failed" + (f", {stale} stale (earlier settings)" if stale else ""), file=sys.stderr)
     if failed:
         shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         print(f"seguncertainty: error: {len(failed)} case(s) failed (errors in worklist.csv): {shown}",
