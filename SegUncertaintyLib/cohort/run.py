@@ -25,8 +25,15 @@ from ..core.options import SegmentOptions
 from . import review, worker
 from .cases import COHORT_MANIFEST, Case, find_cases
 from .executors import check_executor, run_tasks
-from .worklist import (REVIEW_FIELDS, WORKLIST_CSV, rank_rows, read_worklist, stale_rows, worklist_columns,
-                       write_csv_atomic)
+from .worklist import (
+    REVIEW_FIELDS,
+    WORKLIST_CSV,
+    rank_rows,
+    read_worklist,
+    stale_rows,
+    worklist_columns,
+    write_csv_atomic,
+)
 from .worklist_html import WORKLIST_HTML, write_html
 
 _TEMPORARY = re.compile(r"\.(cohort\.json|worklist\.csv|worklist\.html)\..+\.tmp")  # an atomic write cut short

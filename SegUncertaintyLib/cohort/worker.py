@@ -13,7 +13,8 @@ requested ``samples``, ``overview`` and ``save_samples``: a case whose folder al
 The result: ``case``, ``status`` ("done", "skipped", "failed" or "cancelled"), ``seconds``, ``error``
 (one line, "" unless failed), ``method``, ``model`` (the model's name once loaded, else the name of the
 reference given), ``n_samples`` (drawn; the requested count or None before a run), and for a finished case
-``scores`` (scores.json's ``classes``) and ``score_reference`` (the model card's usual ranges or None). Every error is caught and recorded.
+``scores`` (scores.json's ``classes``) and ``score_reference`` (the model card's usual ranges or None).
+Every error is caught and recorded.
 """
 
 from __future__ import annotations

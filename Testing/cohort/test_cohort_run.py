@@ -19,8 +19,8 @@ import SimpleITK as sitk
 from SegUncertaintyLib import cli
 from SegUncertaintyLib.cohort import worker
 from SegUncertaintyLib.cohort.cases import find_cases
-from SegUncertaintyLib.cohort.run import cohort_files, run_cohort
 from SegUncertaintyLib.cohort.review import open_worklist
+from SegUncertaintyLib.cohort.run import cohort_files, run_cohort
 from SegUncertaintyLib.cohort.worklist import COLUMNS, rank_rows, read_worklist, write_csv_atomic
 from SegUncertaintyLib.core.errors import CancelledError, UsageError
 from SegUncertaintyLib.core.options import SegmentOptions
