@@ -105,7 +105,8 @@ def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUn
         body.append("<tr>" + "".join(cells) + "</tr>")
     legend = ("Ranked by review priority (rank 1 first). Click a column header to sort. Score cells: green within "
               "the model's usual range, red review recommended, grey not defined (hover for the reading). "
-              "Status stale: outputs of an earlier run with other settings (see method, model, samples), listed after this run's cases and not ranked with them.")
+              "Status stale: outputs of an earlier run with other settings (see method, model, samples), "
+              "listed after this run's cases and not ranked with them.")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\'; '
             f'style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'
