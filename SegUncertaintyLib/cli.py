@@ -373,7 +373,9 @@ def _add_models_parser(sub) -> None:
     add.add_argument("path", help="model folder: a model card (card.json with its PyTorch or ONNX weights), an "
                                   "nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_*/) or a MONAI "
                                   "bundle (configs/inference.json or .yaml)")
-    add.add_argument("--name", type=_model_name, default=None, help="install under this name")
+    add.add_argument("--name", type=_model_name, default=None,
+                     help="install under this name (default: the model's own name; an nnU-Net model: "
+                          "<dataset>-<configuration>, e.g. Dataset123_Liver-3d_fullres)")
     check = actions.add_parser("check", help="check a model folder against the model contract")
     check.add_argument("path", help="model folder: a model card, an nnU-Net v2 trained-model folder or a MONAI "
                                     "bundle")
@@ -410,7 +412,8 @@ def cmd_models(args) -> int:
             continue
         s = e.summary
         status = "  sha256 ok" if args.verify else ""
-        print(f"{e.name}  v{s.version}  {s.task}  format={e.format}  modality={s.modality}  "
+        version = f"v{s.version}" if s.version[:1].isdigit() else s.version  # "v1.2", "nnU-Net v2 (...)"
+        print(f"{e.name}  {version}  {s.task}  format={e.format}  modality={s.modality}  "
               f"labels={','.join(s.labels.values())}  methods={','.join(s.methods)}  members={s.members}  "
               f"{e.folder}{status}")
     broken = [e.name for e in entries if e.error]
