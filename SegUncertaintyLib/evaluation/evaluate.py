@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputImageError, UsageError
-from ..core.files import read_json_object
+from ..core.files import read_json_object, safe_stems
 from ..core.manifest import MANIFEST, ManifestError, is_plain_name, parse_manifest
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
 from ..io.header import describe_grid, read_header, same_grid
@@ -197,7 +197,8 @@ PLAIN_FOLDER_MAPS = (*REFERRAL_MAPS, "expected_entropy")
 def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
     """A manifest for a folder of plain volumes from another tool (no manifest.json).
 
-    Expects ``segmentation.<ext>`` (a labelmap) and optionally ``probability_<label name>.<ext>``,
+    Expects ``segmentation.<ext>`` (a labelmap) and optionally ``probability_<label name>.<ext>`` (the name
+    as it is, or as a safe file name: core.files.safe_stems),
     ``entropy`` / ``mutual_information`` / ``variance`` / ``expected_entropy.<ext>`` and ``scores.json``
     (any of .nii.gz, .nii, .nrrd, .mha). ``labels`` maps label values to names; by default the values
     found in the segmentation, named ``label<value>``.
@@ -210,8 +211,11 @@ def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict
         values = np.unique(_array(case_dir / images["segmentation"])[0])
         labels = {int(v): f"label{int(v)}" for v in values if v != 0}
     outputs = [{"file": images["segmentation"], "kind": "labelmap"}]
-    outputs += [{"file": images[f"probability_{name}"], "kind": "probability", "label": name}
-                for name in labels.values() if f"probability_{name}" in images]
+    stems = safe_stems(labels.values())  # as write_outputs names them; the name itself is accepted too
+    for name in labels.values():
+        found = next((images[f"probability_{s}"] for s in (name, stems[name]) if f"probability_{s}" in images), None)
+        if found is not None:
+            outputs.append({"file": found, "kind": "probability", "label": name})
     outputs += [{"file": images[m], "kind": "uncertainty", "map": m} for m in PLAIN_FOLDER_MAPS if m in images]
     if (case_dir / "scores.json").is_file():
         outputs.append({"file": "scores.json", "kind": "scores"})
