@@ -48,4 +48,5 @@ def test_evaluate_finds_a_plain_folders_probability_by_the_safe_name(tmp_path):
     sitk.WriteImage(segmentation, str(tmp_path / "segmentation.nrrd"))
     sitk.WriteImage(image, str(tmp_path / "probability_left_kidney.nrrd"))
     manifest = plain_manifest(Path(tmp_path), {1: "left kidney"})
-    assert {"file": "probability_left_kidney.nrrd", "kind": "probability", "label": "left kidney"} in manifest["outputs"]
+    entry = {"file": "probability_left_kidney.nrrd", "kind": "probability", "label": "left kidney"}
+    assert entry in manifest["outputs"]
