@@ -202,7 +202,7 @@ def cmd_segment(args) -> int:
         # output volumes of whole-volume models wait in the scratch folder beside the output
         with output_folder(out) as folder, folder.scratch() as scratch:
             from .core.progress import ProgressReporter
-            from .inference.segment import segment_image
+            from .inference.segment import cancel_between_modules, segment_image
             from .inference.sliding_window import pick_device
             from .io.dicom import SERIES_UID_TAG, series_slice_files
             from .io.images import read_image
@@ -214,7 +214,8 @@ def cmd_segment(args) -> int:
             reporter("load", 0.0, f"reading {path.name}")
             image = read_image(path, args.series)
             cancel.check()
-            model = load_model(options.model)
+            with cancel_between_modules(cancel):  # the load's probe passes
+                model = load_model(options.model)
             reporter("load", 1.0, f"model {model.description.name} {model.description.version}")
             cancel.check()
             outputs = segment_image(image, model, options, reporter, cancel, scratch)
