@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from SegUncertaintyLib.core.errors import CancelledError
 from SegUncertaintyLib.core.options import SegmentOptions
+from SegUncertaintyLib.inference.scores import sample_overlaps, subject_scores
 from SegUncertaintyLib.inference.segment import cancel_between_modules, segment_image
 from SegUncertaintyLib.models.card import load_card
 from SegUncertaintyLib.models.loader import LoadedModel
@@ -35,3 +37,44 @@ def test_a_cancel_set_inside_a_pass_stops_it_before_the_next_layer(tmp_path):
     with cancel_between_modules(lambda: True):
         pass
     assert networks[1](torch.zeros(1, 1, 2, 2, 2)).shape == (1, 2, 2, 2, 2)  # no hook left behind
+
+
+def _polls_until(n: int):
+    """A cancel flag that the user sets after it has been polled ``n`` times (during the phase under test)."""
+    polls = []
+
+    def cancelled() -> bool:
+        polls.append(1)
+        return len(polls) > n
+    return cancelled, polls
+
+
+def test_a_cancel_during_the_scores_is_honoured():
+    t, shape = 6, (8, 9, 10)
+    masks = np.random.default_rng(0).random((t, *shape)) > 0.5
+    bits = torch.from_numpy(np.packbits(masks, axis=0, bitorder="little"))[None]
+    mean_p = torch.stack([torch.full(shape, 0.4), torch.full(shape, 0.6)])
+    prediction = torch.ones(shape, dtype=torch.int64)
+    args = (bits, mean_p, torch.full(shape, 0.2), prediction, 1.0, t, {0: "bg", 1: "lesion"})
+    cancelled, polls = _polls_until(1)
+    with pytest.raises(CancelledError):
+        subject_scores(*args, cancelled=cancelled)
+    assert len(polls) == 2
+    with pytest.raises(CancelledError):  # inside the pair counts' chunk loop
+        sample_overlaps(bits[0].numpy(), t, chunk=100, cancelled=_polls_until(3)[0])
+    assert subject_scores(*args)["lesion"]["volume_ml"] > 0  # without a cancel: scores as before
+
+
+def test_a_cancel_after_the_passes_stops_before_the_images_are_placed(tmp_path):
+    """Cancelled while the scores or the resampling to the input grid run: CancelledError, not outputs."""
+    model = LoadedModel(load_card(write_threshold_model(tmp_path / "model")), [ThresholdNet(), ThresholdNet()])
+    image = sphere_phantom(size=(20, 18, 16), radius_mm=18.0)
+    options = SegmentOptions(model="x", method="mc_dropout", samples=2)
+    messages = []
+
+    def report(stage, fraction, message):
+        messages.append(message)
+
+    with pytest.raises(CancelledError):  # set once the scores start: every earlier poll has passed
+        segment_image(image, model, options, report, cancelled=lambda: "subject-level scores" in messages)
+    assert segment_image(image, model, options).scores["classes"]["sphere"]["volume_ml"] > 0
