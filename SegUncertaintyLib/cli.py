@@ -450,5 +450,19 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def run() -> None:
+    """The program (console script, ``python -m SegUncertaintyLib.cli``): exit with ``main``'s code. After a
+    cancel the process ends at once (``os._exit``) once the log and the streams are flushed: the run has
+    already removed what it staged, and the interpreter's teardown of torch and MONAI would add about a
+    second before a Ctrl-C takes effect."""
+    code = main()
+    if code == CancelledError.exit_code:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -78,3 +78,23 @@ def test_a_cancel_after_the_passes_stops_before_the_images_are_placed(tmp_path):
     with pytest.raises(CancelledError):  # set once the scores start: every earlier poll has passed
         segment_image(image, model, options, report, cancelled=lambda: "subject-level scores" in messages)
     assert segment_image(image, model, options).scores["classes"]["sphere"]["volume_ml"] > 0
+
+
+def test_the_program_ends_at_once_after_a_cancel_and_exits_normally_otherwise(monkeypatch):
+    from SegUncertaintyLib import cli
+
+    ended = []
+
+    def ending(how):
+        def end(code):
+            ended.append((how, code))
+            raise SystemExit(code)
+        return end
+
+    monkeypatch.setattr(cli.os, "_exit", ending("os._exit"))  # the interpreter's teardown skipped
+    monkeypatch.setattr(cli.sys, "exit", ending("sys.exit"))
+    for code in (130, 0, 3):
+        monkeypatch.setattr(cli, "main", lambda code=code: code)
+        with pytest.raises(SystemExit):
+            cli.run()
+    assert ended == [("os._exit", 130), ("sys.exit", 0), ("sys.exit", 3)]
