@@ -257,7 +257,7 @@ def cmd_segment(args) -> int:
         # output volumes of whole-volume models wait in the scratch folder beside the output
         with output_folder(out) as folder, folder.scratch() as scratch:
             from .core.progress import ProgressReporter
-            from .inference.segment import segment_image
+            from .inference.segment import cancel_between_modules, segment_image
             from .inference.sliding_window import pick_device
             from .io.dicom import SERIES_UID_TAG, series_slice_files
             from .io.images import read_image
@@ -269,7 +269,8 @@ def cmd_segment(args) -> int:
             reporter("load", 0.0, f"reading {path.name}")
             image = read_image(path, args.series)
             cancel.check()
-            model = load_model(options.model)
+            with cancel_between_modules(cancel):  # the load's probe passes
+                model = load_model(options.model)
             reporter("load", 1.0, f"model {model.description.name} {model.description.version}")
             selected = _select_calibration(options, model.description)
             cancel.check()
@@ -332,8 +333,9 @@ def cmd_cohort(args) -> int:
         cancel.restore()
     failed = [row["case"] for row in rows if row["status"] == "failed"]
     counts = {status: sum(row["status"] == status for row in rows) for status in ("done", "skipped", "failed")}
+    stale = sum(row["status"] == "stale" for row in rows)
     print(f"Wrote {Path(args.out) / 'worklist.csv'}: {counts['done']} done, {counts['skipped']} skipped, "
-          f"{counts['failed']} failed", file=sys.stderr)
+          f"{counts['failed']} failed" + (f", {stale} stale (earlier settings)" if stale else ""), file=sys.stderr)
     if failed:
         shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         print(f"seguncertainty: error: {len(failed)} case(s) failed (errors in worklist.csv): {shown}",
@@ -494,7 +496,9 @@ def _add_models_parser(sub) -> None:
     add.add_argument("path", help="model folder: a model card (card.json with its PyTorch or ONNX weights), an "
                                   "nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_*/) or a MONAI "
                                   "bundle (configs/inference.json or .yaml)")
-    add.add_argument("--name", type=_model_name, default=None, help="install under this name")
+    add.add_argument("--name", type=_model_name, default=None,
+                     help="install under this name (default: the model's own name; an nnU-Net model: "
+                          "<dataset>-<configuration>, e.g. Dataset123_Liver-3d_fullres)")
     check = actions.add_parser("check", help="check a model folder against the model contract")
     check.add_argument("path", help="model folder: a model card, an nnU-Net v2 trained-model folder or a MONAI "
                                     "bundle")
@@ -531,7 +535,8 @@ def cmd_models(args) -> int:
             continue
         s = e.summary
         status = "  sha256 ok" if args.verify else ""
-        print(f"{e.name}  v{s.version}  {s.task}  format={e.format}  modality={s.modality}  "
+        version = f"v{s.version}" if s.version[:1].isdigit() else s.version  # "v1.2", "nnU-Net v2 (...)"
+        print(f"{e.name}  {version}  {s.task}  format={e.format}  modality={s.modality}  "
               f"labels={','.join(s.labels.values())}  methods={','.join(s.methods)}  members={s.members}  "
               f"{e.folder}{status}")
         for line in _calibration_lines(e.name):
@@ -654,5 +659,19 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def run() -> None:
+    """The program (console script, ``python -m SegUncertaintyLib.cli``): exit with ``main``'s code. After a
+    cancel the process ends at once (``os._exit``) once the log and the streams are flushed: the run has
+    already removed what it staged, and the interpreter's teardown of torch and MONAI would add about a
+    second before a Ctrl-C takes effect."""
+    code = main()
+    if code == CancelledError.exit_code:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

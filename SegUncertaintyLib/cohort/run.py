@@ -5,7 +5,9 @@ and ``cohort.json``, the list of everything the tool wrote there (the case folde
 A folder holding anything else is refused (OutputError, exit 5), and a lock (io.publish) refuses a second
 cohort run into the same folder while one runs. The reviewer's columns of an earlier worklist (reviewed,
 reviewed_at, reviewer_note) are kept: all three for a case whose outputs did not change (skipped or failed
-again), the note only for a case recomputed; rows of earlier cases not in this run are kept at the end.
+again), the note only for a case recomputed; rows of earlier cases this run did not finish (cancelled, or
+not among its inputs) are kept at the end, with status "stale" where computed with other settings
+(worklist.stale_rows).
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from ..core.options import SegmentOptions
 from . import review, worker
 from .cases import COHORT_MANIFEST, Case, find_cases
 from .executors import check_executor, run_tasks
-from .worklist import REVIEW_FIELDS, WORKLIST_CSV, rank_rows, read_worklist, worklist_columns, write_csv_atomic
+from .worklist import (
+    REVIEW_FIELDS,
+    WORKLIST_CSV,
+    rank_rows,
+    read_worklist,
+    stale_rows,
+    worklist_columns,
+    write_csv_atomic,
+)
 from .worklist_html import WORKLIST_HTML, write_html
 
 _TEMPORARY = re.compile(r"\.(cohort\.json|worklist\.csv|worklist\.html)\..+\.tmp")  # an atomic write cut short
@@ -62,9 +72,18 @@ def _item(case: Case, root: Path, options: SegmentOptions, threads: int | None) 
             "out": str(root / case.id), "options": options.as_dict(), "threads": threads}
 
 
-def _keep_reviews(rows: list[dict], folder: Path) -> list[dict]:
+def _current_settings(done: list[dict], options: SegmentOptions) -> dict:
+    """This run's ``SETTING_COLUMNS`` as far as known: from a finished case, else the method and the
+    requested sample count (the model's name is known only once a case loaded it)."""
+    finished = next((r for r in done if r["status"] != "failed"), None)
+    if finished is not None:
+        return {"method": finished["method"], "model": finished["model"], "samples": str(finished["n_samples"])}
+    return {"method": options.method, **({"samples": str(options.samples)} if options.samples else {})}
+
+
+def _keep_reviews(rows: list[dict], folder: Path, current: dict) -> list[dict]:
     """``rows`` with the reviewer's columns of the earlier worklist, then the earlier rows of cases not in
-    this run (see the module docstring)."""
+    this run, stale where computed with other settings than ``current`` (see the module docstring)."""
     try:
         earlier = {row["case"]: row for row in read_worklist(folder / WORKLIST_CSV)}
     except (OSError, ValueError):
@@ -74,8 +93,7 @@ def _keep_reviews(rows: list[dict], folder: Path) -> list[dict]:
         if old is not None:
             for field in REVIEW_FIELDS if row["status"] != "done" else ("reviewer_note",):
                 row[field] = old.get(field, "")
-    kept = [dict(old, rank=str(len(rows) + i)) for i, old in enumerate(earlier.values(), start=1)]
-    return rows + kept
+    return rows + stale_rows(list(earlier.values()), current, len(rows) + 1)
 
 
 def _cases(inputs: Sequence[str | os.PathLike], options: SegmentOptions) -> list[Case]:
@@ -155,7 +173,7 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
             result["output"] = result["case"] if result["status"] != "failed" else ""
         reference = next((r["score_reference"] for r in done if r["status"] != "failed"), None)
         with review.locked(root / WORKLIST_CSV):  # a reviewer's mark made meanwhile is read, never lost
-            rows = _keep_reviews(rank_rows(done, reference), root)
+            rows = _keep_reviews(rank_rows(done, reference), root, _current_settings(done, options))
             columns = worklist_columns(rows)
             write_csv_atomic(root / WORKLIST_CSV, rows, columns)
             write_html(rows, columns, root)

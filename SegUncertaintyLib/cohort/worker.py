@@ -11,8 +11,10 @@ requested ``samples``, ``overview`` and ``save_samples``: a case whose folder al
 :func:`resume_key` is skipped.
 
 The result: ``case``, ``status`` ("done", "skipped", "failed" or "cancelled"), ``seconds``, ``error``
-(one line, "" unless failed), and for a finished case ``scores`` (scores.json's ``classes``) and
-``score_reference`` (the model card's usual ranges or None). Every error is caught and recorded.
+(one line, "" unless failed), ``method``, ``model`` (the model's name once loaded, else the name of the
+reference given), ``n_samples`` (drawn; the requested count or None before a run), and for a finished case
+``scores`` (scores.json's ``classes``) and ``score_reference`` (the model card's usual ranges or None).
+Every error is caught and recorded.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancell
     return outputs.scores
 
 
-def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
+def _run(item: dict, cancelled, result: dict) -> tuple[str, dict, dict | None]:
     maps = item["options"]["maps"]
     options = SegmentOptions(**{**item["options"], "maps": None if maps is None else tuple(maps)})
     if item.get("threads"):
@@ -133,6 +135,7 @@ def _run(item: dict, cancelled) -> tuple[str, dict, dict | None]:
         from ..calibration.store import calibration_record
 
         settings["calibration"] = calibration_record(*selected)
+    result["model"] = description.name
     wanted = resume_key({"settings": settings, "model": model_record(description), "method": options.method})
     reference = description.info.get("score_reference")
     earlier = _earlier_run(Path(item["out"]), wanted)
@@ -149,11 +152,14 @@ def process_case(item: dict) -> dict:
     if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a local worker process: Ctrl-C is the cohort's to handle
     start = time.monotonic()
-    result = {"case": item["case"], "status": "failed", "error": "", "scores": None, "score_reference": None}
+    result = {"case": item["case"], "status": "failed", "error": "", "scores": None, "score_reference": None,
+              "method": item["options"]["method"], "model": Path(item["options"]["model"]).name,
+              "n_samples": item["options"]["samples"]}
     try:
-        status, scores, reference = _run(item, _cancelled)
+        status, scores, reference = _run(item, _cancelled, result)
         applies = reference_applies(reference, scores.get("method"), scores.get("n_samples"))
-        result.update(status=status, scores=scores.get("classes", {}), score_reference=reference if applies else None)
+        result.update(status=status, scores=scores.get("classes", {}), score_reference=reference if applies else None,
+                      n_samples=scores.get("n_samples", result["n_samples"]))
     except CancelledError:
         result["status"] = "cancelled"
     except SegUncertaintyError as exc:

@@ -8,7 +8,13 @@ empty where the card gives no range):
 
 - rank: 1..n in review-priority order;
 - case: the case id (unique and stable; also the name of the case's output folder);
-- status: "done", "skipped" (outputs already matched input and settings) or "failed";
+- status: "done", "skipped" (outputs already matched input and settings), "failed", or "stale": a row kept
+  from an earlier run into the same folder whose case this run did not finish (cancelled, or not among its
+  inputs) and whose method, model or sample count differ from this run's (``stale_rows``). Stale rows come
+  after every row of this run, never ranked with them; their priority is emptied (it was computed against
+  another run's settings) and their reason names the settings they were computed with;
+- method, model, samples: the settings the row's outputs were computed with (the method, the model's name,
+  the number of samples drawn; the requested values for a case that failed before it ran);
 - priority: the review-priority value (higher = review first; empty for a failed case and for one
   without any defined score);
 - reason: one line saying why the case ranks where it does;
@@ -56,9 +62,11 @@ from pathlib import Path
 from ..core.files import write_text_atomic
 
 WORKLIST_CSV = "worklist.csv"
-COLUMNS = ("rank", "case", "status", "priority", "reason", "reviewed", "reviewed_at", "reviewer_note",
-           "input", "output", "seconds", "error")
-STATUSES = ("done", "skipped", "failed")
+SETTING_COLUMNS = ("method", "model", "samples")  # absent in worklists written before they were added
+COLUMNS = ("rank", "case", "status", *SETTING_COLUMNS, "priority", "reason", "reviewed", "reviewed_at",
+           "reviewer_note", "input", "output", "seconds", "error")
+REQUIRED = tuple(c for c in COLUMNS if c not in SETTING_COLUMNS)  # what every worklist has
+STATUSES = ("done", "skipped", "failed", "stale")
 STORE_COLUMNS = ("stored_to", "stored", "store_error")  # cohort/pacs.py: where a case's DICOM objects went
 REVIEW_FIELDS = ("reviewed", "reviewed_at", "reviewer_note")  # the reviewer's, kept when a worklist is rewritten
 
@@ -87,13 +95,13 @@ def write_csv_atomic(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def read_worklist(path: str | os.PathLike) -> list[dict]:
     """The rows of a worklist.csv (a file path or the cohort folder holding it), as dicts of strings in
-    file order; ValueError naming the file when it is not a worklist (a fixed column missing)."""
+    file order; ValueError naming the file when it is not a worklist (a column of ``REQUIRED`` missing)."""
     path = Path(path)
     if path.is_dir():
         path = path / WORKLIST_CSV
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path} is not a SegUncertainty worklist: column(s) {', '.join(missing)} missing")
         return list(reader)
@@ -185,7 +193,10 @@ def _row_values(result: dict, reference: dict | None) -> dict:
     """The worklist cells of one result except rank, priority and reason."""
     from ..inference.scores import SUBJECT_SCORES, score_readings
 
-    row = {"case": result["case"], "status": result["status"], "input": result.get("input", ""),
+    samples = result.get("n_samples")
+    row = {"case": result["case"], "status": result["status"], "method": result.get("method") or "",
+           "model": result.get("model") or "", "samples": "" if samples is None else str(samples),
+           "input": result.get("input", ""),
            "output": result.get("output", ""), "seconds": f"{result.get('seconds', 0):.2f}",
            "error": result.get("error", "")}
     scores = result.get("scores") or {}
@@ -196,6 +207,29 @@ def _row_values(result: dict, reference: dict | None) -> dict:
             row[f"{name}:{score}"] = _number(values.get(score))
             row[f"{name}:{score}:reading"] = readings.get(name, {}).get(score, {}).get("reading", "")
     return row
+
+
+def row_settings(row: dict) -> dict:
+    """The row's ``SETTING_COLUMNS`` that it fills (none for a worklist written before they were added)."""
+    return {c: row[c] for c in SETTING_COLUMNS if row.get(c)}
+
+
+def stale_rows(kept: list[dict], current: dict, first_rank: int) -> list[dict]:
+    """Earlier rows ``kept`` after this run's rows, ranked from ``first_rank`` in their earlier order; those
+    computed with settings other than ``current`` (this run's ``SETTING_COLUMNS`` that are known; a row
+    without settings counts as other) get status "stale", no priority and a reason naming both settings."""
+    rows = []
+    for rank, old in enumerate(kept, start=first_rank):
+        row = dict(old, rank=str(rank))
+        settings = row_settings(old)
+        if row["status"] != "failed" and (not settings or any(settings.get(k) != v for k, v in current.items())):
+            then = ", ".join(f"{k} {v}" for k, v in settings.items()) or "unrecorded settings"
+            now = ", ".join(f"{k} {v}" for k, v in current.items())
+            row.update(status="stale", priority="",
+                       reason=f"stale: outputs of an earlier run ({then}), not of this run ({now}); not ranked "
+                              "with this run's cases: run the cohort again to update")
+        rows.append(row)
+    return rows
 
 
 def worklist_columns(rows: list[dict]) -> list[str]:

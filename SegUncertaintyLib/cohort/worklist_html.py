@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from ..core.files import write_text_atomic
 from .cases import SAFE_NAME
+from .worklist import STATUSES
 
 WORKLIST_HTML = "worklist.html"
 OVERVIEW = "overview.png"
@@ -30,7 +31,7 @@ img { width: 150px; display: block; }
 td.reason { min-width: 18em; max-width: 30em; }
 .done, .skipped, .within { background: #e3f4e3; }
 .failed, .review { background: #f9d6d2; }
-.undefined { background: #eee; color: #777; }
+.undefined, .stale { background: #eee; color: #777; }
 """
 
 # sort by the clicked column (numbers as numbers, empty last), toggling ascending / descending
@@ -92,7 +93,7 @@ def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUn
         for column in shown:
             value = row.get(column, "") or ""
             if column == "status":
-                cells.append(_cell(value, html.escape(value) if value in ("done", "skipped", "failed") else ""))
+                cells.append(_cell(value, html.escape(value) if value in STATUSES else ""))
             elif ":" in column and column.rsplit(":", 1)[1] != "volume_ml":
                 reading = row.get(f"{column}:reading", "")
                 css = READING_CLASS.get(reading, "")
@@ -103,7 +104,9 @@ def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUn
                 cells.append(_cell(value, "reason" if column in ("reason", "error") else ""))
         body.append("<tr>" + "".join(cells) + "</tr>")
     legend = ("Ranked by review priority (rank 1 first). Click a column header to sort. Score cells: green within "
-              "the model's usual range, red review recommended, grey not defined (hover for the reading).")
+              "the model's usual range, red review recommended, grey not defined (hover for the reading). "
+              "Status stale: outputs of an earlier run with other settings (see method, model, samples), "
+              "listed after this run's cases and not ranked with them.")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\'; '
             f'style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'

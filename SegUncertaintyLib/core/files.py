@@ -6,9 +6,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+
+
+def safe_stems(names: Iterable[str]) -> dict[str, str]:
+    """A portable file-name part per name (output files are named by class): every character but ASCII
+    letters, digits, '.', '_' and '-' becomes '_' ("left kidney" -> "left_kidney"), as does a leading '.' or
+    '-', an empty name is "class"; a part equal to an earlier one (ignoring case: macOS and Windows) gets
+    "_2", "_3", ... The name itself stays in the manifest entry's ``label``."""
+    stems: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "class"
+        stem = "_" + stem[1:] if stem[0] in ".-" else stem
+        candidate, n = stem, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{stem}_{n}"
+        taken.add(candidate.lower())
+        stems[name] = candidate
+    return stems
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -1,7 +1,9 @@
 """Evaluate ``seguncertainty segment`` outputs against reference segmentations, case by case.
 
 A prediction folder holds one sub-folder per case with the segment command's ``manifest.json``; the
-reference for case ``NAME`` is ``REFS/NAME.<ext>`` (a labelmap with the model's label values).
+reference for case ``NAME`` is ``REFS/NAME.<ext>`` (a labelmap with the model's label values), else one
+named after the case's input (``input_stem``: a cohort's case folders carry hashed ids, the references
+the scans' names), when no other case of the folder has an input of that name.
 Everything is computed per case and per foreground class, and the dataset summary is built from the
 per-case results and summed calibration bins, so memory stays that of one case.
 
@@ -22,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import InputImageError, UsageError
-from ..core.files import read_json_object
+from ..core.files import read_json_object, safe_stems
 from ..core.manifest import MANIFEST, ManifestError, is_plain_name, parse_manifest
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
 from ..io.header import describe_grid, read_header, same_grid
@@ -159,6 +161,45 @@ def find_reference(refs: Path, case: str, what: str = "reference segmentation", 
     raise InputImageError(f"No {what} for case '{case}' in {refs} ({case}.nii.gz, .nrrd, ...)")
 
 
+def input_stem(case_dir: Path) -> str | None:
+    """The file name, without its image suffix, of the input the case's manifest.json names (a DICOM
+    series: its folder's name); None without a manifest or an input."""
+    path = case_dir / MANIFEST
+    try:
+        given = read_json(path, "case manifest").get("input") if path.is_file() else None
+    except InputImageError:
+        return None
+    if not isinstance(given, str) or not Path(given).name:
+        return None
+    name = Path(given).name
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+
+
+def reference_names(cases: list[Path]) -> dict[Path, list[str]]:
+    """Per case folder, the names its reference may have, in order: the folder's name, then its input's
+    (``input_stem``) where that differs and no other case has an input of the same name."""
+    stems = {case: input_stem(case) for case in cases}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        if stem is not None:
+            counts[stem] = counts.get(stem, 0) + 1
+    return {case: [case.name, *([stem] if stem not in (None, case.name) and counts[stem] == 1 else [])]
+            for case, stem in stems.items()}
+
+
+def find_reference_named(refs: Path, names: list[str], what: str = "reference segmentation",
+                         annotators: bool = True) -> Path:
+    """``find_reference`` for the first of ``names`` that has one; InputImageError naming them all."""
+    for name in names:
+        try:
+            return find_reference(refs, name, what, annotators)
+        except InputImageError:
+            continue
+    raise InputImageError(f"No {what} for case '{names[0]}' in {refs} (" +
+                          " or ".join(f"{n}.nii.gz" for n in names) + ", .nrrd, ...)")
+
+
 def read_json(path: Path, what: str) -> dict:
     """A JSON object from an untrusted file; InputImageError naming ``what`` and the problem otherwise."""
     return read_json_object(path, what, InputImageError)
@@ -197,7 +238,8 @@ PLAIN_FOLDER_MAPS = (*REFERRAL_MAPS, "expected_entropy")
 def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
     """A manifest for a folder of plain volumes from another tool (no manifest.json).
 
-    Expects ``segmentation.<ext>`` (a labelmap) and optionally ``probability_<label name>.<ext>``,
+    Expects ``segmentation.<ext>`` (a labelmap) and optionally ``probability_<label name>.<ext>`` (the name
+    as it is, or as a safe file name: core.files.safe_stems),
     ``entropy`` / ``mutual_information`` / ``variance`` / ``expected_entropy.<ext>`` and ``scores.json``
     (any of .nii.gz, .nii, .nrrd, .mha). ``labels`` maps label values to names; by default the values
     found in the segmentation, named ``label<value>``.
@@ -210,8 +252,11 @@ def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict
         values = np.unique(_array(case_dir / images["segmentation"])[0])
         labels = {int(v): f"label{int(v)}" for v in values if v != 0}
     outputs = [{"file": images["segmentation"], "kind": "labelmap"}]
-    outputs += [{"file": images[f"probability_{name}"], "kind": "probability", "label": name}
-                for name in labels.values() if f"probability_{name}" in images]
+    stems = safe_stems(labels.values())  # as write_outputs names them; the name itself is accepted too
+    for name in labels.values():
+        found = next((images[f"probability_{s}"] for s in (name, stems[name]) if f"probability_{s}" in images), None)
+        if found is not None:
+            outputs.append({"file": found, "kind": "probability", "label": name})
     outputs += [{"file": images[m], "kind": "uncertainty", "map": m} for m in PLAIN_FOLDER_MAPS if m in images]
     if (case_dir / "scores.json").is_file():
         outputs.append({"file": "scores.json", "kind": "scores"})
@@ -557,6 +602,7 @@ def evaluate_folder(folder: Path, references: Path, labels: dict[int, str] | Non
     results: list[CaseResult] = []
     ood_scores: dict[str, dict] = {}
     notes: list[str] = []
+    names = reference_names(cases)
     for case_dir in cases:
         name, where = readable(case_dir.name), f"{readable(folder.name)}/{readable(case_dir.name)}"
         if ood and name in ood:
@@ -567,11 +613,13 @@ def evaluate_folder(folder: Path, references: Path, labels: dict[int, str] | Non
                 notes.append(f"{where}: out-of-distribution case without scores.json, left out of the OOD AUROC")
             continue
         try:
-            reference = find_reference(references, case_dir.name)
+            reference = find_reference_named(references, names[case_dir])
         except InputImageError:
-            notes.append(f"{where}: skipped, no reference {name}.<ext> or {name}/ in {references}")
+            tried = " or ".join(f"{readable(n)}.<ext>" for n in names[case_dir])
+            notes.append(f"{where}: skipped, no reference {tried} or {name}/ in {references}")
             continue
-        mask = find_reference(masks, case_dir.name, "region mask (--masks)", annotators=False) if masks else None
+        mask = (find_reference_named(masks, names[case_dir], "region mask (--masks)", annotators=False)
+                if masks else None)
         if "entropy" not in {e.get("map") for e in case_manifest(case_dir, labels)["outputs"]}:
             notes.append(f"{where}: no entropy map (left out by segment --maps): its U-E Dice, BnF and "
                          "entropy-by-outcome values are n/a")

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..core.errors import CancelledError
 from ..core.progress import ProgressCallback
 from ..core.vocabulary import MAP_NAMES
 from .scores import scores_document, subject_scores
@@ -86,21 +87,25 @@ def shown_maps(n_samples: int) -> list[str]:
 def assemble(stats: PassStatistics, description, method: str,
              place: Callable[[PassStatistics, list[str]], PlacedImages],
              input_volumes_ml: dict[int, float] | None = None, grid: str | None = None,
-             progress: ProgressCallback | None = None) -> SegmentationOutputs:
+             progress: ProgressCallback | None = None,
+             cancelled: Callable[[], bool] | None = None) -> SegmentationOutputs:
     """Scores from ``stats``, then the images ``place`` makes of them (it may consume ``stats``' tensors).
 
     description: the model's name, labels {value: name} and info (``score_reference``); input_volumes_ml:
     each class's volume in the delivered labelmap when it differs from the statistics' grid; grid: a note
-    on the grid the scores were computed on, added to the scores document.
+    on the grid the scores were computed on, added to the scores document. ``cancelled``: polled while the
+    scores are computed and before the images are placed (CancelledError).
     """
     report = progress or (lambda *_: None)
     report("postprocess", 0.5, "subject-level scores")
     per_class = subject_scores(stats.sample_bits, stats.mean_p, stats.maps["expected_entropy"], stats.labels,
-                               stats.voxel_ml, stats.n_samples, description.labels, input_volumes_ml)
+                               stats.voxel_ml, stats.n_samples, description.labels, input_volumes_ml, cancelled)
     scores = scores_document(per_class, method, stats.n_samples, description.info.get("score_reference"))
     if grid is not None:
         scores["grid"] = grid
     bits = stats.sample_bits.cpu().numpy()
+    if cancelled is not None and cancelled():
+        raise CancelledError()
     placed = place(stats, shown_maps(stats.n_samples))
     report("postprocess", 1.0, "done")
     return SegmentationOutputs(

@@ -75,7 +75,8 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
         return PlacedImages(
             segmentation=array_on_grid(labels, image),
             probabilities={names[k]: array_on_grid(probs[k], image) for k in range(1, n_classes)},
-            maps={name: to_input_space(stats.maps[name].numpy(), grid, image) for name in map_names},
+            maps={name: (check_cancel(), to_input_space(stats.maps[name].numpy(), grid, image))[1]
+                  for name in map_names},  # each resampling takes seconds on a large CT: a cancel between them
             model_grid_image=array_on_grid(array, grid),
             model_grid_maps={name: stats.maps[name].numpy() for name in map_names},
             model_grid_labels=stats.labels.to(torch.uint8).numpy(),
@@ -86,7 +87,7 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
                            voxel_ml=math.prod(card.spacing_mm) / 1000.0, device=result.device, notes=result.notes)
     return assemble(stats, description, options.method, place,
                     input_volumes_ml={k: float(counts[k] * voxel_ml_input) for k in range(n_classes)},
-                    progress=report)
+                    progress=report, cancelled=cancelled)
 
 
 def samples_on_input_grid(bits: np.ndarray, n_samples: int, grid: sitk.Image, reference: sitk.Image) -> np.ndarray:

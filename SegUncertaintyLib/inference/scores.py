@@ -23,11 +23,18 @@ Computed on the model grid from the per-sample segmentations (bits) and the stit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from ..core.errors import CancelledError
 from .maps import binary_entropy
+
+
+def _check(cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is not None and cancelled():
+        raise CancelledError()
 
 PAPERS = {
     "hoebel2019": "Hoebel et al., Give me (un)certainty - An exploration of parameters that affect segmentation "
@@ -98,14 +105,18 @@ def uncertain_side(score: str, values: np.ndarray) -> np.ndarray:
     return -np.asarray(values, dtype=float) if score in LOWER_IS_UNCERTAIN else np.asarray(values, dtype=float)
 
 
-def sample_overlaps(bits: np.ndarray, n_samples: int, chunk: int = 1 << 20) -> np.ndarray:
+def sample_overlaps(bits: np.ndarray, n_samples: int, chunk: int = 1 << 20,
+                    cancelled: Callable[[], bool] | None = None) -> np.ndarray:
     """Intersection counts between every pair of samples: (T, T) int64, diagonal = sample sizes.
 
-    bits: (ceil(T/8), ...) uint8 as produced by the sliding window for one class.
+    bits: (ceil(T/8), ...) uint8 as produced by the sliding window for one class. ``cancelled`` is polled
+    before each chunk of ``chunk`` voxels (CancelledError).
     """
     flat = bits.reshape(bits.shape[0], -1)
+    _check(cancelled)
     inter = np.zeros((n_samples, n_samples), dtype=np.float64)
     for start in range(0, flat.shape[1], chunk):
+        _check(cancelled)
         part = flat[:, start:start + chunk]
         part = part[:, part.any(0)]  # only voxels some sample labels
         if part.shape[1] == 0:
@@ -163,8 +174,9 @@ def subject_scores(
     n_samples: int,
     labels: dict[int, str],
     input_volumes_ml: dict[int, float] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, dict]:
-    """Scores per foreground class name.
+    """Scores per foreground class name; ``cancelled`` is polled about every million voxels (CancelledError).
 
     bits: (C-1, ceil(T/8), *S) uint8; mean_p: (C, *S), or a list of C (*S) tensors (entry 0 unused);
     expected_entropy: (*S) the E_t[H(p_t)] / ln C map; prediction: (*S) labels, all on the model grid.
@@ -176,12 +188,13 @@ def subject_scores(
     for k in range(1, len(labels)):
         n_inside, sum_h, sum_binary = 0, 0.0, 0.0
         for z in range(0, prediction.shape[0], planes):
+            _check(cancelled)
             zs = slice(z, z + planes)
             inside = prediction[zs] == k
             n_inside += int(inside.sum())
             sum_h += float(expected_entropy[zs][inside].double().sum())
             sum_binary += float(binary_entropy(mean_p[k][zs][inside]).double().sum())
-        scores = volume_scores(sample_overlaps(bits[k - 1].numpy(), n_samples), voxel_ml)
+        scores = volume_scores(sample_overlaps(bits[k - 1].numpy(), n_samples, cancelled=cancelled), voxel_ml)
         scores["segmentation_volume_ml"] = float(input_volumes_ml[k] if input_volumes_ml is not None
                                                  else n_inside * voxel_ml)
         if n_inside:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import SimpleITK as sitk
+import torch
 
-from ..core.errors import InputImageError
+from ..core.errors import CancelledError, InputImageError
 from ..core.options import SegmentOptions
 from ..core.progress import ProgressCallback
 from ..io.images import validate_image
@@ -15,6 +17,27 @@ from ..models.loader import LoadedModel
 from .assembly import SegmentationOutputs
 from .model_grid import segment_on_model_grid
 from .whole_volume import segment_whole_volume
+
+
+@contextlib.contextmanager
+def cancel_between_modules(cancelled: Callable[[], bool] | None) -> Iterator[None]:
+    """While inside, every ``torch.nn.Module`` call first polls ``cancelled`` (CancelledError when set): a
+    signal handler that sets the flag runs between two layers, so a cancel takes effect within one layer's
+    time, not a whole batched forward pass. A global forward pre-hook (torch), removed on exit; it changes
+    no value. A TorchScript or ONNX network runs whole in C++: there the pass is the unit."""
+    if cancelled is None:
+        yield
+        return
+
+    def poll(module, args) -> None:
+        if cancelled():
+            raise CancelledError()
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(poll)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def segment_image(image: sitk.Image, model, options: SegmentOptions | None = None,
@@ -27,15 +50,17 @@ def segment_image(image: sitk.Image, model, options: SegmentOptions | None = Non
     overlap, device, seed and batch (SegmentOptions; its output fields are write_outputs'). The image is
     validated as the command line does (InputImageError: not 3D, NaN/inf voxels, constant); options out of
     range raise UsageError (a ValueError). ``cancelled`` is polled between stages and forward passes
-    (CancelledError). ``scratch``: for whole-volume models, a folder where large intermediate data and the
-    output volumes are kept as files (read when looked up; the folder must outlive the outputs): the peak
-    memory is then the running sums, not every map at once. Card models keep their outputs in memory.
+    (CancelledError), and between the network's layers (``cancel_between_modules``). ``scratch``: for
+    whole-volume models, a folder where large intermediate data and the output volumes are kept as files
+    (read when looked up; the folder must outlive the outputs): the peak memory is then the running sums,
+    not every map at once. Card models keep their outputs in memory.
     """
     options = (options or SegmentOptions()).check()
     if not isinstance(image, sitk.Image):
         raise InputImageError(f"segment_image needs a SimpleITK image (with its geometry), got {type(image).__name__}")
     image = validate_image(image, "input image")
     report = progress or (lambda *_: None)
-    if isinstance(model, LoadedModel):
-        return segment_on_model_grid(image, model, options, report, cancelled)
-    return segment_whole_volume(image, model, options, report, cancelled, scratch)
+    with cancel_between_modules(cancelled):
+        if isinstance(model, LoadedModel):
+            return segment_on_model_grid(image, model, options, report, cancelled)
+        return segment_whole_volume(image, model, options, report, cancelled, scratch)

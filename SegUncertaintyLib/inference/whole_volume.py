@@ -99,7 +99,7 @@ def segment_whole_volume(image: sitk.Image, model, options: SegmentOptions, repo
     del mean_p, labels, maps_t
     report("postprocess", 0.0, "subject-level scores")
     return assemble(stats, description, options.method, place, grid="input grid (the model's own output grid)",
-                    progress=report)
+                    progress=report, cancelled=cancelled)
 
 
 class _ImageView(np.ndarray):

@@ -20,7 +20,7 @@ import monai.networks.nets as monai_nets
 import torch
 from torch import nn
 
-from ..core.errors import ModelError
+from ..core.errors import CancelledError, ModelError
 from .adapters.base import WholeVolumeModel
 from .card import ModelCard, allowed_networks, load_card
 from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, list_models, usable_models, user_model_dir  # noqa: F401 (re-exported)
@@ -115,6 +115,8 @@ def check_outputs(card: ModelCard, networks: list[nn.Module]) -> None:
         set_dropout(raw, False)
         try:
             out = raw(x)
+        except CancelledError:  # the user's, raised between the network's layers: not the network's fault
+            raise
         except Exception as exc:  # a user's network can raise anything on the wrong input
             raise ModelError(f"{where} fails on a (1, 1, {', '.join(map(str, x.shape[2:]))}) float32 window "
                              f"(one channel, z y x): {str(exc).strip().splitlines()[0][:200]}") from exc

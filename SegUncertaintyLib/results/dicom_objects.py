@@ -4,7 +4,8 @@ Objects, one file each in the run's ``dicom/`` folder (README "Hospital use" has
 
 - ``segmentation.dcm``: Segmentation Storage, BINARY, one segment per class (label value order), algorithm
   type AUTOMATIC with the model's name, version and weights' sha256, the card's terminology and colour;
-- ``probability_<class>.dcm``: Segmentation Storage, FRACTIONAL of type PROBABILITY (0-1 in steps of 1/255);
+- ``probability_<class>.dcm`` (the class's name as a safe file name: core.files.safe_stems): Segmentation
+  Storage, FRACTIONAL of type PROBABILITY (0-1 in steps of 1/255);
 - ``<map>.dcm``: Parametric Map Storage, float32 pixels, a real-world value mapping (identity) with the
   quantity (private scheme :data:`SCHEME`), the unit (UCUM ``1``), a derivation code and the card's
   ``anatomic_region`` as Frame Anatomy (dcmqi's ``paramap2itkimage`` needs both);
@@ -33,6 +34,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from .. import __version__
+from ..core.files import safe_stems
 
 SCHEME = "99SEGUNC"  # private coding scheme of this tool (README "Hospital use" lists its codes)
 SCHEME_NAME = "SegUncertainty codes"
@@ -158,6 +160,7 @@ def write_dicom_objects(outputs, folder: Path, description, source_files: Sequen
     save(seg, "segmentation.dcm", "Segmentation (argmax of the mean probability), one BINARY segment per class",
          iod="Segmentation", segments={str(n): name for n, (_, name) in enumerate(sorted(labels.items()), 1)})
 
+    stems = safe_stems(name for _, name in sorted(description.labels.items()))  # as run_folder names files
     for offset, (value, name) in enumerate(sorted(labels.items())):
         if name not in outputs.probabilities:
             continue
@@ -169,7 +172,7 @@ def write_dicom_objects(outputs, folder: Path, description, source_files: Sequen
             segment_descriptions=segment_descriptions(description, {value: name})[:1], omit_empty_frames=False,
             series_description=f"SegUncertainty probability {name}"[:64], content_label="PROBABILITY",
             **_common(description, f"probability/{name}", key, "probability", offset))
-        save(fractional, f"probability_{name}.dcm", f"Mean probability of '{name}' (FRACTIONAL PROBABILITY SEG, "
+        save(fractional, f"probability_{stems[name]}.dcm", f"Mean probability of '{name}' (FRACTIONAL PROBABILITY SEG, "
              "0-1 in steps of 1/255)", iod="Segmentation", label=name)
 
     for offset, name in enumerate(m for m in MAP_CODES if m in maps and m in outputs.maps):

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..core.errors import CancelledError, UsageError
+from ..core.files import safe_stems
 from ..core.manifest import MANIFEST, build_manifest, model_record, run_files  # noqa: F401 (run_files re-exported)
 from ..core.options import SegmentOptions
 from ..core.vocabulary import MAP_CHOICES
@@ -44,12 +45,13 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     :data:`MAP_CHOICES` to write (None: all; a map the run did not compute, e.g. mutual information of a
     one-sample run, is skipped); ``map_dtype``, the precision of the maps and probabilities (see
     core.vocabulary.MAP_DTYPES); ``overview``; ``save_samples``, also each class's per-sample segmentations on
-    the input grid, bit-packed (``samples_<label>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of
+    the input grid, bit-packed (``samples_<class>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of
     byte t // 8 is sample t); ``dicom``, also the DICOM objects in ``dicom/`` (:mod:`.dicom_objects`) from
     ``dicom_sources``, the source series' files in the image's slice order. ``settings``: the manifest's
     settings (default: ``options.settings(None)``).
-    ``cancelled`` is polled between files: CancelledError, nothing published. The manifest lists exactly
-    the files written, each image with its dtype.
+    Files are named by class with ``core.files.safe_stems`` (``probability_left_kidney.nrrd``); the class's
+    name is the entry's ``label``. ``cancelled`` is polled between files: CancelledError, nothing published.
+    The manifest lists exactly the files written, each image with its dtype.
     """
     options = (options or SegmentOptions()).check()
     settings = options.settings(None) if settings is None else settings
@@ -66,13 +68,14 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         if cancelled is not None and cancelled():
             raise CancelledError()
 
+    stems = safe_stems(name for _, name in sorted(description.labels.items()))  # file names by class
     # (look-up, file stem, kind, meaning, extra manifest fields) per image. The volumes may be files read at
     # each look-up (a run with a scratch folder): each is looked up when its writer starts.
     images = [(lambda: outputs.segmentation, "segmentation", "labelmap",
                "Segmentation: argmax of the mean probability",
                {"labels": {str(k): v for k, v in description.labels.items()},
                 "terminology": description.info.get("terminology", {})})]
-    images += [(functools.partial(outputs.probabilities.__getitem__, name), f"probability_{name}", "probability",
+    images += [(functools.partial(outputs.probabilities.__getitem__, name), f"probability_{stems[name]}", "probability",
                 f"Mean probability of '{name}' over samples, 0-1", {"label": name})
                for name in (outputs.probabilities if "probability" in chosen else ())]
     images += [(functools.partial(outputs.maps.__getitem__, name), name, "uncertainty", MAP_MEANINGS[name],
@@ -97,8 +100,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                 check_cancel()
                 bits = samples_on_input_grid(outputs.model_grid_sample_bits[k], outputs.n_samples,
                                              outputs.model_grid_image, outputs.segmentation)
-                np.savez_compressed(stage / f"samples_{name}.npz", bits=bits, n_samples=outputs.n_samples)
-                entries.append({"file": f"samples_{name}.npz", "kind": "samples", "label": name,
+                np.savez_compressed(stage / f"samples_{stems[name]}.npz", bits=bits, n_samples=outputs.n_samples)
+                entries.append({"file": f"samples_{stems[name]}.npz", "kind": "samples", "label": name,
                                 "meaning": f"Per-sample segmentations of '{name}' on the input grid, bit-packed: "
                                            "bits[t // 8] >> (t % 8) & 1 is sample t"})
         if options.dicom:

@@ -19,8 +19,9 @@ import SimpleITK as sitk
 from SegUncertaintyLib import cli
 from SegUncertaintyLib.cohort import worker
 from SegUncertaintyLib.cohort.cases import find_cases
+from SegUncertaintyLib.cohort.review import open_worklist
 from SegUncertaintyLib.cohort.run import cohort_files, run_cohort
-from SegUncertaintyLib.cohort.worklist import COLUMNS, rank_rows, read_worklist
+from SegUncertaintyLib.cohort.worklist import COLUMNS, rank_rows, read_worklist, write_csv_atomic
 from SegUncertaintyLib.core.errors import CancelledError, UsageError
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.scores import REVIEW, WITHIN
@@ -581,3 +582,42 @@ def test_an_unreachable_cluster_is_refused_before_the_cohort_folder_is_made(tmp_
     code = cli.main(_argv(inputs, tmp_path / "out", model, "--executor", "dask", "--address", f"127.0.0.1:{port}"))
     assert code == 1 and "cannot join the Dask cluster" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cancelled_rerun_with_another_method_marks_the_earlier_rows_stale(tmp_path):
+    model = _model(tmp_path / "model")
+    inputs = [_sphere(tmp_path / f"in/{i}.nii.gz", 18.0 + i) for i in range(3)]
+    run_cohort(inputs, tmp_path / "out", SegmentOptions(model=str(model), samples=4))
+    first = read_worklist(tmp_path / "out")
+    assert {(r["method"], r["model"], r["samples"]) for r in first} == {("mc_dropout", "threshold-model", "4")}
+
+    def cancelled() -> bool:  # Ctrl-C once the first case of the re-run is written
+        return any(json.loads(p.read_text())["method"] == "ensemble"
+                   for p in (tmp_path / "out").glob("*/manifest.json") if not p.parent.name.startswith("."))
+
+    with pytest.raises(CancelledError, match="1 of 3 cases finished"):
+        run_cohort(inputs, tmp_path / "out", SegmentOptions(model=str(model), method="ensemble"), cancelled=cancelled)
+    rows = read_worklist(tmp_path / "out")
+    assert [(r["rank"], r["status"], r["method"], r["samples"]) for r in rows] == [
+        ("1", "done", "ensemble", "2"), ("2", "stale", "mc_dropout", "4"), ("3", "stale", "mc_dropout", "4")]
+    assert all(r["priority"] == "" and r["reason"].startswith("stale: ") and "method mc_dropout" in r["reason"]
+               and "method ensemble" in r["reason"] for r in rows[1:])
+    assert rows[0]["priority"] != ""
+    page = (tmp_path / "out" / "worklist.html").read_text()
+    assert page.count('class="stale"') == 2
+    # the run finished with the same settings: nothing is stale any more
+    run_cohort(inputs, tmp_path / "out", SegmentOptions(model=str(model), method="ensemble"))
+    assert sorted(_statuses(tmp_path / "out").values()) == ["done", "done", "skipped"]
+
+
+def test_a_worklist_without_setting_columns_is_still_read_and_its_rows_are_stale(tmp_path):
+    model = _model(tmp_path / "model")
+    inputs = [_sphere(tmp_path / f"in/{i}.nii.gz", 18.0 + i) for i in range(2)]
+    run_cohort(inputs, tmp_path / "out", SegmentOptions(model=str(model), samples=4))
+    path = tmp_path / "out" / "worklist.csv"
+    rows = read_worklist(path)
+    old_columns = [c for c in rows[0] if c not in ("method", "model", "samples")]  # as an earlier version wrote
+    write_csv_atomic(path, [{c: r[c] for c in old_columns} for r in rows], old_columns)
+    assert [r["case"] for r in open_worklist(path)[1]] == [r["case"] for r in rows]
+    run_cohort(inputs[:1], tmp_path / "out", SegmentOptions(model=str(model), samples=4))
+    assert [r["status"] for r in read_worklist(path)] == ["skipped", "stale"]  # its settings are unknown

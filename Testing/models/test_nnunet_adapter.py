@@ -382,7 +382,7 @@ def test_broken_installed_nnunet_model_is_listed_with_its_reason(tiny, tmp_path,
     assert "brainmask-t1" in out  # the others are still listed
     (tmp_path / "home" / "models" / "tiny-nnunet" / "fold_1" / "checkpoint_final.pth").write_bytes(
         (tiny[0] / "fold_0" / "checkpoint_final.pth").read_bytes())  # same size, other fold's weights
-    assert main(["models", "list"]) == 0 and "tiny-nnunet  v" in capsys.readouterr().out  # sizes agree
+    assert main(["models", "list"]) == 0 and "tiny-nnunet  nnU-Net v2 (nnUNetTrainer)  " in capsys.readouterr().out
     assert main(["models", "list", "--verify"]) == 4
     out = capsys.readouterr().out
     assert "fold_1/checkpoint_final.pth is missing or changed since 'models add' (sha256 differs)" in out
@@ -488,3 +488,19 @@ def test_cli_ensemble_with_a_3d_lowres_folder_is_the_mean_of_nnunets_fold_output
         assert np.mean(difference <= 1e-3) >= 0.999 and difference.max() <= 0.1  # as per fold above
     labels = np.stack(references).argmax(1)
     assert scores["classes"]["organ2"]["dpw"] == pytest.approx(dice(labels[0] == 2, labels[1] == 2), abs=1e-6)
+
+
+def test_models_add_names_nnunet_models_after_their_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    first, _ = make_nnunet_model(tmp_path / "a")
+    second, _ = make_nnunet_model(tmp_path / "b", plans={**tiny_plans(), "dataset_name": "Dataset123_Liver"},
+                                  trainer="nnUNetTrainer_5epochs")
+    assert first.name == second.name.replace("_5epochs", "")  # the trainer folders alone cannot tell them apart
+    assert main(["models", "add", str(first)]) == 0
+    assert main(["models", "add", str(second)]) == 0  # no "already installed"
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) >= {"Dataset999_Tiny-3d_fullres", "Dataset123_Liver-3d_fullres-nnUNetTrainer_5epochs"}
+    assert "  nnU-Net v2 (nnUNetTrainer)  Dataset999_Tiny  " in lines["Dataset999_Tiny-3d_fullres"]
+    assert "vnnU-Net" not in "".join(lines.values())

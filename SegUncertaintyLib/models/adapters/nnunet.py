@@ -98,6 +98,15 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def default_name(dataset: str, configuration: str, trainer: str, plans: str) -> str:
+    """A model's name after its dataset: ``<dataset>-<configuration>`` (``Dataset123_Liver-3d_fullres``), then
+    ``-<trainer>`` and ``-<plans>`` where they are not nnU-Net's defaults (nnUNetTrainer, nnUNetPlans), so
+    two trained models of one dataset differ; characters outside letters, digits, '.', '_', '-' become '_'."""
+    parts = [dataset, configuration, *(v for v, usual in ((trainer, "nnUNetTrainer"), (plans, "nnUNetPlans"))
+                                       if v != usual)]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts))
+
+
 def find_trainer_class(name: str):
     """nnunetv2's trainer class ``name``, or None. Like nnunetv2's own lookup, but modules that fail to
     import (e.g. trainers needing timm/torchvision, whose pip wheels may not load with a CPU torch) are
@@ -132,13 +141,12 @@ class NnUNetModel(WholeVolumeModel):
     format = NNUNET
 
     def __init__(self, folder: Path, name: str | None = None):
-        """``name``: what the model is called (the name it is installed under); None: the folder's name."""
+        """``name``: what the model is called (the name it is installed under); None: ``default_name``."""
         predict_module = _nnunet()
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         self.folder = Path(folder)
-        self.name = name or self.folder.name
         self.notes: list[str] = []
         self.dataset_json = read_json_object(self.folder / "dataset.json", "nnU-Net file", ModelError)
         plans = read_json_object(self.folder / "plans.json", "nnU-Net file", ModelError)
@@ -168,6 +176,8 @@ class NnUNetModel(WholeVolumeModel):
         except Exception as exc:  # nnunetv2 raises KeyError/AssertionError/... on malformed plans
             raise ModelError(f"nnU-Net model {self.folder.name}: plans.json or dataset.json is not valid for "
                              f"nnunetv2 ({type(exc).__name__}: {exc})") from exc
+        self.name = name or default_name(str(self.plans_manager.dataset_name), configuration, self.trainer_name,
+                                         str(self.plans_manager.plans_name))
         self._check_supported(n_inputs)
         self.network = self._build_network(n_inputs)
         self.weights = []
@@ -238,7 +248,7 @@ class NnUNetModel(WholeVolumeModel):
             ["tta"] if self.mirror_axes is not None else []) + (["mc_dropout"] if self.n_dropout else [])
         channels = list(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})).values())
         return ModelDescription(
-            name=self.name, version=f"nnU-Net v2 {self.trainer_name}",
+            name=self.name, version=f"nnU-Net v2 ({self.trainer_name})",
             task=str(self.plans_manager.dataset_name), modality=", ".join(map(str, channels)), labels=labels,
             methods=tuple(methods), format=NNUNET, folder=self.folder,
             members=tuple(Member(path, sha256_file(path)) for _, path in self.folds),
