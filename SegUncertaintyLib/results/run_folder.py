@@ -145,18 +145,20 @@ def _dicom_entry(outputs: SegmentationOutputs, stage: Path, description: ModelDe
 def _in_parallel(function: Callable, jobs: Sequence, check_cancel: Callable[[], None]) -> list:
     """``[function(job) for job in jobs]`` on IMAGE_WRITERS threads, at most that many at once. The caller's
     thread starts each job and wakes every 0.1 s, so a signal handler (the cancel flag) runs promptly and no
-    job starts after a cancel; the first error is raised once the running jobs are done."""
+    job starts after a cancel; the first error is raised once the running jobs are done. The caller waits on
+    the running jobs only: waiting on finished ones returns at once and would spin against the writers."""
     futures: list[Future] = []
     with ThreadPoolExecutor(max_workers=IMAGE_WRITERS) as pool:
         for job in jobs:
             while True:
                 check_cancel()
-                for future in futures:
-                    if future.done() and future.exception() is not None:
-                        raise future.exception()
-                if sum(not f.done() for f in futures) < IMAGE_WRITERS:
+                failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+                if failed is not None:
+                    raise failed.exception()
+                running = [f for f in futures if not f.done()]
+                if len(running) < IMAGE_WRITERS:
                     break
-                wait(futures, timeout=0.1, return_when=FIRST_COMPLETED)
+                wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
             futures.append(pool.submit(function, job))
         return [future.result() for future in futures]
 
