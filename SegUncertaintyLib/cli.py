@@ -119,6 +119,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                         help="precision of the maps and probabilities: float16 rounds each value to ~3 significant "
                              "digits (steps of at most 0.0005 on 0-1 maps), stored as float32, compressing "
                              "better (default: %(default)s)")
+    parser.add_argument("--compress", action=argparse.BooleanOptionalAction, default=True,
+                        help="gzip the written volumes: lossless, about 8 %% smaller float maps for longer writes "
+                             "(default: compress)")
     parser.add_argument("--save-samples", action="store_true",
                         help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
     parser.add_argument("--dicom", action="store_true",
