@@ -66,7 +66,8 @@ class SegmentOptions:
     def settings(self, dicom_series: str | None) -> dict:
         """The manifest's ``settings`` as ``segment`` writes them (``dicom`` only when set and ``compress`` only
         when off, so earlier runs' settings, a cohort's resume key, stay as they were)."""
-        return {**({"dicom": True} if self.dicom else {}), **({} if self.compress else {"compress": False}), "overlap": self.overlap, "seed": self.seed,
+        return {**({"dicom": True} if self.dicom else {}), **({} if self.compress else {"compress": False}),
+                "overlap": self.overlap, "seed": self.seed,
                 "max_batch": self.max_batch, "device_requested": self.device, "format": self.format,
                 "maps": list(self.maps or MAP_CHOICES), "map_dtype": self.map_dtype, "dicom_series": dicom_series}
 
