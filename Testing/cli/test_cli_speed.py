@@ -41,3 +41,34 @@ def test_no_compress_writes_the_same_volumes_raw(tmp_path, threshold_model):
         assert _nrrd_encoding(runs["--no-compress"] / name) == "raw"
         same = [sitk.GetArrayFromImage(sitk.ReadImage(str(runs[f] / name))) for f in runs]
         np.testing.assert_array_equal(*same)
+
+
+def test_process_entry_imports_only_what_a_card_run_needs_and_flushes_before_exiting(tmp_path, threshold_model):
+    image, out = tmp_path / "phantom.nii.gz", tmp_path / "out"
+    sitk.WriteImage(sphere_phantom(), str(image))
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "SegUncertaintyLib.cli", "segment", str(image),
+                           "--model", str(threshold_model), "--samples", "3", "--out", str(out), "--progress", "none"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    # stdout is a pipe (block-buffered): the summary arrives only if it was flushed before os._exit
+    assert done.stdout.startswith(f"Wrote {out}") and "phantom" not in done.stderr.split("import time")[-1]
+    # -X importtime lines: "import time: self_us | cumulative_us | name"; a refused import is listed too, at a
+    # few microseconds (importing pytorch-ignite takes about 0.7 s)
+    cumulative_us = {}
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "cumulative" not in line:
+            _, total, name = line.split("|")
+            cumulative_us[name.strip()] = max(int(total), cumulative_us.get(name.strip(), 0))
+    assert "monai.networks.nets" in cumulative_us
+    skipped = {name: us for name, us in cumulative_us.items() if name.split(".")[0] in cli.UNUSED_BY_CARD_RUNS}
+    assert sum(skipped.values()) < 2000, skipped
+    listed = {e["file"] for e in json.loads((out / "manifest.json").read_text())["outputs"]}
+    assert listed | {"manifest.json"} == {p.name for p in out.iterdir()}
+    assert sitk.ReadImage(str(out / "overview.png")).GetSize()[0] > 0
+
+
+@pytest.mark.parametrize("argv", [["segment", "--sample", "--model", "no_such_model"], ["segment", "--bad-option"]])
+def test_process_entry_leaves_imports_alone_when_the_model_is_not_a_card(argv):
+    before = {name: sys.modules.get(name, "absent") for name in cli.UNUSED_BY_CARD_RUNS}
+    cli._leave_out_unused_imports(argv)
+    assert {name: sys.modules.get(name, "absent") for name in cli.UNUSED_BY_CARD_RUNS} == before
