@@ -46,8 +46,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     core.vocabulary.MAP_DTYPES); ``compress``, gzip the volumes; ``overview``; ``save_samples``, also each
     class's per-sample segmentations on the input grid, bit-packed (``samples_<label>.npz``: ``bits``
     (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t); ``dicom``, also the DICOM objects in
-    ``dicom/`` (:mod:`.dicom_objects`) from ``dicom_sources``, the source series' files in the image's slice order. ``settings``: the manifest's
-    settings (default: ``options.settings(None)``).
+    ``dicom/`` (:mod:`.dicom_objects`) from ``dicom_sources``, the source series' files in the image's slice
+    order. ``settings``: the manifest's settings (default: ``options.settings(None)``).
     ``cancelled`` is polled between files: CancelledError, nothing published. The manifest lists exactly
     the files written, each image with its dtype.
     """

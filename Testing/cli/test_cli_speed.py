@@ -46,9 +46,10 @@ def test_no_compress_writes_the_same_volumes_raw(tmp_path, threshold_model):
 def test_process_entry_imports_only_what_a_card_run_needs_and_flushes_before_exiting(tmp_path, threshold_model):
     image, out = tmp_path / "phantom.nii.gz", tmp_path / "out"
     sitk.WriteImage(sphere_phantom(), str(image))
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "SegUncertaintyLib.cli", "segment", str(image),
                            "--model", str(threshold_model), "--samples", "3", "--out", str(out), "--progress", "none"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     # stdout is a pipe (block-buffered): the summary arrives only if it was flushed before os._exit
     assert done.stdout.startswith(f"Wrote {out}") and "phantom" not in done.stderr.split("import time")[-1]
