@@ -25,10 +25,14 @@ BUNDLED_DIR = Path(__file__).parent / "bundled"
 REGISTRY = "installed.json"
 
 
+def home_dir() -> Path:
+    """The user's folder: ``$SEGUNCERTAINTY_HOME`` or ``~/.seguncertainty``."""
+    return Path(os.environ.get("SEGUNCERTAINTY_HOME") or Path.home() / ".seguncertainty")
+
+
 def user_model_dir() -> Path:
     """Where installed models live: ``$SEGUNCERTAINTY_HOME/models`` or ``~/.seguncertainty/models``."""
-    home = os.environ.get("SEGUNCERTAINTY_HOME") or Path.home() / ".seguncertainty"
-    return Path(home) / "models"
+    return home_dir() / "models"
 
 
 @dataclass(frozen=True)
