@@ -218,6 +218,7 @@ def cmd_segment(args) -> int:
             from .results.run_folder import write_outputs
 
             pick_device(options.device)  # --device cuda without a GPU: exit 2 before the model loads
+            _choose_threads()
             reporter = ProgressReporter(args.progress)
             reporter("load", 0.0, f"reading {path.name}")
             image = read_image(path, args.series)
@@ -241,6 +242,17 @@ def cmd_segment(args) -> int:
         logging.warning(note)
     _print_summary(outputs, manifest)
     return 0
+
+
+def _choose_threads() -> None:
+    """torch's CPU threads from the cores free now (inference.budget.free_cores), unless OMP_NUM_THREADS or
+    MKL_NUM_THREADS says how many (a cohort's workers, or the user)."""
+    if not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
+        import torch
+
+        from .inference.budget import free_cores
+
+        torch.set_num_threads(free_cores())
 
 
 def cmd_cohort(args) -> int:
