@@ -182,14 +182,15 @@ def check_segment_options(args):
     return SegmentOptions.from_args(args).check()
 
 
-def check_before_loading(options, path: Path) -> None:
+def check_before_loading(options, path: Path):
     """What can be refused in a fraction of a second, before torch is imported or weights are loaded: a
-    missing input (exit 3) and a sample count a card model cannot run (exit 2, or 4 for an ensemble of one)."""
+    missing input (exit 3) and a sample count a card model cannot run (exit 2, or 4 for an ensemble of one).
+    Returns the model's card (None: a whole-volume format)."""
     from .models.catalog import check_card_plan
 
     if not path.exists():
         raise InputImageError(f"Input image not found: {path}")
-    check_card_plan(options.model, options.method, options.samples)
+    return check_card_plan(options.model, options.method, options.samples)
 
 
 def cmd_segment(args) -> int:
@@ -197,7 +198,9 @@ def cmd_segment(args) -> int:
 
     options = check_segment_options(args)
     path = SAMPLE_IMAGE if args.sample else Path(args.input)
-    check_before_loading(options, path)
+    card = check_before_loading(options, path)
+    if card is not None and args.process_entry:
+        _leave_out_unused_imports()
     if options.dicom:
         from .results.run_folder import check_dicom_input
 
@@ -443,14 +446,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "no details"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; return its exit code. Every failure is one line on stderr, never a traceback."""
+def main(argv: list[str] | None = None, process_entry: bool = False) -> int:
+    """Run one command; return its exit code. Every failure is one line on stderr, never a traceback.
+    ``process_entry``: called by :func:`run`, this process runs only this command (see cmd_segment)."""
     logging.basicConfig(level=logging.WARNING, format="seguncertainty: %(message)s")
     if not sys.warnoptions:  # libraries' deprecation notices (MONAI's FutureWarnings) are for developers; -W wins
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         args = _parser().parse_args(argv)
+        args.process_entry = process_entry
         commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models}
         return commands[args.command](args)
     except SegUncertaintyError as exc:
@@ -465,20 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _leave_out_unused_imports(argv: list[str]) -> None:
-    """For ``segment`` with a card model: make :data:`UNUSED_BY_CARD_RUNS` unimportable in this process, so
-    MONAI's optional imports skip them. Anything unclear (bad arguments, a model that is not a card): no change;
-    main() reports the problem."""
-    from .models.catalog import find_card
-
-    try:
-        args = _parser().parse_args(argv)
-        card = find_card(args.model) if args.command == "segment" else None
-    except (SegUncertaintyError, SystemExit, OSError, ValueError):
-        return
-    if card is not None:
-        for name in UNUSED_BY_CARD_RUNS:
-            sys.modules.setdefault(name, None)  # None: "import name" raises ImportError
+def _leave_out_unused_imports() -> None:
+    """Make :data:`UNUSED_BY_CARD_RUNS` unimportable in this process (before MONAI is imported), so MONAI's
+    optional imports skip them. Only for the process entry: it would also hide them from later callers."""
+    for name in UNUSED_BY_CARD_RUNS:
+        sys.modules.setdefault(name, None)  # None: "import name" raises ImportError
 
 
 def run() -> None:
@@ -487,9 +483,7 @@ def run() -> None:
     published and stdout and stderr flushed. Other commands exit normally (Ray and Dask clean up at exit)."""
     argv = sys.argv[1:]
     segment = argv[:1] == ["segment"]
-    if segment:
-        _leave_out_unused_imports(argv)
-    code = main(argv)
+    code = main(argv, process_entry=True)
     if segment:
         logging.shutdown()
         sys.stdout.flush()

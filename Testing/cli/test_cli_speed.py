@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from SegUncertaintyLib import cli
@@ -66,10 +65,3 @@ def test_process_entry_imports_only_what_a_card_run_needs_and_flushes_before_exi
     listed = {e["file"] for e in json.loads((out / "manifest.json").read_text())["outputs"]}
     assert listed | {"manifest.json"} == {p.name for p in out.iterdir()}
     assert sitk.ReadImage(str(out / "overview.png")).GetSize()[0] > 0
-
-
-@pytest.mark.parametrize("argv", [["segment", "--sample", "--model", "no_such_model"], ["segment", "--bad-option"]])
-def test_process_entry_leaves_imports_alone_when_the_model_is_not_a_card(argv):
-    before = {name: sys.modules.get(name, "absent") for name in cli.UNUSED_BY_CARD_RUNS}
-    cli._leave_out_unused_imports(argv)
-    assert {name: sys.modules.get(name, "absent") for name in cli.UNUSED_BY_CARD_RUNS} == before
