@@ -124,6 +124,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                         help="precision of the maps and probabilities: float16 rounds each value to ~3 significant "
                              "digits (steps of at most 0.0005 on 0-1 maps), stored as float32, compressing "
                              "better (default: %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=None, metavar="E",
+                        help="MC dropout: sample in rounds until the maps' Monte Carlo error (99th percentile near "
+                             "the segment, scores.json monte_carlo_error) is at most E; --samples is then the "
+                             "maximum (default: a fixed --samples)")
     parser.add_argument("--compress", action=argparse.BooleanOptionalAction, default=True,
                         help="gzip the written volumes: lossless, about 8 %% smaller float maps for longer writes "
                              "(default: compress)")
@@ -291,6 +295,10 @@ def _print_summary(outputs, manifest: Path) -> None:
     from .inference.scores import NO_RANGE, NO_SEGMENTATION, REVIEW, SUBJECT_SCORES
 
     print(f"Wrote {manifest.parent} ({outputs.method}, {plural(outputs.n_samples, 'sample')}, {outputs.device})")
+    error = outputs.scores.get("monte_carlo_error")
+    if error:
+        print(f"  Monte Carlo error (99th percentile near the segment): probability {error['probability']:.4f}, "
+              f"entropy {error['entropy']:.4f}")
     for name, scores in outputs.scores["classes"].items():
         parts = [f"volume {scores['volume_ml']:.1f} mL"]
         for key in SUBJECT_SCORES:

@@ -47,6 +47,7 @@ from ..models.dropout import (
     set_dropout,
 )
 from .maps import class_argmax, normalized_entropy, uncertainty_maps
+from .mc_error import ERROR_NAMES, window_errors
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class WindowResult:
     n_samples: int
     device: str
     notes: list[str] = field(default_factory=list)
+    errors: dict[str, torch.Tensor] | None = None  # mc_error.ERROR_NAMES -> (*S), when samples are random
 
 
 def pick_device(requested: str) -> torch.device:
@@ -128,6 +130,7 @@ class _WindowSampler:
         self.amp = config.amp
         self.hookable = [per_sample_dropout_possible(net) for net in networks]
         self.channel_only = [only_channel_dropout(net) for net in networks]
+        self.random = len(plan) > 1 and any(spec.dropout for spec in plan)  # Monte Carlo error is defined
         for net in networks:
             net.to(self.device)
 
@@ -188,7 +191,8 @@ class _WindowSampler:
 
     def run(self, window: torch.Tensor, index: int, n_classes: int):
         """For one (1, 1, *w) window (number ``index``): sums over samples of p, p^2 and normalized H(p),
-        and the samples' labels packed as bits, (C-1, ceil(T/8), *w) uint8."""
+        the samples' labels packed as bits, (C-1, ceil(T/8), *w) uint8, and when the samples are random the
+        sum of p p^T (C, C, *w) (else None)."""
         x = window.to(self.device)
         while True:
             try:
@@ -214,7 +218,7 @@ class _WindowSampler:
 
     @torch.no_grad()
     def _run(self, x: torch.Tensor, index: int, n_classes: int):
-        sum_p = sum_p2 = sum_h = None
+        sum_p = sum_p2 = sum_h = sum_pp = None
         bits = torch.zeros((n_classes - 1, (len(self.plan) + 7) // 8, *x.shape[2:]), dtype=torch.uint8,
                            device=x.device)
         for start, stop in self._chunks():
@@ -224,13 +228,17 @@ class _WindowSampler:
             labels = class_argmax(p, 1)
             if sum_p is None:
                 sum_p, sum_p2, sum_h = (torch.zeros_like(p[0]), torch.zeros_like(p[0]), torch.zeros_like(h[0]))
+                if self.random:
+                    sum_pp = torch.zeros((n_classes, *p[0].shape), dtype=p.dtype, device=p.device)
             for j, t in enumerate(range(start, stop)):  # sample by sample: the same sums whatever the batch
                 sum_p += p[j]
                 sum_p2 += p[j] * p[j]
                 sum_h += h[j]
+                if sum_pp is not None:
+                    sum_pp += p[j][:, None] * p[j][None, :]
                 for k in range(1, n_classes):  # packed at once: no (T, *w) label stack
                     bits[k - 1, t // 8] |= (labels[j] == k).to(torch.uint8) << (t % 8)
-        return sum_p, sum_p2, sum_h, bits
+        return sum_p, sum_p2, sum_h, bits, sum_pp
 
 
 def run_sliding_window(
@@ -267,6 +275,7 @@ def run_sliding_window(
     sum_w = torch.zeros(padded_shape)
     best_w = torch.zeros(padded_shape)
     bits = torch.zeros((c - 1, n_bytes, *padded_shape), dtype=torch.uint8)
+    errors = {name: torch.zeros(padded_shape) for name in ERROR_NAMES} if sampler.random else None
     weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu").float()
 
     slices = scan_slices(padded_shape, window, config.overlap)
@@ -274,12 +283,15 @@ def run_sliding_window(
     for i, sl in enumerate(slices):
         if cancelled is not None and cancelled():
             raise CancelledError()
-        s_p, s_p2, s_h, packed = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
+        s_p, s_p2, s_h, packed, s_pp = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
         mean_p = s_p.cpu() * inv_t
         own = uncertainty_maps(mean_p, s_p2.cpu() * inv_t, s_h.cpu() * inv_t, n_samples)  # this window's samples
         sum_p[(slice(None), *sl)] += weight * mean_p
         for name, total in blended.items():
             total[sl] += weight * own[name]
+        if errors is not None:
+            for name, error in window_errors(mean_p, s_pp.cpu() * inv_t, n_samples).items():
+                errors[name][sl] += weight * error
         sum_w[sl] += weight
         wins = weight > best_w[sl]
         best_w[sl] = torch.maximum(best_w[sl], weight)
@@ -292,7 +304,9 @@ def run_sliding_window(
     crop = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
     mean_p = sum_p.div_(sum_w)[(slice(None), *crop)].contiguous()
     maps = {name: total.div_(sum_w)[crop].contiguous() for name, total in blended.items()}
+    if errors is not None:
+        errors = {name: total.div_(sum_w)[crop].contiguous() for name, total in errors.items()}
     del sum_w
     return WindowResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
-                        sampler.device.type, notes)
+                        sampler.device.type, notes, errors)
 
