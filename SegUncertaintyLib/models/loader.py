@@ -9,6 +9,8 @@ Networks never touch the network: MONAI networks are built only from the card's 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -45,12 +47,28 @@ def _check_key(card: ModelCard, check: str) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
+_REMEMBER_CHECKS = contextvars.ContextVar("remember_checks", default=True)
+
+
+@contextlib.contextmanager
+def every_check_run():
+    """Inside: every load-time check runs and nothing is remembered (``models check`` and ``models add``: an
+    explicit check, and a failed command leaves nothing behind)."""
+    token = _REMEMBER_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _REMEMBER_CHECKS.reset(token)
+
+
 def _passed_before(card: ModelCard, check: str) -> bool:
-    return (home_dir() / CHECKS_CACHE / _check_key(card, check)).is_file()
+    return _REMEMBER_CHECKS.get() and (home_dir() / CHECKS_CACHE / _check_key(card, check)).is_file()
 
 
 def _record_pass(card: ModelCard, check: str) -> None:
     """Remember a pass (best effort: a read-only home only means the check runs again next time)."""
+    if not _REMEMBER_CHECKS.get():
+        return
     try:
         folder = home_dir() / CHECKS_CACHE
         folder.mkdir(parents=True, exist_ok=True)

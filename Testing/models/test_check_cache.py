@@ -62,3 +62,19 @@ def test_mc_dropout_pass_is_remembered_and_a_refusal_is_not(tmp_path, monkeypatc
     for _ in range(2):  # refused each time: nothing was remembered
         with pytest.raises(ModelError, match="dropout is inactive"):
             check_mc_dropout(inactive, [0])
+
+
+def test_models_check_runs_every_check_and_remembers_nothing(tmp_path, monkeypatch):
+    from SegUncertaintyLib.models.manage import check_path
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(home))
+    folder = _unet_model(tmp_path / "model", 0.2)
+    load_model(folder)  # a segment run remembers the output check
+    monkeypatch.setattr(loader, "check_outputs", _refuse)
+    with pytest.raises(_Refuses):
+        check_path(folder)  # the explicit check still runs it
+    monkeypatch.undo()
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "other_home"))
+    check_path(folder)
+    assert not (tmp_path / "other_home").exists()
