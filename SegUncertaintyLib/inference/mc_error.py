@@ -32,15 +32,23 @@ DEFINITION = ("Monte Carlo standard error of the maps, 99th percentile over the 
               "It falls as 1 / sqrt(T)")
 
 
-def window_errors(mean_p: torch.Tensor, mean_pp: torch.Tensor, n_samples: int) -> dict[str, torch.Tensor]:
-    """(*w) error maps of one window from E_t[p] (C, *w) and E_t[p p^T] (C, C, *w) of its T >= 2 samples."""
+def class_pairs(n_classes: int) -> list[tuple[int, int]]:
+    """The (k, l) class pairs, k < l, whose products :func:`window_errors` needs summed over samples."""
+    return [(k, l) for k in range(n_classes) for l in range(k + 1, n_classes)]  # noqa: E741
+
+
+def window_errors(mean_p: torch.Tensor, mean_p2: torch.Tensor, mean_cross: torch.Tensor,
+                  n_samples: int) -> dict[str, torch.Tensor]:
+    """(*w) error maps of one window of T >= 2 samples from E_t[p] and E_t[p^2] (C, *w) and E_t[p_k p_l]
+    (one per :func:`class_pairs`, (P, *w)), by elementwise passes (no (C, C, *w) array)."""
     c, scale = mean_p.shape[0], n_samples / (n_samples - 1)
-    cov = (mean_pp - mean_p[:, None] * mean_p[None, :]) * scale  # unbiased covariance over samples
-    variance = torch.diagonal(cov, dim1=0, dim2=1).movedim(-1, 0).clamp_min(0.0)
     a = torch.log(mean_p.clamp_min(1e-12))
-    var_g = torch.einsum("k...,kl...,l...->...", a, cov, a).clamp_min(0.0)
+    variance = ((mean_p2 - mean_p * mean_p) * scale).clamp_min(0.0)  # unbiased, per class
+    var_g = (a * a * variance).sum(0)
+    for i, (k, l) in enumerate(class_pairs(c)):  # noqa: E741
+        var_g += 2.0 * scale * a[k] * a[l] * (mean_cross[i] - mean_p[k] * mean_p[l])
     return {"probability": (variance.amax(0) / n_samples).sqrt(),
-            "entropy": (var_g / n_samples).sqrt() / math.log(c)}
+            "entropy": (var_g.clamp_min(0.0) / n_samples).sqrt() / math.log(c)}
 
 
 def foreground_box(labels: np.ndarray, spacing_zyx: tuple[float, float, float],

@@ -47,7 +47,7 @@ from ..models.dropout import (
     set_dropout,
 )
 from .maps import class_argmax, normalized_entropy, uncertainty_maps
-from .mc_error import ERROR_NAMES, window_errors
+from .mc_error import ERROR_NAMES, class_pairs, window_errors
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class _WindowSampler:
     def run(self, window: torch.Tensor, index: int, n_classes: int):
         """For one (1, 1, *w) window (number ``index``): sums over samples of p, p^2 and normalized H(p),
         the samples' labels packed as bits, (C-1, ceil(T/8), *w) uint8, and when the samples are random the
-        sum of p p^T (C, C, *w) (else None)."""
+        sums of p_k p_l for mc_error.class_pairs (P, *w) (else None)."""
         return self.run_windows(window, index, n_classes)[0]
 
     def run_windows(self, windows: torch.Tensor, index: int, n_classes: int) -> list[tuple]:
@@ -244,14 +244,15 @@ class _WindowSampler:
             labels = class_argmax(p, 2)
             if sum_p is None:
                 sum_p, sum_p2, sum_h = (torch.zeros_like(p[0]), torch.zeros_like(p[0]), torch.zeros_like(h[0]))
-                if self.random:
-                    sum_pp = torch.zeros((p.shape[1], n_classes, *p.shape[2:]), dtype=p.dtype, device=p.device)
+                pairs = class_pairs(n_classes) if self.random else []
+                if pairs:
+                    sum_pp = torch.zeros((p.shape[1], len(pairs), *p.shape[3:]), dtype=p.dtype, device=p.device)
             for j, t in enumerate(range(start, stop)):  # sample by sample: the same sums whatever the batch
                 sum_p += p[j]
                 sum_p2 += p[j] * p[j]
                 sum_h += h[j]
-                if sum_pp is not None:
-                    sum_pp += p[j][:, :, None] * p[j][:, None, :]
+                for i, (k, l) in enumerate(pairs):  # noqa: E741
+                    sum_pp[:, i].addcmul_(p[j][:, k], p[j][:, l])
                 for k in range(1, n_classes):  # packed at once: no (T, *w) label stack
                     bits[:, k - 1, t // 8] |= (labels[j] == k).to(torch.uint8) << (t % 8)
         return sum_p, sum_p2, sum_h, bits, sum_pp
@@ -310,7 +311,7 @@ def run_sliding_window(
         for name, total in blended.items():
             total[sl] += weight * own[name]
         if errors is not None:
-            for name, error in window_errors(mean_p, s_pp.cpu() * inv_t, n_samples).items():
+            for name, error in window_errors(mean_p, s_p2.cpu() * inv_t, s_pp.cpu() * inv_t, n_samples).items():
                 errors[name][sl] += weight * error
         sum_w[sl] += weight
         wins = weight > best_w[sl]

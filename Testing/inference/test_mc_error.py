@@ -79,3 +79,16 @@ def test_no_error_without_random_samples():
     assert result.errors is None and mc_error(result, SPACING) is None
     assert foreground_box(np.zeros((4, 5, 6)), SPACING) == (slice(0, 4), slice(0, 5), slice(0, 6))
     assert torch.is_tensor(result.mean_p)
+
+
+def test_window_errors_match_the_direct_computation_for_three_classes():
+    from SegUncertaintyLib.inference.mc_error import class_pairs, window_errors
+
+    t = 7
+    p = torch.softmax(torch.randn(t, 3, 4, 5, 6, generator=torch.Generator().manual_seed(1)) * 2, dim=1).double()
+    mean = p.mean(0)
+    cross = torch.stack([(p[:, k] * p[:, l]).mean(0) for k, l in class_pairs(3)])  # noqa: E741
+    errors = window_errors(mean, (p * p).mean(0), cross, t)
+    g = -(p * torch.log(mean)[None]).sum(1)  # (T, *w)
+    assert torch.allclose(errors["entropy"], g.std(0) / math.sqrt(t) / math.log(3), atol=1e-9)
+    assert torch.allclose(errors["probability"], (p.std(0) / math.sqrt(t)).amax(0), atol=1e-9)
