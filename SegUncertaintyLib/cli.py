@@ -34,6 +34,11 @@ from .core.errors import (
 from .core.options import DEVICES
 from .core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, METHODS, OUTPUT_FORMATS
 
+# Packages MONAI imports whenever they are installed (its package __init__ loads every submodule) that a card
+# model's run never uses: pytorch-ignite (dev-only here; 0.7 s, it pulls in torch.distributed) and scikit-image.
+# Whole-volume formats may need them (nnU-Net resamples with scikit-image), so only card runs leave them out.
+UNUSED_BY_CARD_RUNS = ("ignite", "skimage")
+
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_IMAGE = SAMPLE_DIR / "colin27_t1_2mm.nii.gz"
 
@@ -127,6 +132,13 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                         help="precision of the maps and probabilities: float16 rounds each value to ~3 significant "
                              "digits (steps of at most 0.0005 on 0-1 maps), stored as float32, compressing "
                              "better (default: %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=None, metavar="E",
+                        help="MC dropout: sample in rounds until the maps' Monte Carlo error (99th percentile near "
+                             "the segment, scores.json monte_carlo_error) is at most E; --samples is then the "
+                             "maximum (default: a fixed --samples)")
+    parser.add_argument("--compress", action=argparse.BooleanOptionalAction, default=True,
+                        help="gzip the written volumes: lossless, about 8 %% smaller float maps for longer writes "
+                             "(default: compress)")
     parser.add_argument("--save-samples", action="store_true",
                         help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
     parser.add_argument("--dicom", action="store_true",
@@ -229,14 +241,15 @@ def check_segment_options(args):
     return SegmentOptions.from_args(args).check()
 
 
-def check_before_loading(options, path: Path) -> None:
+def check_before_loading(options, path: Path):
     """What can be refused in a fraction of a second, before torch is imported or weights are loaded: a
-    missing input (exit 3) and a sample count a card model cannot run (exit 2, or 4 for an ensemble of one)."""
+    missing input (exit 3) and a sample count a card model cannot run (exit 2, or 4 for an ensemble of one).
+    Returns the model's card (None: a whole-volume format)."""
     from .models.catalog import check_card_plan
 
     if not path.exists():
         raise InputImageError(f"Input image not found: {path}")
-    check_card_plan(options.model, options.method, options.samples)
+    return check_card_plan(options.model, options.method, options.samples)
 
 
 def cmd_segment(args) -> int:
@@ -244,7 +257,9 @@ def cmd_segment(args) -> int:
 
     options = check_segment_options(args)
     path = SAMPLE_IMAGE if args.sample else Path(args.input)
-    check_before_loading(options, path)
+    card = check_before_loading(options, path)
+    if card is not None and args.process_entry:
+        _leave_out_unused_imports()
     if options.dicom:
         from .results.run_folder import check_dicom_input
 
@@ -265,6 +280,7 @@ def cmd_segment(args) -> int:
             from .results.run_folder import write_outputs
 
             pick_device(options.device)  # --device cuda without a GPU: exit 2 before the model loads
+            _choose_threads()
             reporter = ProgressReporter(args.progress)
             reporter("load", 0.0, f"reading {path.name}")
             image = read_image(path, args.series)
@@ -299,6 +315,17 @@ def cmd_segment(args) -> int:
         logging.warning(note)
     _print_summary(outputs, manifest)
     return 0
+
+
+def _choose_threads() -> None:
+    """torch's CPU threads from the cores free now (inference.budget.free_cores), unless OMP_NUM_THREADS or
+    MKL_NUM_THREADS says how many (a cohort's workers, or the user)."""
+    if not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
+        import torch
+
+        from .inference.budget import free_cores
+
+        torch.set_num_threads(free_cores())
 
 
 def cmd_cohort(args) -> int:
@@ -371,6 +398,10 @@ def _print_summary(outputs, manifest: Path) -> None:
     from .inference.scores import NO_RANGE, NO_SEGMENTATION, REVIEW, SUBJECT_SCORES
 
     print(f"Wrote {manifest.parent} ({outputs.method}, {plural(outputs.n_samples, 'sample')}, {outputs.device})")
+    error = outputs.scores.get("monte_carlo_error")
+    if error:
+        print(f"  Monte Carlo error (99th percentile near the segment): probability {error['probability']:.4f}, "
+              f"entropy {error['entropy']:.4f}")
     for name, scores in outputs.scores["classes"].items():
         parts = [f"volume {scores['volume_ml']:.1f} mL"]
         for key in SUBJECT_SCORES:
@@ -636,14 +667,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "no details"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; return its exit code. Every failure is one line on stderr, never a traceback."""
+def main(argv: list[str] | None = None, process_entry: bool = False) -> int:
+    """Run one command; return its exit code. Every failure is one line on stderr, never a traceback.
+    ``process_entry``: called by :func:`run`, this process runs only this command (see cmd_segment)."""
     logging.basicConfig(level=logging.WARNING, format="seguncertainty: %(message)s")
     if not sys.warnoptions:  # libraries' deprecation notices (MONAI's FutureWarnings) are for developers; -W wins
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         args = _parser().parse_args(argv)
+        args.process_entry = process_entry
         commands = {"segment": cmd_segment, "cohort": cmd_cohort, "evaluate": cmd_evaluate, "models": cmd_models,
                     "send": cmd_send, "calibrate": cmd_calibrate}
         return commands[args.command](args)
@@ -659,13 +692,22 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _leave_out_unused_imports() -> None:
+    """Make :data:`UNUSED_BY_CARD_RUNS` unimportable in this process (before MONAI is imported), so MONAI's
+    optional imports skip them. Only for the process entry: it would also hide them from later callers."""
+    for name in UNUSED_BY_CARD_RUNS:
+        sys.modules.setdefault(name, None)  # None: "import name" raises ImportError
+
+
 def run() -> None:
-    """The program (console script, ``python -m SegUncertaintyLib.cli``): exit with ``main``'s code. After a
-    cancel the process ends at once (``os._exit``) once the log and the streams are flushed: the run has
-    already removed what it staged, and the interpreter's teardown of torch and MONAI would add about a
-    second before a Ctrl-C takes effect."""
-    code = main()
-    if code == CancelledError.exit_code:
+    """The process entry (console script and ``python -m``): main(); after ``segment``, and after a cancel of
+    any command, the process ends without the interpreter's teardown (about 1 s of freeing torch's and
+    MONAI's state) once its outputs are published (or its staging removed) and stdout and stderr flushed.
+    Other commands exit normally (Ray and Dask clean up at exit)."""
+    argv = sys.argv[1:]
+    segment = argv[:1] == ["segment"]
+    code = main(argv, process_entry=True)
+    if segment or code == CancelledError.exit_code:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -21,8 +21,11 @@ from ..models.loader import LoadedModel, check_mc_dropout
 from .assembly import PassStatistics, PlacedImages, SegmentationOutputs, assemble
 from .budget import check_run_memory
 from .maps import class_argmax
+from .mc_error import DEFINITION, error_percentiles, foreground_box, sample_in_rounds
 from .preprocessing import array_on_grid, to_input_space, to_model_space
-from .sliding_window import WindowConfig, check_overlap, run_sliding_window
+from .sliding_window import WindowConfig, WindowResult, check_overlap, run_sliding_window
+
+FIRST_ROUND = 10  # --tolerance: samples of the first round (at most --samples)
 
 
 def check_method(model: LoadedModel, method: str) -> None:
@@ -59,7 +62,22 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     report("preprocess", 1.0, f"model grid {grid.GetSize()} at {card.spacing_mm} mm")
     config = WindowConfig(window=window, overlap=options.overlap, max_batch=options.max_batch,
                           device=options.device, seed=options.seed)
-    result = run_sliding_window(array, model.networks, plan, description.n_classes, config, report, cancelled)
+    spacing_zyx = tuple(reversed(card.spacing_mm))
+
+    def sample(n: int) -> tuple[WindowResult, float]:
+        passes = plan if n == len(plan) // members_sampled else plan_samples(options.method, len(model.networks), n,
+                                                                              card.flip_axes)
+        result = run_sliding_window(array, model.networks, passes, description.n_classes, config, report, cancelled)
+        error = mc_error(result, spacing_zyx)
+        return result, max(error.values()) if error else 0.0
+
+    members_sampled = len(model.networks) if parse_method(options.method).ensemble else 1
+    rounds = None
+    if options.tolerance is None:
+        result, _ = sample(len(plan) // members_sampled)
+    else:
+        per_member = len(plan) // members_sampled
+        result, rounds = sample_in_rounds(sample, FIRST_ROUND, per_member, options.tolerance)
     check_cancel()
 
     report("postprocess", 0.0, "resampling to the input grid")
@@ -85,9 +103,22 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     stats = PassStatistics(mean_p=result.mean_p, maps=result.maps, labels=class_argmax(result.mean_p, 0),
                            sample_bits=result.sample_bits, n_samples=result.n_samples,
                            voxel_ml=math.prod(card.spacing_mm) / 1000.0, device=result.device, notes=result.notes)
-    return assemble(stats, description, options.method, place,
-                    input_volumes_ml={k: float(counts[k] * voxel_ml_input) for k in range(n_classes)},
-                    progress=report, cancelled=cancelled)
+    outputs = assemble(stats, description, options.method, place,
+                       input_volumes_ml={k: float(counts[k] * voxel_ml_input) for k in range(n_classes)},
+                       progress=report, cancelled=cancelled)
+    error = mc_error(result, spacing_zyx)
+    if error is not None:
+        outputs.scores["monte_carlo_error"] = {
+            **error, "n_samples": result.n_samples, "definition": DEFINITION,
+            **({"tolerance": options.tolerance, "rounds": rounds} if rounds is not None else {})}
+    return outputs
+
+
+def mc_error(result: WindowResult, spacing_zyx: tuple[float, float, float]) -> dict[str, float] | None:
+    """The run's Monte Carlo error (mc_error.error_percentiles) on the model grid; None without random samples."""
+    if result.errors is None:
+        return None
+    return error_percentiles(result.errors, foreground_box(class_argmax(result.mean_p, 0).numpy(), spacing_zyx))
 
 
 def samples_on_input_grid(bits: np.ndarray, n_samples: int, grid: sitk.Image, reference: sitk.Image) -> np.ndarray:

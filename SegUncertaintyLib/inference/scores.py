@@ -13,7 +13,11 @@ Computed on the model grid from the per-sample segmentations (bits) and the stit
   percentiles: estimate and interval from the same samples, grid and rule, so the estimate always lies
   inside its interval (for one sample both are that sample's volume);
 - diversity: E[1 - IoU(s, s')] over all T^2 ordered sample pairs, drawn with replacement (the last term of
-  the generalized energy distance of Czolbe et al. 2021; 0 when all samples agree);
+  the generalized energy distance of Czolbe et al. 2021; 0 when all samples agree). Its T self-pairs count
+  0, so it is (T - 1) / T times diversity_distinct and grows with T: compare it only at equal T;
+- diversity_distinct: mean 1 - IoU over the T (T - 1) ordered pairs of distinct samples, an unbiased
+  estimate (U-statistic) of E[1 - IoU(s, s')] for two independent samples, whose expectation does not
+  depend on T: the form to compare across runs with different T;
 - segmentation_volume_ml: volume of the delivered labelmap on the input grid (information only);
 - empty_prediction: true when the delivered segmentation has no voxel of the class (segmentation_volume_ml
   = 0). A missed structure otherwise reads as certain (all samples empty: dpw 1, diversity 0; cv,
@@ -57,9 +61,12 @@ DEFINITIONS = {
     "segment_entropy": ("Mean over the predicted segment of the binary (class vs rest) entropy of the mean "
                         f"probability, nats (0 to ln 2) ({PAPERS['mehrtash2020']}, eq. 7)",
                         "higher = more uncertain"),
-    "diversity": ("Sample diversity: mean 1 - IoU over all sample pairs drawn with replacement "
-                  f"(last term of the generalized energy distance, {PAPERS['czolbe2021']})",
+    "diversity": ("Sample diversity: mean 1 - IoU over all T^2 sample pairs drawn with replacement "
+                  f"(last term of the generalized energy distance, {PAPERS['czolbe2021']}); the T self-pairs "
+                  "count 0, so it grows with T: = (T - 1) / T x diversity_distinct; compare only at equal T",
                   "higher = more uncertain"),
+    "diversity_distinct": ("Mean 1 - IoU over pairs of distinct samples: an unbiased estimate of E[1 - IoU] of two "
+                           "independent samples, comparable across runs with different T", "higher = more uncertain"),
     "volume_ml": ("Median of the per-sample segmented volumes on the model grid, mL", "information"),
     "volume_ml_interval95": ("2.5 and 97.5 percentiles of the same per-sample volumes (same grid), mL",
                              "wider = more uncertain"),
@@ -89,7 +96,8 @@ SCORE_CONVENTIONS = {
                     "by ln C to 0-1 (multiply by ln C for nats)",
     "ulabelled": "E_t[H(p_t)] (mean of each sample's entropy), not H(E_t p), inside the segment predicted "
                  "by the mean probability",
-    "pairs": "dpw over distinct pairs; diversity over all ordered pairs with replacement (self-pairs included)",
+    "pairs": "dpw and diversity_distinct over distinct pairs; diversity over all ordered pairs with replacement "
+             "(self-pairs included, so it grows with T)",
     "volume": "median and 2.5/97.5 percentiles (numpy linear interpolation) of the T per-sample volumes",
     "missing_values": "null where undefined: a single sample (no spread) or an empty segment",
     "empty_prediction": "a class whose delivered segmentation is empty is flagged (empty_prediction true) and "
@@ -143,25 +151,29 @@ def pairwise_iou(inter: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 1.0)
 
 
-def sample_diversity(inter: np.ndarray) -> float:
-    """Mean 1 - IoU over all ordered pairs (with replacement) of the (T, T) intersection counts."""
-    return float((1.0 - pairwise_iou(inter)).mean())
+def sample_diversity(inter: np.ndarray, distinct: bool = False) -> float:
+    """Mean 1 - IoU over the ordered pairs of the (T, T) intersection counts: all T^2 (with replacement), or
+    the T (T - 1) of distinct samples (T >= 2)."""
+    distance = 1.0 - pairwise_iou(inter)
+    t = inter.shape[0]
+    return float(distance.sum() / (t * (t - 1))) if distinct else float(distance.mean())
 
 
 def volume_scores(inter: np.ndarray, voxel_ml: float) -> dict:
-    """cv, dpw, diversity and the volume estimate with its interval from the (T, T) intersection counts."""
+    """cv, dpw, diversity (both forms) and the volume estimate with its interval from the (T, T) intersection counts."""
     t = inter.shape[0]
     volumes = np.diag(inter) * voxel_ml
     median, low, high = np.percentile(volumes, [50.0, 2.5, 97.5])
     out: dict = {"volume_ml": float(median), "volume_ml_interval95": [float(low), float(high)]}
     if t < 2:
-        out.update(cv=None, dpw=None, diversity=None)
+        out.update(cv=None, dpw=None, diversity=None, diversity_distinct=None)
         return out
     mean = volumes.mean()
     out["cv"] = float(volumes.std(ddof=1) / mean) if mean > 0 else None
     upper = np.triu_indices(t, k=1)
     out["dpw"] = float(pairwise_dice(inter)[upper].mean())
     out["diversity"] = sample_diversity(inter)
+    out["diversity_distinct"] = sample_diversity(inter, distinct=True)
     return out
 
 

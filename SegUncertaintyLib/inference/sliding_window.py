@@ -47,6 +47,7 @@ from ..models.dropout import (
     set_dropout,
 )
 from .maps import class_argmax, normalized_entropy, uncertainty_maps
+from .mc_error import ERROR_NAMES, class_pairs, window_errors
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class WindowResult:
     n_samples: int
     device: str
     notes: list[str] = field(default_factory=list)
+    errors: dict[str, torch.Tensor] | None = None  # mc_error.ERROR_NAMES -> (*S), when samples are random
 
 
 def pick_device(requested: str) -> torch.device:
@@ -128,23 +130,24 @@ class _WindowSampler:
         self.amp = config.amp
         self.hookable = [per_sample_dropout_possible(net) for net in networks]
         self.channel_only = [only_channel_dropout(net) for net in networks]
+        self.random = len(plan) > 1 and any(spec.dropout for spec in plan)  # Monte Carlo error is defined
         for net in networks:
             net.to(self.device)
 
     def _pass(self, net: nn.Module, x: torch.Tensor, specs: list[SampleSpec]) -> torch.Tensor:
+        """(S, B, C, *w) softmax of the S passes ``specs`` over the B windows ``x`` (B, 1, *w), in one batch."""
         batch = torch.cat([torch.flip(x, [d + 2 for d in s.flip]) if s.flip else x for s in specs])
         use_amp = self.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             logits = net(batch)
-        logits = logits.float()
-        logits = torch.cat([
-            torch.flip(logits[i:i + 1], [d + 2 for d in s.flip]) if s.flip else logits[i:i + 1]
-            for i, s in enumerate(specs)
-        ])
-        return torch.softmax(logits, dim=1)
+        logits = logits.float().view(len(specs), x.shape[0], *logits.shape[1:])
+        logits = torch.stack([torch.flip(logits[i], [d + 2 for d in s.flip]) if s.flip else logits[i]
+                              for i, s in enumerate(specs)])
+        return torch.softmax(logits, dim=2)
 
     def _forward(self, x: torch.Tensor, specs: list[SampleSpec], window: int, samples: range) -> torch.Tensor:
-        """(B, C, *w) softmax of the samples ``specs`` (plan indices ``samples``) on window ``window``."""
+        """(S, B, C, *w) softmax of the samples ``specs`` (plan indices ``samples``) on the B windows ``x`` from
+        number ``window`` on (B > 1 only without dropout: the masks are drawn per window)."""
         member = specs[0].member
         net = self.networks[member]
         set_dropout(net, specs[0].dropout)
@@ -186,16 +189,32 @@ class _WindowSampler:
             yield start, stop
             start = stop
 
+    def windows_per_pass(self) -> int:
+        """Windows one forward pass may hold: without dropout (one sample per window and pass: softmax, each
+        ensemble member, each TTA flip) batch size // the longest run of the plan sharing a pass; else 1."""
+        if any(spec.dropout for spec in self.plan):
+            return 1
+        return max(1, self.batch // max(stop - start for start, stop in self._chunks()))
+
     def run(self, window: torch.Tensor, index: int, n_classes: int):
         """For one (1, 1, *w) window (number ``index``): sums over samples of p, p^2 and normalized H(p),
-        and the samples' labels packed as bits, (C-1, ceil(T/8), *w) uint8."""
-        x = window.to(self.device)
+        the samples' labels packed as bits, (C-1, ceil(T/8), *w) uint8, and when the samples are random the
+        sums of p_k p_l for mc_error.class_pairs (P, *w) (else None)."""
+        return self.run_windows(window, index, n_classes)[0]
+
+    def run_windows(self, windows: torch.Tensor, index: int, n_classes: int) -> list[tuple]:
+        """:meth:`run` for B windows ``windows`` (B, 1, *w), numbers ``index`` to ``index + B - 1``, in shared
+        forward passes; one tuple per window. Out of memory with several windows: one window at a time."""
+        x = windows.to(self.device)
         while True:
             try:
-                return self._run(x, index, n_classes)
+                sums = self._run(x, index, n_classes)
+                return [tuple(None if v is None else v[b] for v in sums) for b in range(x.shape[0])]
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
                 if not _is_oom(exc):
                     raise
+                if x.shape[0] > 1:
+                    return [r for b in range(x.shape[0]) for r in self.run_windows(x[b:b + 1], index + b, n_classes)]
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 if self.batch > 1:
@@ -214,23 +233,29 @@ class _WindowSampler:
 
     @torch.no_grad()
     def _run(self, x: torch.Tensor, index: int, n_classes: int):
-        sum_p = sum_p2 = sum_h = None
-        bits = torch.zeros((n_classes - 1, (len(self.plan) + 7) // 8, *x.shape[2:]), dtype=torch.uint8,
+        """The sums of :meth:`run` with a leading window axis (B, ...)."""
+        sum_p = sum_p2 = sum_h = sum_pp = None
+        bits = torch.zeros((x.shape[0], n_classes - 1, (len(self.plan) + 7) // 8, *x.shape[2:]), dtype=torch.uint8,
                            device=x.device)
         for start, stop in self._chunks():
             self._check_cancel()
-            p = self._forward(x, self.plan[start:stop], index, range(start, stop))
-            h = normalized_entropy(p, 1)
-            labels = class_argmax(p, 1)
+            p = self._forward(x, self.plan[start:stop], index, range(start, stop))  # (S, B, C, *w)
+            h = normalized_entropy(p, 2)
+            labels = class_argmax(p, 2)
             if sum_p is None:
                 sum_p, sum_p2, sum_h = (torch.zeros_like(p[0]), torch.zeros_like(p[0]), torch.zeros_like(h[0]))
+                pairs = class_pairs(n_classes) if self.random else []
+                if pairs:
+                    sum_pp = torch.zeros((p.shape[1], len(pairs), *p.shape[3:]), dtype=p.dtype, device=p.device)
             for j, t in enumerate(range(start, stop)):  # sample by sample: the same sums whatever the batch
                 sum_p += p[j]
                 sum_p2 += p[j] * p[j]
                 sum_h += h[j]
+                for i, (k, l) in enumerate(pairs):  # noqa: E741
+                    sum_pp[:, i].addcmul_(p[j][:, k], p[j][:, l])
                 for k in range(1, n_classes):  # packed at once: no (T, *w) label stack
-                    bits[k - 1, t // 8] |= (labels[j] == k).to(torch.uint8) << (t % 8)
-        return sum_p, sum_p2, sum_h, bits
+                    bits[:, k - 1, t // 8] |= (labels[j] == k).to(torch.uint8) << (t % 8)
+        return sum_p, sum_p2, sum_h, bits, sum_pp
 
 
 def run_sliding_window(
@@ -267,19 +292,27 @@ def run_sliding_window(
     sum_w = torch.zeros(padded_shape)
     best_w = torch.zeros(padded_shape)
     bits = torch.zeros((c - 1, n_bytes, *padded_shape), dtype=torch.uint8)
+    errors = {name: torch.zeros(padded_shape) for name in ERROR_NAMES} if sampler.random else None
     weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu").float()
 
     slices = scan_slices(padded_shape, window, config.overlap)
     inv_t = 1.0 / n_samples
+    group, results = sampler.windows_per_pass(), []
     for i, sl in enumerate(slices):
         if cancelled is not None and cancelled():
             raise CancelledError()
-        s_p, s_p2, s_h, packed = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
+        if not results:  # the next group of windows, in shared forward passes
+            batch = slices[i:i + group]
+            results = sampler.run_windows(torch.cat([image[(slice(None), slice(None), *b)] for b in batch]), i, c)
+        s_p, s_p2, s_h, packed, s_pp = results.pop(0)
         mean_p = s_p.cpu() * inv_t
         own = uncertainty_maps(mean_p, s_p2.cpu() * inv_t, s_h.cpu() * inv_t, n_samples)  # this window's samples
         sum_p[(slice(None), *sl)] += weight * mean_p
         for name, total in blended.items():
             total[sl] += weight * own[name]
+        if errors is not None:
+            for name, error in window_errors(mean_p, s_p2.cpu() * inv_t, s_pp.cpu() * inv_t, n_samples).items():
+                errors[name][sl] += weight * error
         sum_w[sl] += weight
         wins = weight > best_w[sl]
         best_w[sl] = torch.maximum(best_w[sl], weight)
@@ -292,7 +325,9 @@ def run_sliding_window(
     crop = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
     mean_p = sum_p.div_(sum_w)[(slice(None), *crop)].contiguous()
     maps = {name: total.div_(sum_w)[crop].contiguous() for name, total in blended.items()}
+    if errors is not None:
+        errors = {name: total.div_(sum_w)[crop].contiguous() for name, total in errors.items()}
     del sum_w
     return WindowResult(mean_p, maps, bits[(slice(None), slice(None), *crop)].contiguous(), n_samples,
-                        sampler.device.type, notes)
+                        sampler.device.type, notes, errors)
 

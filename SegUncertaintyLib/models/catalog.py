@@ -25,10 +25,14 @@ BUNDLED_DIR = Path(__file__).parent / "bundled"
 REGISTRY = "installed.json"
 
 
+def home_dir() -> Path:
+    """The user's folder: ``$SEGUNCERTAINTY_HOME`` or ``~/.seguncertainty``."""
+    return Path(os.environ.get("SEGUNCERTAINTY_HOME") or Path.home() / ".seguncertainty")
+
+
 def user_model_dir() -> Path:
     """Where installed models live: ``$SEGUNCERTAINTY_HOME/models`` or ``~/.seguncertainty/models``."""
-    home = os.environ.get("SEGUNCERTAINTY_HOME") or Path.home() / ".seguncertainty"
-    return Path(home) / "models"
+    return home_dir() / "models"
 
 
 @dataclass(frozen=True)
@@ -217,11 +221,13 @@ def find_card(name_or_path: str | os.PathLike) -> ModelCard | None:
     return load_card(folder) if folder is not None else None
 
 
-def check_card_plan(name_or_path: str | os.PathLike, method: str, samples: int | None) -> None:
+def check_card_plan(name_or_path: str | os.PathLike, method: str, samples: int | None) -> ModelCard | None:
     """Refuse, before any weights are loaded, a sample plan a card model cannot run: a sample count it
     cannot use, e.g. more TTA samples than its declared flips give (UsageError, exit 2), or an ensemble of
     one member (ModelError, exit 4). Whether the model can do the method at all is checked when it loads,
-    with the format's reason; other formats are checked when they load."""
+    with the format's reason; other formats are checked when they load. Returns the card (None: another
+    format)."""
     card = find_card(name_or_path)
     if card is not None:
         plan_samples(method, len(card.members), samples, card.flip_axes)
+    return card

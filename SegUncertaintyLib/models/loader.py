@@ -9,7 +9,11 @@ Networks never touch the network: MONAI networks are built only from the card's 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import hashlib
+import json
 import os
 import warnings
 from collections.abc import Iterable
@@ -20,15 +24,57 @@ import monai.networks.nets as monai_nets
 import torch
 from torch import nn
 
+from .. import __version__
 from ..core.errors import CancelledError, ModelError
+from ..core.files import write_text_atomic
 from .adapters.base import WholeVolumeModel
 from .card import ModelCard, allowed_networks, load_card
-from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, list_models, usable_models, user_model_dir  # noqa: F401 (re-exported)
+from .catalog import BUNDLED_DIR, DEFAULT_MODEL, available_models, home_dir, list_models, usable_models, user_model_dir  # noqa: F401 (re-exported)
 from .description import ModelDescription, describe_card
 from .dropout import set_dropout
 from .registry import CARD, ONNX, format_named, model_format
 
 PROBE_SEED = 1234
+CHECKS_CACHE = "cache/checks"  # under $SEGUNCERTAINTY_HOME: one empty file per check a verified model passed
+
+
+def _check_key(card: ModelCard, check: str) -> str:
+    """What a check's result depends on: the check, the card fields it reads, every member's verified sha256,
+    and the torch and library versions; its sha256 names the cache file."""
+    record = {"check": check, "architecture": card.architecture, "output": card.output,
+              "patch_size": list(card.patch_size), "n_classes": card.n_classes,
+              "weights": [m.sha256.lower() for m in card.members], "torch": torch.__version__, "library": __version__}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+_REMEMBER_CHECKS = contextvars.ContextVar("remember_checks", default=True)
+
+
+@contextlib.contextmanager
+def every_check_run():
+    """Inside: every load-time check runs and nothing is remembered (``models check`` and ``models add``: an
+    explicit check, and a failed command leaves nothing behind)."""
+    token = _REMEMBER_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _REMEMBER_CHECKS.reset(token)
+
+
+def _passed_before(card: ModelCard, check: str) -> bool:
+    return _REMEMBER_CHECKS.get() and (home_dir() / CHECKS_CACHE / _check_key(card, check)).is_file()
+
+
+def _record_pass(card: ModelCard, check: str) -> None:
+    """Remember a pass (best effort: a read-only home only means the check runs again next time)."""
+    if not _REMEMBER_CHECKS.get():
+        return
+    try:
+        folder = home_dir() / CHECKS_CACHE
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / _check_key(card, check), "")
+    except OSError:
+        pass
 
 
 @dataclass
@@ -141,6 +187,7 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
 
     Two dropout-on passes on the same window must differ; identical samples mean the dropout is inactive
     (p = 0, or a traced TorchScript that recorded eval mode) and MC dropout would report zero uncertainty.
+    A member's pass is remembered per verified weights (:func:`_check_key`); a refusal is never remembered.
     """
     if model.card.architecture["type"] == ONNX:
         from .adapters.onnx import MC_DROPOUT_REASON
@@ -153,6 +200,9 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
             set_dropout(net, False)
             raise ModelError(f"Model '{model.card.name}' member {i} has no dropout layer: "
                              "MC dropout is impossible; use another method")
+        if _passed_before(model.card, f"mc_dropout member {i}"):
+            set_dropout(net, False)
+            continue
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(PROBE_SEED)
@@ -163,6 +213,7 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
             raise ModelError(f"Model '{model.card.name}' member {i}: its dropout is inactive (two MC-dropout "
                              "samples were identical: dropout p = 0, or a traced TorchScript that recorded "
                              "eval mode), so MC dropout would report no uncertainty; use ensemble or tta")
+        _record_pass(model.card, f"mc_dropout member {i}")
 
 
 def load_model(name_or_path: str | os.PathLike) -> LoadedModel | WholeVolumeModel:
@@ -186,7 +237,8 @@ def load_model(name_or_path: str | os.PathLike) -> LoadedModel | WholeVolumeMode
 
 def load_card_model(path: str | os.PathLike, name: str | None = None) -> LoadedModel:
     """The card model at ``path`` (folder or card file), called ``name`` (None: the card's): checksums
-    verified, every member loaded and its outputs checked against the model contract."""
+    verified, every member loaded and its outputs checked against the model contract (once per verified
+    weights, torch and library version: passes are remembered in ``$SEGUNCERTAINTY_HOME/cache/checks``)."""
     card = load_card(path)
     if name is not None and name != card.name:
         card = dataclasses.replace(card, name=name)
@@ -195,5 +247,8 @@ def load_card_model(path: str | os.PathLike, name: str | None = None) -> LoadedM
     for member in card.members:
         net = _load_member(card, member.path).eval()
         networks.append(ProbabilitiesAsLogits(net).eval() if card.output == "probabilities" else net)
-    check_outputs(card, networks)
+    # the probe pass costs one forward pass per member at every load; a pass is remembered per verified weights
+    if not _passed_before(card, "outputs"):
+        check_outputs(card, networks)
+        _record_pass(card, "outputs")
     return LoadedModel(card, networks)

@@ -15,18 +15,20 @@ from ..core.errors import ModelError
 from ..core.files import sha256_file
 from .card import CARD_FILENAME, confined_file, load_card
 from .catalog import check_name, list_models, read_installed, user_model_dir, write_installed
-from .loader import check_mc_dropout, load_model
+from .loader import check_mc_dropout, every_check_run, load_model
 from .registry import ModelSummary, check_model, format_named
 
 
 def check_path(path: str | Path, deep: bool = True) -> ModelSummary:
     """Check a model folder of any registered format; ``deep`` also loads card models' networks and checks
-    them against the model contract (outputs, and active dropout if the card lists mc_dropout)."""
+    them against the model contract (outputs, and active dropout if the card lists mc_dropout), every check
+    run afresh and none remembered."""
     summary = check_model(path)
     if deep and format_named(summary.format).has_card:
-        model = load_model(path)
-        if "mc_dropout" in model.card.methods:
-            check_mc_dropout(model, range(len(model.networks)))
+        with every_check_run():
+            model = load_model(path)
+            if "mc_dropout" in model.card.methods:
+                check_mc_dropout(model, range(len(model.networks)))
     return summary
 
 

@@ -44,11 +44,11 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     ``options``: the output fields of SegmentOptions (checked): ``format``; ``maps``, which of
     :data:`MAP_CHOICES` to write (None: all; a map the run did not compute, e.g. mutual information of a
     one-sample run, is skipped); ``map_dtype``, the precision of the maps and probabilities (see
-    core.vocabulary.MAP_DTYPES); ``overview``; ``save_samples``, also each class's per-sample segmentations on
-    the input grid, bit-packed (``samples_<class>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of
-    byte t // 8 is sample t); ``dicom``, also the DICOM objects in ``dicom/`` (:mod:`.dicom_objects`) from
-    ``dicom_sources``, the source series' files in the image's slice order. ``settings``: the manifest's
-    settings (default: ``options.settings(None)``).
+    core.vocabulary.MAP_DTYPES); ``compress``, gzip the volumes; ``overview``; ``save_samples``, also each
+    class's per-sample segmentations on the input grid, bit-packed (``samples_<class>.npz``: ``bits``
+    (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t); ``dicom``, also the DICOM objects in
+    ``dicom/`` (:mod:`.dicom_objects`) from ``dicom_sources``, the source series' files in the image's slice
+    order. ``settings``: the manifest's settings (default: ``options.settings(None)``).
     Files are named by class with ``core.files.safe_stems`` (``probability_left_kidney.nrrd``); the class's
     name is the entry's ``label``. ``cancelled`` is polled between files: CancelledError, nothing published.
     The manifest lists exactly the files written, each image with its dtype.
@@ -90,7 +90,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
             if kind != "labelmap" and map_dtype == "float16":
                 image = _rounded_to_float16(image)
                 extra = {**extra, "precision": "float16"}
-            write_image(image, stage / filename)
+            write_image(image, stage / filename, options.compress)
             return {"file": filename, "kind": kind, "meaning": meaning, "dtype": image.GetPixelIDTypeAsString(),
                     **extra}
 
@@ -148,18 +148,20 @@ def _dicom_entry(outputs: SegmentationOutputs, stage: Path, description: ModelDe
 def _in_parallel(function: Callable, jobs: Sequence, check_cancel: Callable[[], None]) -> list:
     """``[function(job) for job in jobs]`` on IMAGE_WRITERS threads, at most that many at once. The caller's
     thread starts each job and wakes every 0.1 s, so a signal handler (the cancel flag) runs promptly and no
-    job starts after a cancel; the first error is raised once the running jobs are done."""
+    job starts after a cancel; the first error is raised once the running jobs are done. The caller waits on
+    the running jobs only: waiting on finished ones returns at once and would spin against the writers."""
     futures: list[Future] = []
     with ThreadPoolExecutor(max_workers=IMAGE_WRITERS) as pool:
         for job in jobs:
             while True:
                 check_cancel()
-                for future in futures:
-                    if future.done() and future.exception() is not None:
-                        raise future.exception()
-                if sum(not f.done() for f in futures) < IMAGE_WRITERS:
+                failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+                if failed is not None:
+                    raise failed.exception()
+                running = [f for f in futures if not f.done()]
+                if len(running) < IMAGE_WRITERS:
                     break
-                wait(futures, timeout=0.1, return_when=FIRST_COMPLETED)
+                wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
             futures.append(pool.submit(function, job))
         return [future.result() for future in futures]
 

@@ -46,7 +46,7 @@ def blended(vol, net, t, window, overlap, seed) -> dict[str, dict[str, float]]:
                                                                ("h", "w", "mi", "var", "best", "mi_a", "var_a")}
     image = torch.from_numpy(vol)[None, None]
     for i, sl in enumerate(scan_slices(shape, window, overlap)):
-        s_p, s_p2, s_h, _ = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
+        s_p, s_p2, s_h, _, _ = sampler.run(image[(slice(None), slice(None), *sl)], i, c)
         m = uncertainty_maps(s_p / t, s_p2 / t, s_h / t, t)
         acc["p"][(slice(None), *sl)] += weight * s_p / t
         acc["p2"][(slice(None), *sl)] += weight * s_p2 / t

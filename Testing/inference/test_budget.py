@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import pytest
@@ -44,3 +45,13 @@ def test_huge_samples_are_refused_before_the_first_pass(threshold_model):
                       lambda stage, *_: stages.append(stage))
     assert time.monotonic() - start < 30 and "inference" not in stages
     assert refused.value.exit_code == 6 and MEMORY_FRACTION < 1
+
+
+def test_threads_follow_the_free_cores():
+    from SegUncertaintyLib.inference.budget import free_cores, threads_for
+
+    assert threads_for(2, 2, 0.0) == 2  # a quiet machine: every core
+    assert threads_for(2, 2, 0.6) == 1  # another process busy on one core or more: one thread
+    assert threads_for(2, 2, 1.0) == 1  # never fewer than one
+    assert threads_for(4, 16, 0.5) == 4  # never more than this process may use
+    assert 1 <= free_cores(0.05) <= os.cpu_count()

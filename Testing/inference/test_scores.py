@@ -40,6 +40,9 @@ def test_overlaps_cv_dpw_and_diversity_match_direct_computation():
     assert scores["dpw"] == pytest.approx(np.mean(dice))
     d = [1 - jaccard_score(flat[i], flat[j]) for i in range(t) for j in range(t)]
     assert scores["diversity"] == pytest.approx(np.mean(d))
+    distinct = [1 - jaccard_score(flat[i], flat[j]) for i in range(t) for j in range(t) if i != j]
+    assert scores["diversity_distinct"] == pytest.approx(np.mean(distinct))
+    assert scores["diversity"] == pytest.approx((t - 1) / t * scores["diversity_distinct"])
     lo, hi = scores["volume_ml_interval95"]
     assert lo == pytest.approx(np.percentile(volumes, 2.5)) and hi == pytest.approx(np.percentile(volumes, 97.5))
     assert scores["volume_ml"] == pytest.approx(np.median(volumes))
@@ -61,6 +64,19 @@ def test_volume_estimate_lies_inside_its_interval_in_every_random_run(t):
             assert lo == hi == scores["volume_ml"]
 
 
+def test_diversity_distinct_does_not_grow_with_the_sample_count():
+    """Independent samples, each voxel flipped with probability q from one base mask: the distinct-pair form
+    averages to the same value at T = 2 and T = 16 (an unbiased estimate of E[1 - IoU] of two samples); the
+    with-replacement form at T = 2 is half of that, (T - 1) / T."""
+    means = {}
+    for t in (2, 16):
+        runs = [volume_scores(sample_overlaps(np.packbits(random_samples(t, (10, 10, 10), seed), axis=0,
+                                                          bitorder="little"), t), 1.0) for seed in range(400)]
+        means[t] = {k: np.mean([r[k] for r in runs]) for k in ("diversity", "diversity_distinct")}
+    assert means[2]["diversity_distinct"] == pytest.approx(means[16]["diversity_distinct"], rel=0.02)
+    assert means[2]["diversity"] == pytest.approx(means[16]["diversity"] * (1 / 2) / (15 / 16), rel=0.02)
+
+
 def test_identical_samples_score_as_certain():
     masks = np.repeat(random_samples(t=1), 5, axis=0)
     scores = volume_scores(sample_overlaps(np.packbits(masks, axis=0, bitorder="little"), 5), 1.0)
@@ -74,6 +90,7 @@ def test_empty_samples_and_single_sample_are_documented_values():
     assert scores["dpw"] == 1.0 and scores["diversity"] == 0.0  # empty pairs agree
     single = volume_scores(np.array([[5]]), 1.0)
     assert single["cv"] is None and single["dpw"] is None and single["diversity"] is None
+    assert single["diversity_distinct"] is None
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
