@@ -220,7 +220,7 @@ def test_orthanc_stopped_mid_run_exits_7_keeps_everything_and_the_next_run_compl
     process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:  # the first case's folder: segmenting
-        if any(p.is_dir() and (p / "manifest.json").exists() for p in out.glob("*-*")):
+        if out.is_dir() and any((p / "manifest.json").is_file() for p in out.iterdir() if p.is_dir()):
             break
         time.sleep(0.02)
     orthanc_server.stop()
