@@ -93,8 +93,13 @@ def test_the_program_ends_at_once_after_a_cancel_and_exits_normally_otherwise(mo
 
     monkeypatch.setattr(cli.os, "_exit", ending("os._exit"))  # the interpreter's teardown skipped
     monkeypatch.setattr(cli.sys, "exit", ending("sys.exit"))
+    monkeypatch.setattr(cli.sys, "argv", ["seguncertainty", "cohort"])
     for code in (130, 0, 3):
-        monkeypatch.setattr(cli, "main", lambda code=code: code)
+        monkeypatch.setattr(cli, "main", lambda argv=None, process_entry=False, code=code: code)
         with pytest.raises(SystemExit):
             cli.run()
     assert ended == [("os._exit", 130), ("sys.exit", 0), ("sys.exit", 3)]
+    monkeypatch.setattr(cli.sys, "argv", ["seguncertainty", "segment"])  # outputs published: no teardown
+    with pytest.raises(SystemExit):
+        cli.run()
+    assert ended[-1] == ("os._exit", 3)
