@@ -4,9 +4,6 @@ slicer_qt_fakes: open, step, review the case's run, mark reviewed."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 from Testing.support import slicer_app_fakes
@@ -18,19 +15,9 @@ from SegUncertaintyMRML.cohort_scene import CASE_ATTRIBUTE  # noqa: E402
 import SegUncertainty as module  # noqa: E402
 from SegUncertaintyLib.cohort import review  # noqa: E402
 from SegUncertaintyLib.cohort.worklist import read_worklist  # noqa: E402
-from Testing.support.cohort_cases import RANK_ORDER, make_cohort  # noqa: E402
+from Testing.support.cohort_cases import RANK_ORDER  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cohort_template(tmp_path_factory):
-    return make_cohort(tmp_path_factory.mktemp("cohort_template") / "cohort")
-
-
-@pytest.fixture
-def cohort(cohort_template, tmp_path):
-    return Path(shutil.copytree(cohort_template.parent, tmp_path / "cohort")) / "worklist.csv"
 
 
 @pytest.fixture

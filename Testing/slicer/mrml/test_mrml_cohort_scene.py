@@ -19,24 +19,12 @@ from SegUncertaintyMRML import flagged_voxels, segments, volumes
 from SegUncertaintyMRML.cohort_scene import CASE_ATTRIBUTE, CohortError, CohortWorklist
 
 from SegUncertaintyLib.cohort.worklist import read_worklist, write_csv_atomic
-from Testing.support.cohort_cases import CASES, RANK_ORDER, make_cohort
+from Testing.support.cohort_cases import CASES, RANK_ORDER
 from Testing.support.dicom_series import write_series
 from Testing.support.phantoms import sphere_phantom
 from Testing.support.tiny_models import write_threshold_model
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cohort_template(tmp_path_factory):
-    return make_cohort(tmp_path_factory.mktemp("cohort_template") / "cohort")
-
-
-@pytest.fixture
-def cohort(cohort_template, tmp_path):
-    """A fresh copy of the cohort (tests write marks into it); returns its worklist.csv."""
-    folder = shutil.copytree(cohort_template.parent, tmp_path / "cohort", symlinks=True)
-    return Path(folder) / "worklist.csv"
 
 
 def node_ids(scene) -> list[str]:
