@@ -138,7 +138,7 @@ def run_objects(case_folder: Path) -> list[dict]:
 
 def store_run(case_folder: Path, destination: Destination) -> tuple[int, int]:
     """Send the run's DICOM objects; (objects now on the destination, objects of the run). PacsError on a
-    failure of the destination (what was sent before it stays there)."""
+    failure of the destination, its ``stored`` the objects of the run already there (they stay)."""
     import pydicom
 
     objects = run_objects(case_folder)
@@ -149,13 +149,18 @@ def store_run(case_folder: Path, destination: Destination) -> tuple[int, int]:
     web = destination.web
     datasets = [pydicom.dcmread(o["file"]) for o in objects]
     on_server = 0
-    for study in sorted({str(d.StudyInstanceUID) for d in datasets}):
-        in_study = [d for d in datasets if str(d.StudyInstanceUID) == study]
-        present = web.instance_uids(study)
-        missing = [d for d in in_study if str(d.SOPInstanceUID) not in present]
-        for dataset in missing:  # one request each: a store cut short keeps every instance it completed
-            web.store([dataset])
-        on_server += len(in_study)
+    try:
+        for study in sorted({str(d.StudyInstanceUID) for d in datasets}):
+            in_study = [d for d in datasets if str(d.StudyInstanceUID) == study]
+            present = web.instance_uids(study)
+            on_server += sum(str(d.SOPInstanceUID) in present for d in in_study)
+            for dataset in in_study:  # one request each: a store cut short keeps every instance it completed
+                if str(dataset.SOPInstanceUID) not in present:
+                    web.store([dataset])
+                    on_server += 1
+    except PacsError as exc:
+        exc.stored = on_server
+        raise
     return on_server, len(objects)
 
 
@@ -175,7 +180,8 @@ def store_rows(root: Path, rows: list[dict], destination: Destination) -> tuple[
             stored, count = store_run(root / row["output"], destination)
         except PacsError as exc:
             error = str(exc)
-            row["stored"], row["store_error"] = "", error
+            row["stored"], row["store_error"] = f"{exc.stored}/{len(run_objects(root / row['output']))}", error
+            total += exc.stored
             continue
         row["stored"], row["store_error"] = f"{stored}/{count}", ""
         total += stored

@@ -44,9 +44,11 @@ CANCELLED_MESSAGE = "Cancelled by the user; nothing was written"
 
 class PacsError(SegUncertaintyError):
     """A PACS (DICOMweb or DIMSE node) cannot be reached, times out, refuses the request (401, 403, 409) or
-    changes a series while it is read. Nothing local is deleted."""
+    changes a series while it is read. Nothing local is deleted. ``stored``: the objects a store had
+    completed (or found already there) before it failed."""
 
     exit_code = 7
+    stored: int = 0
 
 
 class CancelledError(SegUncertaintyError):

@@ -251,10 +251,14 @@ def dimse_store(address: str, files: Iterable[str | os.PathLike], calling_aet: s
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code is None:
-                raise PacsError(f"DICOM node {address} did not answer a C-STORE (connection lost or timed out)")
-            if code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or success with a warning
-                raise PacsError(f"DICOM node {address} refused instance {ds.SOPInstanceUID} (status 0x{code:04X})")
-            stored += 1
+                error = PacsError(f"DICOM node {address} did not answer a C-STORE (connection lost or timed out)")
+            elif code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or success with a warning
+                error = PacsError(f"DICOM node {address} refused instance {ds.SOPInstanceUID} (status 0x{code:04X})")
+            else:
+                stored += 1
+                continue
+            error.stored = stored
+            raise error
     finally:
         if assoc.is_established:
             assoc.release()

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +29,7 @@ from SegUncertaintyLib.io.dicomweb import (
     parse_dimse,
     read_credentials,
 )
+from Testing.support.cut_proxy import CutProxy
 from Testing.support.dicom_series import volume, write_series
 from Testing.support.orthanc import free_port
 from Testing.support.tiny_models import write_threshold_model
@@ -210,32 +208,33 @@ def test_round_trip_two_series_store_query_back_and_no_duplicates(orthanc_server
 
 
 @pytest.mark.slow
-def test_orthanc_stopped_mid_run_exits_7_keeps_everything_and_the_next_run_completes(orthanc_server, tmp_path):
+def test_pacs_gone_mid_store_exits_7_keeps_everything_and_the_next_run_completes(orthanc_server, tmp_path, capsys):
     for uid in SERIES:
         orthanc_server.upload(_series(tmp_path, uid))
+    before = set(orthanc_server.instances())
     model = _model(tmp_path / "model")
     out = tmp_path / "cohort"
-    argv = [sys.executable, "-m", "SegUncertaintyLib.cli", *_cohort(orthanc_server, out, model, "--store")]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:  # the first case's folder: segmenting
-        if out.is_dir() and any((p / "manifest.json").is_file() for p in out.iterdir() if p.is_dir()):
-            break
-        time.sleep(0.02)
-    orthanc_server.stop()
-    err = process.communicate(timeout=180)[1]
-    assert process.returncode == 7, err
-    assert "Cannot reach" in err.strip().splitlines()[-1]
+    proxy = CutProxy(orthanc_server.url, posts_before_cut=1)  # the server leaves after storing one object
+    try:
+        argv = _cohort(orthanc_server, out, model, "--store")
+        argv[argv.index("--dicomweb") + 1] = proxy.url + "/dicom-web"
+        assert cli.main(argv) == 7
+    finally:
+        proxy.close()
+    assert proxy.down and proxy.forwarded_posts == 1
+    err = capsys.readouterr().err
+    assert "Cannot reach" in err.strip().splitlines()[-1] and "Traceback" not in err
     rows = _worklist(out)
     assert sorted(r["status"] for r in rows) == ["done", "done"] and all(r["store_error"] for r in rows)
+    assert sorted(r["stored"].split("/")[0] for r in rows) == ["0", "1"]  # what was completed is counted
+    assert len(set(orthanc_server.instances()) - before) == 1
     assert all(_local_objects(out / r["output"]) for r in rows)  # nothing local deleted
-    orthanc_server.start()
     assert cli.main(["send", str(out), "--dicomweb", orthanc_server.dicomweb]) == 0
     rows = _worklist(out)
     assert all(r["store_error"] == "" and r["stored"].split("/")[0] == r["stored"].split("/")[1] for r in rows)
     on_server = DicomWeb(orthanc_server.dicomweb).instance_uids(STUDY)
     assert all(set(_local_objects(out / r["output"])) <= on_server for r in rows)
+    assert len(set(orthanc_server.instances()) - before) == sum(len(_local_objects(out / r["output"])) for r in rows)
 
 
 @pytest.mark.slow
@@ -248,6 +247,7 @@ def test_store_dimse_half_failed_is_completed_by_the_next_run(orthanc_server, st
     assert "0xA700" in capsys.readouterr().err
     (row,) = _worklist(out)
     assert row["stored_to"] == f"dimse:{storage_scp.address}" and "0xA700" in row["store_error"]
+    assert row["stored"] == f"2/{len(_local_objects(out / row['output']))}"  # the two it completed
     local = _local_objects(out / row["output"])
     assert len(storage_scp.received) == 2 < len(local)
     storage_scp.refuse_after = None
