@@ -38,7 +38,6 @@ pytestmark = [pytest.mark.pacs, pytest.mark.dicom]
 
 STUDY = "1.2.826.0.1.3680043.2.1125.9"  # write_series' study
 SERIES = ("1.2.826.0.1.3680043.2.1125.9.61", "1.2.826.0.1.3680043.2.1125.9.62")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _series(tmp_path: Path, uid: str, seed: int = 0) -> list[Path]:
