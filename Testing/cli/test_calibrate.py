@@ -151,7 +151,7 @@ def test_cohort_applies_it_and_models_list_shows_it(calibrated, monkeypatch, tmp
             assert json.loads((case / "manifest.json").read_text())["settings"]["calibration"]["id"] == doc["id"]
     # models list names the model's calibrations (installed under the card's name)
     monkeypatch.setattr("SegUncertaintyLib.models.catalog.list_models", lambda verify=False: [])
-    lines = cli._calibration_lines(doc["model"]["name"])
+    lines = cli.models.calibration_lines(doc["model"]["name"])
     assert lines == [f"calibration {doc['id']}: method mc_dropout, samples 4, n = 12, alpha = 0.2, "
                      f"{doc['created'][:10]}"]
 
