@@ -233,8 +233,9 @@ def run(model: str, args) -> list[str]:
     segmented = time.perf_counter()
     rows = read_worklist(work / "cohort" / "worklist.csv")
     pairs, notes = pair_references(rows, work / "cohort", work / "labels")
-    by_case = {case_dir.name: (case_dir, ref) for case_dir, ref in pairs}
-    cases = [read_labelled_case(*by_case[f["case"]]) for f in facts]
+    output_of = {Path(row["input"]).name.removesuffix(".nii.gz"): Path(row["output"]).name for row in rows}
+    by_output = {case_dir.name: (case_dir, ref) for case_dir, ref in pairs}
+    cases = [read_labelled_case(*by_output[output_of[f["case"]]]) for f in facts]
     stats = split_statistics(cases, args.alpha, args.splits, args.failure_dice)
     done = time.perf_counter()
     print(f"{model}: cases made in {made - start:.0f} s, segmented in {segmented - made:.0f} s, "
