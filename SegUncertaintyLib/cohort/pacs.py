@@ -6,8 +6,9 @@ one folder per series (``<SeriesInstanceUID>/``, its instances as ``<n>.dcm`` in
 a record ``<SeriesInstanceUID>.json`` (study and series UIDs, the sorted SOPInstanceUIDs and the sha256 of
 the files, each file's bytes in that order). A series whose instances differ between the listing before
 retrieval, the instances retrieved and a second listing after it has changed on the server: it is refused
-(PacsError, exit 7) and nothing of it is kept. A cached series whose listing and checksum still match is
-not retrieved again.
+(:class:`SeriesChanged`) and nothing of it is kept; in a cohort only its case fails (worklist.csv gives the
+reason; the other series go on; exit 8, COHORT_CASES_FAILED). A cached series whose listing and checksum
+still match is not retrieved again.
 
 Storing: each finished case's ``dicom/`` objects (the run's manifest lists them) go to a DICOMweb server by
 STOW-RS, sending only the instances the server does not hold yet (a QIDO-RS search of the study by
@@ -32,6 +33,11 @@ from ..core.errors import PacsError, UsageError
 from ..io.dicomweb import DicomWeb, RemoteSeries, dimse_store, parse_dimse
 
 CACHE = "dicomweb"  # the cohort folder's cache of retrieved series
+
+
+class SeriesChanged(PacsError):
+    """A series whose instances changed on the server while it was read (exit 7 alone, a failed case in a
+    cohort)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ def _cached(record_path: Path, folder: Path, instances: list[str]) -> bool:
 
 def retrieve(server: DicomWeb, remote: RemoteSeries, cache: Path) -> Path:
     """``remote`` in ``cache``/<series UID>/ (retrieved unless cached with the same listing and checksum); the
-    folder. PacsError when the series changes on the server while it is read (nothing of it kept)."""
+    folder. SeriesChanged when the series changes on the server while it is read (nothing of it kept);
+    PacsError when the server fails."""
     listed = sorted(server.instance_uids(remote.study, remote.series))
     folder, record_path = cache / remote.series, cache / f"{remote.series}.json"
     if listed and _cached(record_path, folder, listed):
@@ -83,9 +90,9 @@ def retrieve(server: DicomWeb, remote: RemoteSeries, cache: Path) -> Path:
     retrieved = [str(d.SOPInstanceUID) for d in datasets]
     after = sorted(server.instance_uids(remote.study, remote.series))
     if not listed or retrieved != listed or after != listed:
-        raise PacsError(f"Series {remote.series} changed on {server.url} while it was read ({len(listed)} instances "
-                        f"listed, {len(retrieved)} retrieved, {len(after)} listed after); it was not used; run "
-                        "again once the series is complete")
+        raise SeriesChanged(f"Series {remote.series} changed on {server.url} while it was read ({len(listed)} "
+                            f"instances listed, {len(retrieved)} retrieved, {len(after)} listed after); it was not "
+                            "used; run again once the series is complete")
     staging = cache / f".{remote.series}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -105,17 +112,28 @@ def retrieve(server: DicomWeb, remote: RemoteSeries, cache: Path) -> Path:
 
 
 def fetch_series(server: DicomWeb, root: Path, studies: Sequence[str] = (), query: dict[str, str] | None = None,
-                 series: Sequence[str] = ()) -> list[str]:
-    """Retrieve the matching CT and MR series into ``root``/dicomweb/; their folders (the cohort's inputs).
-    PacsError (exit 7) when nothing matches or the server fails."""
+                 series: Sequence[str] = ()) -> tuple[list[str], list[dict]]:
+    """Retrieve the matching CT and MR series into ``root``/dicomweb/; (their folders: the cohort's inputs,
+    the series that changed while read: failed cases with ``case`` (the id the series' case has once read),
+    ``input`` and ``error``). PacsError (exit 7) when nothing matches or the server fails."""
     found = server.find_series(studies, query, series)
     if not found:
         asked = ", ".join([*(f"study {s}" for s in studies), *(f"{k}={v}" for k, v in (query or {}).items()),
                            *(f"series {s}" for s in series)])
         raise PacsError(f"No CT or MR series on {server.url} matches {asked or 'the search'}")
+    from .cases import series_case_id
+
     cache = root / CACHE
     cache.mkdir(exist_ok=True)
-    return [str(retrieve(server, remote, cache)) for remote in found]
+    folders, changed = [], []
+    for remote in found:
+        try:
+            folders.append(str(retrieve(server, remote, cache)))
+        except SeriesChanged as exc:
+            where = cache / remote.series
+            changed.append({"case": series_case_id(os.path.realpath(where), remote.series), "input": str(where),
+                            "error": str(exc)})
+    return folders, changed
 
 
 # -- storing -------------------------------------------------------------------------------------------

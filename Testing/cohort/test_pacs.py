@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 
@@ -172,6 +173,37 @@ def test_a_series_that_changes_between_listing_and_retrieval_is_refused(orthanc_
     (folder / "1.dcm").write_bytes((folder / "1.dcm").read_bytes()[:-2] + b"\0\0")  # damaged: retrieved again
     retrieve(server, remote, cache)
     assert json.loads((cache / f"{SERIES[0]}.json").read_text())["sha256"] == record["sha256"]
+
+
+@pytest.mark.slow
+def test_a_series_that_changes_in_a_cohort_fails_only_its_case(orthanc_server, tmp_path, monkeypatch, capsys):
+    """The real server gains the last slice of the second series between listing and retrieval: that case
+    is failed with the reason in worklist.csv, the first series is segmented, exit 8; the next run reads the
+    now complete series as the same case."""
+    orthanc_server.upload(_series(tmp_path, SERIES[0]))
+    growing = _series(tmp_path, SERIES[1], seed=3)
+    orthanc_server.upload(growing[:-1])
+    retrieve_series = DicomWeb.retrieve_series
+
+    def arrives_while_read(self, study, series):
+        if series == SERIES[1] and len(orthanc_server.instances()) == 9:
+            orthanc_server.upload(growing[-1:])
+        return retrieve_series(self, study, series)
+
+    monkeypatch.setattr(DicomWeb, "retrieve_series", arrives_while_read)
+    model = _model(tmp_path / "model")
+    out = tmp_path / "cohort"
+    assert cli.main(_cohort(orthanc_server, out, model)) == 8
+    assert "1 case(s) failed" in capsys.readouterr().err
+    rows = {r["status"]: r for r in _worklist(out)}
+    assert sorted(rows) == ["done", "failed"] and len(_worklist(out)) == 2
+    assert re.search(r"Series .*\.62 changed on .* \(4 instances listed, 5 retrieved", rows["failed"]["error"])
+    assert rows["failed"]["output"] == "" and not (out / "dicomweb" / SERIES[1]).exists()
+    assert (out / rows["done"]["output"] / "segmentation.nrrd").is_file()
+    monkeypatch.undo()
+    assert cli.main(_cohort(orthanc_server, out, model)) == 0
+    again = {r["case"]: r["status"] for r in _worklist(out)}
+    assert again == {rows["done"]["case"]: "skipped", rows["failed"]["case"]: "done"}  # the same case, now read
 
 
 # -- round trips ----------------------------------------------------------------------------------
