@@ -12,11 +12,13 @@ still match is not retrieved again.
 
 Storing: each finished case's ``dicom/`` objects (the run's manifest lists them) go to a DICOMweb server by
 STOW-RS, sending only the instances the server does not hold yet (a QIDO-RS search of the study by
-SOPInstanceUID), or to a DIMSE node by C-STORE (every object: the objects' UIDs are derived from the run, so
-the node keeps one copy). worklist.csv records per case ``stored_to`` (the server's URL, or
-``dimse:AET@HOST:PORT``), ``stored`` (objects on the server / objects of the run, e.g. ``7/7``) and
-``store_error``. A store cut short (server down, refusal) records what was stored, leaves every local file
-in place and raises PacsError; the next run (or ``send``) sends only what is missing.
+SOPInstanceUID), or to a DIMSE node by C-STORE, sending only those a C-FIND (IMAGE level, per series) does not
+find there; a node that answers no C-FIND gets every object (their UIDs are derived from the run, so it
+keeps one copy). worklist.csv records per case ``stored_to`` (the server's URL, or ``dimse:AET@HOST:PORT``),
+``stored`` (objects on the server / objects of the run, e.g. ``7/7``), ``store_error`` and
+``store_checked`` (how the objects already there were found: ``QIDO-RS``, ``C-FIND``, or ``no C-FIND: ...``
+with the reason, every object sent). A store cut short (server down, refusal) records what was stored,
+leaves every local file in place and raises PacsError; the next run (or ``send``) sends only what is missing.
 """
 
 from __future__ import annotations
@@ -154,16 +156,18 @@ def run_objects(case_folder: Path) -> list[dict]:
     return objects
 
 
-def store_run(case_folder: Path, destination: Destination) -> tuple[int, int]:
-    """Send the run's DICOM objects; (objects now on the destination, objects of the run). PacsError on a
-    failure of the destination, its ``stored`` the objects of the run already there (they stay)."""
+def store_run(case_folder: Path, destination: Destination) -> tuple[int, int, str]:
+    """Send the run's DICOM objects the destination lacks; (objects now on the destination, objects of the
+    run, how those already there were found). PacsError on a failure of the destination, its ``stored`` the
+    objects of the run already there (they stay)."""
     import pydicom
 
     objects = run_objects(case_folder)
     if not objects:
-        return 0, 0
+        return 0, 0, ""
     if destination.dimse is not None:
-        return dimse_store(destination.dimse, [o["file"] for o in objects]), len(objects)
+        stored, checked = dimse_store(destination.dimse, [o["file"] for o in objects])
+        return stored, len(objects), checked
     web = destination.web
     datasets = [pydicom.dcmread(o["file"]) for o in objects]
     on_server = 0
@@ -179,7 +183,7 @@ def store_run(case_folder: Path, destination: Destination) -> tuple[int, int]:
     except PacsError as exc:
         exc.stored = on_server
         raise
-    return on_server, len(objects)
+    return on_server, len(objects), "QIDO-RS"
 
 
 def store_rows(root: Path, rows: list[dict], destination: Destination) -> tuple[int, str]:
@@ -195,7 +199,7 @@ def store_rows(root: Path, rows: list[dict], destination: Destination) -> tuple[
             row["stored"], row["store_error"] = "0", f"not sent: {error}"
             continue
         try:
-            stored, count = store_run(root / row["output"], destination)
+            stored, count, row["store_checked"] = store_run(root / row["output"], destination)
         except PacsError as exc:
             error = str(exc)
             row["stored"], row["store_error"] = f"{exc.stored}/{len(run_objects(root / row['output']))}", error
@@ -239,7 +243,7 @@ def send_folder(folder: Path, destination: Destination) -> tuple[int, int]:
     from ..core.manifest import ManifestError
 
     try:
-        stored, count = store_run(folder, destination)
+        stored, count, _ = store_run(folder, destination)
     except ManifestError as exc:
         raise UsageError(f"send: {folder} is neither a run nor a cohort folder of this tool (manifest.json: "
                          f"{exc})") from None

@@ -17,6 +17,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import requests
 
 from SegUncertaintyLib import cli
 from SegUncertaintyLib.cohort.pacs import Destination, retrieve
@@ -30,9 +31,10 @@ from SegUncertaintyLib.io.dicomweb import (
     parse_dimse,
     read_credentials,
 )
+from Testing.support import orthanc
 from Testing.support.cut_proxy import CutProxy
 from Testing.support.dicom_series import volume, write_series
-from Testing.support.orthanc import free_port
+from Testing.support.orthanc import HOST, Orthanc, free_port
 from Testing.support.tiny_models import write_threshold_model
 
 pytestmark = [pytest.mark.pacs, pytest.mark.dicom]
@@ -278,6 +280,8 @@ def test_store_dimse_half_failed_is_completed_by_the_next_run(orthanc_server, st
     assert "0xA700" in capsys.readouterr().err
     (row,) = _worklist(out)
     assert row["stored_to"] == f"dimse:{storage_scp.address}" and "0xA700" in row["store_error"]
+    assert row["store_checked"] == ""  # the store failed: nothing to say
+
     assert row["stored"] == f"2/{len(_local_objects(out / row['output']))}"  # the two it completed
     local = _local_objects(out / row["output"])
     assert len(storage_scp.received) == 2 < len(local)
@@ -285,10 +289,79 @@ def test_store_dimse_half_failed_is_completed_by_the_next_run(orthanc_server, st
     assert cli.main(_cohort(orthanc_server, out, model, "--store-dimse", storage_scp.address)) == 0
     (row,) = _worklist(out)
     assert row["status"] == "skipped" and row["stored"] == f"{len(local)}/{len(local)}" and not row["store_error"]
+    assert row["store_checked"] == "no C-FIND: the node refused an association for it"  # a storage SCP only
     assert set(storage_scp.received) == set(local)  # one copy of each object, by its run-derived UID
     for uid, path in local.items():
         assert storage_scp.received[uid].PixelData == pydicom.dcmread(path).PixelData if "PixelData" in \
             storage_scp.received[uid] else True
+
+
+@pytest.fixture(scope="module")
+def dicom_run(tmp_path_factory) -> Path:
+    """A run folder of a local CT series segmented with --dicom."""
+    root = tmp_path_factory.mktemp("dicom_run")
+    _series(root, SERIES[0])
+    assert cli.main(["segment", str(root / "src" / SERIES[0]), "--model", str(_model(root / "model")), "--method",
+                     "mc_dropout", "--samples", "3", "--maps", "entropy", "--progress", "none", "--no-overview",
+                     "--dicom", "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+def _dimse_orthanc(folder: Path, knows_us: bool) -> Orthanc:
+    """A real Orthanc that re-stores what it is sent again (``/changes`` counts every C-STORE it takes) and,
+    when ``knows_us``, lists the tool's calling AE among its modalities: it then answers its C-FIND."""
+    if not orthanc.available():
+        pytest.skip("needs Debian's orthanc and orthanc-dicomweb (install.sh installs them as root)")
+    return Orthanc(folder, modalities={"SEGUNCERTAINTY": (HOST, free_port())} if knows_us else None,
+                   settings={"OverwriteInstances": True}).start()
+
+
+def _changes(server: Orthanc) -> int:
+    return server.get("/changes").json()["Last"]
+
+
+@pytest.mark.slow
+def test_store_dimse_sends_only_what_a_c_find_does_not_find(dicom_run, tmp_path, capsys):
+    local = _local_objects(dicom_run)
+    server = _dimse_orthanc(tmp_path / "orthanc", knows_us=True)
+    try:
+        assert cli.main(["send", str(dicom_run), "--store-dimse", server.dimse]) == 0
+        web = DicomWeb(server.dicomweb)
+        assert web.instance_uids(STUDY) == set(local)
+        first = _changes(server)
+        assert cli.main(["send", str(dicom_run), "--store-dimse", server.dimse]) == 0  # all there: nothing sent
+        assert _changes(server) == first and f"Stored {len(local)} DICOM objects" in capsys.readouterr().out
+        gone = next(iter(local))  # a store that lost one object: only that one is sent again
+        [found] = requests.post(f"{server.url}/tools/lookup", data=gone, timeout=30).json()
+        assert requests.delete(f"{server.url}/instances/{found['ID']}", timeout=30).ok
+        assert cli.main(["send", str(dicom_run), "--store-dimse", server.dimse]) == 0
+        assert web.instance_uids(STUDY) == set(local)
+        changes = server.get("/changes", params={"since": first, "limit": 100}).json()["Changes"]
+        assert [c["ChangeType"] for c in changes if c["ResourceType"] == "Instance"] == ["NewInstance"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_store_dimse_to_a_node_that_answers_no_c_find_sends_everything_and_says_so(dicom_run, tmp_path, capsys):
+    """Orthanc refuses C-FIND from an AE it does not know (it aborts the association): every object is sent,
+    each time, and worklist.csv says why."""
+    local = _local_objects(dicom_run)
+    server = _dimse_orthanc(tmp_path / "orthanc", knows_us=False)
+    cohort = tmp_path / "cohort"
+    try:
+        assert cli.main(["cohort", str(dicom_run.parent / "src"), "--out", str(cohort), "--model",
+                         str(dicom_run.parent / "model"), "--method", "mc_dropout", "--samples", "3", "--maps",
+                         "entropy", "--progress", "none", "--no-overview", "--store-dimse", server.dimse]) == 0
+        (row,) = _worklist(cohort)
+        assert row["store_checked"] == "no C-FIND: the node aborted the query (is this AE allowed to query it?)"
+        assert row["stored"] == f"{len(local)}/{len(local)}"
+        first = _changes(server)
+        assert cli.main(["send", str(cohort), "--store-dimse", server.dimse]) == 0
+        changes = server.get("/changes", params={"since": first, "limit": 100}).json()["Changes"]
+        assert sum(c["ResourceType"] == "Instance" for c in changes) == len(local)  # each one sent again
+    finally:
+        server.stop()
 
 
 def test_destination_needs_exactly_one_target():

@@ -33,9 +33,14 @@ def free_port() -> int:
 
 
 class Orthanc:
-    """One Orthanc process; ``users`` ({name: password}) turns HTTP basic authentication on."""
+    """One Orthanc process; ``users`` ({name: password}) turns HTTP basic authentication on; ``modalities``
+    ({calling AE title: (host, port)}) are the DICOM nodes it knows, which may query it (C-FIND): Orthanc
+    answers C-FIND only from a known node, and takes C-STORE from any; ``settings`` are further configuration
+    options (e.g. ``{"OverwriteInstances": true}``: a C-STORE of an instance it holds is stored again, and
+    ``/changes`` records it)."""
 
-    def __init__(self, folder: Path, users: dict[str, str] | None = None, aet: str = "ORTHANC"):
+    def __init__(self, folder: Path, users: dict[str, str] | None = None, aet: str = "ORTHANC",
+                 modalities: dict[str, tuple[str, int]] | None = None, settings: dict | None = None):
         self.folder = folder
         self.users = users
         self.aet = aet
@@ -50,6 +55,8 @@ class Orthanc:
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "AuthenticationEnabled": users is not None, "RegisteredUsers": users or {},
             "StableAge": 1, "ConcurrentJobs": 1,
+            "DicomModalities": {name: [name, host, port] for name, (host, port) in (modalities or {}).items()},
+            **(settings or {}),
         }
         self.config = folder / "orthanc.json"
         self.config.write_text(json.dumps(config, indent=1))
@@ -57,6 +64,11 @@ class Orthanc:
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.http_port}"
+
+    @property
+    def dimse(self) -> str:
+        """Its DICOM address, ``AET@HOST:PORT``."""
+        return f"{self.aet}@{HOST}:{self.dicom_port}"
 
     @property
     def dicomweb(self) -> str:
