@@ -178,7 +178,7 @@ def store_run(case_folder: Path, destination: Destination) -> tuple[int, int, st
             on_server += sum(str(d.SOPInstanceUID) in present for d in in_study)
             for dataset in in_study:  # one request each: a store cut short keeps every instance it completed
                 if str(dataset.SOPInstanceUID) not in present:
-                    web.store([dataset])
+                    web.store([dataset], study)
                     on_server += 1
     except PacsError as exc:
         exc.stored = on_server

@@ -114,18 +114,34 @@ class RemoteSeries:
     instances: int | None
 
 
+def _session_class():
+    import requests
+
+    class Session(requests.Session):
+        """A session whose CA bundle (``verify``: the file the user named) wins over REQUESTS_CA_BUNDLE and
+        CURL_CA_BUNDLE: plain requests lets those environment variables replace a session's own
+        (psf/requests#3829), so --ca-bundle was silently ignored wherever they are set."""
+
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None and isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+    return Session
+
+
 class DicomWeb:
     """A DICOMweb service (its base URL, e.g. ``http://host:8042/dicom-web``); every call raises PacsError on
     the server's failures."""
 
     def __init__(self, url: str, credentials: Credentials | None = None, ca_bundle: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT):
-        import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.url = check_url(url)
         self.timeout = timeout
-        session = requests.Session()
+        session = _session_class()()
         session.verify = ca_bundle or True  # never off: a CA bundle is the way to trust a private authority
         if ca_bundle is not None and not Path(ca_bundle).is_file():
             raise UsageError(f"--ca-bundle {ca_bundle} is not a file")
@@ -187,11 +203,12 @@ class DicomWeb:
         """The series' instances (pydicom Datasets), by WADO-RS."""
         return self.call("retrieving series", self.client.retrieve_series, study, series)
 
-    def store(self, datasets: Sequence) -> None:
-        """STOW-RS ``datasets`` (one study) in one request; PacsError naming the instances the server refused."""
+    def store(self, datasets: Sequence, study: str | None = None) -> None:
+        """STOW-RS ``datasets`` (one study) in one request, to the study's resource when ``study`` is given (the
+        server then refuses, 409, an instance of another study); PacsError naming the instances it refused."""
         if not datasets:
             return
-        answer = self.call("storing", self.client.store_instances, list(datasets))
+        answer = self.call("storing", self.client.store_instances, list(datasets), study_instance_uid=study)
         failed = getattr(answer, "FailedSOPSequence", None) or []
         if failed:
             raise PacsError(f"{self.url} refused {len(failed)} of {len(datasets)} instance(s) while storing "

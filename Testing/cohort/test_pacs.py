@@ -34,7 +34,7 @@ from SegUncertaintyLib.io.dicomweb import (
 from Testing.support import orthanc
 from Testing.support.cut_proxy import CutProxy
 from Testing.support.dicom_series import volume, write_series
-from Testing.support.orthanc import HOST, Orthanc, free_port
+from Testing.support.orthanc import HOST, Orthanc, free_port, private_authority
 from Testing.support.tiny_models import write_threshold_model
 
 pytestmark = [pytest.mark.pacs, pytest.mark.dicom]
@@ -149,6 +149,82 @@ def test_a_server_that_is_down_or_silent_exits_7_and_deletes_nothing(tmp_path, c
     assert "did not answer within 1 s" in capsys.readouterr().err and time.monotonic() - started < 10
     silent.close()
     assert sorted(p.name for p in out.iterdir()) == ["cohort.json"]  # the folder is ours; nothing else written
+
+
+def _own_orthanc(folder: Path, **options) -> Orthanc:
+    if not orthanc.available():
+        pytest.skip("needs Debian's orthanc and orthanc-dicomweb (install.sh installs them as root)")
+    return Orthanc(folder, **options).start()
+
+
+@pytest.mark.slow
+def test_tls_is_verified_and_a_ca_bundle_names_a_private_authority(tmp_path, capsys, monkeypatch):
+    """HTTPS with a certificate for 127.0.0.1 from a private CA (a TLS front of the real Orthanc: Debian 12's
+    Orthanc crashes serving HTTPS itself, Testing/support/orthanc.py): refused without --ca-bundle (exit 7,
+    one line), read, segmented and stored with it, also where REQUESTS_CA_BUNDLE names the system's
+    authorities (requests would let it replace the bundle named)."""
+    import certifi
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    ca, pem = private_authority(tmp_path / "pki")
+    server = _own_orthanc(tmp_path / "orthanc")
+    proxy = CutProxy(server.url, None, certificate=str(pem))
+    try:
+        server.upload(_series(tmp_path, SERIES[0]))
+        argv = _cohort(server, tmp_path / "cohort", _model(tmp_path / "model"), "--store")
+        argv[argv.index("--dicomweb") + 1] = f"{proxy.url}/dicom-web"
+        assert proxy.url.startswith("https://")
+        assert cli.main(argv) == 7
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not verified" in err and "--ca-bundle" in err
+        assert cli.main([*argv, "--ca-bundle", str(ca)]) == 0
+        (row,) = _worklist(tmp_path / "cohort")
+        local = _local_objects(tmp_path / "cohort" / row["output"])
+        assert row["stored"] == f"{len(local)}/{len(local)}" and row["stored_to"] == f"{proxy.url}/dicom-web"
+        assert set(local) <= DicomWeb(server.dicomweb).instance_uids(STUDY)
+    finally:
+        proxy.close()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_403_on_storing_exits_7_in_one_line_and_keeps_everything(tmp_path, capsys):
+    """Orthanc answers 403 to every POST (a Lua IncomingHttpRequestFilter: a read-only account)."""
+    lua = "function IncomingHttpRequestFilter(method, uri, ip, username, headers)\n  return method ~= 'POST'\nend\n"
+    server = _own_orthanc(tmp_path / "orthanc", lua=lua)
+    try:
+        for path in _series(tmp_path, SERIES[0]):  # uploads are POSTs too: put the series in by C-STORE
+            assert _dimse_send(server, path) == 0
+        out = tmp_path / "cohort"
+        assert cli.main(_cohort(server, out, _model(tmp_path / "model"), "--store")) == 7
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "refused access (403 Forbidden)" in last and "while storing" in last
+        (row,) = _worklist(out)
+        assert row["status"] == "done" and "403" in row["store_error"] and row["stored"].startswith("0/")
+        assert _local_objects(out / row["output"])
+    finally:
+        server.stop()
+
+
+def test_a_409_from_orthanc_is_one_line(orthanc_server, tmp_path):
+    """STOW-RS of an instance to another study's resource: Orthanc answers 409 Conflict."""
+    dataset = pydicom.dcmread(_series(tmp_path, SERIES[0])[0])
+    with pytest.raises(PacsError) as refused:
+        DicomWeb(orthanc_server.dicomweb).store([dataset], study="1.2.826.0.1.3680043.2.1125.999")
+    assert str(refused.value) == f"{orthanc_server.dicomweb} refused the request (409 Conflict) while storing"
+
+
+def _dimse_send(server: Orthanc, path: Path) -> int:
+    from pynetdicom import AE
+
+    dataset = pydicom.dcmread(path)
+    ae = AE(ae_title="UPLOADER")
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(HOST, server.dicom_port, ae_title=server.aet)
+    try:
+        return assoc.send_c_store(dataset).Status
+    finally:
+        assoc.release()
 
 
 def test_a_series_that_changes_between_listing_and_retrieval_is_refused(orthanc_server, tmp_path):
