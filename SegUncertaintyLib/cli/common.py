@@ -7,7 +7,7 @@ import argparse
 import signal
 
 from ..core.errors import CancelledError, UsageError
-from ..core.options import DEVICES
+from ..core.options import DEVICES, SEG_TYPES
 from ..core.vocabulary import DEFAULT_METHOD, DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, METHODS, OUTPUT_FORMATS
 
 
@@ -89,6 +89,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom", action="store_true",
                         help="also write DICOM SEG, Parametric Maps and a TID 1500 report in dicom/ (the input must "
                              "be a DICOM series; README 'Hospital use')")
+    parser.add_argument("--seg-type", default="binary", choices=SEG_TYPES,
+                        help="with --dicom: the segmentation as a BINARY SEG (one frame set per class) or a "
+                             "LABELMAP SEG (one labelmap, DICOM 2024) (default: %(default)s)")
     parser.add_argument("--calibration", default="auto", metavar="auto|none|FILE",
                         help="auto: the newest calibration made by 'calibrate' for these weights, method and "
                              "samples (never another); none: off; or a calibration file (default: %(default)s)")

@@ -83,18 +83,18 @@ def corruption(kind: str, severity: int, scale: float, offset: float):
 
     s = float(severity)
     if kind == "noise":
-        return tio.RandomNoise(std=(0.04 * s * scale, 0.04 * s * scale))
+        return tio.RandomNoise(std=(0.08 * s * scale, 0.08 * s * scale))
     if kind == "bias_field":
-        return tio.RandomBiasField(coefficients=(0.15 * s, 0.15 * s))
+        return tio.RandomBiasField(coefficients=(0.3 * s, 0.3 * s))
     if kind == "blur":
-        return tio.RandomBlur(std=(0.75 * s, 0.75 * s))
+        return tio.RandomBlur(std=(1.5 * s, 1.5 * s))
     if kind == "low_resolution":
-        return tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.0 + s, 1.0 + s))
+        return tio.RandomAnisotropy(axes=(0, 1, 2), downsampling=(1.0 + 1.5 * s, 1.0 + 1.5 * s))
     if kind == "ghosting":
-        return tio.RandomGhosting(num_ghosts=(2, 2 + 2 * severity), intensity=(0.25 * s, 0.25 * s))
+        return tio.RandomGhosting(num_ghosts=(2, 2 + 2 * severity), intensity=(0.5 * s, 0.5 * s))
     if kind == "motion":
-        return tio.RandomMotion(degrees=2.5 * s, translation=2.5 * s, num_transforms=2)
-    gamma = (0.2 * s) * (1 if severity % 2 else -1)  # contrast: a gamma curve on the shifted intensities
+        return tio.RandomMotion(degrees=5.0 * s, translation=5.0 * s, num_transforms=3)
+    gamma = (0.35 * s) * (1 if severity % 2 else -1)  # contrast: a gamma curve on the shifted intensities
     return tio.Compose([tio.Lambda(lambda x: x - offset), tio.RandomGamma(log_gamma=(gamma, gamma)),
                         tio.Lambda(lambda x: x + offset)])
 
