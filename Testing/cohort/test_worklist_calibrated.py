@@ -9,7 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from SegUncertaintyLib import cli
+from SegUncertaintyLib.calibration.apply import calibration_reference
 from SegUncertaintyLib.cohort.worklist import rank_rows, read_worklist
+from SegUncertaintyLib.inference.scores import REVIEW, WITHIN
 from Testing.cli.test_calibrate import SIZE, SPACING, labelled_set
 from Testing.support.files import load_json
 from Testing.support.phantoms import sphere_phantom
@@ -99,3 +101,33 @@ def test_calibrated_cohort_worklist_columns_and_order(calibrated_cohort):
     assert groups[0] == 0 and rows[0]["case"].startswith("faint") and {1, 2} <= set(groups)  # every group present
     page = (calibrated_cohort / "worklist.html").read_text(encoding="utf-8")
     assert "<th>sphere:predicted_dice_low</th>" in page and "<th>outside_calibration</th>" in page
+
+
+@pytest.mark.slow
+def test_the_calibrations_ranges_replace_the_cards_in_readings(calibrated_cohort):
+    """scores.json reads each score against the calibration cases' range (on its uncertain side), records the
+    bounds as ``usual_ranges`` from the calibration, and the worklist shows the same readings."""
+    [doc] = [load_json(p) for p in (calibrated_cohort.parent / "home" / "calibrations").glob("*.json")]
+    ranges = doc["classes"]["sphere"]["usual_ranges"]
+    seen = set()
+    for row in read_worklist(calibrated_cohort):
+        scores = load_json(calibrated_cohort / row["case"] / "scores.json")
+        usual = scores["usual_ranges"]
+        assert usual["from"] == "calibration" and doc["id"] in usual["source"] == scores["reference_source"]
+        assert usual["classes"]["sphere"]["dpw"] == {"review_below": ranges["dpw"][0]}
+        assert usual["classes"]["sphere"]["cv"] == {"review_above": ranges["cv"][1]}
+        for score, (lo, hi) in ranges.items():
+            value = scores["classes"]["sphere"][score]
+            beyond = value is not None and (value < lo if score == "dpw" else value > hi)
+            expected = "not defined" if value is None else REVIEW if beyond else WITHIN
+            assert scores["readings"]["sphere"][score]["reading"] == expected == row[f"sphere:{score}:reading"]
+            seen.add(expected)
+    assert {REVIEW, WITHIN} <= seen  # both readings occur
+
+
+def test_calibration_reference_by_hand():
+    doc = {"id": "c1", "n": 12, "method": "mc_dropout", "n_samples": 4,
+           "classes": {"liver": {"usual_ranges": {"cv": [0.01, 0.05], "dpw": [0.8, 0.99]}}}}
+    reference = calibration_reference(doc, frozenset({"dpw"}))
+    assert reference["classes"] == {"liver": {"cv": {"review_above": 0.05}, "dpw": {"review_below": 0.8}}}
+    assert reference["from"] == "calibration" and reference["n_samples"] == 4 and "c1" in reference["source"]
