@@ -19,6 +19,7 @@ from .. import __version__
 from ..calibration.store import FORMAT_VERSION, threshold_to_json
 from ..core.errors import InputImageError
 from ..io.images import IMAGE_SUFFIXES, image_suffix
+from .calibration_figures import write_figures
 from .calibration_fit import fit_calibration, read_labelled_case
 from .evaluate import read_json
 
@@ -83,7 +84,8 @@ def _number(value) -> str:
 
 
 def write_report(doc: dict, calibration_file: Path, out: Path) -> Path:
-    """``out``/report.md (and a copy of the calibration as calibration.json); returns report.md."""
+    """``out``/report.md with its figures (calibration_figures.py) and a copy of the calibration as
+    calibration.json; returns report.md."""
     referral = doc["referral"]
     lines = [f"# Calibration {doc['id']}", "",
              f"Model {doc['model']['name']} {doc['model']['version']}, method {doc['method']}, "
@@ -114,6 +116,7 @@ def write_report(doc: dict, calibration_file: Path, out: Path) -> Path:
                   "", "Calibration range per score (min, max; cases outside read 'outside the calibration data'): "
                   + ", ".join(f"{s} [{lo:.4g}, {hi:.4g}]" for s, (lo, hi) in block["usual_ranges"].items()), ""]
     out.mkdir(parents=True, exist_ok=True)
+    lines += write_figures(doc, out)
     (out / "calibration.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
