@@ -364,11 +364,18 @@ def calibrated_decisions(files: dict[str, Path], segmentation: np.ndarray, refer
     """A calibrated run's realised missed-error fraction at its threshold (scores.json ``referral``) and α;
     None values for a run without a calibration, without the threshold's map, or with several annotators."""
     referral = read_json(files["scores"], "scores file").get("referral") if "scores" in files else None
-    if not referral or reference is None or referral.get("map") not in files:
+    if referral is None or reference is None:
         return {"missed_error_fraction": None, "referral_alpha": None}
-    errors = error_values(_array(files[referral["map"]])[0], segmentation, reference)
-    return {"missed_error_fraction": missed_error_fraction(errors, threshold_from_json(referral["threshold"])),
-            "referral_alpha": referral["alpha"]}
+    try:
+        threshold, alpha = threshold_from_json(referral["threshold"]), float(referral["alpha"])
+        map_name = referral["map"]
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise InputImageError(f"Scores file {files['scores']}: field 'referral' needs 'map', a numeric 'threshold' "
+                              f"and 'alpha' ({type(exc).__name__}: {exc})") from exc
+    if map_name not in files:
+        return {"missed_error_fraction": None, "referral_alpha": None}
+    errors = error_values(_array(files[map_name])[0], segmentation, reference)
+    return {"missed_error_fraction": missed_error_fraction(errors, threshold), "referral_alpha": alpha}
 
 
 def failure_table(rows: list[dict], failure_dice: float = FAILURE_DICE) -> dict[str, dict | None]:
@@ -620,6 +627,11 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
     return summary
 
 
+def _numbers(values: list, count: int) -> bool:
+    """``count`` numbers (not booleans)."""
+    return len(values) == count and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
 def _score_classes(path: Path) -> dict[str, dict]:
     """The per-class subject scores of a scores.json ({class: {score: value}}); InputImageError if malformed."""
     classes = read_json(path, "scores file").get("classes")
@@ -631,6 +643,11 @@ def _score_classes(path: Path) -> dict[str, dict]:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise InputImageError(f"Scores file {path}: '{name}'.'{score}' must be a number or null, "
                                       f"got {value!r}")
+        predicted = values.get("predicted_dice")
+        if predicted is not None and not (isinstance(predicted, dict) and _numbers(
+                [predicted.get("value"), *(predicted.get("interval") or [])], 3)):
+            raise InputImageError(f"Scores file {path}: '{name}'.'predicted_dice' must hold a numeric 'value' and "
+                                  f"'interval' [low, high], got {predicted!r}")
     return classes
 
 

@@ -106,3 +106,23 @@ def test_uncalibrated_runs_have_failure_detection_but_no_decisions(tmp_path):
     assert block["failure_detection"]["cv"]["aurc"] == 0.0  # every Dice is 1: no risk
     assert block["failure_detection"]["dpw"] is None and "predicted_dice" not in block["failure_detection"]
     assert "missed_error_fraction" not in block and "predicted_dice_coverage" not in block
+
+
+@pytest.mark.parametrize(("scores", "message"), [
+    ({"classes": {"organ": {"predicted_dice": {"value": "high"}}}}, "'organ'.'predicted_dice' must hold"),
+    ({"classes": {"organ": {}}, "referral": {"map": "entropy", "threshold": "x", "alpha": 0.1}},
+     "field 'referral' needs"),
+    ({"classes": {"organ": {}}, "referral": [1, 2]}, "field 'referral' needs"),
+])
+def test_malformed_calibrated_scores_exit_3_in_one_line(tmp_path, capsys, scores, message):
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "refs").mkdir()
+    reference = np.array([1] * 10 + [0] * 10, dtype=np.uint8)
+    _write(tmp_path / "refs" / "x.nrrd", reference)
+    _write(tmp_path / "runs" / "x" / "segmentation.nrrd", reference)
+    (tmp_path / "runs" / "x" / "scores.json").write_text(json.dumps(scores))
+    code = cli.main(["evaluate", str(tmp_path / "runs"), "--references", str(tmp_path / "refs"), "--labels", "1=organ",
+                     "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out" / "report.md").exists()
