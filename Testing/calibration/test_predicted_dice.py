@@ -66,6 +66,7 @@ def test_too_few_cases_for_alpha_give_the_whole_range_not_a_crash():
     assert np.array_equal(interval, [[0.0, 1.0]]) and 0 < value[0] < 1
     full = fit_dice_predictor(x, e, d, alpha=0.1)
     assert np.all(np.diff(full.predict(x[:3], e[:3])[1], axis=1) < 1)  # 10 cases: finite intervals again
-    out = out_of_fold_dice(x, e, d, alpha=0.1, folds=10, seed=0)
+    out, intervals = out_of_fold_dice(x, e, d, alpha=0.1, folds=10, seed=0)
     assert out.shape == (10,) and np.all((out > 0) & (out < 1))
+    assert np.array_equal(intervals, np.tile([0.0, 1.0], (10, 1)))  # each fold fitted on 9 cases
     assert np.corrcoef(out, d)[0, 1] > 0.3  # the held-out predictions still follow the Dice
