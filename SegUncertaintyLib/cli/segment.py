@@ -176,8 +176,10 @@ def _print_summary(outputs, manifest: Path) -> None:
             print(f"  {name}: {NO_RANGE} (the model card's ranges were measured with "
                   f"{outputs.scores['reference_measured_with']})")
         elif readings:
-            print(f"  {name}: " + (f"review recommended, outside the model's usual range: {', '.join(review)}"
-                                   if review else "all scores within the model's usual range"))
+            whose = ("the calibration cases'" if outputs.scores.get("usual_ranges", {}).get("from") == "calibration"
+                     else "the model's")
+            print(f"  {name}: " + (f"review recommended, outside {whose} usual range: {', '.join(review)}"
+                                   if review else f"all scores within {whose} usual range"))
         if "predicted_dice" in scores:
             p = scores["predicted_dice"]
             print(f"  {name}: predicted Dice {p['value']:.3f}, interval [{p['interval'][0]:.3f}, "

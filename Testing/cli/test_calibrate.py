@@ -102,6 +102,7 @@ def test_segment_applies_the_calibration_and_none_turns_it_off(calibrated, monke
     assert manifest["settings"]["calibration"]["id"] == doc["id"]
     assert manifest["settings"]["calibration"]["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
     assert "predicted Dice" in printed and "referral" in printed
+    assert "the calibration cases' usual range" in printed and "the model's usual range" not in printed
 
     assert cli.main([*args, "--out", str(tmp_path / "off"), "--calibration", "none"]) == 0
     off = json.loads((tmp_path / "off" / "scores.json").read_text())
