@@ -289,6 +289,7 @@ def cmd_segment(args) -> int:
                 model = load_model(options.model)
             reporter("load", 1.0, f"model {model.description.name} {model.description.version}")
             selected = _select_calibration(options, model.description)
+            options = _with_temperature(options, selected)  # the calibration's t divides every pass's logits
             cancel.check()
             outputs = segment_image(image, model, options, reporter, cancel, scratch)
             cancel.check()
@@ -386,6 +387,12 @@ def _select_calibration(options, description):
     from .cohort.worker import select_for_run
 
     return select_for_run(options, description)
+
+
+def _with_temperature(options, selected):
+    from .cohort.worker import with_temperature
+
+    return with_temperature(options, selected)
 
 
 def plural(n: int, noun: str) -> str:
@@ -608,6 +615,10 @@ def _add_calibrate_parser(sub) -> None:
                      help="uncertainty map the referral threshold applies to (default: %(default)s)")
     cal.add_argument("--failure-dice", type=float, default=0.8,
                      help="a case fails below this Dice, for the failure AUROC (default: %(default)s)")
+    cal.add_argument("--temperature-voxels", type=int, default=20000, metavar="N",
+                     help="temperature scaling: every pass's logits at up to N voxels per case of the dilated box "
+                          "around reference and prediction, kept as float16 in the report folder's temperature/ "
+                          "(the passes run again on each case); 0: no temperature (default: %(default)s)")
     cal.add_argument("--workers", type=int, default=1, help="cases run at the same time (default: %(default)s)")
     cal.add_argument("--executor", default="local", choices=EXECUTORS, help="(default: %(default)s)")
     cal.add_argument("--address", default=None, help="address of a running Ray or Dask cluster to join")
@@ -628,6 +639,8 @@ def cmd_calibrate(args) -> int:
 
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"calibrate: --alpha must lie in (0, 1), got {args.alpha}")
+    if args.temperature_voxels < 0:
+        raise UsageError(f"calibrate: --temperature-voxels must be >= 0, got {args.temperature_voxels}")
     labels = Path(args.labels)
     if not labels.is_dir():
         raise InputImageError(f"--labels {labels} is not a folder" if labels.exists()
@@ -654,7 +667,8 @@ def cmd_calibrate(args) -> int:
     if len(pairs) < FEW_CASES:
         logging.warning(f"only {len(pairs)} labelled cases: the conformal corrections cost 1/(n+1) = "
                         f"{1 / (len(pairs) + 1):.3f} of alpha; {FEW_CASES} or more are advised")
-    doc = calibration_document(pairs, args.alpha, args.map, args.failure_dice, args.samples)
+    doc = calibration_document(pairs, args.alpha, args.map, args.failure_dice, args.samples, options,
+                               out / "temperature", args.temperature_voxels)
     path = write_calibration(doc, doc["model"]["folder"])
     report = write_report(doc, path, out)
     referral = doc["referral"]

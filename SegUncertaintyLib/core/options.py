@@ -5,6 +5,7 @@ Torch-free: the command line checks them before anything heavy is imported.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .errors import UsageError
@@ -40,6 +41,7 @@ class SegmentOptions:
     calibration: str = "auto"  # auto: the newest calibration for these weights + method + samples; none; a file
     tolerance: float | None = None  # MC dropout: sample in rounds until the maps' Monte Carlo error is <= this
     compress: bool = True  # gzip the written volumes (lossless; ~8 % smaller float maps, much smaller labelmaps)
+    temperature: float = 1.0  # every pass's logits are divided by this before the softmax (a calibration's t)
 
     @classmethod
     def from_args(cls, args) -> SegmentOptions:
@@ -63,6 +65,9 @@ class SegmentOptions:
             raise UsageError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
         if self.maps is not None and not set(self.maps) <= set(MAP_CHOICES):
             raise UsageError(f"--maps must name maps from {','.join(MAP_CHOICES)}, got {self.maps!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
+                0 < self.temperature < math.inf):  # also refuses NaN
+            raise UsageError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         plan_samples(self.method, 2, self.samples)  # sample-count rules (the member count is checked later)
         if self.tolerance is not None:
             if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance < 1):  # also refuses NaN
