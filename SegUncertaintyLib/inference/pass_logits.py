@@ -44,13 +44,15 @@ LOG_FLOOR = float(np.log(np.finfo(np.float32).tiny))  # ln p of a probability th
 
 @dataclass
 class PassLogits:
-    """``logits`` (T, C, N) float16, ``labels`` (N,) uint8 reference classes, ``kind`` "logits" or
-    "log-probabilities", ``grid`` where they were taken ("model" or "input")."""
+    """``logits`` (T, C, N) float16, ``labels`` (N,) uint8 reference classes, ``voxels`` (N,) flat (z, y, x)
+    indices on the grid they were taken on, ``grid`` "model" (card models) or "input", ``kind`` "logits" or
+    "log-probabilities"."""
 
     logits: np.ndarray
     labels: np.ndarray
-    kind: str
+    voxels: np.ndarray
     grid: str
+    kind: str
 
 
 def choose_voxels(region: np.ndarray, cap: int, seed: int) -> np.ndarray:
@@ -109,7 +111,7 @@ def _card_logits(image, model: LoadedModel, options, region, reference, cap, can
         mine = np.flatnonzero(owner == i)
         local = coords[mine] - np.array([s.start for s in sl])
         out[:, :, mine] = logits[(slice(None), slice(None), *local.T)].numpy().astype(np.float16)
-    return PassLogits(out, labels.astype(np.uint8), "logits", "model")
+    return PassLogits(out, labels.astype(np.uint8), chosen, "model", "logits")
 
 
 class _RecordingSampler(_WindowSampler):
@@ -148,4 +150,4 @@ def _whole_volume_logits(image, model, options, region, reference, cap, cancelle
             inside = np.flatnonzero(np.all((coords >= start) & (coords < stop), axis=1))
             values = torch.as_tensor(p)[(slice(None), *(coords[inside] - start).T)].double()
             out[i][:, inside] = torch.log(values).clamp_min(LOG_FLOOR).numpy().astype(np.float16)
-    return PassLogits(out, reference.ravel()[chosen].astype(np.uint8), "log-probabilities", "input")
+    return PassLogits(out, reference.ravel()[chosen].astype(np.uint8), chosen, "input", "log-probabilities")
