@@ -15,6 +15,7 @@ from SegUncertaintyLib import cli
 from SegUncertaintyLib.calibration.apply import OUTSIDE, calibrated_scores, outside_calibration
 from SegUncertaintyLib.calibration.risk_control import conformal_risk_threshold, error_values
 from SegUncertaintyLib.calibration.store import list_calibrations, read_calibration, threshold_from_json, validate
+from SegUncertaintyLib.calibration.temperature import fit_temperature
 from SegUncertaintyLib.core.errors import UsageError
 from Testing.support.phantoms import sphere_phantom
 from Testing.support.tiny_models import write_threshold_model
@@ -75,6 +76,65 @@ def test_calibrate_writes_a_valid_file_whose_threshold_is_the_exact_one(calibrat
     assert threshold_from_json(doc["referral"]["threshold"]) == conformal_risk_threshold(errors, 0.2).threshold
     report = (calibrated["root"] / "report" / "report.md").read_text()
     assert "not per case" in report and "1/(n+1)" in report and "Zenk" in report
+
+
+@pytest.mark.slow
+def test_calibrate_fits_the_temperature_on_the_kept_box_logits(calibrated, monkeypatch):
+    """Format 2: t is the NLL minimiser over the per-pass logits kept for every case (float16, box voxels),
+    with held-out before/after figures and the reliability diagram in the report."""
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
+    [(_, doc)] = list_calibrations()
+    assert doc["format_version"] == 2
+    kept = sorted((calibrated["root"] / "report" / "temperature").glob("*.npz"))
+    assert len(kept) == 12
+    logits, labels = [], []
+    for path in kept:
+        with np.load(path) as case:
+            assert case["logits"].dtype == np.float16 and case["logits"].shape[:2] == (4, 2)  # T = 4, C = 2
+            assert 0 < case["logits"].shape[2] <= 20000 and str(case["kind"]) == "logits"
+            logits.append(case["logits"])
+            labels.append(case["labels"])
+    temperature = doc["temperature"]
+    assert temperature["value"] == pytest.approx(fit_temperature(logits, labels), rel=1e-9)
+    assert temperature["voxels"] == sum(y.size for y in labels) and temperature["cases"] == 12
+    held = temperature["held_out"]
+    assert held["folds"] == 5 and len(held["fold_temperatures"]) == 5
+    assert held["after"]["nll"] <= held["before"]["nll"] + 0.01  # cross-fitted: not worse beyond noise
+    assert set(held["before"]["dice"]) == {"sphere"}
+    report = (calibrated["root"] / "report" / "report.md").read_text()
+    assert "Temperature scaling" in report and (calibrated["root"] / "report" / "reliability_temperature.png").is_file()
+
+
+@pytest.mark.slow
+def test_later_runs_apply_the_temperature_and_version_1_files_apply_none(calibrated, monkeypatch, tmp_path):
+    from SegUncertaintyLib.calibration.store import calibration_temperature
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.inference.segment import segment_image
+    from SegUncertaintyLib.models.loader import load_model
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
+    [(path, doc)] = list_calibrations()
+    t = doc["temperature"]["value"]
+    image = calibrated["images"] / "case_03_0000.nii.gz"
+    args = ["segment", str(image), "--model", str(calibrated["model"]), "--method", "mc_dropout", "--samples", "4",
+            "--no-overview", "--progress", "none"]
+    assert cli.main([*args, "--out", str(tmp_path / "on")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "off"), "--calibration", "none"]) == 0
+    manifest = json.loads((tmp_path / "on" / "manifest.json").read_text())
+    assert manifest["settings"]["calibration"]["temperature"] == t
+    model = load_model(str(calibrated["model"]))
+    for folder, temperature in (("on", t), ("off", 1.0)):
+        direct = segment_image(sitk.ReadImage(str(image)), model, SegmentOptions(
+            method="mc_dropout", samples=4, temperature=temperature)).probabilities["sphere"]
+        written = sitk.ReadImage(str(next((tmp_path / folder).glob("probability_sphere*"))))
+        assert np.allclose(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(direct), atol=1e-6), folder
+    # a version-1 file (no temperature) stays readable and applies t = 1; a version-2 file must hold one
+    old = {k: v for k, v in doc.items() if k != "temperature"} | {"format_version": 1}
+    assert calibration_temperature(validate(old, "old.json")) == 1.0
+    with pytest.raises(UsageError, match="temperature"):
+        validate(old | {"format_version": 2}, "new.json")
+    with pytest.raises(UsageError, match="not valid"):
+        validate(doc | {"format_version": 3}, "future.json")
 
 
 @pytest.mark.slow
@@ -148,7 +208,8 @@ def test_cohort_applies_it_and_models_list_shows_it(calibrated, monkeypatch, tmp
         if case.is_dir():
             scores = json.loads((case / "scores.json").read_text())
             assert scores["referral"]["n_calibration"] == 12 and "predicted_dice" in scores["classes"]["sphere"]
-            assert json.loads((case / "manifest.json").read_text())["settings"]["calibration"]["id"] == doc["id"]
+            recorded = json.loads((case / "manifest.json").read_text())["settings"]["calibration"]
+            assert recorded["id"] == doc["id"] and recorded["temperature"] == doc["temperature"]["value"]
     # models list names the model's calibrations (installed under the card's name)
     monkeypatch.setattr("SegUncertaintyLib.models.catalog.list_models", lambda verify=False: [])
     lines = cli._calibration_lines(doc["model"]["name"])
