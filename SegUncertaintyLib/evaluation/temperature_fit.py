@@ -25,12 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from ..calibration.temperature import cross_fitted_temperatures, fit_temperature, mean_probability, nll
+from ..core.errors import InputImageError
+from ..core.files import read_json_object
 from .calibration import TOP_LABEL_EDGES, BinStats
-from .evaluate import read_json
 from .quality import dilated_foreground_box
 from .referral import dice
 
 CAP, FOLDS = 20000, 5
+BEFORE_AFTER = ("evaluate's temperature columns: temperature = the t the run applied (its calibration's; 1 without); "
+                "nll_toplabel_box and ece_toplabel_box are after it (the run's probabilities); *_toplabel_box_t1 are "
+                "before it, exact only for a single pass (softmax(t ln p) undoes softmax(z / t)); with T > 1 passes "
+                "the mean of tempered softmaxes cannot be undone without every pass's logits, which runs do not keep "
+                "(NaN; calibrate's report gives held-out before/after on its cases)")
 REGION = ("bounding box of the reference and the prediction (all foreground classes), dilated 8 mm in-plane and "
           "2 slices out of plane (paper 004)")
 
@@ -51,7 +57,7 @@ def collect_logits(cases: list, folders: list[Path], options, work: Path, cap: i
     work.mkdir(parents=True, exist_ok=True)
     model, out = None, []
     for case, folder in zip(cases, folders, strict=True):
-        manifest = read_json(folder / "manifest.json", "manifest")
+        manifest = read_json_object(folder / "manifest.json", "manifest", InputImageError)
         key = json.dumps({"weights": [m["sha256"] for m in manifest["model"]["members"]], "method": options.method,
                           "samples": options.samples, "seed": options.seed, "overlap": options.overlap, "cap": cap})
         path = work / f"{folder.name}.npz"
@@ -151,3 +157,20 @@ def temperature_report(temperature: dict, out: Path) -> list[str]:
                      + " | ".join(_number(v) for v in held[when]["dice"].values()) + " |")
     lines += ["", f"Dice: {held['dice']}. ![reliability](reliability_temperature.png)", ""]
     return lines
+
+
+def before_temperature_columns(manifest: dict, everything: np.ndarray, label: np.ndarray, box: np.ndarray) -> dict:
+    """A case's ``temperature`` and top-label NLL and ECE in ``box`` before it (BEFORE_AFTER): ``everything``
+    (C, z, y, x) the run's mean probabilities (after the temperature), ``label`` the reference classes."""
+    t = float(manifest.get("settings", {}).get("calibration", {}).get("temperature", 1.0))
+    if t == 1.0:
+        stats = BinStats.top_label(everything, label, box)
+    elif manifest.get("n_samples") == 1:
+        with np.errstate(divide="ignore"):
+            z = t * np.log(everything[:, box])
+        z -= z.max(0, keepdims=True)
+        p = np.exp(z)
+        stats = BinStats.top_label(p / p.sum(0, keepdims=True), label[box])
+    else:
+        return {"temperature": t, "nll_toplabel_box_t1": np.nan, "ece_toplabel_box_t1": np.nan}
+    return {"temperature": t, "nll_toplabel_box_t1": stats.nll(), "ece_toplabel_box_t1": stats.ece()}

@@ -273,3 +273,30 @@ def test_schema_refuses_a_file_without_weights():
         validate({"format_version": 1}, "x.json")
     with pytest.raises(UsageError, match="Cannot read"):
         read_calibration("/nonexistent/c.json")
+
+
+@pytest.mark.slow
+def test_evaluate_reports_nll_and_ece_before_and_after_the_temperature(calibrated, monkeypatch, tmp_path):
+    """A one-pass (softmax) calibration with t = 2: evaluate's *_t1 columns of the calibrated run equal the
+    uncalibrated run's own top-label NLL and ECE; its own columns are after the temperature."""
+    from SegUncertaintyLib.calibration.store import write_calibration
+    from SegUncertaintyLib.evaluation.evaluate import evaluate_case
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
+    [(_, doc)] = list_calibrations()
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    one_pass = doc | {"id": "one-pass", "method": "softmax", "samples": None, "n_samples": 1,
+                      "temperature": doc["temperature"] | {"value": 2.0}}
+    write_calibration(one_pass)
+    image = calibrated["images"] / "case_03_0000.nii.gz"
+    args = ["segment", str(image), "--model", str(calibrated["model"]), "--method", "softmax", "--no-overview",
+            "--progress", "none"]
+    assert cli.main([*args, "--out", str(tmp_path / "on")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "off"), "--calibration", "none"]) == 0
+    reference = calibrated["labels"] / "case_03.nii.gz"
+    [on] = evaluate_case(tmp_path / "on", reference)
+    [off] = evaluate_case(tmp_path / "off", reference)
+    assert on.row["temperature"] == 2.0 and off.row["temperature"] == 1.0
+    assert on.row["nll_toplabel_box_t1"] == pytest.approx(off.row["nll_toplabel_box"], rel=1e-4)
+    assert on.row["ece_toplabel_box_t1"] == pytest.approx(off.row["ece_toplabel_box"], abs=1e-4)
+    assert on.row["nll_toplabel_box"] != pytest.approx(off.row["nll_toplabel_box"], rel=1e-2)
