@@ -59,12 +59,17 @@ def _labels(labels: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def _nll_sum(z: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    """sum_v -ln p_t(v)[y_v] over checked (T, C, N) logits and labels, block by block."""
+    """sum_v -ln p_t(v)[y_v] over checked (T, C, N) logits and labels, block by block (float64): per pass
+    ln softmax(z_s / t)[y] = z_sy / t - logsumexp_c(z_sc / t), then the log of the mean over passes."""
     total = 0.0
     for start in range(0, y.size, CHUNK):
         block = slice(start, start + CHUNK)
-        log_p = log_mean_probability(z[:, :, block], temperature)
-        total -= float(log_p[y[block], np.arange(log_p.shape[1])].sum())
+        zb = z[:, :, block].astype(np.float64) / temperature
+        yb = y[block]
+        top = zb.max(axis=1)  # (T, n)
+        log_py = zb[:, yb, np.arange(yb.size)] - top - np.log(np.exp(zb - top[:, None]).sum(axis=1))
+        best = log_py.max(axis=0)
+        total -= float((best + np.log(np.exp(log_py - best).mean(axis=0))).sum())
     return total
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration.temperature import cross_fitted_temperatures, fit_temperature, mean_probability, nll
+from ..calibration.temperature import BOUNDS, cross_fitted_temperatures, fit_temperature, mean_probability, nll
 from ..core.errors import InputImageError
 from ..core.files import read_json_object
 from .calibration import TOP_LABEL_EDGES, BinStats
@@ -102,17 +102,22 @@ def fit_run_temperature(collected: list[tuple[np.ndarray, np.ndarray, str]], cla
             for value, name in classes.items():
                 dices[when][name].append(dice(predicted == value, y == value))
     n_voxels = sum(y.size for y in labels)
+
+    def pooled_nll(temperature: float) -> float:  # on the voxels t was fitted on (not held out)
+        return sum(nll(z, y, temperature) * y.size for z, y in zip(logits, labels, strict=True)) / n_voxels
+
+    lo, hi = BOUNDS
+    at_bound = ([f"t = {t:.4g} lies at the searched range's end [{lo}, {hi}]: the NLL keeps falling beyond it "
+                 "(labels nearly independent of the logits?)"] if not lo * 1.01 < t < hi / 1.01 else [])
     summary = {when: {"nll": stats.nll(), "ece": stats.ece(), "reliability": _reliability(stats),
                       "dice": {name: float(np.mean(v)) for name, v in dices[when].items()}}
                for when, stats in held.items()}
     return {
-        "value": t, "nll_fitted_cases": {"before": sum(nll(z, y) * y.size for z, y in zip(logits, labels,
-                                                                                          strict=True)) / n_voxels,
-                                         "after": sum(nll(z, y, t) * y.size for z, y in zip(logits, labels,
-                                                                                            strict=True)) / n_voxels},
+        "value": t, "nll_fitted_cases": {"before": pooled_nll(1.0), "after": pooled_nll(t)},
         "definition": "every pass's logits divided by t before the softmax and the mean over passes; t minimises "
                       "the NLL of the mean predictive probability",
-        "kind": collected[0][2], "region": REGION, "cap_per_case": cap, "cases": len(collected), "voxels": n_voxels,
+        "notes": at_bound, "kind": collected[0][2], "region": REGION, "cap_per_case": cap,
+        "cases": len(collected), "voxels": n_voxels,
         "held_out": {"folds": int(fold_t.size), "fold_temperatures": fold_t.tolist(), "seed": seed,
                      "ece": "top-label, 10 bins ((m-1)/10, m/10] (Mehrtash et al. 2020)",
                      "dice": "per class on each case's sampled voxels, mean over cases", **summary},
@@ -147,7 +152,7 @@ def temperature_report(temperature: dict, out: Path) -> list[str]:
     lines = ["## Temperature scaling", "",
              f"t = {temperature['value']:.4g}: {temperature['definition']}. Fitted on {temperature['voxels']} voxels "
              f"({temperature['kind']}) of {temperature['cases']} cases, at most {temperature['cap_per_case']} per case "
-             f"in the {temperature['region']}.", "",
+             f"in the {temperature['region']}.", "", *(f"- Note: {n}" for n in temperature.get("notes", [])), "",
              f"Held out ({held['folds']}-fold cross-fitting over cases; fold temperatures "
              + ", ".join(f"{v:.4g}" for v in held["fold_temperatures"]) + "):", "",
              "| | NLL (nats) | top-label ECE | " + " | ".join(f"Dice {n}" for n in held["before"]["dice"]) + " |",
