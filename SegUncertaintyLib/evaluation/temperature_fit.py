@@ -152,7 +152,8 @@ def temperature_report(temperature: dict, out: Path) -> list[str]:
     lines = ["## Temperature scaling", "",
              f"t = {temperature['value']:.4g}: {temperature['definition']}. Fitted on {temperature['voxels']} voxels "
              f"({temperature['kind']}) of {temperature['cases']} cases, at most {temperature['cap_per_case']} per case "
-             f"in the {temperature['region']}.", "", *(f"- Note: {n}" for n in temperature.get("notes", [])), "",
+             f"in the {temperature['region']}.", "",
+             *[line for n in temperature.get("notes", []) for line in (f"- Note: {n}", "")],
              f"Held out ({held['folds']}-fold cross-fitting over cases; fold temperatures "
              + ", ".join(f"{v:.4g}" for v in held["fold_temperatures"]) + "):", "",
              "| | NLL (nats) | top-label ECE | " + " | ".join(f"Dice {n}" for n in held["before"]["dice"]) + " |",
