@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def test_calibrate_writes_a_valid_file_whose_threshold_is_the_exact_one(calibrat
 
 
 @pytest.mark.slow
-def test_calibrate_fits_the_temperature_on_the_kept_box_logits(calibrated, monkeypatch):
+def test_calibrate_fits_the_temperature_on_the_kept_box_logits(calibrated, monkeypatch, tmp_path):
     """Format 2: t is the NLL minimiser over the per-pass logits kept for every case (float16, box voxels),
     with held-out before/after figures and the reliability diagram in the report."""
     monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
@@ -103,6 +104,24 @@ def test_calibrate_fits_the_temperature_on_the_kept_box_logits(calibrated, monke
     assert set(held["before"]["dice"]) == {"sphere"}
     report = (calibrated["root"] / "report" / "report.md").read_text()
     assert "Temperature scaling" in report and (calibrated["root"] / "report" / "reliability_temperature.png").is_file()
+
+    # kept logits are reused while the key holds (nothing rewritten), and collected again for another cap
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.evaluation.calibration_fit import read_labelled_case
+    from SegUncertaintyLib.evaluation.temperature_fit import collect_logits
+
+    folders = [calibrated["root"] / "report" / "cases" / c["case"] for c in doc["cases"][:2]]
+    cases = [read_labelled_case(f, Path(c["reference"])) for f, c in zip(folders, doc["cases"][:2], strict=True)]
+    options = SegmentOptions(model=str(calibrated["model"]), method="mc_dropout", samples=4)
+    work = calibrated["root"] / "report" / "temperature"
+    stamps = {f.name: (work / f"{f.name}.npz").stat().st_mtime_ns for f in folders}
+    again = collect_logits(cases, folders, options, work)
+    assert {f.name: (work / f"{f.name}.npz").stat().st_mtime_ns for f in folders} == stamps
+    with np.load(work / f"{folders[0].name}.npz") as kept:
+        assert np.array_equal(again[0][0], kept["logits"])
+    smaller = collect_logits(cases, folders, options, tmp_path / "t", cap=50)
+    assert smaller[0][0].shape == (4, 2, 50)
+    assert np.isin(smaller[0][0].view(np.uint16), again[0][0].view(np.uint16)).all()  # the same passes' values
 
 
 @pytest.mark.slow
@@ -232,6 +251,9 @@ def test_fewer_than_ten_labelled_cases_exit_2_and_write_no_calibration(tmp_path,
 def test_missing_labels_folder_and_bad_alpha_are_refused(tmp_path, capsys):
     assert cli.main(["calibrate", "x", "--images", str(tmp_path), "--labels", str(tmp_path / "no")]) == 3
     assert cli.main(["calibrate", "x", "--images", str(tmp_path), "--labels", str(tmp_path), "--alpha", "1.5"]) == 2
+    assert cli.main(["calibrate", "x", "--images", str(tmp_path), "--labels", str(tmp_path),
+                     "--temperature-voxels", "-1"]) == 2
+    assert "--temperature-voxels must be >= 0" in capsys.readouterr().err
 
 
 def test_nnunet_names_pair_with_their_reference():
