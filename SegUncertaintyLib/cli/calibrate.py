@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
                      help="uncertainty map the referral threshold applies to (default: %(default)s)")
     cal.add_argument("--failure-dice", type=float, default=0.8,
                      help="a case fails below this Dice, for the failure AUROC (default: %(default)s)")
+    cal.add_argument("--temperature-voxels", type=int, default=20000, metavar="N",
+                     help="temperature scaling: every pass's logits at up to N voxels per case of the dilated box "
+                          "around reference and prediction, kept as float16 in the report folder's temperature/ "
+                          "(the passes run again on each case); 0: no temperature (default: %(default)s)")
     cal.add_argument("--workers", type=int, default=1, help="cases run at the same time (default: %(default)s)")
     cal.add_argument("--executor", default="local", choices=EXECUTORS, help="(default: %(default)s)")
     cal.add_argument("--address", default=None, help="address of a running Ray or Dask cluster to join")
@@ -56,6 +60,8 @@ def command(args) -> int:
 
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"calibrate: --alpha must lie in (0, 1), got {args.alpha}")
+    if args.temperature_voxels < 0:
+        raise UsageError(f"calibrate: --temperature-voxels must be >= 0, got {args.temperature_voxels}")
     labels = Path(args.labels)
     if not labels.is_dir():
         raise InputImageError(f"--labels {labels} is not a folder" if labels.exists()
@@ -87,7 +93,8 @@ def command(args) -> int:
         raise UsageError(f"calibrate --strict: {trained}")
     if trained:
         logging.warning(trained)
-    doc = calibration_document(pairs, args.alpha, args.map, args.failure_dice, args.samples)
+    doc = calibration_document(pairs, args.alpha, args.map, args.failure_dice, args.samples, options,
+                               out / "temperature", args.temperature_voxels)
     doc["notes"] += [trained] if trained else []
     path = write_calibration(doc, doc["model"]["folder"])
     report = write_report(doc, path, out)

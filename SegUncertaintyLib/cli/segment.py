@@ -107,6 +107,7 @@ def command(args) -> int:
                 model = load_model(options.model)
             reporter("load", 1.0, f"model {model.description.name} {model.description.version}")
             selected = _select_calibration(options, model.description)
+            options = _with_temperature(options, selected)  # the calibration's t divides every pass's logits
             cancel.check()
             outputs = segment_image(image, model, options, reporter, cancel, scratch)
             cancel.check()
@@ -150,6 +151,12 @@ def _select_calibration(options, description):
     from ..cohort.worker import select_for_run
 
     return select_for_run(options, description)
+
+
+def _with_temperature(options, selected):
+    from ..cohort.worker import with_temperature
+
+    return with_temperature(options, selected)
 
 
 def _print_summary(outputs, manifest: Path) -> None:

@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.files import series_sha256, sha256_file
@@ -99,6 +100,13 @@ def select_for_run(options: SegmentOptions, description) -> tuple[dict, Path] | 
     return select_calibration(options.calibration, weights, options.method, options.samples)
 
 
+def with_temperature(options: SegmentOptions, selected: tuple[dict, Path] | None) -> SegmentOptions:
+    """``options`` with the selected calibration's temperature (t = 1 without one, or from a version-1 file)."""
+    from ..calibration.store import calibration_temperature
+
+    return replace(options, temperature=1.0 if selected is None else calibration_temperature(selected[0]))
+
+
 def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled, selected=None) -> dict:
     from ..inference.calibrated import apply_calibration
     from ..inference.segment import segment_image
@@ -132,6 +140,7 @@ def _run(item: dict, cancelled, result: dict) -> tuple[str, dict, dict | None]:
     model = _load(options)
     description = model.description
     selected = select_for_run(options, description)
+    options = with_temperature(options, selected)
     if selected is not None:
         from ..calibration.store import calibration_record
 

@@ -5,6 +5,7 @@ Torch-free: the command line checks them before anything heavy is imported.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .errors import UsageError
@@ -42,6 +43,7 @@ class SegmentOptions:
     calibration: str = "auto"  # auto: the newest calibration for these weights + method + samples; none; a file
     tolerance: float | None = None  # MC dropout: sample in rounds until the maps' Monte Carlo error is <= this
     compress: bool = True  # gzip the written volumes (lossless; ~8 % smaller float maps, much smaller labelmaps)
+    temperature: float = 1.0  # every pass's logits are divided by this before the softmax (a calibration's t)
 
     @classmethod
     def from_args(cls, args) -> SegmentOptions:
@@ -70,6 +72,9 @@ class SegmentOptions:
             raise UsageError(f"--seg-type must be one of {', '.join(SEG_TYPES)}, got {self.seg_type!r}")
         if self.seg_type != "binary" and not self.dicom:
             raise UsageError(f"--seg-type {self.seg_type} is the DICOM SEG's type: it needs --dicom")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
+                0 < self.temperature < math.inf):  # also refuses NaN
+            raise UsageError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         plan_samples(self.method, 2, self.samples)  # sample-count rules (the member count is checked later)
         if self.tolerance is not None:
             if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance < 1):  # also refuses NaN

@@ -29,6 +29,7 @@ from ..io.images import IMAGE_SUFFIXES, image_suffix
 from .calibration_figures import write_figures
 from .calibration_fit import fit_calibration, read_labelled_case
 from .evaluate import read_json
+from .temperature_fit import CAP, collect_logits, fit_run_temperature, temperature_report
 
 _CHANNEL = re.compile(r"_\d{4}$")
 
@@ -99,10 +100,15 @@ def training_overlap(pairs: list[tuple[Path, Path]], model_folder: str | Path) -
 
 
 def calibration_document(pairs: list[tuple[Path, Path]], alpha: float, map_name: str, failure_dice: float,
-                         samples: int | None) -> dict:
-    """The calibration file's content (schema: calibration/calibration.schema.json) fitted on ``pairs``."""
+                         samples: int | None, options=None, work: Path | None = None, cap: int = CAP) -> dict:
+    """The calibration file's content (schema: calibration/calibration.schema.json) fitted on ``pairs``; with
+    the run's ``options`` (SegmentOptions) and a ``work`` folder also the temperature (temperature_fit.py:
+    the passes' logits of up to ``cap`` box voxels per case are kept in ``work``)."""
     cases = [read_labelled_case(folder, reference, map_name) for folder, reference in pairs]
     fitted = fit_calibration(cases, alpha, map_name, failure_dice)
+    if options is not None and work is not None and cap > 0:
+        collected = collect_logits(cases, [folder for folder, _ in pairs], options, work, cap)
+        fitted["temperature"] = fit_run_temperature(collected, cases[0].classes, seed=options.seed, cap=cap)
     manifests = [read_json(folder / "manifest.json", "manifest") for folder, _ in pairs]
     scores = read_json(pairs[0][0] / "scores.json", "scores")
     first = manifests[0]
@@ -125,6 +131,7 @@ def calibration_document(pairs: list[tuple[Path, Path]], alpha: float, map_name:
                    "input_sha256": m.get("settings", {}).get("input_sha256") or ""}
                   for (folder, reference), m in zip(pairs, manifests, strict=True)],
         "referral": fitted["referral"], "classes": fitted["classes"], "notes": fitted["notes"],
+        **({"temperature": fitted["temperature"]} if "temperature" in fitted else {"format_version": 1}),
     }
 
 
@@ -150,6 +157,8 @@ def write_report(doc: dict, calibration_file: Path, out: Path) -> Path:
              f"Workload at the threshold (mean over the calibration cases): "
              f"{_number(referral['workload_mean']['flagged_ml'])} mL flagged, "
              f"{_number(referral['workload_mean']['flagged_percent_of_segment'])} % of the segment.", ""]
+    if "temperature" in doc:
+        lines += temperature_report(doc["temperature"], out)
     for name, block in doc["classes"].items():
         lines += [f"## Class {name}", "", f"Predicted Dice: {block['predicted_dice']['method']}, coverage "
                   f"{block['predicted_dice']['coverage']:g}.", "",

@@ -1,8 +1,8 @@
 """Fit a calibration from labelled case folders (``segment`` outputs and reference labelmaps): the referral
 threshold by conformal risk control with its workload, the predicted Dice per class with CV+ intervals, and
 failure detection per score. The mathematics is in SegUncertaintyLib/calibration/; this module reads the
-cases (as evaluate reads them, grids checked) and assembles a JSON-ready result. The temperature is not
-fitted here: it needs every pass's logits, which case folders do not keep.
+cases (as evaluate reads them, grids checked) and assembles a JSON-ready result. The temperature needs every
+pass's logits, which case folders do not keep: evaluation/temperature_fit.py collects and fits them.
 
 Per case, on the case's labelmap: E = {prediction != reference} (any class), the uncertainty map's values
 at E (calibration.risk_control.error_values), Dice per foreground class, and the scores.json subject scores
@@ -52,6 +52,7 @@ class LabelledCase:
     reference: np.ndarray
     voxel_ml: float
     classes: dict[int, str]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (z, y, x) mm of the case's grid
 
 
 def read_labelled_case(case_dir: Path, reference_path: Path, map_name: str = "entropy",
@@ -78,7 +79,7 @@ def read_labelled_case(case_dir: Path, reference_path: Path, map_name: str = "en
         empty={name: empty_prediction(scores.get(name, {}), float((prediction == v).sum() * voxel_ml))
                for v, name in classes},
         uncertainty=uncertainty, prediction=prediction, reference=reference, voxel_ml=voxel_ml,
-        classes=dict(classes))
+        classes=dict(classes), spacing=tuple(reversed(seg_image.GetSpacing())))
 
 
 def referral_workload(case: LabelledCase, threshold: float) -> dict:

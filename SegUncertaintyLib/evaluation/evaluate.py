@@ -58,6 +58,7 @@ from .referral import (
     threshold_referral,
     ue_dice_curve,
 )
+from .temperature_fit import BEFORE_AFTER, before_temperature_columns
 
 REFERRAL_MAPS = ("entropy", "mutual_information", "variance")
 FAILURE_DICE = 0.8  # a case fails below this Dice (failure AUROC), as calibrate's default --failure-dice
@@ -110,6 +111,7 @@ EVALUATION_CONVENTIONS = {
                          "foreground - mean probability), > 0 under-confident; tolerance = |90th percentile| of the "
                          "methods' pooled signed errors; a case's error is averaged over the methods evaluated "
                          "together (per-method fractions use the same tolerance)",
+    "temperature": BEFORE_AFTER,
 }
 
 
@@ -316,6 +318,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     refs = {name: (reference == v if reference is not None else np.mean([a == v for a in annotations], 0) >= 0.5)
             for v, name in classes}
     top_label = top_label_bins(probs, refs, spacing)
+    temperature = before_temperature_columns(manifest, *top_label_arrays(probs, refs, spacing))
     results = []
     for value, label in classes:
         pred = segmentation == value
@@ -332,6 +335,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         for region, stats in bins.items():
             row |= {f"{k}_{region}": v for k, v in stats.summary().items() if k != "voxels"}
         row["signed_calibration_error"] = bins["volume"].signed_error()
+        row |= temperature
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
         row["empty_prediction"] = empty_prediction(scores.get(label, {}), row["predicted_ml"])
         predicted = scores.get(label, {}).get("predicted_dice") or {}
@@ -413,10 +417,10 @@ def decision_summary(rows: list[dict]) -> dict:
     return out
 
 
-def top_label_bins(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray],
-                   spacing: tuple[float, float, float]) -> dict[str, BinStats]:
-    """Mehrtash et al. 2020's top-label statistics over all classes of one case, in the whole volume and in
-    the dilated box of all foreground references. probs/refs: per foreground class, in label order."""
+def top_label_arrays(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray], spacing: tuple[float, float, float]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(C, *S) probabilities of every class (background = 1 - the others), (*S) reference class indices and
+    the dilated box of all foreground references."""
     foreground = np.stack(list(probs.values()))
     background = np.clip(1.0 - foreground.sum(0), 0.0, 1.0)
     everything = np.concatenate([background[None], foreground])
@@ -424,7 +428,14 @@ def top_label_bins(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray],
     label = np.zeros(background.shape, np.int64)
     for index, ref in enumerate(refs.values(), start=1):
         label[ref] = index
-    box = dilated_foreground_box(label > 0, spacing)
+    return everything, label, dilated_foreground_box(label > 0, spacing)
+
+
+def top_label_bins(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray],
+                   spacing: tuple[float, float, float]) -> dict[str, BinStats]:
+    """Mehrtash et al. 2020's top-label statistics over all classes of one case, in the whole volume and in
+    the dilated box of all foreground references. probs/refs: per foreground class, in label order."""
+    everything, label, box = top_label_arrays(probs, refs, spacing)
     return {"toplabel_volume": BinStats.top_label(everything, label),
             "toplabel_box": BinStats.top_label(everything, label, box)}
 

@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..calibration.apply import calibrated_scores, calibration_reference, flagged_mask
-from ..calibration.store import calibration_record
+from ..calibration.store import calibration_record, calibration_temperature
 from .assembly import SegmentationOutputs
 from .scores import LOWER_IS_UNCERTAIN, score_readings
 
@@ -18,8 +18,10 @@ def apply_calibration(outputs: SegmentationOutputs, doc: dict, path: Path) -> st
     """Replace ``outputs.scores`` by the calibrated scores; return a note instead (nothing applied) when the
     run's total sample count differs from the calibration's."""
     if outputs.n_samples != doc["n_samples"]:
+        tempered = calibration_temperature(doc)
         return (f"calibration {doc['id']} not applied: made with {doc['n_samples']} samples in all, this run has "
-                f"{outputs.n_samples}")
+                f"{outputs.n_samples}" + (f" (its temperature {tempered:.4g} was applied to the passes)"
+                                          if tempered != 1.0 else ""))
     segmentation = sitk.GetArrayViewFromImage(outputs.segmentation)
     flagged = None
     if doc["map"] in outputs.maps:

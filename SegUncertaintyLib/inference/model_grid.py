@@ -61,7 +61,7 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     check_cancel()
     report("preprocess", 1.0, f"model grid {grid.GetSize()} at {card.spacing_mm} mm")
     config = WindowConfig(window=window, overlap=options.overlap, max_batch=options.max_batch,
-                          device=options.device, seed=options.seed)
+                          device=options.device, seed=options.seed, temperature=options.temperature)
     spacing_zyx = tuple(reversed(card.spacing_mm))
 
     def sample(n: int) -> tuple[WindowResult, float]:
