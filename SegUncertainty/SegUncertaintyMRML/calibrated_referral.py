@@ -10,7 +10,8 @@ panel flags ``map > t`` on the float32 map (flagged_voxels.Referral). Hence:
 - at any t whose flagged set contains ``{map >= lambda_hat}`` (t at or below that value) the guarantee still
   holds, since the missed-error fraction can only fall when more voxels are flagged; above it, it no longer
   holds (:func:`guarantee_holds`);
-- it is a statement about the calibration's map only, and not about a case outside the calibration data.
+- it is a statement about the calibration's map only, and does not apply to a case outside the calibration
+  data (scores.json's ``referral`` then names the classes in ``outside_calibration`` and says so in ``reading``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import math
 
 import numpy as np
 
-from SegUncertaintyLib.calibration.apply import NOT_CALIBRATED, OUTSIDE
 from SegUncertaintyLib.calibration.store import threshold_from_json
+
+NOT_CALIBRATED = ("Not calibrated: no referral guarantee. 'seguncertainty calibrate MODEL --images ... --labels ...' "
+                  "with this method and sample count gives one, and a predicted Dice.")
 
 
 def calibrated_threshold(referral: dict) -> float:
@@ -63,7 +66,7 @@ def guarantee_text(referral: dict | None, map_name: str, threshold: float, map_m
     """The panel's one paragraph about the guarantee at ``threshold`` on the map ``map_name`` (largest value
     ``map_maximum``); for an uncalibrated run, how to calibrate."""
     if referral is None:
-        return NOT_CALIBRATED[0].upper() + NOT_CALIBRATED[1:] + "."
+        return NOT_CALIBRATED
     lambda_hat = calibrated_threshold(referral)
     calibrated = (f"calibrated threshold {referral['map']} >= {lambda_hat:.6g} (alpha {referral['alpha']:g}, "
                   f"{referral['n_calibration']} calibration cases)")
@@ -81,6 +84,6 @@ def guarantee_text(referral: dict | None, map_name: str, threshold: float, map_m
     else:
         text = (f"Below the {calibrated}: the guarantee still holds, with more voxels to review (every voxel "
                 f"the calibrated threshold flags is flagged). {referral['guarantee']}")
-    if referral.get("reading") == OUTSIDE or referral.get("outside_calibration"):
-        text += f" This case lies {OUTSIDE}."
+    if referral.get("outside_calibration") and referral.get("reading"):  # scores.json's own words
+        text += f" This case: {referral['reading']}."
     return text

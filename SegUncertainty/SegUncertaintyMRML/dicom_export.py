@@ -1,11 +1,12 @@
-"""*Export as DICOM*: the reviewed segmentation (the segmentation node as it is now, the reader's edits
-included) and the regions marked reviewed, written by the library's results/dicom_review.py as a
-SEMIAUTOMATIC SEG and a TID 1500 SR in the input's study.
+"""*Export as DICOM*: what the library's results/dicom_review.export_review needs, gathered from the scene:
+the reviewed segmentation (the segmentation node as it is now, the reader's edits included), the regions
+marked reviewed, the run's manifest and the input's DICOM files and grid. The library (highdicom) writes the
+SEMIAUTOMATIC SEG and the TID 1500 SR; the module's logic calls it (review_logic.exportDicom).
 
 Only for an input loaded from a DICOM series by Slicer's DICOM module: its volume node carries the series'
 SOP Instance UIDs in the ``DICOM.instanceUIDs`` attribute (Modules/Scripted/DICOMPlugins/
 DICOMScalarVolumePlugin.py, ``load``), and Slicer's DICOM database gives each one's file
-(ctkDICOMDatabase::fileForInstance). highdicom is imported only when exporting.
+(ctkDICOMDatabase::fileForInstance).
 """
 
 from __future__ import annotations
@@ -61,11 +62,10 @@ def class_masks(segmentation_node, labels: dict, input_volume) -> dict:
     return masks
 
 
-def reviewed_regions(run, input_volume) -> tuple[list, str, float]:
-    """The regions marked reviewed (corrections.load_review_state) as dicom_review.ReviewedRegion, numbered in
-    review order, with the map and threshold they were flagged at; ([], "", nan) when none was marked."""
-    from SegUncertaintyLib.results.dicom_review import ReviewedRegion
-
+def reviewed_regions(run, input_volume) -> tuple[list[dict], str, float]:
+    """The regions marked reviewed (corrections.load_review_state), numbered in review order among all the
+    regions flagged at that threshold, as dicom_review.ReviewedRegion's fields, with the map and threshold
+    they were flagged at; ([], "", nan) when none was marked."""
     state = corrections.load_review_state(run.segmentation)
     if not state or not state.get("reviewed"):
         return [], "", float("nan")
@@ -77,32 +77,24 @@ def reviewed_regions(run, input_volume) -> tuple[list, str, float]:
     _, found = regions.find_regions(values > np.float32(threshold), values, volumes.ijk_to_ras(input_volume),
                                     volumes.voxel_volume_ml(input_volume), order=state.get("order", "largest"))
     marked = set(state["reviewed"])
-    reviewed = [ReviewedRegion(number=number, voxels=r.voxels, volume_ml=r.volume_ml,
-                               max_uncertainty=r.max_uncertainty, mean_uncertainty=r.mean_uncertainty,
-                               focus_lps=(-r.focus_ras[0], -r.focus_ras[1], r.focus_ras[2]))
+    reviewed = [{"number": number, "voxels": r.voxels, "volume_ml": r.volume_ml,
+                 "max_uncertainty": r.max_uncertainty, "mean_uncertainty": r.mean_uncertainty,
+                 "focus_lps": (-r.focus_ras[0], -r.focus_ras[1], r.focus_ras[2])}
                 for number, r in enumerate(found, start=1) if r.label in marked]
     return reviewed, map_name, threshold
 
 
-def export_reviewed_dicom(run, input_volume, folder: str | Path, file_for_instance: Callable[[str], str]
-                          ) -> list[Path]:
-    """Write the reviewed SEG and SR of ``run`` (results.RunNodes) into ``folder`` (module doc); return the
-    files. ValueError (one line) when the input is not a DICOM series or the run's manifest is missing."""
-    from SegUncertaintyLib.core.errors import UsageError
-    from SegUncertaintyLib.results.dicom_review import sources_on_grid, write_review_objects
-
+def review_inputs(run, input_volume, file_for_instance: Callable[[str], str]) -> dict:
+    """The keyword arguments of dicom_review.export_review for ``run`` (results.RunNodes) as reviewed now.
+    ValueError (one line) when the input is not a DICOM series or the run has no manifest."""
     files = source_files(input_volume, file_for_instance)
     manifest = run.manifest or json.loads(run.segmentation.GetAttribute(results.MANIFEST_ATTRIBUTE) or "{}")
     if not manifest.get("labels"):
         raise ValueError(f"'{run.segmentation.GetName()}' holds no run manifest (imported by an older version): "
                          "segment again to export it as DICOM")
-    shape = slicer.util.arrayFromVolume(input_volume).shape
     masks = class_masks(run.segmentation, manifest["labels"], input_volume)
     masks.pop(flagged_voxels.FLAGGED_SEGMENT, None)
     reviewed, map_name, threshold = reviewed_regions(run, input_volume)
-    try:
-        sources = sources_on_grid(files, volumes.ijk_to_ras(input_volume), shape)
-        return write_review_objects(folder, manifest, masks, sources, volumes.voxel_volume_ml(input_volume),
-                                    reviewed, map_name, threshold)
-    except UsageError as exc:
-        raise ValueError(str(exc)) from None
+    return {"files": files, "ijk_to_ras": volumes.ijk_to_ras(input_volume), "manifest": manifest, "masks": masks,
+            "voxel_ml": volumes.voxel_volume_ml(input_volume), "regions": reviewed, "map_name": map_name,
+            "threshold": threshold}

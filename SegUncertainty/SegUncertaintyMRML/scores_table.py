@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import vtk
 
-from SegUncertaintyLib.calibration.apply import OUTSIDE
-
 COLUMNS = ("Structure", "Score", "Value", "Reading", "Definition")
 NO_REFERENCE = "no reference range in the model card"
 
@@ -23,12 +21,12 @@ def format_value(value) -> str:
 
 def predicted_dice_row(structure: str, predicted: dict, readings: dict) -> tuple[str, ...]:
     """The row of a calibrated run's predicted Dice (calibration/apply.py): the value with its interval and
-    nominal coverage; the reading says when the case lies outside the calibration data."""
+    nominal coverage; the reading is scores.json's for the class's calibration: it says when the case lies
+    outside the calibration data."""
     lo, hi = predicted["interval"]
     value = (f"{predicted['value']:.3f} ({lo:.3f} - {hi:.3f}, nominal coverage "
              f"{100 * predicted['coverage']:.0f} %)")
-    reading = readings.get(structure, {}).get("calibration", {}).get("reading") or (
-        OUTSIDE if predicted.get("outside_calibration") else "")
+    reading = readings.get(structure, {}).get("calibration", {}).get("reading") or ""  # calibration/apply.py
     definition = ("Dice predicted from the subject scores, with a conformal interval "
                   f"({predicted.get('method') or 'see the calibration report'}); marginal over cases, not per case")
     return structure, "predicted Dice", value, reading, definition

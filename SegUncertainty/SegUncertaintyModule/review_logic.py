@@ -219,10 +219,14 @@ class ReviewLogic:
         database = getattr(slicer, "dicomDatabase", None)
         if database is None:
             raise RuntimeError(_("Slicer's DICOM database is not open: open the DICOM module once."))
+        from SegUncertaintyLib.core.errors import UsageError
+        from SegUncertaintyLib.results.dicom_review import export_review  # highdicom: only when exporting
+
         target = Path(folder) / f"{self.run.name} DICOM".replace("/", "_")
         try:
-            written = dicom_export.export_reviewed_dicom(self.run, self.inputVolume, target, database.fileForInstance)
-        except (ValueError, OSError) as exc:
+            written = export_review(target, **dicom_export.review_inputs(self.run, self.inputVolume,
+                                                                         database.fileForInstance))
+        except (ValueError, UsageError, OSError) as exc:
             raise RuntimeError(str(exc)) from None
         sent = self.sendDicom(target, destination) if destination.strip() else ""
         return written, sent

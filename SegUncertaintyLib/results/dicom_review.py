@@ -197,3 +197,17 @@ def write_review_objects(folder: str | Path, manifest: Mapping, masks: Mapping[s
                              "meaning": "The reviewed segmentation and its report, new series in the input's study"}]}
     write_text_atomic(folder / MANIFEST, json.dumps(document, indent=2) + "\n")
     return [dicom / SEGMENTATION_FILE, dicom / REPORT_FILE, folder / MANIFEST]
+
+
+def export_review(folder: str | Path, files: Sequence[str], ijk_to_ras: np.ndarray, manifest: Mapping,
+                  masks: Mapping[str, np.ndarray], voxel_ml: float, regions: Sequence[Mapping] = (),
+                  map_name: str = "", threshold: float = float("nan")) -> list[Path]:
+    """:func:`write_review_objects` for a grid given by ``ijk_to_ras`` and the masks' shape, the sources being
+    the series ``files`` (checked on that grid, :func:`sources_on_grid`); ``regions``: ReviewedRegion fields.
+    What the Slicer module calls (SegUncertaintyMRML/dicom_export.review_inputs gathers the arguments)."""
+    shape = next(iter(masks.values())).shape if masks else None
+    if shape is None:
+        raise UsageError("The segmentation has none of the run's classes left: nothing to export")
+    sources = sources_on_grid(files, ijk_to_ras, shape)
+    reviewed = [ReviewedRegion(**{**r, "focus_lps": tuple(float(v) for v in r["focus_lps"])}) for r in regions]
+    return write_review_objects(folder, manifest, masks, sources, voxel_ml, reviewed, map_name, threshold)

@@ -74,7 +74,8 @@ def test_calibrated_run_sets_the_threshold_to_lambda_hat_and_states_the_guarante
 
 def test_outside_the_calibration_data_the_panel_says_the_guarantee_does_not_apply(mrml_scene, calibrated_runs):
     widget, _, _ = show_run(calibrated_runs["outside"], calibrated_runs["input"]["outside"], "outside")
-    assert widget.ui.guaranteeLabel.text.endswith("outside the calibration data: the guarantee does not apply.")
+    assert widget.ui.guaranteeLabel.text.endswith("This case: outside the calibration data: the guarantee does not "
+                                                  "apply.")
     rows = scores_table.table_rows(widget.ui.scoresTableView.mrmlTableNode())
     assert next(r for r in rows if r[1] == "predicted Dice")[3] == \
         "outside the calibration data: the guarantee does not apply"

@@ -15,9 +15,16 @@ import pytest
 import slicer
 from SegUncertaintyMRML import corrections, dicom_export, flagged_voxels, regions, results, segments, volumes
 
+from SegUncertaintyLib.core.errors import UsageError
+from SegUncertaintyLib.results.dicom_review import export_review
 from Testing.slicer.conftest import DICOM_SERIES
 
 pytestmark = [pytest.mark.slow, pytest.mark.dicom]
+
+
+def export(run, volume, folder, file_for_instance):
+    """Export as DICOM as the module's logic does it: the glue gathers, the library writes."""
+    return export_review(folder, **dicom_export.review_inputs(run, volume, file_for_instance))
 
 
 def loaded_series(scene, dicom_run):
@@ -59,7 +66,7 @@ def reviewed_run(scene, dicom_run):
 @pytest.fixture
 def exported(mrml_scene, dicom_run, tmp_path):
     run, volume, lookup, edited, reviewed = reviewed_run(mrml_scene, dicom_run)
-    written = dicom_export.export_reviewed_dicom(run, volume, tmp_path / "export", lookup)
+    written = export(run, volume, tmp_path / "export", lookup)
     return {"run": run, "volume": volume, "lookup": lookup, "edited": edited, "reviewed": reviewed,
             "seg": written[0], "sr": written[1], "folder": tmp_path / "export"}
 
@@ -124,7 +131,7 @@ def test_uids_derive_from_the_content(exported, mrml_scene, tmp_path):
     """The same review exported again gives the same objects (a PACS keeps one copy); another edit gives new
     ones."""
     first = {p.name: pydicom.dcmread(p).SOPInstanceUID for p in (exported["seg"], exported["sr"])}
-    again = dicom_export.export_reviewed_dicom(exported["run"], exported["volume"], tmp_path / "again",
+    again = export(exported["run"], exported["volume"], tmp_path / "again",
                                                exported["lookup"])
     assert {p.name: pydicom.dcmread(p).SOPInstanceUID for p in again[:2]} == first
     sphere = segments.segment_id_by_name(exported["run"].segmentation, "sphere")
@@ -134,7 +141,7 @@ def test_uids_derive_from_the_content(exported, mrml_scene, tmp_path):
     block = np.zeros_like(exported["edited"])
     block[-2:, -3:, -3:] = True
     assert editing.apply(sphere, block, "add") > 0
-    changed = dicom_export.export_reviewed_dicom(exported["run"], exported["volume"], tmp_path / "changed",
+    changed = export(exported["run"], exported["volume"], tmp_path / "changed",
                                                  exported["lookup"])
     assert not set(first.values()) & {pydicom.dcmread(p).SOPInstanceUID for p in changed[:2]}
 
@@ -145,7 +152,7 @@ def test_a_volume_not_from_dicom_is_refused_in_one_line(mrml_scene, dicom_run, t
     problem = dicom_export.dicom_problem(volume)
     assert problem and "not loaded from a DICOM series" in problem and "\n" not in problem
     with pytest.raises(ValueError, match="not loaded from a DICOM series"):
-        dicom_export.export_reviewed_dicom(run, volume, tmp_path / "out", lambda uid: "")
+        export(run, volume, tmp_path / "out", lambda uid: "")
     assert not (tmp_path / "out").exists()
 
 
@@ -155,6 +162,6 @@ def test_a_volume_off_the_series_grid_is_refused_and_nothing_written(mrml_scene,
     matrix = volumes.ijk_to_ras(volume)
     matrix[:3, 3] += [0.0, 0.0, 1.5]  # half a slice along the normal
     volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
-    with pytest.raises(ValueError, match="does not lie on the segmentation's grid"):
-        dicom_export.export_reviewed_dicom(run, volume, tmp_path / "out", lookup)
+    with pytest.raises(UsageError, match="does not lie on the segmentation's grid"):
+        export(run, volume, tmp_path / "out", lookup)
     assert not (tmp_path / "out").exists()
