@@ -82,7 +82,7 @@ DICOM_SERIES = "1.2.826.0.1.3680043.2.1125.9.21"
 def dicom_run(tmp_path_factory):
     """A CT series of the sphere phantom (Testing/support/dicom_series), the volume Slicer's DICOM module would
     load from it (as NRRD), and a ``segment`` run of that volume as the module runs it; returns {"series":
-    folder, "files": its files in slice order, "volume": the NRRD, "run": the run folder}."""
+    folder, "uid": its series UID, "files": its files in slice order, "volume": the NRRD, "run": the run folder}."""
     import json
 
     import numpy as np
@@ -108,4 +108,5 @@ def dicom_run(tmp_path_factory):
     sitk.WriteImage(sitk.ReadImage(files), str(root / "input.nrrd"))
     assert cli.main(["segment", str(root / "input.nrrd"), "--model", str(model), "--method", "mc_dropout",
                      "--samples", "6", "--progress", "none", "--no-overview", "--out", str(root / "run")]) == 0
-    return {"series": root / "ct", "files": files, "volume": root / "input.nrrd", "run": root / "run"}
+    return {"series": root / "ct", "uid": DICOM_SERIES, "files": files, "volume": root / "input.nrrd",
+            "run": root / "run"}

@@ -17,7 +17,6 @@ from SegUncertaintyMRML import corrections, dicom_export, flagged_voxels, region
 
 from SegUncertaintyLib.core.errors import UsageError
 from SegUncertaintyLib.results.dicom_review import export_review
-from Testing.slicer.conftest import DICOM_SERIES
 
 pytestmark = [pytest.mark.slow, pytest.mark.dicom]
 
@@ -91,10 +90,10 @@ def test_objects_are_new_series_in_the_input_study_referencing_its_series(export
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID and ds.SOPInstanceUID.startswith("2.25.")
     assert seg.SeriesInstanceUID != sr.SeriesInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == DICOM_SERIES
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == dicom_run["uid"]
     evidence = {s.SeriesInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
                 for s in study.ReferencedSeriesSequence}
-    assert evidence == {DICOM_SERIES, seg.SeriesInstanceUID}
+    assert evidence == {dicom_run["uid"], seg.SeriesInstanceUID}
 
 
 def test_report_lists_the_reviewed_regions(exported):
