@@ -47,6 +47,12 @@ def predicted_dice(block: dict, scores: dict, alpha: float) -> dict:
             "coverage": training["coverage"], "method": training.get("method", "")}
 
 
+def flagged_mask(values: np.ndarray, referral: dict) -> np.ndarray:
+    """The voxels flagged for review: ``values`` (the referral map, any shape) at or above the threshold of
+    ``referral`` (scores.json's or the calibration's entry; "+inf" flags nothing, "-inf" everything)."""
+    return values >= threshold_from_json(referral["threshold"])
+
+
 def calibrated_scores(doc: dict, scores: dict, flagged_voxels: int | None, segment_voxels: int,
                       voxel_ml: float, record: dict) -> dict:
     """``scores`` (scores.json's document) with the calibration ``doc`` applied: top-level ``referral`` and

@@ -22,7 +22,8 @@ empty where the card gives no range):
 - input: the input path as given; output: the case's output folder relative to the worklist's folder
   (empty for a failed case);
 - seconds: wall time of the case; error: one-line error of a failed case;
-- after ``--store``/``--store-dimse``/``send`` only: stored_to, stored, store_error (cohort/pacs.py).
+- after ``--store``/``--store-dimse``/``send`` only: stored_to, stored, store_error, store_checked
+  (cohort/pacs.py).
 
 Review priority (``rank_rows``; higher = review first):
 
@@ -67,7 +68,8 @@ COLUMNS = ("rank", "case", "status", *SETTING_COLUMNS, "priority", "reason", "re
            "reviewer_note", "input", "output", "seconds", "error")
 REQUIRED = tuple(c for c in COLUMNS if c not in SETTING_COLUMNS)  # what every worklist has
 STATUSES = ("done", "skipped", "failed", "stale")
-STORE_COLUMNS = ("stored_to", "stored", "store_error")  # cohort/pacs.py: where a case's DICOM objects went
+# cohort/pacs.py: where a case's DICOM objects went
+STORE_COLUMNS = ("stored_to", "stored", "store_error", "store_checked")
 REVIEW_FIELDS = ("reviewed", "reviewed_at", "reviewer_note")  # the reviewer's, kept when a worklist is rewritten
 
 

@@ -12,6 +12,7 @@ from .methods import DEFAULT_METHOD, parse_method, plan_samples
 from .vocabulary import DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, OUTPUT_FORMATS
 
 DEVICES = ("auto", "cuda", "cpu")  # auto: CUDA when available
+SEG_TYPES = ("binary", "labelmap")  # --seg-type: the DICOM SEG of the segmentation (results/dicom_objects.py)
 
 
 def check_overlap_range(overlap: float) -> None:
@@ -37,6 +38,7 @@ class SegmentOptions:
     overview: bool = True
     save_samples: bool = False
     dicom: bool = False  # also the DICOM objects (results/dicom_objects.py); the input must be a DICOM series
+    seg_type: str = "binary"  # with dicom: the segmentation as a BINARY or a LABELMAP SEG
     calibration: str = "auto"  # auto: the newest calibration for these weights + method + samples; none; a file
     tolerance: float | None = None  # MC dropout: sample in rounds until the maps' Monte Carlo error is <= this
     compress: bool = True  # gzip the written volumes (lossless; ~8 % smaller float maps, much smaller labelmaps)
@@ -47,7 +49,8 @@ class SegmentOptions:
                    device=args.device, seed=args.seed, max_batch=args.max_batch, format=args.format,
                    maps=tuple(args.maps) if args.maps else None, map_dtype=args.map_dtype,
                    overview=not args.no_overview, save_samples=args.save_samples,
-                   dicom=getattr(args, "dicom", False), calibration=getattr(args, "calibration", "auto"),
+                   dicom=getattr(args, "dicom", False), seg_type=getattr(args, "seg_type", "binary"),
+                   calibration=getattr(args, "calibration", "auto"),
                    compress=getattr(args, "compress", True), tolerance=getattr(args, "tolerance", None))
 
     def check(self) -> SegmentOptions:
@@ -63,6 +66,10 @@ class SegmentOptions:
             raise UsageError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
         if self.maps is not None and not set(self.maps) <= set(MAP_CHOICES):
             raise UsageError(f"--maps must name maps from {','.join(MAP_CHOICES)}, got {self.maps!r}")
+        if self.seg_type not in SEG_TYPES:
+            raise UsageError(f"--seg-type must be one of {', '.join(SEG_TYPES)}, got {self.seg_type!r}")
+        if self.seg_type != "binary" and not self.dicom:
+            raise UsageError(f"--seg-type {self.seg_type} is the DICOM SEG's type: it needs --dicom")
         plan_samples(self.method, 2, self.samples)  # sample-count rules (the member count is checked later)
         if self.tolerance is not None:
             if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance < 1):  # also refuses NaN
@@ -73,8 +80,11 @@ class SegmentOptions:
 
     def settings(self, dicom_series: str | None) -> dict:
         """The manifest's ``settings`` as ``segment`` writes them (``dicom`` only when set and ``compress`` only
-        when off, so earlier runs' settings, a cohort's resume key, stay as they were)."""
-        return {**({"dicom": True} if self.dicom else {}), **({} if self.compress else {"compress": False}),
+        when off, ``seg_type`` only when not binary, so earlier runs' settings, a cohort's resume key, stay as
+        they were)."""
+        return {**({"dicom": True} if self.dicom else {}),
+                **({"seg_type": self.seg_type} if self.seg_type != "binary" else {}),
+                **({} if self.compress else {"compress": False}),
                 **({"tolerance": self.tolerance} if self.tolerance is not None else {}),
                 "overlap": self.overlap, "seed": self.seed,
                 "max_batch": self.max_batch, "device_requested": self.device, "format": self.format,

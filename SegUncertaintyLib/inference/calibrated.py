@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..calibration.apply import calibrated_scores
-from ..calibration.store import calibration_record, threshold_from_json
+from ..calibration.apply import calibrated_scores, flagged_mask
+from ..calibration.store import calibration_record
 from .assembly import SegmentationOutputs
 
 
@@ -23,7 +23,7 @@ def apply_calibration(outputs: SegmentationOutputs, doc: dict, path: Path) -> st
     flagged = None
     if doc["map"] in outputs.maps:
         values = sitk.GetArrayViewFromImage(outputs.maps[doc["map"]])
-        flagged = int(np.count_nonzero(values >= threshold_from_json(doc["referral"]["threshold"])))
+        flagged = int(np.count_nonzero(flagged_mask(values, doc["referral"])))
     voxel_ml = math.prod(outputs.segmentation.GetSpacing()) / 1000.0
     outputs.scores = calibrated_scores(doc, outputs.scores, flagged, int(np.count_nonzero(segmentation)), voxel_ml,
                                        calibration_record(doc, path))

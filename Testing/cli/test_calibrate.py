@@ -111,6 +111,31 @@ def test_segment_applies_the_calibration_and_none_turns_it_off(calibrated, monke
 
 
 @pytest.mark.slow
+@pytest.mark.dicom
+def test_a_calibrated_dicom_run_writes_its_flagged_voxels_as_a_seg(calibrated, monkeypatch, tmp_path):
+    """flagged.dcm holds the voxels scores.json's referral counts (its map >= its threshold)."""
+    import highdicom as hd
+
+    from Testing.support.dicom_series import write_series
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
+    image = sitk.ReadImage(str(calibrated["images"] / "case_03_0000.nii.gz"))
+    array = np.round(sitk.GetArrayFromImage(image)).astype(np.int16)  # the phantom's 0-1 values, binarised
+    write_series(tmp_path / "ct", array, "1.2.826.0.1.3680043.2.1125.9.88", spacing=image.GetSpacing(),
+                 origin=image.GetOrigin(), modality="CT")
+    assert cli.main(["segment", str(tmp_path / "ct"), "--model", str(calibrated["model"]), "--method", "mc_dropout",
+                     "--samples", "4", "--no-overview", "--progress", "none", "--dicom", "--out",
+                     str(tmp_path / "run")]) == 0
+    referral = json.loads((tmp_path / "run" / "scores.json").read_text())["referral"]
+    entropy = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / "entropy.nrrd")))
+    flagged = entropy >= threshold_from_json(referral["threshold"])
+    assert referral["flagged_ml"] == pytest.approx(flagged.sum() * 27 / 1000) and flagged.any()
+    seg = hd.seg.segread(tmp_path / "run" / "dicom" / "flagged.dcm")
+    assert seg.SegmentSequence[0].SegmentLabel == "Flagged for review"
+    assert int(seg.pixel_array.sum()) == int(flagged.sum())
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("other", [["--method", "tta"], ["--method", "mc_dropout", "--samples", "5"]])
 def test_a_calibration_is_never_applied_to_another_method_or_sample_count(calibrated, monkeypatch, tmp_path, other):
     monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
@@ -151,7 +176,7 @@ def test_cohort_applies_it_and_models_list_shows_it(calibrated, monkeypatch, tmp
             assert json.loads((case / "manifest.json").read_text())["settings"]["calibration"]["id"] == doc["id"]
     # models list names the model's calibrations (installed under the card's name)
     monkeypatch.setattr("SegUncertaintyLib.models.catalog.list_models", lambda verify=False: [])
-    lines = cli._calibration_lines(doc["model"]["name"])
+    lines = cli.models.calibration_lines(doc["model"]["name"])
     assert lines == [f"calibration {doc['id']}: method mc_dropout, samples 4, n = 12, alpha = 0.2, "
                      f"{doc['created'][:10]}"]
 

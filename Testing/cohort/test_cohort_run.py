@@ -17,12 +17,13 @@ import pytest
 import SimpleITK as sitk
 
 from SegUncertaintyLib import cli
+from SegUncertaintyLib.cli.common import CancelFlag
 from SegUncertaintyLib.cohort import worker
 from SegUncertaintyLib.cohort.cases import find_cases
 from SegUncertaintyLib.cohort.review import open_worklist
 from SegUncertaintyLib.cohort.run import cohort_files, run_cohort
 from SegUncertaintyLib.cohort.worklist import COLUMNS, rank_rows, read_worklist, write_csv_atomic
-from SegUncertaintyLib.core.errors import CancelledError, UsageError
+from SegUncertaintyLib.core.errors import COHORT_CASES_FAILED, CancelledError, UsageError
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.scores import REVIEW, WITHIN
 from SegUncertaintyLib.io.publish import OutputFolder
@@ -76,7 +77,7 @@ def cohort(tmp_path_factory):
 
 def test_same_file_name_gets_two_folders_and_a_corrupt_input_fails_alone(cohort):
     inputs, out, code, _ = cohort
-    assert code == cli.COHORT_CASES_FAILED == 8
+    assert code == COHORT_CASES_FAILED == 8
     rows = read_worklist(out)
     assert len(rows) == 4
     by_input = {Path(row["input"]).relative_to(inputs).as_posix(): row for row in rows}
@@ -482,7 +483,7 @@ def test_worklist_html_sorts_in_a_real_browser(cohort, tmp_path):
 
 
 def test_cli_cancel_exits_130_with_the_worklist_written(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli._CancelFlag, "__call__", lambda self: True)  # Ctrl-C before the first case ends
+    monkeypatch.setattr(CancelFlag, "__call__", lambda self: True)  # Ctrl-C before the first case ends
     model = _model(tmp_path / "model")
     inputs = [_sphere(tmp_path / f"in/{i}.nii.gz", 18.0 + i) for i in range(2)]
     assert cli.main(_argv(inputs, tmp_path / "out", model)) == 130
