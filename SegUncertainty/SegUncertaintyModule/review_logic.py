@@ -243,7 +243,7 @@ class ReviewLogic:
         try:
             target = Destination(web=DicomWeb(destination, read_credentials())) if "://" in destination else \
                 Destination(dimse=destination)
-            stored, count = store_run(Path(folder), target)
+            stored, count, _ = store_run(Path(folder), target)
         except (PacsError, UsageError) as exc:
             raise RuntimeError(str(exc)) from None
         return f"stored {stored}/{count} at {target.label}"
