@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     cal.add_argument("--device", default="auto", choices=DEVICES, help="(default: %(default)s)")
     cal.add_argument("--seed", type=int, default=0, help="random seed of the dropout masks (default: %(default)s)")
     cal.add_argument("--progress", default="bar", choices=("bar", "json", "none"), help="(default: %(default)s)")
+    cal.add_argument("--strict", action="store_true",
+                     help="refuse (exit 2) calibration cases the model trained on (an nnU-Net model's "
+                          "splits_final.json), instead of a warning")
     cal.add_argument("--out", default=None,
                      help="report folder; the cases' outputs go to its cases/ sub-folder, resumable "
                           "(default: ./seguncertainty_calibration/<model name>-<method>)")
@@ -47,8 +50,9 @@ def command(args) -> int:
     from ..calibration.store import write_calibration
     from ..cohort.run import run_cohort
     from ..core.options import SegmentOptions
-    from ..evaluation.calibrate import calibration_document, pair_references, write_report
+    from ..evaluation.calibrate import calibration_document, pair_references, training_overlap, write_report
     from ..evaluation.calibration_fit import FEW_CASES, MIN_CASES
+    from ..evaluation.evaluate import read_json
 
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"calibrate: --alpha must lie in (0, 1), got {args.alpha}")
@@ -78,7 +82,13 @@ def command(args) -> int:
     if len(pairs) < FEW_CASES:
         logging.warning(f"only {len(pairs)} labelled cases: the conformal corrections cost 1/(n+1) = "
                         f"{1 / (len(pairs) + 1):.3f} of alpha; {FEW_CASES} or more are advised")
+    trained = training_overlap(pairs, read_json(pairs[0][0] / "manifest.json", "manifest")["model"].get("folder"))
+    if trained and args.strict:
+        raise UsageError(f"calibrate --strict: {trained}")
+    if trained:
+        logging.warning(trained)
     doc = calibration_document(pairs, args.alpha, args.map, args.failure_dice, args.samples)
+    doc["notes"] += [trained] if trained else []
     path = write_calibration(doc, doc["model"]["folder"])
     report = write_report(doc, path, out)
     referral = doc["referral"]

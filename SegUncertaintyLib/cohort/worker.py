@@ -13,7 +13,8 @@ requested ``samples``, ``overview`` and ``save_samples``: a case whose folder al
 The result: ``case``, ``status`` ("done", "skipped", "failed" or "cancelled"), ``seconds``, ``error``
 (one line, "" unless failed), ``method``, ``model`` (the model's name once loaded, else the name of the
 reference given), ``n_samples`` (drawn; the requested count or None before a run), and for a finished case
-``scores`` (scores.json's ``classes``) and ``score_reference`` (the model card's usual ranges or None).
+``scores`` (scores.json's ``classes``) and ``score_reference`` (the usual ranges the readings use: the
+calibration's when one was applied, else the model card's, or None).
 Every error is caught and recorded.
 """
 
@@ -157,6 +158,8 @@ def process_case(item: dict) -> dict:
               "n_samples": item["options"]["samples"]}
     try:
         status, scores, reference = _run(item, _cancelled, result)
+        if scores.get("usual_ranges", {}).get("from") == "calibration":  # the calibration's replace the card's
+            reference = scores["usual_ranges"]
         applies = reference_applies(reference, scores.get("method"), scores.get("n_samples"))
         result.update(status=status, scores=scores.get("classes", {}), score_reference=reference if applies else None,
                       n_samples=scores.get("n_samples", result["n_samples"]))

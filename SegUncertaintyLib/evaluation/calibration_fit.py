@@ -101,17 +101,37 @@ def _score_matrix(cases: list[LabelledCase], name: str) -> tuple[np.ndarray, np.
 
 
 def out_of_fold_dice(x: np.ndarray, empty: np.ndarray, dice_values: np.ndarray, alpha: float, folds: int,
-                     seed: int) -> np.ndarray:
-    """Each case's predicted Dice from a predictor fitted without its fold (cross-fitting), for failure
-    detection on held-out cases."""
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each case's predicted Dice (n,) and its interval (n, 2) from a predictor fitted without its fold
+    (cross-fitting), for failure detection and the report's predicted-vs-actual figure on held-out cases."""
     rng = np.random.default_rng(seed)
     fold = rng.permutation(len(x)) % min(folds, len(x))
-    out = np.empty(len(x))
+    out, interval = np.empty(len(x)), np.empty((len(x), 2))
     for f in np.unique(fold):
         held = fold == f
         predictor = fit_dice_predictor(x[~held], empty[~held], dice_values[~held], alpha, folds, seed)
-        out[held] = predictor.predict(x[held], empty[held])[0]
-    return out
+        out[held], interval[held] = predictor.predict(x[held], empty[held])
+    return out, interval
+
+
+def detection_score(score: str, values: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """A subject score's values oriented higher = more uncertain, with the empty-prediction convention: an
+    empty (or undefined) value takes the most uncertain value the non-empty cases reach (0 if none)."""
+    column = uncertain_side(score, values)
+    worst = np.nanmax(column[~empty]) if np.isfinite(column[~empty]).any() else 0.0
+    return np.where(empty | ~np.isfinite(column), worst, column)
+
+
+def referral_curve(errors: list[np.ndarray], points: int = 200) -> dict:
+    """Mean missed-error fraction over the cases at up to ``points`` thresholds (quantiles of the pooled
+    error values, exact values of the step function there): {"threshold": [...], "mean_missed_error_fraction":
+    [...]}, for the report's referral figure."""
+    pooled = np.concatenate([e for e in errors if e.size] or [np.zeros(0)])
+    if pooled.size == 0:
+        return {"threshold": [], "mean_missed_error_fraction": []}
+    grid = np.unique(np.quantile(pooled, np.linspace(0.0, 1.0, points), method="inverted_cdf"))
+    mean = [float(np.mean([missed_error_fraction(e, t) for e in errors])) for t in grid]
+    return {"threshold": grid.tolist(), "mean_missed_error_fraction": mean}
 
 
 def fit_calibration(cases: list[LabelledCase], alpha: float = 0.1, map_name: str = "entropy",
@@ -136,23 +156,21 @@ def fit_calibration(cases: list[LabelledCase], alpha: float = 0.1, map_name: str
                 "workload_mean": {"flagged_ml": float(np.mean([w["flagged_ml"] for w in workloads])),
                                   "flagged_percent_of_segment": float(np.nanmean(
                                       [w["flagged_percent_of_segment"] for w in workloads]))},
-                "per_case": {c.case: w for c, w in zip(cases, workloads, strict=True)}}
+                "per_case": {c.case: w for c, w in zip(cases, workloads, strict=True)},
+                "curve": referral_curve([c.errors for c in cases])}
     classes = {}
     for name in cases[0].dice:
         x, empty, dice_values = _score_matrix(cases, name)
-        predicted = out_of_fold_dice(x, empty, dice_values, alpha, folds, seed)
-        detection = {}
-        for j, score in enumerate(SUBJECT_SCORES):
-            column = uncertain_side(score, x[:, j])
-            worst = np.nanmax(column[~empty]) if np.isfinite(column[~empty]).any() else 0.0
-            column = np.where(empty | ~np.isfinite(column), worst, column)  # the empty-prediction convention
-            detection[score] = failure_detection(column, dice_values, failure_dice)
+        predicted, predicted_interval = out_of_fold_dice(x, empty, dice_values, alpha, folds, seed)
+        detection = {score: failure_detection(detection_score(score, x[:, j], empty), dice_values, failure_dice)
+                     for j, score in enumerate(SUBJECT_SCORES)}
         detection["predicted_dice"] = failure_detection(-predicted, dice_values, failure_dice)
         classes[name] = {
             "predicted_dice": {"method": METHOD, "coverage": 1 - alpha, "features": [*SUBJECT_SCORES, "empty"],
                                "training": {"scores": np.where(np.isnan(x), None, x).tolist(),
                                             "empty": empty.tolist(), "dice": dice_values.tolist()},
-                               "out_of_fold": dict(zip([c.case for c in cases], predicted.tolist(), strict=True))},
+                               "out_of_fold": dict(zip([c.case for c in cases], predicted.tolist(), strict=True)),
+                               "out_of_fold_interval": predicted_interval.tolist()},
             "failure_detection": detection,
             "usual_ranges": {s: [float(np.nanmin(x[:, j])), float(np.nanmax(x[:, j]))]
                              for j, s in enumerate(SUBJECT_SCORES) if np.isfinite(x[:, j]).any()},

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..calibration.apply import calibrated_scores, flagged_mask
+from ..calibration.apply import calibrated_scores, calibration_reference, flagged_mask
 from ..calibration.store import calibration_record
 from .assembly import SegmentationOutputs
+from .scores import LOWER_IS_UNCERTAIN, score_readings
 
 
 def apply_calibration(outputs: SegmentationOutputs, doc: dict, path: Path) -> str | None:
@@ -25,6 +26,8 @@ def apply_calibration(outputs: SegmentationOutputs, doc: dict, path: Path) -> st
         values = sitk.GetArrayViewFromImage(outputs.maps[doc["map"]])
         flagged = int(np.count_nonzero(flagged_mask(values, doc["referral"])))
     voxel_ml = math.prod(outputs.segmentation.GetSpacing()) / 1000.0
+    reference = calibration_reference(doc, LOWER_IS_UNCERTAIN)  # the calibration's ranges replace the card's
+    usual = (reference, score_readings(outputs.scores["classes"], reference))
     outputs.scores = calibrated_scores(doc, outputs.scores, flagged, int(np.count_nonzero(segmentation)), voxel_ml,
-                                       calibration_record(doc, path))
+                                       calibration_record(doc, path), usual)
     return None
