@@ -289,8 +289,10 @@ def _add_frame_anatomy(dataset: pydicom.Dataset, description) -> None:
 
 
 def measurement_report(scores: Mapping, seg: hd.seg.Segmentation, sources: Sequence[pydicom.Dataset],
-                       labels: Mapping[int, str], description, key: str) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 Measurement Report: per class one TID 1411 group referencing its segment."""
+                       labels: Mapping[int, str], description, key: str, extra_groups: Sequence = ()
+                       ) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 Measurement Report: per class one TID 1411 group referencing its segment, then
+    ``extra_groups`` (further measurement groups, e.g. the reviewed regions of results/dicom_review.py)."""
     groups = []
     readings = scores.get("readings", {})
     for number, (_, name) in enumerate(sorted(labels.items()), start=1):
@@ -329,7 +331,7 @@ def measurement_report(scores: Mapping, seg: hd.seg.Segmentation, sources: Seque
             uid=derived_uid(key, "device"), manufacturer_name=MANUFACTURER, model_name=description.name[:64]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.cid100.ImagingProcedure, imaging_measurements=groups,
+        procedure_reported=codes.cid100.ImagingProcedure, imaging_measurements=[*groups, *extra_groups],
         title=codes.cid7021.ImagingMeasurementReport)
     return hd.sr.Comprehensive3DSR(
         evidence=[*sources, seg], content=report, series_description="SegUncertainty scores",
