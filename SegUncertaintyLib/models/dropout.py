@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+MASK_GENERATOR = "mt19937"  # elementwise masks: one torch MT19937 generator per (seed, window, sample)
 
 
 def is_dropout(module: nn.Module) -> bool:
@@ -91,45 +94,110 @@ def per_sample_dropout_possible(network: nn.Module) -> bool:
     return all(type(m) in _HOOKABLE_DROPOUT for m in network.modules() if is_dropout(m))
 
 
+@dataclass(frozen=True)
+class DropoutCall:
+    """One dropout call of a forward pass, in call order: elementwise (nn.Dropout) or channel dropout, its p,
+    and the shape of its output without the batch axis, (C, z, y, x)."""
+
+    elementwise: bool
+    p: float
+    shape: tuple[int, ...]
+
+    @property
+    def mask_shape(self) -> tuple[int, ...]:
+        """The mask's shape without the batch axis: ``shape`` elementwise, (C, 1, ...) for channel dropout."""
+        return self.shape if self.elementwise else (self.shape[0], *[1] * (len(self.shape) - 1))
+
+
+class SampleMasks:
+    """The dropout masks of one batch: element b is sample ``samples[b]`` of window ``window`` in the run seeded
+    ``seed``. Each call of :meth:`keep` gives the next dropout call's keep mask (call order): elementwise masks
+    from a generator per element seeded ``sample_seed(seed, window, samples[b])``; the j-th channel call's (C,)
+    mask from ``channel_seed(seed, samples[b], j)``, whatever the window. A voxel or channel is kept when its
+    U(0, 1) draw is >= p. Every backend draws its masks here, so a seed gives the same samples on all of them."""
+
+    def __init__(self, seed: int, window: int, samples: Sequence[int], device: torch.device | str = "cpu"):
+        self.seed, self.samples, self.device = seed, list(samples), torch.device(device)
+        self.generators = [torch.Generator(device=self.device).manual_seed(sample_seed(seed, window, t))
+                           for t in self.samples]
+        self.channel_calls = 0
+
+    def keep(self, call: DropoutCall) -> torch.Tensor | None:
+        """(B, *shape) bool for an elementwise call, (B, C, 1, ...) for a channel call; None when p <= 0 (all
+        kept, nothing drawn); all False when p >= 1 (nothing drawn)."""
+        channel = None if call.elementwise else self.channel_calls
+        self.channel_calls += 0 if call.elementwise else 1
+        batch = len(self.samples)
+        if call.p <= 0.0:
+            return None
+        if call.p >= 1.0:
+            return torch.zeros((batch, *call.mask_shape), dtype=torch.bool, device=self.device)
+        if call.elementwise:
+            draws = [torch.rand(call.shape, generator=g, device=self.device) for g in self.generators]
+        else:
+            draws = [self._channel_draw(t, channel, call.shape[0]).view(call.mask_shape) for t in self.samples]
+        return torch.stack(draws) >= call.p
+
+    def _channel_draw(self, sample: int, call: int, channels: int) -> torch.Tensor:
+        generator = torch.Generator(device=self.device).manual_seed(channel_seed(self.seed, sample, call))
+        return torch.rand(channels, generator=generator, device=self.device)
+
+    def scaled(self, layout: Sequence[DropoutCall]) -> list[torch.Tensor]:
+        """The float32 multipliers keep / (1 - p) of every call of ``layout`` in order (1 where p <= 0): the
+        explicit mask inputs of an exported graph."""
+        out = []
+        for call in layout:
+            keep = self.keep(call)
+            shape = (len(self.samples), *call.mask_shape)
+            if keep is None:
+                out.append(torch.ones(shape, device=self.device))
+            elif call.p >= 1.0:
+                out.append(torch.zeros(shape, device=self.device))
+            else:
+                out.append(keep.to(torch.float32) * (1.0 / (1.0 - call.p)))
+        return out
+
+
+def dropout_call(module: nn.Module, output: torch.Tensor) -> DropoutCall:
+    """The :class:`DropoutCall` of one hookable dropout module's call on ``output`` (N, C, ...)."""
+    return DropoutCall(type(module) is nn.Dropout, float(module.p), tuple(output.shape[1:]))
+
+
+@torch.no_grad()
+def dropout_layout(network: nn.Module, window: Sequence[int]) -> list[DropoutCall]:
+    """The dropout calls of one pass of ``network`` on a (1, 1, *window) input, in call order (needs
+    :func:`per_sample_dropout_possible`)."""
+    calls: list[DropoutCall] = []
+    handles = [m.register_forward_hook(lambda m, _i, out: calls.append(dropout_call(m, out)))
+               for m in network.modules() if is_dropout(m)]
+    set_dropout(network, False)
+    try:
+        network(torch.zeros((1, 1, *window)))
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
 @contextlib.contextmanager
-def per_sample_dropout(network: nn.Module, element_seeds: Sequence[int], samples: Sequence[int], seed: int,
-                       device: torch.device) -> Iterator[None]:
-    """Within the block, batch element b is sample ``samples[b]`` of the run seeded ``seed``: nn.Dropout
-    draws its (elementwise) masks in call order from a generator seeded with ``element_seeds[b]``; the
-    j-th call of a channel dropout (Dropout1d/2d/3d) draws the (C,) mask from ``channel_seed(seed,
-    samples[b], j)``. A voxel or channel is kept when its U(0, 1) draw is >= p, then scaled by 1 / (1 - p).
+def per_sample_dropout(network: nn.Module, masks: SampleMasks) -> Iterator[None]:
+    """Within the block, the active dropout modules of ``network`` multiply their output by the next mask of
+    ``masks`` (call order), scaled by 1 / (1 - p): batch element b is sample ``masks.samples[b]``.
 
     Needs :func:`per_sample_dropout_possible`; the modules are switched to eval (identity) and a forward
     hook applies the mask, so torch's global generator is not used.
     """
-    if len(element_seeds) != len(samples):
-        raise ValueError(f"{len(element_seeds)} seeds for {len(samples)} samples")
-    generators = [torch.Generator(device=device).manual_seed(s) for s in element_seeds]
-    channel_calls = [0]
-
-    def channel_mask(sample: int, call: int, channels: int) -> torch.Tensor:
-        generator = torch.Generator(device=device).manual_seed(channel_seed(seed, sample, call))
-        return torch.rand(channels, generator=generator, device=device)
 
     def hook(module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
-        p = float(module.p)
-        elementwise = type(module) is nn.Dropout
-        call = None if elementwise else channel_calls[0]
-        if not elementwise:
-            channel_calls[0] += 1
-        if p <= 0.0:
+        call = dropout_call(module, output)
+        if output.shape[0] != len(masks.samples):
+            raise RuntimeError(f"dropout input batch {output.shape[0]} != {len(masks.samples)} samples")
+        keep = masks.keep(call)
+        if keep is None:
             return output
-        if p >= 1.0:
+        if call.p >= 1.0:
             return torch.zeros_like(output)
-        if output.shape[0] != len(generators):
-            raise RuntimeError(f"dropout input batch {output.shape[0]} != {len(generators)} samples")
-        if elementwise:
-            draws = [torch.rand(output.shape[1:], generator=g, device=output.device) for g in generators]
-        else:
-            spread = (output.shape[1], *[1] * (output.dim() - 2))
-            draws = [channel_mask(t, call, output.shape[1]).to(output.device).view(spread) for t in samples]
-        keep = torch.stack(draws) >= p
-        return output * keep.to(output.dtype) * (1.0 / (1.0 - p))
+        return output * keep.to(output.device, output.dtype) * (1.0 / (1.0 - call.p))
 
     active = [m for m in network.modules() if is_dropout(m) and m.training]
     handles = [m.register_forward_hook(hook) for m in active]
