@@ -15,6 +15,7 @@ which samples share a forward pass (``--max-batch`` and the out-of-memory fallba
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-MASK_GENERATOR = "mt19937"  # elementwise masks: one torch MT19937 generator per (seed, window, sample)
+# elementwise masks: numpy's Philox4x32-10, keyed by (sample_seed(seed, window, sample), call), counter from 0
+MASK_GENERATOR = "philox4x32-10"
 
 
 def is_dropout(module: nn.Module) -> bool:
@@ -111,51 +113,63 @@ class DropoutCall:
 
 class SampleMasks:
     """The dropout masks of one batch: element b is sample ``samples[b]`` of window ``window`` in the run seeded
-    ``seed``. Each call of :meth:`keep` gives the next dropout call's keep mask (call order): elementwise masks
-    from a generator per element seeded ``sample_seed(seed, window, samples[b])``; the j-th channel call's (C,)
-    mask from ``channel_seed(seed, samples[b], j)``, whatever the window. A voxel or channel is kept when its
-    U(0, 1) draw is >= p. Every backend draws its masks here, so a seed gives the same samples on all of them."""
+    ``seed``. Each call of :meth:`keep` gives the next dropout call's keep mask (call order):
+
+    - the j-th elementwise call: element b keeps a voxel when its 32-bit word u of a Philox4x32-10 stream
+      keyed by (``sample_seed(seed, window, samples[b])``, j), counter from 0, has u / 2^32 >= p (the words
+      fill the mask in C order). Counter-based: each (seed, window, sample, call) is its own stream, drawn
+      in one vectorised call, with no per-sample generator state;
+    - the j-th channel call: the (C,) mask from a torch generator seeded ``channel_seed(seed, samples[b], j)``,
+      whatever the window (one draw per sample across all its windows), kept where U(0, 1) >= p.
+
+    Every backend draws its masks here, so a seed gives the same samples on all of them."""
 
     def __init__(self, seed: int, window: int, samples: Sequence[int], device: torch.device | str = "cpu"):
         self.seed, self.samples, self.device = seed, list(samples), torch.device(device)
-        self.generators = [torch.Generator(device=self.device).manual_seed(sample_seed(seed, window, t))
-                           for t in self.samples]
-        self.channel_calls = 0
+        self.keys = [sample_seed(seed, window, t) for t in self.samples]
+        self.element_calls = self.channel_calls = 0
+
+    def _next(self, call: DropoutCall, scale: bool) -> torch.Tensor | None:
+        """The next call's mask: bool keep, or float32 keep / (1 - p) if ``scale``; None when p <= 0 and not
+        ``scale`` (all kept, nothing drawn)."""
+        batch, shape = len(self.samples), (len(self.samples), *call.mask_shape)
+        if call.elementwise:
+            index, self.element_calls = self.element_calls, self.element_calls + 1
+        else:
+            index, self.channel_calls = self.channel_calls, self.channel_calls + 1
+        if call.p <= 0.0 or call.p >= 1.0:
+            if not scale and call.p <= 0.0:
+                return None
+            fill = torch.ones if call.p <= 0.0 else torch.zeros
+            return fill(shape, dtype=torch.float32 if scale else torch.bool, device=self.device)
+        if call.elementwise:
+            size = math.prod(call.shape)
+            threshold = np.uint32(math.ceil(call.p * 2.0**32))  # u / 2^32 >= p  <=>  u >= ceil(p 2^32)
+            keep = np.empty((batch, size), np.float32 if scale else np.bool_)
+            for b, key in enumerate(self.keys):
+                words = np.random.Philox(key=[key, index]).random_raw((size + 1) // 2).view(np.uint32)[:size]
+                if scale:
+                    np.multiply(words >= threshold, np.float32(1.0 / (1.0 - call.p)), out=keep[b])
+                else:
+                    np.greater_equal(words, threshold, out=keep[b])
+            return torch.from_numpy(keep).view(shape).to(self.device)
+        draws = torch.stack([self._channel_draw(t, index, call.shape[0]) for t in self.samples]).view(shape)
+        keep = draws >= call.p
+        return keep.to(torch.float32) * (1.0 / (1.0 - call.p)) if scale else keep
 
     def keep(self, call: DropoutCall) -> torch.Tensor | None:
         """(B, *shape) bool for an elementwise call, (B, C, 1, ...) for a channel call; None when p <= 0 (all
-        kept, nothing drawn); all False when p >= 1 (nothing drawn)."""
-        channel = None if call.elementwise else self.channel_calls
-        self.channel_calls += 0 if call.elementwise else 1
-        batch = len(self.samples)
-        if call.p <= 0.0:
-            return None
-        if call.p >= 1.0:
-            return torch.zeros((batch, *call.mask_shape), dtype=torch.bool, device=self.device)
-        if call.elementwise:
-            draws = [torch.rand(call.shape, generator=g, device=self.device) for g in self.generators]
-        else:
-            draws = [self._channel_draw(t, channel, call.shape[0]).view(call.mask_shape) for t in self.samples]
-        return torch.stack(draws) >= call.p
+        kept); all False when p >= 1."""
+        return self._next(call, scale=False)
 
     def _channel_draw(self, sample: int, call: int, channels: int) -> torch.Tensor:
-        generator = torch.Generator(device=self.device).manual_seed(channel_seed(self.seed, sample, call))
-        return torch.rand(channels, generator=generator, device=self.device)
+        generator = torch.Generator().manual_seed(channel_seed(self.seed, sample, call))
+        return torch.rand(channels, generator=generator).to(self.device)
 
     def scaled(self, layout: Sequence[DropoutCall]) -> list[torch.Tensor]:
         """The float32 multipliers keep / (1 - p) of every call of ``layout`` in order (1 where p <= 0): the
         explicit mask inputs of an exported graph."""
-        out = []
-        for call in layout:
-            keep = self.keep(call)
-            shape = (len(self.samples), *call.mask_shape)
-            if keep is None:
-                out.append(torch.ones(shape, device=self.device))
-            elif call.p >= 1.0:
-                out.append(torch.zeros(shape, device=self.device))
-            else:
-                out.append(keep.to(torch.float32) * (1.0 / (1.0 - call.p)))
-        return out
+        return [self._next(call, scale=True) for call in layout]
 
 
 def dropout_call(module: nn.Module, output: torch.Tensor) -> DropoutCall:
