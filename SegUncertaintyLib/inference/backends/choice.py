@@ -17,6 +17,7 @@ import hashlib
 import json
 import platform
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -198,8 +199,21 @@ def choose_backend(model: LoadedModel, options: SegmentOptions, device: torch.de
     return choice
 
 
+# first network of a loaded model -> (backend, precision, threads) -> its runners: a model loaded once (a
+# cohort worker, the Slicer module) builds its ONNX Runtime sessions and OpenVINO compilations once
+_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def make_runners(model: LoadedModel, choice: BackendChoice) -> list:
-    """One runner per member for ``choice`` (backends/runners.py)."""
-    graphs = exported_graphs(model.card, model.networks) if choice.backend != "torch" else [None] * len(model.networks)
-    return [make_runner(choice.backend, choice.precision, net, graph, torch.get_num_threads())
-            for net, graph in zip(model.networks, graphs, strict=True)]
+    """One runner per member for ``choice`` (backends/runners.py); the exported backends' are made once per
+    loaded model (a torch runner holds its network, so caching it would keep the model alive)."""
+    threads = torch.get_num_threads()
+    if choice.backend == "torch":
+        return [make_runner("torch", choice.precision, net, None, threads) for net in model.networks]
+    built = _RUNNERS.setdefault(model.networks[0], {})
+    key = (choice.backend, choice.precision, threads)
+    if key not in built:
+        graphs = exported_graphs(model.card, model.networks)
+        built[key] = [make_runner(choice.backend, choice.precision, net, graph, threads)
+                      for net, graph in zip(model.networks, graphs, strict=True)]
+    return built[key]

@@ -66,14 +66,17 @@ class _GraphRunner:
 
     def __init__(self, graph: ExportedGraph):
         self.layout: Sequence[DropoutCall] = graph.layout
+        self.ones: dict[int, list[np.ndarray]] = {}  # batch size -> the all-ones masks (dropout off)
 
     def inputs(self, batch: torch.Tensor, masks: SampleMasks | None) -> list[np.ndarray]:
+        n = batch.shape[0]
         if masks is None:
-            n = batch.shape[0]
-            values = [torch.ones((n, *c.mask_shape)) for c in self.layout]
+            if n not in self.ones:
+                self.ones[n] = [np.ones((n, *c.mask_shape), np.float32) for c in self.layout]
+            values = self.ones[n]
         else:
-            values = masks.scaled(self.layout)
-        return [np.ascontiguousarray(v.cpu().numpy(), np.float32) for v in [batch, *values]]
+            values = [v.cpu().numpy() for v in masks.scaled(self.layout)]
+        return [np.ascontiguousarray(batch.cpu().numpy(), np.float32), *values]
 
 
 class OnnxRuntimeRunner(_GraphRunner):
