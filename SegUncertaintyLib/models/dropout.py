@@ -3,13 +3,17 @@
 Randomness, so that one sample is one network draw over the whole volume and a result never depends on
 which samples share a forward pass (``--max-batch`` and the out-of-memory fallback cannot change the maps):
 
-- elementwise dropout (nn.Dropout): sample t of window w draws its masks, in module-call order, from one
-  generator seeded with ``sample_seed(seed, w, t)``. Its masks have the window's shape, so windows cannot
-  share them; independent draws per window give the same per-voxel distribution as one whole-volume pass.
+- elementwise dropout (nn.Dropout): the mask of the j-th elementwise call of sample t in window w comes
+  from a counter-based Philox4x32-10 stream keyed by (``sample_seed(seed, w, t)``, j) (:class:`SampleMasks`).
+  Its masks have the window's shape, so windows cannot share them; independent draws per window give the
+  same per-voxel distribution as one whole-volume pass.
 - channel dropout (nn.Dropout1d/2d/3d, MONAI's spatial dropout): the mask of the j-th channel-dropout call
   of sample t has shape (channels,) and is drawn from ``channel_seed(seed, t, j)``, whatever the window,
   so every window of sample t drops the same channels, as one pass over the whole volume would. (Drawn per
   window, one sample would be a patchwork of networks and the volume spread would shrink about tenfold.)
+
+The masks are drawn on the CPU whatever the device and the backend (torch applies them with forward hooks,
+the exported graphs of inference/backends take them as inputs), so a seed gives the same samples everywhere.
 """
 
 from __future__ import annotations
