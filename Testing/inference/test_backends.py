@@ -197,3 +197,31 @@ def test_manifest_records_backend_precision_and_guard(unet_card, tmp_path):
     assert (record["backend"], record["precision"], record["guard"]) == ("onnxruntime", "fp32", 0.01)
     assert 0 < record["max_abs_dp"] <= FP32_TOLERANCE and record["mask_generator"]
     assert manifest["settings"]["backend"] == "onnxruntime"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@torch.no_grad()
+def test_channel_and_elementwise_masks_are_graph_inputs(unet_card, backend, tmp_path, monkeypatch):
+    """A network with channel (Dropout3d) and elementwise dropout exported with its masks as inputs: fed the
+    masks of SampleMasks, the runtime gives torch's hooked pass (same seed, window, samples) within fp32
+    tolerance, and the channel masks are shared by two windows of a sample while the elementwise ones are not."""
+    from torch import nn
+
+    from SegUncertaintyLib.inference.backends.runners import TorchRunner, make_runner
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path))  # a graph cache of its own: the key is the card's
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.Tanh(), nn.Dropout3d(0.5), nn.Conv3d(6, 6, 3, padding=1),
+                        nn.Tanh(), nn.Dropout(0.3), nn.Conv3d(6, 2, 1)).eval()
+    card = load_model(unet_card).card
+    graph = exported_graphs(card, [net])[0]
+    assert [(c.elementwise, c.p) for c in graph.layout] == [(False, 0.5), (True, 0.3)]
+    runner = make_runner(backend, "fp32", net, graph, torch.get_num_threads())
+    x = probe_window(card).repeat(2, 1, 1, 1, 1)
+    set_dropout(net, True)
+    want = TorchRunner(net, "fp32")(x, SampleMasks(1, 4, [2, 3]))
+    got = runner(x, SampleMasks(1, 4, [2, 3]))
+    set_dropout(net, False)
+    assert float((got - want).abs().max()) <= 1e-4 * max(1.0, float(want.abs().max()))
+    first, other_window = SampleMasks(1, 4, [2]).scaled(graph.layout), SampleMasks(1, 5, [2]).scaled(graph.layout)
+    assert torch.equal(first[0], other_window[0]) and not torch.equal(first[1], other_window[1])
