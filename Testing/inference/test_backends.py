@@ -89,18 +89,18 @@ def test_each_backend_gives_torch_fp32_probabilities(unet_card, backend, precisi
 
 
 def phantom_volume() -> np.ndarray:
-    image = sphere_phantom(size=(28, 26, 24), spacing=(3.0, 3.0, 3.0))
+    image = sphere_phantom(size=(22, 20, 18), spacing=(3.0, 3.0, 3.0), radius_mm=20.0)
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     return (array - array.mean()) / array.std()
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_same_seed_same_mc_dropout_samples_on_every_backend(unet_card, backend):
-    """MC dropout, T = 6, several overlapping windows, seed 3: the runtime's mean probability and per-sample
+    """MC dropout, T = 4, 8 overlapping windows, seed 3: the runtime's mean probability and per-sample
     labels equal torch's up to float tolerance (labels may differ only where p is within 0.01 of 0.5); a
     different seed differs by far more."""
     model = load_model(unet_card)
-    volume, plan = phantom_volume(), plan_samples("mc_dropout", 2, 6)
+    volume, plan = phantom_volume(), plan_samples("mc_dropout", 2, 4)
     config = WindowConfig(PATCH, overlap=0.5, max_batch=4, device="cpu", seed=3)
 
     def run(name: str, seed: int = 3):
