@@ -8,4 +8,4 @@ slicer-core, so imported with that fallback).
 
 # Every part, each after the parts it imports: the order in which the panel's Reload reloads them.
 PARTS = ("files", "volumes", "segments", "overlays", "scores_table", "regions", "flagged_voxels", "corrections",
-         "results", "persistence", "cohort_scene")
+         "results", "persistence", "cohort_scene", "calibrated_referral", "dicom_export")

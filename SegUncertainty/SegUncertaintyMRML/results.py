@@ -20,6 +20,8 @@ from . import overlays, scores_table, segments, volumes
 
 RUN_ATTRIBUTE = "SegUncertainty.Run"  # on every node of a run: the run's name
 ROLE_ATTRIBUTE = "SegUncertainty.Role"  # segmentation / map:<name> / probability:<label> / scores
+MANIFEST_ATTRIBUTE = "SegUncertainty.Manifest"  # on the run's segmentation: its manifest.json (saved with the scene)
+REFERRAL_ATTRIBUTE = "SegUncertainty.Referral"  # on the scores table: scores.json's "referral" (calibrated runs)
 MAP_ORDER = ("entropy", "mutual_information", "variance", "expected_entropy")
 
 
@@ -38,6 +40,7 @@ class RunNodes:
     scores: object = None
     folder_item: int = 0
     manifest: dict = field(default_factory=dict)
+    referral: dict | None = None  # scores.json's calibrated "referral" entry (calibration/apply.py); None without
 
     def all_nodes(self) -> list:
         return [self.segmentation, *self.maps.values(), *self.probabilities.values(), self.scores]
@@ -260,6 +263,10 @@ def import_results(scene, out_dir: str | Path, input_volume, colormap: str = "In
             node.SetAttribute(ROLE_ATTRIBUTE, f"probability:{entry['label']}")
             nodes.probabilities[entry["label"]] = node
         nodes.scores = scores_table.add_scores_table(scene, all_scores[-1], f"{run} scores")
+        nodes.referral = all_scores[-1].get("referral")
+        if nodes.referral is not None:
+            nodes.scores.SetAttribute(REFERRAL_ATTRIBUTE, json.dumps(nodes.referral))
+        segmentation.SetAttribute(MANIFEST_ATTRIBUTE, json.dumps(manifest))
         segmentation.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
         nodes.scores.SetAttribute(ROLE_ATTRIBUTE, "scores")
         for node in nodes.all_nodes():
@@ -297,10 +304,21 @@ def find_runs(scene) -> dict[str, dict]:
     return runs
 
 
+def _json_attribute(node, name: str):
+    """A node's attribute holding JSON, decoded; None when absent or unreadable."""
+    text = node.GetAttribute(name) if node is not None else None
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
 def run_from_roles(name: str, roles: dict) -> RunNodes:
     """Rebuild a RunNodes from the {role: node} dict of ``find_runs`` (after a scene reload)."""
     return RunNodes(
         name=name, segmentation=roles["segmentation"], scores=roles.get("scores"),
         maps={role[4:]: node for role, node in roles.items() if role.startswith("map:")},
         probabilities={role[12:]: node for role, node in roles.items() if role.startswith("probability:")},
+        manifest=_json_attribute(roles["segmentation"], MANIFEST_ATTRIBUTE) or {},
+        referral=_json_attribute(roles.get("scores"), REFERRAL_ATTRIBUTE),
     )

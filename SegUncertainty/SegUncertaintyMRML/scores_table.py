@@ -19,13 +19,31 @@ def format_value(value) -> str:
     return f"{value:.4g}"
 
 
+def predicted_dice_row(structure: str, predicted: dict, readings: dict) -> tuple[str, ...]:
+    """The row of a calibrated run's predicted Dice (calibration/apply.py): the value with its interval and
+    nominal coverage; the reading is scores.json's for the class's calibration: it says when the case lies
+    outside the calibration data."""
+    lo, hi = predicted["interval"]
+    value = (f"{predicted['value']:.3f} ({lo:.3f} - {hi:.3f}, nominal coverage "
+             f"{100 * predicted['coverage']:.0f} %)")
+    reading = readings.get(structure, {}).get("calibration", {}).get("reading") or ""  # calibration/apply.py
+    definition = ("Dice predicted from the subject scores, with a conformal interval "
+                  f"({predicted.get('method') or 'see the calibration report'}); marginal over cases, not per case")
+    return structure, "predicted Dice", value, reading, definition
+
+
 def score_rows(scores: dict) -> list[tuple[str, ...]]:
-    """One row per structure and score: (structure, score, value, reading, definition + direction)."""
+    """One row per structure and score: (structure, score, value, reading, definition + direction); a
+    calibrated run's predicted Dice first (:func:`predicted_dice_row`)."""
     definitions = scores.get("definitions", {})
     readings = scores.get("readings", {})
     rows = []
     for structure, values in scores["classes"].items():
+        if isinstance(values.get("predicted_dice"), dict):
+            rows.append(predicted_dice_row(structure, values["predicted_dice"], readings))
         for score, value in values.items():
+            if score == "predicted_dice":
+                continue
             info = definitions.get(score, {})
             direction = info.get("direction", "")
             reading = readings.get(structure, {}).get(score, {}).get("reading")

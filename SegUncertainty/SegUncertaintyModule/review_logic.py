@@ -7,7 +7,17 @@ from pathlib import Path
 
 import slicer
 import vtk
-from SegUncertaintyMRML import corrections, flagged_voxels, overlays, persistence, regions, results, volumes
+from SegUncertaintyMRML import (
+    calibrated_referral,
+    corrections,
+    dicom_export,
+    flagged_voxels,
+    overlays,
+    persistence,
+    regions,
+    results,
+    volumes,
+)
 from slicer.i18n import tr as _
 
 DEFAULT_FLAGGED_PERCENT = 5.0  # a new map starts with the threshold that flags this % of the segmentation
@@ -20,19 +30,28 @@ class ReviewLogic:
 
     def applyParameters(self, params) -> set[str]:
         """Bring the views in line with the parameter node, doing only what changed since the last call:
-        a new map (or run) rebuilds the referral and sets the threshold that flags DEFAULT_FLAGGED_PERCENT
-        (a restored run keeps its saved threshold), a new colormap restyles the map, a new opacity fades it,
+        a new map (or run) rebuilds the referral and sets the threshold that flags DEFAULT_FLAGGED_PERCENT, or,
+        on a calibrated run's map, its calibrated threshold (a new calibrated run shows that map first; a
+        restored run keeps its saved map and threshold), a new colormap restyles the map, a new opacity fades it,
         a new threshold moves the flagged voxels, a new region order or smallest region size resets the
         regions. Returns what changed: a subset of {"map", "colormap", "opacity", "threshold", "regions"}."""
         if self.run is None or not self.run.maps:
             return set()
         shown, changed = self._shown, set()
+        referral = self.run.referral
         mapName = params.uncertaintyMap if params.uncertaintyMap in self.run.maps else next(iter(self.run.maps))
+        if self.flagging is None and referral and referral["map"] in self.run.maps and not self._keepThreshold:
+            mapName = referral["map"]
         if self.flagging is None or shown.get("map") != mapName:
             flagging = self.showMap(mapName, params.colormap, params.overlayOpacity)
             keep = self._keepThreshold and 0.0 <= params.threshold <= flagging.maximum
             self._keepThreshold = False
-            threshold = params.threshold if keep else flagging.threshold_for_percent(DEFAULT_FLAGGED_PERCENT)
+            if keep:
+                threshold = params.threshold
+            elif referral and referral["map"] == mapName:
+                threshold = calibrated_referral.slider_threshold(referral, flagging.maximum)
+            else:
+                threshold = flagging.threshold_for_percent(DEFAULT_FLAGGED_PERCENT)
             shown.clear()
             shown.update(map=mapName, colormap=params.colormap, opacity=params.overlayOpacity)
             changed.add("map")
@@ -56,9 +75,21 @@ class ReviewLogic:
             self.order, self.minRegionMl = regionsWanted
             self.navigator = self.labels = None
             changed.add("regions")
-        if params.threshold != threshold:
-            params.threshold = threshold  # the nested call finds nothing left to do
+        if params.threshold != threshold or params.uncertaintyMap != mapName:
+            wasModifying = params.StartModify()  # both at once: the nested call finds nothing left to do
+            try:
+                params.threshold, params.uncertaintyMap = threshold, mapName
+            finally:
+                params.EndModify(wasModifying)
         return changed
+
+    def guaranteeText(self) -> str:
+        """What the calibration guarantees at the current threshold (calibrated_referral.guarantee_text), or
+        how to calibrate; "" before a map is shown."""
+        if self.flagging is None or self.flagging.threshold is None:
+            return ""
+        return calibrated_referral.guarantee_text(self.run.referral, self._shown.get("map", ""),
+                                                  self.flagging.threshold, self.flagging.maximum)
 
     def segmentEditorNode(self):
         """The scene's one SegUncertainty segment editor node (corrections.editor_node): the embedded Segment
@@ -170,3 +201,49 @@ class ReviewLogic:
 
     def export(self, folder: str) -> list[Path]:
         return persistence.export_run(slicer.mrmlScene, self.run, self.inputVolume, folder)
+
+    def dicomExportProblem(self) -> str | None:
+        """Why Export as DICOM cannot run (one line), or None."""
+        if self.run is None or self.inputVolume is None:
+            return _("Segment a volume first.")
+        return dicom_export.dicom_problem(self.inputVolume)
+
+    def exportDicom(self, folder: str, destination: str = "") -> tuple[list[Path], str]:
+        """Write the reviewed segmentation as a SEMIAUTOMATIC SEG and the reviewed regions as a TID 1500 SR
+        (dicom_export) into ``folder``/"<run> DICOM"; then, when ``destination`` names one (a DICOMweb URL, or
+        AET@HOST:PORT for DIMSE), send them there (sendDicom). Returns the files and what was sent ("" when
+        nothing). RuntimeError with one line on any failure."""
+        problem = self.dicomExportProblem()
+        if problem:
+            raise RuntimeError(problem)
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None:
+            raise RuntimeError(_("Slicer's DICOM database is not open: open the DICOM module once."))
+        from SegUncertaintyLib.core.errors import UsageError
+        from SegUncertaintyLib.results.dicom_review import export_review  # highdicom: only when exporting
+
+        target = Path(folder) / f"{self.run.name} DICOM".replace("/", "_")
+        try:
+            written = export_review(target, **dicom_export.review_inputs(self.run, self.inputVolume,
+                                                                         database.fileForInstance))
+        except (ValueError, UsageError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
+        sent = self.sendDicom(target, destination) if destination.strip() else ""
+        return written, sent
+
+    def sendDicom(self, folder, destination: str) -> str:
+        """Send an exported folder's objects with the library's cohort/pacs.py (only those the server lacks,
+        for DICOMweb), credentials from the environment or $SEGUNCERTAINTY_DICOMWEB_* as the command line
+        reads them; returns "stored N/M at DESTINATION"."""
+        from SegUncertaintyLib.cohort.pacs import Destination, store_run
+        from SegUncertaintyLib.core.errors import PacsError, UsageError
+        from SegUncertaintyLib.io.dicomweb import DicomWeb, read_credentials
+
+        destination = destination.strip()
+        try:
+            target = Destination(web=DicomWeb(destination, read_credentials())) if "://" in destination else \
+                Destination(dimse=destination)
+            stored, count, _ = store_run(Path(folder), target)
+        except (PacsError, UsageError) as exc:
+            raise RuntimeError(str(exc)) from None
+        return f"stored {stored}/{count} at {target.label}"

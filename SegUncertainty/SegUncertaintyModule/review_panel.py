@@ -1,6 +1,7 @@
-"""The panel's results and referral sections: the threshold's range and the flagged-voxel statistics, the
-referral curve, stepping through the flagged regions, marking them reviewed, correcting them (with the
-Segment Editor's Undo), and the export."""
+"""The panel's results and referral sections: the threshold's range, the flagged-voxel statistics and what a
+calibration guarantees at the threshold, the referral curve, stepping through the flagged regions, marking them
+reviewed, correcting them (with the Segment Editor's Undo), and the exports (files, and DICOM with an optional
+send)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class ReviewPanel:
         self.ui.addRegionButton.clicked.connect(lambda: self.onCorrectRegion("add"))
         self.ui.undoButton.clicked.connect(self.onUndo)
         self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.exportDicomButton.clicked.connect(self.onExportDicom)
 
     def updateReferral(self) -> None:
         """The threshold slider's range and the statistics and region labels, from the logic's state."""
@@ -34,6 +36,7 @@ class ReviewPanel:
             "{voxels} voxels flagged ({ml:.1f} mL, {pct:.1f} % of the segmentation; {inside} inside it)"
         ).format(voxels=stats.voxels, ml=stats.volume_ml, pct=stats.percent_of_segmentation,
                  inside=stats.inside_segmentation)
+        self.ui.guaranteeLabel.text = self.logic.guaranteeText()
         self.updateRegionLabels()
 
     def onShowCurve(self) -> None:
@@ -80,3 +83,18 @@ class ReviewPanel:
             written = self.logic.export(self.ui.exportDirectoryButton.directory)
             slicer.util.infoDisplay(_("Wrote {n} files to {folder}").format(
                 n=len(written), folder=self.ui.exportDirectoryButton.directory))
+
+    def updateDicomExport(self) -> None:
+        """Export as DICOM: enabled for a run whose input is a DICOM series; otherwise the tooltip says why."""
+        problem = self.logic.dicomExportProblem()
+        self.ui.exportDicomButton.enabled = problem is None
+        self.ui.exportDicomButton.toolTip = problem or _(
+            "Writes the reviewed segmentation (your edits included) as a DICOM SEG, algorithm type SEMIAUTOMATIC, "
+            "and a TID 1500 report of the regions marked reviewed: new series in the input's study; then sends "
+            "them when 'Send to' names a server")
+
+    def onExportDicom(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Export as DICOM failed."), waitCursor=True):
+            written, sent = self.logic.exportDicom(self.ui.exportDirectoryButton.directory, self.ui.pacsLineEdit.text)
+            message = _("Wrote {n} files to {folder}").format(n=len(written), folder=written[0].parent.parent)
+            slicer.util.infoDisplay(f"{message}; {sent}" if sent else message)

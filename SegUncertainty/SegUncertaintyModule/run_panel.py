@@ -56,6 +56,7 @@ class RunPanel:
         hasResult = self.logic.flagging is not None
         for name in ("resultsCollapsibleButton", "referralCollapsibleButton", "exportCollapsibleButton"):
             getattr(self.ui, name).enabled = hasResult
+        self.updateDicomExport()
 
     def updateDeviceWarning(self) -> None:
         params, volume = self._parameterNode, self._parameterNode and self._parameterNode.inputVolume

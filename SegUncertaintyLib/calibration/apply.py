@@ -9,6 +9,12 @@ Outside the calibration data, rule used: a class is outside when one of its subj
 where defined) lies outside the [min, max] the calibration cases reached for that class and score, or when
 its prediction is empty and no calibration case's was. Such a class reads OUTSIDE; the guarantee and the
 interval, which assume a case exchangeable with the calibration cases, are still written but do not apply.
+
+Usual ranges (issue 21, 1e): the calibration cases' ranges replace the model card's for this model, method
+and sample count (:func:`calibration_reference`): a score reads "review recommended" beyond the most
+uncertain value the calibration cases reached for its class (above the largest; below the smallest for a
+score where lower = more uncertain, dpw). scores.json's ``usual_ranges`` holds the bounds used and where
+they come from (``"from": "calibration"``; ``"model card"`` or ``"none"`` otherwise).
 """
 
 from __future__ import annotations
@@ -34,6 +40,18 @@ def outside_calibration(block: dict, scores: dict) -> list[str]:
     return outside
 
 
+def calibration_reference(doc: dict, lower_is_uncertain: frozenset[str]) -> dict:
+    """The calibration's usual ranges in the model card's ``score_reference`` form (one bound per class and
+    score, on its uncertain side), with ``from``, ``source``, ``method`` and ``n_samples``."""
+    return {"from": "calibration", "method": doc["method"], "n_samples": doc["n_samples"],
+            "source": (f"calibration {doc['id']}: the range the {doc['n']} calibration cases reached (review beyond "
+                       "their most uncertain value); replaces the model card's ranges for this method and sample "
+                       "count"),
+            "classes": {name: {s: {"review_below": lo} if s in lower_is_uncertain else {"review_above": hi}
+                               for s, (lo, hi) in block["usual_ranges"].items()}
+                        for name, block in doc["classes"].items()}}
+
+
 def predicted_dice(block: dict, scores: dict, alpha: float) -> dict:
     """{"value", "interval": [lo, hi], "coverage"} for one class from its subject scores."""
     training = block["predicted_dice"]
@@ -47,14 +65,27 @@ def predicted_dice(block: dict, scores: dict, alpha: float) -> dict:
             "coverage": training["coverage"], "method": training.get("method", "")}
 
 
+def flagged_mask(values: np.ndarray, referral: dict) -> np.ndarray:
+    """The voxels flagged for review: ``values`` (the referral map, any shape) at or above the threshold of
+    ``referral`` (scores.json's or the calibration's entry; "+inf" flags nothing, "-inf" everything)."""
+    return values >= threshold_from_json(referral["threshold"])
+
+
 def calibrated_scores(doc: dict, scores: dict, flagged_voxels: int | None, segment_voxels: int,
-                      voxel_ml: float, record: dict) -> dict:
+                      voxel_ml: float, record: dict, usual_ranges: tuple[dict, dict] | None = None) -> dict:
     """``scores`` (scores.json's document) with the calibration ``doc`` applied: top-level ``referral`` and
     ``calibration`` (``record``: id, sha256, file), per class ``predicted_dice`` and, outside the calibration
     data, an ``outside_calibration`` reading. ``flagged_voxels``: voxels of the map at or above the
-    threshold (None when the run wrote no such map); ``segment_voxels``: foreground voxels of the labelmap."""
+    threshold (None when the run wrote no such map); ``segment_voxels``: foreground voxels of the labelmap.
+    ``usual_ranges``: (:func:`calibration_reference`, the class readings against it), which replace the
+    card's readings and are recorded as ``usual_ranges``."""
+    readings = usual_ranges[1] if usual_ranges else scores.get("readings", {})
     out = {**scores, "classes": {k: dict(v) for k, v in scores["classes"].items()},
-           "readings": {k: dict(v) for k, v in scores.get("readings", {}).items()}}
+           "readings": {k: dict(v) for k, v in readings.items()}}
+    if usual_ranges:
+        reference = usual_ranges[0]
+        out.update(usual_ranges=reference, reference_source=reference["source"],
+                   reference_measured_with=f"{reference['method']}, {reference['n_samples']} samples")
     outside_any = []
     for name, values in out["classes"].items():
         block = doc["classes"].get(name)

@@ -35,14 +35,20 @@ def _checked(uncertainty: np.ndarray, risk: np.ndarray) -> tuple[np.ndarray, np.
     return u, r
 
 
-def aurc(uncertainty: np.ndarray, risk: np.ndarray) -> float:
-    """Area under the risk-coverage curve, ties in ``uncertainty`` averaged over their orders."""
+def risk_coverage(uncertainty: np.ndarray, risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The risk-coverage curve: coverage k/n (k = 1..n) and the selective risk there, the mean risk of the k
+    least uncertain cases, ties in ``uncertainty`` averaged over their orders."""
     u, r = _checked(uncertainty, risk)
     groups, inverse = np.unique(u, return_inverse=True)  # ascending: least uncertain first
     group_mean = np.bincount(inverse, weights=r) / np.bincount(inverse)
     ordered = group_mean[inverse][np.argsort(u, kind="stable")]
     k = np.arange(1, u.size + 1)
-    return float(np.mean(np.cumsum(ordered) / k))
+    return k / u.size, np.cumsum(ordered) / k
+
+
+def aurc(uncertainty: np.ndarray, risk: np.ndarray) -> float:
+    """Area under the risk-coverage curve: the mean of :func:`risk_coverage`'s selective risks."""
+    return float(np.mean(risk_coverage(uncertainty, risk)[1]))
 
 
 def oracle_aurc(risk: np.ndarray) -> float:

@@ -64,8 +64,14 @@ class DicePredictor:
     method: str = METHOD
 
     def predict(self, scores: np.ndarray, empty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted Dice (n,) and its interval (n, 2) on the Dice scale."""
-        point, interval = self.regressor.predict_interval(feature_matrix(scores, empty))
+        """Predicted Dice (n,) and its interval (n, 2) on the Dice scale. Fitted on fewer than
+        1 / min(alpha, 1 - alpha) cases (MAPIE's minimum; e.g. 9 cases at alpha = 0.1, as in the inner folds
+        of a small calibration's out-of-fold predictions) the interval is [0, 1]: no finite one is offered."""
+        x = feature_matrix(scores, empty)
+        if self.n < 1.0 / min(1.0 - self.coverage, self.coverage) - 1e-9:
+            point = self.regressor.predict(x)
+            return _dice_scale(point), np.tile([0.0, 1.0], (len(point), 1))
+        point, interval = self.regressor.predict_interval(x)
         lo, hi = interval[:, 0, 0], interval[:, 1, 0]
         return _dice_scale(point), np.column_stack([_dice_scale(lo, lower=True), _dice_scale(hi, upper=True)])
 

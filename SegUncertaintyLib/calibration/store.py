@@ -6,6 +6,9 @@ count as requested (``samples``; null = the method's default) and nothing else: 
 maps and so the threshold and the predicted Dice depend on all three. :func:`select_calibration` applies
 that rule: ``auto`` takes the newest matching file, a path is refused (UsageError, exit 2) when it does
 not match, ``none`` turns calibration off.
+
+Format versions: 2 adds ``temperature`` (calibration/temperature.py; every later run divides each pass's
+logits by its ``value``). Version 1 files stay readable and apply with t = 1 (they hold no temperature).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ..core.errors import UsageError
 from ..core.files import write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("calibration.schema.json")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 AUTO, OFF = "auto", "none"
 
 
@@ -55,9 +58,16 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def calibration_temperature(doc: dict) -> float:
+    """The temperature a run with calibration ``doc`` applies: its fitted t, 1 for a version-1 file."""
+    return float(doc.get("temperature", {}).get("value", 1.0))
+
+
 def calibration_record(doc: dict, path: Path) -> dict:
-    """The manifest's and scores.json's ``calibration``: id, sha256 of the file, file path."""
-    return {"id": doc["id"], "sha256": file_sha256(path), "file": str(path)}
+    """The manifest's and scores.json's ``calibration``: id, sha256 of the file, file path, and the temperature
+    applied to every pass's logits (files with one)."""
+    return {"id": doc["id"], "sha256": file_sha256(path), "file": str(path),
+            **({"temperature": calibration_temperature(doc)} if "temperature" in doc else {})}
 
 
 def read_calibration(path: str | os.PathLike) -> dict:

@@ -72,6 +72,11 @@ def check_case_name(name: str, where: str) -> str:
     return name
 
 
+def series_case_id(folder: str, uid: str) -> str:
+    """The case id of DICOM series ``uid`` whose files lie in ``folder`` (a real path): its name and a hash."""
+    return f"{_safe_stem(Path(folder).name)}-{_short_hash(folder + chr(0) + uid)}"
+
+
 def file_case(path: Path, given: str, name: str | None = None) -> Case:
     resolved = str(path.resolve())
     return Case(name or f"{_safe_stem(path.name)}-{_short_hash(resolved)}", resolved, given, named=name is not None)
@@ -112,7 +117,7 @@ def folder_cases(folder: Path, given: str) -> list[Case]:
         covered.update(os.path.dirname(f) for f in files)
         common = os.path.commonpath([os.path.dirname(f) for f in files])
         rel = os.path.relpath(common, os.path.realpath(folder))
-        cases.append(Case(f"{_safe_stem(Path(common).name)}-{_short_hash(common + chr(0) + series.uid)}", common,
+        cases.append(Case(series_case_id(common, series.uid), common,
                           str(Path(given) / rel) if rel != "." else given, series.uid, tuple(files)))
     for where in sorted({os.path.dirname(os.path.realpath(f)) for f in broken} - covered):  # no series read there
         if not any(os.path.join(where, "").startswith(s) for s in skipped):

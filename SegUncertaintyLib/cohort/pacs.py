@@ -6,16 +6,19 @@ one folder per series (``<SeriesInstanceUID>/``, its instances as ``<n>.dcm`` in
 a record ``<SeriesInstanceUID>.json`` (study and series UIDs, the sorted SOPInstanceUIDs and the sha256 of
 the files, each file's bytes in that order). A series whose instances differ between the listing before
 retrieval, the instances retrieved and a second listing after it has changed on the server: it is refused
-(PacsError, exit 7) and nothing of it is kept. A cached series whose listing and checksum still match is
-not retrieved again.
+(:class:`SeriesChanged`) and nothing of it is kept; in a cohort only its case fails (worklist.csv gives the
+reason; the other series go on; exit 8, COHORT_CASES_FAILED). A cached series whose listing and checksum
+still match is not retrieved again.
 
 Storing: each finished case's ``dicom/`` objects (the run's manifest lists them) go to a DICOMweb server by
 STOW-RS, sending only the instances the server does not hold yet (a QIDO-RS search of the study by
-SOPInstanceUID), or to a DIMSE node by C-STORE (every object: the objects' UIDs are derived from the run, so
-the node keeps one copy). worklist.csv records per case ``stored_to`` (the server's URL, or
-``dimse:AET@HOST:PORT``), ``stored`` (objects on the server / objects of the run, e.g. ``7/7``) and
-``store_error``. A store cut short (server down, refusal) records what was stored, leaves every local file
-in place and raises PacsError; the next run (or ``send``) sends only what is missing.
+SOPInstanceUID), or to a DIMSE node by C-STORE, sending only those a C-FIND (IMAGE level, per series) does not
+find there; a node that answers no C-FIND gets every object (their UIDs are derived from the run, so it
+keeps one copy). worklist.csv records per case ``stored_to`` (the server's URL, or ``dimse:AET@HOST:PORT``),
+``stored`` (objects on the server / objects of the run, e.g. ``7/7``), ``store_error`` and
+``store_checked`` (how the objects already there were found: ``QIDO-RS``, ``C-FIND``, or ``no C-FIND: ...``
+with the reason, every object sent). A store cut short (server down, refusal) records what was stored,
+leaves every local file in place and raises PacsError; the next run (or ``send``) sends only what is missing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ from ..core.errors import PacsError, UsageError
 from ..io.dicomweb import DicomWeb, RemoteSeries, dimse_store, parse_dimse
 
 CACHE = "dicomweb"  # the cohort folder's cache of retrieved series
+
+
+class SeriesChanged(PacsError):
+    """A series whose instances changed on the server while it was read (exit 7 alone, a failed case in a
+    cohort)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,8 @@ def _cached(record_path: Path, folder: Path, instances: list[str]) -> bool:
 
 def retrieve(server: DicomWeb, remote: RemoteSeries, cache: Path) -> Path:
     """``remote`` in ``cache``/<series UID>/ (retrieved unless cached with the same listing and checksum); the
-    folder. PacsError when the series changes on the server while it is read (nothing of it kept)."""
+    folder. SeriesChanged when the series changes on the server while it is read (nothing of it kept);
+    PacsError when the server fails."""
     listed = sorted(server.instance_uids(remote.study, remote.series))
     folder, record_path = cache / remote.series, cache / f"{remote.series}.json"
     if listed and _cached(record_path, folder, listed):
@@ -83,9 +92,9 @@ def retrieve(server: DicomWeb, remote: RemoteSeries, cache: Path) -> Path:
     retrieved = [str(d.SOPInstanceUID) for d in datasets]
     after = sorted(server.instance_uids(remote.study, remote.series))
     if not listed or retrieved != listed or after != listed:
-        raise PacsError(f"Series {remote.series} changed on {server.url} while it was read ({len(listed)} instances "
-                        f"listed, {len(retrieved)} retrieved, {len(after)} listed after); it was not used; run "
-                        "again once the series is complete")
+        raise SeriesChanged(f"Series {remote.series} changed on {server.url} while it was read ({len(listed)} "
+                            f"instances listed, {len(retrieved)} retrieved, {len(after)} listed after); it was not "
+                            "used; run again once the series is complete")
     staging = cache / f".{remote.series}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -105,17 +114,28 @@ def retrieve(server: DicomWeb, remote: RemoteSeries, cache: Path) -> Path:
 
 
 def fetch_series(server: DicomWeb, root: Path, studies: Sequence[str] = (), query: dict[str, str] | None = None,
-                 series: Sequence[str] = ()) -> list[str]:
-    """Retrieve the matching CT and MR series into ``root``/dicomweb/; their folders (the cohort's inputs).
-    PacsError (exit 7) when nothing matches or the server fails."""
+                 series: Sequence[str] = ()) -> tuple[list[str], list[dict]]:
+    """Retrieve the matching CT and MR series into ``root``/dicomweb/; (their folders: the cohort's inputs,
+    the series that changed while read: failed cases with ``case`` (the id the series' case has once read),
+    ``input`` and ``error``). PacsError (exit 7) when nothing matches or the server fails."""
     found = server.find_series(studies, query, series)
     if not found:
         asked = ", ".join([*(f"study {s}" for s in studies), *(f"{k}={v}" for k, v in (query or {}).items()),
                            *(f"series {s}" for s in series)])
         raise PacsError(f"No CT or MR series on {server.url} matches {asked or 'the search'}")
+    from .cases import series_case_id
+
     cache = root / CACHE
     cache.mkdir(exist_ok=True)
-    return [str(retrieve(server, remote, cache)) for remote in found]
+    folders, changed = [], []
+    for remote in found:
+        try:
+            folders.append(str(retrieve(server, remote, cache)))
+        except SeriesChanged as exc:
+            where = cache / remote.series
+            changed.append({"case": series_case_id(os.path.realpath(where), remote.series), "input": str(where),
+                            "error": str(exc)})
+    return folders, changed
 
 
 # -- storing -------------------------------------------------------------------------------------------
@@ -136,16 +156,18 @@ def run_objects(case_folder: Path) -> list[dict]:
     return objects
 
 
-def store_run(case_folder: Path, destination: Destination) -> tuple[int, int]:
-    """Send the run's DICOM objects; (objects now on the destination, objects of the run). PacsError on a
-    failure of the destination, its ``stored`` the objects of the run already there (they stay)."""
+def store_run(case_folder: Path, destination: Destination) -> tuple[int, int, str]:
+    """Send the run's DICOM objects the destination lacks; (objects now on the destination, objects of the
+    run, how those already there were found). PacsError on a failure of the destination, its ``stored`` the
+    objects of the run already there (they stay)."""
     import pydicom
 
     objects = run_objects(case_folder)
     if not objects:
-        return 0, 0
+        return 0, 0, ""
     if destination.dimse is not None:
-        return dimse_store(destination.dimse, [o["file"] for o in objects]), len(objects)
+        stored, checked = dimse_store(destination.dimse, [o["file"] for o in objects])
+        return stored, len(objects), checked
     web = destination.web
     datasets = [pydicom.dcmread(o["file"]) for o in objects]
     on_server = 0
@@ -156,12 +178,12 @@ def store_run(case_folder: Path, destination: Destination) -> tuple[int, int]:
             on_server += sum(str(d.SOPInstanceUID) in present for d in in_study)
             for dataset in in_study:  # one request each: a store cut short keeps every instance it completed
                 if str(dataset.SOPInstanceUID) not in present:
-                    web.store([dataset])
+                    web.store([dataset], study)
                     on_server += 1
     except PacsError as exc:
         exc.stored = on_server
         raise
-    return on_server, len(objects)
+    return on_server, len(objects), "QIDO-RS"
 
 
 def store_rows(root: Path, rows: list[dict], destination: Destination) -> tuple[int, str]:
@@ -177,7 +199,7 @@ def store_rows(root: Path, rows: list[dict], destination: Destination) -> tuple[
             row["stored"], row["store_error"] = "0", f"not sent: {error}"
             continue
         try:
-            stored, count = store_run(root / row["output"], destination)
+            stored, count, row["store_checked"] = store_run(root / row["output"], destination)
         except PacsError as exc:
             error = str(exc)
             row["stored"], row["store_error"] = f"{exc.stored}/{len(run_objects(root / row['output']))}", error
@@ -221,7 +243,7 @@ def send_folder(folder: Path, destination: Destination) -> tuple[int, int]:
     from ..core.manifest import ManifestError
 
     try:
-        stored, count = store_run(folder, destination)
+        stored, count, _ = store_run(folder, destination)
     except ManifestError as exc:
         raise UsageError(f"send: {folder} is neither a run nor a cohort folder of this tool (manifest.json: "
                          f"{exc})") from None

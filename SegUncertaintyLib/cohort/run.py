@@ -109,7 +109,7 @@ def _cases(inputs: Sequence[str | os.PathLike], options: SegmentOptions) -> list
 def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options: SegmentOptions | None = None,
                workers: int = 1, executor: str = "local", address: str | None = None, progress: str = "none",
                cancelled: Callable[[], bool] | None = None,
-               fetch: Callable[[Path], Sequence[str]] | None = None) -> list[dict]:
+               fetch: Callable[[Path], tuple[Sequence[str], list[dict]]] | None = None) -> list[dict]:
     """Segment every case ``inputs`` name into ``out``/<case id>/ and write ``out``/worklist.csv; return its
     rows (dicts of strings, in review order).
 
@@ -120,7 +120,8 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
     error) also leaves the worklist of the finished cases, then SegUncertaintyError (exit 1). Refusals
     before any case runs: UsageError (options, CSV, case names), InputImageError (no inputs), OutputError
     (``out`` not ours, or another run holds it). ``fetch`` (cohort/pacs.py): called with the cohort folder,
-    locked and listing ``pacs.CACHE``, it fills that cache and returns the inputs (``inputs`` is then unused).
+    locked and listing ``pacs.CACHE``, it fills that cache and returns the inputs (``inputs`` is then unused)
+    and the series it could not use, each a failed case (``case``, ``input``, one-line ``error``).
     """
     from ..core.progress import CohortProgress
     from ..io.publish import OutputFolder
@@ -131,6 +132,7 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
     if Path(options.model).exists():  # a model folder or card: the same one from any worker's folder
         options = dataclasses.replace(options, model=str(Path(options.model).resolve()))
     cases = _cases(inputs, options) if fetch is None else []
+    unread: list[dict] = []  # series fetch could not use: failed cases that never ran
     with OutputFolder(out, cohort_files) as cohort:
         root = cohort.path
         root.mkdir(exist_ok=True)
@@ -138,7 +140,8 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
             from .pacs import CACHE
 
             _write_manifest(root, (_listed(root) or set()) | {CACHE})
-            cases = _cases(fetch(root), options)
+            fetched, unread = fetch(root)
+            cases = _cases(fetched, options) if fetched else []
         _write_manifest(root, (_listed(root) or set()) | {c.id for c in cases} | {WORKLIST_CSV, WORKLIST_HTML})
         in_process = executor == "local" and workers == 1
         threads = max(1, (os.cpu_count() or 1) // workers) if executor == "local" and workers > 1 else None
@@ -171,9 +174,12 @@ def run_cohort(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, opti
         done = [results[i] for i in sorted(results)]
         for result in done:
             result["output"] = result["case"] if result["status"] != "failed" else ""
+        failed_reads = [{"status": "failed", "scores": None, "score_reference": None, "seconds": 0.0, "output": "",
+                         "method": options.method, "model": Path(options.model).name, "n_samples": options.samples,
+                         **case} for case in unread]
         reference = next((r["score_reference"] for r in done if r["status"] != "failed"), None)
         with review.locked(root / WORKLIST_CSV):  # a reviewer's mark made meanwhile is read, never lost
-            rows = _keep_reviews(rank_rows(done, reference), root, _current_settings(done, options))
+            rows = _keep_reviews(rank_rows(done + failed_reads, reference), root, _current_settings(done, options))
             columns = worklist_columns(rows)
             write_csv_atomic(root / WORKLIST_CSV, rows, columns)
             write_html(rows, columns, root)

@@ -13,7 +13,8 @@ requested ``samples``, ``overview`` and ``save_samples``: a case whose folder al
 The result: ``case``, ``status`` ("done", "skipped", "failed" or "cancelled"), ``seconds``, ``error``
 (one line, "" unless failed), ``method``, ``model`` (the model's name once loaded, else the name of the
 reference given), ``n_samples`` (drawn; the requested count or None before a run), and for a finished case
-``scores`` (scores.json's ``classes``) and ``score_reference`` (the model card's usual ranges or None).
+``scores`` (scores.json's ``classes``) and ``score_reference`` (the usual ranges the readings use: the
+calibration's when one was applied, else the model card's, or None).
 Every error is caught and recorded.
 """
 
@@ -25,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.files import series_sha256, sha256_file
@@ -98,6 +100,13 @@ def select_for_run(options: SegmentOptions, description) -> tuple[dict, Path] | 
     return select_calibration(options.calibration, weights, options.method, options.samples)
 
 
+def with_temperature(options: SegmentOptions, selected: tuple[dict, Path] | None) -> SegmentOptions:
+    """``options`` with the selected calibration's temperature (t = 1 without one, or from a version-1 file)."""
+    from ..calibration.store import calibration_temperature
+
+    return replace(options, temperature=1.0 if selected is None else calibration_temperature(selected[0]))
+
+
 def _segment(item: dict, options: SegmentOptions, model, settings: dict, cancelled, selected=None) -> dict:
     from ..inference.calibrated import apply_calibration
     from ..inference.segment import segment_image
@@ -131,6 +140,7 @@ def _run(item: dict, cancelled, result: dict) -> tuple[str, dict, dict | None]:
     model = _load(options)
     description = model.description
     selected = select_for_run(options, description)
+    options = with_temperature(options, selected)
     if selected is not None:
         from ..calibration.store import calibration_record
 
@@ -157,6 +167,8 @@ def process_case(item: dict) -> dict:
               "n_samples": item["options"]["samples"]}
     try:
         status, scores, reference = _run(item, _cancelled, result)
+        if scores.get("usual_ranges", {}).get("from") == "calibration":  # the calibration's replace the card's
+            reference = scores["usual_ranges"]
         applies = reference_applies(reference, scores.get("method"), scores.get("n_samples"))
         result.update(status=status, scores=scores.get("classes", {}), score_reference=reference if applies else None,
                       n_samples=scores.get("n_samples", result["n_samples"]))

@@ -1,7 +1,7 @@
 """worklist.csv: one row per case of a cohort run, ranked by review priority (rank 1 = review first).
 
 Fixed columns, in this order (``COLUMNS``), then per foreground class ``<class>:volume_ml`` (scores.json's
-``volume_ml``: the median of the per-sample volumes, mL) and for each
+``volume_ml``: the median of the per-sample volumes, mL), with a calibration the ``PREDICTED`` columns, and for each
 score of ``SUBJECT_SCORES`` ``<class>:<score>`` and ``<class>:<score>:reading`` (the reading against the
 model card's usual range: "within the model's usual range", "review recommended", "not defined", or
 empty where the card gives no range):
@@ -18,36 +18,41 @@ empty where the card gives no range):
 - priority: the review-priority value (higher = review first; empty for a failed case and for one
   without any defined score);
 - reason: one line saying why the case ranks where it does;
+- outside_calibration: with a calibration, the classes whose scores lie outside the calibration data (with
+  those scores), or "no"; empty without a calibration;
 - reviewed: "" or "yes"; reviewed_at: ISO 8601 time it was marked; reviewer_note: free text;
 - input: the input path as given; output: the case's output folder relative to the worklist's folder
   (empty for a failed case);
 - seconds: wall time of the case; error: one-line error of a failed case;
-- after ``--store``/``--store-dimse``/``send`` only: stored_to, stored, store_error (cohort/pacs.py).
+- after ``--store``/``--store-dimse``/``send`` only: stored_to, stored, store_error, store_checked
+  (cohort/pacs.py).
 
-Review priority (``rank_rows``; higher = review first):
+With a calibration applied (scores.json ``predicted_dice`` per class, calibration/apply.py) the per-class
+columns also hold ``<class>:predicted_dice``, ``<class>:predicted_dice_low`` and ``<class>:predicted_dice_high``
+(the predicted Dice and its conformal interval at coverage 1 - alpha), and ``outside_calibration`` says, per
+case, which classes' scores lie outside the calibration data ("no" when none; empty without a calibration).
 
-- when the model card gives usual ranges (``score_reference``: per class and score, ``review_above`` or
-  ``review_below`` a limit), each bounded score's relative excess over its limit is
-  ``(value - limit) / |limit - certain|`` for ``review_above`` and ``(limit - value) / |limit - certain|``
-  for ``review_below``, where ``certain`` is the score's value when all samples agree with zero entropy
-  (1 for dpw, 0 for the others): the distance beyond the limit in units of the limit's own distance from
-  certainty, so that dpw 0.95 against a limit 0.975 weighs as much as cv 0.024 against 0.012 (positive =
-  outside the usual range, "review recommended"; negative = inside). The priority is the largest excess
-  over all bounded (class, score) pairs: a case ranks by its single worst score, and every case outside
-  some usual range ranks before every case inside all of them. Undefined scores (null: one sample, an
-  empty segment) are left out; a case with no defined bounded score has no priority;
-- when the card gives no usual ranges for the run's method and sample count (fallback): each score of
-  each class is ranked within the cohort, on its uncertain side (dpw negated), as a mid-rank percentile
-  from 0 (least uncertain case) to 1 (most uncertain); the priority is the mean percentile over the
-  case's defined scores. It only orders this cohort: it says nothing about whether any case is outside
-  what the model usually does;
-- empty predictions first: a finished case where some class's delivered segmentation is empty
-  (scores.json ``empty_prediction``) ranks before every other case, its reason "no segmentation of
-  <class>: review" (a missed structure reads as certain in every score, so no score can rank it);
-- order: empty predictions, then cases with a priority (highest first), then finished cases without one,
-  then failed cases last (they have no outputs to review; the command's exit code 8 and its summary name
-  them); ties by
-  case id.
+Review order (``rank_rows``), in groups, then by ``priority`` (higher = review first), then by case id:
+
+0. empty predictions: a finished case where some class's delivered segmentation is empty (scores.json
+   ``empty_prediction``), its reason "no segmentation of <class>: review" (a missed structure reads as
+   certain in every score, so no score can rank it);
+1. outside the calibration data (the guarantee and the interval do not apply to it);
+2. calibrated cases, by ascending lower bound of the predicted Dice of their worst class: priority = 1 -
+   that lower bound (the Dice the case may lack, at the interval's coverage);
+3. cases without a calibration, by the uncalibrated failure detector ``DETECTOR`` (segment_entropy, the
+   mean over the predicted segment of the binary entropy of the mean probability): priority = its largest
+   value over the case's classes. Chosen on evidence measured here (README "Ranking without a
+   calibration"): on 40 labelled phantoms ``calibrate``'s failure detection gave segment_entropy AURC
+   0.136 against dpw 0.186 (mc_dropout, 8 samples; oracle 0.117, random 0.229) and 0.107 against 0.173
+   (ensemble; dpw carried no information), and on the real CT model pooled over organs segment_entropy
+   correlated most with Dice (Spearman -0.93, dpw +0.43; BENCHMARKS.md). Zenk et al. 2025 found pairwise
+   Dice (dpw) the strongest detector for ensembles of real nnU-Nets; that does not hold on this project's
+   data. segment_entropy is also defined for every method, one sample included (dpw is not). The model
+   card's usual ranges give the readings only, never the order: they were fitted on a few training heads
+   and say nothing of which cases fail;
+4. finished cases without a priority (no score defined); 5. failed cases (no outputs to review; the
+   command's exit code 8 and its summary name them).
 
 Files are written to a temporary file in the same folder and renamed over the old one.
 """
@@ -63,21 +68,26 @@ from ..core.files import write_text_atomic
 
 WORKLIST_CSV = "worklist.csv"
 SETTING_COLUMNS = ("method", "model", "samples")  # absent in worklists written before they were added
-COLUMNS = ("rank", "case", "status", *SETTING_COLUMNS, "priority", "reason", "reviewed", "reviewed_at",
-           "reviewer_note", "input", "output", "seconds", "error")
-REQUIRED = tuple(c for c in COLUMNS if c not in SETTING_COLUMNS)  # what every worklist has
+OUTSIDE_COLUMN = "outside_calibration"  # absent in worklists written before calibrations
+COLUMNS = ("rank", "case", "status", *SETTING_COLUMNS, "priority", "reason", OUTSIDE_COLUMN, "reviewed",
+           "reviewed_at", "reviewer_note", "input", "output", "seconds", "error")
+REQUIRED = tuple(c for c in COLUMNS if c not in (*SETTING_COLUMNS, OUTSIDE_COLUMN))  # what every worklist has
+PREDICTED = ("predicted_dice", "predicted_dice_low", "predicted_dice_high")  # per class, with a calibration
 STATUSES = ("done", "skipped", "failed", "stale")
-STORE_COLUMNS = ("stored_to", "stored", "store_error")  # cohort/pacs.py: where a case's DICOM objects went
+# cohort/pacs.py: where a case's DICOM objects went
+STORE_COLUMNS = ("stored_to", "stored", "store_error", "store_checked")
 REVIEW_FIELDS = ("reviewed", "reviewed_at", "reviewer_note")  # the reviewer's, kept when a worklist is rewritten
 
 
-def class_columns(class_names: list[str]) -> list[str]:
-    """The per-class columns after ``COLUMNS``, in order."""
+def class_columns(class_names: list[str], calibrated: bool = False) -> list[str]:
+    """The per-class columns after ``COLUMNS``, in order (``PREDICTED`` ones when ``calibrated``)."""
     from ..inference.scores import SUBJECT_SCORES
 
     columns = []
     for name in class_names:
         columns.append(f"{name}:volume_ml")
+        if calibrated:
+            columns += [f"{name}:{p}" for p in PREDICTED]
         for score in SUBJECT_SCORES:
             columns += [f"{name}:{score}", f"{name}:{score}:reading"]
     return columns
@@ -111,81 +121,64 @@ def _number(value) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def excess(score: str, value: float, bound: dict) -> float:
-    """Relative excess of ``value`` over a usual-range bound (> 0: outside the usual range): its distance
-    beyond the limit on the uncertain side over the limit's distance from the score's certain value
-    (``scores.certain_value``: 0, or 1 for dpw)."""
-    from ..inference.scores import certain_value
-
-    limit = float(bound["review_above"] if "review_above" in bound else bound["review_below"])
-    beyond = value - limit if "review_above" in bound else limit - value
-    return beyond / max(abs(limit - certain_value(score)), 1e-12)
+DETECTOR = "segment_entropy"  # the uncalibrated failure detector; why: the module docstring
 
 
-def _priority_from_ranges(scores: dict, reference: dict) -> tuple[float | None, str]:
-    """The largest relative excess over the card's bounds, and the reason."""
-    excesses = [(excess(score, scores[name][score], bound), name, score)
-                for name, bounds in reference.get("classes", {}).items() if name in scores
-                for score, bound in bounds.items() if scores[name].get(score) is not None]
-    if not excesses:
-        return None, "no bounded score defined (one sample or an empty segment)"
-    from ..inference.scores import read_score
+def _by_detector(scores: dict) -> tuple[float | None, str]:
+    """Priority by ``DETECTOR`` (its largest value over the classes), and the reason."""
+    values = [(v[DETECTOR], name) for name, v in scores.items() if v.get(DETECTOR) is not None]
+    if not values:
+        return None, "no score defined (an empty segment)"
+    value, name = max(values)
+    return value, (f"not calibrated: ranked by {DETECTOR}, the best uncalibrated failure detector measured; "
+                   f"highest {name} {value:.4g}")
 
-    worst, name, score = max(excesses)
-    outside = sum(e > 0 for e, _, _ in excesses)
-    usual = read_score(None, reference["classes"][name][score])["usual_range"]
-    shown = f"{name} {score} {scores[name][score]:.4g} (usual range {usual})"
+
+def _by_calibration(scores: dict) -> tuple[float | None, str, list[str]]:
+    """Priority 1 - the worst class's predicted-Dice lower bound, the reason, and the classes outside the
+    calibration data (with their scores)."""
+    predicted = {name: v["predicted_dice"] for name, v in scores.items() if v.get("predicted_dice")}
+    if not predicted:
+        return None, "", []
+    outside = [f"{name} ({', '.join(p['outside_calibration'])})" for name, p in predicted.items()
+               if p.get("outside_calibration")]
+    name, worst = min(predicted.items(), key=lambda kv: (kv[1]["interval"][0], kv[0]))
+    low, high = worst["interval"]
+    reason = (f"predicted Dice lower bound {low:.3f}, {name} (predicted {worst['value']:.3f}, interval "
+              f"[{low:.3f}, {high:.3f}] at coverage {worst['coverage']:g})")
     if outside:
-        return worst, f"{outside} score(s) outside the model's usual range; worst {shown}"
-    return worst, f"all scores within the model's usual range; closest {shown}"
-
-
-def _percentiles(finished: list[dict]) -> dict[str, dict[tuple[str, str], float]]:
-    """Per case, the mid-rank percentile (0-1, 1 = most uncertain) of each defined (class, score)."""
-    from ..inference.scores import SUBJECT_SCORES, uncertain_side
-
-    out: dict[str, dict[tuple[str, str], float]] = {r["case"]: {} for r in finished}
-    pairs = {(name, score) for r in finished for name in r["scores"] for score in SUBJECT_SCORES}
-    for name, score in sorted(pairs):
-        defined = [r for r in finished if r["scores"].get(name, {}).get(score) is not None]
-        cases = [r["case"] for r in defined]
-        values = uncertain_side(score, [r["scores"][name][score] for r in defined])
-        for case, value in zip(cases, values, strict=True):
-            below, equal = (values < value).sum(), (values == value).sum()
-            out[case][(name, score)] = (below + (equal - 1) / 2) / (len(values) - 1) if len(values) > 1 else 0.5
-    return out
+        reason = f"outside the calibration data: {'; '.join(outside)}: the guarantee does not apply; " + reason
+    return 1.0 - low, reason, outside
 
 
 def rank_rows(results: list[dict], reference: dict | None) -> list[dict]:
     """``results`` (process_case's dicts, with ``input``, ``output`` added) as worklist rows in review
-    order, ``rank``, ``priority`` and ``reason`` filled (the rule is in this module's docstring)."""
-    finished = [r for r in results if r["status"] != "failed"]
-    percentiles = None if reference else _percentiles(finished)
+    order, ``rank``, ``priority`` and ``reason`` filled (the rule is in this module's docstring).
+    ``reference``: the card's usual ranges, for the readings only."""
     keyed = []
     for r in results:
+        scores = r.get("scores") or {}
+        outside: list[str] = []
+        calibrated = False
         if r["status"] == "failed":
             priority, reason = None, "failed: " + (r.get("error") or "no details")
-        elif reference:
-            priority, reason = _priority_from_ranges(r["scores"], reference)
         else:
-            ranks = percentiles[r["case"]]
-            if ranks:
-                priority = sum(ranks.values()) / len(ranks)
-                top = max(ranks, key=lambda k: (ranks[k], k))
-                reason = (f"no usual ranges for this method in the model card: mean percentile within this cohort "
-                          f"{priority:.2f} over {len(ranks)} scores; highest {top[0]} {top[1]} ({ranks[top]:.2f})")
-            else:
-                priority, reason = None, "no score defined (one sample or an empty segment)"
-        empty = [name for name, values in (r.get("scores") or {}).items() if values.get("empty_prediction")]
+            priority, reason, outside = _by_calibration(scores)
+            calibrated = priority is not None
+            if not calibrated:
+                priority, reason = _by_detector(scores)
+        empty = [name for name, values in scores.items() if values.get("empty_prediction")]
         if r["status"] != "failed" and empty:
             reason = f"no segmentation of {', '.join(empty)}: review; " + reason
-        group = 3 if r["status"] == "failed" else (0 if empty else 2 if priority is None else 1)
-        keyed.append(((group, -(priority or 0.0), r["case"]), priority, reason, r))
+        group = (5 if r["status"] == "failed" else 0 if empty else 1 if outside else 2 if calibrated
+                 else 3 if priority is not None else 4)
+        keyed.append(((group, -(priority or 0.0), r["case"]), priority, reason, r, outside, calibrated))
     keyed.sort(key=lambda k: k[0])
     rows = []
-    for rank, (_, priority, reason, r) in enumerate(keyed, start=1):
+    for rank, (_, priority, reason, r, outside, calibrated) in enumerate(keyed, start=1):
         rows.append({**_row_values(r, reference), "rank": str(rank), "reason": reason,
-                     "priority": "" if priority is None else f"{priority:.4f}"})
+                     "priority": "" if priority is None else f"{priority:.4f}",
+                     "outside_calibration": "; ".join(outside) or ("no" if calibrated else "")})
     return rows
 
 
@@ -206,6 +199,10 @@ def _row_values(result: dict, reference: dict | None) -> dict:
         for score in SUBJECT_SCORES:
             row[f"{name}:{score}"] = _number(values.get(score))
             row[f"{name}:{score}:reading"] = readings.get(name, {}).get(score, {}).get("reading", "")
+        predicted = values.get("predicted_dice")
+        if predicted:
+            row[f"{name}:predicted_dice"] = _number(predicted["value"])
+            row[f"{name}:predicted_dice_low"], row[f"{name}:predicted_dice_high"] = map(_number, predicted["interval"])
     return row
 
 
@@ -240,4 +237,5 @@ def worklist_columns(rows: list[dict]) -> list[str]:
             if key.endswith(":volume_ml") and key[: -len(":volume_ml")] not in names:
                 names.append(key[: -len(":volume_ml")])
     stored = any(key in row for row in rows for key in STORE_COLUMNS)
-    return [*COLUMNS, *class_columns(names), *(STORE_COLUMNS if stored else ())]
+    calibrated = any(key.endswith(":predicted_dice") for row in rows for key in row)
+    return [*COLUMNS, *class_columns(names, calibrated), *(STORE_COLUMNS if stored else ())]

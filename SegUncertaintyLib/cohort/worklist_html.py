@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from ..core.files import write_text_atomic
 from .cases import SAFE_NAME
-from .worklist import STATUSES
+from .worklist import OUTSIDE_COLUMN, PREDICTED, STATUSES
 
 WORKLIST_HTML = "worklist.html"
 OVERVIEW = "overview.png"
@@ -82,7 +82,7 @@ def _case_cells(row: dict, root: Path) -> tuple[str, str]:
 
 def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUncertainty worklist") -> str:
     """The page for ``rows`` (worklist.csv's rows, in rank order) of the cohort folder ``root``."""
-    first = ["rank", "status", "priority", "reason"]
+    first = ["rank", "status", "priority", "reason", *(c for c in (OUTSIDE_COLUMN,) if c in columns)]
     per_class = [c for c in columns if ":" in c and not c.endswith(":reading")]
     shown = [*first, *per_class, *(c for c in columns if c not in (*first, *HIDDEN, "case") and ":" not in c)]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["overview", "case", *shown])
@@ -94,6 +94,11 @@ def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUn
             value = row.get(column, "") or ""
             if column == "status":
                 cells.append(_cell(value, html.escape(value) if value in STATUSES else ""))
+            elif column == OUTSIDE_COLUMN:
+                cells.append(_cell(value, "review" if value not in ("", "no") else "within" if value else ""))
+            elif column.rsplit(":", 1)[-1] in PREDICTED:
+                outside = row.get(OUTSIDE_COLUMN, "") not in ("", "no")
+                cells.append(_cell(value, "num review" if outside and value else "num"))
             elif ":" in column and column.rsplit(":", 1)[1] != "volume_ml":
                 reading = row.get(f"{column}:reading", "")
                 css = READING_CLASS.get(reading, "")
@@ -106,7 +111,9 @@ def render(rows: list[dict], columns: list[str], root: Path, title: str = "SegUn
     legend = ("Ranked by review priority (rank 1 first). Click a column header to sort. Score cells: green within "
               "the model's usual range, red review recommended, grey not defined (hover for the reading). "
               "Status stale: outputs of an earlier run with other settings (see method, model, samples), "
-              "listed after this run's cases and not ranked with them.")
+              "listed after this run's cases and not ranked with them. With a calibration: empty predictions, "
+              "then cases outside the calibration data (red), then ascending lower bound of the predicted Dice; "
+              "without one, by segment_entropy, the best uncalibrated failure detector measured.")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\'; '
             f'style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'

@@ -5,6 +5,7 @@ Torch-free: the command line checks them before anything heavy is imported.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .errors import UsageError
@@ -18,6 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: fp16 autocast with torch 
 # what each backend runs (fp16: torch on CUDA only; the exported backends run on the CPU)
 BACKEND_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}
 DEFAULT_BACKEND = "torch"  # the reference; auto is opt-in (BENCHMARKS.md "Inference backends" says why)
+SEG_TYPES = ("binary", "labelmap")  # --seg-type: the DICOM SEG of the segmentation (results/dicom_objects.py)
 
 
 def check_overlap_range(overlap: float) -> None:
@@ -43,11 +45,13 @@ class SegmentOptions:
     overview: bool = True
     save_samples: bool = False
     dicom: bool = False  # also the DICOM objects (results/dicom_objects.py); the input must be a DICOM series
+    seg_type: str = "binary"  # with dicom: the segmentation as a BINARY or a LABELMAP SEG
     calibration: str = "auto"  # auto: the newest calibration for these weights + method + samples; none; a file
     tolerance: float | None = None  # MC dropout: sample in rounds until the maps' Monte Carlo error is <= this
     compress: bool = True  # gzip the written volumes (lossless; ~8 % smaller float maps, much smaller labelmaps)
     backend: str = DEFAULT_BACKEND  # card models' forward passes: BACKENDS
     precision: str = "auto"  # PRECISIONS
+    temperature: float = 1.0  # every pass's logits are divided by this before the softmax (a calibration's t)
 
     @classmethod
     def from_args(cls, args) -> SegmentOptions:
@@ -55,7 +59,8 @@ class SegmentOptions:
                    device=args.device, seed=args.seed, max_batch=args.max_batch, format=args.format,
                    maps=tuple(args.maps) if args.maps else None, map_dtype=args.map_dtype,
                    overview=not args.no_overview, save_samples=args.save_samples,
-                   dicom=getattr(args, "dicom", False), calibration=getattr(args, "calibration", "auto"),
+                   dicom=getattr(args, "dicom", False), seg_type=getattr(args, "seg_type", "binary"),
+                   calibration=getattr(args, "calibration", "auto"),
                    compress=getattr(args, "compress", True), tolerance=getattr(args, "tolerance", None),
                    backend=getattr(args, "backend", DEFAULT_BACKEND), precision=getattr(args, "precision", "auto"))
 
@@ -73,6 +78,13 @@ class SegmentOptions:
             raise UsageError(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, got {self.map_dtype!r}")
         if self.maps is not None and not set(self.maps) <= set(MAP_CHOICES):
             raise UsageError(f"--maps must name maps from {','.join(MAP_CHOICES)}, got {self.maps!r}")
+        if self.seg_type not in SEG_TYPES:
+            raise UsageError(f"--seg-type must be one of {', '.join(SEG_TYPES)}, got {self.seg_type!r}")
+        if self.seg_type != "binary" and not self.dicom:
+            raise UsageError(f"--seg-type {self.seg_type} is the DICOM SEG's type: it needs --dicom")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
+                0 < self.temperature < math.inf):  # also refuses NaN
+            raise UsageError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         plan_samples(self.method, 2, self.samples)  # sample-count rules (the member count is checked later)
         if self.tolerance is not None:
             if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance < 1):  # also refuses NaN
@@ -99,8 +111,11 @@ class SegmentOptions:
 
     def settings(self, dicom_series: str | None) -> dict:
         """The manifest's ``settings`` as ``segment`` writes them (``dicom`` only when set and ``compress`` only
-        when off, so earlier runs' settings, a cohort's resume key, stay as they were)."""
-        return {**({"dicom": True} if self.dicom else {}), **({} if self.compress else {"compress": False}),
+        when off, ``seg_type`` only when not binary, so earlier runs' settings, a cohort's resume key, stay as
+        they were)."""
+        return {**({"dicom": True} if self.dicom else {}),
+                **({"seg_type": self.seg_type} if self.seg_type != "binary" else {}),
+                **({} if self.compress else {"compress": False}),
                 **({"tolerance": self.tolerance} if self.tolerance is not None else {}),
                 **({"backend": self.backend} if self.backend != DEFAULT_BACKEND else {}),
                 **({"precision": self.precision} if self.precision != "auto" else {}),

@@ -1,8 +1,8 @@
 """Fit a calibration from labelled case folders (``segment`` outputs and reference labelmaps): the referral
 threshold by conformal risk control with its workload, the predicted Dice per class with CV+ intervals, and
 failure detection per score. The mathematics is in SegUncertaintyLib/calibration/; this module reads the
-cases (as evaluate reads them, grids checked) and assembles a JSON-ready result. The temperature is not
-fitted here: it needs every pass's logits, which case folders do not keep.
+cases (as evaluate reads them, grids checked) and assembles a JSON-ready result. The temperature needs every
+pass's logits, which case folders do not keep: evaluation/temperature_fit.py collects and fits them.
 
 Per case, on the case's labelmap: E = {prediction != reference} (any class), the uncertainty map's values
 at E (calibration.risk_control.error_values), Dice per foreground class, and the scores.json subject scores
@@ -52,6 +52,7 @@ class LabelledCase:
     reference: np.ndarray
     voxel_ml: float
     classes: dict[int, str]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (z, y, x) mm of the case's grid
 
 
 def read_labelled_case(case_dir: Path, reference_path: Path, map_name: str = "entropy",
@@ -78,7 +79,7 @@ def read_labelled_case(case_dir: Path, reference_path: Path, map_name: str = "en
         empty={name: empty_prediction(scores.get(name, {}), float((prediction == v).sum() * voxel_ml))
                for v, name in classes},
         uncertainty=uncertainty, prediction=prediction, reference=reference, voxel_ml=voxel_ml,
-        classes=dict(classes))
+        classes=dict(classes), spacing=tuple(reversed(seg_image.GetSpacing())))
 
 
 def referral_workload(case: LabelledCase, threshold: float) -> dict:
@@ -101,17 +102,37 @@ def _score_matrix(cases: list[LabelledCase], name: str) -> tuple[np.ndarray, np.
 
 
 def out_of_fold_dice(x: np.ndarray, empty: np.ndarray, dice_values: np.ndarray, alpha: float, folds: int,
-                     seed: int) -> np.ndarray:
-    """Each case's predicted Dice from a predictor fitted without its fold (cross-fitting), for failure
-    detection on held-out cases."""
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each case's predicted Dice (n,) and its interval (n, 2) from a predictor fitted without its fold
+    (cross-fitting), for failure detection and the report's predicted-vs-actual figure on held-out cases."""
     rng = np.random.default_rng(seed)
     fold = rng.permutation(len(x)) % min(folds, len(x))
-    out = np.empty(len(x))
+    out, interval = np.empty(len(x)), np.empty((len(x), 2))
     for f in np.unique(fold):
         held = fold == f
         predictor = fit_dice_predictor(x[~held], empty[~held], dice_values[~held], alpha, folds, seed)
-        out[held] = predictor.predict(x[held], empty[held])[0]
-    return out
+        out[held], interval[held] = predictor.predict(x[held], empty[held])
+    return out, interval
+
+
+def detection_score(score: str, values: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """A subject score's values oriented higher = more uncertain, with the empty-prediction convention: an
+    empty (or undefined) value takes the most uncertain value the non-empty cases reach (0 if none)."""
+    column = uncertain_side(score, values)
+    worst = np.nanmax(column[~empty]) if np.isfinite(column[~empty]).any() else 0.0
+    return np.where(empty | ~np.isfinite(column), worst, column)
+
+
+def referral_curve(errors: list[np.ndarray], points: int = 200) -> dict:
+    """Mean missed-error fraction over the cases at up to ``points`` thresholds (quantiles of the pooled
+    error values, exact values of the step function there): {"threshold": [...], "mean_missed_error_fraction":
+    [...]}, for the report's referral figure."""
+    pooled = np.concatenate([e for e in errors if e.size] or [np.zeros(0)])
+    if pooled.size == 0:
+        return {"threshold": [], "mean_missed_error_fraction": []}
+    grid = np.unique(np.quantile(pooled, np.linspace(0.0, 1.0, points), method="inverted_cdf"))
+    mean = [float(np.mean([missed_error_fraction(e, t) for e in errors])) for t in grid]
+    return {"threshold": grid.tolist(), "mean_missed_error_fraction": mean}
 
 
 def fit_calibration(cases: list[LabelledCase], alpha: float = 0.1, map_name: str = "entropy",
@@ -136,23 +157,21 @@ def fit_calibration(cases: list[LabelledCase], alpha: float = 0.1, map_name: str
                 "workload_mean": {"flagged_ml": float(np.mean([w["flagged_ml"] for w in workloads])),
                                   "flagged_percent_of_segment": float(np.nanmean(
                                       [w["flagged_percent_of_segment"] for w in workloads]))},
-                "per_case": {c.case: w for c, w in zip(cases, workloads, strict=True)}}
+                "per_case": {c.case: w for c, w in zip(cases, workloads, strict=True)},
+                "curve": referral_curve([c.errors for c in cases])}
     classes = {}
     for name in cases[0].dice:
         x, empty, dice_values = _score_matrix(cases, name)
-        predicted = out_of_fold_dice(x, empty, dice_values, alpha, folds, seed)
-        detection = {}
-        for j, score in enumerate(SUBJECT_SCORES):
-            column = uncertain_side(score, x[:, j])
-            worst = np.nanmax(column[~empty]) if np.isfinite(column[~empty]).any() else 0.0
-            column = np.where(empty | ~np.isfinite(column), worst, column)  # the empty-prediction convention
-            detection[score] = failure_detection(column, dice_values, failure_dice)
+        predicted, predicted_interval = out_of_fold_dice(x, empty, dice_values, alpha, folds, seed)
+        detection = {score: failure_detection(detection_score(score, x[:, j], empty), dice_values, failure_dice)
+                     for j, score in enumerate(SUBJECT_SCORES)}
         detection["predicted_dice"] = failure_detection(-predicted, dice_values, failure_dice)
         classes[name] = {
             "predicted_dice": {"method": METHOD, "coverage": 1 - alpha, "features": [*SUBJECT_SCORES, "empty"],
                                "training": {"scores": np.where(np.isnan(x), None, x).tolist(),
                                             "empty": empty.tolist(), "dice": dice_values.tolist()},
-                               "out_of_fold": dict(zip([c.case for c in cases], predicted.tolist(), strict=True))},
+                               "out_of_fold": dict(zip([c.case for c in cases], predicted.tolist(), strict=True)),
+                               "out_of_fold_interval": predicted_interval.tolist()},
             "failure_detection": detection,
             "usual_ranges": {s: [float(np.nanmin(x[:, j])), float(np.nanmax(x[:, j]))]
                              for j, s in enumerate(SUBJECT_SCORES) if np.isfinite(x[:, j]).any()},

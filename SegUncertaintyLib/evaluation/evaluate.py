@@ -10,6 +10,14 @@ per-case results and summed calibration bins, so memory stays that of one case.
 Out-of-distribution cases (``--ood``) need no reference: only their subject scores are read, and they
 are reported on their own (AUROC per score); they never enter calibration, threshold selection,
 correlations or the figures. An in-distribution case without a reference is skipped with a note.
+
+Failure detection and calibrated decisions (issue 21, section 3), per class over the evaluated cases:
+AURC, E-AURC, oracle and random AURC and the failure AUROC (Dice < ``FAILURE_DICE``) of each subject score
+(empty predictions as the most uncertain cases, the stated convention) and, for calibrated runs, of the
+predicted Dice (calibration/failure.py); for calibrated runs also the realised missed-error fraction at the
+run's threshold λ̂ (scores.json ``referral``: the fraction of the case's error voxels, prediction !=
+reference over all classes, whose map value is below λ̂; the same value on every class row of a case)
+against α, and how many predicted-Dice intervals hold the actual Dice against their nominal coverage.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..calibration.failure import failure_detection
+from ..calibration.risk_control import error_values, missed_error_fraction
+from ..calibration.store import threshold_from_json
 from ..core.errors import InputImageError, UsageError
 from ..core.files import read_json_object, safe_stems
 from ..core.manifest import MANIFEST, ManifestError, is_plain_name, parse_manifest
@@ -47,8 +58,10 @@ from .referral import (
     threshold_referral,
     ue_dice_curve,
 )
+from .temperature_fit import BEFORE_AFTER, before_temperature_columns
 
 REFERRAL_MAPS = ("entropy", "mutual_information", "variance")
+FAILURE_DICE = 0.8  # a case fails below this Dice (failure AUROC), as calibrate's default --failure-dice
 FRACTIONS = np.linspace(0, 0.2, 41)  # referral curve: 0-20 % of voxels, in 0.5 % steps
 # short citations; the full titles are in PAPERS (summary "papers", the report's Papers section)
 JUNGO, SANDER = "Jungo and Reyes 2019", "Sander et al. 2019"
@@ -79,6 +92,13 @@ EVALUATION_CONVENTIONS = {
            "(oriented so that higher = more uncertain, dpw negated; ties count one half) for OOD against the "
            "evaluated in-distribution cases; never in calibration, thresholds, correlations or figures",
     "statistics": STATISTICS["p_values"] + "; " + STATISTICS["intervals"],
+    "failure_detection": f"risk = 1 - Dice; AURC = mean over coverages k/n of the mean risk of the k least "
+                         f"uncertain cases (ties averaged), E-AURC = AURC - AURC of the ordering by risk, random "
+                         f"AURC = mean risk; failure AUROC for Dice < {FAILURE_DICE}; empty predictions as the most "
+                         f"uncertain cases; the predicted Dice (calibrated runs) ranks low predicted Dice first",
+    "missed_error_fraction": "calibrated runs: the fraction of a case's error voxels (prediction != reference, any "
+                             "class) with map value below the run's threshold; its expectation over cases "
+                             "exchangeable with the calibration cases is at most alpha (marginal, not per case)",
     "diversity": f"the subject score 'diversity' is scores.json's value (model grid); GED's sample term "
                  f"(ged_sample_diversity) is the same definition on the saved samples on the reference grid "
                  f"({CZOLBE})",
@@ -91,6 +111,7 @@ EVALUATION_CONVENTIONS = {
                          "foreground - mean probability), > 0 under-confident; tolerance = |90th percentile| of the "
                          "methods' pooled signed errors; a case's error is averaged over the methods evaluated "
                          "together (per-method fractions use the same tolerance)",
+    "temperature": BEFORE_AFTER,
 }
 
 
@@ -289,6 +310,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     if mask_path is not None:
         mask = _array(mask_path)[0] != 0
     scores = _score_classes(files["scores"]) if "scores" in files else {}
+    decisions = calibrated_decisions(files, segmentation, reference)
     maps = {name: _array(files[name])[0] for name in REFERRAL_MAPS if name in files}
     classes = [(int(v), name) for v, name in manifest["labels"].items() if int(v) != 0]
     probs = {name: (np.clip(_array(files[name])[0], 0, 1) if name in files else (segmentation == v).astype(np.float64))
@@ -296,6 +318,7 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     refs = {name: (reference == v if reference is not None else np.mean([a == v for a in annotations], 0) >= 0.5)
             for v, name in classes}
     top_label = top_label_bins(probs, refs, spacing)
+    temperature = before_temperature_columns(manifest, *top_label_arrays(probs, refs, spacing))
     results = []
     for value, label in classes:
         pred = segmentation == value
@@ -312,8 +335,14 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
         for region, stats in bins.items():
             row |= {f"{k}_{region}": v for k, v in stats.summary().items() if k != "voxels"}
         row["signed_calibration_error"] = bins["volume"].signed_error()
+        row |= temperature
         row |= {s: scores.get(label, {}).get(s) for s in SUBJECT_SCORES}
         row["empty_prediction"] = empty_prediction(scores.get(label, {}), row["predicted_ml"])
+        predicted = scores.get(label, {}).get("predicted_dice") or {}
+        row |= {**decisions, "predicted_dice": predicted.get("value"),
+                "predicted_dice_low": (predicted.get("interval") or [None, None])[0],
+                "predicted_dice_high": (predicted.get("interval") or [None, None])[1],
+                "predicted_dice_nominal_coverage": predicted.get("coverage")}
         entropy = maps.get("entropy")
         if entropy is None:  # left out by segment --maps: the entropy-based values are n/a (NaN), not zeros
             missing = np.full(len(THRESHOLDS), np.nan)
@@ -335,10 +364,63 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     return results
 
 
-def top_label_bins(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray],
-                   spacing: tuple[float, float, float]) -> dict[str, BinStats]:
-    """Mehrtash et al. 2020's top-label statistics over all classes of one case, in the whole volume and in
-    the dilated box of all foreground references. probs/refs: per foreground class, in label order."""
+def calibrated_decisions(files: dict[str, Path], segmentation: np.ndarray, reference: np.ndarray | None) -> dict:
+    """A calibrated run's realised missed-error fraction at its threshold (scores.json ``referral``) and α;
+    None values for a run without a calibration, without the threshold's map, or with several annotators."""
+    referral = read_json(files["scores"], "scores file").get("referral") if "scores" in files else None
+    if referral is None or reference is None:
+        return {"missed_error_fraction": None, "referral_alpha": None}
+    try:
+        threshold, alpha = threshold_from_json(referral["threshold"]), float(referral["alpha"])
+        map_name = referral["map"]
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise InputImageError(f"Scores file {files['scores']}: field 'referral' needs 'map', a numeric 'threshold' "
+                              f"and 'alpha' ({type(exc).__name__}: {exc})") from exc
+    if map_name not in files:
+        return {"missed_error_fraction": None, "referral_alpha": None}
+    errors = error_values(_array(files[map_name])[0], segmentation, reference)
+    return {"missed_error_fraction": missed_error_fraction(errors, threshold), "referral_alpha": alpha}
+
+
+def failure_table(rows: list[dict], failure_dice: float = FAILURE_DICE) -> dict[str, dict | None]:
+    """Per subject score (empty predictions as the most uncertain) and, when every row has one, the predicted
+    Dice: calibration.failure.failure_detection against the rows' Dice; None for a score undefined on some
+    non-empty case (one sample)."""
+    dice = _score_column(rows, "dice")
+    if not np.isfinite(dice).all():
+        return {s: None for s in SUBJECT_SCORES}
+    columns = {s: uncertain_side(s, empty_as_most_uncertain(rows, s)) for s in SUBJECT_SCORES}
+    predicted = _score_column(rows, "predicted_dice")
+    if np.isfinite(predicted).all():
+        columns["predicted_dice"] = -predicted
+    return {s: failure_detection(u, dice, failure_dice) if np.isfinite(u).all() else None
+            for s, u in columns.items()}
+
+
+def decision_summary(rows: list[dict]) -> dict:
+    """The realised missed-error fraction (mean over the calibrated cases, with α) and the predicted-Dice
+    intervals' coverage (how many hold the actual Dice, with the nominal coverage); {} without calibration."""
+    out = {}
+    missed = _score_column(rows, "missed_error_fraction")
+    if np.isfinite(missed).any():
+        alphas = {r["referral_alpha"] for r in rows if r.get("referral_alpha") is not None}
+        out["missed_error_fraction"] = {"mean": float(np.nanmean(missed)), "n": int(np.isfinite(missed).sum()),
+                                        "alpha": alphas.pop() if len(alphas) == 1 else None}
+    low, high = _score_column(rows, "predicted_dice_low"), _score_column(rows, "predicted_dice_high")
+    known = np.isfinite(low) & np.isfinite(high)
+    if known.any():
+        dice = _score_column(rows, "dice")[known]
+        held = int(((low[known] <= dice) & (dice <= high[known])).sum())
+        nominal = {r["predicted_dice_nominal_coverage"] for r in rows if r.get("predicted_dice_nominal_coverage")}
+        out["predicted_dice_coverage"] = {"held": held, "n": int(known.sum()), "fraction": held / int(known.sum()),
+                                          "nominal": nominal.pop() if len(nominal) == 1 else None}
+    return out
+
+
+def top_label_arrays(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray], spacing: tuple[float, float, float]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(C, *S) probabilities of every class (background = 1 - the others), (*S) reference class indices and
+    the dilated box of all foreground references."""
     foreground = np.stack(list(probs.values()))
     background = np.clip(1.0 - foreground.sum(0), 0.0, 1.0)
     everything = np.concatenate([background[None], foreground])
@@ -346,7 +428,14 @@ def top_label_bins(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray],
     label = np.zeros(background.shape, np.int64)
     for index, ref in enumerate(refs.values(), start=1):
         label[ref] = index
-    box = dilated_foreground_box(label > 0, spacing)
+    return everything, label, dilated_foreground_box(label > 0, spacing)
+
+
+def top_label_bins(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray],
+                   spacing: tuple[float, float, float]) -> dict[str, BinStats]:
+    """Mehrtash et al. 2020's top-label statistics over all classes of one case, in the whole volume and in
+    the dilated box of all foreground references. probs/refs: per foreground class, in label order."""
+    everything, label, box = top_label_arrays(probs, refs, spacing)
     return {"toplabel_volume": BinStats.top_label(everything, label),
             "toplabel_box": BinStats.top_label(everything, label, box)}
 
@@ -533,6 +622,8 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
                 s: score_quality_correlation(empty_as_most_uncertain(rows, s), disagreement) for s in SUBJECT_SCORES}
         block["score_vs_dice"] = {s: score_quality_correlation(empty_as_most_uncertain(rows, s), dice)
                                   for s in SUBJECT_SCORES}
+        block["failure_detection"] = failure_table(rows)
+        block |= decision_summary(rows)
         ood_rows = [{"case": case, **classes[label], "empty_prediction": empty_prediction(classes[label])}
                     for case, classes in sorted(ood_scores.items()) if label in classes]
         if ood_rows:
@@ -547,6 +638,11 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
     return summary
 
 
+def _numbers(values: list, count: int) -> bool:
+    """``count`` numbers (not booleans)."""
+    return len(values) == count and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
 def _score_classes(path: Path) -> dict[str, dict]:
     """The per-class subject scores of a scores.json ({class: {score: value}}); InputImageError if malformed."""
     classes = read_json(path, "scores file").get("classes")
@@ -558,6 +654,11 @@ def _score_classes(path: Path) -> dict[str, dict]:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise InputImageError(f"Scores file {path}: '{name}'.'{score}' must be a number or null, "
                                       f"got {value!r}")
+        predicted = values.get("predicted_dice")
+        if predicted is not None and not (isinstance(predicted, dict) and _numbers(
+                [predicted.get("value"), *(predicted.get("interval") or [])], 3)):
+            raise InputImageError(f"Scores file {path}: '{name}'.'predicted_dice' must hold a numeric 'value' and "
+                                  f"'interval' [low, high], got {predicted!r}")
     return classes
 
 

@@ -25,6 +25,7 @@ from .. import __version__  # noqa: E402
 from ..inference.scores import SUBJECT_SCORES  # noqa: E402
 from ..io.images import write_json  # noqa: E402
 from ..io.publish import OutputFolder, listed_files  # noqa: E402
+from .evaluate import FAILURE_DICE  # noqa: E402
 
 REPORT_MANIFEST = "report_manifest.json"
 
@@ -48,6 +49,8 @@ NA_REASONS = {
     "correlation": "a correlation needs at least 3 cases with both values and a score that is not constant",
     "interval": "no bootstrap interval below 5 cases (too few distinct resamples)",
     "auroc": "AUROC needs at least one out-of-distribution and one in-distribution case with the score",
+    "failure_auroc": "the failure AUROC needs at least one case that fails (Dice below the failure threshold) and "
+                     "one that does not",
     "table": "the value needs data this run does not have (e.g. no probability or entropy maps, or one method only "
              "for the calibration split)",
 }
@@ -93,6 +96,35 @@ def _per_case_table(summaries: dict[str, dict], label: str, na: NotAvailable) ->
         cells = [na(fmt, values[key], "hd95" if key == "hd95_mm" else "score" if key in SUBJECT_SCORES else "table")
                  for _, key, fmt in CASE_TABLE]
         lines.append(f"| {method} | {case} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _failure_section(summaries: dict[str, dict], label: str, na: NotAvailable) -> list[str]:
+    """Failure detection per score (AURC, E-AURC, AUROC) and, for calibrated runs, the realised missed-error
+    fraction at λ̂ and the predicted-Dice intervals' coverage."""
+    lines = ["### Failure detection and calibrated decisions", "",
+             f"Risk = 1 - Dice, cases accepted from the least uncertain; failure = Dice < {FAILURE_DICE} (convention "
+             "failure_detection).", "",
+             "| method | score | n | AURC | E-AURC | oracle AURC | random AURC | failure AUROC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, s in summaries.items():
+        block = s["classes"].get(label, {})
+        for score, d in block.get("failure_detection", {}).items():
+            if d is None:
+                lines.append(f"| {method} | {score} | {block['cases']} | {na('{}', None, 'score')} | | | | |")
+                continue
+            lines.append(f"| {method} | {score} | {d['n']} | {na('{:.4f}', d['aurc'])} | {na('{:.4f}', d['e_aurc'])} | "
+                         f"{na('{:.4f}', d['oracle_aurc'])} | {na('{:.4f}', d['random_aurc'])} | "
+                         f"{na('{:.3f}', d['failure_auroc'], 'failure_auroc')} |")
+        missed, coverage = block.get("missed_error_fraction"), block.get("predicted_dice_coverage")
+        if missed:
+            lines += ["", f"{method}: realised missed-error fraction at the run's threshold λ̂, mean over "
+                          f"{missed['n']} case(s): {missed['mean']:.4f} (α = {na('{:g}', missed['alpha'])}; the "
+                          "guarantee bounds its expectation over cases, not each case)."]
+        if coverage:
+            lines += ["", f"{method}: predicted-Dice intervals holding the actual Dice: {coverage['held']} of "
+                          f"{coverage['n']} ({coverage['fraction']:.0%}; nominal coverage "
+                          f"{na('{:g}', coverage['nominal'])})."]
     return lines
 
 
@@ -171,6 +203,7 @@ def markdown(summaries: dict[str, dict], figures: dict[str, list[str]] | None = 
                               f"voxel r(entropy, annotator vote entropy) "
                               f"{na('{:.3f}', block['entropy_vs_vote_entropy_r_mean'], 'correlation')}; "
                               f"Spearman of scores with disagreement: {rho}"]
+        lines += [""] + _failure_section(summaries, label, na)
         lines += [""] + _ood_section(summaries, label, na)
         for name in (figures or {}).get(label, []):
             lines += [f"![{name[:-4].replace('_', ' ')}]({name})", ""]

@@ -46,15 +46,19 @@ def threads_for(usable: int, total: int, busy_fraction: float) -> int:
     return max(1, min(usable, round(total * (1.0 - busy_fraction))))
 
 
-def free_cores(sample_s: float = 0.2) -> int:
-    """:func:`threads_for` with the system's CPU use measured over ``sample_s`` seconds now, before the run.
+def free_cores() -> int:
+    """:func:`threads_for` with the system's load: the 1-minute load average (runnable processes) as the busy
+    share of the cores, read at no cost (sampling CPU use instead held every run up by 0.2 s).
 
     torch's threads meet at a barrier after every layer: one that shares its core with another busy process
     stalls them all, so on a shared machine fewer threads are faster (2 cores, 4 other busy processes: one 64^3
-    UNet window 0.42 s with 1 thread, 0.99 s with 2). Measured once: later changes of load are not followed.
+    UNet window 0.42 s with 1 thread, 0.99 s with 2). The average lags a change of load by about a minute, and
+    it is read once: later changes are not followed.
     """
-    import psutil
-
     total = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
-    return threads_for(usable, total, psutil.cpu_percent(interval=sample_s) / 100.0)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average: assume a quiet machine
+        load = 0.0
+    return threads_for(usable, total, min(1.0, load / total))

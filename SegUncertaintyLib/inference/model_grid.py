@@ -64,7 +64,8 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     choice = choose_backend(model, options, pick_device(options.device))
     runners = make_runners(model, choice)
     config = WindowConfig(window=window, overlap=options.overlap, max_batch=options.max_batch,
-                          device=options.device if choice.backend == "torch" else "cpu", seed=options.seed)
+                          device=options.device if choice.backend == "torch" else "cpu", seed=options.seed,
+                          temperature=options.temperature)
     spacing_zyx = tuple(reversed(card.spacing_mm))
 
     def sample(n: int) -> tuple[WindowResult, float]:

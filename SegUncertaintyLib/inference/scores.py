@@ -290,5 +290,8 @@ def scores_document(per_class: dict, method: str, n_samples: int, reference: dic
         "readings": readings,
         "reference_source": source,
         "reference_measured_with": measured_with(reference) if reference else None,
+        # the bounds the readings used; calibration/apply.py replaces them by a calibration's
+        "usual_ranges": ({**reference, "from": "model card"} if reference_applies(reference, method, n_samples)
+                         else {"from": "none"}),
         "missing_values": SCORE_CONVENTIONS["missing_values"],
     }

@@ -49,6 +49,7 @@ from ..models.dropout import (
 from .backends.runners import TorchRunner
 from .maps import class_argmax, normalized_entropy, uncertainty_maps
 from .mc_error import ERROR_NAMES, class_pairs, window_errors
+from .tempering import temper_logits
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class WindowConfig:
     device: str = "auto"
     amp: bool = True
     seed: int = 0
+    temperature: float = 1.0  # every pass's logits are divided by it before the softmax (inference/tempering.py)
 
 
 @dataclass
@@ -130,6 +132,7 @@ class _WindowSampler:
         self.device = pick_device(config.device)
         self.batch = max(1, config.max_batch)
         self.runners = runners or [TorchRunner(net, "fp16" if config.amp else "fp32") for net in networks]
+        self.temperature = config.temperature
         self.hookable = [per_sample_dropout_possible(net) for net in networks]
         self.channel_only = [only_channel_dropout(net) for net in networks]
         self.random = len(plan) > 1 and any(spec.dropout for spec in plan)  # Monte Carlo error is defined
@@ -145,7 +148,11 @@ class _WindowSampler:
         logits = logits.view(len(specs), x.shape[0], *logits.shape[1:])
         logits = torch.stack([torch.flip(logits[i], [d + 2 for d in s.flip]) if s.flip else logits[i]
                               for i, s in enumerate(specs)])
-        return torch.softmax(logits, dim=2)
+        return torch.softmax(self.logit_step(logits), dim=2)
+
+    def logit_step(self, logits: torch.Tensor) -> torch.Tensor:
+        """The step between the network's (S, B, C, *w) logits and the softmax: the temperature."""
+        return temper_logits(logits, self.temperature)
 
     def _forward(self, x: torch.Tensor, specs: list[SampleSpec], window: int, samples: range) -> torch.Tensor:
         """(S, B, C, *w) softmax of the samples ``specs`` (plan indices ``samples``) on the B windows ``x`` from
@@ -258,6 +265,25 @@ class _WindowSampler:
         return sum_p, sum_p2, sum_h, bits, sum_pp
 
 
+def padded_volume(volume: np.ndarray, window: Sequence[int]) -> torch.Tensor:
+    """(1, 1, *padded) float32: the (z, y, x) volume padded with its minimum up to the window where smaller."""
+    shape = tuple(volume.shape)
+    padded_shape = tuple(max(s, w) for s, w in zip(shape, window, strict=False))
+    image = torch.zeros((1, 1, *padded_shape), dtype=torch.float32)
+    image[..., :shape[0], :shape[1], :shape[2]] = torch.from_numpy(np.ascontiguousarray(volume))
+    if padded_shape != shape:  # pad with the background value
+        fill = float(volume.min())
+        image[..., shape[0]:, :, :] = fill
+        image[..., :, shape[1]:, :] = fill
+        image[..., :, :, shape[2]:] = fill
+    return image
+
+
+def window_weight(window: Sequence[int]) -> torch.Tensor:
+    """(*w) Gaussian importance weight of the blending (sigma = 1/8 of the window)."""
+    return compute_importance_map(tuple(window), mode="gaussian", sigma_scale=0.125, device="cpu").float()
+
+
 def run_sliding_window(
     volume: np.ndarray,
     networks: list[nn.Module],
@@ -280,13 +306,7 @@ def run_sliding_window(
     n_samples, shape = len(plan), tuple(volume.shape)
     window = tuple(int(w) for w in config.window)
     padded_shape = tuple(max(s, w) for s, w in zip(shape, window, strict=False))
-    image = torch.zeros((1, 1, *padded_shape), dtype=torch.float32)
-    image[..., :shape[0], :shape[1], :shape[2]] = torch.from_numpy(np.ascontiguousarray(volume))
-    if padded_shape != shape:  # pad with the background value
-        fill = float(volume.min())
-        image[..., shape[0]:, :, :] = fill
-        image[..., :, shape[1]:, :] = fill
-        image[..., :, :, shape[2]:] = fill
+    image = padded_volume(volume, window)
 
     c, n_bytes = n_classes, (n_samples + 7) // 8
     sum_p = torch.zeros((c, *padded_shape))
@@ -295,7 +315,7 @@ def run_sliding_window(
     best_w = torch.zeros(padded_shape)
     bits = torch.zeros((c - 1, n_bytes, *padded_shape), dtype=torch.uint8)
     errors = {name: torch.zeros(padded_shape) for name in ERROR_NAMES} if sampler.random else None
-    weight = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu").float()
+    weight = window_weight(window)
 
     slices = scan_slices(padded_shape, window, config.overlap)
     inv_t = 1.0 / n_samples

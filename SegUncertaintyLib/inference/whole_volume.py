@@ -26,7 +26,13 @@ from .assembly import PassStatistics, PlacedImages, SegmentationOutputs, assembl
 from .budget import check_run_memory
 from .preprocessing import array_on_grid
 from .sliding_window import pick_device
+from .tempering import tempered_slabs
 from .volume_store import VolumeStore
+
+
+def pass_seed(seed: int, index: int) -> int:
+    """The torch seed set before pass ``index``: dropout draws differ per pass and repeat with the seed."""
+    return seed + index
 
 
 def segment_whole_volume(image: sitk.Image, model, options: SegmentOptions, report: ProgressCallback,
@@ -58,8 +64,8 @@ def segment_whole_volume(image: sitk.Image, model, options: SegmentOptions, repo
         for i, spec in enumerate(plan):
             if cancelled is not None and cancelled():
                 raise CancelledError()
-            torch.manual_seed(options.seed + i)  # dropout draws differ per pass and repeat with the seed
-            accumulator.add_slabs(model.pass_slabs(prepared, spec))
+            torch.manual_seed(pass_seed(options.seed, i))
+            accumulator.add_slabs(tempered_slabs(model.pass_slabs(prepared, spec), options.temperature))
             report("inference", (i + 1) / len(plan), f"pass {i + 1}/{len(plan)}: {model.describe(spec)}")
         del prepared
         store = VolumeStore(scratch, image) if scratch is not None else None

@@ -1,5 +1,5 @@
 """Talking to a PACS: DICOMweb (QIDO-RS search, WADO-RS retrieval, STOW-RS storage; dicomweb-client) and
-DIMSE C-STORE (pynetdicom).
+DIMSE C-FIND and C-STORE (pynetdicom).
 
 Credentials come from the environment (``SEGUNCERTAINTY_DICOMWEB_USER`` and ``_PASSWORD`` for HTTP basic
 authentication, or ``_TOKEN`` for a bearer token) or from a file the user names (``KEY=VALUE`` lines with
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,18 +114,34 @@ class RemoteSeries:
     instances: int | None
 
 
+def _session_class():
+    import requests
+
+    class Session(requests.Session):
+        """A session whose CA bundle (``verify``: the file the user named) wins over REQUESTS_CA_BUNDLE and
+        CURL_CA_BUNDLE: plain requests lets those environment variables replace a session's own
+        (psf/requests#3829), so --ca-bundle was silently ignored wherever they are set."""
+
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None and isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+    return Session
+
+
 class DicomWeb:
     """A DICOMweb service (its base URL, e.g. ``http://host:8042/dicom-web``); every call raises PacsError on
     the server's failures."""
 
     def __init__(self, url: str, credentials: Credentials | None = None, ca_bundle: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT):
-        import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.url = check_url(url)
         self.timeout = timeout
-        session = requests.Session()
+        session = _session_class()()
         session.verify = ca_bundle or True  # never off: a CA bundle is the way to trust a private authority
         if ca_bundle is not None and not Path(ca_bundle).is_file():
             raise UsageError(f"--ca-bundle {ca_bundle} is not a file")
@@ -187,11 +203,12 @@ class DicomWeb:
         """The series' instances (pydicom Datasets), by WADO-RS."""
         return self.call("retrieving series", self.client.retrieve_series, study, series)
 
-    def store(self, datasets: Sequence) -> None:
-        """STOW-RS ``datasets`` (one study) in one request; PacsError naming the instances the server refused."""
+    def store(self, datasets: Sequence, study: str | None = None) -> None:
+        """STOW-RS ``datasets`` (one study) in one request, to the study's resource when ``study`` is given (the
+        server then refuses, 409, an instance of another study); PacsError naming the instances it refused."""
         if not datasets:
             return
-        answer = self.call("storing", self.client.store_instances, list(datasets))
+        answer = self.call("storing", self.client.store_instances, list(datasets), study_instance_uid=study)
         failed = getattr(answer, "FailedSOPSequence", None) or []
         if failed:
             raise PacsError(f"{self.url} refused {len(failed)} of {len(datasets)} instance(s) while storing "
@@ -222,32 +239,85 @@ def _http_message(url: str, what: str, response) -> str:
     return f"{url} {text} while {what}"
 
 
-def dimse_store(address: str, files: Iterable[str | os.PathLike], calling_aet: str = "SEGUNCERTAINTY",
-                timeout: float = DEFAULT_TIMEOUT) -> int:
-    """C-STORE every DICOM file to ``address`` (``AET@HOST:PORT``) over one association; the number stored.
-    PacsError when the association is refused or aborted, or the node refuses an instance."""
-    import pydicom
+def _associate(address: str, calling_aet: str, timeout: float, contexts: Mapping[str, list[str]], refused=PacsError):
+    """An association with ``address`` proposing ``contexts`` (abstract syntax -> transfer syntaxes).
+    PacsError when the node cannot be reached; ``refused`` (an exception class, or None to return None) when
+    it rejects or aborts the association."""
     from pynetdicom import AE
 
     aet, host, port = parse_dimse(address)
-    datasets = [pydicom.dcmread(os.fspath(f)) for f in files]
-    if not datasets:
-        return 0
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop_class in sorted({str(d.SOPClassUID) for d in datasets}):
-        ae.add_requested_context(sop_class, [str(d.file_meta.TransferSyntaxUID) for d in datasets
-                                             if str(d.SOPClassUID) == sop_class][:1] + ["1.2.840.10008.1.2.1"])
+    for abstract, syntaxes in contexts.items():
+        ae.add_requested_context(abstract, syntaxes or None)
     try:
         assoc = ae.associate(host, port, ae_title=aet)
     except (OSError, ValueError) as exc:
         raise PacsError(f"Cannot reach DICOM node {address} ({type(exc).__name__})") from None
-    if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not answered"
-        raise PacsError(f"DICOM node {address}: association {why}")
-    stored = 0
+    if assoc.is_established:
+        return assoc
+    if refused is None:
+        return None
+    why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not answered"
+    raise refused(f"DICOM node {address}: association {why}")
+
+
+def dimse_held(address: str, datasets: Sequence, calling_aet: str = "SEGUNCERTAINTY",
+               timeout: float = DEFAULT_TIMEOUT) -> tuple[set[str] | None, str]:
+    """Which of ``datasets``' SOPInstanceUIDs the node ``address`` holds, by C-FIND (Study Root, IMAGE level,
+    one query per series: its StudyInstanceUID and SeriesInstanceUID, SOPInstanceUID returned), and how that
+    was found out. (None, why) when the node does not answer C-FIND from this AE (no C-FIND context, the
+    association or the query refused or aborted): the caller then sends everything. PacsError when the node
+    cannot be reached."""
+    from pydicom import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    assoc = _associate(address, calling_aet, timeout, {FIND: []}, refused=None)
+    if assoc is None:
+        return None, "no C-FIND: the node refused an association for it"
+    held: set[str] = set()
     try:
-        for ds in datasets:
+        if not any(c.abstract_syntax == FIND for c in assoc.accepted_contexts):
+            return None, "no C-FIND: the node does not support it"
+        for study, series in sorted({(str(d.StudyInstanceUID), str(d.SeriesInstanceUID)) for d in datasets}):
+            query = Dataset()
+            query.QueryRetrieveLevel, query.StudyInstanceUID, query.SeriesInstanceUID = "IMAGE", study, series
+            query.SOPInstanceUID = ""
+            for status, identifier in assoc.send_c_find(query, FIND):
+                code = getattr(status, "Status", None)
+                if code in (0xFF00, 0xFF01):  # pending: one matching instance
+                    held.add(str(identifier.SOPInstanceUID))
+                elif code is None:
+                    return None, "no C-FIND: the node aborted the query (is this AE allowed to query it?)"
+                elif code != 0x0000:
+                    return None, f"no C-FIND: the node refused the query (status 0x{code:04X})"
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return held, "C-FIND"
+
+
+def dimse_store(address: str, files: Iterable[str | os.PathLike], calling_aet: str = "SEGUNCERTAINTY",
+                timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
+    """C-STORE to ``address`` (``AET@HOST:PORT``), over one association, the DICOM files the node does not
+    hold yet (:func:`dimse_held`; every file when it cannot tell); (files now on the node, how that was
+    checked: "C-FIND" or why not). PacsError when the association is refused or aborted, or the node refuses
+    an instance: its ``stored``, the files on the node by then."""
+    import pydicom
+
+    datasets = [pydicom.dcmread(os.fspath(f)) for f in files]
+    if not datasets:
+        return 0, ""
+    held, checked = dimse_held(address, datasets, calling_aet, timeout)
+    missing = [d for d in datasets if held is None or str(d.SOPInstanceUID) not in held]
+    stored = len(datasets) - len(missing)
+    if not missing:
+        return stored, checked
+    assoc = _associate(address, calling_aet, timeout, {
+        sop_class: [str(d.file_meta.TransferSyntaxUID) for d in missing if str(d.SOPClassUID) == sop_class][:1]
+        + ["1.2.840.10008.1.2.1"] for sop_class in sorted({str(d.SOPClassUID) for d in missing})})
+    try:
+        for ds in missing:
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code is None:
@@ -262,4 +332,4 @@ def dimse_store(address: str, files: Iterable[str | os.PathLike], calling_aet: s
     finally:
         if assoc.is_established:
             assoc.release()
-    return stored
+    return stored, checked

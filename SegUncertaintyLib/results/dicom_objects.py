@@ -2,8 +2,13 @@
 
 Objects, one file each in the run's ``dicom/`` folder (README "Hospital use" has the conformance table):
 
-- ``segmentation.dcm``: Segmentation Storage, BINARY, one segment per class (label value order), algorithm
-  type AUTOMATIC with the model's name, version and weights' sha256, the card's terminology and colour;
+- ``segmentation.dcm``: one segment per class (label value order), algorithm type AUTOMATIC with the model's
+  name, version and weights' sha256, the card's terminology and colour; Segmentation Storage, BINARY (the
+  default), or with ``seg_type="labelmap"`` Label Map Segmentation Storage, LABELMAP (one frame per slice,
+  pixel value = segment number, 0 background);
+- ``flagged.dcm``, only for a run with a referral threshold (a calibrated run: scores.json ``referral``):
+  Segmentation Storage, BINARY, one segment "Flagged for review", the voxels whose referral map is at or
+  above the threshold (calibration.apply.flagged_mask, as scores.json's ``flagged_ml`` counts them);
 - ``probability_<class>.dcm`` (the class's name as a safe file name: core.files.safe_stems): Segmentation
   Storage, FRACTIONAL of type PROBABILITY (0-1 in steps of 1/255);
 - ``<map>.dcm``: Parametric Map Storage, float32 pixels, a real-world value mapping (identity) with the
@@ -17,7 +22,8 @@ Rules for every object: a new series in the input's study (Study Instance UID an
 the source instances referenced); patient and study identifiers copied from the input and no other
 identifying data added; UIDs derived from the run's content (:func:`derived_uid`), so the same run written
 again gives the same objects and a PACS keeps one copy. Every class is a segment even when empty (its frames
-are all zero): an empty segment says the class was looked for and not found.
+are all zero): an empty segment says the class was looked for and not found; an empty flagged segment says
+no voxel reached the threshold.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from .. import __version__
+from ..calibration.apply import flagged_mask
 from ..core.files import safe_stems
 
 SCHEME = "99SEGUNC"  # private coding scheme of this tool (README "Hospital use" lists its codes)
@@ -42,7 +49,10 @@ MANUFACTURER = "SegUncertainty"
 UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
 MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
-SERIES_NUMBERS = {"segmentation": 9001, "probability": 9002, "map": 9010, "report": 9020}
+SERIES_NUMBERS = {"segmentation": 9001, "probability": 9002, "flagged": 9003, "map": 9010, "report": 9020}
+SEG_TYPES = {"binary": hd.seg.SegmentationTypeValues.BINARY, "labelmap": hd.seg.SegmentationTypeValues.LABELMAP}
+FLAGGED_CATEGORY = codes.SCT.SpatialAndRelationalConcept
+FLAGGED_TYPE = hd.sr.CodedConcept("FLAGGED", SCHEME, "Flagged for review")
 
 # quantity codes of the voxel maps: (code value, code meaning <= 64 characters)
 MAP_CODES = {
@@ -101,13 +111,18 @@ def _common(description, role: str, key: str, number_key: str, offset: int = 0) 
             "software_versions": __version__, "device_serial_number": str(description.version)[:64]}
 
 
+def algorithm_identification(description) -> hd.AlgorithmIdentificationSequence:
+    """The model as the algorithm: its name, version and each weight file's sha256 as a parameter."""
+    return hd.AlgorithmIdentificationSequence(
+        name=description.name[:64], family=ALGORITHM_FAMILY, version=str(description.version)[:64],
+        parameters={m.path.name[:64]: f"sha256:{m.sha256}"[:64] for m in description.members} or None)
+
+
 def segment_descriptions(description, labels: Mapping[int, str], algorithm_type: str = "AUTOMATIC"
                          ) -> list[hd.seg.SegmentDescription]:
     """One description per class (label value order, segment numbers 1..n), with the card's terminology."""
     terminology = description.info.get("terminology", {})
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=description.name[:64], family=ALGORITHM_FAMILY, version=str(description.version)[:64],
-        parameters={m.path.name[:64]: f"sha256:{m.sha256}"[:64] for m in description.members} or None)
+    algorithm = algorithm_identification(description)
     out = []
     for number, (value, name) in enumerate(sorted(labels.items()), start=1):
         term = terminology.get(str(value), {})
@@ -127,12 +142,14 @@ def _array(image: sitk.Image, dtype) -> np.ndarray:
 
 
 def write_dicom_objects(outputs, folder: Path, description, source_files: Sequence[str], key: str,
-                        maps: Sequence[str], check_cancel: Callable[[], None] = lambda: None) -> list[dict]:
+                        maps: Sequence[str], check_cancel: Callable[[], None] = lambda: None, *,
+                        seg_type: str = "binary") -> list[dict]:
     """Write every object of the run into ``folder``; return one manifest record per file.
 
     ``outputs``: the run's SegmentationOutputs (images on the input grid, z-y-x matching ``source_files``,
     which are in the image's slice order); ``key``: the run's content hash (:func:`run_key`); ``maps``: the
-    uncertainty maps to write (those the run computed and the user chose).
+    uncertainty maps to write (those the run computed and the user chose); ``seg_type``: the segmentation's
+    SEG type, a key of :data:`SEG_TYPES`.
     """
     folder.mkdir(parents=True, exist_ok=True)
     sources = read_sources(source_files)
@@ -150,15 +167,26 @@ def write_dicom_objects(outputs, folder: Path, description, source_files: Sequen
     for number, value in enumerate(sorted(labels), start=1):
         numbers[value] = number
     check_cancel()
+    kind = SEG_TYPES[seg_type]
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=numbers[np.clip(labelmap, 0, len(numbers) - 1)],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=sources, pixel_array=numbers[np.clip(labelmap, 0, len(numbers) - 1)], segmentation_type=kind,
         segment_descriptions=segment_descriptions(description, labels), omit_empty_frames=False,
         series_description="SegUncertainty segmentation", content_label="SEGMENTATION",
         content_description=f"{description.name} {outputs.method}"[:64],
         **_common(description, "segmentation", key, "segmentation"))
-    save(seg, "segmentation.dcm", "Segmentation (argmax of the mean probability), one BINARY segment per class",
-         iod="Segmentation", segments={str(n): name for n, (_, name) in enumerate(sorted(labels.items()), 1)})
+    save(seg, "segmentation.dcm", f"Segmentation (argmax of the mean probability), one {kind.value} SEG, a segment "
+         "per class", iod="Label Map Segmentation" if kind.value == "LABELMAP" else "Segmentation",
+         segments={str(n): name for n, (_, name) in enumerate(sorted(labels.items()), 1)})
+
+    referral = outputs.scores.get("referral")
+    if referral is not None and referral["map"] in outputs.maps:
+        check_cancel()
+        flagged = flagged_mask(sitk.GetArrayViewFromImage(outputs.maps[referral["map"]]), referral)
+        rule = f"{referral['map']} >= {referral['threshold']}"
+        calibration = outputs.scores.get("calibration", {}).get("id", "")
+        save(flagged_seg(sources, flagged, description, rule, **_common(description, "flagged", key, "flagged")),
+             "flagged.dcm", f"Voxels flagged for review: {rule} (referral threshold of calibration {calibration}), "
+             "one BINARY segment", iod="Segmentation", rule=rule, voxels=int(np.count_nonzero(flagged)))
 
     stems = safe_stems(name for _, name in sorted(description.labels.items()))  # as run_folder names files
     for offset, (value, name) in enumerate(sorted(labels.items())):
@@ -200,6 +228,23 @@ def write_dicom_objects(outputs, folder: Path, description, source_files: Sequen
     save(report, "report.dcm", "Subject scores, volumes with 95 % intervals and readings (TID 1500 SR)",
          iod="Comprehensive 3D SR")
     return records
+
+
+def flagged_seg(sources: Sequence[pydicom.Dataset], flagged: np.ndarray, description, rule: str,
+                **common) -> hd.seg.Segmentation:
+    """The flagged-for-review voxels ((z, y, x) bool on the sources' grid) as a BINARY SEG of one segment,
+    algorithm type AUTOMATIC, ``rule`` (e.g. ``entropy >= 0.31``) as its content description. ``common``:
+    the series and instance attributes (UIDs, numbers, equipment) as for the run's other objects."""
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Flagged for review", segmented_property_category=FLAGGED_CATEGORY,
+        segmented_property_type=FLAGGED_TYPE, algorithm_type="AUTOMATIC",
+        algorithm_identification=algorithm_identification(description),
+        display_color=hd.color.CIELabColor.from_rgb(255, 230, 25))
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=np.asarray(flagged, np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+        omit_empty_frames=False, series_description="SegUncertainty flagged for review", content_label="FLAGGED",
+        content_description=rule[:64], **common)
 
 
 def _add_derivation(dataset: pydicom.Dataset, code: hd.sr.CodedConcept) -> None:
@@ -244,8 +289,10 @@ def _add_frame_anatomy(dataset: pydicom.Dataset, description) -> None:
 
 
 def measurement_report(scores: Mapping, seg: hd.seg.Segmentation, sources: Sequence[pydicom.Dataset],
-                       labels: Mapping[int, str], description, key: str) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 Measurement Report: per class one TID 1411 group referencing its segment."""
+                       labels: Mapping[int, str], description, key: str, extra_groups: Sequence = ()
+                       ) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 Measurement Report: per class one TID 1411 group referencing its segment, then
+    ``extra_groups`` (further measurement groups, e.g. the reviewed regions of results/dicom_review.py)."""
     groups = []
     readings = scores.get("readings", {})
     for number, (_, name) in enumerate(sorted(labels.items()), start=1):
@@ -284,7 +331,7 @@ def measurement_report(scores: Mapping, seg: hd.seg.Segmentation, sources: Seque
             uid=derived_uid(key, "device"), manufacturer_name=MANUFACTURER, model_name=description.name[:64]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.cid100.ImagingProcedure, imaging_measurements=groups,
+        procedure_reported=codes.cid100.ImagingProcedure, imaging_measurements=[*groups, *extra_groups],
         title=codes.cid7021.ImagingMeasurementReport)
     return hd.sr.Comprehensive3DSR(
         evidence=[*sources, seg], content=report, series_description="SegUncertainty scores",

@@ -105,7 +105,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                                 "meaning": f"Per-sample segmentations of '{name}' on the input grid, bit-packed: "
                                            "bits[t // 8] >> (t % 8) & 1 is sample t"})
         if options.dicom:
-            entries.append(_dicom_entry(outputs, stage, description, dicom_sources, settings, chosen, check_cancel))
+            entries.append(_dicom_entry(outputs, stage, description, dicom_sources, settings, chosen, check_cancel,
+                                        options.seg_type))
         write_json(outputs.scores, stage / "scores.json")
         entries.append({"file": "scores.json", "kind": "scores",
                         "meaning": "Subject-level scores per class, with definitions and directions"})
@@ -131,7 +132,7 @@ def check_dicom_input(path: str | Path, series: str | None) -> None:
 
 
 def _dicom_entry(outputs: SegmentationOutputs, stage: Path, description: ModelDescription, sources: Sequence[str],
-                 settings: dict, chosen: set[str], check_cancel: Callable[[], None]) -> dict:
+                 settings: dict, chosen: set[str], check_cancel: Callable[[], None], seg_type: str = "binary") -> dict:
     """Write the DICOM objects into ``stage/dicom``; the manifest entry of that folder, listing each object."""
     from .dicom_objects import run_key, write_dicom_objects  # highdicom: only for --dicom
 
@@ -140,9 +141,9 @@ def _dicom_entry(outputs: SegmentationOutputs, stage: Path, description: ModelDe
                    "settings": {k: v for k, v in settings.items() if k != "device_requested"}},
                   sitk.GetArrayViewFromImage(outputs.segmentation))
     objects = write_dicom_objects(outputs, stage / DICOM_FOLDER, description, sources, key,
-                                  [m for m in MAP_CHOICES if m in chosen], check_cancel)
+                                  [m for m in MAP_CHOICES if m in chosen], check_cancel, seg_type=seg_type)
     return {"file": DICOM_FOLDER, "kind": "dicom", "objects": objects,
-            "meaning": "DICOM objects of this run (SEG, Parametric Maps, TID 1500 SR), a new series each in the "
+            "meaning": "DICOM objects of this run (SEGs, Parametric Maps, TID 1500 SR), a new series each in the "
                        "input's study, UIDs derived from the run's content"}
 
 

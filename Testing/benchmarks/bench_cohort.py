@@ -31,7 +31,7 @@ def make_volumes(folder: Path, n: int) -> list[Path]:
     import numpy as np
     import SimpleITK as sitk
 
-    from SegUncertaintyLib.cli import SAMPLE_IMAGE
+    from SegUncertaintyLib.cli.segment import SAMPLE_IMAGE
 
     image = sitk.ReadImage(str(SAMPLE_IMAGE), sitk.sitkFloat32)
     array = sitk.GetArrayFromImage(image)

@@ -50,3 +50,23 @@ def test_prediction_tracks_the_scores_and_flags_empty():
     assert logit_dice(np.array([0.0, 0.5, 1.0])) == pytest.approx([-6.9068, 0.0, 6.9068], abs=1e-4)
     with pytest.raises(UsageError):
         fit_dice_predictor(x, e, d * 2, alpha=0.1)
+
+
+def test_too_few_cases_for_alpha_give_the_whole_range_not_a_crash():
+    """MAPIE offers no interval on fewer than 1/alpha cases: the 10-case minimum of calibrate makes 9-case
+    inner folds for the out-of-fold predictions (this raised ValueError: calibrate exited 1 on 10 cases)."""
+    from SegUncertaintyLib.evaluation.calibration_fit import out_of_fold_dice
+
+    rng = np.random.default_rng(5)
+    x, e, d = simulate(rng, 10)
+    e[:] = False
+    d = np.where(d == 0, 0.5, d)
+    small = fit_dice_predictor(x[:9], e[:9], d[:9], alpha=0.1)
+    value, interval = small.predict(x[9:], e[9:])
+    assert np.array_equal(interval, [[0.0, 1.0]]) and 0 < value[0] < 1
+    full = fit_dice_predictor(x, e, d, alpha=0.1)
+    assert np.all(np.diff(full.predict(x[:3], e[:3])[1], axis=1) < 1)  # 10 cases: finite intervals again
+    out, intervals = out_of_fold_dice(x, e, d, alpha=0.1, folds=10, seed=0)
+    assert out.shape == (10,) and np.all((out > 0) & (out < 1))
+    assert np.array_equal(intervals, np.tile([0.0, 1.0], (10, 1)))  # each fold fitted on 9 cases
+    assert np.corrcoef(out, d)[0, 1] > 0.3  # the held-out predictions still follow the Dice

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from SegUncertaintyLib import cli
 from SegUncertaintyLib.calibration.apply import OUTSIDE, calibrated_scores, outside_calibration
 from SegUncertaintyLib.calibration.risk_control import conformal_risk_threshold, error_values
 from SegUncertaintyLib.calibration.store import list_calibrations, read_calibration, threshold_from_json, validate
+from SegUncertaintyLib.calibration.temperature import fit_temperature
 from SegUncertaintyLib.core.errors import UsageError
 from Testing.support.phantoms import sphere_phantom
 from Testing.support.tiny_models import write_threshold_model
@@ -78,6 +80,83 @@ def test_calibrate_writes_a_valid_file_whose_threshold_is_the_exact_one(calibrat
 
 
 @pytest.mark.slow
+def test_calibrate_fits_the_temperature_on_the_kept_box_logits(calibrated, monkeypatch, tmp_path):
+    """Format 2: t is the NLL minimiser over the per-pass logits kept for every case (float16, box voxels),
+    with held-out before/after figures and the reliability diagram in the report."""
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
+    [(_, doc)] = list_calibrations()
+    assert doc["format_version"] == 2
+    kept = sorted((calibrated["root"] / "report" / "temperature").glob("*.npz"))
+    assert len(kept) == 12
+    logits, labels = [], []
+    for path in kept:
+        with np.load(path) as case:
+            assert case["logits"].dtype == np.float16 and case["logits"].shape[:2] == (4, 2)  # T = 4, C = 2
+            assert 0 < case["logits"].shape[2] <= 20000 and str(case["kind"]) == "logits"
+            logits.append(case["logits"])
+            labels.append(case["labels"])
+    temperature = doc["temperature"]
+    assert temperature["value"] == pytest.approx(fit_temperature(logits, labels), rel=1e-9)
+    assert temperature["voxels"] == sum(y.size for y in labels) and temperature["cases"] == 12
+    held = temperature["held_out"]
+    assert held["folds"] == 5 and len(held["fold_temperatures"]) == 5
+    assert held["after"]["nll"] <= held["before"]["nll"] + 0.01  # cross-fitted: not worse beyond noise
+    assert set(held["before"]["dice"]) == {"sphere"}
+    report = (calibrated["root"] / "report" / "report.md").read_text()
+    assert "Temperature scaling" in report and (calibrated["root"] / "report" / "reliability_temperature.png").is_file()
+
+    # kept logits are reused while the key holds (nothing rewritten), and collected again for another cap
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.evaluation.calibration_fit import read_labelled_case
+    from SegUncertaintyLib.evaluation.temperature_fit import collect_logits
+
+    folders = [calibrated["root"] / "report" / "cases" / c["case"] for c in doc["cases"][:2]]
+    cases = [read_labelled_case(f, Path(c["reference"])) for f, c in zip(folders, doc["cases"][:2], strict=True)]
+    options = SegmentOptions(model=str(calibrated["model"]), method="mc_dropout", samples=4)
+    work = calibrated["root"] / "report" / "temperature"
+    stamps = {f.name: (work / f"{f.name}.npz").stat().st_mtime_ns for f in folders}
+    again = collect_logits(cases, folders, options, work)
+    assert {f.name: (work / f"{f.name}.npz").stat().st_mtime_ns for f in folders} == stamps
+    with np.load(work / f"{folders[0].name}.npz") as kept:
+        assert np.array_equal(again[0][0], kept["logits"])
+    smaller = collect_logits(cases, folders, options, tmp_path / "t", cap=50)
+    assert smaller[0][0].shape == (4, 2, 50)
+    assert np.isin(smaller[0][0].view(np.uint16), again[0][0].view(np.uint16)).all()  # the same passes' values
+
+
+@pytest.mark.slow
+def test_later_runs_apply_the_temperature_and_version_1_files_apply_none(calibrated, monkeypatch, tmp_path):
+    from SegUncertaintyLib.calibration.store import calibration_temperature
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.inference.segment import segment_image
+    from SegUncertaintyLib.models.loader import load_model
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
+    [(path, doc)] = list_calibrations()
+    t = doc["temperature"]["value"]
+    image = calibrated["images"] / "case_03_0000.nii.gz"
+    args = ["segment", str(image), "--model", str(calibrated["model"]), "--method", "mc_dropout", "--samples", "4",
+            "--no-overview", "--progress", "none"]
+    assert cli.main([*args, "--out", str(tmp_path / "on")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "off"), "--calibration", "none"]) == 0
+    manifest = json.loads((tmp_path / "on" / "manifest.json").read_text())
+    assert manifest["settings"]["calibration"]["temperature"] == t
+    model = load_model(str(calibrated["model"]))
+    for folder, temperature in (("on", t), ("off", 1.0)):
+        direct = segment_image(sitk.ReadImage(str(image)), model, SegmentOptions(
+            method="mc_dropout", samples=4, temperature=temperature)).probabilities["sphere"]
+        written = sitk.ReadImage(str(next((tmp_path / folder).glob("probability_sphere*"))))
+        assert np.allclose(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(direct), atol=1e-6), folder
+    # a version-1 file (no temperature) stays readable and applies t = 1; a version-2 file must hold one
+    old = {k: v for k, v in doc.items() if k != "temperature"} | {"format_version": 1}
+    assert calibration_temperature(validate(old, "old.json")) == 1.0
+    with pytest.raises(UsageError, match="temperature"):
+        validate(old | {"format_version": 2}, "new.json")
+    with pytest.raises(UsageError, match="not valid"):
+        validate(doc | {"format_version": 3}, "future.json")
+
+
+@pytest.mark.slow
 def test_segment_applies_the_calibration_and_none_turns_it_off(calibrated, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
     [(path, doc)] = list_calibrations()
@@ -102,12 +181,38 @@ def test_segment_applies_the_calibration_and_none_turns_it_off(calibrated, monke
     assert manifest["settings"]["calibration"]["id"] == doc["id"]
     assert manifest["settings"]["calibration"]["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
     assert "predicted Dice" in printed and "referral" in printed
+    assert "the calibration cases' usual range" in printed and "the model's usual range" not in printed
 
     assert cli.main([*args, "--out", str(tmp_path / "off"), "--calibration", "none"]) == 0
     off = json.loads((tmp_path / "off" / "scores.json").read_text())
     assert "referral" not in off and "predicted_dice" not in off["classes"]["sphere"]
     assert "calibration" not in json.loads((tmp_path / "off" / "manifest.json").read_text())["settings"]
     assert "seguncertainty calibrate" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.dicom
+def test_a_calibrated_dicom_run_writes_its_flagged_voxels_as_a_seg(calibrated, monkeypatch, tmp_path):
+    """flagged.dcm holds the voxels scores.json's referral counts (its map >= its threshold)."""
+    import highdicom as hd
+
+    from Testing.support.dicom_series import write_series
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
+    image = sitk.ReadImage(str(calibrated["images"] / "case_03_0000.nii.gz"))
+    array = np.round(sitk.GetArrayFromImage(image)).astype(np.int16)  # the phantom's 0-1 values, binarised
+    write_series(tmp_path / "ct", array, "1.2.826.0.1.3680043.2.1125.9.88", spacing=image.GetSpacing(),
+                 origin=image.GetOrigin(), modality="CT")
+    assert cli.main(["segment", str(tmp_path / "ct"), "--model", str(calibrated["model"]), "--method", "mc_dropout",
+                     "--samples", "4", "--no-overview", "--progress", "none", "--dicom", "--out",
+                     str(tmp_path / "run")]) == 0
+    referral = json.loads((tmp_path / "run" / "scores.json").read_text())["referral"]
+    entropy = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / "entropy.nrrd")))
+    flagged = entropy >= threshold_from_json(referral["threshold"])
+    assert referral["flagged_ml"] == pytest.approx(flagged.sum() * 27 / 1000) and flagged.any()
+    seg = hd.seg.segread(tmp_path / "run" / "dicom" / "flagged.dcm")
+    assert seg.SegmentSequence[0].SegmentLabel == "Flagged for review"
+    assert int(seg.pixel_array.sum()) == int(flagged.sum())
 
 
 @pytest.mark.slow
@@ -148,10 +253,11 @@ def test_cohort_applies_it_and_models_list_shows_it(calibrated, monkeypatch, tmp
         if case.is_dir():
             scores = json.loads((case / "scores.json").read_text())
             assert scores["referral"]["n_calibration"] == 12 and "predicted_dice" in scores["classes"]["sphere"]
-            assert json.loads((case / "manifest.json").read_text())["settings"]["calibration"]["id"] == doc["id"]
+            recorded = json.loads((case / "manifest.json").read_text())["settings"]["calibration"]
+            assert recorded["id"] == doc["id"] and recorded["temperature"] == doc["temperature"]["value"]
     # models list names the model's calibrations (installed under the card's name)
     monkeypatch.setattr("SegUncertaintyLib.models.catalog.list_models", lambda verify=False: [])
-    lines = cli._calibration_lines(doc["model"]["name"])
+    lines = cli.models.calibration_lines(doc["model"]["name"])
     assert lines == [f"calibration {doc['id']}: method mc_dropout, samples 4, n = 12, alpha = 0.2, "
                      f"{doc['created'][:10]}"]
 
@@ -171,6 +277,9 @@ def test_fewer_than_ten_labelled_cases_exit_2_and_write_no_calibration(tmp_path,
 def test_missing_labels_folder_and_bad_alpha_are_refused(tmp_path, capsys):
     assert cli.main(["calibrate", "x", "--images", str(tmp_path), "--labels", str(tmp_path / "no")]) == 3
     assert cli.main(["calibrate", "x", "--images", str(tmp_path), "--labels", str(tmp_path), "--alpha", "1.5"]) == 2
+    assert cli.main(["calibrate", "x", "--images", str(tmp_path), "--labels", str(tmp_path),
+                     "--temperature-voxels", "-1"]) == 2
+    assert "--temperature-voxels must be >= 0" in capsys.readouterr().err
 
 
 def test_nnunet_names_pair_with_their_reference():
@@ -212,3 +321,30 @@ def test_schema_refuses_a_file_without_weights():
         validate({"format_version": 1}, "x.json")
     with pytest.raises(UsageError, match="Cannot read"):
         read_calibration("/nonexistent/c.json")
+
+
+@pytest.mark.slow
+def test_evaluate_reports_nll_and_ece_before_and_after_the_temperature(calibrated, monkeypatch, tmp_path):
+    """A one-pass (softmax) calibration with t = 2: evaluate's *_t1 columns of the calibrated run equal the
+    uncalibrated run's own top-label NLL and ECE; its own columns are after the temperature."""
+    from SegUncertaintyLib.calibration.store import write_calibration
+    from SegUncertaintyLib.evaluation.evaluate import evaluate_case
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(calibrated["home"]))
+    [(_, doc)] = list_calibrations()
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    one_pass = doc | {"id": "one-pass", "method": "softmax", "samples": None, "n_samples": 1,
+                      "temperature": doc["temperature"] | {"value": 2.0}}
+    write_calibration(one_pass)
+    image = calibrated["images"] / "case_03_0000.nii.gz"
+    args = ["segment", str(image), "--model", str(calibrated["model"]), "--method", "softmax", "--no-overview",
+            "--progress", "none"]
+    assert cli.main([*args, "--out", str(tmp_path / "on")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "off"), "--calibration", "none"]) == 0
+    reference = calibrated["labels"] / "case_03.nii.gz"
+    [on] = evaluate_case(tmp_path / "on", reference)
+    [off] = evaluate_case(tmp_path / "off", reference)
+    assert on.row["temperature"] == 2.0 and off.row["temperature"] == 1.0
+    assert on.row["nll_toplabel_box_t1"] == pytest.approx(off.row["nll_toplabel_box"], rel=1e-4)
+    assert on.row["ece_toplabel_box_t1"] == pytest.approx(off.row["ece_toplabel_box"], abs=1e-4)
+    assert on.row["nll_toplabel_box"] != pytest.approx(off.row["nll_toplabel_box"], rel=1e-2)

@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from SegUncertaintyLib import cli
+from SegUncertaintyLib.cli.common import CancelFlag
 from SegUncertaintyLib.core.errors import OutputError
 from SegUncertaintyLib.results import run_folder
 from Testing.support.files import load_json
@@ -143,7 +144,7 @@ def test_failed_write_keeps_the_previous_run_and_leaves_no_partial_file(phantom_
 
 
 def test_cancel_writes_nothing(phantom_file, threshold_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli._CancelFlag, "__call__", lambda self: True)
+    monkeypatch.setattr(CancelFlag, "__call__", lambda self: True)
     out = tmp_path / "out"
     before = sorted(p.name for p in tmp_path.iterdir())
     code = cli.main(["segment", str(phantom_file), "--model", str(threshold_model), "--out", str(out),
@@ -162,7 +163,7 @@ def test_sample_with_bundled_model(tmp_path):
     manifest = load_json(out / "manifest.json")
     assert manifest["model"]["name"] == "brainmask-t1" and manifest["n_samples"] == 4  # MC dropout on the first member
     seg = sitk.ReadImage(str(out / "segmentation.nrrd"))
-    sample = sitk.ReadImage(str(cli.SAMPLE_IMAGE))
+    sample = sitk.ReadImage(str(cli.segment.SAMPLE_IMAGE))
     assert seg.GetSize() == sample.GetSize() and np.allclose(seg.GetOrigin(), sample.GetOrigin())
     brain = load_json(out / "scores.json")["classes"]["brain"]
     assert 1000 < brain["volume_ml"] < 2000  # adult brain, with or without CSF

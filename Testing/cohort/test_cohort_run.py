@@ -17,12 +17,13 @@ import pytest
 import SimpleITK as sitk
 
 from SegUncertaintyLib import cli
+from SegUncertaintyLib.cli.common import CancelFlag
 from SegUncertaintyLib.cohort import worker
 from SegUncertaintyLib.cohort.cases import find_cases
 from SegUncertaintyLib.cohort.review import open_worklist
 from SegUncertaintyLib.cohort.run import cohort_files, run_cohort
 from SegUncertaintyLib.cohort.worklist import COLUMNS, rank_rows, read_worklist, write_csv_atomic
-from SegUncertaintyLib.core.errors import CancelledError, UsageError
+from SegUncertaintyLib.core.errors import COHORT_CASES_FAILED, CancelledError, UsageError
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.scores import REVIEW, WITHIN
 from SegUncertaintyLib.io.publish import OutputFolder
@@ -76,7 +77,7 @@ def cohort(tmp_path_factory):
 
 def test_same_file_name_gets_two_folders_and_a_corrupt_input_fails_alone(cohort):
     inputs, out, code, _ = cohort
-    assert code == cli.COHORT_CASES_FAILED == 8
+    assert code == COHORT_CASES_FAILED == 8
     rows = read_worklist(out)
     assert len(rows) == 4
     by_input = {Path(row["input"]).relative_to(inputs).as_posix(): row for row in rows}
@@ -108,22 +109,19 @@ def test_case_folder_is_what_segment_writes(cohort, tmp_path):
     assert load_json(case / "scores.json") == load_json(single / "scores.json")  # same seed, same numbers
 
 
-def _hand_priority(scores: dict) -> float:
-    """Largest relative excess over the REFERENCE limits (all review_above here)."""
-    return max((scores["sphere"][s] - b["review_above"]) / b["review_above"]
-               for s, b in REFERENCE["classes"]["sphere"].items())
-
-
-def test_worklist_order_and_readings_follow_the_cards_usual_ranges(cohort):
+def test_worklist_ranks_by_segment_entropy_and_reads_the_cards_usual_ranges(cohort):
+    """Without a calibration the order is by the uncalibrated detector (segment_entropy, highest first); the
+    card's usual ranges give the readings, not the order."""
     _, out, _, _ = cohort
     rows = read_worklist(out)
     finished = [r for r in rows if r["status"] == "done"]
     scores = {r["case"]: load_json(out / r["case"] / "scores.json")["classes"] for r in finished}
-    expected = sorted(scores, key=lambda c: -_hand_priority(scores[c]))
+    expected = sorted(scores, key=lambda c: -scores[c]["sphere"]["segment_entropy"])
     assert [r["case"] for r in rows] == [*expected, rows[-1]["case"]] and rows[-1]["status"] == "failed"
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
     for row in finished:
-        assert float(row["priority"]) == pytest.approx(_hand_priority(scores[row["case"]]), abs=6e-5)
+        assert float(row["priority"]) == pytest.approx(scores[row["case"]]["sphere"]["segment_entropy"], abs=6e-5)
+        assert "not calibrated" in row["reason"] and row["outside_calibration"] == ""
         for score, bound in REFERENCE["classes"]["sphere"].items():
             value = scores[row["case"]]["sphere"][score]
             assert float(row[f"sphere:{score}"]) == pytest.approx(value, rel=1e-5)
@@ -220,7 +218,7 @@ def test_cases_from_folders_csv_and_dicom(tmp_path):
 
 def test_usual_ranges_for_another_sample_count_give_no_readings(tmp_path):
     """The card's ranges were measured with mc_dropout and 4 samples: a cohort with 5 samples has no reading
-    and ranks within the cohort, saying why (before, every case read against ranges that do not hold)."""
+    (before, every case read against ranges that do not hold)."""
     _sphere(tmp_path / "in" / "a.nii.gz", 20.0)
     _sphere(tmp_path / "in" / "b.nii.gz", 15.0, noise=0.1)
     model = _model(tmp_path / "model", REFERENCE)
@@ -229,7 +227,7 @@ def test_usual_ranges_for_another_sample_count_give_no_readings(tmp_path):
     assert cli.main(argv) == 0
     rows = read_worklist(tmp_path / "out")
     assert {row["sphere:cv:reading"] for row in rows} == {""}
-    assert all("no usual ranges for this method" in row["reason"] for row in rows)
+    assert all(row["reason"].startswith("not calibrated") for row in rows)
 
 
 @pytest.mark.parametrize(("files", "code", "message"), [
@@ -333,42 +331,39 @@ def _result(case, status="done", **scores):
             "scores": None if status == "failed" else {"brain": {"volume_ml": 1.0, **scores}}}
 
 
-def test_ranking_against_usual_ranges_by_hand():
+def test_ranking_without_a_calibration_by_hand_ignores_the_cards_ranges():
+    """Ordered by the highest segment_entropy over the classes; the card's ranges only give readings (a case
+    far outside the cv range but with a low segment_entropy ranks after one inside every range)."""
     reference = {"classes": {"brain": {"cv": {"review_above": 0.02}, "dpw": {"review_below": 0.9}}}}
     results = [
-        _result("a", cv=0.01, dpw=0.97),   # excesses (cv - 0.02) / 0.02 = -0.5, (0.9 - dpw) / (1 - 0.9) = -0.7
-        _result("b", cv=0.03, dpw=0.95),   # 0.5, -0.5: priority 0.5
-        _result("c", cv=0.021, dpw=0.84),  # 0.05, 0.6: priority 0.6 (dpw weighs by its distance from 1)
-        _result("f", cv=0.025, dpw=0.86),  # 0.25, 0.4: priority 0.4
-        _result("d", cv=None, dpw=None),   # nothing defined
+        _result("a", cv=0.5, dpw=0.2, segment_entropy=0.05),    # outside both ranges, low entropy
+        _result("b", cv=0.01, dpw=0.99, segment_entropy=0.30),
+        _result("c", cv=0.03, dpw=0.95, segment_entropy=0.20),
+        _result("d", cv=None, dpw=None, segment_entropy=None),  # nothing defined
         _result("e", status="failed"),
     ]
     rows = rank_rows(results, reference)
-    assert [r["case"] for r in rows] == ["c", "b", "f", "a", "d", "e"]  # over |limit|: b, f, c
-    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
-    assert [float(r["priority"]) for r in rows[:4]] == pytest.approx([0.6, 0.5, 0.4, -0.5], abs=1e-4)
-    assert rows[4]["priority"] == rows[5]["priority"] == ""
-    assert rows[1]["brain:cv:reading"] == REVIEW and rows[3]["brain:cv:reading"] == WITHIN
-    assert rows[4]["brain:cv:reading"] == "not defined"
-    assert "dpw" in rows[0]["reason"] and "outside" in rows[0]["reason"] and "boom" in rows[5]["reason"]
-    # the value and its limit, not a percentage of the limit's distance from certainty
-    assert rows[0]["reason"] == "2 score(s) outside the model's usual range; worst brain dpw 0.84 (usual range >= 0.9)"
-    assert rows[3]["reason"] == "all scores within the model's usual range; closest brain cv 0.01 (usual range <= 0.02)"
+    assert [r["case"] for r in rows] == ["b", "c", "a", "d", "e"]
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [float(r["priority"]) for r in rows[:3]] == pytest.approx([0.30, 0.20, 0.05])
+    assert rows[3]["priority"] == rows[4]["priority"] == ""
+    assert rows[2]["brain:cv:reading"] == REVIEW and rows[0]["brain:cv:reading"] == WITHIN
+    assert rows[3]["brain:cv:reading"] == "not defined" and "boom" in rows[4]["reason"]
+    assert rows[0]["reason"] == ("not calibrated: ranked by segment_entropy, the best uncalibrated failure detector "
+                                 "measured; highest brain 0.3")
     assert set(rows[0]) <= set(COLUMNS) | {f"brain:{k}" for k in ("volume_ml", "cv", "cv:reading", "dpw",
                                                                    "dpw:reading", "ulabelled", "ulabelled:reading",
                                                                    "segment_entropy", "segment_entropy:reading",
                                                                    "diversity", "diversity:reading")}
 
 
-def test_ranking_within_the_cohort_without_usual_ranges_by_hand():
-    results = [_result("p", cv=0.1, dpw=0.9), _result("q", cv=0.3, dpw=0.8), _result("r", cv=0.2, dpw=0.85),
-               _result("s", status="failed")]
-    # percentiles: cv p 0, r .5, q 1; dpw (lower = more uncertain) p 0, r .5, q 1 -> means 0, .5, 1
+def test_ranking_takes_the_worst_class():
+    results = [{"case": "x", "status": "done", "seconds": 1.0,
+                "scores": {"liver": {"segment_entropy": 0.1}, "spleen": {"segment_entropy": 0.4}}},
+               {"case": "y", "status": "done", "seconds": 1.0,
+                "scores": {"liver": {"segment_entropy": 0.3}, "spleen": {"segment_entropy": 0.2}}}]
     rows = rank_rows(results, None)
-    assert [r["case"] for r in rows] == ["q", "r", "p", "s"]
-    assert [float(r["priority"]) for r in rows[:3]] == pytest.approx([1.0, 0.5, 0.0])
-    assert all(r["brain:cv:reading"] == "" for r in rows[:3])
-    assert "within this cohort" in rows[0]["reason"]
+    assert [r["case"] for r in rows] == ["x", "y"] and "spleen" in rows[0]["reason"]
 
 
 # -- worklist.html -----------------------------------------------------------------------------------
@@ -482,7 +477,7 @@ def test_worklist_html_sorts_in_a_real_browser(cohort, tmp_path):
 
 
 def test_cli_cancel_exits_130_with_the_worklist_written(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli._CancelFlag, "__call__", lambda self: True)  # Ctrl-C before the first case ends
+    monkeypatch.setattr(CancelFlag, "__call__", lambda self: True)  # Ctrl-C before the first case ends
     model = _model(tmp_path / "model")
     inputs = [_sphere(tmp_path / f"in/{i}.nii.gz", 18.0 + i) for i in range(2)]
     assert cli.main(_argv(inputs, tmp_path / "out", model)) == 130

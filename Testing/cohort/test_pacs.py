@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import requests
 
 from SegUncertaintyLib import cli
 from SegUncertaintyLib.cohort.pacs import Destination, retrieve
@@ -29,9 +31,10 @@ from SegUncertaintyLib.io.dicomweb import (
     parse_dimse,
     read_credentials,
 )
+from Testing.support import orthanc
 from Testing.support.cut_proxy import CutProxy
 from Testing.support.dicom_series import volume, write_series
-from Testing.support.orthanc import free_port
+from Testing.support.orthanc import HOST, Orthanc, free_port, private_authority
 from Testing.support.tiny_models import write_threshold_model
 
 pytestmark = [pytest.mark.pacs, pytest.mark.dicom]
@@ -148,6 +151,82 @@ def test_a_server_that_is_down_or_silent_exits_7_and_deletes_nothing(tmp_path, c
     assert sorted(p.name for p in out.iterdir()) == ["cohort.json"]  # the folder is ours; nothing else written
 
 
+def _own_orthanc(folder: Path, **options) -> Orthanc:
+    if not orthanc.available():
+        pytest.skip("needs Debian's orthanc and orthanc-dicomweb (install.sh installs them as root)")
+    return Orthanc(folder, **options).start()
+
+
+@pytest.mark.slow
+def test_tls_is_verified_and_a_ca_bundle_names_a_private_authority(tmp_path, capsys, monkeypatch):
+    """HTTPS with a certificate for 127.0.0.1 from a private CA (a TLS front of the real Orthanc: Debian 12's
+    Orthanc crashes serving HTTPS itself, Testing/support/orthanc.py): refused without --ca-bundle (exit 7,
+    one line), read, segmented and stored with it, also where REQUESTS_CA_BUNDLE names the system's
+    authorities (requests would let it replace the bundle named)."""
+    import certifi
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    ca, pem = private_authority(tmp_path / "pki")
+    server = _own_orthanc(tmp_path / "orthanc")
+    proxy = CutProxy(server.url, None, certificate=str(pem))
+    try:
+        server.upload(_series(tmp_path, SERIES[0]))
+        argv = _cohort(server, tmp_path / "cohort", _model(tmp_path / "model"), "--store")
+        argv[argv.index("--dicomweb") + 1] = f"{proxy.url}/dicom-web"
+        assert proxy.url.startswith("https://")
+        assert cli.main(argv) == 7
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not verified" in err and "--ca-bundle" in err
+        assert cli.main([*argv, "--ca-bundle", str(ca)]) == 0
+        (row,) = _worklist(tmp_path / "cohort")
+        local = _local_objects(tmp_path / "cohort" / row["output"])
+        assert row["stored"] == f"{len(local)}/{len(local)}" and row["stored_to"] == f"{proxy.url}/dicom-web"
+        assert set(local) <= DicomWeb(server.dicomweb).instance_uids(STUDY)
+    finally:
+        proxy.close()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_403_on_storing_exits_7_in_one_line_and_keeps_everything(tmp_path, capsys):
+    """Orthanc answers 403 to every POST (a Lua IncomingHttpRequestFilter: a read-only account)."""
+    lua = "function IncomingHttpRequestFilter(method, uri, ip, username, headers)\n  return method ~= 'POST'\nend\n"
+    server = _own_orthanc(tmp_path / "orthanc", lua=lua)
+    try:
+        for path in _series(tmp_path, SERIES[0]):  # uploads are POSTs too: put the series in by C-STORE
+            assert _dimse_send(server, path) == 0
+        out = tmp_path / "cohort"
+        assert cli.main(_cohort(server, out, _model(tmp_path / "model"), "--store")) == 7
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "refused access (403 Forbidden)" in last and "while storing" in last
+        (row,) = _worklist(out)
+        assert row["status"] == "done" and "403" in row["store_error"] and row["stored"].startswith("0/")
+        assert _local_objects(out / row["output"])
+    finally:
+        server.stop()
+
+
+def test_a_409_from_orthanc_is_one_line(orthanc_server, tmp_path):
+    """STOW-RS of an instance to another study's resource: Orthanc answers 409 Conflict."""
+    dataset = pydicom.dcmread(_series(tmp_path, SERIES[0])[0])
+    with pytest.raises(PacsError) as refused:
+        DicomWeb(orthanc_server.dicomweb).store([dataset], study="1.2.826.0.1.3680043.2.1125.999")
+    assert str(refused.value) == f"{orthanc_server.dicomweb} refused the request (409 Conflict) while storing"
+
+
+def _dimse_send(server: Orthanc, path: Path) -> int:
+    from pynetdicom import AE
+
+    dataset = pydicom.dcmread(path)
+    ae = AE(ae_title="UPLOADER")
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(HOST, server.dicom_port, ae_title=server.aet)
+    try:
+        return assoc.send_c_store(dataset).Status
+    finally:
+        assoc.release()
+
+
 def test_a_series_that_changes_between_listing_and_retrieval_is_refused(orthanc_server, tmp_path):
     files = _series(tmp_path, SERIES[0])
     orthanc_server.upload(files[:-1])
@@ -172,6 +251,37 @@ def test_a_series_that_changes_between_listing_and_retrieval_is_refused(orthanc_
     (folder / "1.dcm").write_bytes((folder / "1.dcm").read_bytes()[:-2] + b"\0\0")  # damaged: retrieved again
     retrieve(server, remote, cache)
     assert json.loads((cache / f"{SERIES[0]}.json").read_text())["sha256"] == record["sha256"]
+
+
+@pytest.mark.slow
+def test_a_series_that_changes_in_a_cohort_fails_only_its_case(orthanc_server, tmp_path, monkeypatch, capsys):
+    """The real server gains the last slice of the second series between listing and retrieval: that case
+    is failed with the reason in worklist.csv, the first series is segmented, exit 8; the next run reads the
+    now complete series as the same case."""
+    orthanc_server.upload(_series(tmp_path, SERIES[0]))
+    growing = _series(tmp_path, SERIES[1], seed=3)
+    orthanc_server.upload(growing[:-1])
+    retrieve_series = DicomWeb.retrieve_series
+
+    def arrives_while_read(self, study, series):
+        if series == SERIES[1] and len(orthanc_server.instances()) == 9:
+            orthanc_server.upload(growing[-1:])
+        return retrieve_series(self, study, series)
+
+    monkeypatch.setattr(DicomWeb, "retrieve_series", arrives_while_read)
+    model = _model(tmp_path / "model")
+    out = tmp_path / "cohort"
+    assert cli.main(_cohort(orthanc_server, out, model)) == 8
+    assert "1 case(s) failed" in capsys.readouterr().err
+    rows = {r["status"]: r for r in _worklist(out)}
+    assert sorted(rows) == ["done", "failed"] and len(_worklist(out)) == 2
+    assert re.search(r"Series .*\.62 changed on .* \(4 instances listed, 5 retrieved", rows["failed"]["error"])
+    assert rows["failed"]["output"] == "" and not (out / "dicomweb" / SERIES[1]).exists()
+    assert (out / rows["done"]["output"] / "segmentation.nrrd").is_file()
+    monkeypatch.undo()
+    assert cli.main(_cohort(orthanc_server, out, model)) == 0
+    again = {r["case"]: r["status"] for r in _worklist(out)}
+    assert again == {rows["done"]["case"]: "skipped", rows["failed"]["case"]: "done"}  # the same case, now read
 
 
 # -- round trips ----------------------------------------------------------------------------------
@@ -246,6 +356,8 @@ def test_store_dimse_half_failed_is_completed_by_the_next_run(orthanc_server, st
     assert "0xA700" in capsys.readouterr().err
     (row,) = _worklist(out)
     assert row["stored_to"] == f"dimse:{storage_scp.address}" and "0xA700" in row["store_error"]
+    assert row["store_checked"] == ""  # the store failed: nothing to say
+
     assert row["stored"] == f"2/{len(_local_objects(out / row['output']))}"  # the two it completed
     local = _local_objects(out / row["output"])
     assert len(storage_scp.received) == 2 < len(local)
@@ -253,10 +365,79 @@ def test_store_dimse_half_failed_is_completed_by_the_next_run(orthanc_server, st
     assert cli.main(_cohort(orthanc_server, out, model, "--store-dimse", storage_scp.address)) == 0
     (row,) = _worklist(out)
     assert row["status"] == "skipped" and row["stored"] == f"{len(local)}/{len(local)}" and not row["store_error"]
+    assert row["store_checked"] == "no C-FIND: the node refused an association for it"  # a storage SCP only
     assert set(storage_scp.received) == set(local)  # one copy of each object, by its run-derived UID
     for uid, path in local.items():
         assert storage_scp.received[uid].PixelData == pydicom.dcmread(path).PixelData if "PixelData" in \
             storage_scp.received[uid] else True
+
+
+@pytest.fixture(scope="module")
+def dicom_run(tmp_path_factory) -> Path:
+    """A run folder of a local CT series segmented with --dicom."""
+    root = tmp_path_factory.mktemp("dicom_run")
+    _series(root, SERIES[0])
+    assert cli.main(["segment", str(root / "src" / SERIES[0]), "--model", str(_model(root / "model")), "--method",
+                     "mc_dropout", "--samples", "3", "--maps", "entropy", "--progress", "none", "--no-overview",
+                     "--dicom", "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+def _dimse_orthanc(folder: Path, knows_us: bool) -> Orthanc:
+    """A real Orthanc that re-stores what it is sent again (``/changes`` counts every C-STORE it takes) and,
+    when ``knows_us``, lists the tool's calling AE among its modalities: it then answers its C-FIND."""
+    if not orthanc.available():
+        pytest.skip("needs Debian's orthanc and orthanc-dicomweb (install.sh installs them as root)")
+    return Orthanc(folder, modalities={"SEGUNCERTAINTY": (HOST, free_port())} if knows_us else None,
+                   settings={"OverwriteInstances": True}).start()
+
+
+def _changes(server: Orthanc) -> int:
+    return server.get("/changes").json()["Last"]
+
+
+@pytest.mark.slow
+def test_store_dimse_sends_only_what_a_c_find_does_not_find(dicom_run, tmp_path, capsys):
+    local = _local_objects(dicom_run)
+    server = _dimse_orthanc(tmp_path / "orthanc", knows_us=True)
+    try:
+        assert cli.main(["send", str(dicom_run), "--store-dimse", server.dimse]) == 0
+        web = DicomWeb(server.dicomweb)
+        assert web.instance_uids(STUDY) == set(local)
+        first = _changes(server)
+        assert cli.main(["send", str(dicom_run), "--store-dimse", server.dimse]) == 0  # all there: nothing sent
+        assert _changes(server) == first and f"Stored {len(local)} DICOM objects" in capsys.readouterr().out
+        gone = next(iter(local))  # a store that lost one object: only that one is sent again
+        [found] = requests.post(f"{server.url}/tools/lookup", data=gone, timeout=30).json()
+        assert requests.delete(f"{server.url}/instances/{found['ID']}", timeout=30).ok
+        assert cli.main(["send", str(dicom_run), "--store-dimse", server.dimse]) == 0
+        assert web.instance_uids(STUDY) == set(local)
+        changes = server.get("/changes", params={"since": first, "limit": 100}).json()["Changes"]
+        assert [c["ChangeType"] for c in changes if c["ResourceType"] == "Instance"] == ["NewInstance"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_store_dimse_to_a_node_that_answers_no_c_find_sends_everything_and_says_so(dicom_run, tmp_path, capsys):
+    """Orthanc refuses C-FIND from an AE it does not know (it aborts the association): every object is sent,
+    each time, and worklist.csv says why."""
+    local = _local_objects(dicom_run)
+    server = _dimse_orthanc(tmp_path / "orthanc", knows_us=False)
+    cohort = tmp_path / "cohort"
+    try:
+        assert cli.main(["cohort", str(dicom_run.parent / "src"), "--out", str(cohort), "--model",
+                         str(dicom_run.parent / "model"), "--method", "mc_dropout", "--samples", "3", "--maps",
+                         "entropy", "--progress", "none", "--no-overview", "--store-dimse", server.dimse]) == 0
+        (row,) = _worklist(cohort)
+        assert row["store_checked"] == "no C-FIND: the node aborted the query (is this AE allowed to query it?)"
+        assert row["stored"] == f"{len(local)}/{len(local)}"
+        first = _changes(server)
+        assert cli.main(["send", str(cohort), "--store-dimse", server.dimse]) == 0
+        changes = server.get("/changes", params={"since": first, "limit": 100}).json()["Changes"]
+        assert sum(c["ResourceType"] == "Instance" for c in changes) == len(local)  # each one sent again
+    finally:
+        server.stop()
 
 
 def test_destination_needs_exactly_one_target():

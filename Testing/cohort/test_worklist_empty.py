@@ -11,9 +11,9 @@ def _result(case, status="done", empty=False, **scores):
 
 def test_empty_prediction_ranks_first_against_usual_ranges():
     reference = {"classes": {"brain": {"cv": {"review_above": 0.02}, "dpw": {"review_below": 0.9}}}}
-    results = [_result("a", cv=0.5, dpw=0.2),                       # far outside every range
+    results = [_result("a", cv=0.5, dpw=0.2, segment_entropy=0.6),  # far outside every range
                _result("m", empty=True, cv=None, dpw=1.0),          # all samples empty: reads certain
-               _result("b", cv=0.01, dpw=0.99),
+               _result("b", cv=0.01, dpw=0.99, segment_entropy=0.1),
                _result("z", empty=True, cv=None, dpw=1.0),
                _result("f", status="failed")]
     rows = rank_rows(results, reference)
@@ -23,6 +23,6 @@ def test_empty_prediction_ranks_first_against_usual_ranges():
 
 
 def test_empty_prediction_ranks_first_within_the_cohort():
-    results = [_result("p", cv=0.1, dpw=0.9), _result("q", cv=0.3, dpw=0.8),
+    results = [_result("p", cv=0.1, dpw=0.9, segment_entropy=0.1), _result("q", cv=0.3, dpw=0.8, segment_entropy=0.3),
                _result("e", empty=True, cv=None, dpw=1.0)]
     assert [r["case"] for r in rank_rows(results, None)] == ["e", "q", "p"]

@@ -257,6 +257,6 @@ def test_hostile_model_gives_one_line_and_changes_nothing(case, tmp_path, monkey
     assert "Traceback" not in captured.err and captured.out == ""
     after = _snapshot(tmp_path)
     if argv is SEGMENT and after.get("out") == "dir" and not any((tmp_path / "out").iterdir()):
-        del after["out"]  # segment makes --out before loading the model (cli.cmd_segment, not model code): empty
+        del after["out"]  # segment makes --out before loading the model (cli.segment.command, not model code): empty
     assert after == before  # nothing written, changed or removed (no model home, no output)
     assert len(CASES) >= 15

@@ -54,4 +54,14 @@ def test_threads_follow_the_free_cores():
     assert threads_for(2, 2, 0.6) == 1  # another process busy on one core or more: one thread
     assert threads_for(2, 2, 1.0) == 1  # never fewer than one
     assert threads_for(4, 16, 0.5) == 4  # never more than this process may use
-    assert 1 <= free_cores(0.05) <= os.cpu_count()
+    assert 1 <= free_cores() <= os.cpu_count()
+
+
+def test_free_cores_reads_the_load_average(monkeypatch):
+    from SegUncertaintyLib.inference import budget
+
+    monkeypatch.setattr(budget.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(budget.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for load, threads in ((0.1, 4), (1.2, 3), (3.0, 1), (9.0, 1)):
+        monkeypatch.setattr(budget.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert budget.free_cores() == threads

@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from SegUncertaintyLib import cli
+from SegUncertaintyLib.cli.segment import default_out
 from SegUncertaintyLib.core.errors import InputImageError, OutputError, UsageError
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.segment import segment_image
@@ -174,8 +175,8 @@ def test_symlinked_output_folder_is_published_at_its_target(tmp_path):
 
 def test_default_output_names_never_collide(tmp_path):
     a, b = tmp_path / "a" / "t1.nii.gz", tmp_path / "b" / "t1.nii.gz"
-    assert cli.default_out(a) != cli.default_out(b)
-    assert cli.default_out(a) == cli.default_out(a) and cli.default_out(a).name.startswith("t1-")
+    assert default_out(a) != default_out(b)
+    assert default_out(a) == default_out(a) and default_out(a).name.startswith("t1-")
 
 
 def test_segment_image_validates_its_input_as_the_command_line(threshold_model):

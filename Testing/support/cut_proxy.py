@@ -3,12 +3,15 @@ can take a PACS off the network at an exact point of a run (stopping the server 
 
 ``CutProxy(target, posts_before_cut)`` listens on a free loopback port and forwards every request to
 ``target`` (method, path, body and the headers that matter: authorization, content and accept types). Once
-``posts_before_cut`` POSTs have been answered, the next POST and every request after it are dropped
-without a reply, and the listener closes: clients see "connection refused/aborted", as when a server dies.
+``posts_before_cut`` POSTs have been answered (None: never), the next POST and every request after it are
+dropped without a reply, and the listener closes: clients see "connection refused/aborted", as when a server
+dies. With ``certificate`` (a PEM holding the key and the certificate) it serves HTTPS: a TLS front of a
+plain-HTTP server.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,20 +22,25 @@ RETURNED = ("Content-Type",)
 
 
 class CutProxy:
-    def __init__(self, target: str, posts_before_cut: int):
+    def __init__(self, target: str, posts_before_cut: int | None, certificate: str | None = None):
         self.target = target.rstrip("/")
-        self.remaining = posts_before_cut
+        self.remaining = float("inf") if posts_before_cut is None else posts_before_cut
         self.down = False
         self.forwarded_posts = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        self.scheme = "https" if certificate else "http"
+        if certificate:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certificate)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def _admit(self, method: str) -> bool:
         with self._lock:

@@ -162,7 +162,7 @@ def test_nothing_is_missing_here_and_cancel_without_a_run_is_harmless(mrml_scene
 
 
 def test_library_dir_holds_the_library():
-    assert (Path(environment.library_dir()) / "SegUncertaintyLib" / "cli.py").is_file()
+    assert (Path(environment.library_dir()) / "SegUncertaintyLib" / "cli" / "__init__.py").is_file()
 
 
 def run_in_background(logic, volume, method, samples, cancel_after_first_progress=False, model="brainmask-t1"):

@@ -195,9 +195,9 @@ def test_extensions_index_requirements():
 
 # Library modules the glue may use: they import the standard library only (checked below), so the panel can
 # open a cohort's worklist before torch and the other packages are installed.
-GLUE_LIBRARY_MODULES = {"SegUncertaintyLib.cohort.review", "SegUncertaintyLib.cohort.worklist",
-                        "SegUncertaintyLib.core.files", "SegUncertaintyLib.core.manifest",
-                        "SegUncertaintyLib.core.methods"}
+GLUE_LIBRARY_MODULES = {"SegUncertaintyLib.calibration.store", "SegUncertaintyLib.cohort.review",
+                        "SegUncertaintyLib.cohort.worklist", "SegUncertaintyLib.core.files",
+                        "SegUncertaintyLib.core.manifest", "SegUncertaintyLib.core.methods"}
 
 
 @pytest.mark.parametrize("path", sorted((MODULE / "SegUncertaintyMRML").glob("*.py")), ids=lambda p: p.name)

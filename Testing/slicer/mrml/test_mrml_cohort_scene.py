@@ -285,6 +285,7 @@ def test_a_worklist_written_by_the_real_cohort_command(mrml_scene, tmp_path, mon
     case's input found (by the sha256 the run recorded) and its results loaded, the mark written to the CSV
     and the HTML, and kept when the command runs again (resume)."""
     from SegUncertaintyLib import cli
+    from SegUncertaintyLib.core.errors import COHORT_CASES_FAILED
 
     model = write_threshold_model(tmp_path / "model")
     (tmp_path / "scans").mkdir()
@@ -294,7 +295,7 @@ def test_a_worklist_written_by_the_real_cohort_command(mrml_scene, tmp_path, mon
     argv = ["cohort", "scans", "--out", "review", "--model", str(model), "--samples", "4", "--progress", "none",
             "--no-overview"]
     monkeypatch.chdir(tmp_path)
-    assert cli.main(argv) == cli.COHORT_CASES_FAILED
+    assert cli.main(argv) == COHORT_CASES_FAILED
     monkeypatch.chdir(tmp_path / "model")  # Slicer's current folder is not where the cohort ran
 
     worklist = CohortWorklist(tmp_path / "review")
@@ -313,7 +314,7 @@ def test_a_worklist_written_by_the_real_cohort_command(mrml_scene, tmp_path, mon
     assert "checked in Slicer" in (tmp_path / "review" / "worklist.html").read_text()
 
     monkeypatch.chdir(tmp_path)
-    assert cli.main(argv) == cli.COHORT_CASES_FAILED  # resumed: every case skipped, the mark kept
+    assert cli.main(argv) == COHORT_CASES_FAILED  # resumed: every case skipped, the mark kept
     again = CohortWorklist(tmp_path / "review")
     row = next(r for r in again.rows if r["case"] == first)
     assert (row["status"], row["reviewed"], row["reviewer_note"]) == ("skipped", "yes", "checked in Slicer")
