@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from SegUncertaintyLib.cli import SAMPLE_IMAGE as SAMPLE_PATH
+from SegUncertaintyLib.cli.segment import SAMPLE_IMAGE as SAMPLE_PATH
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.backends.choice import choose_backend, cpu_identity, make_runners
 from SegUncertaintyLib.inference.preprocessing import to_model_space
