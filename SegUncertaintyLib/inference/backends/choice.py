@@ -129,13 +129,16 @@ def _probe(model: LoadedModel, cands: list[tuple[str, str]]) -> dict[str, dict]:
                 set_dropout(net, False)
         return out, first
 
-    reference, _ = softmax_all(*REFERENCE)
+    reference, reference_runner = softmax_all(*REFERENCE)
     figures = {}
     for backend, precision in cands:
         name = f"{backend}/{precision}"
         try:
-            probs, runner = softmax_all(backend, precision)
-            dp = max(float((p - r).abs().max()) for p, r in zip(probs, reference, strict=True))
+            if (backend, precision) == REFERENCE:
+                dp, runner = 0.0, reference_runner
+            else:
+                probs, runner = softmax_all(backend, precision)
+                dp = max(float((p - r).abs().max()) for p, r in zip(probs, reference, strict=True))
             times = []
             for _ in range(PROBE_REPEATS):
                 start = time.perf_counter()
