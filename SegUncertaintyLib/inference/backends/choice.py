@@ -174,7 +174,7 @@ def choose_backend(model: LoadedModel, options: SegmentOptions, device: torch.de
     else:
         cands = candidates(model, precision)
     if cands == [REFERENCE]:
-        return BackendChoice(*REFERENCE, 0.0, "requested" if backend != "auto" else "probe",
+        return BackendChoice(*REFERENCE, 0.0, "requested" if backend != "auto" else "no other candidate",
                              {"torch/fp32": {"max_abs_dp": 0.0}})
     path = home_dir() / BACKENDS_CACHE / f"{_cache_key(model, options, cands, guard)}.json"
     try:
