@@ -43,7 +43,8 @@ REFERENCE = ("torch", "fp32")
 class BackendChoice:
     """The backend and precision a run uses. ``max_abs_dp``: max |delta p| against torch fp32 on the probe
     window (0 for the reference itself, None where nothing was probed: CUDA); ``chosen_by``: requested,
-    probe, cached probe or cuda; ``probe``: each candidate's figures, "backend/precision" -> {ms, max_abs_dp}."""
+    probe, cached probe, no other candidate (auto with only torch fp32 to try) or cuda; ``probe``: each
+    candidate's figures, "backend/precision" -> {ms, max_abs_dp}."""
 
     backend: str
     precision: str
