@@ -12,7 +12,7 @@ fi
 # torch first, pinned, so that nothing else pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 # torch named again so that nothing in the extras (nnunetv2 -> timm -> torchvision) upgrades it.
-.venv/bin/python -m pip install --quiet -e ".[dev]" "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[dev,openvino]" "torch==2.13.0"
 # nnunetv2 -> dynamic-network-architectures -> timm pulls PyPI's torchvision, which has no CPU build for
 # this torch and fails on import ("operator torchvision::nms does not exist"), breaking torchmetrics and
 # MONAI's optional imports. Nothing here needs it (SegUncertainty's nnU-Net trainer lookup skips the

@@ -10,7 +10,7 @@ from ..cohort.executors import EXECUTORS
 from ..core.errors import InputImageError, UsageError
 from ..core.options import DEVICES
 from ..core.vocabulary import DEFAULT_METHOD, MAP_CHOICES, METHODS
-from .common import CancelFlag
+from .common import CancelFlag, add_backend_options
 
 
 def add_parser(sub) -> None:
@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
     cal.add_argument("--address", default=None, help="address of a running Ray or Dask cluster to join")
     cal.add_argument("--device", default="auto", choices=DEVICES, help="(default: %(default)s)")
     cal.add_argument("--seed", type=int, default=0, help="random seed of the dropout masks (default: %(default)s)")
+    add_backend_options(cal)
     cal.add_argument("--progress", default="bar", choices=("bar", "json", "none"), help="(default: %(default)s)")
     cal.add_argument("--strict", action="store_true",
                      help="refuse (exit 2) calibration cases the model trained on (an nnU-Net model's "
@@ -67,7 +68,8 @@ def command(args) -> int:
         raise InputImageError(f"--labels {labels} is not a folder" if labels.exists()
                               else f"--labels {labels} not found")
     options = SegmentOptions(model=args.model, method=args.method, samples=args.samples, device=args.device,
-                             seed=args.seed, maps=(args.map,), overview=False, calibration="none").check()
+                             seed=args.seed, maps=(args.map,), overview=False, calibration="none",
+                             backend=args.backend, precision=args.precision).check()
     out = Path(args.out) if args.out else Path("seguncertainty_calibration") / (
         f"{Path(args.model).name}-{args.method}")
     cancel = CancelFlag()

@@ -31,9 +31,10 @@ def model_record(description) -> dict:
 
 
 def build_manifest(*, version: str, input_name: str, description, method: str, n_samples: int, device: str,
-                   settings: dict, notes: list[str], outputs: list[dict]) -> dict:
+                   settings: dict, notes: list[str], outputs: list[dict], inference: dict | None = None) -> dict:
     """The manifest of one run. ``version``: the tool's; ``description``: the model's (name, version,
-    folder, members, labels); ``outputs``: one entry per file written, {"file", "kind", "meaning", ...}."""
+    folder, members, labels); ``outputs``: one entry per file written, {"file", "kind", "meaning", ...};
+    ``inference``: card models' backend, precision, accuracy guard figure and dropout-mask generator."""
     return {
         "format_version": FORMAT_VERSION,
         "tool": f"{TOOL} {version}",
@@ -43,6 +44,7 @@ def build_manifest(*, version: str, input_name: str, description, method: str, n
         "method": method,
         "n_samples": n_samples,
         "device": device,
+        **({"inference": inference} if inference is not None else {}),
         "settings": settings,
         "labels": {str(k): v for k, v in description.labels.items()},
         "notes": notes,

@@ -13,6 +13,12 @@ from .methods import DEFAULT_METHOD, parse_method, plan_samples
 from .vocabulary import DEFAULT_MODEL, MAP_CHOICES, MAP_DTYPES, OUTPUT_FORMATS
 
 DEVICES = ("auto", "cuda", "cpu")  # auto: CUDA when available
+# auto: the fastest backend whose probe passes the accuracy guard (inference/backends/choice.py)
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: fp16 autocast with torch on CUDA, else fp32
+# what each backend runs (fp16: torch on CUDA only; the exported backends run on the CPU)
+BACKEND_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}
+DEFAULT_BACKEND = "torch"  # the reference; auto is opt-in (BENCHMARKS.md "Inference backends" says why)
 SEG_TYPES = ("binary", "labelmap")  # --seg-type: the DICOM SEG of the segmentation (results/dicom_objects.py)
 
 
@@ -43,6 +49,8 @@ class SegmentOptions:
     calibration: str = "auto"  # auto: the newest calibration for these weights + method + samples; none; a file
     tolerance: float | None = None  # MC dropout: sample in rounds until the maps' Monte Carlo error is <= this
     compress: bool = True  # gzip the written volumes (lossless; ~8 % smaller float maps, much smaller labelmaps)
+    backend: str = DEFAULT_BACKEND  # card models' forward passes: BACKENDS
+    precision: str = "auto"  # PRECISIONS
     temperature: float = 1.0  # every pass's logits are divided by this before the softmax (a calibration's t)
 
     @classmethod
@@ -53,7 +61,8 @@ class SegmentOptions:
                    overview=not args.no_overview, save_samples=args.save_samples,
                    dicom=getattr(args, "dicom", False), seg_type=getattr(args, "seg_type", "binary"),
                    calibration=getattr(args, "calibration", "auto"),
-                   compress=getattr(args, "compress", True), tolerance=getattr(args, "tolerance", None))
+                   compress=getattr(args, "compress", True), tolerance=getattr(args, "tolerance", None),
+                   backend=getattr(args, "backend", DEFAULT_BACKEND), precision=getattr(args, "precision", "auto"))
 
     def check(self) -> SegmentOptions:
         """Refuse options out of range before anything is read (UsageError, exit 2); return ``self``."""
@@ -62,6 +71,7 @@ class SegmentOptions:
         check_overlap_range(self.overlap)
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        self.check_backend()
         if self.format not in OUTPUT_FORMATS:
             raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
         if self.map_dtype not in MAP_DTYPES:
@@ -83,6 +93,22 @@ class SegmentOptions:
                 raise UsageError(f"--tolerance needs random samples (a method with mc_dropout), not {self.method}")
         return self
 
+    def check_backend(self) -> None:
+        """UsageError unless the backend and precision are known and go together (and with the device)."""
+        if self.backend not in BACKENDS:
+            raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise UsageError("--precision fp16 runs on CUDA only (autocast); on the CPU use fp32 or bf16")
+        if self.backend in ("openvino", "onnxruntime"):
+            if self.device == "cuda":
+                raise UsageError(f"--backend {self.backend} runs on the CPU; use --device cpu or auto, "
+                                 "or --backend torch")
+            if self.precision != "auto" and self.precision not in BACKEND_PRECISIONS[self.backend]:
+                raise UsageError(f"--backend {self.backend} runs {', '.join(BACKEND_PRECISIONS[self.backend])}, "
+                                 f"not --precision {self.precision}")
+
     def settings(self, dicom_series: str | None) -> dict:
         """The manifest's ``settings`` as ``segment`` writes them (``dicom`` only when set and ``compress`` only
         when off, ``seg_type`` only when not binary, so earlier runs' settings, a cohort's resume key, stay as
@@ -91,6 +117,8 @@ class SegmentOptions:
                 **({"seg_type": self.seg_type} if self.seg_type != "binary" else {}),
                 **({} if self.compress else {"compress": False}),
                 **({"tolerance": self.tolerance} if self.tolerance is not None else {}),
+                **({"backend": self.backend} if self.backend != DEFAULT_BACKEND else {}),
+                **({"precision": self.precision} if self.precision != "auto" else {}),
                 "overlap": self.overlap, "seed": self.seed,
                 "max_batch": self.max_batch, "device_requested": self.device, "format": self.format,
                 "maps": list(self.maps or MAP_CHOICES), "map_dtype": self.map_dtype, "dicom_series": dicom_series}

@@ -19,11 +19,12 @@ from ..core.options import SegmentOptions
 from ..core.progress import ProgressCallback
 from ..models.loader import LoadedModel, check_mc_dropout
 from .assembly import PassStatistics, PlacedImages, SegmentationOutputs, assemble
+from .backends.choice import choose_backend, make_runners
 from .budget import check_run_memory
 from .maps import class_argmax
 from .mc_error import DEFINITION, error_percentiles, foreground_box, sample_in_rounds
 from .preprocessing import array_on_grid, to_input_space, to_model_space
-from .sliding_window import WindowConfig, WindowResult, check_overlap, run_sliding_window
+from .sliding_window import WindowConfig, WindowResult, check_overlap, pick_device, run_sliding_window
 
 FIRST_ROUND = 10  # --tolerance: samples of the first round (at most --samples)
 
@@ -60,14 +61,18 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     check_run_memory(math.prod(array.shape), description.n_classes, len(plan))
     check_cancel()
     report("preprocess", 1.0, f"model grid {grid.GetSize()} at {card.spacing_mm} mm")
+    choice = choose_backend(model, options, pick_device(options.device))
+    runners = make_runners(model, choice)
     config = WindowConfig(window=window, overlap=options.overlap, max_batch=options.max_batch,
-                          device=options.device, seed=options.seed, temperature=options.temperature)
+                          device=options.device if choice.backend == "torch" else "cpu", seed=options.seed,
+                          temperature=options.temperature)
     spacing_zyx = tuple(reversed(card.spacing_mm))
 
     def sample(n: int) -> tuple[WindowResult, float]:
         passes = plan if n == len(plan) // members_sampled else plan_samples(options.method, len(model.networks), n,
                                                                               card.flip_axes)
-        result = run_sliding_window(array, model.networks, passes, description.n_classes, config, report, cancelled)
+        result = run_sliding_window(array, model.networks, passes, description.n_classes, config, report, cancelled,
+                                    runners)
         error = mc_error(result, spacing_zyx)
         return result, max(error.values()) if error else 0.0
 
@@ -106,6 +111,7 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     outputs = assemble(stats, description, options.method, place,
                        input_volumes_ml={k: float(counts[k] * voxel_ml_input) for k in range(n_classes)},
                        progress=report, cancelled=cancelled)
+    outputs.inference = choice.record()
     error = mc_error(result, spacing_zyx)
     if error is not None:
         outputs.scores["monte_carlo_error"] = {

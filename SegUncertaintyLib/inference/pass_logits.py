@@ -26,6 +26,7 @@ from ..core.errors import CancelledError
 from ..core.methods import plan_samples
 from ..core.options import SegmentOptions
 from ..models.loader import LoadedModel
+from .backends.choice import choose_backend, make_runners
 from .model_grid import check_method
 from .preprocessing import array_on_grid, resample_like, to_model_space
 from .sliding_window import (
@@ -101,9 +102,10 @@ def _card_logits(image, model: LoadedModel, options, region, reference, cap, can
         w[inside] = weight[tuple(local[inside].T)]
         wins = w > best
         owner[wins], best[wins] = i, w[wins]
+    choice = choose_backend(model, options, pick_device(options.device))  # the run's backend and precision
     config = WindowConfig(window=window, overlap=options.overlap, max_batch=options.max_batch,
-                          device=options.device, seed=options.seed)
-    sampler = _RecordingSampler(model.networks, plan, config, [], cancelled)
+                          device=options.device if choice.backend == "torch" else "cpu", seed=options.seed)
+    sampler = _RecordingSampler(model.networks, plan, config, [], cancelled, make_runners(model, choice))
     out = np.zeros((len(plan), model.description.n_classes, len(chosen)), np.float16)
     for i in np.unique(owner[owner >= 0]):
         sl = slices[i]

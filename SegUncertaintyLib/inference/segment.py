@@ -9,7 +9,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from ..core.errors import CancelledError, InputImageError
+from ..core.errors import CancelledError, InputImageError, UsageError
 from ..core.options import SegmentOptions
 from ..core.progress import ProgressCallback
 from ..io.images import validate_image
@@ -63,4 +63,7 @@ def segment_image(image: sitk.Image, model, options: SegmentOptions | None = Non
     with cancel_between_modules(cancelled):
         if isinstance(model, LoadedModel):
             return segment_on_model_grid(image, model, options, report, cancelled)
+        if options.backend not in ("torch", "auto") or options.precision not in ("auto", "fp32"):
+            raise UsageError(f"--backend {options.backend} --precision {options.precision}: only card models choose "
+                             "a backend; nnU-Net and MONAI bundle models run on torch (use the defaults)")
         return segment_whole_volume(image, model, options, report, cancelled, scratch)

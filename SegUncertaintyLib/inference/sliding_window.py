@@ -39,13 +39,14 @@ from ..core.options import check_overlap_range
 from ..core.progress import ProgressCallback
 from ..core.vocabulary import MAP_NAMES
 from ..models.dropout import (
+    SampleMasks,
     only_channel_dropout,
-    per_sample_dropout,
     per_sample_dropout_possible,
     sample_channel_seed,
     sample_seed,
     set_dropout,
 )
+from .backends.runners import TorchRunner
 from .maps import class_argmax, normalized_entropy, uncertainty_maps
 from .mc_error import ERROR_NAMES, class_pairs, window_errors
 from .tempering import temper_logits
@@ -118,18 +119,19 @@ class _WindowSampler:
     """Runs the sample plan on one window, halving the batch (then leaving the GPU) on out-of-memory.
 
     Sample t of window w draws its elementwise masks from ``sample_seed(config.seed, w, t)`` and its channel
-    masks from (config.seed, t, call) whatever the window and the batch (models/dropout.py), so a retry with
-    a smaller batch gives the same samples and every window of sample t uses the same channel masks.
-    ``cancelled`` is polled before every forward pass.
+    masks from (config.seed, t, call) whatever the window and the batch (models/dropout.SampleMasks), so a
+    retry with a smaller batch gives the same samples and every window of sample t uses the same channel
+    masks. ``runners``: each member's forward pass (backends/runners.py; default: torch, fp16 autocast on
+    CUDA if ``config.amp``). ``cancelled`` is polled before every forward pass.
     """
 
     def __init__(self, networks: list[nn.Module], plan: list[SampleSpec], config: WindowConfig, notes: list[str],
-                 cancelled: Callable[[], bool] | None = None):
+                 cancelled: Callable[[], bool] | None = None, runners: list | None = None):
         self.networks, self.plan, self.notes, self.cancelled = networks, plan, notes, cancelled
         self.seed = config.seed
         self.device = pick_device(config.device)
         self.batch = max(1, config.max_batch)
-        self.amp = config.amp
+        self.runners = runners or [TorchRunner(net, "fp16" if config.amp else "fp32") for net in networks]
         self.temperature = config.temperature
         self.hookable = [per_sample_dropout_possible(net) for net in networks]
         self.channel_only = [only_channel_dropout(net) for net in networks]
@@ -137,13 +139,13 @@ class _WindowSampler:
         for net in networks:
             net.to(self.device)
 
-    def _pass(self, net: nn.Module, x: torch.Tensor, specs: list[SampleSpec]) -> torch.Tensor:
-        """(S, B, C, *w) softmax of the S passes ``specs`` over the B windows ``x`` (B, 1, *w), in one batch."""
+    def _pass(self, member: int, x: torch.Tensor, specs: list[SampleSpec],
+              masks: SampleMasks | None = None) -> torch.Tensor:
+        """(S, B, C, *w) softmax of the S passes ``specs`` over the B windows ``x`` (B, 1, *w), in one batch;
+        ``masks``: the dropout masks of the S * B batch elements (None: dropout as the network is set)."""
         batch = torch.cat([torch.flip(x, [d + 2 for d in s.flip]) if s.flip else x for s in specs])
-        use_amp = self.amp and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            logits = net(batch)
-        logits = logits.float().view(len(specs), x.shape[0], *logits.shape[1:])
+        logits = self.runners[member](batch, masks).to(x.device)
+        logits = logits.view(len(specs), x.shape[0], *logits.shape[1:])
         logits = torch.stack([torch.flip(logits[i], [d + 2 for d in s.flip]) if s.flip else logits[i]
                               for i, s in enumerate(specs)])
         return torch.softmax(self.logit_step(logits), dim=2)
@@ -159,11 +161,9 @@ class _WindowSampler:
         net = self.networks[member]
         set_dropout(net, specs[0].dropout)
         if not specs[0].dropout:
-            return self._pass(net, x, specs)
+            return self._pass(member, x, specs)
         if self.hookable[member]:
-            with per_sample_dropout(net, [sample_seed(self.seed, window, t) for t in samples], samples, self.seed,
-                                    self.device):
-                return self._pass(net, x, specs)
+            return self._pass(member, x, specs, SampleMasks(self.seed, window, samples, self.device))
         # dropout the hooks cannot reach (TorchScript): one sample per pass, global generator seeded per sample;
         # channel-only dropout draws (N, C, 1, ...) masks, so a seed without the window shares them across windows.
         # Mixed elementwise and channel TorchScript dropout keeps per-window channel masks (a known limit).
@@ -177,7 +177,7 @@ class _WindowSampler:
             self._check_cancel()
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                out.append(self._pass(net, x, [spec]))
+                out.append(self._pass(member, x, [spec]))
         return torch.cat(out)
 
     def _check_cancel(self) -> None:
@@ -292,15 +292,17 @@ def run_sliding_window(
     config: WindowConfig,
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    runners: list | None = None,
 ) -> WindowResult:
     """Segment a preprocessed (z, y, x) float32 volume; return stitched mean, maps and sample bits.
 
     ``cancelled`` is polled before every forward pass (CancelledError); the result does not depend on
     ``config.max_batch`` (each sample's randomness comes from the seed, window and sample index).
+    ``runners``: each member's forward pass (backends/runners.py; default: torch).
     """
     check_overlap(config.window, config.overlap)
     notes: list[str] = []
-    sampler = _WindowSampler(networks, plan, config, notes, cancelled)
+    sampler = _WindowSampler(networks, plan, config, notes, cancelled, runners)
     n_samples, shape = len(plan), tuple(volume.shape)
     window = tuple(int(w) for w in config.window)
     padded_shape = tuple(max(s, w) for s, w in zip(shape, window, strict=False))

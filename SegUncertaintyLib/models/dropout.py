@@ -3,23 +3,32 @@
 Randomness, so that one sample is one network draw over the whole volume and a result never depends on
 which samples share a forward pass (``--max-batch`` and the out-of-memory fallback cannot change the maps):
 
-- elementwise dropout (nn.Dropout): sample t of window w draws its masks, in module-call order, from one
-  generator seeded with ``sample_seed(seed, w, t)``. Its masks have the window's shape, so windows cannot
-  share them; independent draws per window give the same per-voxel distribution as one whole-volume pass.
+- elementwise dropout (nn.Dropout): the mask of the j-th elementwise call of sample t in window w comes
+  from a counter-based Philox4x32-10 stream keyed by (``sample_seed(seed, w, t)``, j) (:class:`SampleMasks`).
+  Its masks have the window's shape, so windows cannot share them; independent draws per window give the
+  same per-voxel distribution as one whole-volume pass.
 - channel dropout (nn.Dropout1d/2d/3d, MONAI's spatial dropout): the mask of the j-th channel-dropout call
   of sample t has shape (channels,) and is drawn from ``channel_seed(seed, t, j)``, whatever the window,
   so every window of sample t drops the same channels, as one pass over the whole volume would. (Drawn per
   window, one sample would be a patchwork of networks and the volume spread would shrink about tenfold.)
+
+The masks are drawn on the CPU whatever the device and the backend (torch applies them with forward hooks,
+the exported graphs of inference/backends take them as inputs), so a seed gives the same samples everywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+# elementwise masks: numpy's Philox4x32-10, keyed by (sample_seed(seed, window, sample), call), counter from 0
+MASK_GENERATOR = "philox4x32-10"
 
 
 def is_dropout(module: nn.Module) -> bool:
@@ -91,45 +100,122 @@ def per_sample_dropout_possible(network: nn.Module) -> bool:
     return all(type(m) in _HOOKABLE_DROPOUT for m in network.modules() if is_dropout(m))
 
 
+@dataclass(frozen=True)
+class DropoutCall:
+    """One dropout call of a forward pass, in call order: elementwise (nn.Dropout) or channel dropout, its p,
+    and the shape of its output without the batch axis, (C, z, y, x)."""
+
+    elementwise: bool
+    p: float
+    shape: tuple[int, ...]
+
+    @property
+    def mask_shape(self) -> tuple[int, ...]:
+        """The mask's shape without the batch axis: ``shape`` elementwise, (C, 1, ...) for channel dropout."""
+        return self.shape if self.elementwise else (self.shape[0], *[1] * (len(self.shape) - 1))
+
+
+class SampleMasks:
+    """The dropout masks of one batch: element b is sample ``samples[b]`` of window ``window`` in the run seeded
+    ``seed``. Each call of :meth:`keep` gives the next dropout call's keep mask (call order):
+
+    - the j-th elementwise call: element b keeps a voxel when its 32-bit word u of a Philox4x32-10 stream
+      keyed by (``sample_seed(seed, window, samples[b])``, j), counter from 0, has u / 2^32 >= p (the words
+      fill the mask in C order). Counter-based: each (seed, window, sample, call) is its own stream, drawn
+      in one vectorised call, with no per-sample generator state;
+    - the j-th channel call: the (C,) mask from a torch generator seeded ``channel_seed(seed, samples[b], j)``,
+      whatever the window (one draw per sample across all its windows), kept where U(0, 1) >= p.
+
+    Every backend draws its masks here, so a seed gives the same samples on all of them."""
+
+    def __init__(self, seed: int, window: int, samples: Sequence[int], device: torch.device | str = "cpu"):
+        self.seed, self.samples, self.device = seed, list(samples), torch.device(device)
+        self.keys = [sample_seed(seed, window, t) for t in self.samples]
+        self.element_calls = self.channel_calls = 0
+
+    def _next(self, call: DropoutCall, scale: bool) -> torch.Tensor | None:
+        """The next call's mask: bool keep, or float32 keep / (1 - p) if ``scale``; None when p <= 0 and not
+        ``scale`` (all kept, nothing drawn)."""
+        batch, shape = len(self.samples), (len(self.samples), *call.mask_shape)
+        if call.elementwise:
+            index, self.element_calls = self.element_calls, self.element_calls + 1
+        else:
+            index, self.channel_calls = self.channel_calls, self.channel_calls + 1
+        if call.p <= 0.0 or call.p >= 1.0:
+            if not scale and call.p <= 0.0:
+                return None
+            fill = torch.ones if call.p <= 0.0 else torch.zeros
+            return fill(shape, dtype=torch.float32 if scale else torch.bool, device=self.device)
+        if call.elementwise:
+            size = math.prod(call.shape)
+            threshold = np.uint32(math.ceil(call.p * 2.0**32))  # u / 2^32 >= p  <=>  u >= ceil(p 2^32)
+            keep = np.empty((batch, size), np.float32 if scale else np.bool_)
+            for b, key in enumerate(self.keys):
+                words = np.random.Philox(key=[key, index]).random_raw((size + 1) // 2).view(np.uint32)[:size]
+                if scale:
+                    np.multiply(words >= threshold, np.float32(1.0 / (1.0 - call.p)), out=keep[b])
+                else:
+                    np.greater_equal(words, threshold, out=keep[b])
+            return torch.from_numpy(keep).view(shape).to(self.device)
+        draws = torch.stack([self._channel_draw(t, index, call.shape[0]) for t in self.samples]).view(shape)
+        keep = draws >= call.p
+        return keep.to(torch.float32) * (1.0 / (1.0 - call.p)) if scale else keep
+
+    def keep(self, call: DropoutCall) -> torch.Tensor | None:
+        """(B, *shape) bool for an elementwise call, (B, C, 1, ...) for a channel call; None when p <= 0 (all
+        kept); all False when p >= 1."""
+        return self._next(call, scale=False)
+
+    def _channel_draw(self, sample: int, call: int, channels: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(channel_seed(self.seed, sample, call))
+        return torch.rand(channels, generator=generator).to(self.device)
+
+    def scaled(self, layout: Sequence[DropoutCall]) -> list[torch.Tensor]:
+        """The float32 multipliers keep / (1 - p) of every call of ``layout`` in order (1 where p <= 0): the
+        explicit mask inputs of an exported graph."""
+        return [self._next(call, scale=True) for call in layout]
+
+
+def dropout_call(module: nn.Module, output: torch.Tensor) -> DropoutCall:
+    """The :class:`DropoutCall` of one hookable dropout module's call on ``output`` (N, C, ...)."""
+    return DropoutCall(type(module) is nn.Dropout, float(module.p), tuple(output.shape[1:]))
+
+
+@torch.no_grad()
+def dropout_layout(network: nn.Module, window: Sequence[int]) -> list[DropoutCall]:
+    """The dropout calls of one pass of ``network`` on a (1, 1, *window) input, in call order (needs
+    :func:`per_sample_dropout_possible`)."""
+    calls: list[DropoutCall] = []
+    handles = [m.register_forward_hook(lambda m, _i, out: calls.append(dropout_call(m, out)))
+               for m in network.modules() if is_dropout(m)]
+    set_dropout(network, False)
+    try:
+        network(torch.zeros((1, 1, *window)))
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
 @contextlib.contextmanager
-def per_sample_dropout(network: nn.Module, element_seeds: Sequence[int], samples: Sequence[int], seed: int,
-                       device: torch.device) -> Iterator[None]:
-    """Within the block, batch element b is sample ``samples[b]`` of the run seeded ``seed``: nn.Dropout
-    draws its (elementwise) masks in call order from a generator seeded with ``element_seeds[b]``; the
-    j-th call of a channel dropout (Dropout1d/2d/3d) draws the (C,) mask from ``channel_seed(seed,
-    samples[b], j)``. A voxel or channel is kept when its U(0, 1) draw is >= p, then scaled by 1 / (1 - p).
+def per_sample_dropout(network: nn.Module, masks: SampleMasks) -> Iterator[None]:
+    """Within the block, the active dropout modules of ``network`` multiply their output by the next mask of
+    ``masks`` (call order), scaled by 1 / (1 - p): batch element b is sample ``masks.samples[b]``.
 
     Needs :func:`per_sample_dropout_possible`; the modules are switched to eval (identity) and a forward
     hook applies the mask, so torch's global generator is not used.
     """
-    if len(element_seeds) != len(samples):
-        raise ValueError(f"{len(element_seeds)} seeds for {len(samples)} samples")
-    generators = [torch.Generator(device=device).manual_seed(s) for s in element_seeds]
-    channel_calls = [0]
-
-    def channel_mask(sample: int, call: int, channels: int) -> torch.Tensor:
-        generator = torch.Generator(device=device).manual_seed(channel_seed(seed, sample, call))
-        return torch.rand(channels, generator=generator, device=device)
 
     def hook(module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
-        p = float(module.p)
-        elementwise = type(module) is nn.Dropout
-        call = None if elementwise else channel_calls[0]
-        if not elementwise:
-            channel_calls[0] += 1
-        if p <= 0.0:
+        call = dropout_call(module, output)
+        if output.shape[0] != len(masks.samples):
+            raise RuntimeError(f"dropout input batch {output.shape[0]} != {len(masks.samples)} samples")
+        keep = masks.keep(call)
+        if keep is None:
             return output
-        if p >= 1.0:
+        if call.p >= 1.0:
             return torch.zeros_like(output)
-        if output.shape[0] != len(generators):
-            raise RuntimeError(f"dropout input batch {output.shape[0]} != {len(generators)} samples")
-        if elementwise:
-            draws = [torch.rand(output.shape[1:], generator=g, device=output.device) for g in generators]
-        else:
-            spread = (output.shape[1], *[1] * (output.dim() - 2))
-            draws = [channel_mask(t, call, output.shape[1]).to(output.device).view(spread) for t in samples]
-        keep = torch.stack(draws) >= p
-        return output * keep.to(output.dtype) * (1.0 / (1.0 - p))
+        return output * keep.to(output.device, output.dtype) * (1.0 / (1.0 - call.p))
 
     active = [m for m in network.modules() if is_dropout(m) and m.training]
     handles = [m.register_forward_hook(hook) for m in active]

@@ -119,7 +119,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                             "meaning": "Mid-slices: image with segmentation contour and uncertainty maps"})
         manifest = build_manifest(version=__version__, input_name=input_name, description=description,
                                   method=outputs.method, n_samples=outputs.n_samples, device=outputs.device,
-                                  settings=settings, notes=outputs.notes, outputs=entries)
+                                  settings=settings, notes=outputs.notes, outputs=entries,
+                                  inference=outputs.inference)
         write_json(manifest, stage / MANIFEST)
     return out_dir.path / MANIFEST
 

@@ -89,18 +89,21 @@ def test_channel_masks_ignore_the_window_and_the_batch():
     assert only_channel_dropout(net) and not only_channel_dropout(DropoutContextNet())
 
 
-def old_rule_sums(net: nn.Module, window: torch.Tensor, index: int, seed: int, t: int) -> torch.Tensor:
-    """Sum over samples of the softmax, with each nn.Dropout mask drawn in call order from a generator seeded
-    ``sample_seed(seed, index, sample)`` (the rule before channel dropout was fixed): U(0,1) >= p kept."""
+def rule_sums(net: nn.Module, window: torch.Tensor, index: int, seed: int, t: int) -> torch.Tensor:
+    """Sum over samples of the softmax, the j-th nn.Dropout mask of a sample kept where the 32-bit words of
+    numpy's Philox keyed (``sample_seed(seed, index, sample)``, j) are >= p * 2^32 (models/dropout.py)."""
     total = torch.zeros(3, *window.shape[2:])
     for sample in range(t):
-        generator = torch.Generator().manual_seed(sample_seed(seed, index, sample))
-        x = window
+        x, call = window, 0
         with torch.no_grad():
             for layer in net.body:
                 if isinstance(layer, nn.Dropout):
-                    keep = torch.rand(x.shape[1:], generator=generator) >= layer.p
+                    size = x[0].numel()
+                    u32 = np.random.Philox(key=[sample_seed(seed, index, sample), call]).random_raw(
+                        (size + 1) // 2).view(np.uint32)[:size].astype(np.float64) / 2.0**32
+                    keep = torch.from_numpy(u32 >= layer.p).view(x.shape[1:])
                     x = x * keep[None].float() / (1 - layer.p)
+                    call += 1
                 else:
                     x = layer(x)
             total += torch.softmax(x * 3, 1)[0]
@@ -113,6 +116,6 @@ def test_elementwise_dropout_keeps_its_window_and_sample_masks():
     plan = plan_samples("mc_dropout", 1, 5)
     sampler = _WindowSampler([net], plan, WindowConfig((16, 16, 16), max_batch=3, seed=9), [])
     sum_p, *_ = sampler.run(window, 3, 3)
-    expected = old_rule_sums(net, window, 3, 9, 5)
+    expected = rule_sums(net, window, 3, 9, 5)
     assert torch.allclose(sum_p, expected, atol=1e-5)
-    assert not torch.allclose(sum_p, old_rule_sums(net, window, 4, 9, 5), atol=1e-2)  # the window matters
+    assert not torch.allclose(sum_p, rule_sums(net, window, 4, 9, 5), atol=1e-2)  # the window matters

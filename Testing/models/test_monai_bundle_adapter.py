@@ -14,6 +14,7 @@ import torch
 from monai.bundle import run
 
 from SegUncertaintyLib.cli import main
+from SegUncertaintyLib.core.errors import UsageError
 from SegUncertaintyLib.core.methods import SampleSpec
 from SegUncertaintyLib.core.options import SegmentOptions
 from SegUncertaintyLib.inference.segment import segment_image
@@ -130,3 +131,10 @@ def test_models_add_list_use_by_name_and_remove_a_bundle(tmp_path, monkeypatch, 
     assert "brainmask-t1" in out
     assert main(["models", "remove", "tiny-bundle"]) == 0
     assert not installed.exists()
+
+
+def test_a_bundle_refuses_a_non_torch_backend(tmp_path):
+    """Only card models choose a backend: a bundle with --backend openvino is refused (UsageError, exit 2)."""
+    model = MonaiBundleModel(make_bundle(tmp_path))
+    with pytest.raises(UsageError, match="only card models choose a backend"):
+        segment_image(ct_like_image((12, 14, 16)), model, SegmentOptions(backend="openvino"))
