@@ -3,6 +3,7 @@ keep its guarantee, do the predicted-Dice intervals cover, which score detects f
 
     python Testing/benchmarks/bench_calibration.py [--cache Testing/scripts/_work] [--cases 60] [--splits 20]
                                                    [--samples 10] [--alpha 0.1] [--models brainmask-t1,...]
+    python Testing/benchmarks/bench_calibration.py --models nnunet-tiny --cache /tmp/bench_nn
 
 Data (semi-synthetic, said plainly): per bundled model, ``--cases`` labelled cases made from the real labelled
 volumes the project already fetches (bench_papers' sources: MNI152 and Colin27 with their brain masks for
@@ -13,11 +14,21 @@ the lower resolution) move the label with the image (TorchIO applies them to Lab
 leave it. The cases are therefore not independent draws of patients: they are corrupted copies of 2 heads
 or 2 abdomens, and every statistic below rests on that n.
 
-Protocol: the cases run once through ``seguncertainty cohort`` (mc_dropout, ``--samples``, seed 0, no
-calibration); then ``--splits`` times, a random half calibrates (the calibrate command's own
-``fit_calibration``) and the other half tests: the realised missed-error fraction at the threshold against
-alpha, the coverage of the predicted-Dice intervals against 1 - alpha, and the AURC (risk = 1 - Dice) of each
-score against random and the oracle. Prints Markdown tables.
+nnunet-tiny (synthetic model, synthetic cases, said plainly): an nnU-Net v2 trained-model folder trained here
+on CPU by Testing/support/nnunet_train.py (PlainConvUNet from nnunetv2's builder, 2 folds, each trained on its
+own half of 24 lesion phantoms with its own seed, random flips; nnunetv2's preprocessing; nnunet_tiny's
+checkpoint format), to show that whole-volume formats go through the same protocol. Its ``--cases`` cases are
+fresh lesion phantoms (seeds disjoint from the training ones; random field of view, spacing, lesion size,
+contrast and noise), each with the same graded TorchIO corruption as above. Method: ensemble+tta (2 folds x
+8 mirrorings = 16 passes, nnU-Net's own default inference taken apart into samples); nnU-Net folders offer
+softmax, ensemble (folds > 1), tta (mirroring axes in the checkpoint) and mc_dropout only with dropout in the
+plans, which this one has not.
+
+Protocol: the cases run once through ``seguncertainty cohort`` (the card models: mc_dropout with ``--samples``;
+nnunet-tiny: ensemble+tta; seed 0, no calibration); then ``--splits`` times, a random half calibrates (the
+calibrate command's own ``fit_calibration``) and the other half tests: the realised missed-error fraction at
+the threshold against alpha, the coverage of the predicted-Dice intervals against 1 - alpha, and the AURC
+(risk = 1 - Dice) of each score against random and the oracle. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -47,7 +58,11 @@ from SegUncertaintyLib.evaluation.calibrate import pair_references  # noqa: E402
 from SegUncertaintyLib.evaluation.calibration_fit import fit_calibration, read_labelled_case  # noqa: E402
 from SegUncertaintyLib.inference.scores import SUBJECT_SCORES, uncertain_side  # noqa: E402
 
-BRAIN, CT = "brainmask-t1", "abdomen-ct-demo"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for Testing.support
+from Testing.support.nnunet_train import random_phantom, train_nnunet_tiny  # noqa: E402
+
+BRAIN, CT, NNUNET_TINY = "brainmask-t1", "abdomen-ct-demo", "nnunet-tiny"
+PHANTOM_SEED = 1000  # the benchmark's phantoms: seeds from here on, disjoint from the training phantoms' 0..
 GRID_MM = {BRAIN: 2.0, CT: 3.0}
 CORRUPTIONS = ("noise", "bias_field", "blur", "low_resolution", "ghosting", "motion", "contrast")
 
@@ -74,6 +89,16 @@ def base_volumes(model: str, cache: Path) -> dict[str, tuple[sitk.Image, sitk.Im
         grid = on_grid(image, GRID_MM[model])
         out[name] = (grid, sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
     return out
+
+
+def case_bases(model: str, cache: Path):
+    """i -> (base name, image, label) of case i: the real volumes in turn, or for nnunet-tiny a fresh phantom
+    per case (made only when asked)."""
+    if model == NNUNET_TINY:
+        return lambda i: (f"phantom{PHANTOM_SEED + i}", *random_phantom(PHANTOM_SEED + i))
+    bases = base_volumes(model, cache)
+    names = sorted(bases)
+    return lambda i: (names[i % len(names)], *bases[names[i % len(names)]])
 
 
 def corruption(kind: str, severity: int, scale: float, offset: float):
@@ -106,17 +131,18 @@ def make_cases(model: str, cache: Path, n: int, images: Path, labels: Path) -> l
 
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
-    bases = base_volumes(model, cache)
-    names = sorted(bases)
+    base_of = case_bases(model, cache)
+    names = [f"phantom{PHANTOM_SEED + i}" for i in range(n)] if model == NNUNET_TINY else None
     facts = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
-            base, kind, severity = names[i % len(names)], CORRUPTIONS[i % len(CORRUPTIONS)], 1 + (i // 7) % 4
+            base = names[i] if names else base_of(i)[0]
+            kind, severity = CORRUPTIONS[i % len(CORRUPTIONS)], 1 + (i // 7) % 4
             case = f"{model}_{i:03d}_{base}_{kind}{severity}"
             facts.append({"case": case, "base": base, "corruption": kind, "severity": severity})
             if (images / f"{case}.nii.gz").exists() and (labels / f"{case}.nii.gz").exists():
                 continue
-            image, label = bases[base]
+            _, image, label = base_of(i)
             sitk.WriteImage(image, f"{tmp}/i.nii.gz")
             sitk.WriteImage(label, f"{tmp}/l.nii.gz")
             array = sitk.GetArrayViewFromImage(image)
@@ -186,8 +212,16 @@ def mean_se(values) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(v.size):.3f}" if v.size > 1 else f"{v.mean():.3f}"
 
 
-def tables(model: str, cases, stats: dict, alpha: float, facts: list[dict]) -> list[str]:
-    lines = [f"### {model}", ""]
+def method_of(model: str, args) -> str:
+    return "ensemble+tta (2 folds x 8 mirrorings)" if model == NNUNET_TINY else f"mc_dropout, T = {args.samples}"
+
+
+def tables(model: str, cases, stats: dict, args, facts: list[dict]) -> list[str]:
+    alpha = args.alpha
+    lines = [f"### {model}", "", f"Method: {method_of(model, args)}." + (
+        " Synthetic model (trained here on lesion phantoms) and synthetic cases (lesion phantoms with graded "
+        "TorchIO corruptions)." if model == NNUNET_TINY else " Semi-synthetic cases (graded TorchIO corruptions "
+        "of real labelled volumes)."), ""]
     dice_all = {name: np.array([c.dice[name] for c in cases]) for name in cases[0].dice}
     lines.append("Cases: " + ", ".join(f"{name}: Dice median {np.median(d):.3f} (range {d.min():.3f}-{d.max():.3f})"
                                        for name, d in dice_all.items()))
@@ -222,12 +256,17 @@ def tables(model: str, cases, stats: dict, alpha: float, facts: list[dict]) -> l
 def run(model: str, args) -> list[str]:
     work = Path(args.cache) / "bench_calibration" / model
     start = time.perf_counter()
+    if model == NNUNET_TINY:  # trained once, kept in the cache
+        folder = train_nnunet_tiny(work / "model", log=lambda line: print(line, file=sys.stderr))
+        how = ["--model", str(folder), "--method", "ensemble+tta"]
+    else:
+        how = ["--model", model, "--method", "mc_dropout", "--samples", str(args.samples)]
+    trained = time.perf_counter()
     facts = make_cases(model, Path(args.cache), args.cases, work / "images", work / "labels")
     made = time.perf_counter()
     images = [str(work / "images" / f"{f['case']}.nii.gz") for f in facts]
-    code = cli_main(["cohort", *images, "--out", str(work / "cohort"), "--model", model, "--method", "mc_dropout",
-                     "--samples", str(args.samples), "--maps", "entropy", "--calibration", "none", "--no-overview",
-                     "--progress", "none", "--seed", "0"])
+    code = cli_main(["cohort", *images, "--out", str(work / "cohort"), *how, "--maps", "entropy",
+                     "--calibration", "none", "--no-overview", "--progress", "none", "--seed", "0"])
     if code != 0:
         raise SystemExit(f"cohort failed with exit {code}")
     segmented = time.perf_counter()
@@ -238,9 +277,10 @@ def run(model: str, args) -> list[str]:
     cases = [read_labelled_case(*by_output[output_of[f["case"]]]) for f in facts]
     stats = split_statistics(cases, args.alpha, args.splits, args.failure_dice)
     done = time.perf_counter()
-    print(f"{model}: cases made in {made - start:.0f} s, segmented in {segmented - made:.0f} s, "
+    print(f"{model}: " + (f"model trained in {trained - start:.0f} s, " if model == NNUNET_TINY else "")
+          + f"cases made in {made - trained:.0f} s, segmented in {segmented - made:.0f} s, "
           f"{args.splits} splits in {done - segmented:.0f} s", file=sys.stderr)
-    return tables(model, cases, stats, args.alpha, facts)
+    return tables(model, cases, stats, args, facts)
 
 
 def main() -> int:
@@ -253,8 +293,8 @@ def main() -> int:
     parser.add_argument("--failure-dice", type=float, default=0.8)
     parser.add_argument("--models", default=f"{BRAIN},{CT}")
     args = parser.parse_args()
-    print(f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; mc_dropout T = {args.samples}, "
-          f"{args.cases} cases per model, {args.splits} splits, alpha = {args.alpha}")
+    print(f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {args.cases} cases per model, "
+          f"{args.splits} splits, alpha = {args.alpha}")
     for model in args.models.split(","):
         print("\n".join(["", *run(model, args)]))
     return 0
