@@ -20,9 +20,9 @@ own half of 24 lesion phantoms with its own seed, random flips; nnunetv2's prepr
 checkpoint format), to show that whole-volume formats go through the same protocol. Its ``--cases`` cases are
 fresh lesion phantoms (seeds disjoint from the training ones; random field of view, spacing, lesion size,
 contrast and noise), each with the same graded TorchIO corruption as above. Method: ensemble+tta (2 folds x
-8 mirrorings = 16 passes, nnU-Net's own default inference taken apart into samples); nnU-Net folders offer
-softmax, ensemble (folds > 1), tta (mirroring axes in the checkpoint) and mc_dropout only with dropout in the
-plans, which this one has not.
+``--flips`` mirrorings: no flip, then each axis alone for 4; nnU-Net's own inference taken apart into
+samples); nnU-Net folders offer softmax, ensemble (folds > 1), tta (mirroring axes in the checkpoint) and
+mc_dropout only with dropout in the plans, which this one has not.
 
 Protocol: the cases run once through ``seguncertainty cohort`` (the card models: mc_dropout with ``--samples``;
 nnunet-tiny: ensemble+tta; seed 0, no calibration); then ``--splits`` times, a random half calibrates (the
@@ -213,7 +213,8 @@ def mean_se(values) -> str:
 
 
 def method_of(model: str, args) -> str:
-    return "ensemble+tta (2 folds x 8 mirrorings)" if model == NNUNET_TINY else f"mc_dropout, T = {args.samples}"
+    return (f"ensemble+tta (2 folds x {args.flips} mirrorings)" if model == NNUNET_TINY
+            else f"mc_dropout, T = {args.samples}")
 
 
 def tables(model: str, cases, stats: dict, args, facts: list[dict]) -> list[str]:
@@ -258,7 +259,7 @@ def run(model: str, args) -> list[str]:
     start = time.perf_counter()
     if model == NNUNET_TINY:  # trained once, kept in the cache
         folder = train_nnunet_tiny(work / "model", log=lambda line: print(line, file=sys.stderr))
-        how = ["--model", str(folder), "--method", "ensemble+tta"]
+        how = ["--model", str(folder), "--method", "ensemble+tta", "--samples", str(args.flips)]
     else:
         how = ["--model", model, "--method", "mc_dropout", "--samples", str(args.samples)]
     trained = time.perf_counter()
@@ -289,6 +290,7 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=60)
     parser.add_argument("--splits", type=int, default=20)
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--flips", type=int, default=4, help="nnunet-tiny: TTA mirrorings per fold (2-8)")
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--failure-dice", type=float, default=0.8)
     parser.add_argument("--models", default=f"{BRAIN},{CT}")

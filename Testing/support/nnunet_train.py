@@ -137,7 +137,7 @@ def train_fold(cases, plans: dict, seed: int, steps: int = 300, batch: int = 2,
     return {k: v.detach().clone() for k, v in net.eval().state_dict().items()}, float(np.mean(losses[-20:]))
 
 
-def train_nnunet_tiny(root: Path, n_train: int = 24, steps: int = 300, log=print) -> Path:
+def train_nnunet_tiny(root: Path, n_train: int = 24, steps: int = 500, log=print) -> Path:
     """A trained 2-fold nnU-Net v2 folder under ``root`` (Dataset999_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres),
     made once: ``n_train`` phantoms (seeds 0..n_train-1, names train_000...), fold f trains on half f with seed
     f; splits_final.json names the halves. nnunet_tiny writes the folder and checkpoints (nnunetv2's format;
