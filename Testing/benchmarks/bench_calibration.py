@@ -186,8 +186,10 @@ def split_statistics(cases, alpha: float, splits: int, failure_dice: float) -> d
         threshold = threshold_from_json(doc["referral"]["threshold"])
         out["threshold"].append(threshold)
         out["missed"].append(float(np.mean([missed_error_fraction(c.errors, threshold) for c in test])))
-        flagged = [100 * (c.uncertainty >= threshold).sum() / max(1, (c.prediction != 0).sum()) for c in test]
-        out["flagged_percent"].append(float(np.mean(flagged)))
+        # per test case with a non-empty segment (an empty one has no segment to take a percentage of)
+        flagged = [100 * (c.uncertainty >= threshold).sum() / (c.prediction != 0).sum() for c in test
+                   if (c.prediction != 0).any()]
+        out["flagged_percent"].append(float(np.mean(flagged)) if flagged else float("nan"))
         for name in names:
             block = doc["classes"][name]
             predictions = [predicted_dice(block, {**c.scores[name], "empty_prediction": c.empty[name]}, alpha)
@@ -237,7 +239,8 @@ def tables(model: str, cases, stats: dict, args, facts: list[dict]) -> list[str]
               f"| splits with realised fraction > α | {np.mean(np.array(stats['missed']) > alpha):.2f} | "
               "(a per-split excess is allowed: the guarantee is on the mean) |",
               f"| threshold λ̂ | {mean_se(stats['threshold'])} | |",
-              f"| flagged voxels, % of the segment | {mean_se(stats['flagged_percent'])} | |"]
+              f"| flagged voxels, % of the segment (cases with a non-empty segment) | "
+              f"{mean_se(stats['flagged_percent'])} | |"]
     for name in stats["coverage"]:
         lines.append(f"| {name}: predicted-Dice interval coverage | {mean_se(stats['coverage'][name])} | "
                      f"≥ 1 − 2α = {1 - 2 * alpha:.2f} (CV+), typically 1 − α = {1 - alpha:.2f} |")
