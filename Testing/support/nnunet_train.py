@@ -89,7 +89,8 @@ def _preprocess(image: sitk.Image, label: sitk.Image, plans: dict, dataset_json:
 
 def _batch(cases, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``size`` random patches (half of them centred on a lesion voxel), flipped at random on each axis,
-    with a random intensity scale (0.9-1.1) and Gaussian noise (SD 0-0.1): (B, 1, *PATCH) and (B, *PATCH)."""
+    with a random intensity scale (0.75-1.25), shift (SD 0.2) and Gaussian noise (SD 0-0.5) in nnU-Net's
+    normalized units: (B, 1, *PATCH) and (B, *PATCH)."""
     xs, ys = [], []
     for k in range(size):
         data, seg = cases[rng.integers(len(cases))]
@@ -105,7 +106,7 @@ def _batch(cases, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, to
         for axis in range(3):
             if rng.random() < 0.5:
                 x, y = np.flip(x, axis + 1), np.flip(y, axis)
-        x = x * rng.uniform(0.9, 1.1) + rng.normal(0.0, rng.uniform(0.0, 0.1), x.shape)
+        x = x * rng.uniform(0.75, 1.25) + rng.normal(0.0, 0.2) + rng.normal(0.0, rng.uniform(0.0, 0.5), x.shape)
         xs.append(np.ascontiguousarray(x, dtype=np.float32))
         ys.append(np.ascontiguousarray(y))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
@@ -137,7 +138,7 @@ def train_fold(cases, plans: dict, seed: int, steps: int = 300, batch: int = 2,
     return {k: v.detach().clone() for k, v in net.eval().state_dict().items()}, float(np.mean(losses[-20:]))
 
 
-def train_nnunet_tiny(root: Path, n_train: int = 24, steps: int = 500, log=print) -> Path:
+def train_nnunet_tiny(root: Path, n_train: int = 24, steps: int = 1000, log=print) -> Path:
     """A trained 2-fold nnU-Net v2 folder under ``root`` (Dataset999_Tiny/nnUNetTrainer__nnUNetPlans__3d_fullres),
     made once: ``n_train`` phantoms (seeds 0..n_train-1, names train_000...), fold f trains on half f with seed
     f; splits_final.json names the halves. nnunet_tiny writes the folder and checkpoints (nnunetv2's format;
