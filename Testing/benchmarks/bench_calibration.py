@@ -251,7 +251,35 @@ def run(model: str, args) -> list[str]:
     done = time.perf_counter()
     print(f"{model}: cases made in {made - start:.0f} s, segmented in {segmented - made:.0f} s, "
           f"{args.splits} splits in {done - segmented:.0f} s", file=sys.stderr)
-    return tables(model, cases, stats, args.alpha, facts)
+    lines = tables(model, cases, stats, args.alpha, facts)
+    if args.temperature_voxels > 0:
+        folders = [by_output[output_of[f["case"]]][0] for f in facts]
+        lines += temperature_lines(model, cases, folders, args, work / "temperature")
+    return lines
+
+
+def temperature_lines(model: str, cases, folders: list[Path], args, work: Path) -> list[str]:
+    """calibrate's own temperature step on every case (the passes' logits at up to --temperature-voxels box
+    voxels per case, kept in ``work``): t on all cases, and NLL, top-label ECE and Dice on held-out folds."""
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.evaluation.temperature_fit import collect_logits, fit_run_temperature
+
+    options = SegmentOptions(model=model, method="mc_dropout", samples=args.samples, seed=0, device="cpu").check()
+    start = time.perf_counter()
+    collected = collect_logits(cases, folders, options, work, args.temperature_voxels)
+    fitted = fit_run_temperature(collected, cases[0].classes, seed=0, cap=args.temperature_voxels)
+    print(f"{model}: temperature in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    held = fitted["held_out"]
+    lines = ["", f"Temperature (calibrate's own fit, {fitted['cases']} cases, {fitted['voxels']:,} box voxels, "
+                 f"{held['folds']} held-out folds): t = {fitted['value']:.3f} on all cases "
+                 f"(folds: {', '.join(f'{t:.3f}' for t in held['fold_temperatures'])})", "",
+             "| held out | top-label NLL | top-label ECE | "
+             + " | ".join(f"Dice {n}" for n in cases[0].classes.values()) + " |",
+             "|---|---|---|" + "---|" * len(cases[0].classes)]
+    for when in ("before", "after"):
+        lines.append(f"| {when} | {held[when]['nll']:.4f} | {held[when]['ece']:.4f} | "
+                     + " | ".join(f"{held[when]['dice'][n]:.3f}" for n in cases[0].classes.values()) + " |")
+    return lines + [f"{note}" for note in fitted["notes"]]
 
 
 def main() -> int:
@@ -263,6 +291,8 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--failure-dice", type=float, default=0.8)
     parser.add_argument("--models", default=f"{BRAIN},{CT}")
+    parser.add_argument("--temperature-voxels", type=int, default=0,
+                        help="also fit calibrate's temperature on every case (re-runs the passes; 0: no)")
     args = parser.parse_args()
     print(f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; mc_dropout T = {args.samples}, "
           f"{args.cases} cases per model, {args.splits} splits, alpha = {args.alpha}")
