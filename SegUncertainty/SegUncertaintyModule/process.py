@@ -1,4 +1,5 @@
-"""The background run of the library's command line: its arguments, and its progress lines read back.
+"""The background run of the library's command line: its arguments, its progress lines read back, and the
+line saying what ran its forward passes (its manifest's ``inference`` entry).
 
 ``seguncertainty segment --progress json`` prints one JSON object per line on stdout:
 {"stage", "fraction", "message", "elapsed_s"}; everything else it prints is log text. Exit codes are
@@ -36,9 +37,9 @@ BACKEND_TOOLTIP = (
     "caches the outcome, and takes the fastest whose max |Δp| against torch fp32 is at most 0.01 (else "
     "torch fp32). nnU-Net and MONAI bundle models always run on torch.")
 PRECISION_TOOLTIP = (
-    "fp32; bf16 (torch CPU autocast or OpenVINO bf16: faster on CPUs with AVX-512 BF16 or AMX, max |Δp| "
-    "about 0.01); fp16 (torch on a GPU only). auto: fp16 on a GPU, else fp32; with backend auto, the probe "
-    "also tries bf16 where the CPU computes it natively.")
+    "fp32; bf16 (torch CPU autocast or OpenVINO bf16: faster on CPUs with AVX-512 BF16 or AMX, and less exact: "
+    "max |Δp| 0.01-0.02 on the bundled model's probe window); fp16 (torch on a GPU only). auto: fp16 on a GPU, "
+    "else fp32; with backend auto, the probe also tries bf16 where the CPU computes it natively.")
 
 
 @dataclass(frozen=True)
