@@ -196,6 +196,7 @@ class SegUncertaintyWidget(ModelsPanel, RunPanel, ReviewPanel, CohortPanel, Scri
             if self.ui.modelComboBox.findText(params.model) < 0:
                 self.updateModelList()  # e.g. a loaded scene names a model not in the list: shown, disabled
             self.ui.modelComboBox.setCurrentText(params.model)
+        self.updateBackendOptions()
         if self.logic.applyParameters(params):
             self.updateReferral()
         self.updateButtons()

@@ -44,6 +44,7 @@ class SegUncertaintyLogic(ModelsLogic, RunLogic, ReviewLogic, CohortLogic, Scrip
         self.chart = None
         self.order, self.minRegionMl = "largest", 0.0
         self._plans: dict[str, tuple[int, tuple[int, ...]] | None] = {}  # model -> (members, flip axes)
+        self._formats: dict[str, str | None] = {}  # model -> format (backendFor)
         self._cuda: bool | None = None
         self.editing: corrections.Corrections | None = None
         self.cohort: cohort_scene.CohortWorklist | None = None

@@ -44,8 +44,9 @@ def oneLine(exc: BaseException) -> str:
 
 
 class ModelsLogic:
-    """Mixed into SegUncertaintyLogic; keeps ``self._plans`` (model -> (members, flip axes) or None) and
-    ``self._cuda`` (whether torch sees a GPU; None until asked)."""
+    """Mixed into SegUncertaintyLogic; keeps ``self._plans`` (model -> (members, flip axes) or None),
+    ``self._formats`` (model -> format, since the last listing) and ``self._cuda`` (whether torch sees a GPU;
+    None until asked)."""
 
     def modelNames(self) -> list[str]:
         """Names of the models that can be run."""
@@ -59,6 +60,7 @@ class ModelsLogic:
 
         usableCards = {folder: name for name, folder in catalog.available_models().items()}
         choices: dict[str, ModelChoice] = {}
+        self._formats.clear()  # a model removed or added meanwhile (e.g. from the command line)
         for entry in catalog.list_models():
             if entry.error is None or entry.folder in usableCards:
                 # (a bundled card is usable before jsonschema is installed: loading it checks it)
@@ -108,6 +110,20 @@ class ModelsLogic:
             raise RuntimeError(oneLine(exc)) from exc
         self._plans.pop(name, None)
         return name
+
+    def backendFor(self, model: str, backend: str, precision: str) -> tuple[str, str, str]:
+        """(backend, precision, reason) for a run of ``model``: as asked for a card model (reason ""); torch at
+        precision auto for a whole-volume model (a format without a card: nnU-Net, MONAI bundle), which runs
+        its framework's own predictor (the library refuses other backends, exit 2), with the reason."""
+        from SegUncertaintyLib.models.registry import format_label, format_named
+
+        if model not in self._formats:
+            self._formats[model] = self.modelFormat(model)
+        fmt = self._formats[model]
+        if fmt is None or format_named(fmt).has_card:
+            return backend, precision, ""
+        return "torch", "auto", _("{format} models run on torch at their own precision: only models with a "
+                                  "card (SegUncertainty card, ONNX) choose a backend.").format(format=format_label(fmt))
 
     def samplingPlan(self, model: str) -> tuple[int, tuple[int, ...]] | None:
         """(ensemble members, TTA flip axes) of a card model, for the time estimate; None if unknown."""

@@ -22,6 +22,8 @@ class SegUncertaintyParameterNode:
     method: Annotated[str, Choice(list(process.METHOD_LABELS))] = process.DEFAULT_METHOD
     samples: Annotated[int, WithinRange(2, 100)] = 10
     device: Annotated[str, Choice(list(process.DEVICES))] = "auto"
+    backend: Annotated[str, Choice(list(process.BACKENDS))] = process.DEFAULT_BACKEND  # torch for whole-volume models
+    precision: Annotated[str, Choice(list(process.PRECISIONS))] = "auto"
     segmentation: vtkMRMLSegmentationNode
     uncertaintyMap: Annotated[str, Choice(MAPS)] = "entropy"
     colormap: Annotated[str, Choice(list(overlays.COLORMAPS))] = "Inferno"

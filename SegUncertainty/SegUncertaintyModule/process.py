@@ -1,4 +1,5 @@
-"""The background run of the library's command line: its arguments, and its progress lines read back.
+"""The background run of the library's command line: its arguments, its progress lines read back, and the
+line saying what ran its forward passes (its manifest's ``inference`` entry).
 
 ``seguncertainty segment --progress json`` prints one JSON object per line on stdout:
 {"stage", "fraction", "message", "elapsed_s"}; everything else it prints is log text. Exit codes are
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 # The panel's methods, devices and exit codes: the library's core, standard library only (re-exported here)
 from SegUncertaintyLib.core.errors import CancelledError
 from SegUncertaintyLib.core.methods import DEFAULT_METHOD, METHOD_LABELS, count_passes, samples_option  # noqa: F401
-from SegUncertaintyLib.core.options import DEVICES  # noqa: F401
+from SegUncertaintyLib.core.options import BACKENDS, DEFAULT_BACKEND, DEVICES, PRECISIONS  # noqa: F401
 
 # Stages in order, with their share of the whole run (inference dominates).
 STAGES = {
@@ -28,6 +29,17 @@ EXIT_CANCELLED = CancelledError.exit_code
 CANCELLED_MESSAGE = "Cancelled."
 # Forward passes per litre of field of view per second, bundled UNet at 3 mm, measured on a 2-core x86_64 CPU.
 CPU_SECONDS_PER_PASS_LITRE = 0.05
+# The backend and precision combos' tooltips (README "Inference backends"; the guard is inference/backends/choice.py's).
+BACKEND_TOOLTIP = (
+    "What computes a card model's forward passes. torch: the reference. openvino, onnxruntime: CPU runtimes "
+    "running the model's exported graph with the same dropout masks (maps equal to torch's up to float "
+    "rounding). auto: probes each installed backend and precision once per machine and model on one window, "
+    "caches the outcome, and takes the fastest whose max |Δp| against torch fp32 is at most 0.01 (else "
+    "torch fp32). nnU-Net and MONAI bundle models always run on torch.")
+PRECISION_TOOLTIP = (
+    "fp32; bf16 (torch CPU autocast or OpenVINO bf16: faster on CPUs with AVX-512 BF16 or AMX, and less exact: "
+    "max |Δp| 0.01-0.02 on the bundled model's probe window); fp16 (torch on a GPU only). auto: fp16 on a GPU, "
+    "else fp32; with backend auto, the probe also tries bf16 where the CPU computes it natively.")
 
 
 @dataclass(frozen=True)
@@ -75,14 +87,19 @@ def error_message(log_lines: list[str], return_code: int) -> str:
 
 def segment_command(python: str, input_path: str, out_dir: str, model: str = "brainmask-t1",
                     method: str = DEFAULT_METHOD, samples: int | None = None, device: str = "auto",
-                    seed: int = 0) -> list[str]:
+                    seed: int = 0, backend: str = DEFAULT_BACKEND, precision: str = "auto") -> list[str]:
     """Arguments that run the segmentation with JSON progress in a separate Python process."""
     if method not in METHOD_LABELS:
         raise ValueError(f"Unknown method '{method}'; choose from {list(METHOD_LABELS)}")
     if device not in DEVICES:
         raise ValueError(f"Unknown device '{device}'; choose from {DEVICES}")
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend '{backend}'; choose from {BACKENDS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision '{precision}'; choose from {PRECISIONS}")
     args = [python, "-m", "SegUncertaintyLib.cli", "segment", input_path, "--out", out_dir, "--model", model,
-            "--method", method, "--device", device, "--seed", str(seed), "--progress", "json", "--no-overview"]
+            "--method", method, "--device", device, "--backend", backend, "--precision", precision,
+            "--seed", str(seed), "--progress", "json", "--no-overview"]
     if samples is not None:
         args += ["--samples", str(int(samples))]
     return args
@@ -95,3 +112,28 @@ def cpu_estimate_s(fov_litres: float, passes: int) -> float:
 
 def describe_estimate(seconds: float) -> str:
     return f"about {math.ceil(seconds)} s" if seconds < 90 else f"about {math.ceil(seconds / 60)} min"
+
+
+# How the manifest's inference.chosen_by reads in the results line (inference/backends/choice.py's values)
+CHOSEN_BY = {"probe": "chosen by the probe", "cached probe": "chosen by this machine's cached probe",
+             "no other candidate": "auto: no other backend for this model here", "cuda": "on the GPU",
+             "requested": ""}
+
+
+def backend_line(manifest: dict) -> str:
+    """What ran a run's forward passes, from its manifest's ``inference`` entry (card models), as one line, e.g.
+    "Ran on openvino fp32 (max |Δp| 2.2e-05 against torch fp32; chosen by the probe)". max |Δp| is the
+    accuracy guard's figure: over the probe window's voxels, classes and members. Empty when the manifest
+    has no such entry (nnU-Net and MONAI bundle models, runs of older versions)."""
+    entry = manifest.get("inference") if isinstance(manifest, dict) else None
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("backend", "precision")):
+        return ""
+    dp = entry.get("max_abs_dp")
+    if (entry["backend"], entry["precision"]) == ("torch", "fp32"):
+        detail = "the reference"
+    elif isinstance(dp, (int, float)) and not isinstance(dp, bool) and math.isfinite(dp):
+        detail = f"max |Δp| {dp:.2g} against torch fp32"
+    else:
+        detail = "not compared with torch fp32"
+    how = CHOSEN_BY.get(entry.get("chosen_by"), str(entry.get("chosen_by") or ""))
+    return f"Ran on {entry['backend']} {entry['precision']} ({'; '.join(filter(None, [detail, how]))})"

@@ -58,8 +58,10 @@ class RunLogic:
         return self.process is not None
 
     def start(self, inputVolume, model: str, method: str, samples: int, device: str,
+              backend: str = process.DEFAULT_BACKEND, precision: str = "auto",
               onProgress=None, onLog=None, onFinished=None) -> None:
         """Write the input to a temporary folder and start the command line there, without blocking.
+        ``backend`` and ``precision`` are the command line's; a whole-volume model runs on torch (backendFor).
 
         The callbacks run on the main thread (Slicer polls the process with a QTimer). onFinished(run, error)
         is called once: (RunNodes, None) on success, (None, message) otherwise, "Cancelled." after cancel().
@@ -71,11 +73,13 @@ class RunLogic:
         if self.isRunning():
             raise RuntimeError(_("A segmentation is already running."))
         modelArgument = self.modelChoice(model).argument
+        backend, precision, _reason = self.backendFor(model, backend, precision)
         workdir = Path(tempfile.mkdtemp(prefix="SegUncertainty-", dir=slicer.app.temporaryPath))
         volumes.write_volume(inputVolume, workdir / "input.nrrd")
         args = process.segment_command(python_executable(), str(workdir / "input.nrrd"), str(workdir / "out"),
                                        model=modelArgument, method=method,
-                                       samples=process.samples_option(method, samples), device=device)
+                                       samples=process.samples_option(method, samples), device=device,
+                                       backend=backend, precision=precision)
         log: list[str] = []
 
         def onLine(line: str) -> None:

@@ -57,6 +57,19 @@ class RunPanel:
         for name in ("resultsCollapsibleButton", "referralCollapsibleButton", "exportCollapsibleButton"):
             getattr(self.ui, name).enabled = hasResult
         self.updateDicomExport()
+        line = process.backend_line(self.logic.run.manifest) if self.logic.run is not None else ""
+        self.ui.backendLabel.text, self.ui.backendLabel.visible = line, bool(line)
+
+    def updateBackendOptions(self) -> None:
+        """The backend and precision combos (bound to the parameters): a whole-volume model runs on torch
+        (logic.backendFor), so its parameters are set to what it runs and the combos disabled, saying why."""
+        params = self._parameterNode
+        backend, precision, reason = self.logic.backendFor(params.model, params.backend, params.precision)
+        for combo, tip in ((self.ui.backendComboBox, process.BACKEND_TOOLTIP),
+                           (self.ui.precisionComboBox, process.PRECISION_TOOLTIP)):
+            combo.enabled, combo.toolTip = not reason, reason or tip
+        if (params.backend, params.precision) != (backend, precision):
+            params.backend, params.precision = backend, precision  # the observer shows them
 
     def updateDeviceWarning(self) -> None:
         params, volume = self._parameterNode, self._parameterNode and self._parameterNode.inputVolume
@@ -77,8 +90,8 @@ class RunPanel:
             self.ui.logTextEdit.clear()
             self.ui.progressBar.value = 0
             self.logic.start(params.inputVolume, params.model, params.method, params.samples, params.device,
-                             onProgress=self.onProgress, onLog=self.ui.logTextEdit.appendPlainText,
-                             onFinished=self.onFinished)
+                             params.backend, params.precision, onProgress=self.onProgress,
+                             onLog=self.ui.logTextEdit.appendPlainText, onFinished=self.onFinished)
             self.updateButtons()
 
     def onProgress(self, progress: process.Progress) -> None:

@@ -176,7 +176,7 @@ def split_statistics(cases, alpha: float, splits: int, failure_dice: float) -> d
     """Per split: calibrate on a random half, test on the other; the realised statistics per split."""
     rng = np.random.default_rng(0)
     names = list(cases[0].dice)
-    out = {"missed": [], "threshold": [], "flagged_percent": [], "coverage": {n: [] for n in names},
+    out = {"missed": [], "threshold": [], "flagged_percent": [], "flagged_ml": [], "coverage": {n: [] for n in names},
            "width": {n: [] for n in names}, "aurc": {n: {} for n in names}}
     for split in range(splits):
         order = rng.permutation(len(cases))
@@ -186,20 +186,25 @@ def split_statistics(cases, alpha: float, splits: int, failure_dice: float) -> d
         threshold = threshold_from_json(doc["referral"]["threshold"])
         out["threshold"].append(threshold)
         out["missed"].append(float(np.mean([missed_error_fraction(c.errors, threshold) for c in test])))
-        # per test case with a non-empty segment (an empty one has no segment to take a percentage of)
-        flagged = [100 * (c.uncertainty >= threshold).sum() / (c.prediction != 0).sum() for c in test
-                   if (c.prediction != 0).any()]
-        out["flagged_percent"].append(float(np.mean(flagged)) if flagged else float("nan"))
+        flagged = [(c.uncertainty >= threshold) for c in test]
+        out["flagged_percent"].append(float(np.mean([100 * f.mean() for f in flagged])))
+        out["flagged_ml"].append(float(np.mean([f.sum() * c.voxel_ml for f, c in zip(flagged, test, strict=True)])))
         for name in names:
             block = doc["classes"][name]
+            # a class absent from a case's reference has no Dice to predict (the library's 1 for empty vs empty
+            # is a convention): per-class statistics use the test cases whose reference holds the class
+            value = next(v for v, n in test[0].classes.items() if n == name)
+            holding = [c for c in test if (c.reference == value).any()]
+            if len(holding) < 2:
+                continue
             predictions = [predicted_dice(block, {**c.scores[name], "empty_prediction": c.empty[name]}, alpha)
-                           for c in test]
-            actual = np.array([c.dice[name] for c in test])
+                           for c in holding]
+            actual = np.array([c.dice[name] for c in holding])
             lo = np.array([p["interval"][0] for p in predictions])
             hi = np.array([p["interval"][1] for p in predictions])
             out["coverage"][name].append(float(np.mean((lo <= actual) & (actual <= hi))))
             out["width"][name].append(float(np.mean(hi - lo)))
-            columns = detector_columns(test, name)
+            columns = detector_columns(holding, name)
             columns["predicted_dice"] = -np.array([p["value"] for p in predictions])
             for score, column in columns.items():
                 out["aurc"][name].setdefault(score, []).append(failure_detection(column, actual, failure_dice))
@@ -225,9 +230,12 @@ def tables(model: str, cases, stats: dict, args, facts: list[dict]) -> list[str]
         " Synthetic model (trained here on lesion phantoms) and synthetic cases (lesion phantoms with graded "
         "TorchIO corruptions)." if model == NNUNET_TINY else " Semi-synthetic cases (graded TorchIO corruptions "
         "of real labelled volumes)."), ""]
-    dice_all = {name: np.array([c.dice[name] for c in cases]) for name in cases[0].dice}
-    lines.append("Cases: " + ", ".join(f"{name}: Dice median {np.median(d):.3f} (range {d.min():.3f}-{d.max():.3f})"
-                                       for name, d in dice_all.items()))
+    value = {n: v for v, n in cases[0].classes.items()}
+    dice_all = {name: np.array([c.dice[name] for c in cases if (c.reference == value[name]).any()])
+                for name in cases[0].dice}
+    lines.append("Cases (Dice where the reference holds the class): " + ", ".join(
+        f"{name}: n = {d.size}, median {np.median(d):.3f} (range {d.min():.3f}-{d.max():.3f})"
+        for name, d in dice_all.items()))
     by_kind = {}
     for fact, case in zip(facts, cases, strict=True):
         by_kind.setdefault(fact["corruption"], []).append(np.mean(list(case.dice.values())))
@@ -239,8 +247,8 @@ def tables(model: str, cases, stats: dict, args, facts: list[dict]) -> list[str]
               f"| splits with realised fraction > α | {np.mean(np.array(stats['missed']) > alpha):.2f} | "
               "(a per-split excess is allowed: the guarantee is on the mean) |",
               f"| threshold λ̂ | {mean_se(stats['threshold'])} | |",
-              f"| flagged voxels, % of the segment (cases with a non-empty segment) | "
-              f"{mean_se(stats['flagged_percent'])} | |"]
+              f"| flagged volume per test case, mL | {mean_se(stats['flagged_ml'])} | |",
+              f"| flagged volume, % of the image | {mean_se(stats['flagged_percent'])} | |"]
     for name in stats["coverage"]:
         lines.append(f"| {name}: predicted-Dice interval coverage | {mean_se(stats['coverage'][name])} | "
                      f"≥ 1 − 2α = {1 - 2 * alpha:.2f} (CV+), typically 1 − α = {1 - alpha:.2f} |")
@@ -284,7 +292,35 @@ def run(model: str, args) -> list[str]:
     print(f"{model}: " + (f"model trained in {trained - start:.0f} s, " if model == NNUNET_TINY else "")
           + f"cases made in {made - trained:.0f} s, segmented in {segmented - made:.0f} s, "
           f"{args.splits} splits in {done - segmented:.0f} s", file=sys.stderr)
-    return tables(model, cases, stats, args, facts)
+    lines = tables(model, cases, stats, args, facts)
+    if args.temperature_voxels > 0:
+        folders = [by_output[output_of[f["case"]]][0] for f in facts]
+        lines += temperature_lines(model, how, cases, folders, args, work / "temperature")
+    return lines
+
+
+def temperature_lines(model: str, how: list[str], cases, folders: list[Path], args, work: Path) -> list[str]:
+    """calibrate's own temperature step on every case (the passes' logits at up to --temperature-voxels box
+    voxels per case, kept in ``work``): t on all cases, and NLL, top-label ECE and Dice on held-out folds."""
+    from SegUncertaintyLib.core.options import SegmentOptions
+    from SegUncertaintyLib.evaluation.temperature_fit import collect_logits, fit_run_temperature
+
+    options = SegmentOptions(model=how[1], method=how[3], samples=int(how[5]), seed=0, device="cpu").check()
+    start = time.perf_counter()
+    collected = collect_logits(cases, folders, options, work, args.temperature_voxels)
+    fitted = fit_run_temperature(collected, cases[0].classes, seed=0, cap=args.temperature_voxels)
+    print(f"{model}: temperature in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    held = fitted["held_out"]
+    lines = ["", f"Temperature (calibrate's own fit, {fitted['cases']} cases, {fitted['voxels']:,} box voxels, "
+                 f"{held['folds']} held-out folds): t = {fitted['value']:.3f} on all cases "
+                 f"(folds: {', '.join(f'{t:.3f}' for t in held['fold_temperatures'])})", "",
+             "| held out | top-label NLL | top-label ECE | "
+             + " | ".join(f"Dice {n}" for n in cases[0].classes.values()) + " |",
+             "|---|---|---|" + "---|" * len(cases[0].classes)]
+    for when in ("before", "after"):
+        lines.append(f"| {when} | {held[when]['nll']:.4f} | {held[when]['ece']:.4f} | "
+                     + " | ".join(f"{held[when]['dice'][n]:.3f}" for n in cases[0].classes.values()) + " |")
+    return lines + [f"{note}" for note in fitted["notes"]]
 
 
 def main() -> int:
@@ -297,6 +333,8 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--failure-dice", type=float, default=0.8)
     parser.add_argument("--models", default=f"{BRAIN},{CT}")
+    parser.add_argument("--temperature-voxels", type=int, default=0,
+                        help="also fit calibrate's temperature on every case (re-runs the passes; 0: no)")
     args = parser.parse_args()
     print(f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {args.cases} cases per model, "
           f"{args.splits} splits, alpha = {args.alpha}")

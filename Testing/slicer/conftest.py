@@ -26,13 +26,14 @@ def cohort(cohort_template, tmp_path):
 CALIBRATION_SIZE, CALIBRATION_SPACING = (20, 20, 20), (3.0, 3.0, 3.0)
 
 
-def _labelled_phantom(images: Path, labels: Path, name: str, rng, noise_range=(0.0, 0.25), seed: int = 0) -> Path:
+def _labelled_phantom(images: Path, labels: Path, name: str, rng, noise_range=(0.0, 0.25), seed: int = 0,
+                      radius_range=(12, 22)) -> Path:
     """A sphere phantom (varying radius, edge blur and noise) and its reference (the noiseless sphere >= 0.5)."""
     import SimpleITK as sitk
 
     from Testing.support.phantoms import sphere_phantom
 
-    radius, blur, noise = rng.uniform(12, 22), rng.uniform(1, 6), rng.uniform(*noise_range)
+    radius, blur, noise = rng.uniform(*radius_range), rng.uniform(1, 6), rng.uniform(*noise_range)
     kwargs = {"origin": (0.0, 0.0, 0.0)}
     clean = sphere_phantom(CALIBRATION_SIZE, CALIBRATION_SPACING, radius, blur, **kwargs)
     noisy = sphere_phantom(CALIBRATION_SIZE, CALIBRATION_SPACING, radius, blur, noise=noise, seed=seed, **kwargs)
@@ -45,7 +46,7 @@ def _labelled_phantom(images: Path, labels: Path, name: str, rng, noise_range=(0
 def calibrated_runs(tmp_path_factory):
     """``seguncertainty calibrate`` on 10 labelled phantoms (the fewest it accepts; mc_dropout, 4 samples,
     alpha 0.2) in a SEGUNCERTAINTY_HOME of its own, then ``segment`` of a case like them ("inside") and of
-    a far noisier one ("outside"); returns {"inside", "outside": run folder, "input": {name: image},
+    a far smaller, noisier one ("outside"); returns {"inside", "outside": run folder, "input": {name: image},
     "home": the home}."""
     import numpy as np
 
@@ -63,7 +64,8 @@ def calibrated_runs(tmp_path_factory):
     new = root / "new"
     new.mkdir()
     inputs = {"inside": _labelled_phantom(new, new, "inside", rng, seed=20),
-              "outside": _labelled_phantom(new, new, "outside", rng, noise_range=(0.9, 1.0), seed=21)}
+              "outside": _labelled_phantom(new, new, "outside", rng, noise_range=(0.9, 1.0), seed=21,
+                                            radius_range=(5, 6))}  # a far smaller sphere: its scores lie beyond
     method = ["--method", "mc_dropout", "--samples", "4", "--progress", "none"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEGUNCERTAINTY_HOME", str(root / "home"))

@@ -143,6 +143,40 @@ def test_export_and_restore_after_scene_reload(logic_with_run, mrml_scene, tmp_p
     assert results.find_runs(scene)[run.name]["segmentation"] is segmentation
 
 
+def test_backend_and_precision_survive_scene_save_and_reload(logic_with_run, mrml_scene, tmp_path):
+    """The parameter node keeps the chosen backend and precision through a saved and reloaded scene (.mrb), and
+    the reloaded run's results line is read from the manifest saved with its segmentation."""
+    logic, run, _ = logic_with_run
+    params = logic.getParameterNode()
+    assert (params.backend, params.precision) == (process.DEFAULT_BACKEND, "auto")
+    params.backend, params.precision = "openvino", "bf16"
+    with pytest.raises(ValueError):
+        params.backend = "tensorrt"  # not one of the library's backends
+    persistence.save_scene(mrml_scene, tmp_path / "scene.mrb")
+
+    scene = slicer_headless.new_scene(tmp_path / "home2")
+    persistence.load_scene(scene, tmp_path / "scene.mrb", slicer.app_logic)
+    node = scene.GetSingletonNode("SegUncertainty", "vtkMRMLScriptedModuleNode")
+    reloaded = module.SegUncertaintyParameterNode(node)
+    assert (reloaded.backend, reloaded.precision) == ("openvino", "bf16")
+    restored = results.run_from_roles(run.name, results.find_runs(scene)[run.name])
+    assert process.backend_line(restored.manifest) == process.backend_line(run.manifest) == \
+        "Ran on torch fp32 (the reference)"
+
+
+def test_a_whole_volume_model_runs_on_torch_whatever_was_chosen(mrml_scene, new_logic, tmp_path, monkeypatch):
+    """backendFor: a MONAI bundle (no card) runs on torch at precision auto, with the reason; a card model
+    gets the backend and precision asked for."""
+    from Testing.support.monai_bundle_tiny import make_bundle
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    logic = new_logic()
+    name = logic.addModel(str(make_bundle(tmp_path / "src")))
+    backend, precision, reason = logic.backendFor(name, "openvino", "bf16")
+    assert (backend, precision) == ("torch", "auto") and "MONAI bundle" in reason and "torch" in reason
+    assert logic.backendFor("brainmask-t1", "openvino", "bf16") == ("openvino", "bf16", "")
+
+
 def test_device_warning_estimates_cpu_time(logic_with_run):
     logic, _, volume = logic_with_run
     warning = logic.deviceWarning(volume, "brainmask-t1", "ensemble+mc_dropout", 10, "cpu")

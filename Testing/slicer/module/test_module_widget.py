@@ -25,7 +25,7 @@ slicer_app_fakes.install()
 import SegUncertaintyModule  # noqa: E402
 import SegUncertaintyMRML  # noqa: E402
 import slicer  # noqa: E402
-from SegUncertaintyModule import environment, review_logic  # noqa: E402
+from SegUncertaintyModule import environment, process, review_logic  # noqa: E402
 from SegUncertaintyMRML import flagged_voxels, segments, volumes  # noqa: E402
 
 import SegUncertainty as module  # noqa: E402
@@ -471,3 +471,83 @@ def test_the_event_loop_stops_polling_a_process_whose_callback_raised():
     with pytest.raises(RuntimeError, match="one"):
         slicer_app_fakes.run_event_loop(timeout=30)
     assert slicer_app_fakes._pending == [] and done == []
+
+
+# -- the inference backend (issue 23 §1) ------------------------------------------------------------------
+def run_from_the_panel(widget, timeout: float = 300) -> None:
+    """Press Segment and run the event loop until the run has finished (its onFinished has run)."""
+    widget.ui.applyButton.clicked.emit()
+    assert widget.logic.isRunning()
+    slicer_app_fakes.run_event_loop(until=lambda: not widget.logic.isRunning(), timeout=timeout)
+
+
+def test_the_chosen_backend_runs_the_model_and_the_results_line_reads_its_manifest(mrml_scene, head_run, tmp_path):
+    """Backend and precision are combos of the library's choices bound to the parameters, with a tooltip saying
+    what auto does; the user's choice reaches the command line (the run's manifest records onnxruntime fp32)
+    and the results area shows the manifest's line with its guard figure."""
+    from SegUncertaintyLib.core.options import BACKENDS, PRECISIONS
+
+    slicer.app.temporaryPath = str(tmp_path)
+    volume = volumes.read_volume(mrml_scene, head_run[0], "head")
+    widget = make_widget()
+    params, backend, precision = widget._parameterNode, widget.ui.backendComboBox, widget.ui.precisionComboBox
+    assert (backend.items, precision.items) == (list(BACKENDS), list(PRECISIONS))
+    assert (backend.currentText, precision.currentText) == (process.DEFAULT_BACKEND, "auto")
+    assert backend.enabled and backend.toolTip == process.BACKEND_TOOLTIP and "cache" in backend.toolTip
+    assert precision.enabled and precision.toolTip == process.PRECISION_TOOLTIP
+    assert not widget.ui.backendLabel.visible  # no run yet
+
+    backend.currentIndex = backend.items.index("onnxruntime")  # the user picks it
+    precision.currentIndex = precision.items.index("fp32")
+    assert (params.backend, params.precision) == ("onnxruntime", "fp32")
+    params.inputVolume, params.method, params.device = volume, "softmax", "cpu"
+    run_from_the_panel(widget)
+    assert widget.ui.stageLabel.text.startswith("Done"), widget.ui.stageLabel.text
+    inference = widget.logic.run.manifest["inference"]
+    assert (inference["backend"], inference["precision"], inference["chosen_by"]) == ("onnxruntime", "fp32",
+                                                                                        "requested")
+    assert 0 <= inference["max_abs_dp"] <= 1e-3
+    assert widget.ui.backendLabel.visible and widget.ui.backendLabel.text == \
+        f"Ran on onnxruntime fp32 (max |Δp| {inference['max_abs_dp']:.2g} against torch fp32)"
+
+    slicer.mrmlScene.Clear(0)  # Close Scene: the run is gone, and so is its line
+    assert not widget.ui.backendLabel.visible and widget.ui.backendLabel.text == ""
+
+
+def test_a_whole_volume_model_sets_the_backend_to_torch_and_disables_the_combos(mrml_scene, tmp_path, monkeypatch):
+    """Selecting a MONAI bundle (no card: whole-volume) after choosing openvino bf16 sets the parameters to torch
+    and auto, disables both combos with the reason as tooltip, and the run succeeds (the library refuses
+    another backend for it, exit 2); its manifest has no inference entry, so no results line. Back on a card
+    model the combos are enabled with their tooltips, and the user chooses again."""
+    import SimpleITK as sitk
+
+    from Testing.support.monai_bundle_tiny import make_bundle
+    from Testing.support.nnunet_tiny import ct_like_image
+
+    monkeypatch.setenv("SEGUNCERTAINTY_HOME", str(tmp_path / "home"))
+    slicer.app.temporaryPath = str(tmp_path)
+    sitk.WriteImage(ct_like_image((12, 14, 16)), str(tmp_path / "ct.nrrd"))
+    volume = volumes.read_volume(mrml_scene, tmp_path / "ct.nrrd", "ct")
+    widget = make_widget()
+    params, backend, precision = widget._parameterNode, widget.ui.backendComboBox, widget.ui.precisionComboBox
+    params.backend, params.precision = "openvino", "bf16"
+    assert (backend.currentText, precision.currentText, backend.enabled) == ("openvino", "bf16", True)
+
+    slicer_app_fakes.file_dialog_answer[0] = str(make_bundle(tmp_path / "src"))
+    widget.ui.addModelButton.clicked.emit()  # Add model...: the new model is selected
+    assert params.model == "tiny_bundle"
+    assert (params.backend, params.precision) == ("torch", "auto")
+    assert (backend.currentText, precision.currentText) == ("torch", "auto")
+    assert not backend.enabled and not precision.enabled
+    assert "MONAI bundle" in backend.toolTip and "run on torch" in backend.toolTip
+    assert precision.toolTip == backend.toolTip
+
+    params.inputVolume, params.method, params.samples, params.device = volume, "mc_dropout", 2, "cpu"
+    run_from_the_panel(widget)
+    assert widget.ui.stageLabel.text.startswith("Done"), widget.ui.stageLabel.text
+    assert "inference" not in widget.logic.run.manifest and not widget.ui.backendLabel.visible
+
+    params.model = "brainmask-t1"
+    assert backend.enabled and precision.enabled and backend.toolTip == process.BACKEND_TOOLTIP
+    backend.currentIndex = backend.items.index("auto")
+    assert params.backend == "auto"

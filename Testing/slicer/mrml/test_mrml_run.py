@@ -420,6 +420,55 @@ def test_segment_command_arguments_and_rejections():
     assert set(process.METHOD_LABELS) == set(LIBRARY_METHODS)  # the panel offers exactly the library's methods
 
 
+def test_segment_command_passes_the_backend_and_precision_the_library_parses():
+    """The panel's backend and precision reach the command line as --backend / --precision, which the library's
+    own parser reads back; the defaults are the library's; the panel offers exactly the library's choices."""
+    from SegUncertaintyLib import cli
+    from SegUncertaintyLib.core import options
+
+    args = process.segment_command("/py", "/in.nrrd", "/out", backend="openvino", precision="bf16")
+    parsed = cli.parser().parse_args(args[3:])  # after "/py -m SegUncertaintyLib.cli"
+    assert (parsed.command, parsed.backend, parsed.precision) == ("segment", "openvino", "bf16")
+    default = cli.parser().parse_args(process.segment_command("/py", "/in.nrrd", "/out")[3:])
+    assert (default.backend, default.precision) == (options.DEFAULT_BACKEND, "auto") == (
+        options.SegmentOptions().backend, options.SegmentOptions().precision)
+    assert (process.BACKENDS, process.PRECISIONS) == (options.BACKENDS, options.PRECISIONS)
+    with pytest.raises(ValueError, match="backend"):
+        process.segment_command("/py", "/in", "/out", backend="tensorrt")
+    with pytest.raises(ValueError, match="precision"):
+        process.segment_command("/py", "/in", "/out", precision="int8")
+
+
+def test_backend_line_of_a_real_run_and_of_each_kind_of_inference_entry(sample_run):
+    """The results line reads the manifest's "inference" entry: the default run is torch fp32, the reference;
+    another backend shows its guard figure (2 significant digits) and how it was chosen; no entry (nnU-Net and
+    MONAI bundle runs, older versions) gives no line."""
+    out, _ = sample_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inference"]["backend"] == "torch" and manifest["inference"]["precision"] == "fp32"
+    assert process.backend_line(manifest) == "Ran on torch fp32 (the reference)"
+    entry = {"backend": "openvino", "precision": "fp32", "max_abs_dp": 2.2172927856445312e-05, "chosen_by": "probe"}
+    assert process.backend_line({"inference": entry}) == \
+        "Ran on openvino fp32 (max |Δp| 2.2e-05 against torch fp32; chosen by the probe)"
+    requested = dict(entry, backend="onnxruntime", max_abs_dp=1.31e-06, chosen_by="requested")
+    assert process.backend_line({"inference": requested}) == "Ran on onnxruntime fp32 (max |Δp| 1.3e-06 against " \
+                                                            "torch fp32)"
+    cuda = {"backend": "torch", "precision": "fp16", "max_abs_dp": None, "chosen_by": "cuda"}
+    assert process.backend_line({"inference": cuda}) == "Ran on torch fp16 (not compared with torch fp32; on the GPU)"
+    assert set(process.CHOSEN_BY) >= {"requested", "probe", "cached probe", "no other candidate", "cuda"}
+    for no_entry in ({}, {"inference": None}, {"inference": {"backend": "torch"}}, {"inference": "torch"}):
+        assert process.backend_line(no_entry) == ""
+
+
+def test_backend_tooltip_states_the_libraries_guard():
+    """The tooltip's accuracy guard is the one auto applies (inference/backends/choice.py)."""
+    from SegUncertaintyLib.inference.backends import choice
+
+    assert f"at most {choice.GUARD}" in process.BACKEND_TOOLTIP
+    assert "once per machine and model" in process.BACKEND_TOOLTIP and "caches" in process.BACKEND_TOOLTIP
+    assert "nnU-Net and MONAI bundle models always run on torch" in process.BACKEND_TOOLTIP
+
+
 @pytest.mark.parametrize("method", LIBRARY_METHODS)
 def test_count_passes_match_the_library_plan(method):
     """count_passes (torch-free) counts exactly the passes the library plans, for every method, ensemble
