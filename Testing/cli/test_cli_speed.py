@@ -61,7 +61,9 @@ def test_process_entry_imports_only_what_a_card_run_needs_and_flushes_before_exi
             cumulative_us[name.strip()] = max(int(total), cumulative_us.get(name.strip(), 0))
     assert "monai.networks.nets" in cumulative_us
     skipped = {name: us for name, us in cumulative_us.items() if name.split(".")[0] in cli.segment.UNUSED_BY_CARD_RUNS}
-    assert sum(skipped.values()) < 2000, skipped
+    # refused: a few microseconds each on a quiet machine, well under 0.1 s on a loaded one; imported, ignite
+    # alone takes about 0.7 s and scikit-image 0.26 s
+    assert sum(skipped.values()) < 100_000, skipped
     listed = {e["file"] for e in json.loads((out / "manifest.json").read_text())["outputs"]}
     assert listed | {"manifest.json"} == {p.name for p in out.iterdir()}
     assert sitk.ReadImage(str(out / "overview.png")).GetSize()[0] > 0

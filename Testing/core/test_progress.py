@@ -33,7 +33,16 @@ def test_a_bar_on_a_terminal_and_json_lines_for_programs():
     primary, secondary = os.openpty()
     with os.fdopen(secondary, "w") as terminal:
         _run(ProgressReporter("bar", terminal))
-    drawn = os.read(primary, 65536).decode()
+    chunks = []
+    while True:  # one read may return only part of what the terminal holds (seen on a loaded machine)
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and everything was read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    drawn = b"".join(chunks).decode()
     os.close(primary)
     assert drawn.replace("\r\n", "\n").count("\r") == 6 and "100.0%" in drawn  # the terminal adds \r to \n
     stream = io.StringIO()
