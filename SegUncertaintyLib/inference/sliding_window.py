@@ -110,9 +110,17 @@ def scan_slices(shape: Sequence[int], window: Sequence[int], overlap: float) -> 
     return list(dense_patch_slices(tuple(shape), tuple(window), tuple(interval)))
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory",
+                "failed to allocate memory", "bad_alloc")
+
+
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower() or (
-        "can't allocate memory" in str(exc).lower())
+    """An allocation failure: torch's (CPU, CUDA), ONNX Runtime's ("Failed to allocate memory", raised as its own
+    RuntimeException, not a RuntimeError), OpenVINO's (std::bad_alloc) or numpy's MemoryError."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return any(message in text for message in OOM_MESSAGES)
 
 
 class _WindowSampler:
@@ -217,7 +225,7 @@ class _WindowSampler:
             try:
                 sums = self._run(x, index, n_classes)
                 return [tuple(None if v is None else v[b] for v in sums) for b in range(x.shape[0])]
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            except Exception as exc:  # the exported backends' runtimes raise their own exception types
                 if not _is_oom(exc):
                     raise
                 if x.shape[0] > 1:

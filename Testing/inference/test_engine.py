@@ -184,18 +184,49 @@ def test_engine_leaves_the_global_random_generator_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-class FlakyMemoryNet(nn.Module):
-    """Raises an out-of-memory error for batches larger than ``limit``."""
+def _torch_cpu_oom():
+    return RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
 
-    def __init__(self, limit):
+
+def _onnxruntime_oom():  # ONNX Runtime's own exception class (an Exception, not a RuntimeError) and message
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    return RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+                            "running Conv node. Name:'/conv/Conv' Status Message: Failed to allocate memory for "
+                            "requested buffer of size 9663676416")
+
+
+def _openvino_oom():
+    return RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp:223:\nstd::bad_alloc")
+
+
+class FlakyMemoryNet(nn.Module):
+    """Raises an out-of-memory error (``error()``) for batches larger than ``limit``."""
+
+    def __init__(self, limit, error=_torch_cpu_oom):
         super().__init__()
-        self.inner, self.limit, self.calls = ThresholdNet(p=0.0).eval(), limit, []
+        self.inner, self.limit, self.calls, self.error = ThresholdNet(p=0.0).eval(), limit, [], error
 
     def forward(self, x):
         self.calls.append(x.shape[0])
         if x.shape[0] > self.limit:
-            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+            raise self.error()
         return self.inner(x)
+
+
+@pytest.mark.parametrize("error", [_onnxruntime_oom, _openvino_oom, MemoryError])
+def test_the_exported_runtimes_out_of_memory_also_halves_the_batch(error):
+    """ONNX Runtime's allocation failure is not a RuntimeError: before, it ended the run as an unexpected error."""
+    volume = smooth_volume(shape=(16, 16, 16))
+    net = FlakyMemoryNet(limit=2, error=error)
+    plan = [SampleSpec(0, flip) for flip in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]]
+    result = run_sliding_window(volume, [net], plan, 2, WindowConfig((16, 16, 16), max_batch=8))
+    assert net.calls[:3] == [8, 4, 2] and any("retrying with 2" in n for n in result.notes)
+    plain = run_sliding_window(volume, [net.inner], plan, 2, WindowConfig((16, 16, 16), max_batch=8))
+    assert torch.equal(result.mean_p, plain.mean_p)
+    with pytest.raises(ValueError, match="not memory"):  # any other error still ends the run as it is
+        run_sliding_window(volume, [FlakyMemoryNet(0, lambda: ValueError("not memory"))], plan, 2,
+                           WindowConfig((16, 16, 16)))
 
 
 def test_out_of_memory_halves_the_batch_then_gives_a_clear_error():
