@@ -48,15 +48,19 @@ sys.path.insert(0, str(SCRIPTS))
 import brain_data  # noqa: E402
 import ct_data  # noqa: E402
 
-from SegUncertaintyLib.calibration.apply import predicted_dice  # noqa: E402
 from SegUncertaintyLib.calibration.failure import failure_detection  # noqa: E402
+from SegUncertaintyLib.calibration.predicted_dice import fit_dice_predictor  # noqa: E402
 from SegUncertaintyLib.calibration.risk_control import missed_error_fraction  # noqa: E402
 from SegUncertaintyLib.calibration.store import threshold_from_json  # noqa: E402
 from SegUncertaintyLib.cli import main as cli_main  # noqa: E402
 from SegUncertaintyLib.cohort.worklist import read_worklist  # noqa: E402
 from SegUncertaintyLib.evaluation.calibrate import pair_references  # noqa: E402
-from SegUncertaintyLib.evaluation.calibration_fit import fit_calibration, read_labelled_case  # noqa: E402
-from SegUncertaintyLib.inference.scores import SUBJECT_SCORES, uncertain_side  # noqa: E402
+from SegUncertaintyLib.evaluation.calibration_fit import (  # noqa: E402
+    detection_score,
+    fit_calibration,
+    read_labelled_case,
+)
+from SegUncertaintyLib.inference.scores import SUBJECT_SCORES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for Testing.support
 from Testing.support.nnunet_train import random_phantom, train_nnunet_tiny  # noqa: E402
@@ -157,19 +161,17 @@ def make_cases(model: str, cache: Path, n: int, images: Path, labels: Path) -> l
     return facts
 
 
-def detector_columns(cases, name: str) -> dict[str, np.ndarray]:
-    """Each subject score as an uncertainty (larger = less sure), with the empty-prediction convention of
-    calibration_fit (an empty prediction takes the most uncertain value of the non-empty cases)."""
+def score_matrix(cases, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The cases' subject scores of class ``name`` (n, k), NaN where undefined, and their empty flags (n,)."""
     x = np.array([[np.nan if c.scores[name][s] is None else c.scores[name][s] for s in SUBJECT_SCORES]
                   for c in cases], dtype=np.float64)
-    empty = np.array([c.empty[name] for c in cases])
-    out = {}
-    for j, score in enumerate(SUBJECT_SCORES):
-        column = uncertain_side(score, x[:, j])
-        finite = np.isfinite(column) & ~empty
-        worst = np.nanmax(column[finite]) if finite.any() else 0.0
-        out[score] = np.where(empty | ~np.isfinite(column), worst, column)
-    return out
+    return x, np.array([c.empty[name] for c in cases])
+
+
+def detector_columns(cases, name: str) -> dict[str, np.ndarray]:
+    """Each subject score as an uncertainty (larger = less sure), with calibrate's empty-prediction convention."""
+    x, empty = score_matrix(cases, name)
+    return {score: detection_score(score, x[:, j], empty) for j, score in enumerate(SUBJECT_SCORES)}
 
 
 def split_statistics(cases, alpha: float, splits: int, failure_dice: float) -> dict:
@@ -197,15 +199,16 @@ def split_statistics(cases, alpha: float, splits: int, failure_dice: float) -> d
             holding = [c for c in test if (c.reference == value).any()]
             if len(holding) < 2:
                 continue
-            predictions = [predicted_dice(block, {**c.scores[name], "empty_prediction": c.empty[name]}, alpha)
-                           for c in holding]
+            training = block["predicted_dice"]["training"]  # the predictor a calibrated run refits from the file
+            predictor = fit_dice_predictor(np.array(training["scores"], dtype=np.float64),
+                                           np.array(training["empty"]), np.array(training["dice"]), alpha)
+            value, interval = predictor.predict(*score_matrix(holding, name))
             actual = np.array([c.dice[name] for c in holding])
-            lo = np.array([p["interval"][0] for p in predictions])
-            hi = np.array([p["interval"][1] for p in predictions])
+            lo, hi = interval[:, 0], interval[:, 1]
             out["coverage"][name].append(float(np.mean((lo <= actual) & (actual <= hi))))
             out["width"][name].append(float(np.mean(hi - lo)))
             columns = detector_columns(holding, name)
-            columns["predicted_dice"] = -np.array([p["value"] for p in predictions])
+            columns["predicted_dice"] = -value
             for score, column in columns.items():
                 out["aurc"][name].setdefault(score, []).append(failure_detection(column, actual, failure_dice))
     return out
