@@ -94,9 +94,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                         help="MC dropout: sample in rounds until the maps' Monte Carlo error (99th percentile near "
                              "the segment, scores.json monte_carlo_error) is at most E; --samples is then the "
                              "maximum (default: a fixed --samples)")
-    parser.add_argument("--compress", action=argparse.BooleanOptionalAction, default=True,
-                        help="gzip the written volumes: lossless, about 8 %% smaller float maps for longer writes "
-                             "(default: compress)")
+    parser.add_argument("--compress", action=argparse.BooleanOptionalAction, default=None,
+                        help="gzip every written volume (--compress) or none (--no-compress); default: the "
+                             "labelmaps and --map-dtype float16 maps only (gzip makes float32 maps about 10 %% "
+                             "smaller and their writing about 50x slower)")
     parser.add_argument("--save-samples", action="store_true",
                         help="also write the per-sample segmentations (bit-packed .npz; for evaluate's GED)")
     parser.add_argument("--dicom", action="store_true",

@@ -48,7 +48,7 @@ class SegmentOptions:
     seg_type: str = "binary"  # with dicom: the segmentation as a BINARY or a LABELMAP SEG
     calibration: str = "auto"  # auto: the newest calibration for these weights + method + samples; none; a file
     tolerance: float | None = None  # MC dropout: sample in rounds until the maps' Monte Carlo error is <= this
-    compress: bool = True  # gzip the written volumes (lossless; ~8 % smaller float maps, much smaller labelmaps)
+    compress: bool | None = None  # gzip the volumes: True all, False none, None labelmaps and float16 maps only
     backend: str = DEFAULT_BACKEND  # card models' forward passes: BACKENDS
     precision: str = "auto"  # PRECISIONS
     temperature: float = 1.0  # every pass's logits are divided by this before the softmax (a calibration's t)
@@ -61,7 +61,7 @@ class SegmentOptions:
                    overview=not args.no_overview, save_samples=args.save_samples,
                    dicom=getattr(args, "dicom", False), seg_type=getattr(args, "seg_type", "binary"),
                    calibration=getattr(args, "calibration", "auto"),
-                   compress=getattr(args, "compress", True), tolerance=getattr(args, "tolerance", None),
+                   compress=getattr(args, "compress", None), tolerance=getattr(args, "tolerance", None),
                    backend=getattr(args, "backend", DEFAULT_BACKEND), precision=getattr(args, "precision", "auto"))
 
     def check(self) -> SegmentOptions:
@@ -111,11 +111,11 @@ class SegmentOptions:
 
     def settings(self, dicom_series: str | None) -> dict:
         """The manifest's ``settings`` as ``segment`` writes them (``dicom`` only when set and ``compress`` only
-        when off, ``seg_type`` only when not binary, so earlier runs' settings, a cohort's resume key, stay as
+        when chosen, ``seg_type`` only when not binary, so earlier runs' settings, a cohort's resume key, stay as
         they were)."""
         return {**({"dicom": True} if self.dicom else {}),
                 **({"seg_type": self.seg_type} if self.seg_type != "binary" else {}),
-                **({} if self.compress else {"compress": False}),
+                **({} if self.compress is None else {"compress": self.compress}),
                 **({"tolerance": self.tolerance} if self.tolerance is not None else {}),
                 **({"backend": self.backend} if self.backend != DEFAULT_BACKEND else {}),
                 **({"precision": self.precision} if self.precision != "auto" else {}),

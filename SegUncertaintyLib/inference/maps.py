@@ -8,6 +8,7 @@ All functions take the class axis first: ``mean_p`` is (C, ...).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -50,10 +51,17 @@ def class_argmax(p: torch.Tensor, dim: int) -> torch.Tensor:
 
     torch's CPU argmax over a short, non-innermost class axis is about 10x slower than this.
     """
-    best = p.select(dim, 0)
-    labels = torch.zeros(best.shape, dtype=torch.uint8, device=p.device)
-    for k in range(1, p.shape[dim]):
-        candidate = p.select(dim, k)
+    return first_max_index(p.unbind(dim))
+
+
+def first_max_index(planes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The index of the largest of C same-shaped ``planes`` per element, as uint8 (first maximum wins, as
+    argmax): ``class_argmax`` of planes that are not stacked (stacking an input-grid volume's classes costs a
+    copy of all of them)."""
+    best = planes[0]
+    labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
+    for k in range(1, len(planes)):
+        candidate = planes[k]
         labels[candidate > best] = k
         best = torch.maximum(best, candidate)
     return labels

@@ -21,7 +21,7 @@ from ..models.loader import LoadedModel, check_mc_dropout
 from .assembly import PassStatistics, PlacedImages, SegmentationOutputs, assemble
 from .backends.choice import choose_backend, make_runners
 from .budget import check_run_memory
-from .maps import class_argmax
+from .maps import class_argmax, first_max_index
 from .mc_error import DEFINITION, error_percentiles, foreground_box, sample_in_rounds
 from .preprocessing import array_on_grid, to_input_space, to_model_space
 from .sliding_window import WindowConfig, WindowResult, check_overlap, pick_device, run_sliding_window
@@ -89,7 +89,7 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     n_classes, names = description.n_classes, description.labels
     probs = [sitk.GetArrayFromImage(to_input_space(result.mean_p[k].numpy(), grid, image, float(k == 0)))
              for k in range(n_classes)]
-    labels = np.argmax(np.stack(probs), axis=0).astype(np.uint8)
+    labels = first_max_index([torch.from_numpy(p) for p in probs]).numpy()
     voxel_ml_input = math.prod(image.GetSpacing()) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=n_classes)
     check_cancel()

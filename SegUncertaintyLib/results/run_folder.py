@@ -34,6 +34,15 @@ IMAGE_WRITERS = 2
 DICOM_FOLDER = "dicom"
 
 
+def gzipped(kind: str, map_dtype: str, compress: bool | None) -> bool:
+    """Whether a volume of this ``kind`` (manifest kind) is written with gzip: ``compress`` when chosen; by
+    default labelmaps (a few % of their raw size) and float16-rounded maps (about half), not float32 maps:
+    gzip makes those only about 10 % smaller and their writing about 50x slower (BENCHMARKS.md, 1 mm head)."""
+    if compress is not None:
+        return compress
+    return kind == "labelmap" or map_dtype == "float16"
+
+
 def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, description: ModelDescription,
                   input_name: str, options: SegmentOptions | None = None, settings: dict | None = None,
                   cancelled: Callable[[], bool] | None = None, dicom_sources: Sequence[str] | None = None) -> Path:
@@ -44,8 +53,9 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     ``options``: the output fields of SegmentOptions (checked): ``format``; ``maps``, which of
     :data:`MAP_CHOICES` to write (None: all; a map the run did not compute, e.g. mutual information of a
     one-sample run, is skipped); ``map_dtype``, the precision of the maps and probabilities (see
-    core.vocabulary.MAP_DTYPES); ``compress``, gzip the volumes; ``overview``; ``save_samples``, also each
-    class's per-sample segmentations on the input grid, bit-packed (``samples_<class>.npz``: ``bits``
+    core.vocabulary.MAP_DTYPES); ``compress``, gzip the volumes (:func:`gzipped`); ``overview``;
+    ``save_samples``, also each class's per-sample segmentations on the input grid, bit-packed
+    (``samples_<class>.npz``: ``bits``
     (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t); ``dicom``, also the DICOM objects in
     ``dicom/`` (:mod:`.dicom_objects`) from ``dicom_sources``, the source series' files in the image's slice
     order. ``settings``: the manifest's settings (default: ``options.settings(None)``).
@@ -90,7 +100,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
             if kind != "labelmap" and map_dtype == "float16":
                 image = _rounded_to_float16(image)
                 extra = {**extra, "precision": "float16"}
-            write_image(image, stage / filename, options.compress)
+            write_image(image, stage / filename, gzipped(kind, map_dtype, options.compress))
             return {"file": filename, "kind": kind, "meaning": meaning, "dtype": image.GetPixelIDTypeAsString(),
                     **extra}
 

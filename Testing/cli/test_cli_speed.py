@@ -1,4 +1,4 @@
-"""What makes a run faster without changing its results: uncompressed volumes (--no-compress) and the
+"""What makes a run faster without changing its results: uncompressed float maps (the default) and the
 command line's process entry (only the imports a card-model run needs, no interpreter teardown)."""
 
 from __future__ import annotations
@@ -21,25 +21,30 @@ def _nrrd_encoding(path: Path) -> str:
     return next(line.split(":", 1)[1].strip() for line in header.splitlines() if line.startswith("encoding:"))
 
 
-def test_no_compress_writes_the_same_volumes_raw(tmp_path, threshold_model):
+def test_compress_choices_write_the_same_volumes_gzipped_as_chosen(tmp_path, threshold_model):
+    """Default: the labelmap and float16 maps gzipped, float32 maps raw; --compress all; --no-compress none."""
     image = tmp_path / "phantom.nii.gz"
     sitk.WriteImage(sphere_phantom(noise=0.05), str(image))
     runs = {}
-    for flag in ("--compress", "--no-compress"):
-        out = tmp_path / flag
+    for flags in ((), ("--compress",), ("--no-compress",), ("--map-dtype", "float16")):
+        out = tmp_path / ("_".join(flags) or "default")
         assert cli.main(["segment", str(image), "--model", str(threshold_model), "--samples", "3", "--out", str(out),
-                         "--progress", "none", "--no-overview", flag]) == 0
-        runs[flag] = out
-    manifest = json.loads((runs["--no-compress"] / "manifest.json").read_text())
-    assert manifest["settings"]["compress"] is False
-    assert "compress" not in json.loads((runs["--compress"] / "manifest.json").read_text())["settings"]
-    volumes = [e["file"] for e in manifest["outputs"] if e["file"].endswith(".nrrd")]
-    assert "entropy.nrrd" in volumes and "segmentation.nrrd" in volumes
-    for name in volumes:
-        assert _nrrd_encoding(runs["--compress"] / name) == "gzip"
-        assert _nrrd_encoding(runs["--no-compress"] / name) == "raw"
-        same = [sitk.GetArrayFromImage(sitk.ReadImage(str(runs[f] / name))) for f in runs]
-        np.testing.assert_array_equal(*same)
+                         "--progress", "none", "--no-overview", *flags]) == 0
+        runs[flags] = out
+    settings = {flags: json.loads((out / "manifest.json").read_text())["settings"] for flags, out in runs.items()}
+    assert "compress" not in settings[()] and settings[("--no-compress",)]["compress"] is False
+    assert settings[("--compress",)]["compress"] is True
+    manifest = json.loads((runs[()] / "manifest.json").read_text())
+    volumes = {e["file"]: e["kind"] for e in manifest["outputs"] if e["file"].endswith(".nrrd")}
+    assert volumes["entropy.nrrd"] == "uncertainty" and volumes["segmentation.nrrd"] == "labelmap"
+    for name, kind in volumes.items():
+        expected = {(): "gzip" if kind == "labelmap" else "raw", ("--compress",): "gzip", ("--no-compress",): "raw",
+                    ("--map-dtype", "float16"): "gzip"}
+        for flags, encoding in expected.items():
+            assert _nrrd_encoding(runs[flags] / name) == encoding, (name, flags)
+        same = [sitk.GetArrayFromImage(sitk.ReadImage(str(runs[f] / name))) for f in runs if "float16" not in f]
+        for other in same[1:]:
+            np.testing.assert_array_equal(same[0], other)
 
 
 def test_process_entry_imports_only_what_a_card_run_needs_and_flushes_before_exiting(tmp_path, threshold_model):
