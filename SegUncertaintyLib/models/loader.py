@@ -16,11 +16,10 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import monai.networks.nets as monai_nets
 import torch
 from torch import nn
 
@@ -61,11 +60,11 @@ def every_check_run():
         _REMEMBER_CHECKS.reset(token)
 
 
-def _passed_before(card: ModelCard, check: str) -> bool:
+def passed_before(card: ModelCard, check: str) -> bool:
     return _REMEMBER_CHECKS.get() and (home_dir() / CHECKS_CACHE / _check_key(card, check)).is_file()
 
 
-def _record_pass(card: ModelCard, check: str) -> None:
+def record_pass(card: ModelCard, check: str) -> None:
     """Remember a pass (best effort: a read-only home only means the check runs again next time)."""
     if not _REMEMBER_CHECKS.get():
         return
@@ -77,12 +76,39 @@ def _record_pass(card: ModelCard, check: str) -> None:
         pass
 
 
+class MemberNetworks(Sequence):
+    """A card model's member networks (nn.Module, eval mode, logits out), each built on first use: MONAI
+    imported, weights read. A run on exported graphs (inference/backends) whose load-time checks are
+    remembered never builds them, so it never imports MONAI (about 1.7 s of a process's start)."""
+
+    def __init__(self, card: ModelCard):
+        self.card = card
+        self._built: list[nn.Module | None] = [None] * len(card.members)
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self._built[i] is None:
+            net = _load_member(self.card, self.card.members[i].path).eval()
+            self._built[i] = ProbabilitiesAsLogits(net).eval() if self.card.output == "probabilities" else net
+        return self._built[i]
+
+    def built(self) -> int:
+        """How many members have been built."""
+        return sum(net is not None for net in self._built)
+
+
 @dataclass
 class LoadedModel:
-    """A verified card and its networks, in eval mode on the CPU; every network returns logits."""
+    """A verified card and its networks, in eval mode on the CPU; every network returns logits.
+    ``runners``: the exported backends' runners made for this model (inference/backends/choice.make_runners)."""
 
     card: ModelCard
-    networks: list[nn.Module]
+    networks: Sequence[nn.Module]
+    runners: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def description(self) -> ModelDescription:
@@ -111,6 +137,8 @@ def build_network(architecture: dict) -> nn.Module:
     if extra:
         raise ModelError(f"MONAI {name} argument(s) {', '.join(extra)} not allowed; "
                          f"expected only {', '.join(allowed[name])}")
+    import monai.networks.nets as monai_nets  # here: runs on exported graphs never import MONAI
+
     try:
         return getattr(monai_nets, name)(**kwargs)
     except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, IndexError) as exc:
@@ -195,14 +223,13 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
         raise ModelError(f"Model '{model.card.name}' is an ONNX model: {MC_DROPOUT_REASON}")
     x = _probe_input(model.card)
     for i in members:
+        if passed_before(model.card, f"mc_dropout member {i}"):  # it had dropout layers that changed its output
+            continue
         net = model.networks[i]
         if set_dropout(net, True) == 0:
             set_dropout(net, False)
             raise ModelError(f"Model '{model.card.name}' member {i} has no dropout layer: "
                              "MC dropout is impossible; use another method")
-        if _passed_before(model.card, f"mc_dropout member {i}"):
-            set_dropout(net, False)
-            continue
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(PROBE_SEED)
@@ -213,7 +240,7 @@ def check_mc_dropout(model: LoadedModel, members: Iterable[int]) -> None:
             raise ModelError(f"Model '{model.card.name}' member {i}: its dropout is inactive (two MC-dropout "
                              "samples were identical: dropout p = 0, or a traced TorchScript that recorded "
                              "eval mode), so MC dropout would report no uncertainty; use ensemble or tta")
-        _record_pass(model.card, f"mc_dropout member {i}")
+        record_pass(model.card, f"mc_dropout member {i}")
 
 
 def load_model(name_or_path: str | os.PathLike) -> LoadedModel | WholeVolumeModel:
@@ -243,12 +270,10 @@ def load_card_model(path: str | os.PathLike, name: str | None = None) -> LoadedM
     if name is not None and name != card.name:
         card = dataclasses.replace(card, name=name)
     card.verify()
-    networks = []
-    for member in card.members:
-        net = _load_member(card, member.path).eval()
-        networks.append(ProbabilitiesAsLogits(net).eval() if card.output == "probabilities" else net)
-    # the probe pass costs one forward pass per member at every load; a pass is remembered per verified weights
-    if not _passed_before(card, "outputs"):
+    networks = MemberNetworks(card)
+    # the probe pass builds every member and costs one forward pass each: a pass is remembered per verified
+    # weights, so a later load builds a member only when a run needs it
+    if not passed_before(card, "outputs"):
         check_outputs(card, networks)
-        _record_pass(card, "outputs")
+        record_pass(card, "outputs")
     return LoadedModel(card, networks)

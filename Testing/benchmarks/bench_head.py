@@ -1,19 +1,26 @@
-"""End to end on a 1 mm-class head: ``seguncertainty segment`` per method, torch fp32 against ``--backend auto``
-(issue #23 item 6's targets: auto >= 2x for mc_dropout, >= 3x for softmax and ensemble, with p99 |d entropy| <=
-0.02 and Dice >= 0.99 against the fp32 run with the same seed).
+"""End to end on a 1 mm-class head: ``seguncertainty segment`` per method, before issue #23 (torch fp32 at the
+commit ``--before``) and now (torch fp32 and ``--backend auto``). Issue #23 item 6's targets: auto >= 2x
+today's fp32 eager for mc_dropout, >= 3x for softmax and ensemble, with p99 |d entropy| <= 0.02 and Dice >= 0.99
+against the fp32 run with the same seed.
 
-    python Testing/benchmarks/bench_head.py [--cache Testing/scripts/_work] [--spacing 0.85] [--rounds 1]
+    python Testing/benchmarks/bench_head.py [--cache Testing/scripts/_work] [--spacing 0.85] [--rounds 3]
+                                            [--before 286e5b8]
 
 The head is Colin27's T1 (Debian mricron-data, 1 mm, 181 x 217 x 181) resampled to ``--spacing`` mm (0.85 mm:
-about 11.6 M voxels). Each run is the command line in a fresh process (imports, model load, reading, the
-passes, resampling back, writing every output compressed); the probe of ``auto`` is made once beforehand and
-cached (its cost is reported apart). Prints a Markdown table; the machine's load average is printed with it.
+about 11.6 M voxels). Each run is the command line in a fresh process with the default options (imports, model
+load, reading, the passes, resampling back, writing); "before" runs the same command from a git worktree of
+``--before`` (default: main just before issue #23's first merge) with the same Python environment. Every
+configuration is run once to warm its caches (load-time checks; the probe of ``auto``, whose cost is reported
+apart); then each round runs every configuration in turn, and the median is shown. Agreement is auto against
+torch fp32 now, same seed (the random stream changed in #23, so "before" is compared in time only). Prints a
+Markdown table with the machine's load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,13 +49,25 @@ def head(cache: Path, spacing: float) -> Path:
     return path
 
 
-def segment(image: Path, out: Path, method: str, backend: str, home: Path) -> float:
-    env = {**os.environ, "SEGUNCERTAINTY_HOME": str(home)}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def segment(image: Path, out: Path, method: str, backend: str | None, home: Path, code: Path = ROOT) -> float:
+    """Seconds of one ``segment`` command run from the source tree ``code`` (backend None: the option left out,
+    as before it existed)."""
+    env = {**os.environ, "SEGUNCERTAINTY_HOME": str(home), "PYTHONPATH": str(code)}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "SegUncertaintyLib.cli", "segment", str(image), "--out", str(out),
-                    "--method", method, "--backend", backend, "--progress", "none", "--seed", "0"],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+                    "--method", method, "--progress", "none", "--seed", "0",
+                    *(["--backend", backend] if backend else [])], env=env, check=True, stdout=subprocess.DEVNULL,
+                   cwd=code)
     return time.perf_counter() - start
+
+
+def worktree(ref: str, folder: Path) -> Path:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), ref], check=True,
+                   capture_output=True)
+    return folder
 
 
 def agreement(a: Path, b: Path) -> tuple[float, float]:
@@ -64,27 +83,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=str(SCRIPTS / "_work"))
     parser.add_argument("--spacing", type=float, default=0.85)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--before", default="286e5b8", help="the commit timed as 'before' (torch fp32)")
     args = parser.parse_args()
     image = head(Path(args.cache), args.spacing)
     voxels = np.prod(sitk.ReadImage(str(image)).GetSize())
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "home"
-        probe = segment(image, Path(tmp) / "probe", "softmax", "auto", home)  # pays the probe, then cached
-        print(f"{image.name}: {voxels / 1e6:.1f} M voxels; first auto run (probe included) {probe:.1f} s; "
-              f"load average {os.getloadavg()[0]:.1f}\n")
-        print("| method | torch fp32 (s) | auto (s) | speed-up | p99 abs d entropy | Dice |")
-        print("|---|---|---|---|---|---|")
-        for method in args.methods.split(","):
-            times = {"torch": [], "auto": []}
-            for r in range(args.rounds):
-                for backend in ("torch", "auto"):
-                    times[backend].append(segment(image, Path(tmp) / f"{method}-{backend}-{r}", method, backend,
-                                                  home))
-            d_entropy, dice = agreement(Path(tmp) / f"{method}-torch-0", Path(tmp) / f"{method}-auto-0")
-            t, a = np.median(times["torch"]), np.median(times["auto"])
-            print(f"| {method} | {t:.1f} | {a:.1f} | {t / a:.2f}x | {d_entropy:.2g} | {dice:.4f} |", flush=True)
+        tmp = Path(tmp)
+        before = worktree(args.before, tmp / "before")
+        try:
+            configs = {"before": (None, tmp / "home-before", before), "torch": ("torch", tmp / "home", ROOT),
+                       "auto": ("auto", tmp / "home", ROOT)}
+            warm = {name: segment(image, tmp / f"warm-{name}", "mc_dropout", backend, home, code)
+                    for name, (backend, home, code) in configs.items()}
+            print(f"{image.name}: {voxels / 1e6:.1f} M voxels; first run (caches made: load-time checks, auto's "
+                  f"probe) before {warm['before']:.1f} s, torch {warm['torch']:.1f} s, auto {warm['auto']:.1f} s; "
+                  f"load average {os.getloadavg()[0]:.1f}\n")
+            print("| method | before: torch fp32 at " + args.before + " (s) | now: torch fp32 (s) | now: auto (s) "
+                  "| auto vs before | auto vs torch now | p99 abs d entropy | Dice |")
+            print("|---|---|---|---|---|---|---|---|")
+            for method in args.methods.split(","):
+                times = {name: [] for name in configs}
+                for r in range(args.rounds):
+                    for name, (backend, home, code) in configs.items():
+                        times[name].append(segment(image, tmp / f"{method}-{name}-{r}", method, backend, home, code))
+                d_entropy, dice = agreement(tmp / f"{method}-torch-0", tmp / f"{method}-auto-0")
+                b, t, a = (float(np.median(times[name])) for name in configs)
+                print(f"| {method} | {b:.1f} | {t:.1f} | {a:.1f} | {b / a:.2f}x | {t / a:.2f}x | {d_entropy:.2g} "
+                      f"| {dice:.4f} |", flush=True)
+                for r in range(1, args.rounds):  # the disk: about 250 MB per run
+                    for name in configs:
+                        shutil.rmtree(tmp / f"{method}-{name}-{r}")
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True)
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -47,23 +47,34 @@ def test_compress_choices_write_the_same_volumes_gzipped_as_chosen(tmp_path, thr
             np.testing.assert_array_equal(same[0], other)
 
 
-def test_process_entry_imports_only_what_a_card_run_needs_and_flushes_before_exiting(tmp_path, threshold_model):
-    image, out = tmp_path / "phantom.nii.gz", tmp_path / "out"
-    sitk.WriteImage(sphere_phantom(), str(image))
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "SegUncertaintyLib.cli", "segment", str(image),
-                           "--model", str(threshold_model), "--samples", "3", "--out", str(out), "--progress", "none"],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    # stdout is a pipe (block-buffered): the summary arrives only if it was flushed before os._exit
-    assert done.stdout.startswith(f"Wrote {out}") and "phantom" not in done.stderr.split("import time")[-1]
-    # -X importtime lines: "import time: self_us | cumulative_us | name"; a refused import is listed too, at a
-    # few microseconds (importing pytorch-ignite takes about 0.7 s)
+def _imports(stderr: str) -> dict[str, int]:
+    """``-X importtime`` lines ("import time: self_us | cumulative_us | name") -> name: cumulative us; a refused
+    import is listed too, at a few microseconds (importing pytorch-ignite takes about 0.7 s)."""
     cumulative_us = {}
-    for line in done.stderr.splitlines():
+    for line in stderr.splitlines():
         if line.startswith("import time:") and "cumulative" not in line:
             _, total, name = line.split("|")
             cumulative_us[name.strip()] = max(int(total), cumulative_us.get(name.strip(), 0))
+    return cumulative_us
+
+
+def _segment_process(image: Path, out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONWARNINGS": "ignore",
+           **(env or {})}
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "SegUncertaintyLib.cli", "segment", str(image),
+                           "--out", str(out), "--progress", "none", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_process_entry_imports_only_what_a_card_run_needs_and_flushes_before_exiting(tmp_path):
+    image, out = tmp_path / "phantom.nii.gz", tmp_path / "out"
+    sitk.WriteImage(sphere_phantom(), str(image))
+    # the bundled MONAI network on torch: MONAI is imported, so its optional imports must be refused
+    done = _segment_process(image, out, "--model", "brainmask-t1", "--method", "softmax")
+    assert done.returncode == 0, done.stderr[-2000:]
+    # stdout is a pipe (block-buffered): the summary arrives only if it was flushed before os._exit
+    assert done.stdout.startswith(f"Wrote {out}") and "phantom" not in done.stderr.split("import time")[-1]
+    cumulative_us = _imports(done.stderr)
     assert "monai.networks.nets" in cumulative_us
     skipped = {name: us for name, us in cumulative_us.items() if name.split(".")[0] in cli.segment.UNUSED_BY_CARD_RUNS}
     # refused: a few microseconds each on a quiet machine, well under 0.1 s on a loaded one; imported, ignite
@@ -72,3 +83,26 @@ def test_process_entry_imports_only_what_a_card_run_needs_and_flushes_before_exi
     listed = {e["file"] for e in json.loads((out / "manifest.json").read_text())["outputs"]}
     assert listed | {"manifest.json"} == {p.name for p in out.iterdir()}
     assert sitk.ReadImage(str(out / "overview.png")).GetSize()[0] > 0
+
+
+def test_a_run_on_a_cached_exported_graph_never_imports_monai_and_gives_the_same_maps(tmp_path):
+    """Issue 23 item 5: a run on ONNX Runtime whose graph, probe and load-time checks are cached builds no torch
+    network, so MONAI (about 1.7 s of imports) is never imported; the maps equal the first run's."""
+    image = tmp_path / "phantom.nii.gz"
+    sitk.WriteImage(sphere_phantom(), str(image))
+    home = {"SEGUNCERTAINTY_HOME": str(tmp_path / "home")}
+    args = ("--model", "brainmask-t1", "--method", "mc_dropout", "--samples", "3", "--backend", "onnxruntime",
+            "--no-overview")
+    first = _segment_process(image, tmp_path / "first", *args, env=home)  # exports the graph, runs the checks
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "monai.networks.nets" in _imports(first.stderr)
+    again = _segment_process(image, tmp_path / "again", *args, env=home)
+    assert again.returncode == 0, again.stderr[-2000:]
+    imported = _imports(again.stderr)
+    packages = {name.split(".")[0] for name in imported}
+    assert "onnxruntime" in packages and "monai" not in packages
+    manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert manifest["inference"]["backend"] == "onnxruntime" and manifest["inference"]["chosen_by"] == "requested"
+    for name in ("entropy.nrrd", "mutual_information.nrrd", "segmentation.nrrd"):
+        same = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / run / name))) for run in ("first", "again")]
+        np.testing.assert_array_equal(*same)

@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 from torch import nn
 
 from SegUncertaintyLib.core.errors import CancelledError, ResourceError, UsageError
 from SegUncertaintyLib.core.methods import SampleSpec, plan_samples
 from SegUncertaintyLib.inference.maps import class_argmax
-from SegUncertaintyLib.inference.sliding_window import WindowConfig, run_sliding_window, scan_slices
+from SegUncertaintyLib.inference.sliding_window import WindowConfig, run_sliding_window, scan_slices, window_weight
 from SegUncertaintyLib.models.dropout import set_dropout
 from Testing.support.tiny_models import DropoutContextNet, ThresholdNet
 
@@ -322,3 +323,22 @@ def test_windowed_mi_and_variance_match_one_pass_over_the_whole_volume():
     assert torch.allclose(maps["entropy"], maps["expected_entropy"] + maps["mutual_information"], atol=1e-5)
     of_mean = -(torch.special.xlogy(windowed.mean_p, windowed.mean_p)).sum(0) / np.log(3)
     assert (maps["entropy"] <= of_mean + 1e-5).all() and (of_mean - maps["entropy"]).mean() < 0.01
+
+
+@pytest.mark.parametrize("window", [(16, 16, 16), (7, 12, 9), (1, 5, 64), (64, 64, 64)])
+def test_window_weight_equals_monais_gaussian_importance_map(window):
+    expected = compute_importance_map(window, mode="gaussian", sigma_scale=0.125, device="cpu").float()
+    assert torch.equal(window_weight(window), expected)
+
+
+def test_scan_slices_equal_monais_dense_patch_slices():
+    """The window positions are MONAI's (dense_patch_slices with the interval scan_slices derives), in order."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        window = tuple(int(w) for w in rng.integers(1, 20, 3))
+        shape = tuple(int(w + rng.integers(0, 40)) for w in window)
+        overlap = float(rng.choice([0.0, 0.25, 0.5, 0.75, 0.9, rng.uniform(0, 0.99)]))
+        interval = [max(int(w * (1.0 - overlap)), 1) for w in window]
+        interval = [i if s > w else w for i, s, w in zip(interval, shape, window, strict=True)]
+        assert scan_slices(shape, window, overlap) == list(dense_patch_slices(shape, window, tuple(interval))), (
+            shape, window, overlap)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import platform
 import time
-import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from ...core.files import write_text_atomic
 from ...core.options import SegmentOptions
 from ...models.catalog import home_dir
 from ...models.dropout import MASK_GENERATOR, SampleMasks, per_sample_dropout_possible, set_dropout
-from ...models.loader import LoadedModel, ProbabilitiesAsLogits
+from ...models.loader import LoadedModel, ProbabilitiesAsLogits, passed_before, record_pass
 from .export import exported_graphs
 from .runners import CPU_PRECISIONS, backend_version, make_runner, require
 
@@ -75,9 +74,16 @@ def has_bf16(flags: str) -> bool:
 
 
 def exportable(model: LoadedModel) -> bool:
-    """Card networks the exported backends can run: MONAI networks whose dropout is torch's own."""
-    return model.card.architecture.get("type") == "monai" and all(
-        per_sample_dropout_possible(n) for n in model.networks)
+    """Card networks the exported backends can run: MONAI networks whose dropout is torch's own. A yes is
+    remembered per verified weights (models/loader.passed_before), so a later run need not build the networks."""
+    if model.card.architecture.get("type") != "monai":
+        return False
+    if passed_before(model.card, "exportable"):
+        return True
+    if not all(per_sample_dropout_possible(n) for n in model.networks):
+        return False
+    record_pass(model.card, "exportable")
+    return True
 
 
 def candidates(model: LoadedModel, precision: str) -> list[tuple[str, str]]:
@@ -203,21 +209,15 @@ def choose_backend(model: LoadedModel, options: SegmentOptions, device: torch.de
     return choice
 
 
-# first network of a loaded model -> (backend, precision, threads) -> its runners: a model loaded once (a
-# cohort worker, the Slicer module) builds its ONNX Runtime sessions and OpenVINO compilations once
-_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def make_runners(model: LoadedModel, choice: BackendChoice) -> list:
     """One runner per member for ``choice`` (backends/runners.py); the exported backends' are made once per
-    loaded model (a torch runner holds its network, so caching it would keep the model alive)."""
+    loaded model (a cohort worker, the Slicer module: ONNX Runtime sessions and OpenVINO compilations once),
+    from the cached graphs: the torch networks are not built unless a graph must be exported."""
     threads = torch.get_num_threads()
     if choice.backend == "torch":
         return [make_runner("torch", choice.precision, net, None, threads) for net in model.networks]
-    built = _RUNNERS.setdefault(model.networks[0], {})
     key = (choice.backend, choice.precision, threads)
-    if key not in built:
+    if key not in model.runners:
         graphs = exported_graphs(model.card, model.networks)
-        built[key] = [make_runner(choice.backend, choice.precision, net, graph, threads)
-                      for net, graph in zip(model.networks, graphs, strict=True)]
-    return built[key]
+        model.runners[key] = [make_runner(choice.backend, choice.precision, None, graph, threads) for graph in graphs]
+    return model.runners[key]

@@ -120,8 +120,9 @@ class OpenVinoRunner(_GraphRunner):
         return torch.from_numpy(np.array(out, np.float32, copy=True))
 
 
-def make_runner(backend: str, precision: str, network: nn.Module, graph: ExportedGraph | None, threads: int):
-    """The runner of one member; ``graph`` is needed by the exported backends."""
+def make_runner(backend: str, precision: str, network: nn.Module | None, graph: ExportedGraph | None,
+                threads: int):
+    """The runner of one member: torch needs its ``network``, the exported backends its ``graph``."""
     if backend == "torch":
         return TorchRunner(network, precision)
     if graph is None:
