@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import numpy as np
+import SimpleITK as sitk
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure  # not pyplot: no global figure state, no GUI backend, 0.1 s less to import
+from matplotlib.lines import Line2D
 
 # World axes of ITK's LPS space: index, and the letter of each direction (+, -)
 LETTERS = {0: ("L", "R"), 1: ("P", "A"), 2: ("S", "I")}
@@ -30,7 +29,7 @@ MAP_UNITS = {
     "mutual_information": "mutual information / ln C (0-1)",
     "variance": "max. class variance of p (0-0.25)",
 }
-PALETTE = plt.get_cmap("tab10").colors
+PALETTE = matplotlib.colormaps["tab10"].colors
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,8 @@ def save_overview(outputs, path: Path, title: str = "", classes: Mapping[int, tu
             maps.append((name, [v.cut(volume, centre).copy() for v in grid_views], max(float(volume.max()), 1e-6)))
             del volume
     columns = 1 + len(maps)
-    fig = plt.figure(figsize=(3.0 * columns + 0.6, 10.2))
+    fig = Figure(figsize=(3.0 * columns + 0.6, 10.2))
+    FigureCanvasAgg(fig)
     grid = fig.add_gridspec(4, columns, height_ratios=[1, 1, 1, 0.06], hspace=0.25, wspace=0.08,
                             left=0.07, right=0.99, top=0.9, bottom=0.07)
     for row, view in enumerate(grid_views):
@@ -166,5 +166,4 @@ def save_overview(outputs, path: Path, title: str = "", classes: Mapping[int, tu
                  "their maximum transparent", fontsize=9)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     tmp.replace(path)
