@@ -4,7 +4,7 @@ today's fp32 eager for mc_dropout, >= 3x for softmax and ensemble, with p99 |d e
 against the fp32 run with the same seed.
 
     python Testing/benchmarks/bench_head.py [--cache Testing/scripts/_work] [--spacing 0.85] [--rounds 3]
-                                            [--before 286e5b8]
+                                            [--before 286e5b8] [--image PATH]
 
 The head is Colin27's T1 (Debian mricron-data, 1 mm, 181 x 217 x 181) resampled to ``--spacing`` mm (0.85 mm:
 about 11.6 M voxels). Each run is the command line in a fresh process with the default options (imports, model
@@ -86,8 +86,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--before", default="286e5b8", help="the commit timed as 'before' (torch fp32)")
+    parser.add_argument("--image", default=None, help="time this image instead of the head (e.g. the bundled "
+                        "sample, SegUncertaintyLib/sample/colin27_t1_2mm.nii.gz)")
     args = parser.parse_args()
-    image = head(Path(args.cache), args.spacing)
+    image = Path(args.image).resolve() if args.image else head(Path(args.cache), args.spacing)
     voxels = np.prod(sitk.ReadImage(str(image)).GetSize())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
