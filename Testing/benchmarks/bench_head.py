@@ -64,6 +64,38 @@ def segment(image: Path, out: Path, method: str, backend: str | None, home: Path
     return time.perf_counter() - start
 
 
+# one case after another in one process (a cohort worker, the Slicer module): load once, run once to warm, then
+# time segment_image + write_outputs per case; prints the median seconds as JSON
+IN_PROCESS = """
+import json, sys, tempfile, time
+import SimpleITK as sitk
+from SegUncertaintyLib.core.options import SegmentOptions
+from SegUncertaintyLib.inference.segment import segment_image
+from SegUncertaintyLib.models.loader import load_model
+from SegUncertaintyLib.results.run_folder import write_outputs
+image_path, method, backend, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+options = SegmentOptions(method=method, seed=0, **({} if backend == "none" else {"backend": backend}))
+model = load_model("brainmask-t1")
+times = []
+with tempfile.TemporaryDirectory() as tmp:
+    for r in range(rounds + 1):
+        start = time.perf_counter()
+        image = sitk.ReadImage(image_path)
+        outputs = segment_image(image, model, options)
+        write_outputs(outputs, f"{tmp}/{r}", model.description, image_path, options)
+        times.append(time.perf_counter() - start)
+print(json.dumps(sorted(times[1:])[len(times[1:]) // 2]))
+"""
+
+
+def per_case(image: Path, method: str, backend: str | None, home: Path, code: Path, rounds: int) -> float:
+    """Median seconds per case in one long-lived process (:data:`IN_PROCESS`) run from the source tree ``code``."""
+    env = {**os.environ, "SEGUNCERTAINTY_HOME": str(home), "PYTHONPATH": str(code)}
+    done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(image), method, backend or "none", str(rounds)],
+                          env=env, check=True, capture_output=True, text=True, cwd=code)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def worktree(ref: str, folder: Path) -> Path:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), ref], check=True,
                    capture_output=True)
@@ -117,6 +149,14 @@ def main() -> int:
                 for r in range(1, args.rounds):  # the disk: about 250 MB per run
                     for name in configs:
                         shutil.rmtree(tmp / f"{method}-{name}-{r}")
+            print("\nPer case in one long-lived process (cohort worker, Slicer): model loaded once, one case to "
+                  "warm, then the median of the rounds (read + segment_image + write_outputs)\n")
+            print("| method | before (s) | now: torch fp32 (s) | now: auto (s) | auto vs before | auto vs torch now |")
+            print("|---|---|---|---|---|---|")
+            for method in args.methods.split(","):
+                b, t, a = (per_case(image, method, backend, home, code, args.rounds)
+                           for backend, home, code in configs.values())
+                print(f"| {method} | {b:.2f} | {t:.2f} | {a:.2f} | {b / a:.2f}x | {t / a:.2f}x |", flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True)
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
