@@ -45,7 +45,7 @@ class SegmentationOutputs:
     model_grid_maps: Mapping[str, np.ndarray] = field(default_factory=dict)
     model_grid_sample_bits: np.ndarray | None = None  # (C-1, ceil(T/8), *S) uint8, bit t%8 of byte t//8
     model_grid_labels: np.ndarray | None = None
-    inference: dict | None = None  # card models: the backend, precision and accuracy guard (backends/choice.py)
+    inference: dict | None = None  # the logits' temperature; card models: backend, precision, guard (backends/choice)
 
 
 @dataclass

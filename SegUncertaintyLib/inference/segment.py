@@ -62,8 +62,13 @@ def segment_image(image: sitk.Image, model, options: SegmentOptions | None = Non
     report = progress or (lambda *_: None)
     with cancel_between_modules(cancelled):
         if isinstance(model, LoadedModel):
-            return segment_on_model_grid(image, model, options, report, cancelled)
-        if options.backend not in ("torch", "auto") or options.precision not in ("auto", "fp32"):
-            raise UsageError(f"--backend {options.backend} --precision {options.precision}: only card models choose "
-                             "a backend; nnU-Net and MONAI bundle models run on torch (use the defaults)")
-        return segment_whole_volume(image, model, options, report, cancelled, scratch)
+            outputs = segment_on_model_grid(image, model, options, report, cancelled)
+        else:
+            if options.backend not in ("torch", "auto") or options.precision not in ("auto", "fp32"):
+                raise UsageError(f"--backend {options.backend} --precision {options.precision}: only card models "
+                                 "choose a backend; nnU-Net and MONAI bundle models run on torch (use the defaults)")
+            outputs = segment_whole_volume(image, model, options, report, cancelled, scratch)
+    # the manifest's inference entry says which t divided the logits, also when the calibration that gave it was
+    # then not applied (a --tolerance run that ended at another sample count)
+    outputs.inference = {**(outputs.inference or {}), "temperature": float(options.temperature)}
+    return outputs

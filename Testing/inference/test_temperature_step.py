@@ -45,7 +45,9 @@ def test_temperature_equals_a_last_layer_scaled_by_one_over_t(tmp_path, image, m
     plain = load_model(write_threshold_model(tmp_path / "plain", gains=GAINS))
     scaled = load_model(write_threshold_model(tmp_path / "scaled", gains=tuple(g / t for g in GAINS)))
     options = SegmentOptions(method=method, samples=4 if method == "mc_dropout" else None)
-    tempered = arrays(segment_image(image, plain, SegmentOptions(**{**options.as_dict(), "temperature": t})))
+    tempered_run = segment_image(image, plain, SegmentOptions(**{**options.as_dict(), "temperature": t}))
+    assert tempered_run.inference["temperature"] == t  # recorded for the manifest
+    tempered = arrays(tempered_run)
     expected = arrays(segment_image(image, scaled, options))
     untempered = arrays(segment_image(image, plain, options))
     for key, value in expected.items():
@@ -139,6 +141,7 @@ def test_whole_volume_temperature_tempers_every_pass_before_the_mean(tmp_path):
     folder, _ = make_nnunet_model(tmp_path / "plain", folds=2)
     model, image = load_model(folder), ct_like_image(seed=2)
     tempered = segment_image(image, model, SegmentOptions(method="ensemble", temperature=t))
+    assert tempered.inference == {"temperature": t}  # the manifest's record; no backend choice for nnU-Net
     prepared = model.prepare(image, pick_device("cpu"), None)
     passes = [model.run_pass(prepared, spec) for spec in model.plan("ensemble", None)]
     with np.errstate(divide="ignore"):
