@@ -26,7 +26,6 @@ from ..inference.model_grid import samples_on_input_grid
 from ..io.images import write_image, write_json
 from ..io.publish import OutputFolder, output_folder
 from ..models.description import ModelDescription
-from .overview import class_colours, save_overview
 
 # SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores
 # (BENCHMARKS.md, nnU-Net section), at the cost of two volumes in memory at once instead of one.
@@ -121,6 +120,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         entries.append({"file": "scores.json", "kind": "scores",
                         "meaning": "Subject-level scores per class, with definitions and directions"})
         if options.overview:
+            from .overview import class_colours, save_overview  # here: matplotlib only for runs that draw
+
             check_cancel()
             title = f"{Path(input_name).name} — {description.name} — {outputs.method}"
             save_overview(outputs, stage / "overview.png", title=title,
