@@ -46,14 +46,26 @@ def threads_for(usable: int, total: int, busy_fraction: float) -> int:
     return max(1, min(usable, round(total * (1.0 - busy_fraction))))
 
 
+def runnable_others() -> int | None:
+    """Threads runnable on the machine at this moment besides the caller's (the fourth field of Linux's
+    /proc/loadavg, "runnable/total", less one); None where there is no /proc/loadavg."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as stream:
+            return max(0, int(stream.read().split()[3].split("/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def free_cores() -> int:
-    """:func:`threads_for` with the system's load: the 1-minute load average (runnable processes) as the busy
-    share of the cores, read at no cost (sampling CPU use instead held every run up by 0.2 s).
+    """:func:`threads_for` with the system's load, read at no cost (sampling CPU use instead held every run up
+    by 0.2 s): the busy share of the cores is the smaller of the 1-minute load average and the threads
+    runnable now (:func:`runnable_others`), so threads are given up only when the last minute and this moment
+    agree. The average alone lags by a minute: a run right after another (a cohort's next case, a
+    benchmark's next round) would see the previous run's load and take one thread on an idle machine.
 
     torch's threads meet at a barrier after every layer: one that shares its core with another busy process
     stalls them all, so on a shared machine fewer threads are faster (2 cores, 4 other busy processes: one 64^3
-    UNet window 0.42 s with 1 thread, 0.99 s with 2). The average lags a change of load by about a minute, and
-    it is read once: later changes are not followed.
+    UNet window 0.42 s with 1 thread, 0.99 s with 2). It is read once: later changes are not followed.
     """
     total = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
@@ -61,4 +73,6 @@ def free_cores() -> int:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows has no load average: assume a quiet machine
         load = 0.0
-    return threads_for(usable, total, min(1.0, load / total))
+    now = runnable_others()
+    busy = load if now is None else min(load, now)
+    return threads_for(usable, total, min(1.0, busy / total))

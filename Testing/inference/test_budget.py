@@ -57,11 +57,36 @@ def test_threads_follow_the_free_cores():
     assert 1 <= free_cores() <= os.cpu_count()
 
 
-def test_free_cores_reads_the_load_average(monkeypatch):
+def test_free_cores_reads_the_load_average_and_the_threads_runnable_now(monkeypatch):
     from SegUncertaintyLib.inference import budget
 
     monkeypatch.setattr(budget.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(budget.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    for load, threads in ((0.1, 4), (1.2, 3), (3.0, 1), (9.0, 1)):
+    # (1-minute load average, threads runnable now besides this one, threads): fewer threads only when both
+    # say the machine is busy; without /proc (None) the average alone
+    for load, now, threads in ((0.1, 0, 4), (1.2, 5, 3), (3.0, 3, 1), (9.0, 9, 1), (3.0, None, 1),
+                               (3.0, 0, 4),  # the previous run's load still in the average, nothing running now
+                               (0.1, 6, 4)):  # a moment's burst on a quiet minute
         monkeypatch.setattr(budget.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
-        assert budget.free_cores() == threads
+        monkeypatch.setattr(budget, "runnable_others", lambda now=now: now)
+        assert budget.free_cores() == threads, (load, now)
+
+
+def test_runnable_others_parses_proc_loadavg(monkeypatch):
+    import io
+
+    from SegUncertaintyLib.inference import budget
+
+    def fake(text):
+        def open_(path, *args, **kwargs):
+            assert path == "/proc/loadavg"
+            if text is None:
+                raise FileNotFoundError(path)
+            return io.StringIO(text)
+        return open_
+
+    # Linux's format: three load averages, "runnable/total" scheduling entities, the last PID
+    for text, expected in (("0.50 0.40 0.30 3/132 26843\n", 2), ("1.00 0.90 0.80 1/98 7\n", 0),
+                           ("0.1 0.1 0.1 12/400 99\n", 11), (None, None), ("garbage\n", None)):
+        monkeypatch.setattr(budget, "open", fake(text), raising=False)
+        assert budget.runnable_others() == expected, text
