@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,23 @@ def read_volume(path: str | os.PathLike, name: str | None = None) -> sitk.Image:
     name = name or str(path)
     if not path.is_file():
         raise InputImageError(f"Image not found: {name}" if not path.exists() else f"{name} is not a file")
-    if image_suffix(path) in (".nii", ".nii.gz"):
-        check_nifti_complete(path)  # before ITK, which fills truncated files and rejects sheared sforms vaguely
+    if image_suffix(path) not in (".nii", ".nii.gz"):
+        return _read_with_itk(path, name)
+    # The NIfTI check's error wins over ITK's (ITK fills truncated files with zeros and rejects sheared sforms
+    # vaguely). It decompresses the file once more than ITK: both at once, as zlib and ITK release the GIL
+    # (0.16 s instead of 0.30 s for a 12 M-voxel float .nii.gz).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        check = pool.submit(check_nifti_complete, path)
+        try:
+            image = _read_with_itk(path, name)
+        except BaseException:
+            check.result()
+            raise
+        check.result()
+    return image
+
+
+def _read_with_itk(path: Path, name: str) -> sitk.Image:
     with quiet_itk():
         reader = read_header(path, name)
         try:
