@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from SegUncertaintyLib import cli
 from SegUncertaintyLib.cli.common import CancelFlag
 from SegUncertaintyLib.core.errors import OutputError
-from SegUncertaintyLib.results import run_folder
+from SegUncertaintyLib.results import overview, run_folder
 from Testing.support.files import load_json
 from Testing.support.phantoms import sphere_phantom
 
@@ -138,7 +138,7 @@ def test_failed_write_keeps_the_previous_run_and_leaves_no_partial_file(phantom_
     def broken_overview(*_args, **_kw):
         raise OutputError("disk full (simulated)")
 
-    monkeypatch.setattr(run_folder, "save_overview", broken_overview)
+    monkeypatch.setattr(overview, "save_overview", broken_overview)  # run_folder imports it when it draws
     assert cli.main([*argv, "--seed", "7"]) == 5
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging folder, nothing changed
 
