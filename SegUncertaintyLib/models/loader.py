@@ -96,10 +96,6 @@ class MemberNetworks(Sequence):
             self._built[i] = ProbabilitiesAsLogits(net).eval() if self.card.output == "probabilities" else net
         return self._built[i]
 
-    def built(self) -> int:
-        """How many members have been built."""
-        return sum(net is not None for net in self._built)
-
 
 @dataclass
 class LoadedModel:

@@ -54,10 +54,10 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     one-sample run, is skipped); ``map_dtype``, the precision of the maps and probabilities (see
     core.vocabulary.MAP_DTYPES); ``compress``, gzip the volumes (:func:`gzipped`); ``overview``;
     ``save_samples``, also each class's per-sample segmentations on the input grid, bit-packed
-    (``samples_<class>.npz``: ``bits``
-    (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t); ``dicom``, also the DICOM objects in
-    ``dicom/`` (:mod:`.dicom_objects`) from ``dicom_sources``, the source series' files in the image's slice
-    order. ``settings``: the manifest's settings (default: ``options.settings(None)``).
+    (``samples_<class>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t);
+    ``dicom``, also the DICOM objects in ``dicom/`` (:mod:`.dicom_objects`) from ``dicom_sources``, the source
+    series' files in the image's slice order. ``settings``: the manifest's settings (default:
+    ``options.settings(None)``).
     Files are named by class with ``core.files.safe_stems`` (``probability_left_kidney.nrrd``); the class's
     name is the entry's ``label``. ``cancelled`` is polled between files: CancelledError, nothing published.
     The manifest lists exactly the files written, each image with its dtype.
