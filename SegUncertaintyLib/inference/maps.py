@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -54,14 +55,20 @@ def class_argmax(p: torch.Tensor, dim: int) -> torch.Tensor:
     return first_max_index(p.unbind(dim))
 
 
-def first_max_index(planes: Sequence[torch.Tensor]) -> torch.Tensor:
+def first_max_index(planes: Sequence[torch.Tensor] | Sequence[np.ndarray]) -> torch.Tensor | np.ndarray:
     """The index of the largest of C same-shaped ``planes`` per element, as uint8 (first maximum wins, as
     argmax): ``class_argmax`` of planes that are not stacked (stacking an input-grid volume's classes costs a
-    copy of all of them)."""
-    best = planes[0]
+    copy of all of them). Torch tensors give a tensor; numpy arrays (read-only views of images too, which
+    torch cannot wrap) give an array."""
+    best, last = planes[0], len(planes) - 1
+    if isinstance(best, np.ndarray):
+        labels = np.zeros(best.shape, np.uint8)
+        for k in range(1, last + 1):
+            np.copyto(labels, np.uint8(k), where=planes[k] > best)
+            best = np.maximum(best, planes[k]) if k < last else best
+        return labels
     labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
-    for k in range(1, len(planes)):
-        candidate = planes[k]
-        labels[candidate > best] = k
-        best = torch.maximum(best, candidate)
+    for k in range(1, last + 1):
+        labels[planes[k] > best] = k
+        best = torch.maximum(best, planes[k]) if k < last else best
     return labels

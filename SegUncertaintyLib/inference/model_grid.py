@@ -87,17 +87,18 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
 
     report("postprocess", 0.0, "resampling to the input grid")
     n_classes, names = description.n_classes, description.labels
-    probs = [sitk.GetArrayFromImage(to_input_space(result.mean_p[k].numpy(), grid, image, float(k == 0)))
-             for k in range(n_classes)]
-    labels = first_max_index([torch.from_numpy(p) for p in probs]).numpy()
+    # the resampled images are the delivered probabilities: read through views, never copied
+    probs = [to_input_space(result.mean_p[k].numpy(), grid, image, float(k == 0)) for k in range(n_classes)]
+    labels = first_max_index([sitk.GetArrayViewFromImage(p) for p in probs])
     voxel_ml_input = math.prod(image.GetSpacing()) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=n_classes)
+    foreground = [int(np.count_nonzero(labels == k)) for k in range(1, n_classes)]  # bincount: a 8-byte copy
+    counts = [labels.size - sum(foreground), *foreground]
     check_cancel()
 
     def place(stats: PassStatistics, map_names: list[str]) -> PlacedImages:
         return PlacedImages(
             segmentation=array_on_grid(labels, image),
-            probabilities={names[k]: array_on_grid(probs[k], image) for k in range(1, n_classes)},
+            probabilities={names[k]: probs[k] for k in range(1, n_classes)},
             maps={name: (check_cancel(), to_input_space(stats.maps[name].numpy(), grid, image))[1]
                   for name in map_names},  # each resampling takes seconds on a large CT: a cancel between them
             model_grid_image=array_on_grid(array, grid),

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
@@ -9,7 +10,7 @@ from torch import nn
 
 from SegUncertaintyLib.core.errors import CancelledError, ResourceError, UsageError
 from SegUncertaintyLib.core.methods import SampleSpec, plan_samples
-from SegUncertaintyLib.inference.maps import class_argmax
+from SegUncertaintyLib.inference.maps import class_argmax, first_max_index
 from SegUncertaintyLib.inference.sliding_window import WindowConfig, run_sliding_window, scan_slices, window_weight
 from SegUncertaintyLib.models.dropout import set_dropout
 from Testing.support.tiny_models import DropoutContextNet, ThresholdNet
@@ -303,6 +304,18 @@ def test_class_argmax_matches_torch_including_ties(n_classes):
     p = torch.randint(0, 4, (3, n_classes, 6, 7, 8)).float()  # many ties: the first maximum must win
     assert torch.equal(class_argmax(p, 1), p.argmax(1).to(torch.uint8))
     assert torch.equal(class_argmax(p[0], 0), p[0].argmax(0).to(torch.uint8))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_first_max_index_of_read_only_image_views_matches_argmax(n_classes):
+    """The input grid's labels come from views of the resampled images, which numpy marks read-only."""
+    p = np.random.default_rng(n_classes).integers(0, 4, (n_classes, 6, 7, 8)).astype(np.float32)
+    images = [sitk.GetImageFromArray(plane) for plane in p]  # a view does not keep its image alive
+    views = [sitk.GetArrayViewFromImage(image) for image in images]
+    assert not views[0].flags.writeable
+    labels = first_max_index(views)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, p.argmax(0))
 
 
 @pytest.mark.slow
