@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -87,8 +88,9 @@ def command(args) -> int:
     reporter = None
     try:
         # lock, leftovers of killed runs, refusal: before the heavy imports; large intermediate data and the
-        # output volumes of whole-volume models wait in the scratch folder beside the output
-        with output_folder(out) as folder, folder.scratch() as scratch:
+        # output volumes of whole-volume models wait in the scratch folder beside the output. The overview's
+        # process imports matplotlib beside this one's imports (a library caller draws in its own process).
+        with output_folder(out) as folder, folder.scratch() as scratch, _overview_drawer(options, args) as draw:
             from ..core.progress import ProgressReporter
             from ..inference.segment import cancel_between_modules, segment_image
             from ..inference.sliding_window import pick_device
@@ -124,7 +126,7 @@ def command(args) -> int:
                     settings["calibration"] = calibration_record(*selected)
             sources = series_slice_files(path, args.series) if options.dicom else None
             manifest = write_outputs(outputs, folder, model.description, str(path), options, settings, cancel,
-                                     sources)
+                                     sources, draw)
             reporter("write", 1.0, "done")
     finally:
         if reporter is not None:
@@ -134,6 +136,16 @@ def command(args) -> int:
         logging.warning(note)
     _print_summary(outputs, manifest)
     return 0
+
+
+def _overview_drawer(options, args):
+    """The overview's own process when this process runs only this command and draws an overview; else a
+    context giving None (write_outputs then draws here)."""
+    if options.overview and args.process_entry:
+        from ..results.overview_process import OverviewProcess
+
+        return OverviewProcess()
+    return contextlib.nullcontext()
 
 
 def _choose_threads() -> None:

@@ -7,6 +7,7 @@ folder is only replaced when every file in it was written by an earlier run (lis
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -26,6 +27,8 @@ from ..inference.model_grid import samples_on_input_grid
 from ..io.images import write_image, write_json
 from ..io.publish import OutputFolder, output_folder
 from ..models.description import ModelDescription
+from .overview_process import DrawHere
+from .overview_slices import overview_request
 
 # SimpleITK releases the GIL while it compresses: two writers halve the time of a CT's maps on 2 cores
 # (BENCHMARKS.md, nnU-Net section), at the cost of two volumes in memory at once instead of one.
@@ -44,7 +47,8 @@ def gzipped(kind: str, map_dtype: str, compress: bool | None) -> bool:
 
 def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, description: ModelDescription,
                   input_name: str, options: SegmentOptions | None = None, settings: dict | None = None,
-                  cancelled: Callable[[], bool] | None = None, dicom_sources: Sequence[str] | None = None) -> Path:
+                  cancelled: Callable[[], bool] | None = None, dicom_sources: Sequence[str] | None = None,
+                  draw_overview: Callable | None = None) -> Path:
     """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest.
 
     ``out_dir``: a folder path, or an :class:`OutputFolder` already entered (the command line takes it
@@ -57,7 +61,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     (``samples_<class>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t);
     ``dicom``, also the DICOM objects in ``dicom/`` (:mod:`.dicom_objects`) from ``dicom_sources``, the source
     series' files in the image's slice order. ``settings``: the manifest's settings (default:
-    ``options.settings(None)``).
+    ``options.settings(None)``). ``draw_overview``: draws an OverviewRequest (default: in this process;
+    the command line passes its :class:`.overview_process.OverviewProcess`).
     Files are named by class with ``core.files.safe_stems`` (``probability_left_kidney.nrrd``); the class's
     name is the entry's ``label``. ``cancelled`` is polled between files: CancelledError, nothing published.
     The manifest lists exactly the files written, each image with its dtype.
@@ -67,7 +72,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     if not isinstance(out_dir, OutputFolder):
         with output_folder(out_dir) as folder:
             return write_outputs(outputs, folder, description, input_name, options, settings, cancelled,
-                                 dicom_sources)
+                                 dicom_sources, draw_overview)
     if options.dicom and not dicom_sources:
         raise UsageError("--dicom needs a DICOM series as input (its files are the objects' sources)")
     fmt, map_dtype = options.format, options.map_dtype
@@ -91,7 +96,13 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                 {"map": name}) for name in outputs.maps if name in chosen]
 
     entries: list[dict] = []
-    with out_dir.staged(cancelled) as stage:
+    drawer = draw_overview or DrawHere()
+    with out_dir.staged(cancelled) as stage, contextlib.closing(drawer):
+        if options.overview:  # first: a drawing process draws while the images are written
+            title = f"{Path(input_name).name} — {description.name} — {outputs.method}"
+            drawer.start(overview_request(outputs, stage / "overview.png", title, description.labels,
+                                          description.info.get("terminology")))
+
         def write_one(job) -> dict:
             look_up, stem, kind, meaning, extra = job
             check_cancel()
@@ -120,12 +131,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
         entries.append({"file": "scores.json", "kind": "scores",
                         "meaning": "Subject-level scores per class, with definitions and directions"})
         if options.overview:
-            from .overview import class_colours, save_overview  # here: matplotlib only for runs that draw
-
-            check_cancel()
-            title = f"{Path(input_name).name} — {description.name} — {outputs.method}"
-            save_overview(outputs, stage / "overview.png", title=title,
-                          classes=class_colours(description.labels, description.info.get("terminology")))
+            drawer.finish(check_cancel)
             entries.append({"file": "overview.png", "kind": "figure",
                             "meaning": "Mid-slices: image with segmentation contour and uncertainty maps"})
         manifest = build_manifest(version=__version__, input_name=input_name, description=description,

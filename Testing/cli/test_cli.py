@@ -138,7 +138,7 @@ def test_failed_write_keeps_the_previous_run_and_leaves_no_partial_file(phantom_
     def broken_overview(*_args, **_kw):
         raise OutputError("disk full (simulated)")
 
-    monkeypatch.setattr(overview, "save_overview", broken_overview)  # run_folder imports it when it draws
+    monkeypatch.setattr(overview, "draw_overview", broken_overview)  # looked up when the run draws
     assert cli.main([*argv, "--seed", "7"]) == 5
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging folder, nothing changed
 

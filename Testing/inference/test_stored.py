@@ -116,10 +116,10 @@ def test_finish_into_a_store_writes_the_same_maps_slab_by_slab(tmp_path):
 
 def test_overview_centre_from_per_axis_counts_is_the_foreground_centroid():
     """The overview's slice centre without np.argwhere (which takes 24 bytes per foreground voxel)."""
-    from SegUncertaintyLib.results.overview import _centre
+    from SegUncertaintyLib.results.overview_slices import centre_of
 
     rng = np.random.default_rng(3)
     for _ in range(5):
         mask = rng.random((11, 13, 17)) < rng.uniform(0.01, 0.5)
-        assert _centre(mask) == tuple(int(v) for v in np.argwhere(mask).mean(0))
-    assert _centre(np.zeros((4, 6, 8), bool)) == (2, 3, 4)
+        assert centre_of(mask) == tuple(int(v) for v in np.argwhere(mask).mean(0))
+    assert centre_of(np.zeros((4, 6, 8), bool)) == (2, 3, 4)

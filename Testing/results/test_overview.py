@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SegUncertaintyLib.results.overview import class_colours, views
+from SegUncertaintyLib.results.overview import class_colours
+from SegUncertaintyLib.results.overview_slices import views
 
 LPS = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 RAS = (-1, 0, 0, 0, -1, 0, 0, 0, 1)
