@@ -11,7 +11,6 @@ stderr is discarded: the command's errors are one line, never a child's tracebac
 
 from __future__ import annotations
 
-import os
 import pickle
 import subprocess
 import sys
@@ -21,7 +20,10 @@ from pathlib import Path
 from .overview_slices import OverviewRequest
 
 POLL_S = 0.1  # how often the parent checks for a cancel while the child draws
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding SegUncertaintyLib
+# The child imports this package from where this process did: its folder goes first on the child's path
+# unless it is there already (site-packages, which must stay behind the standard library)
+CHILD = (f"import sys; p = {str(Path(__file__).resolve().parents[2])!r}; p in sys.path or sys.path.insert(0, p); "
+         f"from {__name__} import main; sys.exit(main())")
 
 
 class DrawHere:
@@ -55,11 +57,9 @@ class OverviewProcess(DrawHere):
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> OverviewProcess:
-        path = os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
         try:
-            self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                            env={**os.environ, "PYTHONPATH": path})
+            self.process = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError:
             self.process = None  # the parent draws
         return self
