@@ -4,6 +4,7 @@ import (real slicer-core scene) and evaluate read such runs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,10 @@ SAMPLE = REPO / "SegUncertaintyLib" / "sample" / "colin27_t1_2mm.nii.gz"
 
 
 def segment(*argv: str) -> None:
+    """One run in its own process, on one thread: the maps of two runs are compared bit for bit, and torch's
+    reductions round differently with another thread count (which follows the machine's load)."""
     args = [sys.executable, "-m", "SegUncertaintyLib.cli", "segment", *argv, "--progress", "none", "--no-overview"]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
 
 

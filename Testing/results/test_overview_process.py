@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+import torch
 
 from SegUncertaintyLib.core.errors import CancelledError
 from SegUncertaintyLib.core.options import SegmentOptions
@@ -105,8 +106,8 @@ def test_a_cancel_while_the_child_draws_ends_the_child(outputs, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_command_draws_through_a_child_and_leaves_none_after_a_run_or_a_refused_input(tmp_path,
-                                                                                           threshold_model):
+def test_the_command_draws_through_a_child_and_leaves_none_after_a_run_or_a_refused_input(tmp_path, threshold_model,
+                                                                                           monkeypatch):
     """The command line's overview (drawn by its child) equals the library's (drawn in process, as cli.main
     called in process draws), and a run refused at the read, after the child started, ends its child too."""
     from SegUncertaintyLib import cli
@@ -116,7 +117,7 @@ def test_the_command_draws_through_a_child_and_leaves_none_after_a_run_or_a_refu
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not an image")
     before = children()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}  # the same rounding as here
 
     def segment(path: Path, out: Path) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "SegUncertaintyLib.cli", "segment", str(path), "--model",
@@ -125,8 +126,14 @@ def test_the_command_draws_through_a_child_and_leaves_none_after_a_run_or_a_refu
 
     ran = segment(image, tmp_path / "child")
     assert ran.returncode == 0, ran.stderr
-    assert cli.main(["segment", str(image), "--model", str(threshold_model), "--out", str(tmp_path / "here"),
-                     "--progress", "none", "--seed", "3"]) == 0
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the command then leaves torch's thread count alone
+    torch.set_num_threads(1)
+    try:
+        assert cli.main(["segment", str(image), "--model", str(threshold_model), "--out", str(tmp_path / "here"),
+                         "--progress", "none", "--seed", "3"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert (tmp_path / "child" / "overview.png").read_bytes() == (tmp_path / "here" / "overview.png").read_bytes()
     refused = segment(broken, tmp_path / "refused")
     assert refused.returncode == 3 and "Traceback" not in refused.stderr
