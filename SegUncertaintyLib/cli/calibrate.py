@@ -57,7 +57,7 @@ def command(args) -> int:
     from ..core.options import SegmentOptions
     from ..evaluation.calibrate import calibration_document, pair_references, training_overlap, write_report
     from ..evaluation.calibration_fit import FEW_CASES, MIN_CASES
-    from ..evaluation.evaluate import read_json
+    from ..evaluation.case_folder import read_json
 
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"calibrate: --alpha must lie in (0, 1), got {args.alpha}")

@@ -41,7 +41,8 @@ def parse_labels(text: str) -> dict[int, str]:
 
 
 def command(args) -> int:
-    from ..evaluation.evaluate import add_calibration_split, evaluate_folder, method_names, read_ood_list, summarize
+    from ..evaluation.case_folder import method_names, read_ood_list
+    from ..evaluation.evaluate import add_calibration_split, evaluate_folder, summarize
     from ..evaluation.report import report_folder, write_report
 
     references = Path(args.references)

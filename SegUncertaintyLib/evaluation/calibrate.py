@@ -28,7 +28,7 @@ from ..core.errors import InputImageError
 from ..io.images import IMAGE_SUFFIXES, image_suffix
 from .calibration_figures import write_figures
 from .calibration_fit import fit_calibration, read_labelled_case
-from .evaluate import read_json
+from .case_folder import read_json
 from .temperature_fit import CAP, collect_logits, fit_run_temperature, temperature_report
 
 _CHANNEL = re.compile(r"_\d{4}$")

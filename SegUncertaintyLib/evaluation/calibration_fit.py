@@ -22,15 +22,8 @@ from ..calibration.predicted_dice import METHOD, fit_dice_predictor
 from ..calibration.risk_control import conformal_risk_threshold, error_values, missed_error_fraction
 from ..core.errors import InputImageError, UsageError
 from ..inference.scores import SUBJECT_SCORES, uncertain_side
-from .evaluate import (
-    _array,
-    _file_key,
-    _score_classes,
-    case_manifest,
-    check_case_grids,
-    empty_prediction,
-    read_annotations,
-)
+from .case_folder import case_manifest, check_case_grids, file_key, read_annotations, read_array, score_classes
+from .decisions import empty_prediction
 from .referral import dice
 
 MIN_CASES, FEW_CASES = 10, 30
@@ -60,16 +53,16 @@ def read_labelled_case(case_dir: Path, reference_path: Path, map_name: str = "en
     """A case folder and its reference; InputImageError when the map is missing or a grid differs.
     ``labels`` names the label values of plain folders without manifest.json (as evaluate's --labels)."""
     manifest = case_manifest(case_dir, labels)
-    files = {_file_key(e): case_dir / e["file"] for e in manifest["outputs"]}
+    files = {file_key(e): case_dir / e["file"] for e in manifest["outputs"]}
     if map_name not in files:
         raise InputImageError(f"Case '{case_dir.name}' has no {map_name} map (run segment with --maps {map_name})")
-    prediction, seg_image = _array(files["labelmap"])
+    prediction, seg_image = read_array(files["labelmap"])
     annotations, ref_image = read_annotations(reference_path)
     if len(annotations) != 1:
         raise InputImageError(f"Reference {reference_path}: calibration needs one labelmap, not a folder")
     check_case_grids(case_dir, files, seg_image, reference_path, ref_image, None)
-    uncertainty, reference = _array(files[map_name])[0], annotations[0]
-    scores = _score_classes(files["scores"]) if "scores" in files else {}
+    uncertainty, reference = read_array(files[map_name])[0], annotations[0]
+    scores = score_classes(files["scores"]) if "scores" in files else {}
     classes = [(int(v), name) for v, name in manifest["labels"].items() if int(v) != 0]
     voxel_ml = math.prod(seg_image.GetSpacing()) / 1000
     return LabelledCase(

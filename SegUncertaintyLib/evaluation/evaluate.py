@@ -1,47 +1,50 @@
 """Evaluate ``seguncertainty segment`` outputs against reference segmentations, case by case.
 
-A prediction folder holds one sub-folder per case with the segment command's ``manifest.json``; the
-reference for case ``NAME`` is ``REFS/NAME.<ext>`` (a labelmap with the model's label values), else one
-named after the case's input (``input_stem``: a cohort's case folders carry hashed ids, the references
-the scans' names), when no other case of the folder has an input of that name.
+A prediction folder holds one sub-folder per case (case_folder.py: its manifest, files and reference).
 Everything is computed per case and per foreground class, and the dataset summary is built from the
 per-case results and summed calibration bins, so memory stays that of one case.
 
 Out-of-distribution cases (``--ood``) need no reference: only their subject scores are read, and they
 are reported on their own (AUROC per score); they never enter calibration, threshold selection,
 correlations or the figures. An in-distribution case without a reference is skipped with a note.
-
-Failure detection and calibrated decisions (issue 21, section 3), per class over the evaluated cases:
-AURC, E-AURC, oracle and random AURC and the failure AUROC (Dice < ``FAILURE_DICE``) of each subject score
-(empty predictions as the most uncertain cases, the stated convention) and, for calibrated runs, of the
-predicted Dice (calibration/failure.py); for calibrated runs also the realised missed-error fraction at the
-run's threshold λ̂ (scores.json ``referral``: the fraction of the case's error voxels, prediction !=
-reference over all classes, whose map value is below λ̂; the same value on every class row of a case)
-against α, and how many predicted-Dice intervals hold the actual Dice against their nominal coverage.
+Failure detection and calibrated decisions: decisions.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from ..calibration.failure import failure_detection
-from ..calibration.risk_control import error_values, missed_error_fraction
-from ..calibration.store import threshold_from_json
-from ..core.errors import InputImageError, UsageError
-from ..core.files import read_json_object, safe_stems
-from ..core.manifest import MANIFEST, ManifestError, is_plain_name, parse_manifest
+from ..core.errors import InputImageError
 from ..inference.scores import PAPERS, SUBJECT_SCORES, uncertain_side
-from ..io.header import describe_grid, read_header, same_grid
-from ..io.images import IMAGE_SUFFIXES, image_suffix, read_volume
 from .calibration import BinStats, calibration_split
+from .case_folder import (
+    case_folders,
+    case_manifest,
+    check_case_grids,
+    file_key,
+    find_reference_named,
+    ood_case_scores,
+    read_annotations,
+    read_array,
+    read_samples,
+    readable,
+    reference_names,
+    score_classes,
+)
 from .cohort_stats import STATISTICS, generalized_energy_distance, ood_detection, score_quality_correlation
+from .decisions import (
+    FAILURE_DICE,
+    calibrated_decisions,
+    decision_summary,
+    empty_as_most_uncertain,
+    empty_prediction,
+    failure_table,
+    score_column,
+)
 from .quality import (
     CONFUSION_EDGES,
     EMPTY_RULES,
@@ -61,7 +64,6 @@ from .referral import (
 from .temperature_fit import BEFORE_AFTER, before_temperature_columns
 
 REFERRAL_MAPS = ("entropy", "mutual_information", "variance")
-FAILURE_DICE = 0.8  # a case fails below this Dice (failure AUROC), as calibrate's default --failure-dice
 FRACTIONS = np.linspace(0, 0.2, 41)  # referral curve: 0-20 % of voxels, in 0.5 % steps
 # short citations; the full titles are in PAPERS (summary "papers", the report's Papers section)
 JUNGO, SANDER = "Jungo and Reyes 2019", "Sander et al. 2019"
@@ -115,26 +117,6 @@ EVALUATION_CONVENTIONS = {
 }
 
 
-def readable(name: str) -> str:
-    """A file or argument name as text for reports: names the system decoded with surrogate escapes
-    (non-ASCII under an ASCII locale) are read as UTF-8, undecodable bytes replaced. Paths keep the raw name."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def method_names(folders: list[Path]) -> list[str]:
-    """One distinct report name per prediction folder: its base name, or as many trailing path parts as
-    it takes to tell folders apart (``a/mc`` and ``b/mc`` -> "a/mc", "b/mc"). The same folder given twice
-    is a usage error: its results would be counted twice."""
-    resolved = [Path(os.path.abspath(f)) for f in folders]
-    if len(set(resolved)) != len(resolved):
-        raise UsageError("evaluate: the same prediction folder is given twice")
-    for depth in range(1, max(len(p.parts) for p in resolved) + 1):
-        names = [readable("/".join(p.parts[-depth:]).lstrip("/")) for p in resolved]
-        if len(set(names)) == len(names):
-            return names
-    raise AssertionError("distinct absolute paths always differ in some trailing part")
-
-
 @dataclass
 class CaseResult:
     case: str
@@ -149,149 +131,6 @@ class CaseResult:
     confusion: dict[str, np.ndarray] = field(default_factory=dict)  # entropy histogram per TP/FP/FN/TN
 
 
-def _array(path: Path) -> tuple[np.ndarray, sitk.Image]:
-    image = read_volume(path)  # header (geometry, memory) checked before the voxels are read
-    return sitk.GetArrayFromImage(image), image
-
-
-def check_case_grids(case_dir: Path, files: dict[str, Path], seg_image: sitk.Image, reference_path: Path,
-                     ref_image: sitk.Image, mask_path: Path | None) -> None:
-    """Geometry guard: the reference, the region mask and every image of the case must be on the grid of
-    the case's segmentation (size, spacing, origin and direction; io.header.same_grid). Another grid is
-    refused with both grids in the message, never scored as if aligned. Only headers are read here."""
-    others = [(f"Reference {reference_path}", ref_image)]
-    if mask_path is not None:
-        others.append((f"Region mask {mask_path}", read_header(mask_path)))
-    others += [(f"{path.name} of case '{case_dir.name}'", read_header(path))
-               for key, path in files.items() if key != "labelmap" and image_suffix(path) in IMAGE_SUFFIXES]
-    for what, grid in others:
-        if not same_grid(grid, seg_image):
-            raise InputImageError(f"{what} is not on the grid of case '{case_dir.name}': {describe_grid(grid)}; "
-                                  f"the case's segmentation has {describe_grid(seg_image)}. Resample it onto the "
-                                  "case's grid first (nearest neighbour for labelmaps)")
-
-
-def find_reference(refs: Path, case: str, what: str = "reference segmentation", annotators: bool = True) -> Path:
-    """``REFS/<case>.<ext>``, or (``annotators``) the folder ``REFS/<case>/`` holding one labelmap per
-    annotator; InputImageError naming ``what`` when there is neither."""
-    if annotators and (refs / case).is_dir():
-        return refs / case
-    for suffix in IMAGE_SUFFIXES:
-        if (refs / f"{case}{suffix}").is_file():
-            return refs / f"{case}{suffix}"
-    raise InputImageError(f"No {what} for case '{case}' in {refs} ({case}.nii.gz, .nrrd, ...)")
-
-
-def input_stem(case_dir: Path) -> str | None:
-    """The file name, without its image suffix, of the input the case's manifest.json names (a DICOM
-    series: its folder's name); None without a manifest or an input."""
-    path = case_dir / MANIFEST
-    try:
-        given = read_json(path, "case manifest").get("input") if path.is_file() else None
-    except InputImageError:
-        return None
-    if not isinstance(given, str) or not Path(given).name:
-        return None
-    name = Path(given).name
-    suffix = image_suffix(name)
-    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
-
-
-def reference_names(cases: list[Path]) -> dict[Path, list[str]]:
-    """Per case folder, the names its reference may have, in order: the folder's name, then its input's
-    (``input_stem``) where that differs and no other case has an input of the same name."""
-    stems = {case: input_stem(case) for case in cases}
-    counts: dict[str, int] = {}
-    for stem in stems.values():
-        if stem is not None:
-            counts[stem] = counts.get(stem, 0) + 1
-    return {case: [case.name, *([stem] if stem not in (None, case.name) and counts[stem] == 1 else [])]
-            for case, stem in stems.items()}
-
-
-def find_reference_named(refs: Path, names: list[str], what: str = "reference segmentation",
-                         annotators: bool = True) -> Path:
-    """``find_reference`` for the first of ``names`` that has one; InputImageError naming them all."""
-    for name in names:
-        try:
-            return find_reference(refs, name, what, annotators)
-        except InputImageError:
-            continue
-    raise InputImageError(f"No {what} for case '{names[0]}' in {refs} (" +
-                          " or ".join(f"{n}.nii.gz" for n in names) + ", .nrrd, ...)")
-
-
-def read_json(path: Path, what: str) -> dict:
-    """A JSON object from an untrusted file; InputImageError naming ``what`` and the problem otherwise."""
-    return read_json_object(path, what, InputImageError)
-
-
-def check_case_manifest(manifest: dict, path: Path) -> dict:
-    """The fields evaluate reads from a case manifest, checked: ``labels`` {"<int>": name}, ``outputs`` a
-    list of {"file": plain file name, "kind": text}, one of kind "labelmap". InputImageError otherwise."""
-    def bad(problem: str) -> InputImageError:
-        return InputImageError(f"Case manifest {path}: {problem}")
-
-    try:
-        parse_manifest(manifest)
-    except ManifestError as exc:
-        raise bad(str(exc)) from None
-    labels, outputs = manifest.get("labels"), manifest.get("outputs")
-    if not isinstance(labels, dict) or not labels:
-        raise bad("field 'labels' must map label values to names")
-    for value, name in labels.items():
-        if not (isinstance(value, str) and value.strip().lstrip("-").isdigit() and isinstance(name, str) and name):
-            raise bad(f"field 'labels' has the entry {value!r}: {name!r}; expected \"<integer>\": \"<name>\"")
-    for entry in outputs:
-        file, kind = entry.get("file"), entry.get("kind")
-        if not is_plain_name(file):
-            raise bad(f"output {entry!r} needs 'file' (a file name inside the case folder) and 'kind'")
-        if kind == "samples" and not isinstance(entry.get("label"), str):
-            raise bad(f"output {file} of kind 'samples' needs 'label'")
-    if not any(e["kind"] == "labelmap" for e in outputs):
-        raise bad("no output of kind 'labelmap' (the segmentation)")
-    return manifest
-
-
-PLAIN_FOLDER_MAPS = (*REFERRAL_MAPS, "expected_entropy")
-
-
-def plain_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
-    """A manifest for a folder of plain volumes from another tool (no manifest.json).
-
-    Expects ``segmentation.<ext>`` (a labelmap) and optionally ``probability_<label name>.<ext>`` (the name
-    as it is, or as a safe file name: core.files.safe_stems),
-    ``entropy`` / ``mutual_information`` / ``variance`` / ``expected_entropy.<ext>`` and ``scores.json``
-    (any of .nii.gz, .nii, .nrrd, .mha). ``labels`` maps label values to names; by default the values
-    found in the segmentation, named ``label<value>``.
-    """
-    images = {p.name[: -len(image_suffix(p))]: p.name for p in sorted(case_dir.iterdir())
-              if image_suffix(p) in IMAGE_SUFFIXES}
-    if "segmentation" not in images:
-        raise InputImageError(f"{case_dir} has neither manifest.json nor segmentation.<ext>")
-    if labels is None:
-        values = np.unique(_array(case_dir / images["segmentation"])[0])
-        labels = {int(v): f"label{int(v)}" for v in values if v != 0}
-    outputs = [{"file": images["segmentation"], "kind": "labelmap"}]
-    stems = safe_stems(labels.values())  # as write_outputs names them; the name itself is accepted too
-    for name in labels.values():
-        found = next((images[f"probability_{s}"] for s in (name, stems[name]) if f"probability_{s}" in images), None)
-        if found is not None:
-            outputs.append({"file": found, "kind": "probability", "label": name})
-    outputs += [{"file": images[m], "kind": "uncertainty", "map": m} for m in PLAIN_FOLDER_MAPS if m in images]
-    if (case_dir / "scores.json").is_file():
-        outputs.append({"file": "scores.json", "kind": "scores"})
-    return {"labels": {"0": "background", **{str(k): v for k, v in labels.items()}}, "outputs": outputs}
-
-
-def case_manifest(case_dir: Path, labels: dict[int, str] | None = None) -> dict:
-    """The case's manifest.json (from ``segment``), or one built from its plain volumes."""
-    path = case_dir / MANIFEST
-    if path.is_file():
-        return check_case_manifest(read_json(path, "case manifest"), path)
-    return plain_manifest(case_dir, labels)
-
-
 def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] | None = None,
                   mask_path: Path | None = None) -> list[CaseResult]:
     """Every measurement for one case, one result per foreground class (see case_manifest for inputs).
@@ -300,21 +139,21 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     computed inside it (columns and summary keys ending in ``_mask``).
     """
     manifest = case_manifest(case_dir, labels)
-    files = {_file_key(e): case_dir / e["file"] for e in manifest["outputs"]}
-    segmentation, seg_image = _array(files["labelmap"])
+    files = {file_key(e): case_dir / e["file"] for e in manifest["outputs"]}
+    segmentation, seg_image = read_array(files["labelmap"])
     annotations, ref_image = read_annotations(reference_path)
     reference = annotations[0] if len(annotations) == 1 else None
     check_case_grids(case_dir, files, seg_image, reference_path, ref_image, mask_path)
     spacing = tuple(reversed(seg_image.GetSpacing()))  # (z, y, x)
     mask = None
     if mask_path is not None:
-        mask = _array(mask_path)[0] != 0
-    scores = _score_classes(files["scores"]) if "scores" in files else {}
+        mask = read_array(mask_path)[0] != 0
+    scores = score_classes(files["scores"]) if "scores" in files else {}
     decisions = calibrated_decisions(files, segmentation, reference)
-    maps = {name: _array(files[name])[0] for name in REFERRAL_MAPS if name in files}
+    maps = {name: read_array(files[name])[0] for name in REFERRAL_MAPS if name in files}
     classes = [(int(v), name) for v, name in manifest["labels"].items() if int(v) != 0]
-    probs = {name: (np.clip(_array(files[name])[0], 0, 1) if name in files else (segmentation == v).astype(np.float64))
-             for v, name in classes}
+    probs = {name: (np.clip(read_array(files[name])[0], 0, 1) if name in files
+                    else (segmentation == v).astype(np.float64)) for v, name in classes}
     refs = {name: (reference == v if reference is not None else np.mean([a == v for a in annotations], 0) >= 0.5)
             for v, name in classes}
     top_label = top_label_bins(probs, refs, spacing)
@@ -364,59 +203,6 @@ def evaluate_case(case_dir: Path, reference_path: Path, labels: dict[int, str] |
     return results
 
 
-def calibrated_decisions(files: dict[str, Path], segmentation: np.ndarray, reference: np.ndarray | None) -> dict:
-    """A calibrated run's realised missed-error fraction at its threshold (scores.json ``referral``) and α;
-    None values for a run without a calibration, without the threshold's map, or with several annotators."""
-    referral = read_json(files["scores"], "scores file").get("referral") if "scores" in files else None
-    if referral is None or reference is None:
-        return {"missed_error_fraction": None, "referral_alpha": None}
-    try:
-        threshold, alpha = threshold_from_json(referral["threshold"]), float(referral["alpha"])
-        map_name = referral["map"]
-    except (TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise InputImageError(f"Scores file {files['scores']}: field 'referral' needs 'map', a numeric 'threshold' "
-                              f"and 'alpha' ({type(exc).__name__}: {exc})") from exc
-    if map_name not in files:
-        return {"missed_error_fraction": None, "referral_alpha": None}
-    errors = error_values(_array(files[map_name])[0], segmentation, reference)
-    return {"missed_error_fraction": missed_error_fraction(errors, threshold), "referral_alpha": alpha}
-
-
-def failure_table(rows: list[dict], failure_dice: float = FAILURE_DICE) -> dict[str, dict | None]:
-    """Per subject score (empty predictions as the most uncertain) and, when every row has one, the predicted
-    Dice: calibration.failure.failure_detection against the rows' Dice; None for a score undefined on some
-    non-empty case (one sample)."""
-    dice = _score_column(rows, "dice")
-    if not np.isfinite(dice).all():
-        return {s: None for s in SUBJECT_SCORES}
-    columns = {s: uncertain_side(s, empty_as_most_uncertain(rows, s)) for s in SUBJECT_SCORES}
-    predicted = _score_column(rows, "predicted_dice")
-    if np.isfinite(predicted).all():
-        columns["predicted_dice"] = -predicted
-    return {s: failure_detection(u, dice, failure_dice) if np.isfinite(u).all() else None
-            for s, u in columns.items()}
-
-
-def decision_summary(rows: list[dict]) -> dict:
-    """The realised missed-error fraction (mean over the calibrated cases, with α) and the predicted-Dice
-    intervals' coverage (how many hold the actual Dice, with the nominal coverage); {} without calibration."""
-    out = {}
-    missed = _score_column(rows, "missed_error_fraction")
-    if np.isfinite(missed).any():
-        alphas = {r["referral_alpha"] for r in rows if r.get("referral_alpha") is not None}
-        out["missed_error_fraction"] = {"mean": float(np.nanmean(missed)), "n": int(np.isfinite(missed).sum()),
-                                        "alpha": alphas.pop() if len(alphas) == 1 else None}
-    low, high = _score_column(rows, "predicted_dice_low"), _score_column(rows, "predicted_dice_high")
-    known = np.isfinite(low) & np.isfinite(high)
-    if known.any():
-        dice = _score_column(rows, "dice")[known]
-        held = int(((low[known] <= dice) & (dice <= high[known])).sum())
-        nominal = {r["predicted_dice_nominal_coverage"] for r in rows if r.get("predicted_dice_nominal_coverage")}
-        out["predicted_dice_coverage"] = {"held": held, "n": int(known.sum()), "fraction": held / int(known.sum()),
-                                          "nominal": nominal.pop() if len(nominal) == 1 else None}
-    return out
-
-
 def top_label_arrays(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray], spacing: tuple[float, float, float]
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(C, *S) probabilities of every class (background = 1 - the others), (*S) reference class indices and
@@ -438,43 +224,6 @@ def top_label_bins(probs: dict[str, np.ndarray], refs: dict[str, np.ndarray],
     everything, label, box = top_label_arrays(probs, refs, spacing)
     return {"toplabel_volume": BinStats.top_label(everything, label),
             "toplabel_box": BinStats.top_label(everything, label, box)}
-
-
-def _file_key(entry: dict) -> str:
-    if entry["kind"] == "samples":
-        return f"samples:{entry['label']}"
-    return entry.get("map") or entry.get("label") or entry["kind"]
-
-
-def read_annotations(reference_path: Path) -> tuple[list[np.ndarray], sitk.Image]:
-    """One labelmap, or every labelmap in a folder (one per annotator, same grid); returns arrays and geometry."""
-    paths = sorted(p for p in reference_path.iterdir() if image_suffix(p) in IMAGE_SUFFIXES) \
-        if reference_path.is_dir() else [reference_path]
-    if not paths:
-        raise InputImageError(f"No annotator labelmaps in {reference_path}")
-    arrays, image = [], None
-    for path in paths:
-        array, image_i = _array(path)
-        if image is not None and not same_grid(image_i, image):
-            raise InputImageError(f"Annotation {path} is not on the grid of {paths[0]}: {describe_grid(image_i)} "
-                                  f"vs {describe_grid(image)}")
-        arrays.append(array)
-        image = image or image_i
-    return arrays, image
-
-
-def read_samples(path: Path, shape: tuple[int, ...]) -> list[np.ndarray]:
-    """The per-sample masks of a ``samples_<label>.npz`` (segment --save-samples); InputImageError if the
-    file is unreadable or its bits do not fit ``shape`` (z, y, x) and its sample count."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            bits, n = np.asarray(data["bits"]), int(data["n_samples"])
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        raise InputImageError(f"Cannot read the saved samples {path}: {exc}") from exc
-    if bits.dtype != np.uint8 or bits.shape != ((n + 7) // 8, *shape) or n < 1:
-        raise InputImageError(f"Saved samples {path}: bits {bits.shape} {bits.dtype} do not hold {n} sample(s) "
-                              f"on the case's grid {shape}")
-    return [((bits[t // 8] >> (t % 8)) & 1).astype(bool) for t in range(n)]
 
 
 def multi_annotator_row(votes: np.ndarray, annotator_masks: list[np.ndarray], entropy: np.ndarray,
@@ -520,33 +269,6 @@ def add_calibration_split(summaries: dict[str, dict], rows: list[dict]) -> None:
             block = summaries[method]["classes"][label]
             block["calibration_split"] = split
             block |= {f"{k}_fraction": own[k] for k in ("underconfident", "overconfident", "calibrated")}
-
-
-def _score_column(rows: list[dict], score: str) -> np.ndarray:
-    return np.array([np.nan if row.get(score) is None else row[score] for row in rows], dtype=float)
-
-
-def empty_prediction(class_scores: dict, predicted_ml: float | None = None) -> bool:
-    """A class's scores.json ``empty_prediction`` flag; for a scores.json without it, whether the delivered
-    segmentation is empty (``predicted_ml`` = 0, else its ``segmentation_volume_ml`` = 0)."""
-    if "empty_prediction" in class_scores:
-        return bool(class_scores["empty_prediction"])
-    volume = predicted_ml if predicted_ml is not None else class_scores.get("segmentation_volume_ml")
-    return volume == 0
-
-
-def empty_as_most_uncertain(rows: list[dict], score: str, others: list[dict] = ()) -> np.ndarray:
-    """``score`` of each row, where an empty prediction (``empty_prediction``) takes the most uncertain value
-    the non-empty rows of ``rows`` and ``others`` reach (the maximum; the minimum for dpw): the stated
-    convention (scores.SCORE_CONVENTIONS["empty_prediction"]) that keeps missed structures in the statistics,
-    ranked at least as uncertain as every other case. NaN when no non-empty row defines the score."""
-    values = _score_column(rows, score)
-    reached = uncertain_side(score, np.concatenate([
-        _score_column([r for r in group if not r.get("empty_prediction")], score) for group in (rows, others)]))
-    reached = reached[np.isfinite(reached)]
-    worst = float(uncertain_side(score, [reached.max()])[0]) if reached.size else np.nan
-    empty = np.array([bool(r.get("empty_prediction")) for r in rows], dtype=bool)
-    return np.where(empty, worst, values)
 
 
 PER_CASE_COLUMNS = ("dice", "hd95_mm", "ece_volume", "ece_toplabel_volume", "reference_ml", "predicted_ml")
@@ -607,16 +329,16 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
                                                  **{g: c.tolist() for g, c in counts.items()}}
         dice = np.array([x["dice"] for x in rows])
         block["per_case"] = {"case": [x["case"] for x in rows],
-                             **{c: _score_column(rows, c).tolist() for c in PER_CASE_COLUMNS},
-                             **{s: _score_column(rows, s).tolist() for s in SUBJECT_SCORES},
+                             **{c: score_column(rows, c).tolist() for c in PER_CASE_COLUMNS},
+                             **{s: score_column(rows, s).tolist() for s in SUBJECT_SCORES},
                              "empty_prediction": [bool(x.get("empty_prediction")) for x in rows]}
         block["empty_predictions"] = sum(bool(x.get("empty_prediction")) for x in rows)
         if any("annotators" in x for x in rows):
-            disagreement = _score_column(rows, "annotator_disagreement")
-            ged2 = _score_column(rows, "ged2")
+            disagreement = score_column(rows, "annotator_disagreement")
+            ged2 = score_column(rows, "ged2")
             block["ged2_mean"] = float(np.nanmean(ged2)) if np.isfinite(ged2).any() else math.nan
             block["annotator_disagreement_mean"] = float(np.nanmean(disagreement))
-            voxel_r = _score_column(rows, "entropy_vs_vote_entropy_r")
+            voxel_r = score_column(rows, "entropy_vs_vote_entropy_r")
             block["entropy_vs_vote_entropy_r_mean"] = float(np.nanmean(voxel_r))
             block["scores_vs_disagreement"] = {
                 s: score_quality_correlation(empty_as_most_uncertain(rows, s), disagreement) for s in SUBJECT_SCORES}
@@ -629,67 +351,13 @@ def summarize(results: list[CaseResult], ood_scores: dict[str, dict] | None = No
         if ood_rows:
             block["ood"] = {
                 "cases": [x["case"] for x in ood_rows],
-                "scores": {s: _score_column(ood_rows, s).tolist() for s in SUBJECT_SCORES},
+                "scores": {s: score_column(ood_rows, s).tolist() for s in SUBJECT_SCORES},
                 "auroc": {s: ood_detection(uncertain_side(s, empty_as_most_uncertain(ood_rows, s, rows)),
                                            uncertain_side(s, empty_as_most_uncertain(rows, s, ood_rows)))
                           for s in SUBJECT_SCORES},
             }
         summary["classes"][label] = block
     return summary
-
-
-def _numbers(values: list, count: int) -> bool:
-    """``count`` numbers (not booleans)."""
-    return len(values) == count and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-
-
-def _score_classes(path: Path) -> dict[str, dict]:
-    """The per-class subject scores of a scores.json ({class: {score: value}}); InputImageError if malformed."""
-    classes = read_json(path, "scores file").get("classes")
-    if not isinstance(classes, dict) or not all(isinstance(v, dict) for v in classes.values()):
-        raise InputImageError(f"Scores file {path}: field 'classes' must map class names to their scores")
-    for name, values in classes.items():
-        for score in SUBJECT_SCORES:
-            value = values.get(score)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise InputImageError(f"Scores file {path}: '{name}'.'{score}' must be a number or null, "
-                                      f"got {value!r}")
-        predicted = values.get("predicted_dice")
-        if predicted is not None and not (isinstance(predicted, dict) and _numbers(
-                [predicted.get("value"), *(predicted.get("interval") or [])], 3)):
-            raise InputImageError(f"Scores file {path}: '{name}'.'predicted_dice' must hold a numeric 'value' and "
-                                  f"'interval' [low, high], got {predicted!r}")
-    return classes
-
-
-def ood_case_scores(case_dir: Path, labels: dict[int, str] | None = None) -> dict[str, dict]:
-    """An OOD case's subject scores per class from its scores.json (no reference needed); {} if it has none."""
-    manifest = case_manifest(case_dir, labels)
-    entry = next((e for e in manifest["outputs"] if e["kind"] == "scores"), None)
-    return _score_classes(case_dir / entry["file"]) if entry else {}
-
-
-def case_folders(folder: Path) -> list[Path]:
-    """The case sub-folders of one method's folder (with manifest.json or segmentation.<ext>)."""
-    return sorted({p.parent for pattern in ("*/manifest.json", "*/segmentation.*") for p in folder.glob(pattern)})
-
-
-def read_ood_list(path: Path, folders: list[Path]) -> set[str]:
-    """The case names of an --ood file (one per line, blank lines ignored). InputImageError (exit 3) when it
-    cannot be read, as for any input file; UsageError (exit 2) when it names a case found in none of the
-    prediction ``folders`` (a typo would otherwise silently pool an OOD case with the others)."""
-    try:
-        names = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
-    except FileNotFoundError:
-        raise InputImageError(f"--ood file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputImageError(f"Cannot read --ood file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-    known = {readable(case.name) for folder in folders for case in case_folders(folder)}
-    unknown = sorted(names - known)
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise UsageError(f"--ood file {path} names {len(unknown)} case(s) found in no prediction folder: {shown}")
-    return names
 
 
 def evaluate_folder(folder: Path, references: Path, labels: dict[int, str] | None = None,

@@ -25,7 +25,7 @@ from .. import __version__  # noqa: E402
 from ..inference.scores import SUBJECT_SCORES  # noqa: E402
 from ..io.images import write_json  # noqa: E402
 from ..io.publish import OutputFolder, listed_files  # noqa: E402
-from .evaluate import FAILURE_DICE  # noqa: E402
+from .decisions import FAILURE_DICE  # noqa: E402
 
 REPORT_MANIFEST = "report_manifest.json"
 

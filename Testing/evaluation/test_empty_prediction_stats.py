@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from SegUncertaintyLib.evaluation.cohort_stats import score_quality_correlation
-from SegUncertaintyLib.evaluation.evaluate import empty_as_most_uncertain, empty_prediction
+from SegUncertaintyLib.evaluation.decisions import empty_as_most_uncertain, empty_prediction
 from SegUncertaintyLib.inference.scores import SCORE_CONVENTIONS
 
 

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from SegUncertaintyLib import cli
 from SegUncertaintyLib.core.files import safe_stems
-from SegUncertaintyLib.evaluation.evaluate import plain_manifest
+from SegUncertaintyLib.evaluation.case_folder import plain_manifest
 from Testing.support.phantoms import sphere_phantom
 from Testing.support.tiny_models import write_threshold_model
 
