@@ -34,8 +34,8 @@ def build_manifest(*, version: str, input_name: str, description, method: str, n
                    settings: dict, notes: list[str], outputs: list[dict], inference: dict | None = None) -> dict:
     """The manifest of one run. ``version``: the tool's; ``description``: the model's (name, version,
     folder, members, labels); ``outputs``: one entry per file written, {"file", "kind", "meaning", ...};
-    ``inference``: the temperature that divided the logits; card models' backend, precision, accuracy guard
-    figure and dropout-mask generator."""
+    ``inference``: the temperature that divided the logits and the CPU threads; card models' backend,
+    precision, accuracy guard figure and dropout-mask generator."""
     return {
         "format_version": FORMAT_VERSION,
         "tool": f"{TOOL} {version}",

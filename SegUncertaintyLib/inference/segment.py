@@ -69,6 +69,9 @@ def segment_image(image: sitk.Image, model, options: SegmentOptions | None = Non
                                  "choose a backend; nnU-Net and MONAI bundle models run on torch (use the defaults)")
             outputs = segment_whole_volume(image, model, options, report, cancelled, scratch)
     # the manifest's inference entry says which t divided the logits, also when the calibration that gave it was
-    # then not applied (a --tolerance run that ended at another sample count)
-    outputs.inference = {**(outputs.inference or {}), "temperature": float(options.temperature)}
+    # then not applied (a --tolerance run that ended at another sample count), and the CPU threads: torch's
+    # reductions round differently with another count, so the same seed reproduces a run bit for bit only with
+    # the same threads (the command's count follows the free cores)
+    outputs.inference = {**(outputs.inference or {}), "temperature": float(options.temperature),
+                         "cpu_threads": torch.get_num_threads()}
     return outputs

@@ -90,3 +90,17 @@ def test_runnable_others_parses_proc_loadavg(monkeypatch):
                            ("0.1 0.1 0.1 12/400 99\n", 11), (None, None), ("garbage\n", None)):
         monkeypatch.setattr(budget, "open", fake(text), raising=False)
         assert budget.runnable_others() == expected, text
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_manifest_records_the_cpu_threads_the_run_used(threshold_model, threads):
+    """The same seed reproduces a run bit for bit only on as many threads; the count is recorded."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = segment_image(sphere_phantom(), load_model(threshold_model), SegmentOptions(method="ensemble"))
+    finally:
+        torch.set_num_threads(before)
+    assert out.inference["cpu_threads"] == threads

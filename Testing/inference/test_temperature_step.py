@@ -141,7 +141,7 @@ def test_whole_volume_temperature_tempers_every_pass_before_the_mean(tmp_path):
     folder, _ = make_nnunet_model(tmp_path / "plain", folds=2)
     model, image = load_model(folder), ct_like_image(seed=2)
     tempered = segment_image(image, model, SegmentOptions(method="ensemble", temperature=t))
-    assert tempered.inference == {"temperature": t}  # the manifest's record; no backend choice for nnU-Net
+    assert tempered.inference == {"temperature": t, "cpu_threads": torch.get_num_threads()}  # no backend choice
     prepared = model.prepare(image, pick_device("cpu"), None)
     passes = [model.run_pass(prepared, spec) for spec in model.plan("ensemble", None)]
     with np.errstate(divide="ignore"):

@@ -545,7 +545,8 @@ def test_a_whole_volume_model_sets_the_backend_to_torch_and_disables_the_combos(
     params.inputVolume, params.method, params.samples, params.device = volume, "mc_dropout", 2, "cpu"
     run_from_the_panel(widget)
     assert widget.ui.stageLabel.text.startswith("Done"), widget.ui.stageLabel.text
-    assert widget.logic.run.manifest["inference"] == {"temperature": 1.0} and not widget.ui.backendLabel.visible
+    assert set(widget.logic.run.manifest["inference"]) == {"temperature", "cpu_threads"}
+    assert widget.logic.run.manifest["inference"]["temperature"] == 1.0 and not widget.ui.backendLabel.visible
 
     params.model = "brainmask-t1"
     assert backend.enabled and precision.enabled and backend.toolTip == process.BACKEND_TOOLTIP
