@@ -62,13 +62,10 @@ def first_max_index(planes: Sequence[torch.Tensor] | Sequence[np.ndarray]) -> to
     torch cannot wrap) give an array."""
     best, last = planes[0], len(planes) - 1
     if isinstance(best, np.ndarray):
-        labels = np.zeros(best.shape, np.uint8)
-        for k in range(1, last + 1):
-            np.copyto(labels, np.uint8(k), where=planes[k] > best)
-            best = np.maximum(best, planes[k]) if k < last else best
-        return labels
-    labels = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
+        labels, maximum = np.zeros(best.shape, np.uint8), np.maximum
+    else:
+        labels, maximum = torch.zeros(best.shape, dtype=torch.uint8, device=best.device), torch.maximum
     for k in range(1, last + 1):
         labels[planes[k] > best] = k
-        best = torch.maximum(best, planes[k]) if k < last else best
+        best = maximum(best, planes[k]) if k < last else best
     return labels

@@ -91,7 +91,7 @@ def segment_on_model_grid(image: sitk.Image, model: LoadedModel, options: Segmen
     probs = [to_input_space(result.mean_p[k].numpy(), grid, image, float(k == 0)) for k in range(n_classes)]
     labels = first_max_index([sitk.GetArrayViewFromImage(p) for p in probs])
     voxel_ml_input = math.prod(image.GetSpacing()) / 1000.0
-    foreground = [int(np.count_nonzero(labels == k)) for k in range(1, n_classes)]  # bincount: a 8-byte copy
+    foreground = [int(np.count_nonzero(labels == k)) for k in range(1, n_classes)]  # bincount: an 8-byte copy
     counts = [labels.size - sum(foreground), *foreground]
     check_cancel()
 

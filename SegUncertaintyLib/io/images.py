@@ -48,12 +48,9 @@ def read_volume(path: str | os.PathLike, name: str | None = None) -> sitk.Image:
     with ThreadPoolExecutor(max_workers=1) as pool:
         check = pool.submit(check_nifti_complete, path)
         try:
-            image = _read_with_itk(path, name)
-        except BaseException:
-            check.result()
-            raise
-        check.result()
-    return image
+            return _read_with_itk(path, name)
+        finally:
+            check.result()  # its error replaces ITK's or the image
 
 
 def _read_with_itk(path: Path, name: str) -> sitk.Image:

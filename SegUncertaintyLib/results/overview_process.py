@@ -11,6 +11,7 @@ stderr is discarded: the command's errors are one line, never a child's tracebac
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import subprocess
 import sys
@@ -79,21 +80,18 @@ class OverviewProcess(DrawHere):
     def finish(self, check_cancel: Callable[[], None]) -> None:
         if self.process is None:
             return super().finish(check_cancel)
-        while True:
+        while self.process.poll() is None:
             check_cancel()  # a cancel leads to close(): the child must not write into a removed staging folder
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                continue
         reply, code = self.process.stdout.read(), self.process.returncode
         self._end_child()
-        error = None if code == 0 else _unpickled(reply)
-        if code != 0 and error is None:  # killed from outside, or no reply: the parent draws (meeting any error)
+        if code == 0:
+            return None
+        error = _unpickled(reply)
+        if error is None:  # killed from outside, or no reply: the parent draws (meeting any error itself)
             return super().finish(check_cancel)
-        if error is not None:
-            raise error
-        return None
+        raise error
 
     def close(self) -> None:
         self._end_child()

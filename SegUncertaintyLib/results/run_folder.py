@@ -48,7 +48,7 @@ def gzipped(kind: str, map_dtype: str, compress: bool | None) -> bool:
 def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFolder, description: ModelDescription,
                   input_name: str, options: SegmentOptions | None = None, settings: dict | None = None,
                   cancelled: Callable[[], bool] | None = None, dicom_sources: Sequence[str] | None = None,
-                  draw_overview: Callable | None = None) -> Path:
+                  overview_drawer: DrawHere | None = None) -> Path:
     """Write images, scores.json, overview.png and manifest.json into ``out_dir``; return the manifest.
 
     ``out_dir``: a folder path, or an :class:`OutputFolder` already entered (the command line takes it
@@ -61,8 +61,8 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     (``samples_<class>.npz``: ``bits`` (ceil(T/8), z, y, x) uint8, bit t % 8 of byte t // 8 is sample t);
     ``dicom``, also the DICOM objects in ``dicom/`` (:mod:`.dicom_objects`) from ``dicom_sources``, the source
     series' files in the image's slice order. ``settings``: the manifest's settings (default:
-    ``options.settings(None)``). ``draw_overview``: draws an OverviewRequest (default: in this process;
-    the command line passes its :class:`.overview_process.OverviewProcess`).
+    ``options.settings(None)``). ``overview_drawer``: draws the overview (default: in this process; the
+    command line passes its :class:`.overview_process.OverviewProcess`).
     Files are named by class with ``core.files.safe_stems`` (``probability_left_kidney.nrrd``); the class's
     name is the entry's ``label``. ``cancelled`` is polled between files: CancelledError, nothing published.
     The manifest lists exactly the files written, each image with its dtype.
@@ -72,7 +72,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
     if not isinstance(out_dir, OutputFolder):
         with output_folder(out_dir) as folder:
             return write_outputs(outputs, folder, description, input_name, options, settings, cancelled,
-                                 dicom_sources, draw_overview)
+                                 dicom_sources, overview_drawer)
     if options.dicom and not dicom_sources:
         raise UsageError("--dicom needs a DICOM series as input (its files are the objects' sources)")
     fmt, map_dtype = options.format, options.map_dtype
@@ -96,7 +96,7 @@ def write_outputs(outputs: SegmentationOutputs, out_dir: str | Path | OutputFold
                 {"map": name}) for name in outputs.maps if name in chosen]
 
     entries: list[dict] = []
-    drawer = draw_overview or DrawHere()
+    drawer = overview_drawer or DrawHere()
     with out_dir.staged(cancelled) as stage, contextlib.closing(drawer):
         if options.overview:  # first: a drawing process draws while the images are written
             title = f"{Path(input_name).name} — {description.name} — {outputs.method}"
